@@ -1,0 +1,21 @@
+# geopeft: parameter-efficient fine-tuning of vision / geospatial foundation models on Sentinel-2.
+# Default study: config/config.yaml (embedded synthetic world). Real studies: config/studies/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/paper.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

@@ -1,0 +1,237 @@
+"""``geopeft`` command line: the entry points Snakemake rules call (each usable on its own).
+
+Job specs are passed as JSON (``--spec '{...}'`` or ``--spec @file.json``) so that a rule hands a
+job exactly the part of the configuration it depends on: editing one study row changes one job's
+spec, and Snakemake reruns only that job and the aggregates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("geopeft")
+
+
+def _spec(text: str) -> dict[str, Any]:
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"geopeft: error: --spec is not valid JSON ({err})") from None
+    if not isinstance(obj, dict):
+        raise SystemExit("geopeft: error: --spec must be a JSON object")
+    return obj
+
+
+def _opt_path(p: str | None) -> Path | None:
+    return Path(p) if p else None
+
+
+def cmd_validate(a: argparse.Namespace) -> None:
+    from geopeft import config
+
+    cfg = config.load(a.config)
+    rows = config.study_rows(cfg)
+    print(f"{a.config}: valid; study {cfg['study']!r} with {len(rows)} runs")
+    for r in rows:
+        print(f"  {r['name']}: {r['method']}, fraction {r['label_fraction']:g}, seed {r['seed']}")
+
+
+def cmd_synthesize(a: argparse.Namespace) -> None:
+    from geopeft.data.synthetic import WorldSpec, generate_eurosat, generate_source
+
+    s = _spec(a.spec)
+    spec = WorldSpec(**{k: s[k] for k in ("seed", "n_samples", "source_samples", "size",
+                                          "cloud_fraction", "noise") if k in s})
+    summary = generate_eurosat(spec, _opt_path(a.ms), _opt_path(a.rgb))
+    log.info("target world: %s", summary)
+    if a.ms_source or a.rgb_source:
+        log.info("source set: %s", generate_source(spec, _opt_path(a.ms_source),
+                                                   _opt_path(a.rgb_source)))
+
+
+def cmd_prepare(a: argparse.Namespace) -> None:
+    from geopeft.data.prepare import prepare
+
+    prepare(a.dataset, Path(a.raw), a.bands.split(","), Path(a.out), a.threads)
+
+
+def cmd_subset(a: argparse.Namespace) -> None:
+    import numpy as np
+
+    from geopeft.data.prepare import open_store
+    from geopeft.data.subsets import label_fraction_subset
+    from geopeft.io import write_json
+
+    ds = open_store(Path(a.store))
+    train = np.flatnonzero(ds["split"].values == "train")
+    labels = ds["label"].values[train]
+    pos = label_fraction_subset(labels, a.fraction, a.seed, a.method)
+    chosen = train[pos]
+    counts = np.bincount(labels[pos], minlength=len(ds.attrs["classes"]))
+    write_json(a.out, {"method": a.method, "fraction": a.fraction, "seed": a.seed,
+                       "samples": chosen.tolist(), "class_counts": counts.tolist(),
+                       "train_size": int(len(train)), "store_fingerprint": ds.attrs["fingerprint"]})
+
+
+def cmd_mlflow_init(a: argparse.Namespace) -> None:
+    from geopeft.train.tracking import init_experiment
+
+    info = init_experiment(a.tracking_uri, a.experiment, Path(a.artifact_root), Path(a.out))
+    log.info("MLflow experiment %s (id %s) at %s", a.experiment, info["experiment_id"],
+             a.tracking_uri)
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    from geopeft.train.run import pretrain
+
+    pretrain(_spec(a.spec), Path(a.store), Path(a.experiment), Path(a.out))
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from geopeft.train.run import train_row
+
+    rec = train_row(_spec(a.spec), Path(a.store), _opt_path(a.subset), Path(a.experiment),
+                    Path(a.out), _opt_path(a.pretrain))
+    h = rec["history"][-1]
+    log.info("%s: val_acc %.4f, %.1f s, %.0f img/s, peak %.0f MiB", rec["spec"]["row"]["name"],
+             h.get("val_acc", float("nan")), rec["wall_time_s"], rec["images_per_s"],
+             rec["peak_memory_mb"])
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from geopeft.evaluate.run import evaluate
+
+    m = evaluate(Path(a.model), Path(a.store), _opt_path(a.experiment), Path(a.metrics),
+                 Path(a.confusion), _opt_path(a.pretrain), a.threads)
+    log.info("%s: test OA %.4f, macro-F1 %.4f", m["run"], m["overall_accuracy"], m["macro_f1"])
+
+
+def cmd_aggregate(a: argparse.Namespace) -> None:
+    from geopeft.paper.aggregate import aggregate
+
+    runs = [Path(r) for r in a.runs]
+    aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs], Path(a.out))
+
+
+def cmd_figures(a: argparse.Namespace) -> None:
+    from geopeft.paper.figures import make_figures
+
+    make_figures(Path(a.runs_csv), Path(a.outdir), _opt_path(a.runs_dir))
+
+
+def cmd_table(a: argparse.Namespace) -> None:
+    from geopeft.paper.tables import make_table
+
+    make_table(Path(a.runs_csv), Path(a.out), a.study)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geopeft", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("validate", help="validate a config file and list its study rows")
+    s.add_argument("config")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("synthesize", help="generate the embedded synthetic Sentinel-2 world")
+    s.add_argument("--spec", required=True, help="data.synthetic as JSON")
+    s.add_argument("--ms", help="output folder for EuroSAT-MS")
+    s.add_argument("--rgb", help="output folder for EuroSAT-RGB")
+    s.add_argument("--ms-source", help="output folder for the MS pretraining source set")
+    s.add_argument("--rgb-source", help="output folder for the RGB pretraining source set")
+    s.set_defaults(func=cmd_synthesize)
+
+    s = sub.add_parser("prepare", help="raw dataset -> zarr store (bands, splits, norm stats)")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--raw", required=True)
+    s.add_argument("--bands", required=True, help="comma-separated band names, e.g. B04,B03,B02")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("subset", help="label-fraction subset of the train split")
+    s.add_argument("--store", required=True)
+    s.add_argument("--fraction", type=float, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--method", default="stratified")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_subset)
+
+    s = sub.add_parser("mlflow-init", help="create the MLflow DB and experiment once")
+    s.add_argument("--tracking-uri", required=True)
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--artifact-root", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_mlflow_init)
+
+    s = sub.add_parser("pretrain", help="pretrain the embedded backbone on the source set")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--store", required=True)
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("train", help="train one study row")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--store", required=True)
+    s.add_argument("--subset")
+    s.add_argument("--pretrain")
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="test-split metrics of a trained run")
+    s.add_argument("--model", required=True)
+    s.add_argument("--store", required=True)
+    s.add_argument("--pretrain")
+    s.add_argument("--experiment")
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--confusion", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("aggregate", help="one CSV of all runs")
+    s.add_argument("--runs", nargs="+", required=True, help="run folders")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("figures", help="paper figures (PDF + PNG)")
+    s.add_argument("--runs-csv", required=True)
+    s.add_argument("--runs-dir")
+    s.add_argument("--outdir", required=True)
+    s.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser("table", help="LaTeX booktabs table")
+    s.add_argument("--runs-csv", required=True)
+    s.add_argument("--study", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_table)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from geopeft.config import ConfigError
+    from geopeft.data.eurosat import DataError
+    from geopeft.models.backbone import WeightsError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, WeightsError, FileNotFoundError) as err:
+        print(f"geopeft {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Configuration: load, validate once against the JSON-Schema, fill defaults, resolve study rows.
+
+The schema lives in ``workflow/schemas/config.schema.yaml`` (shipped inside the wheel as
+``geopeft/schemas``). The Snakefile and every CLI entry point go through :func:`validate`, so a
+bad key or value fails early with one message naming the file, the key path and the value.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment")
+
+
+class ConfigError(ValueError):
+    """The configuration (or a study row) is invalid; the message names file, key and value."""
+
+
+def schema_path(name: str = "config.schema.yaml") -> Path:
+    """Locate a schema file, in the installed package or in the source checkout."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "schemas" / name, here.parents[1] / "workflow" / "schemas" / name):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"schema {name} not found next to the geopeft package")
+
+
+def load_schema(name: str = "config.schema.yaml") -> dict[str, Any]:
+    with open(schema_path(name)) as fh:
+        return yaml.safe_load(fh)
+
+
+def _with_defaults(validator_cls: Any) -> Any:
+    """A jsonschema validator class that fills ``default`` values while validating."""
+    from jsonschema import validators
+
+    validate_props = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: dict, instance: Any, schema: dict) -> Any:
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "$ref" in sub:
+                    sub = validator._resolver.lookup(sub["$ref"]).contents
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return validators.extend(validator_cls, {"properties": set_defaults})
+
+
+def _path(err: Any) -> str:
+    out = ""
+    for part in err.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate ``config`` in place (filling defaults) and check cross-references.
+
+    Args:
+        config: the parsed configuration mapping; it is modified in place.
+        source: the file it came from, for error messages.
+
+    Returns:
+        The same mapping, validated and with defaults.
+
+    Raises:
+        ConfigError: with ``<source>: <key path>: <problem>``.
+    """
+    from jsonschema import Draft202012Validator
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: the configuration must be a mapping, got {type(config).__name__}")
+    cls = _with_defaults(Draft202012Validator)
+    validator = cls(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.message))
+    if errors:
+        lines = [f"{_path(e)}: {e.message}" for e in errors[:5]]
+        more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines) + more)
+    _check_semantics(config, source)
+    return config
+
+
+def _check_semantics(cfg: dict[str, Any], source: str) -> None:
+    strategies = cfg["strategies"]
+    for i, name in enumerate(cfg["grid"]["strategy"]):
+        if name not in strategies:
+            raise ConfigError(
+                f"{source}: grid.strategy[{i}]: {name!r} is not a key of strategies "
+                f"({', '.join(strategies)})"
+            )
+    for i, row in enumerate(cfg["runs"]):
+        if row["strategy"] not in strategies:
+            raise ConfigError(
+                f"{source}: runs[{i}].strategy: {row['strategy']!r} is not a key of strategies "
+                f"({', '.join(strategies)})"
+            )
+    w = cfg["backbone"]["weights"]
+    if w.startswith("file:") and not cfg["backbone"]["sha256"]:
+        raise ConfigError(f"{source}: backbone.sha256: required when backbone.weights is {w!r}")
+    if w == "pretrain" and cfg["data"]["source"] != "synthetic":
+        raise ConfigError(
+            f"{source}: backbone.weights: 'pretrain' needs the embedded source set "
+            f"(data.source: synthetic); use timm:<tag> or file:<path> with real data"
+        )
+    if cfg["data"]["dataset"] == "eurosat_rgb":
+        bad = [b for b in cfg["data"]["bands"] if b not in ("B04", "B03", "B02")]
+        if bad:
+            raise ConfigError(
+                f"{source}: data.bands: {bad[0]!r} is not in eurosat_rgb (it holds B04, B03, B02)"
+            )
+    names = [r["name"] for r in study_rows(cfg)]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{source}: study rows: duplicate run name(s) {', '.join(dup)}")
+    if not names:
+        raise ConfigError(f"{source}: the study has no rows: set grid.strategy or runs")
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config file, apply ``overrides`` (recursive), validate and return it."""
+    path = Path(path)
+    try:
+        with open(path) as fh:
+            cfg = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        _merge(cfg, overrides)
+    return validate(cfg, str(path))
+
+
+def _merge(base: dict[str, Any], upd: dict[str, Any]) -> None:
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def _fmt_fraction(f: float) -> str:
+    return f"{f:g}"
+
+
+def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Expand the grid and explicit rows into resolved run configurations, one per job.
+
+    Each row holds everything a training job needs: ``name``, ``strategy`` (the key),
+    ``method`` (full/lora/linear), ``label_fraction``, ``seed``, ``train`` (defaults <- strategy
+    <- row overrides) and ``lora`` for LoRA rows.
+    """
+    grid = cfg.get("grid", {})
+    rows: list[dict[str, Any]] = []
+    for s in grid.get("strategy", []):
+        for f in grid.get("label_fraction", [1.0]):
+            for seed in grid.get("seed", [0]):
+                rows.append({"strategy": s, "label_fraction": f, "seed": seed})
+    rows += [dict(r) for r in cfg.get("runs", [])]
+    out = []
+    for r in rows:
+        strat = cfg["strategies"][r["strategy"]]
+        fraction = float(r.get("label_fraction", 1.0))
+        seed = int(r.get("seed", 0))
+        train = {k: v for k, v in cfg["train"].items()}
+        train.update({k: strat[k] for k in TRAIN_KEYS if k in strat})
+        train.update({k: r[k] for k in TRAIN_KEYS if k in r})
+        row = {
+            "name": r.get("name") or f"{r['strategy']}-f{_fmt_fraction(fraction)}-s{seed}",
+            "strategy": r["strategy"],
+            "method": strat["strategy"],
+            "label_fraction": fraction,
+            "seed": seed,
+            "train": train,
+        }
+        if strat["strategy"] == "lora":
+            row["lora"] = dict(strat.get("lora", {}))
+        out.append(row)
+    return out
+
+
+def row_by_name(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    for row in study_rows(cfg):
+        if row["name"] == name:
+            return row
+    raise ConfigError(f"no study row named {name!r} in study {cfg['study']!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    """Stable JSON text (sorted keys): equal configs give equal strings (Snakemake params)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def bands_id(bands: list[str]) -> str:
+    """File-name token of a band selection, e.g. ``B04-B03-B02``."""
+    return "-".join(bands)
+
+
+def tracking_uri(cfg: dict[str, Any]) -> str:
+    uri = cfg["mlflow"]["tracking_uri"]
+    if uri:
+        return str(uri)
+    return f"sqlite:///{Path(cfg['results_dir']) / 'mlflow.db'}"

@@ -1,0 +1,1 @@
+"""Data: the embedded synthetic world, dataset readers, zarr preparation and subsets."""

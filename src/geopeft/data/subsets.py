@@ -1,0 +1,46 @@
+"""Label-fraction subsets of the train split: stratified, nested and seeded.
+
+For a seed, each class's train samples are put in one random order; a fraction keeps the first
+``max(1, round(fraction * n_class))`` of every class. The same seed therefore gives nested subsets
+(1 % in 10 % in 50 % in 100 %), every class keeps its share, and different seeds give different
+subsets. ``random`` keeps a prefix of one permutation of the whole train split instead.
+Subsets are cached on disk by (method, fraction, seed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ("stratified", "random")
+
+
+def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int,
+                          method: str = "stratified") -> np.ndarray:
+    """Positions (into ``labels``) of the subset, sorted.
+
+    Args:
+        labels: class index of every train sample.
+        fraction: share to keep, in (0, 1].
+        seed: the run seed; the order drawn from it makes fractions nested.
+        method: ``stratified`` (per class) or ``random``.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction {fraction!r} is not in (0, 1]")
+    if method not in METHODS:
+        raise ValueError(f"subset method {method!r} is not one of {METHODS}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 0x5B5E7])
+    if method == "random":
+        order = rng.permutation(len(labels))
+        return np.sort(order[: max(1, int(round(fraction * len(labels))))])
+    keep = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        members = members[rng.permutation(len(members))]
+        keep.append(members[: max(1, int(round(fraction * len(members))))])
+    return np.sort(np.concatenate(keep))
+
+
+def subset_file_name(method: str, fraction: float, seed: int) -> str:
+    """Cache file name keyed by (method, fraction, seed)."""
+    return f"{method}-f{fraction:g}-s{seed}.json"

@@ -1,0 +1,57 @@
+"""Entry point behind the ``evaluate`` rule: test-split metrics of a trained checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+
+from geopeft.data.dataset import load_split, store_info
+from geopeft.evaluate.metrics import classification_metrics
+from geopeft.io import atomic_file, read_json, write_json
+from geopeft.train.loop import predict, resolve_device, seed_everything
+from geopeft.train.run import load_checkpoint
+from geopeft.train.tracking import RunLogger
+
+
+def confusion_csv(cm: list[list[int]], classes: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["true\\pred", *classes])
+    for name, row in zip(classes, cm, strict=True):
+        w.writerow([name, *row])
+    return buf.getvalue()
+
+
+def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics: Path,
+             out_confusion: Path, pretrain_dir: Path | None = None, threads: int = 1,
+             ) -> dict[str, Any]:
+    """Predict the test split with the checkpoint in ``model_dir``; write and log the metrics."""
+    seed_everything(0, threads)
+    record = read_json(Path(model_dir) / "run.json")
+    info = store_info(store)
+    model = load_checkpoint(model_dir, store, pretrain_dir)
+    device = resolve_device(record["spec"]["row"]["train"].get("device", "auto"))
+    model.to(device)
+    test = load_split(store, "test")
+    logits = predict(model, test.x, record["spec"]["row"]["train"].get("eval_batch_size", 256), device)
+    pred = logits.argmax(1)
+    m = classification_metrics(test.y, pred, len(info.classes))
+    m.update({"classes": info.classes, "run": record["spec"]["row"]["name"],
+              "test_samples": len(test)})
+    with atomic_file(out_confusion) as fh:
+        fh.write(confusion_csv(m["confusion_matrix"], info.classes))
+    write_json(out_metrics, m)
+    if experiment is not None:
+        logger = RunLogger(experiment, run_id=record["mlflow_run_id"])
+        flat = {"test_overall_accuracy": m["overall_accuracy"], "test_macro_f1": m["macro_f1"]}
+        flat.update({f"test_f1_{c}": f for c, f in zip(info.classes, m["per_class_f1"], strict=True)})
+        logger.log_metrics(flat)
+        logger.log_artifact(out_confusion, "evaluation")
+        logger.log_artifact(out_metrics, "evaluation")
+    return m
+
+
+__all__ = ["confusion_csv", "evaluate"]

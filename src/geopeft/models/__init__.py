@@ -1,0 +1,1 @@
+"""Models: backbones, the classifier wrapper and fine-tuning strategies."""

@@ -1,0 +1,85 @@
+"""A classifier = normalisation + (resize) + backbone with a new head, built from config.
+
+Normalisation lives inside the model as buffers, so it is applied exactly once, travels with the
+checkpoint and is the same in training, evaluation and the inference app. Inputs are raw values
+(DN or 8-bit), in the store's band order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geopeft.data.dataset import StoreInfo
+from geopeft.models.backbone import (
+    Normalization,
+    create_vit,
+    load_into,
+    load_weights,
+    split_qkv,
+)
+
+
+class Classifier(nn.Module):
+    """Normalise raw input, resize to the backbone's input size, classify."""
+
+    def __init__(self, backbone: nn.Module, norm: Normalization, value_scale: float,
+                 input_size: int | None):
+        super().__init__()
+        self.backbone = backbone
+        self.value_scale = float(value_scale)
+        self.input_size = input_size
+        self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32)[:, None, None])
+        self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32)[:, None, None])
+
+    @property
+    def head(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x * self.value_scale - self.mean) / self.std
+        if self.input_size and x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+
+def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo) -> Normalization:
+    """Pick the normalisation: the weights' own (when they know every band) or train-split stats."""
+    bands = store.bands
+    if mode in ("auto", "backbone") and weights_norm is not None and set(bands) <= set(weights_norm.bands):
+        i = [weights_norm.bands.index(b) for b in bands]
+        return Normalization(bands, [weights_norm.mean[j] for j in i], [weights_norm.std[j] for j in i])
+    if mode == "backbone":
+        raise ValueError(
+            f"backbone.normalize is 'backbone' but the weights carry no normalisation for {bands}"
+        )
+    s = store.value_scale
+    return Normalization(bands, [m * s for m in store.norm_mean], [d * s for d in store.norm_std])
+
+
+def build_classifier(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes: int,
+                     pretrain_dir: Path | None = None, split: bool = True,
+                     ) -> tuple[Classifier, dict[str, Any]]:
+    """Create the backbone, load its weights, split qkv (unless ``split`` is false), normalise.
+
+    Returns the model and a description (weights origin, normalisation) for the run record.
+    """
+    weights = load_weights(backbone_cfg, pretrain_dir)
+    vit = create_vit(backbone_cfg["name"], backbone_cfg["kwargs"], len(store.bands), num_classes)
+    if weights is not None:
+        load_into(vit, weights, store.bands)
+    if split:
+        split_qkv(vit)
+    norm = resolve_norm(backbone_cfg["normalize"], weights.norm if weights else None, store)
+    model = Classifier(vit, norm, store.value_scale, backbone_cfg.get("input_size"))
+    info = {"weights": weights.origin if weights else "none", "norm_mean": norm.mean,
+            "norm_std": norm.std, "bands": store.bands}
+    return model, info

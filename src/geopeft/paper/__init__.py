@@ -1,0 +1,1 @@
+"""Paper outputs: the runs table (CSV), figures (PDF + PNG) and a LaTeX booktabs table."""

@@ -1,0 +1,48 @@
+"""Collect every run of a study into one CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from geopeft.io import atomic_file, read_json
+
+COLUMNS = [
+    "run", "strategy", "method", "label_fraction", "seed", "trainable_params", "total_params",
+    "trainable_pct", "train_samples", "epochs", "wall_time_s", "images_per_s", "peak_memory_mb",
+    "val_acc", "test_overall_accuracy", "test_macro_f1", "device", "dataset", "synthetic",
+    "mlflow_run_id",
+]
+
+
+def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
+    rec = read_json(Path(model_dir) / "run.json")
+    met = read_json(metrics_file)
+    row = rec["spec"]["row"]
+    return {
+        "run": row["name"], "strategy": row["strategy"], "method": row["method"],
+        "label_fraction": row["label_fraction"], "seed": row["seed"],
+        "trainable_params": rec["trainable_params"], "total_params": rec["total_params"],
+        "trainable_pct": 100.0 * rec["trainable_params"] / rec["total_params"],
+        "train_samples": rec["train_samples"], "epochs": row["train"]["epochs"],
+        "wall_time_s": rec["wall_time_s"], "images_per_s": rec["images_per_s"],
+        "peak_memory_mb": rec["peak_memory_mb"], "val_acc": rec["history"][-1].get("val_acc"),
+        "test_overall_accuracy": met["overall_accuracy"], "test_macro_f1": met["macro_f1"],
+        "device": rec["device"], "dataset": rec["spec"]["data"]["dataset"],
+        "synthetic": rec["spec"]["data"].get("source") == "synthetic",
+        "mlflow_run_id": rec["mlflow_run_id"],
+    }
+
+
+def aggregate(model_dirs: list[Path], metrics_files: list[Path], out: Path) -> list[dict[str, Any]]:
+    """Write ``out`` (CSV, one row per run, sorted by run name)."""
+    if len(model_dirs) != len(metrics_files):
+        raise ValueError("aggregate needs one metrics file per model folder")
+    rows = sorted((run_row(m, f) for m, f in zip(model_dirs, metrics_files, strict=True)),
+                  key=lambda r: r["run"])
+    with atomic_file(out) as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return rows

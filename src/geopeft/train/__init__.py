@@ -1,0 +1,1 @@
+"""Training: one loop for every strategy, MLflow tracking, run entry points."""

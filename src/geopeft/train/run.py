@@ -1,0 +1,176 @@
+"""Entry points behind the ``pretrain`` and ``train`` rules, and checkpoint save/load.
+
+A checkpoint folder holds only what training changed, plus what is needed to rebuild the rest:
+
+* ``trainable.safetensors`` -- every parameter with ``requires_grad`` (LoRA: adapters and the new
+  head; linear: the head; full: everything);
+* ``adapter/`` -- for LoRA, the same adapter in HF peft format (``PeftModel.from_pretrained``);
+* ``run.json`` -- the job spec (row, backbone, data), the base weights' origin, parameter counts,
+  costs, history and the MLflow run id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from geopeft.data.dataset import load_split, store_info
+from geopeft.io import atomic_dir, read_json, write_json
+from geopeft.models.backbone import sha256_file
+from geopeft.models.classifier import build_classifier
+from geopeft.models.strategies import apply_strategy, count_parameters
+from geopeft.train.loop import TrainArgs, fit, seed_everything
+from geopeft.train.tracking import RunLogger, git_commit
+
+log = logging.getLogger(__name__)
+
+
+def _tags(spec: dict[str, Any], fingerprint: str, role: str) -> dict[str, str]:
+    return {
+        "git_commit": git_commit(),
+        "dataset_fingerprint": fingerprint,
+        "dataset": spec["data"]["dataset"],
+        "synthetic": str(spec["data"].get("source") == "synthetic"),
+        "role": role,
+        "study": spec["study"],
+    }
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous().clone()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(model: nn.Module, out: Path, record: dict[str, Any]) -> None:
+    """Write trainable parameters (+ peft adapter for LoRA) and ``run.json`` atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(out) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        if record["spec"]["row"]["method"] == "lora":
+            model.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
+        write_json(tmp / "run.json", record)
+
+
+def load_checkpoint(model_dir: Path, store: Path, pretrain_dir: Path | None = None) -> nn.Module:
+    """Rebuild a trained model from its checkpoint folder (eval mode, CPU).
+
+    Raises:
+        ValueError: the checkpoint does not match the rebuilt model (missing or extra tensors,
+            other base weights).
+    """
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    record = read_json(model_dir / "run.json")
+    spec = record["spec"]
+    info = store_info(store)
+    model, minfo = build_classifier(spec["backbone"], info, len(info.classes), pretrain_dir)
+    if minfo["weights"] != record["model"]["weights"]:
+        raise ValueError(f"{model_dir}: trained on base weights {record['model']['weights']}, "
+                         f"but {minfo['weights']} were found")
+    model = apply_strategy(model, spec["row"]["method"], spec["row"].get("lora"))
+    state = load_file(str(model_dir / "trainable.safetensors"))
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != expected:
+        raise ValueError(f"{model_dir / 'trainable.safetensors'}: tensors do not match the model: "
+                         f"missing {sorted(expected - set(state))[:5]}, "
+                         f"unexpected {sorted(set(state) - expected)[:5]}")
+    model.load_state_dict(state, strict=False)
+    return model.eval()
+
+
+def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment: Path,
+              out: Path, pretrain_dir: Path | None = None) -> dict[str, Any]:
+    """Train one study row and write its checkpoint folder ``out``."""
+    row = spec["row"]
+    info = store_info(store)
+    train = load_split(store, "train", subset)
+    val = load_split(store, "val")
+    args = TrainArgs.from_dict(row["train"], seed=row["seed"], threads=spec.get("threads", 1))
+    seed_everything(args.seed, args.threads)
+    model, minfo = build_classifier(spec["backbone"], info, len(info.classes), pretrain_dir)
+    model = apply_strategy(model, row["method"], row.get("lora"))
+    trainable, total = count_parameters(model)
+    logger = RunLogger(experiment, run_name=row["name"], params=spec,
+                       tags=_tags(spec, info.fingerprint, "finetune"))
+    logger.log_metrics({"trainable_params": trainable, "total_params": total,
+                        "train_samples": len(train)})
+    log.info("%s: %d/%d trainable parameters, %d train samples", row["name"], trainable, total,
+             len(train))
+    try:
+        result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_metrics(m, e))
+    except BaseException:
+        logger.end("FAILED")
+        raise
+    costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb")}
+    logger.log_metrics(costs)
+    record = {
+        "spec": spec,
+        "model": minfo,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_samples": len(train),
+        "history": result["history"],
+        "device": result["device"],
+        "mlflow_run_id": logger.run_id,
+        "dataset_fingerprint": info.fingerprint,
+        **costs,
+    }
+    save_checkpoint(model, out, record)
+    logger.log_artifact(out, "model")
+    logger.end()
+    return record
+
+
+def pretrain(spec: dict[str, Any], store: Path, experiment: Path, out: Path) -> dict[str, Any]:
+    """Supervised pretraining of the embedded backbone on the synthetic source set.
+
+    The source set holds scenes disjoint from the target task, labelled with five coarse
+    land-cover groups; the backbone learns spectral and textural features from them. Writes
+    ``backbone.safetensors`` (timm state dict without head) and ``backbone.json`` (architecture,
+    bands, the normalisation it was trained with, sha256).
+    """
+    from safetensors.torch import save_file
+
+    info = store_info(store)
+    train = load_split(store, "train")
+    val = load_split(store, "val")
+    p = spec["pretrain"]
+    args = TrainArgs.from_dict(p, augment=True, threads=spec.get("threads", 1))
+    seed_everything(args.seed, args.threads)
+    bb = dict(spec["backbone"], weights="none", normalize="dataset")
+    model, minfo = build_classifier(bb, info, len(info.classes), split=False)
+    logger = RunLogger(experiment, run_name="pretrain", params=spec,
+                       tags=_tags(spec, info.fingerprint, "pretrain"))
+    t0 = time.perf_counter()
+    result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_metrics(m, e))
+    vit = model.backbone
+    state = {k: v.detach().contiguous().clone() for k, v in vit.state_dict().items()
+             if not k.startswith("head.")}
+    with atomic_dir(out) as tmp:
+        save_file(state, str(tmp / "backbone.safetensors"))
+        write_json(tmp / "backbone.json", {
+            "name": spec["backbone"]["name"],
+            "kwargs": spec["backbone"]["kwargs"],
+            "bands": info.bands,
+            "norm": {"bands": info.bands, "mean": minfo["norm_mean"], "std": minfo["norm_std"]},
+            "sha256": sha256_file(tmp / "backbone.safetensors"),
+            "source_dataset": info.dataset,
+            "source_classes": info.classes,
+            "source_fingerprint": info.fingerprint,
+            "final_val_acc": result["history"][-1].get("val_acc"),
+            "wall_time_s": time.perf_counter() - t0,
+            "mlflow_run_id": logger.run_id,
+        })
+    logger.log_artifact(out / "backbone.json")
+    logger.end()
+    return result
+
+
+__all__ = ["load_checkpoint", "pretrain", "save_checkpoint", "train_row"]

@@ -1,0 +1,121 @@
+"""MLflow tracking with an experiment created once, before any job starts.
+
+MLflow 3 refuses the plain file store; the default tracking URI is a SQLite file under
+``results/``. Two traps shape this module:
+
+* jobs that create a fresh SQLite DB at the same time can break it for good, and
+* processes racing to create one experiment silently log into "Default".
+
+So :func:`init_experiment` runs once, in a local Snakemake rule, creates the DB and the
+experiment and writes its id to a JSON file; every job opens its run **by that id**
+(:class:`RunLogger`). Metrics go out in batches (one ``log_batch`` per epoch).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from geopeft.io import read_json, write_json
+
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_LEN = 6000
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _ensure_sqlite_parent(uri: str) -> None:
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path) -> dict[str, str]:
+    """Create (or find) experiment ``name`` and write ``{experiment_id, ...}`` to ``out``."""
+    _ensure_sqlite_parent(tracking_uri)
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        artifact_root = Path(artifact_root).resolve()
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        exp_id = client.create_experiment(name, artifact_location=artifact_root.as_uri())
+    else:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        exp_id = exp.experiment_id
+    info = {"experiment_id": str(exp_id), "experiment": name, "tracking_uri": tracking_uri}
+    write_json(out, info)
+    return info
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}`` (lists kept as JSON-like text)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:MAX_PARAM_LEN]
+    return out
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """The checkout's commit (suffix ``-dirty`` with uncommitted changes), else ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class RunLogger:
+    """One MLflow run inside a pre-created experiment (by id); batched logging."""
+
+    def __init__(self, experiment_file: Path, run_name: str | None = None,
+                 params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
+                 run_id: str | None = None):
+        from mlflow.entities import Param, RunTag
+
+        info = read_json(experiment_file)
+        self.tracking_uri = info["tracking_uri"]
+        self.experiment_id = info["experiment_id"]
+        self.client = _client(self.tracking_uri)
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                         tags={"mlflow.runName": run_name or ""})
+            self.run_id = run.info.run_id
+        else:
+            self.run_id = run_id
+        flat = flatten(params or {})
+        items = [Param(k, v) for k, v in sorted(flat.items())]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
+        if tags:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Log a dict of metrics in one request."""
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)

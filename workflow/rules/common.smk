@@ -1,0 +1,84 @@
+import os
+import re
+
+from geopeft import config as gcfg
+from geopeft.paper.figures import FIGURES
+
+
+gcfg.validate(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+
+STUDY = config["study"]
+RES = f"{config['results_dir']}/{STUDY}"
+DATA = config["data"]
+RAW = f"{DATA['root']}/raw/{DATA['source']}"
+PREP = f"{DATA['root']}/prepared/{DATA['source']}"
+BANDS = gcfg.bands_id(DATA["bands"])
+ROWS = {row["name"]: row for row in gcfg.study_rows(config)}
+EXPERIMENT = f"{RES}/mlflow_experiment.json"
+
+
+wildcard_constraints:
+    dataset="[a-z0-9_]+",
+    bands="[A-Z0-9-]+",
+    run="|".join(map(re.escape, ROWS)) if ROWS else "[A-Za-z0-9_.-]+",
+    method="[a-z]+",
+    fraction="[0-9.e-]+",
+    seed="[0-9]+",
+
+
+def get_store(dataset=None):
+    """Prepared zarr store of a dataset (default: the study's) for the study's bands."""
+    return f"{PREP}/{dataset or DATA['dataset']}/{BANDS}.zarr"
+
+
+def get_source_store():
+    """Prepared store of the synthetic pretraining source set, in the target's format."""
+    return get_store(f"{DATA['dataset']}_source")
+
+
+def get_subset(wildcards):
+    """Label-fraction subset file of a run ([] when it uses every training label)."""
+    row = ROWS[wildcards.run]
+    if row["label_fraction"] >= 1.0:
+        return []
+    method = config["subsets"]["method"]
+    return (
+        f"{PREP}/{DATA['dataset']}/{BANDS}.subsets/"
+        f"{method}-f{row['label_fraction']:g}-s{row['seed']}.json"
+    )
+
+
+def get_pretrain(wildcards=None):
+    """The pretrained embedded backbone, when the study uses it."""
+    return f"{RES}/pretrain" if config["backbone"]["weights"] == "pretrain" else []
+
+
+def _base_spec():
+    return {
+        "study": STUDY,
+        "data": {k: DATA[k] for k in ("dataset", "bands", "source")},
+        "backbone": config["backbone"],
+        "threads": config["threads"],
+    }
+
+
+def get_pretrain_spec(wildcards):
+    return gcfg.canonical_json(dict(_base_spec(), pretrain=config["pretrain"]))
+
+
+def get_train_spec(wildcards):
+    """Everything one training job depends on: editing another row leaves it unchanged."""
+    return gcfg.canonical_json(dict(_base_spec(), row=ROWS[wildcards.run]))
+
+
+def opt(flag, paths):
+    """`--flag path` for an optional input, '' when absent."""
+    return f"{flag} {paths}" if paths else ""
+
+
+def get_final_outputs():
+    return [
+        f"{RES}/runs.csv",
+        f"{RES}/table.tex",
+        *expand(f"{RES}/figures/{{name}}.{{ext}}", name=FIGURES, ext=["pdf", "png"]),
+    ]

@@ -1,0 +1,61 @@
+localrules:
+    mlflow_init,
+
+
+rule mlflow_init:
+    """Create the MLflow DB and the study's experiment once, before any job logs to it."""
+    output:
+        EXPERIMENT,
+    params:
+        uri=gcfg.tracking_uri(config),
+        experiment=config["mlflow"]["experiment"] or STUDY,
+        artifacts=f"{config['results_dir']}/mlartifacts",
+    log:
+        f"{RES}/logs/mlflow_init.log",
+    conda:
+        "../../envs/geopeft.yaml"
+    shell:
+        "geopeft mlflow-init --tracking-uri {params.uri:q} --experiment {params.experiment:q}"
+        " --artifact-root {params.artifacts} --out {output} > {log} 2>&1"
+
+
+rule pretrain:
+    """Supervised pretraining of the embedded backbone on the synthetic source set."""
+    input:
+        store=get_source_store(),
+        experiment=EXPERIMENT,
+    output:
+        directory(f"{RES}/pretrain"),
+    params:
+        spec=get_pretrain_spec,
+    threads: max(2, config["threads"])
+    log:
+        f"{RES}/logs/pretrain.log",
+    conda:
+        "../../envs/geopeft.yaml"
+    shell:
+        "geopeft pretrain --spec {params.spec:q} --store {input.store}"
+        " --experiment {input.experiment} --out {output} > {log} 2>&1"
+
+
+rule train:
+    """One training job per study row."""
+    input:
+        store=get_store(),
+        subset=get_subset,
+        pretrain=get_pretrain,
+        experiment=EXPERIMENT,
+    output:
+        directory(f"{RES}/runs/{{run}}/model"),
+    params:
+        spec=get_train_spec,
+        subset=lambda wildcards, input: opt("--subset", input.subset),
+        pretrain=lambda wildcards, input: opt("--pretrain", input.pretrain),
+    threads: config["threads"]
+    log:
+        f"{RES}/logs/train/{{run}}.log",
+    conda:
+        "../../envs/geopeft.yaml"
+    shell:
+        "geopeft train --spec {params.spec:q} --store {input.store} {params.subset}"
+        " {params.pretrain} --experiment {input.experiment} --out {output} > {log} 2>&1"
