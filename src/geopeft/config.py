@@ -44,7 +44,7 @@ def _with_defaults(validator_cls: Any) -> Any:
     def set_defaults(validator: Any, properties: dict, instance: Any, schema: dict) -> Any:
         if isinstance(instance, dict):
             for prop, sub in properties.items():
-                if "$ref" in sub:
+                if "default" not in sub and "$ref" in sub:
                     sub = validator._resolver.lookup(sub["$ref"]).contents
                 if "default" in sub and prop not in instance:
                     instance[prop] = copy.deepcopy(sub["default"])

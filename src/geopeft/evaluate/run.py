@@ -7,7 +7,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-
 from geopeft.data.dataset import load_split, store_info
 from geopeft.evaluate.metrics import classification_metrics
 from geopeft.io import atomic_file, read_json, write_json

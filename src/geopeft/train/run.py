@@ -3,7 +3,8 @@
 A checkpoint folder holds only what training changed, plus what is needed to rebuild the rest:
 
 * ``trainable.safetensors`` -- every parameter with ``requires_grad`` (LoRA: adapters and the new
-  head; linear: the head; full: everything);
+  head; linear: the head; full: everything). When the backbone started from random weights
+  (``weights: none``) nothing could rebuild the frozen part, so every parameter is saved;
 * ``adapter/`` -- for LoRA, the same adapter in HF peft format (``PeftModel.from_pretrained``);
 * ``run.json`` -- the job spec (row, backbone, data), the base weights' origin, parameter counts,
   costs, history and the MLflow run id.
@@ -41,9 +42,15 @@ def _tags(spec: dict[str, Any], fingerprint: str, role: str) -> dict[str, str]:
     }
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def saved_names(model: nn.Module, base_weights: str) -> set[str]:
+    """Parameters a checkpoint holds: the trainable ones, or all without reloadable base weights."""
+    return {n for n, p in model.named_parameters() if p.requires_grad or base_weights == "none"}
+
+
+def trainable_state(model: nn.Module, base_weights: str = "") -> dict[str, torch.Tensor]:
+    keep = saved_names(model, base_weights)
     return {n: p.detach().cpu().contiguous().clone()
-            for n, p in model.named_parameters() if p.requires_grad}
+            for n, p in model.named_parameters() if n in keep}
 
 
 def save_checkpoint(model: nn.Module, out: Path, record: dict[str, Any]) -> None:
@@ -51,7 +58,8 @@ def save_checkpoint(model: nn.Module, out: Path, record: dict[str, Any]) -> None
     from safetensors.torch import save_file
 
     with atomic_dir(out) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(trainable_state(model, record["model"]["weights"]),
+                  str(tmp / "trainable.safetensors"))
         if record["spec"]["row"]["method"] == "lora":
             model.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
         write_json(tmp / "run.json", record)
@@ -76,7 +84,7 @@ def load_checkpoint(model_dir: Path, store: Path, pretrain_dir: Path | None = No
                          f"but {minfo['weights']} were found")
     model = apply_strategy(model, spec["row"]["method"], spec["row"].get("lora"))
     state = load_file(str(model_dir / "trainable.safetensors"))
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = saved_names(model, minfo["weights"])
     if set(state) != expected:
         raise ValueError(f"{model_dir / 'trainable.safetensors'}: tensors do not match the model: "
                          f"missing {sorted(expected - set(state))[:5]}, "

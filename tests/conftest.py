@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny synthetic world, prepared stores and a small ViT spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from geopeft.data.prepare import prepare
+from geopeft.data.synthetic import WorldSpec, generate_eurosat, generate_source
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
+
+
+def backbone_cfg(weights: str = "none", **kw: object) -> dict:
+    cfg = {"name": "vit_tiny_patch16_224", "kwargs": dict(TINY_VIT), "weights": weights,
+           "sha256": None, "input_size": None, "normalize": "auto"}
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 100-scene world (32x32) in EuroSAT-MS and -RGB layouts, plus a source set."""
+    root = tmp_path_factory.mktemp("world")
+    spec = WorldSpec(seed=11, n_samples=100, source_samples=50, size=32, cloud_fraction=0.2)
+    generate_eurosat(spec, root / "eurosat_ms", root / "eurosat_rgb")
+    generate_source(spec, root / "eurosat_ms_source", root / "eurosat_rgb_source")
+    return {"root": root, "ms": root / "eurosat_ms", "rgb": root / "eurosat_rgb",
+            "ms_source": root / "eurosat_ms_source", "rgb_source": root / "eurosat_rgb_source"}
+
+
+@pytest.fixture(scope="session")
+def ms_store(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stores") / "ms.zarr"
+    prepare("eurosat_ms", world["ms"], ["B04", "B03", "B02", "B08", "B8A", "B11"], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rgb_store(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stores") / "rgb.zarr"
+    prepare("eurosat_rgb", world["rgb"], ["B04", "B03", "B02"], out)
+    return out

@@ -1,0 +1,84 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geopeft import config as gcfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cfg():
+    with open(ROOT / "config" / "config.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def test_shipped_configs_are_valid():
+    for path in [ROOT / "config" / "config.yaml", ROOT / "config" / ".test" / "config.yaml",
+                 *sorted((ROOT / "config" / "studies").glob("*.yaml"))]:
+        c = gcfg.load(path)
+        assert gcfg.study_rows(c), path
+
+
+def test_defaults_filled(cfg):
+    del cfg["train"]
+    out = gcfg.validate(cfg)
+    assert out["train"]["warmup_epochs"] == 1 and out["backbone"]["normalize"] == "auto"
+    assert out["mlflow"]["tracking_uri"] is None
+    assert gcfg.tracking_uri(out) == "sqlite:///results/mlflow.db"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["data"].update(bands=["B04", "B13"]), r"data\.bands\[1\]: 'B13' is not one of"),
+        (lambda c: c["train"].update(lr=-1), r"train\.lr: -1 is less than or equal to"),
+        (lambda c: c["grid"].update(label_fraction=[0.1, 1.5]), r"grid\.label_fraction\[1\]: 1\.5"),
+        (lambda c: c.update(epochs=3), r"<top level>: Additional properties .*'epochs'"),
+        (lambda c: c["strategies"]["lora"].update(strategy="lorra"),
+         r"strategies\.lora\.strategy: 'lorra' is not one of"),
+        (lambda c: c["grid"].update(strategy=["full", "dora"]),
+         r"grid\.strategy\[1\]: 'dora' is not a key of strategies"),
+        (lambda c: c["data"].update(bands=["B04", "B08"]), r"data\.bands: 'B08' is not in eurosat_rgb"),
+        (lambda c: c["backbone"].update(weights="file:/x.pth"), r"backbone\.sha256: required"),
+        (lambda c: c.update(runs=[{"strategy": "full", "name": "full-f1-s0"}]),
+         r"duplicate run name\(s\) full-f1-s0"),
+    ],
+)
+def test_errors_name_key_and_value(cfg, edit, message):
+    edit(cfg)
+    with pytest.raises(gcfg.ConfigError, match=message) as err:
+        gcfg.validate(cfg, source="my.yaml")
+    assert str(err.value).startswith("my.yaml: ")
+
+
+def test_study_rows_merge_defaults_strategy_and_row(cfg):
+    cfg["runs"] = [{"name": "lora-long", "strategy": "lora", "epochs": 20, "seed": 4}]
+    gcfg.validate(cfg)
+    rows = {r["name"]: r for r in gcfg.study_rows(cfg)}
+    assert len(rows) == 13
+    r = rows["lora-long"]
+    assert r["train"]["epochs"] == 20 and r["train"]["lr"] == 0.003 and r["train"]["batch_size"] == 32
+    assert r["lora"] == {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["q", "k", "v"]}
+    assert rows["full-f0.1-s1"]["label_fraction"] == 0.1 and rows["full-f0.1-s1"]["seed"] == 1
+
+
+def test_editing_one_row_changes_only_its_spec(cfg):
+    cfg["grid"]["strategy"] = []
+    cfg["runs"] = [{"strategy": "full", "seed": 0}, {"strategy": "lora", "seed": 0}]
+    before = {r["name"]: gcfg.canonical_json(r) for r in gcfg.study_rows(gcfg.validate(copy.deepcopy(cfg)))}
+    cfg["runs"][1]["lr"] = 0.01
+    after = {r["name"]: gcfg.canonical_json(r) for r in gcfg.study_rows(gcfg.validate(cfg))}
+    assert before["full-f1-s0"] == after["full-f1-s0"]
+    assert before["lora-f1-s0"] != after["lora-f1-s0"]
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(gcfg.ConfigError, match="nope.yaml: config file not found"):
+        gcfg.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: [unclosed\n")
+    with pytest.raises(gcfg.ConfigError, match="bad.yaml: not valid YAML"):
+        gcfg.load(bad)

@@ -1,0 +1,208 @@
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import backbone_cfg
+from safetensors.torch import save_file
+
+from geopeft.data.dataset import StoreInfo
+from geopeft.models.backbone import (
+    SplitQKV,
+    WeightsError,
+    adapt_patch_embed,
+    create_vit,
+    load_weights,
+    split_qkv,
+)
+from geopeft.models.classifier import build_classifier
+from geopeft.models.strategies import apply_strategy, count_parameters
+from geopeft.train.run import load_checkpoint, save_checkpoint
+
+BANDS = ["B04", "B03", "B02"]
+
+
+def store(bands=BANDS, scale=1 / 255) -> StoreInfo:
+    n = len(bands)
+    return StoreInfo(Path("x"), "eurosat_rgb", [f"c{i}" for i in range(4)], list(bands), scale,
+                     [100.0] * n, [50.0] * n, "f" * 64)
+
+
+def model(method, **kw):
+    torch.manual_seed(0)
+    m, _ = build_classifier(backbone_cfg(), store(), 4)
+    return apply_strategy(m, method, kw or None)
+
+
+def trainable(m):
+    return {n for n, p in m.named_parameters() if p.requires_grad}
+
+
+def test_split_qkv_gives_identical_outputs():
+    torch.manual_seed(0)
+    vit = create_vit("vit_tiny_patch16_224", backbone_cfg()["kwargs"], 3, 4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ref = vit(x)
+    assert split_qkv(vit) == 2
+    assert isinstance(vit.blocks[0].attn.qkv, SplitQKV)
+    assert torch.allclose(vit(x), ref, atol=1e-6)
+
+
+def test_full_trains_everything_linear_only_head():
+    full = model("full")
+    assert trainable(full) == {n for n, _ in full.named_parameters()}
+    lin = model("linear")
+    assert trainable(lin) == {"backbone.head.weight", "backbone.head.bias"}
+
+
+def test_lora_trains_adapters_and_new_head_only():
+    m = model("lora", r=4, alpha=8, dropout=0.0, target_modules=["q", "k", "v"])
+    names = trainable(m)
+    lora = {n for n in names if "lora_" in n}
+    head = names - lora
+    assert head == {"base_model.model.backbone.head.modules_to_save.default.weight",
+                    "base_model.model.backbone.head.modules_to_save.default.bias"}
+    # rank-4 A and B on q, k, v of both blocks
+    assert len(lora) == 2 * 3 * 2
+    assert all(any(f".attn.qkv.{t}.lora_" in n for t in "qkv") for n in lora)
+    assert not any(p.requires_grad for n, p in m.named_parameters() if "lora_" not in n
+                   and "modules_to_save" not in n)
+    t, total = count_parameters(m)
+    assert t == 2 * 3 * (48 * 4 + 4 * 48) + (48 * 4 + 4)
+    assert total > t
+
+
+def _train_a_bit(m, steps=3):
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.rand(8, 3, 32, 32, generator=g) * 255
+        loss = torch.nn.functional.cross_entropy(m(x), torch.arange(8) % 4)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.mark.parametrize("method", ["lora", "linear", "full"])
+def test_save_load_identical_outputs(method, tmp_path, monkeypatch, rgb_store):
+    monkeypatch.chdir(tmp_path)
+    from geopeft.data.dataset import store_info
+
+    info = store_info(rgb_store)
+    torch.manual_seed(0)
+    m, minfo = build_classifier(backbone_cfg(), info, len(info.classes))
+    lora = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q", "v"]}
+    m = _train_a_bit(apply_strategy(m, method, lora))
+    x = torch.rand(4, 3, 32, 32) * 255
+    with torch.no_grad():
+        ref = m(x)
+    row = {"name": "r", "method": method, "lora": lora}
+    spec = {"backbone": backbone_cfg(), "row": row, "data": {"dataset": "eurosat_rgb"}}
+    save_checkpoint(m, tmp_path / "model", {"spec": spec, "model": minfo})
+    saved = set(__import__("safetensors.torch", fromlist=["x"]).load_file(
+        str(tmp_path / "model" / "trainable.safetensors")))
+    assert saved == {n for n, _ in m.named_parameters()}  # random base: everything is saved
+    if method == "lora":
+        assert any("modules_to_save" in k and "head" in k for k in saved)  # head saved with adapter
+        assert (tmp_path / "model" / "adapter" / "adapter_config.json").is_file()
+    loaded = load_checkpoint(tmp_path / "model", rgb_store)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ref)
+
+
+def test_checkpoint_holds_only_trainable_parameters_with_pretrained_base(tmp_path, rgb_store):
+    from safetensors.torch import load_file
+
+    from geopeft.data.dataset import store_info
+    from geopeft.train.run import trainable_state
+
+    info = store_info(rgb_store)
+    vit = create_vit("vit_tiny_patch16_224", backbone_cfg()["kwargs"], 3, 0)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    bb = backbone_cfg(f"file:{path}", sha256=sha)
+    m, minfo = build_classifier(bb, info, len(info.classes))
+    m = _train_a_bit(apply_strategy(m, "lora", {"r": 4, "alpha": 8, "dropout": 0.0}))
+    assert set(trainable_state(m, minfo["weights"])) == trainable(m)
+    spec = {"backbone": bb, "row": {"name": "r", "method": "lora", "lora": {"r": 4, "alpha": 8,
+            "dropout": 0.0}}, "data": {"dataset": "eurosat_rgb"}}
+    save_checkpoint(m, tmp_path / "model", {"spec": spec, "model": minfo})
+    assert set(load_file(str(tmp_path / "model" / "trainable.safetensors"))) == trainable(m)
+    x = torch.rand(2, 3, 32, 32) * 255
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(tmp_path / "model", rgb_store)(x), m(x))
+
+
+def test_lora_merge_and_peft_reload_identical(tmp_path, rgb_store):
+    from peft import PeftModel
+
+    from geopeft.data.dataset import store_info
+
+    info = store_info(rgb_store)
+    torch.manual_seed(0)
+    base, _ = build_classifier(backbone_cfg(), info, len(info.classes))
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    m = _train_a_bit(apply_strategy(base, "lora", {"r": 4, "alpha": 8, "dropout": 0.0}))
+    x = torch.rand(4, 3, 32, 32) * 255
+    with torch.no_grad():
+        ref = m(x)
+    m.save_pretrained(str(tmp_path / "adapter"))
+    fresh, _ = build_classifier(backbone_cfg(), info, len(info.classes))
+    fresh.load_state_dict(base_state)
+    reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), ref, atol=1e-5)
+        merged = m.merge_and_unload().eval()
+        assert not any("lora_" in n for n, _ in merged.named_parameters())
+        assert torch.allclose(merged(x), ref, atol=1e-4)
+
+
+def test_adapt_patch_embed_keeps_known_bands_and_response():
+    w = torch.randn(8, 3, 4, 4)
+    out = adapt_patch_embed(w, BANDS, ["B02", "B03", "B04", "B08"])
+    assert out.shape == (8, 4, 4, 4)
+    scale = 3 / 4
+    assert torch.allclose(out[:, 0], w[:, 2] * scale)  # B02 keeps its filter
+    assert torch.allclose(out[:, 3], w.mean(1) * scale)  # unknown band: mean filter
+    # a flat input gives the same response as before
+    assert torch.allclose(out.sum(1), w.sum(1), atol=1e-5)
+    assert torch.equal(adapt_patch_embed(w, BANDS, BANDS), w)
+
+
+def test_weights_file_sha256(tmp_path):
+    vit = create_vit("vit_tiny_patch16_224", backbone_cfg()["kwargs"], 3, 0)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    good = hashlib.sha256(path.read_bytes()).hexdigest()
+    w = load_weights(backbone_cfg(f"file:{path}", sha256=good))
+    assert w is not None and w.bands == BANDS
+    m, info = build_classifier(backbone_cfg(f"file:{path}", sha256=good), store(), 4)
+    assert torch.equal(m.backbone.pos_embed, vit.pos_embed)
+    assert info["weights"].startswith("file:")
+    with pytest.raises(WeightsError, match="does not match backbone.sha256"):
+        load_weights(backbone_cfg(f"file:{path}", sha256="0" * 64))
+    with pytest.raises(WeightsError, match="not found"):
+        load_weights(backbone_cfg(f"file:{tmp_path}/missing.pth", sha256=good))
+
+
+def test_timm_hub_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(WeightsError, match=r"not in the Hugging Face cache.*file:<path>"):
+        load_weights(backbone_cfg("timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", kwargs={}))
+
+
+def test_normalisation_matches_pretrained_weights_and_applied_once(tmp_path):
+    from geopeft.models.backbone import Normalization
+    from geopeft.models.classifier import resolve_norm
+
+    wn = Normalization(["B02", "B03", "B04"], [0.1, 0.2, 0.3], [1.0, 2.0, 3.0])
+    n = resolve_norm("auto", wn, store())
+    assert n.mean == [0.3, 0.2, 0.1] and n.std == [3.0, 2.0, 1.0]  # reordered to the store's bands
+    n = resolve_norm("dataset", wn, store())
+    assert n.mean == pytest.approx([100 / 255] * 3)
+    m, _ = build_classifier(backbone_cfg(), store(), 4)
+    x = torch.full((1, 3, 32, 32), 100.0)
+    assert torch.allclose(m.normalize(x), torch.zeros(1, 3, 32, 32), atol=1e-6)

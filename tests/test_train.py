@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+from conftest import backbone_cfg
+
+from geopeft.data.dataset import load_split, store_info
+from geopeft.models.classifier import build_classifier
+from geopeft.models.strategies import apply_strategy
+from geopeft.train.loop import TrainArgs, augment, fit, warmup_cosine
+
+
+def _fit(store, seed=0, method="lora"):
+    info = store_info(store)
+    torch.manual_seed(seed)
+    m, _ = build_classifier(backbone_cfg(), info, len(info.classes))
+    m = apply_strategy(m, method, {"r": 4, "alpha": 8, "dropout": 0.1})
+    args = TrainArgs(epochs=2, batch_size=16, lr=1e-3, seed=seed, progress=False)
+    res = fit(m, load_split(store, "train"), load_split(store, "val"), args)
+    return m, res
+
+
+def test_deterministic_on_cpu(rgb_store):
+    a, ra = _fit(rgb_store)
+    b, rb = _fit(rgb_store)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(pa, pb), na
+    assert ra["history"] == rb["history"]
+    c, _ = _fit(rgb_store, seed=1)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values(),
+                                                      strict=True))
+
+
+def test_records_costs_and_history(rgb_store):
+    m, res = _fit(rgb_store, method="linear")
+    assert len(res["history"]) == 2 and {"train_loss", "val_acc", "lr"} <= set(res["history"][0])
+    assert res["images_per_s"] > 0 and res["peak_memory_mb"] > 50 and res["device"] == "cpu"
+    assert res["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine reaches zero
+
+
+def test_frozen_parameters_do_not_move(rgb_store):
+    info = store_info(rgb_store)
+    torch.manual_seed(0)
+    m, _ = build_classifier(backbone_cfg(), info, len(info.classes))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m = apply_strategy(m, "linear")
+    fit(m, load_split(rgb_store, "train"), None, TrainArgs(epochs=1, batch_size=16, progress=False))
+    after = m.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"backbone.head.weight", "backbone.head.bias"}
+
+
+def test_warmup_then_cosine():
+    f = warmup_cosine(100, 10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0)
+    lrs = [f(s) for s in range(10, 100)]
+    assert all(x >= y for x, y in zip(lrs, lrs[1:], strict=False))
+
+
+def test_augment_is_a_dihedral_transform():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    y = augment(x, torch.Generator().manual_seed(0))
+    for i in range(2):
+        variants = [torch.rot90(x[i], k, (-2, -1)) for k in range(4)]
+        variants += [torch.flip(v, (-1,)) for v in variants]
+        assert any(torch.equal(y[i], v) for v in variants)
+    assert np.array_equal(np.sort(y.numpy().ravel()), np.sort(x.numpy().ravel()))

@@ -1,0 +1,94 @@
+"""The Snakemake workflow end to end on the tiny CI study, in a temporary directory."""
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "config" / ".test" / "config.yaml"
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, config: Path = TINY) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(config), "--cores", "2", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def job_counts(out: str) -> dict[str, int]:
+    table = out.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("wf")
+    r = snakemake(wd)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return wd
+
+
+def test_outputs(done):
+    res = done / "results" / "ci_tiny"
+    csv = (res / "runs.csv").read_text().splitlines()
+    assert len(csv) == 1 + 4
+    assert csv[0].startswith("run,strategy,method,label_fraction,seed,trainable_params")
+    for name in ("accuracy_vs_params", "accuracy_vs_fraction", "cost", "confusion"):
+        for ext in ("pdf", "png"):
+            assert (res / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    assert "\\toprule" in (res / "table.tex").read_text() and "synthetic" in (res / "table.tex").read_text()
+    assert (res / "runs" / "lora-f0.5-s0" / "model" / "adapter" / "adapter_config.json").is_file()
+    # every rule wrote a log
+    assert len(list((res / "logs").rglob("*.log"))) >= 1 + 1 + 4 + 4 + 3
+
+
+def test_mlflow_runs_in_study_experiment_not_default(done):
+    db = sqlite3.connect(done / "results" / "mlflow.db")
+    rows = db.execute("select e.name, r.name, r.status from runs r join experiments e "
+                      "on r.experiment_id = e.experiment_id").fetchall()
+    assert sorted(r[1] for r in rows) == sorted(
+        ["pretrain", "lora-f0.5-s0", "lora-f1-s0", "linear-f0.5-s0", "linear-f1-s0"])
+    assert {r[0] for r in rows} == {"ci_tiny"}
+    assert {r[2] for r in rows} == {"FINISHED"}
+
+
+def test_rerun_does_nothing(done):
+    r = snakemake(done, "-n")
+    assert r.returncode == 0
+    assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_editing_one_row_reruns_only_that_run_and_aggregates(done, tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["grid"] = {"strategy": []}
+    cfg["runs"] = [{"strategy": s, "label_fraction": f, "seed": 0}
+                   for s in ("lora", "linear") for f in (0.5, 1.0)]
+    same = tmp_path / "same.yaml"
+    same.write_text(yaml.safe_dump(cfg))
+    r = snakemake(done, "-n", config=same)
+    assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
+    cfg["runs"][0]["lr"] = 0.001  # the lora-f0.5-s0 row
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    r = snakemake(done, "-n", config=edited)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert job_counts(r.stdout) == {"train": 1, "evaluate": 1, "aggregate": 1, "figures": 1,
+                                    "table": 1, "all": 1}
+    assert set(re.findall(r"run=([\w.-]+)", r.stdout)) == {"lora-f0.5-s0"}
+
+
+def test_bad_config_clear_error(done, tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["data"]["bands"] = ["B04", "B3"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    r = snakemake(done, "-n", config=bad)
+    assert r.returncode != 0
+    assert "data.bands[1]: 'B3' is not one of" in r.stdout + r.stderr
