@@ -30,7 +30,7 @@ def test_init_once_then_runs_land_in_the_experiment(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_run_logs_params_metrics_artifacts(rgb_store, tmp_path, monkeypatch):
+def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, monkeypatch):
     """A train + evaluate job pair through the CLI, as the workflow runs them."""
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -59,8 +59,21 @@ def test_training_run_logs_params_metrics_artifacts(rgb_store, tmp_path, monkeyp
             "val_acc", "train_loss", "test_overall_accuracy", "test_macro_f1"} <= set(m)
     assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "evaluation"} <= arts
+    assert {"model", "evaluation", "config.json"} <= arts
     model_arts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/trainable.safetensors", "model/adapter", "model/run.json"} <= model_arts
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["overall_accuracy"] == pytest.approx(m["test_overall_accuracy"])
+
+    # the inference app classifies raw files with the saved run, without the prepared store
+    test_files = (world["rgb"] / "eurosat-test.txt").read_text().split()[:6]
+    paths = [str(world["rgb"] / "EuroSAT_RGB" / n.rsplit("_", 1)[0] / n) for n in test_files]
+    out = subprocess.run([*cli, "predict", "--model", "run/model", *paths], check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    assert out[0] == "file,prediction,probability,top3" and len(out) == 7
+    from geopeft.data.synthetic import EUROSAT_CLASSES
+
+    assert all(line.split(",")[1] in EUROSAT_CLASSES for line in out[1:])
+    bad = subprocess.run([*cli, "predict", "--model", "run/model", str(tmp_path / "nope.jpg")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "nope.jpg" in bad.stderr

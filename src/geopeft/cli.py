@@ -113,6 +113,22 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     log.info("%s: test OA %.4f, macro-F1 %.4f", m["run"], m["overall_accuracy"], m["macro_f1"])
 
 
+def cmd_predict(a: argparse.Namespace) -> None:
+    import csv
+
+    from geopeft.evaluate.predict import predict_files
+
+    rows = predict_files(Path(a.model), [Path(f) for f in a.files], a.top_k)
+    out = open(a.out, "w", newline="") if a.out else sys.stdout
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["file", "prediction", "probability", f"top{a.top_k}"])
+    for r in rows:
+        w.writerow([r["file"], r["prediction"], f"{r['probability']:.4f}",
+                    " ".join(f"{c}:{p:.3f}" for c, p in r["top"])])
+    if a.out:
+        out.close()
+
+
 def cmd_aggregate(a: argparse.Namespace) -> None:
     from geopeft.paper.aggregate import aggregate
 
@@ -198,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("predict", help="inference app: classify image files with a trained run")
+    s.add_argument("--model", required=True, help="a run's model folder")
+    s.add_argument("--top-k", type=int, default=3)
+    s.add_argument("--out", help="CSV file (default: standard output)")
+    s.add_argument("files", nargs="+", help="GeoTIFF / JPEG scenes in the run's dataset format")
+    s.set_defaults(func=cmd_predict)
+
     s = sub.add_parser("aggregate", help="one CSV of all runs")
     s.add_argument("--runs", nargs="+", required=True, help="run folders")
     s.add_argument("--out", required=True)
@@ -218,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from geopeft.bands import BandError
     from geopeft.config import ConfigError
     from geopeft.data.eurosat import DataError
     from geopeft.models.backbone import WeightsError
@@ -227,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         args.func(args)
-    except (ConfigError, DataError, WeightsError, FileNotFoundError) as err:
+    except (ConfigError, DataError, BandError, WeightsError, FileNotFoundError) as err:
         print(f"geopeft {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -366,6 +366,35 @@ def _split_names(rng: np.random.Generator, names_by_class: dict[str, list[str]],
     return {k: sorted(v) for k, v in out.items()}
 
 
+def _write_world(spec: WorldSpec, ms_dir: Path | None, rgb_dir: Path | None,
+                 plan: list[tuple[str, str, str, list[int]]], split_key: list[int],
+                 split: tuple[float, float, float]) -> dict[str, list[str]]:
+    """Render ``plan`` rows ``(folder, file stem, scene class, rng key)`` into the EuroSAT-MS
+    and/or EuroSAT-RGB layouts, with split files; returns the split lists."""
+    from PIL import Image
+
+    names: dict[str, list[str]] = {}
+    with _maybe(ms_dir) as ms_tmp, _maybe(rgb_dir) as rgb_tmp:
+        for folder, stem, cls, key in plan:
+            rng = np.random.default_rng(key)
+            dn = render(cls, rng, spec.size, spec.cloud_fraction, spec.noise)
+            names.setdefault(folder, []).append(f"{stem}.jpg")
+            if ms_tmp is not None:
+                d = ms_tmp / "EuroSAT_MS" / folder
+                d.mkdir(parents=True, exist_ok=True)
+                write_ms_tif(d / f"{stem}.tif", dn, _utm_profile(rng, spec.size))
+            if rgb_tmp is not None:
+                d = rgb_tmp / "EuroSAT_RGB" / folder
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(to_rgb8(dn)).save(d / f"{stem}.jpg", quality=95)
+        splits = _split_names(np.random.default_rng(split_key), names, split)
+        for tmp in (ms_tmp, rgb_tmp):
+            if tmp is not None:
+                for part, lst in splits.items():
+                    (tmp / f"eurosat-{part}.txt").write_text("".join(f"{x}\n" for x in lst))
+    return splits
+
+
 def generate_eurosat(spec: WorldSpec, ms_dir: Path | None, rgb_dir: Path | None) -> dict:
     """Write the target world as EuroSAT-MS and/or EuroSAT-RGB raw datasets.
 
@@ -377,30 +406,10 @@ def generate_eurosat(spec: WorldSpec, ms_dir: Path | None, rgb_dir: Path | None)
 
     Returns a summary dict (counts per class and split).
     """
-    from PIL import Image
-
     counts = class_counts(spec.n_samples, spec.classes)
-    names: dict[str, list[str]] = {}
-    with _maybe(ms_dir) as ms_tmp, _maybe(rgb_dir) as rgb_tmp:
-        for ci, cls in enumerate(spec.classes):
-            names[cls] = []
-            for n in range(1, counts[cls] + 1):
-                rng = np.random.default_rng([spec.seed, 1, ci, n])
-                dn = render(cls, rng, spec.size, spec.cloud_fraction, spec.noise)
-                names[cls].append(f"{cls}_{n}.jpg")
-                if ms_tmp is not None:
-                    d = ms_tmp / "EuroSAT_MS" / cls
-                    d.mkdir(parents=True, exist_ok=True)
-                    write_ms_tif(d / f"{cls}_{n}.tif", dn, _utm_profile(rng, spec.size))
-                if rgb_tmp is not None:
-                    d = rgb_tmp / "EuroSAT_RGB" / cls
-                    d.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(to_rgb8(dn)).save(d / f"{cls}_{n}.jpg", quality=95)
-        splits = _split_names(np.random.default_rng([spec.seed, 2]), names, spec.split)
-        for tmp in (ms_tmp, rgb_tmp):
-            if tmp is not None:
-                for part, lst in splits.items():
-                    (tmp / f"eurosat-{part}.txt").write_text("".join(f"{x}\n" for x in lst))
+    plan = [(cls, f"{cls}_{n}", cls, [spec.seed, 1, ci, n])
+            for ci, cls in enumerate(spec.classes) for n in range(1, counts[cls] + 1)]
+    splits = _write_world(spec, ms_dir, rgb_dir, plan, [spec.seed, 2], spec.split)
     return {"counts": counts, "split": {k: len(v) for k, v in splits.items()}}
 
 
@@ -409,35 +418,17 @@ def generate_source(spec: WorldSpec, ms_dir: Path | None, rgb_dir: Path | None) 
 
     Same EuroSAT-MS / EuroSAT-RGB layouts as the target (group folders instead of class
     folders) with train/val split files, so the same reader and ``prepare`` step handle it.
+    Scenes come from another random stream than the target's, so no scene is shared.
     """
-    from PIL import Image
-
     fine = class_counts(spec.source_samples, spec.classes)
-    names: dict[str, list[str]] = {g: [] for g in SOURCE_GROUPS}
-    with _maybe(ms_dir) as ms_tmp, _maybe(rgb_dir) as rgb_tmp:
-        for group, members in SOURCE_GROUPS.items():
-            n = 0
-            for cls in members:
-                ci = spec.classes.index(cls)
-                for k in range(1, fine[cls] + 1):
-                    rng = np.random.default_rng([spec.seed, 7, ci, k])  # disjoint stream
-                    dn = render(cls, rng, spec.size, spec.cloud_fraction, spec.noise)
-                    n += 1
-                    names[group].append(f"{group}_{n}.jpg")
-                    if ms_tmp is not None:
-                        d = ms_tmp / "EuroSAT_MS" / group
-                        d.mkdir(parents=True, exist_ok=True)
-                        write_ms_tif(d / f"{group}_{n}.tif", dn, _utm_profile(rng, spec.size))
-                    if rgb_tmp is not None:
-                        d = rgb_tmp / "EuroSAT_RGB" / group
-                        d.mkdir(parents=True, exist_ok=True)
-                        Image.fromarray(to_rgb8(dn)).save(d / f"{group}_{n}.jpg", quality=95)
-        splits = _split_names(np.random.default_rng([spec.seed, 8]), names, (0.8, 0.2, 0.0))
-        for tmp in (ms_tmp, rgb_tmp):
-            if tmp is not None:
-                for part, lst in splits.items():
-                    (tmp / f"eurosat-{part}.txt").write_text("".join(f"{x}\n" for x in lst))
-    return {"counts": {g: len(v) for g, v in names.items()}}
+    plan = []
+    for group, members in SOURCE_GROUPS.items():
+        members_plan = [(cls, k) for cls in members for k in range(1, fine[cls] + 1)]
+        for n, (cls, k) in enumerate(members_plan, start=1):
+            plan.append((group, f"{group}_{n}", cls, [spec.seed, 7, spec.classes.index(cls), k]))
+    splits = _write_world(spec, ms_dir, rgb_dir, plan, [spec.seed, 8], (0.8, 0.2, 0.0))
+    return {"counts": {g: sum(1 for p in plan if p[0] == g) for g in SOURCE_GROUPS},
+            "split": {k: len(v) for k, v in splits.items()}}
 
 
 class _maybe:

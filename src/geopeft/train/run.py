@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from geopeft.data.dataset import load_split, store_info
+from geopeft.data.dataset import StoreInfo, load_split, store_info
 from geopeft.io import atomic_dir, read_json, write_json
 from geopeft.models.backbone import sha256_file
 from geopeft.models.classifier import build_classifier
@@ -65,8 +66,12 @@ def save_checkpoint(model: nn.Module, out: Path, record: dict[str, Any]) -> None
         write_json(tmp / "run.json", record)
 
 
-def load_checkpoint(model_dir: Path, store: Path, pretrain_dir: Path | None = None) -> nn.Module:
+def load_checkpoint(model_dir: Path, store: Path | None = None,
+                    pretrain_dir: Path | None = None) -> nn.Module:
     """Rebuild a trained model from its checkpoint folder (eval mode, CPU).
+
+    ``store`` defaults to the description of the training store recorded in ``run.json``
+    (bands, classes, value scale, statistics), so inference needs no prepared data.
 
     Raises:
         ValueError: the checkpoint does not match the rebuilt model (missing or extra tensors,
@@ -77,7 +82,9 @@ def load_checkpoint(model_dir: Path, store: Path, pretrain_dir: Path | None = No
     model_dir = Path(model_dir)
     record = read_json(model_dir / "run.json")
     spec = record["spec"]
-    info = store_info(store)
+    info = store_info(store) if store is not None else StoreInfo(**record["store"])
+    if pretrain_dir is None and spec["backbone"]["weights"] == "pretrain":
+        pretrain_dir = record.get("pretrain_dir") and Path(record["pretrain_dir"])
     model, minfo = build_classifier(spec["backbone"], info, len(info.classes), pretrain_dir)
     if minfo["weights"] != record["model"]["weights"]:
         raise ValueError(f"{model_dir}: trained on base weights {record['model']['weights']}, "
@@ -107,6 +114,7 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
     trainable, total = count_parameters(model)
     logger = RunLogger(experiment, run_name=row["name"], params=spec,
                        tags=_tags(spec, info.fingerprint, "finetune"))
+    logger.log_dict(spec, "config.json")
     logger.log_metrics({"trainable_params": trainable, "total_params": total,
                         "train_samples": len(train)})
     log.info("%s: %d/%d trainable parameters, %d train samples", row["name"], trainable, total,
@@ -128,6 +136,8 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
         "device": result["device"],
         "mlflow_run_id": logger.run_id,
         "dataset_fingerprint": info.fingerprint,
+        "store": {**asdict(info), "path": str(info.path)},
+        "pretrain_dir": str(Path(pretrain_dir).resolve()) if pretrain_dir else None,
         **costs,
     }
     save_checkpoint(model, out, record)
@@ -156,6 +166,7 @@ def pretrain(spec: dict[str, Any], store: Path, experiment: Path, out: Path) -> 
     model, minfo = build_classifier(bb, info, len(info.classes), split=False)
     logger = RunLogger(experiment, run_name="pretrain", params=spec,
                        tags=_tags(spec, info.fingerprint, "pretrain"))
+    logger.log_dict(spec, "config.json")
     t0 = time.perf_counter()
     result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_metrics(m, e))
     vit = model.backbone

@@ -117,5 +117,9 @@ class RunLogger:
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_dict(self, obj: dict[str, Any], artifact_file: str) -> None:
+        """Store a dict (e.g. the resolved config) as a JSON artifact."""
+        self.client.log_dict(self.run_id, obj, artifact_file)
+
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
