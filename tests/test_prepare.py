@@ -7,8 +7,8 @@ import xarray as xr
 
 from geopeft.bands import EUROSAT_MS_FILE_ORDER, BandError, band_indices
 from geopeft.data.dataset import load_split, store_info
-from geopeft.data.eurosat import DataError
 from geopeft.data.prepare import norm_stats, prepare
+from geopeft.data.sources import DataError
 
 
 def _open(path):

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from geopeft.bands import BandError
     from geopeft.config import ConfigError
-    from geopeft.data.eurosat import DataError
+    from geopeft.data.sources import DataError
     from geopeft.models.backbone import WeightsError
 
     args = build_parser().parse_args(argv)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from geopeft.data.eurosat import DataError
 from geopeft.data.prepare import open_store
+from geopeft.data.sources import DataError
 from geopeft.io import read_json
 
 

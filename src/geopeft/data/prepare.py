@@ -1,21 +1,20 @@
-"""Preparation: raw files -> one zarr store per (dataset, band selection).
+"""Preparation: a raw dataset (embedded or real, in its published layout) -> one zarr store.
 
-Store layout (xarray on zarr v3)::
+Every source (``geopeft.data.sources.<name>``) lists its samples and reads one sample with the
+requested bands; :func:`prepare` does the rest the same way for all of them: reads in parallel
+threads (rasterio and numpy release the GIL), writes sample-chunked blocks through
+:class:`~geopeft.data.store.StoreWriter`, computes the band statistics on the **train split
+only**, fingerprints the content, and renames the store into place only when complete.
 
-    image  (sample, band, y, x)  raw values (uint16 DN or uint8), chunked by sample
-    label  (sample,)             class index into attrs["classes"]
-    split  (sample,)             "train" | "val" | "test"
-    name   (sample,)             source file stem
-    band   (band,)               Sentinel-2 band names, in model input order
-    attrs: dataset, classes, value_scale, norm_mean/norm_std (per band, raw units, **train split
-           only**), fingerprint (sha256 of names, labels, splits and pixels), counts
-
-The store is written to a temporary sibling and renamed only when complete.
+Store layout: ``image (sample, band, y, x)`` or ``(sample, time, band, y, x)``, ``label``,
+``split`` ("train" | "val" | "test"), ``name``, ``band``; attributes ``dataset``, ``classes``,
+``task``, ``value_scale``, ``norm_mean``/``norm_std`` (raw units), ``fingerprint``, ``counts``,
+``skipped``. Samples skipped on request (``skip_corrupt``) are counted in ``skipped`` and listed
+with the reason in ``skipped_samples``; without it, the first bad sample is an error.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from geopeft.bands import band_indices
-from geopeft.data.eurosat import FORMATS, DataError, scan
+from geopeft.data.sources import DataError, get_source
+from geopeft.data.store import StoreWriter
 from geopeft.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -32,80 +31,101 @@ CHUNK = 256
 
 
 def norm_stats(images: np.ndarray, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std over the **train split only** (float64 accumulation)."""
+    """Per-band mean and std over the **train split only** (images: sample x band x ...)."""
     train = images[split == "train"]
     if len(train) == 0:
         raise DataError("the train split is empty: norm statistics cannot be computed")
-    x = train.astype(np.float64)
-    mean = x.mean(axis=(0, 2, 3))
-    std = x.std(axis=(0, 2, 3))
-    return mean, np.maximum(std, 1e-6)
+    x = np.moveaxis(train, 1, -1).reshape(-1, train.shape[1]).astype(np.float64)
+    return x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
 
 
-def fingerprint(images: np.ndarray, labels: np.ndarray, split: np.ndarray,
-                names: np.ndarray, bands: list[str]) -> str:
-    h = hashlib.sha256()
-    h.update(" ".join(bands).encode())
-    for arr in (labels.astype(np.int64), split.astype(str), names.astype(str)):
-        h.update("\n".join(map(str, arr.tolist())).encode())
-    h.update(np.ascontiguousarray(images).tobytes())
-    return h.hexdigest()
+def _first_readable(src: Any, items: list[Any], bands: list[str], options: dict[str, Any],
+                    skip: bool) -> Any:
+    """The first sample (its shape defines the store); with ``skip``, the first readable one."""
+    for item in items:
+        try:
+            return src.read(item, bands, options)
+        except DataError:
+            if not skip:
+                raise
+    raise DataError(f"no readable sample among {len(items)} ({src.name})")
 
 
-def prepare(dataset: str, raw_dir: Path, bands: list[str], out: Path, threads: int = 1) -> dict:
-    """Convert a raw EuroSAT-layout dataset into the zarr store at ``out``.
-
-    Returns the store's attributes.
-    """
-    import xarray as xr
-
-    if dataset not in FORMATS:
-        raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(FORMATS)}")
-    fmt = FORMATS[dataset]
-    idx = band_indices(bands, fmt.file_bands, where=dataset)
-    items = scan(Path(raw_dir), fmt)
+def prepare(dataset: str, raw_dir: Path, bands: list[str], out: Path, threads: int = 1,
+            options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Convert the raw dataset under ``raw_dir`` into the store ``out``; returns its attributes."""
+    src = get_source(dataset)
+    options = dict(options or {})
+    src.check_bands(bands)
+    items = src.scan(Path(raw_dir), options)
     if not items:
-        raise DataError(f"{raw_dir}: the split files list no samples")
+        raise DataError(f"{raw_dir}: no samples found for {dataset}")
+    skip = bool(options.get("skip_corrupt", False))
+    first = _first_readable(src, items, bands, options, skip)
+    skipped: list[tuple[str, str]] = []
+    names: list[str] = []
+    splits: list[str] = []
 
-    def load(item: tuple[Path, int, str]) -> np.ndarray:
-        arr = fmt.read(item[0])
-        if arr.shape[1:] != first_shape:
-            raise DataError(f"{item[0]}: size {arr.shape[1:]}, the dataset has {first_shape}")
-        return arr[idx]
+    def load(item: Any) -> Any:
+        try:
+            sample = src.read(item, bands, options)
+        except DataError as err:
+            if skip:
+                return err
+            raise
+        if sample.image.shape != first.image.shape:
+            err = DataError(f"{item.path}: shape {sample.image.shape}, the dataset has "
+                            f"{first.image.shape}")
+            if skip:
+                return err
+            raise err
+        return sample
 
-    first_shape = fmt.read(items[0][0]).shape[1:]
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        images = np.stack(list(pool.map(load, items)))
-    labels = np.array([i[1] for i in items], dtype=np.int16)
-    split = np.array([i[2] for i in items])
-    names = np.array([i[0].stem for i in items])
-    mean, std = norm_stats(images, split)
-    counts = {p: int((split == p).sum()) for p in ("train", "val", "test")}
-    attrs: dict[str, Any] = {
-        "dataset": dataset,
-        "classes": list(fmt.classes),
-        "value_scale": fmt.value_scale,
-        "norm_mean": mean.tolist(),
-        "norm_std": std.tolist(),
-        "norm_split": "train",
-        "fingerprint": fingerprint(images, labels, split, names, bands),
-        "counts": counts,
-        "raw_dir": str(raw_dir),
-    }
-    ds = xr.Dataset(
-        {
-            "image": (("sample", "band", "y", "x"), images),
-            "label": (("sample",), labels),
-            "split": (("sample",), split.astype(object)),
-            "name": (("sample",), names.astype(object)),
-        },
-        coords={"band": np.array(bands, dtype=object), "sample": np.arange(len(items))},
-        attrs=attrs,
-    )
-    enc = {"image": {"chunks": (CHUNK, len(bands), *images.shape[2:])}}
     with atomic_dir(out) as tmp:
-        ds.to_zarr(tmp, mode="w", encoding=enc, zarr_format=3, consolidated=False)
-    log.info("prepared %s: %d samples %s -> %s", dataset, len(items), counts, out)
+        w = StoreWriter(tmp, len(items), bands, first.image.shape, src.dims, str(first.image.dtype),
+                        first.label.shape, src.label_dims, str(first.label.dtype), CHUNK)
+        buf: list[Any] = []
+        written = 0
+
+        def flush() -> None:
+            nonlocal written, buf
+            if not buf:
+                return
+            valid = np.stack([s.valid for s in buf]) if buf[0].valid is not None else None
+            w.write(written, np.stack([s.image for s in buf]), np.stack([s.label for s in buf]),
+                    np.array([it.split for it in buf_items]), valid)
+            written += len(buf)
+            buf = []
+            buf_items.clear()
+
+        buf_items: list[Any] = []
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for start in range(0, len(items), CHUNK):
+                block = items[start : start + CHUNK]
+                for item, sample in zip(block, pool.map(load, block), strict=True):
+                    if isinstance(sample, DataError):
+                        skipped.append((item.name, str(sample)))
+                        continue
+                    buf.append(sample)
+                    buf_items.append(item)
+                    names.append(item.name)
+                    splits.append(item.split)
+                    if len(buf) == CHUNK:
+                        flush()
+            flush()
+        if written < len(items):
+            w.truncate(written)
+        for name, value in src.extra_arrays(items, names, options).items():
+            w.add_array(name, value[0], value[1])
+        attrs = w.close(np.array(names, dtype=object), np.array(splits, dtype=object), {
+            "dataset": dataset, "classes": list(src.classes), "task": src.task,
+            "value_scale": src.value_scale, "raw_dir": str(raw_dir), "skipped": len(skipped),
+            "skipped_samples": [list(x) for x in skipped], **src.extra_attrs(options),
+        })
+        if skipped:
+            log.warning("%s: skipped %d unreadable samples (store attribute skipped_samples)",
+                        dataset, len(skipped))
+    log.info("prepared %s: %d samples %s -> %s", dataset, written, attrs["counts"], out)
     return attrs
 
 

@@ -281,8 +281,12 @@ SCENES: dict[str, Callable[[np.random.Generator, int], Mixture]] = {
 
 # ------------------------------------------------------------------------------------ sensor
 def render(cls: str, rng: np.random.Generator, size: int = 64, cloud_fraction: float = 0.0,
-           noise: float = 0.004) -> np.ndarray:
-    """One L1C scene of class ``cls`` as (13, size, size) uint16 DN in ESA band order."""
+           noise: float = 0.004, level: str = "L1C") -> np.ndarray:
+    """One scene of class ``cls`` as (13, size, size) uint16 DN in ESA band order.
+
+    ``level`` L1C adds the path radiance (top of atmosphere, as EuroSAT); L2A keeps surface
+    reflectance (as BigEarthNet and PASTIS).
+    """
     surf = _mix(SCENES[cls](rng, size), size)
     # per-scene illumination / within-class brightness, and a slight spectral tilt
     surf *= rng.normal(1.0, 0.08)
@@ -305,7 +309,8 @@ def render(cls: str, rng: np.random.Generator, size: int = 64, cloud_fraction: f
         sigma = _SIGMA[NATIVE_RES_M[band]]
         if sigma:
             toa[i] = ndimage.gaussian_filter(toa[i], sigma, mode="reflect")
-        toa[i] += PATH_RADIANCE[band]
+        if level == "L1C":
+            toa[i] += PATH_RADIANCE[band]
     toa += rng.normal(0, noise, toa.shape).astype(np.float32)
     return np.clip(np.rint(toa * 10000), 1, 65535).astype(np.uint16)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from geopeft.bands import band_indices
-from geopeft.data.eurosat import FORMATS, DataError
+from geopeft.data.sources import DataError, get_source
 from geopeft.io import read_json
 from geopeft.train.loop import predict
 from geopeft.train.run import load_checkpoint
@@ -36,12 +36,14 @@ def predict_files(model_dir: Path, files: list[Path], top_k: int = 3) -> list[di
     """
     record = read_json(Path(model_dir) / "run.json")
     store = record["store"]
-    fmt = FORMATS[store["dataset"]]
+    fmt = get_source(store["dataset"])
     model = load_checkpoint(Path(model_dir))
     size = _expected_size(model)
     images = []
     for f in files:
-        arr = fmt.read(Path(f))
+        if not hasattr(fmt, "read_file"):
+            raise DataError(f"predict reads single-file scenes; {fmt.name} is not such a dataset")
+        arr = fmt.read_file(Path(f))
         idx = band_indices(store["bands"], fmt.file_bands, where=str(f))
         if size is not None and arr.shape[1:] != (size, size):
             raise DataError(f"{f}: size {arr.shape[1]}x{arr.shape[2]}, the model takes {size}x{size}")

@@ -8,53 +8,69 @@ The same layout with other class folders holds the synthetic pretraining source 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from geopeft.bands import EUROSAT_MS_FILE_ORDER, EUROSAT_RGB_FILE_ORDER
+from geopeft.data.download import Remote
+from geopeft.data.sources import DataError, Item, Sample, Source
 from geopeft.data.synthetic import EUROSAT_CLASSES, SOURCE_GROUPS
 
 SPLITS = ("train", "val", "test")
+_HF = "https://hf.co/datasets/torchgeo/eurosat/resolve/1ce6f1bfb56db63fd91b6ecc466ea67f2509774c"
+#: Standard 16,200 / 5,400 / 5,400 split files (file names with .jpg) beside the mirror's zip.
+SPLIT_REMOTES = (
+    Remote("eurosat-train.txt", (f"{_HF}/eurosat-train.txt",), md5="908f142e73d6acdf3f482c5e80d851b1"),
+    Remote("eurosat-val.txt", (f"{_HF}/eurosat-val.txt",), md5="95de90f2aa998f70a3b2416bfe0687b4"),
+    Remote("eurosat-test.txt", (f"{_HF}/eurosat-test.txt",), md5="7ae5ab94471417b6e315763121e67c5f"),
+)
 
 
-class DataError(ValueError):
-    """A raw file or folder is missing or malformed; the message names it."""
-
-
-@dataclass(frozen=True)
-class EuroSATFormat:
+class EuroSAT(Source):
     """One EuroSAT-style dataset: sub-folder, extension, band order, dtype, classes."""
 
-    name: str
-    subdir: str
-    ext: str
-    file_bands: tuple[str, ...]
-    dtype: str
-    classes: tuple[str, ...]
-    value_scale: float  # raw value * value_scale ~ surface reflectance-like units (0-1)
+    def __init__(self, name: str, subdir: str, ext: str, file_bands: tuple[str, ...], dtype: str,
+                 classes: tuple[str, ...], value_scale: float, remotes: tuple[Remote, ...] = ()):
+        self.name, self.subdir, self.ext, self.dtype = name, subdir, ext, dtype
+        self.file_bands, self.classes, self.value_scale = file_bands, classes, value_scale
+        self.remotes = remotes
+        self.layout = subdir
 
-    def read(self, path: Path) -> np.ndarray:
-        """Read one sample as (bands, H, W) in file band order, checking count and dtype."""
+    def read_file(self, path: Path) -> np.ndarray:
+        """Read one file as (bands, H, W) in file band order, checking count and dtype."""
         return read_tif(path, self) if self.ext == ".tif" else read_jpg(path, self)
+
+    def scan(self, raw: Path, options: dict[str, Any]) -> list[Item]:
+        return [Item(p.stem, part, p, label) for p, label, part in scan(raw, self)]
+
+    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
+        arr = self.read_file(item.path)
+        return Sample(arr[self.check_bands(bands)], np.int16(item.label))
 
 
 _MS = dict(subdir="EuroSAT_MS", ext=".tif", file_bands=EUROSAT_MS_FILE_ORDER, dtype="uint16",
            value_scale=1e-4)
 _RGB = dict(subdir="EuroSAT_RGB", ext=".jpg", file_bands=EUROSAT_RGB_FILE_ORDER, dtype="uint8",
             value_scale=1 / 255)
-FORMATS: dict[str, EuroSATFormat] = {
-    "eurosat_ms": EuroSATFormat("eurosat_ms", classes=EUROSAT_CLASSES, **_MS),  # type: ignore[arg-type]
-    "eurosat_rgb": EuroSATFormat("eurosat_rgb", classes=EUROSAT_CLASSES, **_RGB),  # type: ignore[arg-type]
-    "eurosat_ms_source": EuroSATFormat(
-        "eurosat_ms_source", classes=tuple(SOURCE_GROUPS), **_MS),  # type: ignore[arg-type]
-    "eurosat_rgb_source": EuroSATFormat(
-        "eurosat_rgb_source", classes=tuple(SOURCE_GROUPS), **_RGB),  # type: ignore[arg-type]
+_ZENODO = "https://zenodo.org/records/7711810/files"
+SOURCES: dict[str, EuroSAT] = {
+    "eurosat_ms": EuroSAT("eurosat_ms", classes=EUROSAT_CLASSES, remotes=(  # type: ignore[arg-type]
+        Remote("EuroSAT_MS.zip", (f"{_ZENODO}/EuroSAT_MS.zip?download=1",),
+               md5="091174add3c8e680a49244acf185b9f0", size=2_065_402_329), *SPLIT_REMOTES), **_MS),
+    "eurosat_rgb": EuroSAT("eurosat_rgb", classes=EUROSAT_CLASSES, remotes=(  # type: ignore[arg-type]
+        Remote("EuroSAT_RGB.zip", (f"{_ZENODO}/EuroSAT_RGB.zip?download=1",),
+               md5="f46e308c4d50d4bf32fedad2d3d62f3b", size=94_658_721), *SPLIT_REMOTES), **_RGB),
+    "eurosat_ms_source": EuroSAT("eurosat_ms_source", classes=tuple(SOURCE_GROUPS), **_MS),  # type: ignore[arg-type]
+    "eurosat_rgb_source": EuroSAT("eurosat_rgb_source", classes=tuple(SOURCE_GROUPS), **_RGB),  # type: ignore[arg-type]
 }
+#: Backwards-compatible name.
+FORMATS = SOURCES
+EuroSATFormat = EuroSAT
 
 
-def read_tif(path: Path, fmt: EuroSATFormat) -> np.ndarray:
+def read_tif(path: Path, fmt: EuroSAT) -> np.ndarray:
     import rasterio
     from rasterio.errors import RasterioIOError
 
@@ -72,7 +88,7 @@ def read_tif(path: Path, fmt: EuroSATFormat) -> np.ndarray:
         raise DataError(f"{path}: cannot be read as GeoTIFF ({err})") from None
 
 
-def read_jpg(path: Path, fmt: EuroSATFormat) -> np.ndarray:
+def read_jpg(path: Path, fmt: EuroSAT) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -85,7 +101,7 @@ def read_jpg(path: Path, fmt: EuroSATFormat) -> np.ndarray:
     return arr.transpose(2, 0, 1).copy()
 
 
-def scan(root: Path, fmt: EuroSATFormat) -> list[tuple[Path, int, str]]:
+def scan(root: Path, fmt: EuroSAT) -> list[tuple[Path, int, str]]:
     """List ``(file, label, split)`` for every sample named in the split files.
 
     Raises:

@@ -1,0 +1,88 @@
+"""Dataset sources: one module per dataset, each knowing its published layout.
+
+A source lists the samples of a raw folder (:meth:`Source.scan`) and reads one sample with the
+requested bands (:meth:`Source.read`); :func:`geopeft.data.prepare.prepare` turns any source into
+the same zarr layout. Sources also carry what is needed to fetch the real data: archive URLs
+(publisher first, mirrors after), sizes and checksums (:attr:`Source.remotes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geopeft.bands import band_indices
+
+
+class DataError(ValueError):
+    """A raw file or folder is missing or malformed; the message names it."""
+
+
+@dataclass
+class Item:
+    """One sample of a raw dataset, before reading."""
+
+    name: str
+    split: str
+    path: Path
+    label: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    """One sample read: image (dims of the source), label, and valid time steps if any."""
+
+    image: np.ndarray
+    label: np.ndarray
+    valid: np.ndarray | None = None
+
+
+class Source:
+    """Base class of a dataset source."""
+
+    name: str = ""
+    classes: tuple[str, ...] = ()
+    task: str = "multiclass"  # multiclass | multilabel | segmentation
+    value_scale: float = 1e-4
+    file_bands: tuple[str, ...] = ()
+    dims: tuple[str, ...] = ("band", "y", "x")
+    label_dims: tuple[str, ...] = ()
+    remotes: tuple[Any, ...] = ()
+    #: folder (relative to the download folder) that an extracted archive puts the data in
+    layout: str = ""
+
+    def check_bands(self, bands: list[str]) -> list[int]:
+        return band_indices(bands, self.file_bands, where=self.name)
+
+    def scan(self, raw: Path, options: dict[str, Any]) -> list[Item]:
+        raise NotImplementedError
+
+    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
+        raise NotImplementedError
+
+    def extra_arrays(self, items: list[Item], kept: list[str],
+                     options: dict[str, Any]) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
+        return {}
+
+    def extra_attrs(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
+def get_source(name: str) -> Source:
+    """The source registered under ``name``."""
+    from geopeft.data.sources import bigearthnet, eurosat
+
+    registry: dict[str, Source] = {**eurosat.SOURCES, **bigearthnet.SOURCES}
+    try:
+        from geopeft.data.sources import pastis
+
+        registry.update(pastis.SOURCES)
+    except ImportError:  # pragma: no cover
+        pass
+    if name not in registry:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(registry))}")
+    return registry[name]

@@ -1,0 +1,98 @@
+"""Streaming writer of prepared stores (zarr v3, readable with ``xarray.open_zarr``).
+
+Converters read samples in parallel and hand them over in blocks; the writer puts each block into
+sample-chunked arrays (a training batch reads one chunk, not one per band per sample), updates
+the train-split band statistics and the fingerprint on the fly, and never holds the dataset in
+memory. Arrays carry their dimension names, so xarray sees::
+
+    image  (sample, band, y, x)  or  (sample, time, band, y, x)
+    label  (sample,) | (sample, class) | (sample, y, x)
+    split, name (sample,)        band (band,)        [dates, n_dates for time series]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+class StoreWriter:
+    """Write ``n`` samples of ``sample_shape`` (dims ``dims``) into a new zarr store at ``path``."""
+
+    def __init__(self, path: Path, n: int, bands: list[str], sample_shape: tuple[int, ...],
+                 dims: tuple[str, ...], dtype: str, label_shape: tuple[int, ...] = (),
+                 label_dims: tuple[str, ...] = (), label_dtype: str = "int16", chunk: int = 256):
+        import zarr
+
+        if n == 0:
+            raise ValueError("a store needs at least one sample")
+        self.n = n
+        self.dims = dims
+        self.band_axis = 1 + dims.index("band")
+        self.root = zarr.open_group(str(path), mode="w", zarr_format=3)
+        self.chunk = chunk
+        self.image = self.root.create_array(
+            "image", shape=(n, *sample_shape), chunks=(min(chunk, n), *sample_shape), dtype=dtype,
+            dimension_names=("sample", *dims), fill_value=0)
+        self.label = self.root.create_array(
+            "label", shape=(n, *label_shape), chunks=(min(chunk, n), *label_shape),
+            dtype=label_dtype, dimension_names=("sample", *label_dims), fill_value=0)
+        band = self.root.create_array("band", shape=(len(bands),), dtype=str,
+                                      dimension_names=("band",))
+        band[:] = np.array(bands, dtype=object)
+        self.bands = bands
+        self._sum = np.zeros(len(bands))
+        self._sumsq = np.zeros(len(bands))
+        self._count = 0
+        self._hash = hashlib.sha256(" ".join(bands).encode())
+
+    def add_array(self, name: str, data: np.ndarray, dims: tuple[str, ...]) -> None:
+        arr = self.root.create_array(name, shape=data.shape, dtype=data.dtype if data.dtype != object
+                                     else str, dimension_names=dims,
+                                     chunks=(min(self.chunk, len(data)), *data.shape[1:]))
+        arr[...] = data
+
+    def write(self, start: int, images: np.ndarray, labels: np.ndarray, splits: np.ndarray,
+              valid: np.ndarray | None = None) -> None:
+        """Store a block of samples from index ``start``; ``valid`` masks padded time steps."""
+        stop = start + len(images)
+        self.image[start:stop] = images
+        self.label[start:stop] = labels
+        self._hash.update(np.ascontiguousarray(images).tobytes())
+        self._hash.update(np.ascontiguousarray(labels).tobytes())
+        train = splits == "train"
+        if train.any():
+            x = np.moveaxis(images[train], self.band_axis, -1)  # (..., band)
+            if valid is not None:  # (n, time) mask of real acquisitions
+                x = x[valid[train]]
+            x = x.reshape(-1, len(self.bands)).astype(np.float64)
+            self._sum += x.sum(axis=0)
+            self._sumsq += (x * x).sum(axis=0)
+            self._count += len(x)
+
+    def truncate(self, n: int) -> None:
+        """Shrink to the first ``n`` samples (after skipped samples)."""
+        self.n = n
+        for arr in (self.image, self.label):
+            arr.resize((n, *arr.shape[1:]))
+
+    def close(self, names: np.ndarray, splits: np.ndarray, attrs: dict[str, Any]) -> dict[str, Any]:
+        """Write names and splits, statistics and attributes; returns the attributes."""
+        if self._count == 0:
+            raise ValueError("the train split is empty: norm statistics cannot be computed")
+        self.add_array("split", np.asarray(splits, dtype=object), ("sample",))
+        self.add_array("name", np.asarray(names, dtype=object), ("sample",))
+        for arr in (names, splits):
+            self._hash.update("\n".join(map(str, arr)).encode())
+        mean = self._sum / self._count
+        std = np.sqrt(np.maximum(self._sumsq / self._count - mean**2, 0))
+        attrs = dict(attrs, norm_mean=mean.tolist(), norm_std=np.maximum(std, 1e-6).tolist(),
+                     norm_split="train", fingerprint=self._hash.hexdigest(),
+                     counts={p: int((np.asarray(splits) == p).sum()) for p in SPLITS})
+        self.root.attrs.update(attrs)
+        return attrs
