@@ -1,0 +1,135 @@
+"""PASTIS (and the S2 part of PASTIS-R/-HD): Sentinel-2 time series of 128x128 patches.
+
+Layout: ``DATA_S2/S2_<ID>.npy`` (T x 10 x 128 x 128, int16 reflectance x 10000, bands
+B2 B3 B4 B5 B6 B7 B8 B8A B11 B12, 38-61 dates), ``ANNOTATIONS/TARGET_<ID>.npy`` (3 x 128 x 128,
+channel 0 the semantic class 0-19, 19 = void), ``metadata.geojson`` (ID_PATCH, Fold 1-5,
+``dates-S2`` index -> YYYYMMDD).
+
+The store keeps the time axis and the dates: ``image (sample, time, band, y, x)`` padded with
+zeros to the longest series, ``dates (sample, time)`` as YYYYMMDD (0 = padding), ``n_dates``,
+``fold``, ``label (sample, y, x)``. Splits come from folds (default train 1-3, val 4, test 5;
+``folds`` option for the five-fold rotation). Dates must be strictly increasing; a target label
+outside 0-19 is an error naming the file. Band statistics skip padded time steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geopeft.data.download import Remote
+from geopeft.data.sources import DataError, Item, Sample, Source
+
+BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+CLASSES: tuple[str, ...] = (
+    "Background", "Meadow", "Soft winter wheat", "Corn", "Winter barley", "Winter rapeseed",
+    "Spring barley", "Sunflower", "Grapevine", "Beet", "Winter triticale", "Winter durum wheat",
+    "Fruits, vegetables, flowers", "Potatoes", "Leguminous fodder", "Soybeans", "Orchard",
+    "Mixed cereal", "Sorghum", "Void label",
+)
+VOID = 19
+DEFAULT_FOLDS = {"train": [1, 2, 3], "val": [4], "test": [5]}
+
+
+def read_geojson(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DataError(f"{path}: metadata.geojson not found")
+    try:
+        feats = json.loads(path.read_text())["features"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise DataError(f"{path}: not a GeoJSON FeatureCollection ({err})") from None
+    out = []
+    for f in feats:
+        p = f.get("properties", {})
+        for key in ("ID_PATCH", "Fold", "dates-S2"):
+            if key not in p:
+                raise DataError(f"{path}: a feature lacks property {key!r}")
+        d = p["dates-S2"]
+        if isinstance(d, str):
+            d = json.loads(d)
+        dates = [int(d[k]) for k in sorted(d, key=int)]
+        if any(b <= a for a, b in zip(dates, dates[1:], strict=False)):
+            raise DataError(f"{path}: patch {p['ID_PATCH']}: dates-S2 are not strictly increasing")
+        out.append({"id": int(p["ID_PATCH"]), "fold": int(p["Fold"]), "dates": dates})
+    return out
+
+
+class Pastis(Source):
+    name = "pastis"
+    classes = CLASSES
+    task = "segmentation"
+    file_bands = BANDS
+    dims = ("time", "band", "y", "x")
+    label_dims = ("y", "x")
+    layout = "PASTIS"
+    remotes = (
+        Remote("PASTIS.zip", ("https://zenodo.org/records/5012942/files/PASTIS.zip?download=1",)),
+    )
+
+    def scan(self, raw: Path, options: dict[str, Any]) -> list[Item]:
+        base = raw / self.layout if (raw / self.layout / "metadata.geojson").is_file() else raw
+        meta = read_geojson(base / "metadata.geojson")
+        folds = options.get("folds") or DEFAULT_FOLDS
+        split_of = {f: part for part, fs in folds.items() for f in fs}
+        options.setdefault("t_max", max((len(m["dates"]) for m in meta), default=0))
+        items = []
+        for m in sorted(meta, key=lambda m: m["id"]):
+            if m["fold"] not in split_of:
+                continue
+            items.append(Item(str(m["id"]), split_of[m["fold"]], base, None,
+                              {"fold": m["fold"], "dates": m["dates"]}))
+        for part in ("train", "val", "test"):
+            if part in folds and not any(i.split == part for i in items):
+                raise DataError(f"{base}: fold(s) {folds[part]} of the {part} split hold no patch")
+        return items
+
+    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
+        sid = item.name
+        data_path = item.path / "DATA_S2" / f"S2_{sid}.npy"
+        target_path = item.path / "ANNOTATIONS" / f"TARGET_{sid}.npy"
+        for p in (data_path, target_path):
+            if not p.is_file():
+                raise DataError(f"{p}: missing")
+        try:
+            data = np.load(data_path, mmap_mode="r")
+            target = np.load(target_path)
+        except ValueError as err:
+            raise DataError(f"{data_path}: cannot be read as .npy ({err})") from None
+        dates = item.extra["dates"]
+        if data.ndim != 4 or data.shape[1] != len(BANDS):
+            raise DataError(f"{data_path}: shape {data.shape}, expected T x 10 x H x W")
+        if data.shape[0] != len(dates):
+            raise DataError(f"{data_path}: {data.shape[0]} dates, metadata.geojson lists "
+                            f"{len(dates)}")
+        sem = target[0] if target.ndim == 3 else target
+        if sem.min() < 0 or sem.max() > VOID:
+            raise DataError(f"{target_path}: labels outside 0-{VOID} ({sem.min()}..{sem.max()})")
+        t_max = int(options.get("t_max") or data.shape[0])
+        img = np.zeros((t_max, len(bands), *data.shape[2:]), np.int16)
+        img[: data.shape[0]] = np.asarray(data)[:, self.check_bands(bands)]
+        valid = np.zeros(t_max, bool)
+        valid[: data.shape[0]] = True
+        return Sample(img, sem.astype(np.uint8), valid)
+
+    def extra_arrays(self, items: list[Item], kept: list[str],
+                     options: dict[str, Any]) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
+        by = {i.name: i for i in items}
+        t_max = int(options["t_max"])
+        dates = np.zeros((len(kept), t_max), np.int32)
+        for k, name in enumerate(kept):
+            d = by[name].extra["dates"]
+            dates[k, : len(d)] = d
+        n = (dates > 0).sum(1).astype(np.int16)
+        fold = np.array([by[n_].extra["fold"] for n_ in kept], np.int8)
+        return {"dates": (dates, ("sample", "time")), "n_dates": (n, ("sample",)),
+                "fold": (fold, ("sample",))}
+
+    def extra_attrs(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {"void_class": VOID, "folds": options.get("folds") or DEFAULT_FOLDS,
+                "date_format": "YYYYMMDD, 0 = padding"}
+
+
+SOURCES: dict[str, Source] = {"pastis": Pastis()}

@@ -1,0 +1,96 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from geopeft.data.prepare import prepare
+from geopeft.data.sources import DataError
+from geopeft.data.synthetic_pastis import generate_pastis, ndvi_curve
+
+
+@pytest.fixture(scope="module")
+def pastis(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pastis") / "PASTIS"
+    generate_pastis(root, n_patches=10, size=24, seed=4)
+    return root
+
+
+def _open(p):
+    return xr.open_zarr(p, zarr_format=3, consolidated=False)
+
+
+def test_layout_and_store_keep_time_and_dates(pastis, tmp_path):
+    meta = json.loads((pastis / "metadata.geojson").read_text())["features"]
+    out = tmp_path / "p.zarr"
+    prepare("pastis", pastis, ["B04", "B08", "B8A"], out)
+    ds = _open(out)
+    t_max = max(len(f["properties"]["dates-S2"]) for f in meta)
+    assert ds.image.dims == ("sample", "time", "band", "y", "x")
+    assert ds.image.shape == (10, t_max, 3, 24, 24) and ds.image.dtype == np.int16
+    assert ds.label.shape == (10, 24, 24)
+    first = next(f["properties"] for f in meta if str(f["properties"]["ID_PATCH"]) == ds.name.values[0])
+    n = len(first["dates-S2"])
+    assert int(ds.n_dates.values[0]) == n
+    assert list(ds.dates.values[0, :n]) == [first["dates-S2"][str(k)] for k in range(n)]
+    assert (ds.dates.values[0, n:] == 0).all() and (ds.image.values[0, n:] == 0).all()
+    raw = np.load(pastis / "DATA_S2" / f"S2_{ds.name.values[0]}.npy")
+    assert np.array_equal(ds.image.values[0, :n, 1], raw[:, 6])  # B08 is the 7th PASTIS band
+    # folds 1-3 train, 4 val, 5 test
+    assert {int(f): str(s) for f, s in zip(ds.fold.values, ds.split.values, strict=True)} == {
+        1: "train", 2: "train", 3: "train", 4: "val", 5: "test"}
+
+
+def test_norm_stats_skip_padding(pastis, tmp_path):
+    out = tmp_path / "p.zarr"
+    attrs = prepare("pastis", pastis, ["B04"], out)
+    ds = _open(out)
+    vals = [ds.image.values[i, : int(ds.n_dates.values[i]), 0].ravel()
+            for i in range(10) if ds.split.values[i] == "train"]
+    assert attrs["norm_mean"][0] == pytest.approx(np.concatenate(vals).astype(float).mean())
+
+
+def test_phenology_separates_crops_over_the_season():
+    days = np.arange(1, 366, dtype=np.float32)
+    wheat, corn = ndvi_curve(2, days, 0), ndvi_curve(3, days, 0)
+    assert wheat[120] > 0.7 > corn[120]  # May: wheat green, corn bare
+    assert corn[210] > 0.7 > wheat[210]  # August: corn green, wheat harvested
+
+
+def _broken(pastis, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(pastis, raw)
+    return raw
+
+
+def test_dates_out_of_order(pastis, tmp_path):
+    raw = _broken(pastis, tmp_path)
+    g = json.loads((raw / "metadata.geojson").read_text())
+    d = g["features"][0]["properties"]["dates-S2"]
+    d["0"], d["1"] = d["1"], d["0"]
+    (raw / "metadata.geojson").write_text(json.dumps(g))
+    with pytest.raises(DataError, match="dates-S2 are not strictly increasing"):
+        prepare("pastis", raw, ["B04"], tmp_path / "o.zarr")
+
+
+def test_labels_out_of_range_and_length_mismatch(pastis, tmp_path):
+    raw = _broken(pastis, tmp_path)
+    t = next((raw / "ANNOTATIONS").glob("TARGET_*.npy"))
+    arr = np.load(t)
+    arr[0, 0, 0] = 25
+    np.save(t, arr)
+    with pytest.raises(DataError, match=rf"{t.name}: labels outside 0-19"):
+        prepare("pastis", raw, ["B04"], tmp_path / "o.zarr")
+    arr[0, 0, 0] = 0
+    np.save(t, arr)
+    d = raw / "DATA_S2" / t.name.replace("TARGET", "S2")
+    np.save(d, np.load(d)[:-1])
+    with pytest.raises(DataError, match=r"dates, metadata.geojson lists"):
+        prepare("pastis", raw, ["B04"], tmp_path / "o.zarr")
+
+
+def test_fold_without_patches(pastis, tmp_path):
+    with pytest.raises(DataError, match=r"fold\(s\) \[6\] of the test split hold no patch"):
+        prepare("pastis", pastis, ["B04"], tmp_path / "o.zarr",
+                options={"folds": {"train": [1, 2, 3], "val": [4], "test": [6]}})
