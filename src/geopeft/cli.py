@@ -49,6 +49,18 @@ def cmd_synthesize(a: argparse.Namespace) -> None:
     s = _spec(a.spec)
     spec = WorldSpec(**{k: s[k] for k in ("seed", "n_samples", "source_samples", "size",
                                           "cloud_fraction", "noise") if k in s})
+    if a.bigearthnet:
+        from geopeft.data.synthetic_bigearthnet import generate_bigearthnet
+
+        log.info("BigEarthNet world: %s", generate_bigearthnet(
+            Path(a.bigearthnet), spec.n_samples, spec.seed, size=120))
+    if a.pastis:
+        from geopeft.data.synthetic_pastis import generate_pastis
+
+        log.info("PASTIS world: %s", generate_pastis(Path(a.pastis), spec.n_samples, spec.size,
+                                                     spec.seed))
+    if not (a.ms or a.rgb):
+        return
     summary = generate_eurosat(spec, _opt_path(a.ms), _opt_path(a.rgb))
     log.info("target world: %s", summary)
     if a.ms_source or a.rgb_source:
@@ -59,7 +71,22 @@ def cmd_synthesize(a: argparse.Namespace) -> None:
 def cmd_prepare(a: argparse.Namespace) -> None:
     from geopeft.data.prepare import prepare
 
-    prepare(a.dataset, Path(a.raw), a.bands.split(","), Path(a.out), a.threads)
+    opts = _spec(a.options) if a.options else {}
+    prepare(a.dataset, Path(a.raw), a.bands.split(","), Path(a.out), a.threads, opts)
+
+
+def cmd_download(a: argparse.Namespace) -> None:
+    from geopeft.data.fetch import download_file
+
+    s = _spec(a.spec) if a.spec else {}
+    download_file(a.dataset, a.file, Path(a.out), s.get("mirrors"), s.get("remotes"),
+                  retries=a.retries)
+
+
+def cmd_fetch(a: argparse.Namespace) -> None:
+    from geopeft.data.fetch import assemble
+
+    assemble(a.dataset, [Path(f) for f in a.files], Path(a.out))
 
 
 def cmd_subset(a: argparse.Namespace) -> None:
@@ -163,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rgb", help="output folder for EuroSAT-RGB")
     s.add_argument("--ms-source", help="output folder for the MS pretraining source set")
     s.add_argument("--rgb-source", help="output folder for the RGB pretraining source set")
+    s.add_argument("--bigearthnet", help="output folder for a BigEarthNet-S2 v2 layout world")
+    s.add_argument("--pastis", help="output folder for a PASTIS layout world")
     s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("prepare", help="raw dataset -> zarr store (bands, splits, norm stats)")
@@ -171,7 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bands", required=True, help="comma-separated band names, e.g. B04,B03,B02")
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--options", help="source options as JSON (resampling, folds, skip_corrupt, ...)")
     s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("download", help="download one file of a real dataset (verified, resumable)")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--file", required=True, help="the remote's file name")
+    s.add_argument("--out", required=True)
+    s.add_argument("--spec", help="JSON with optional 'mirrors' and 'remotes'")
+    s.add_argument("--retries", type=int, default=5)
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("fetch", help="assemble the raw folder from downloaded files")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("files", nargs="+")
+    s.set_defaults(func=cmd_fetch)
 
     s = sub.add_parser("subset", help="label-fraction subset of the train split")
     s.add_argument("--store", required=True)
@@ -243,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from geopeft.bands import BandError
     from geopeft.config import ConfigError
+    from geopeft.data.download import DownloadError
+    from geopeft.data.extract import UnsafeArchiveError
     from geopeft.data.sources import DataError
     from geopeft.models.backbone import WeightsError
 
@@ -251,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         args.func(args)
-    except (ConfigError, DataError, BandError, WeightsError, FileNotFoundError) as err:
+    except (ConfigError, DataError, BandError, WeightsError, DownloadError, UnsafeArchiveError,
+            FileNotFoundError) as err:
         print(f"geopeft {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

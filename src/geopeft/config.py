@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+SYNTHETIC_DATASETS = ("eurosat_ms", "eurosat_rgb", "bigearthnet_s2", "pastis")
+TRAINABLE_DATASETS = ("eurosat_ms", "eurosat_rgb")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment")
 
 
@@ -110,6 +112,13 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
             f"{source}: backbone.weights: 'pretrain' needs the embedded source set "
             f"(data.source: synthetic); use timm:<tag> or file:<path> with real data"
         )
+    if cfg["data"]["source"] == "synthetic" and cfg["data"]["dataset"] not in SYNTHETIC_DATASETS:
+        raise ConfigError(
+            f"{source}: data.dataset: the embedded world writes {', '.join(SYNTHETIC_DATASETS)}; "
+            f"for {cfg['data']['dataset']!r} set data.source to download or local"
+        )
+    if cfg["data"]["source"] == "local" and not cfg["data"].get("raw_dir"):
+        cfg["data"]["raw_dir"] = str(Path(cfg["data"]["root"]) / "raw" / "local" / cfg["data"]["dataset"])
     if cfg["data"]["dataset"] == "eurosat_rgb":
         bad = [b for b in cfg["data"]["bands"] if b not in ("B04", "B03", "B02")]
         if bad:

@@ -31,6 +31,21 @@ def get_store(dataset=None):
     return f"{PREP}/{dataset or DATA['dataset']}/{BANDS}.zarr"
 
 
+def get_raw(wildcards):
+    """Raw folder of a dataset: data.raw_dir for local data, else generated or downloaded."""
+    if DATA["source"] == "local" and wildcards.dataset == DATA["dataset"]:
+        return DATA["raw_dir"]
+    return f"{RAW}/{wildcards.dataset}"
+
+
+def get_download_files(wildcards):
+    """Every file the dataset's source downloads (registry, or data.remotes), mirrors first."""
+    from geopeft.data.fetch import remotes_for
+
+    files = remotes_for(wildcards.dataset, DATA["mirrors"], DATA["remotes"])
+    return [f"{DATA['root']}/downloads/{wildcards.dataset}/{r.name}" for r in files]
+
+
 def get_source_store():
     """Prepared store of the synthetic pretraining source set, in the target's format."""
     return get_store(f"{DATA['dataset']}_source")
@@ -77,6 +92,9 @@ def opt(flag, paths):
 
 
 def get_final_outputs():
+    if DATA["dataset"] not in gcfg.TRAINABLE_DATASETS:
+        # fetched and prepared here; trained by the Fusion-LoRA / time-series studies
+        return [get_store()]
     return [
         f"{RES}/runs.csv",
         f"{RES}/table.tex",

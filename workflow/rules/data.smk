@@ -1,6 +1,7 @@
 if DATA["source"] == "synthetic":
 
     rule synthesize:
+        """The embedded synthetic Sentinel-2 world, in EuroSAT-MS/-RGB layouts, + source set."""
         output:
             ms=directory(f"{RAW}/eurosat_ms"),
             rgb=directory(f"{RAW}/eurosat_rgb"),
@@ -16,14 +17,69 @@ if DATA["source"] == "synthetic":
             "geopeft synthesize --spec {params.spec:q} --ms {output.ms} --rgb {output.rgb}"
             " --ms-source {output.ms_source} --rgb-source {output.rgb_source} > {log} 2>&1"
 
+    rule synthesize_layout:
+        """Embedded worlds in the BigEarthNet-S2 v2 and PASTIS layouts."""
+        output:
+            directory(f"{RAW}/{{layout}}"),
+        wildcard_constraints:
+            layout="bigearthnet_s2|pastis",
+        params:
+            spec=gcfg.canonical_json(DATA["synthetic"]),
+            flag=lambda wildcards: "--bigearthnet" if wildcards.layout == "bigearthnet_s2" else "--pastis",
+        log:
+            f"{DATA['root']}/logs/synthesize_{{layout}}.log",
+        conda:
+            "../../envs/geopeft.yaml"
+        shell:
+            "geopeft synthesize --spec {params.spec:q} {params.flag} {output} > {log} 2>&1"
+
+
+if DATA["source"] == "download":
+
+    localrules:
+        download,
+        fetch,
+
+    rule download:
+        """One file of a real dataset: streamed, resumed, retried, checksum-verified."""
+        output:
+            f"{DATA['root']}/downloads/{{dataset}}/{{file}}",
+        wildcard_constraints:
+            file="[^/]+",
+        params:
+            spec=gcfg.canonical_json({k: DATA[k] for k in ("mirrors", "remotes")}),
+        retries: 2
+        log:
+            f"{DATA['root']}/logs/download/{{dataset}}-{{file}}.log",
+        conda:
+            "../../envs/geopeft.yaml"
+        shell:
+            "geopeft download --dataset {wildcards.dataset} --file {wildcards.file:q}"
+            " --spec {params.spec:q} --out {output:q} > {log} 2>&1"
+
+    rule fetch:
+        """The raw folder of a downloaded dataset: archives extracted safely, metadata copied."""
+        input:
+            get_download_files,
+        output:
+            directory(f"{RAW}/{{dataset}}"),
+        log:
+            f"{DATA['root']}/logs/fetch/{{dataset}}.log",
+        conda:
+            "../../envs/geopeft.yaml"
+        shell:
+            "geopeft fetch --dataset {wildcards.dataset} --out {output} {input:q} > {log} 2>&1"
+
 
 rule prepare:
+    """Raw dataset -> one zarr store per band selection (train-split norm stats, fingerprint)."""
     input:
-        raw=f"{RAW}/{{dataset}}",
+        raw=get_raw,
     output:
         directory(f"{PREP}/{{dataset}}/{{bands}}.zarr"),
     params:
         bands=lambda wildcards: wildcards.bands.replace("-", ","),
+        options=gcfg.canonical_json(DATA["options"]),
     threads: 2
     log:
         f"{DATA['root']}/logs/prepare/{{dataset}}-{{bands}}.log",
@@ -31,10 +87,11 @@ rule prepare:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft prepare --dataset {wildcards.dataset} --raw {input.raw} --bands {params.bands}"
-        " --out {output} --threads {threads} > {log} 2>&1"
+        " --options {params.options:q} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule subset:
+    """Label-fraction subset of the train split, cached by (method, fraction, seed)."""
     input:
         f"{PREP}/{{dataset}}/{{bands}}.zarr",
     output:

@@ -131,8 +131,12 @@ def prepare(dataset: str, raw_dir: Path, bands: list[str], out: Path, threads: i
 
 def open_store(path: Path) -> Any:
     """Open a prepared store lazily (xarray Dataset); a clear error if it is missing."""
+    import warnings
+
     import xarray as xr
 
     if not Path(path).is_dir():
         raise DataError(f"{path}: prepared store not found (run the prepare rule)")
-    return xr.open_zarr(path, zarr_format=3, consolidated=False)
+    with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp inside directory outputs
+        warnings.filterwarnings("ignore", message="Object at .snakemake_timestamp")
+        return xr.open_zarr(path, zarr_format=3, consolidated=False)
