@@ -109,3 +109,18 @@ def test_bigearthnet_tar_zst_with_checksum_mismatch_then_fixed(tmp_path):
     store = wd / "data/prepared/download/bigearthnet_s2/B02-B03-B04-B08-B11-B12.zarr"
     ds = xr.open_zarr(store, zarr_format=3, consolidated=False)
     assert ds.label.shape[1] == 19 and ds.image.shape[1:] == (6, 120, 120)
+
+
+def test_local_data_is_not_downloaded(tmp_path):
+    world = tmp_path / "mine"
+    generate_eurosat(WorldSpec(seed=2, n_samples=40, size=16), None, world)
+    cfg = _base_cfg("eurosat_rgb", ["B04", "B03", "B02"])
+    cfg["data"].update(source="local", raw_dir=str(world))
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    r = _run(wd, cfg, "data/prepared/local/eurosat_rgb/B04-B03-B02.zarr")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (wd / "data" / "downloads").exists() and not (wd / "data" / "raw").exists()
+    store = xr.open_zarr(wd / "data/prepared/local/eurosat_rgb/B04-B03-B02.zarr", zarr_format=3,
+                         consolidated=False)
+    assert store.attrs["raw_dir"] == str(world) and store.image.shape[0] == 40

@@ -133,6 +133,8 @@ def download(remote: Remote, dest: Path, retries: int = 5, timeout: float = 60.0
     dest = Path(dest)
     if dest.exists():
         return dest
+    if not (remote.md5 or remote.sha256):
+        log.warning("%s: no checksum is known; the download is checked for size only", remote.name)
     part = dest.with_name(dest.name + ".part")
     if remote.size:
         have = part.stat().st_size if part.exists() else 0

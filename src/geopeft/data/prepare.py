@@ -81,38 +81,39 @@ def prepare(dataset: str, raw_dir: Path, bands: list[str], out: Path, threads: i
             raise err
         return sample
 
+    # chunks of ~16 MB: a training batch reads one or two of them, and blocks of that size keep
+    # reading and (compressed) writing overlapped
+    chunk = int(max(1, min(CHUNK, (16 << 20) // max(1, first.image.nbytes))))
     with atomic_dir(out) as tmp:
         w = StoreWriter(tmp, len(items), bands, first.image.shape, src.dims, str(first.image.dtype),
-                        first.label.shape, src.label_dims, str(first.label.dtype), CHUNK)
-        buf: list[Any] = []
+                        first.label.shape, src.label_dims, str(first.label.dtype), chunk)
         written = 0
+        pending: Any = None  # the previous block's write, overlapping the next block's reads
 
-        def flush() -> None:
-            nonlocal written, buf
-            if not buf:
-                return
-            valid = np.stack([s.valid for s in buf]) if buf[0].valid is not None else None
-            w.write(written, np.stack([s.image for s in buf]), np.stack([s.label for s in buf]),
-                    np.array([it.split for it in buf_items]), valid)
-            written += len(buf)
-            buf = []
-            buf_items.clear()
+        def write_block(start: int, block: list[tuple[Any, Any]]) -> None:
+            valid = np.stack([s.valid for _, s in block]) if block[0][1].valid is not None else None
+            w.write(start, np.stack([s.image for _, s in block]), np.stack([s.label for _, s in block]),
+                    np.array([it.split for it, _ in block]), valid)
 
-        buf_items: list[Any] = []
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            for start in range(0, len(items), CHUNK):
-                block = items[start : start + CHUNK]
-                for item, sample in zip(block, pool.map(load, block), strict=True):
+        with ThreadPoolExecutor(max(1, threads)) as pool, ThreadPoolExecutor(1) as writer:
+            for start in range(0, len(items), chunk):
+                block_items = items[start : start + chunk]
+                good = []
+                for item, sample in zip(block_items, pool.map(load, block_items), strict=True):
                     if isinstance(sample, DataError):
                         skipped.append((item.name, str(sample)))
                         continue
-                    buf.append(sample)
-                    buf_items.append(item)
+                    good.append((item, sample))
                     names.append(item.name)
                     splits.append(item.split)
-                    if len(buf) == CHUNK:
-                        flush()
-            flush()
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                if good:
+                    pending = writer.submit(write_block, written, good)
+                    written += len(good)
+            if pending is not None:
+                pending.result()
         if written < len(items):
             w.truncate(written)
         for name, value in src.extra_arrays(items, names, options).items():
