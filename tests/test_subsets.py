@@ -56,3 +56,20 @@ def test_cli_subset_only_train_samples(rgb_store, tmp_path):
     split = xr.open_zarr(rgb_store, zarr_format=3, consolidated=False).split.values
     assert (split[sub["samples"]] == "train").all()
     assert sub["method"] == "stratified" and sub["fraction"] == 0.5 and sub["seed"] == 0
+
+
+def test_multilabel_stratified_by_rarest_label():
+    from geopeft.data.subsets import strata
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 6)) < [0.6, 0.4, 0.2, 0.1, 0.05, 0.02]).astype(np.uint8)
+    y[:5] = 0  # unlabelled samples
+    s = strata(y)
+    assert (s[:5] == -1).all()
+    assert all(y[i, s[i]] == 1 for i in range(5, 400) if s[i] >= 0)
+    small = set(label_fraction_subset(y, 0.1, seed=0))
+    big = set(label_fraction_subset(y, 0.5, seed=0))
+    assert small <= big
+    # the rarest class keeps (about) its share instead of vanishing
+    rare = np.flatnonzero(y[:, 5])
+    assert len(set(rare) & big) >= round(0.5 * (s == 5).sum())

@@ -65,3 +65,24 @@ def test_augment_is_a_dihedral_transform():
         variants += [torch.flip(v, (-1,)) for v in variants]
         assert any(torch.equal(y[i], v) for v in variants)
     assert np.array_equal(np.sort(y.numpy().ravel()), np.sort(x.numpy().ravel()))
+
+
+def test_multilabel_training_uses_bce_and_map(tmp_path):
+    from geopeft.data.prepare import prepare
+    from geopeft.data.synthetic_bigearthnet import generate_bigearthnet
+
+    generate_bigearthnet(tmp_path / "raw", n_patches=24, seed=3, cloudy_share=0.0)
+    store = tmp_path / "s.zarr"
+    prepare("bigearthnet_s2", tmp_path / "raw", ["B04", "B03", "B02", "B08"], store,
+            options={"size": 32, "resampling": "bilinear"})
+    info = store_info(store)
+    tr = load_split(store, "train")
+    assert tr.y.shape[1] == 19 and tr.y.dtype == np.float32
+    torch.manual_seed(0)
+    m, _ = build_classifier(backbone_cfg(), info, len(info.classes))
+    res = fit(m, tr, load_split(store, "val"),
+              TrainArgs(epochs=3, batch_size=8, lr=3e-3, progress=False, augment=False))
+    h = res["history"]
+    assert {"val_map_macro", "val_map_micro", "val_score"} <= set(h[-1]) and "train_acc" not in h[-1]
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    assert 0 <= h[-1]["val_score"] <= 1

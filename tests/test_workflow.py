@@ -92,3 +92,22 @@ def test_bad_config_clear_error(done, tmp_path):
     r = snakemake(done, "-n", config=bad)
     assert r.returncode != 0
     assert "data.bands[1]: 'B3' is not one of" in r.stdout + r.stderr
+
+
+def test_multilabel_study_end_to_end(tmp_path):
+    """The embedded BigEarthNet world through pretrain, LoRA/linear, evaluation and paper outputs."""
+    import csv
+
+    cfg = ROOT / "config" / ".test" / "bigearthnet.yaml"
+    r = snakemake(tmp_path, config=cfg)
+    assert r.returncode == 0, r.stderr[-5000:]
+    res = tmp_path / "results" / "ci_bigearthnet"
+    rows = list(csv.DictReader((res / "runs.csv").open()))
+    assert len(rows) == 4 and {x["primary_metric"] for x in rows} == {"map_macro"}
+    assert all(0 < float(x["test_map_macro"]) <= 1 and x["test_overall_accuracy"] == "" for x in rows)
+    assert "macro mAP" in (res / "table.tex").read_text()
+    header = (res / "runs" / "lora-f1-s0" / "confusion.csv").read_text().splitlines()[0]
+    assert header == "class,tp,fp,fn,tn"
+    db = sqlite3.connect(tmp_path / "results" / "mlflow.db")
+    keys = {k for (k,) in db.execute("select distinct key from metrics")}
+    assert {"test_map_macro", "test_f1_micro", "val_map_macro"} <= keys

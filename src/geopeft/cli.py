@@ -101,7 +101,9 @@ def cmd_subset(a: argparse.Namespace) -> None:
     labels = ds["label"].values[train]
     pos = label_fraction_subset(labels, a.fraction, a.seed, a.method)
     chosen = train[pos]
-    counts = np.bincount(labels[pos], minlength=len(ds.attrs["classes"]))
+    n_cls = len(ds.attrs["classes"])
+    counts = (labels[pos].sum(axis=0) if labels.ndim == 2
+              else np.bincount(labels[pos], minlength=n_cls))
     write_json(a.out, {"method": a.method, "fraction": a.fraction, "seed": a.seed,
                        "samples": chosen.tolist(), "class_counts": counts.tolist(),
                        "train_size": int(len(train)), "store_fingerprint": ds.attrs["fingerprint"]})
@@ -127,8 +129,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     rec = train_row(_spec(a.spec), Path(a.store), _opt_path(a.subset), Path(a.experiment),
                     Path(a.out), _opt_path(a.pretrain))
     h = rec["history"][-1]
-    log.info("%s: val_acc %.4f, %.1f s, %.0f img/s, peak %.0f MiB", rec["spec"]["row"]["name"],
-             h.get("val_acc", float("nan")), rec["wall_time_s"], rec["images_per_s"],
+    log.info("%s: val score %.4f, %.1f s, %.0f img/s, peak %.0f MiB", rec["spec"]["row"]["name"],
+             h.get("val_score", float("nan")), rec["wall_time_s"], rec["images_per_s"],
              rec["peak_memory_mb"])
 
 
@@ -137,7 +139,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     m = evaluate(Path(a.model), Path(a.store), _opt_path(a.experiment), Path(a.metrics),
                  Path(a.confusion), _opt_path(a.pretrain), a.threads)
-    log.info("%s: test OA %.4f, macro-F1 %.4f", m["run"], m["overall_accuracy"], m["macro_f1"])
+    log.info("%s: test %s %.4f", m["run"], m["primary_metric"], m["primary"])
 
 
 def cmd_predict(a: argparse.Namespace) -> None:

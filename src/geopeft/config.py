@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 SYNTHETIC_DATASETS = ("eurosat_ms", "eurosat_rgb", "bigearthnet_s2", "pastis")
-TRAINABLE_DATASETS = ("eurosat_ms", "eurosat_rgb")
+TRAINABLE_DATASETS = ("eurosat_ms", "eurosat_rgb", "bigearthnet_s2", "bigearthnet_s2_v1")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment")
 
 

@@ -47,8 +47,11 @@ def get_download_files(wildcards):
 
 
 def get_source_store():
-    """Prepared store of the synthetic pretraining source set, in the target's format."""
-    return get_store(f"{DATA['dataset']}_source")
+    """Prepared store of the synthetic pretraining source set: in the target's format for
+    EuroSAT, else the multispectral source set with the study's bands."""
+    if DATA["dataset"].startswith("eurosat_"):
+        return get_store(f"{DATA['dataset']}_source")
+    return get_store("eurosat_ms_source")
 
 
 def get_subset(wildcards):

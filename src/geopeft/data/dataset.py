@@ -62,5 +62,7 @@ def load_split(path: Path, split: str, subset_file: Path | None = None) -> Split
     if len(idx) == 0:
         raise DataError(f"{path}: the {split} split is empty")
     x = ds["image"].values[idx].astype(np.float32)
-    y = ds["label"].values[idx].astype(np.int64)
+    label = ds["label"].values[idx]
+    # multi-hot labels (multi-label tasks) train with BCE on float targets
+    y = label.astype(np.float32) if label.ndim == 2 else label.astype(np.int64)
     return Split(x, y)

@@ -4,7 +4,8 @@ For a seed, each class's train samples are put in one random order; a fraction k
 ``max(1, round(fraction * n_class))`` of every class. The same seed therefore gives nested subsets
 (1 % in 10 % in 50 % in 100 %), every class keeps its share, and different seeds give different
 subsets. ``random`` keeps a prefix of one permutation of the whole train split instead.
-Subsets are cached on disk by (method, fraction, seed).
+Multi-label samples are stratified by their rarest positive class. Subsets are cached on disk by
+(method, fraction, seed).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int,
         raise ValueError(f"label fraction {fraction!r} is not in (0, 1]")
     if method not in METHODS:
         raise ValueError(f"subset method {method!r} is not one of {METHODS}")
-    labels = np.asarray(labels)
+    labels = strata(labels)
     rng = np.random.default_rng([seed, 0x5B5E7])
     if method == "random":
         order = rng.permutation(len(labels))
@@ -39,6 +40,19 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int,
         members = members[rng.permutation(len(members))]
         keep.append(members[: max(1, int(round(fraction * len(members))))])
     return np.sort(np.concatenate(keep))
+
+
+def strata(labels: np.ndarray) -> np.ndarray:
+    """Stratum of each sample: its class, or for multi-hot labels its rarest positive class
+    (samples without a label form their own stratum, -1)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels
+    freq = labels.sum(axis=0).astype(np.float64)
+    rank = np.where(labels > 0, freq[None, :], np.inf)
+    out = rank.argmin(axis=1)
+    out[~np.isfinite(rank.min(axis=1))] = -1
+    return out
 
 
 def subset_file_name(method: str, fraction: float, seed: int) -> str:

@@ -7,8 +7,11 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from geopeft.data.dataset import load_split, store_info
 from geopeft.evaluate.metrics import classification_metrics
+from geopeft.evaluate.multilabel import multilabel_metrics
 from geopeft.io import atomic_file, read_json, write_json
 from geopeft.train.loop import predict, resolve_device, seed_everything
 from geopeft.train.run import load_checkpoint
@@ -24,6 +27,19 @@ def confusion_csv(cm: list[list[int]], classes: list[str]) -> str:
     return buf.getvalue()
 
 
+def multilabel_confusion_csv(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str:
+    """Per-class binary confusion (tp, fp, fn, tn) of a multi-label prediction."""
+    y, pred = y.astype(bool), pred.astype(bool)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "tp", "fp", "fn", "tn"])
+    for c, name in enumerate(classes):
+        a, b = y[:, c], pred[:, c]
+        w.writerow([name, int((a & b).sum()), int((~a & b).sum()), int((a & ~b).sum()),
+                    int((~a & ~b).sum())])
+    return buf.getvalue()
+
+
 def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics: Path,
              out_confusion: Path, pretrain_dir: Path | None = None, threads: int = 1,
              ) -> dict[str, Any]:
@@ -36,17 +52,26 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
     model.to(device)
     test = load_split(store, "test")
     logits = predict(model, test.x, record["spec"]["row"]["train"].get("eval_batch_size", 256), device)
-    pred = logits.argmax(1)
-    m = classification_metrics(test.y, pred, len(info.classes))
+    if test.y.ndim == 2:  # multi-label: sigmoid scores, mAP, F1 at 0.5
+        m = multilabel_metrics(test.y, 1 / (1 + np.exp(-logits)))
+        m.update(task="multilabel", primary_metric="map_macro", primary=m["map_macro"])
+        table = multilabel_confusion_csv(test.y, 1 / (1 + np.exp(-logits)) >= 0.5, info.classes)
+        flat = {f"test_{k}": m[k] for k in ("map_macro", "map_micro", "f1_macro", "f1_micro")}
+        flat.update({f"test_ap_{c}": a for c, a in zip(info.classes, m["per_class_ap"], strict=True)
+                     if a is not None})
+    else:
+        m = classification_metrics(test.y, logits.argmax(1), len(info.classes))
+        m.update(task="multiclass", primary_metric="overall_accuracy", primary=m["overall_accuracy"])
+        table = confusion_csv(m["confusion_matrix"], info.classes)
+        flat = {"test_overall_accuracy": m["overall_accuracy"], "test_macro_f1": m["macro_f1"]}
+        flat.update({f"test_f1_{c}": f for c, f in zip(info.classes, m["per_class_f1"], strict=True)})
     m.update({"classes": info.classes, "run": record["spec"]["row"]["name"],
               "test_samples": len(test)})
     with atomic_file(out_confusion) as fh:
-        fh.write(confusion_csv(m["confusion_matrix"], info.classes))
+        fh.write(table)
     write_json(out_metrics, m)
     if experiment is not None:
         logger = RunLogger(experiment, run_id=record["mlflow_run_id"])
-        flat = {"test_overall_accuracy": m["overall_accuracy"], "test_macro_f1": m["macro_f1"]}
-        flat.update({f"test_f1_{c}": f for c, f in zip(info.classes, m["per_class_f1"], strict=True)})
         logger.log_metrics(flat)
         logger.log_artifact(out_confusion, "evaluation")
         logger.log_artifact(out_metrics, "evaluation")

@@ -11,7 +11,8 @@ from geopeft.io import atomic_file, read_json
 COLUMNS = [
     "run", "strategy", "method", "label_fraction", "seed", "trainable_params", "total_params",
     "trainable_pct", "train_samples", "epochs", "wall_time_s", "images_per_s", "peak_memory_mb",
-    "val_acc", "test_overall_accuracy", "test_macro_f1", "device", "dataset", "synthetic",
+    "val_score", "primary_metric", "test_primary", "test_overall_accuracy", "test_macro_f1",
+    "test_map_macro", "test_map_micro", "test_f1_micro", "device", "dataset", "synthetic",
     "mlflow_run_id",
 ]
 
@@ -27,8 +28,11 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
         "trainable_pct": 100.0 * rec["trainable_params"] / rec["total_params"],
         "train_samples": rec["train_samples"], "epochs": row["train"]["epochs"],
         "wall_time_s": rec["wall_time_s"], "images_per_s": rec["images_per_s"],
-        "peak_memory_mb": rec["peak_memory_mb"], "val_acc": rec["history"][-1].get("val_acc"),
-        "test_overall_accuracy": met["overall_accuracy"], "test_macro_f1": met["macro_f1"],
+        "peak_memory_mb": rec["peak_memory_mb"], "val_score": rec["history"][-1].get("val_score"),
+        "primary_metric": met["primary_metric"], "test_primary": met["primary"],
+        "test_overall_accuracy": met.get("overall_accuracy"), "test_macro_f1": met.get("macro_f1"),
+        "test_map_macro": met.get("map_macro"), "test_map_micro": met.get("map_micro"),
+        "test_f1_micro": met.get("f1_micro"),
         "device": rec["device"], "dataset": rec["spec"]["data"]["dataset"],
         "synthetic": rec["spec"]["data"].get("source") == "synthetic",
         "mlflow_run_id": rec["mlflow_run_id"],

@@ -10,6 +10,7 @@ import pandas as pd
 from geopeft.io import read_json
 
 SYNTHETIC_NOTE = "synthetic data: embedded Sentinel-2 world"
+METRIC_LABEL = {"overall_accuracy": "test overall accuracy (%)", "map_macro": "test macro mAP (%)"}
 FIGURES = ("accuracy_vs_params", "accuracy_vs_fraction", "cost", "confusion")
 
 
@@ -52,8 +53,11 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
     strategies = list(dict.fromkeys(df["strategy"]))
     col = _colors(strategies)
     g = df.groupby(["strategy", "label_fraction"])
-    agg = g.agg(acc=("test_overall_accuracy", "mean"), acc_sd=("test_overall_accuracy", "std"),
+    agg = g.agg(acc=("test_primary", "mean"), acc_sd=("test_primary", "std"),
                 params=("trainable_params", "first")).reset_index()
+    metric = str(df["primary_metric"].iloc[0])
+    ylabel = METRIC_LABEL.get(metric, f"test {metric} (%)")
+    short = "accuracy" if metric == "overall_accuracy" else "mAP"
     written: list[Path] = []
 
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
@@ -67,8 +71,8 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
                         xytext=(5, 4), fontsize=8, color=col[s])
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
-    ax.set_ylabel("test overall accuracy (%)")
-    ax.set_title(f"Accuracy vs trainable parameters ({100 * fmax:g} % of labels)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{short.capitalize()} vs trainable parameters ({100 * fmax:g} % of labels)")
     written += _save(fig, outdir, "accuracy_vs_params", synthetic)
     plt.close(fig)
 
@@ -79,8 +83,8 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
                     marker="o", color=col[s], capsize=3, label=s)
     ax.set_xscale("log")
     ax.set_xlabel("labelled training samples (%)")
-    ax.set_ylabel("test overall accuracy (%)")
-    ax.set_title("Accuracy vs label fraction (mean ± sd over seeds)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{short.capitalize()} vs label fraction (mean ± sd over seeds)")
     ax.legend(frameon=False)
     written += _save(fig, outdir, "accuracy_vs_fraction", synthetic)
     plt.close(fig)
@@ -106,22 +110,30 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
     plt.close(fig)
 
     if confusion_dir is not None:
-        best = df[df.label_fraction == fmax].sort_values("test_overall_accuracy", ascending=False)
+        best = df[df.label_fraction == fmax].sort_values("test_primary", ascending=False)
         best = best.groupby("strategy").head(1).set_index("strategy").reindex(strategies)
         fig, axes = plt.subplots(1, len(strategies), figsize=(3.3 * len(strategies), 3.4),
                                  squeeze=False)
         for ax, s in zip(axes[0], strategies, strict=True):
             m = read_json(confusion_dir / best.loc[s, "run"] / "metrics.json")
-            cm = np.asarray(m["confusion_matrix"], dtype=float)
-            cmn = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-            ax.imshow(cmn, cmap="Blues", vmin=0, vmax=1)
             n = len(m["classes"])
-            ax.set_xticks(range(n), m["classes"], rotation=90, fontsize=6)
+            if "confusion_matrix" in m:
+                cm = np.asarray(m["confusion_matrix"], dtype=float)
+                cmn = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+                ax.imshow(cmn, cmap="Blues", vmin=0, vmax=1)
+                ax.set_xticks(range(n), m["classes"], rotation=90, fontsize=6)
+                ax.set_xlabel("predicted")
+                title = f"OA {100 * m['overall_accuracy']:.1f} %"
+            else:  # multi-label: per-class AP
+                ap = [np.nan if a is None else a for a in m["per_class_ap"]]
+                ax.barh(range(n), ap, color="#1b6ca8")
+                ax.set_xlim(0, 1)
+                ax.invert_yaxis()
+                ax.set_xlabel("average precision")
+                title = f"mAP {100 * m['map_macro']:.1f} %"
             ax.set_yticks(range(n), m["classes"] if ax is axes[0][0] else [""] * n, fontsize=6)
-            ax.set_title(f"{s}: {best.loc[s, 'run']}\nOA {100 * m['overall_accuracy']:.1f} %",
-                         fontsize=8)
-            ax.set_xlabel("predicted")
-        axes[0][0].set_ylabel("true")
+            ax.set_title(f"{s}: {best.loc[s, 'run']}\n{title}", fontsize=8)
+        axes[0][0].set_ylabel("true" if "confusion_matrix" in m else "")
         fig.tight_layout()
         written += _save(fig, outdir, "confusion", synthetic)
         plt.close(fig)

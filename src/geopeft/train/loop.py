@@ -126,6 +126,30 @@ def _autocast(device: torch.device, amp: bool) -> Any:
     return torch.autocast("cpu", enabled=False)
 
 
+def is_multilabel(split: Split) -> bool:
+    """Multi-hot (N, C) targets: BCE loss and mAP instead of cross-entropy and accuracy."""
+    return split.y.ndim == 2
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if y.ndim == 2:
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float())
+    return F.cross_entropy(logits.float(), y)
+
+
+def val_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Validation loss and the primary score (``val_score``): accuracy, or macro mAP."""
+    loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y)))
+    if y.ndim == 2:
+        from geopeft.evaluate.multilabel import multilabel_metrics
+
+        m = multilabel_metrics(y, 1 / (1 + np.exp(-logits)))
+        return {"val_loss": loss, "val_map_macro": m["map_macro"], "val_map_micro": m["map_micro"],
+                "val_score": m["map_macro"]}
+    acc = float((logits.argmax(1) == y).mean())
+    return {"val_loss": loss, "val_acc": acc, "val_score": acc}
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256,
             device: torch.device | None = None, amp: bool = True) -> np.ndarray:
@@ -184,24 +208,25 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             with _autocast(device, args.amp):
                 logits = model(xb)
-                loss = F.cross_entropy(logits.float(), yb)
+                loss = loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
+            if yb.ndim == 1:
+                correct += int((logits.argmax(1) == yb).sum())
             seen += len(idx)
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - te
-        m = {"train_loss": loss_sum / len(train), "train_acc": correct / len(train),
-             "lr": float(sched.get_last_lr()[0])}
+        m = {"train_loss": loss_sum / len(train), "lr": float(sched.get_last_lr()[0])}
+        if not is_multilabel(train):
+            m["train_acc"] = correct / len(train)
         if val is not None:
             logits = predict(model, val.x, args.eval_batch_size, device, args.amp)
-            m["val_loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val.y)))
-            m["val_acc"] = float((logits.argmax(1) == val.y).mean())
+            m.update(val_metrics(logits, val.y))
         history.append(m)
         bar.set_postfix({k: round(v, 4) for k, v in m.items() if k != "lr"})
         if on_epoch:
