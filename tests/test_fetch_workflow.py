@@ -94,6 +94,7 @@ def test_bigearthnet_tar_zst_with_checksum_mismatch_then_fixed(tmp_path):
         files[n] = (raw / n).read_bytes()
     with FaultServer(files) as server:
         cfg = _base_cfg("bigearthnet_s2", ["B02", "B03", "B04", "B08", "B11", "B12"])
+        cfg["backbone"]["input_size"] = 32  # 120x120 patches, tiny 32x32 ViT
         cfg["data"]["remotes"] = [_remote(server, n, b) for n, b in files.items()]
         wd = tmp_path / "wd"
         wd.mkdir()
@@ -104,8 +105,9 @@ def test_bigearthnet_tar_zst_with_checksum_mismatch_then_fixed(tmp_path):
         assert "does not match the expected" in log
         assert not (wd / "data" / "downloads" / "bigearthnet_s2" / "metadata.parquet").exists()
         server.faults["metadata.parquet"] = []
-        r = _run(wd, cfg, "all")  # rule all of a multi-label dataset: fetched and prepared
+        r = _run(wd, cfg, "all")  # fetched, prepared, trained (multi-label) and evaluated
         assert r.returncode == 0, r.stderr[-4000:]
+    assert (wd / "results" / "ci_tiny" / "runs.csv").is_file()
     store = wd / "data/prepared/download/bigearthnet_s2/B02-B03-B04-B08-B11-B12.zarr"
     ds = xr.open_zarr(store, zarr_format=3, consolidated=False)
     assert ds.label.shape[1] == 19 and ds.image.shape[1:] == (6, 120, 120)

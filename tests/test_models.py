@@ -206,3 +206,43 @@ def test_normalisation_matches_pretrained_weights_and_applied_once(tmp_path):
     m, _ = build_classifier(backbone_cfg(), store(), 4)
     x = torch.full((1, 3, 32, 32), 100.0)
     assert torch.allclose(m.normalize(x), torch.zeros(1, 3, 32, 32), atol=1e-6)
+
+
+def test_e2e_encoder_learning_rate_factor():
+    from geopeft.models.strategies import param_groups
+
+    m = model("e2e")
+    assert trainable(m) == {n for n, _ in m.named_parameters()}
+    groups = param_groups(m, 1e-3, 0.1)
+    head = {id(p) for p in m.backbone.head.parameters()}
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
+    assert {id(p) for p in groups[0]["params"]} == head
+    assert len(groups[1]["params"]) == len(list(m.parameters())) - 2
+    assert len(param_groups(m, 1e-3, 1.0)) == 1
+
+
+def test_scratch_ignores_backbone_weights(tmp_path):
+    from geopeft.train.run import backbone_for
+
+    vit = create_vit("vit_tiny_patch16_224", backbone_cfg()["kwargs"], 3, 0)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    bb = backbone_cfg(f"file:{path}", sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    spec = {"backbone": bb, "row": {"method": "scratch"}}
+    assert backbone_for(spec)["weights"] == "none"
+    torch.manual_seed(1)
+    m, info = build_classifier(backbone_for(spec), store(), 4)
+    assert info["weights"] == "none"
+    assert not torch.equal(m.backbone.pos_embed, vit.pos_embed)
+    assert backbone_for({"backbone": bb, "row": {"method": "lora"}})["weights"].startswith("file:")
+
+
+def test_input_size_mismatch_is_a_clear_error():
+    from geopeft.config import ConfigError
+
+    big = StoreInfo(Path("s.zarr"), "bigearthnet_s2", ["a"], BANDS, 1e-4, [0.0] * 3, [1.0] * 3,
+                    "f", (120, 120))
+    with pytest.raises(ConfigError, match=r"takes 32x32 inputs but s.zarr holds 120x120.*input_size: 32"):
+        build_classifier(backbone_cfg(), big, 1)
+    m, _ = build_classifier(backbone_cfg(input_size=32), big, 1)
+    assert m(torch.zeros(1, 3, 120, 120)).shape == (1, 1)

@@ -181,6 +181,8 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         seed = int(r.get("seed", 0))
         train = {k: v for k, v in cfg["train"].items()}
         train.update({k: strat[k] for k in TRAIN_KEYS if k in strat})
+        if strat["strategy"] == "e2e":
+            train["encoder_lr_factor"] = strat.get("encoder_lr_factor", 0.1)
         train.update({k: r[k] for k in TRAIN_KEYS if k in r})
         row = {
             "name": r.get("name") or f"{r['strategy']}-f{_fmt_fraction(fraction)}-s{seed}",

@@ -33,6 +33,7 @@ class StoreInfo:
     norm_mean: list[float]
     norm_std: list[float]
     fingerprint: str
+    image_size: tuple[int, int] | None = None
 
 
 def store_info(path: Path) -> StoreInfo:
@@ -40,7 +41,7 @@ def store_info(path: Path) -> StoreInfo:
     a = ds.attrs
     return StoreInfo(Path(path), a["dataset"], list(a["classes"]), [str(b) for b in ds.band.values],
                      float(a["value_scale"]), list(a["norm_mean"]), list(a["norm_std"]),
-                     a["fingerprint"])
+                     a["fingerprint"], (int(ds.sizes["y"]), int(ds.sizes["x"])))
 
 
 def load_split(path: Path, split: str, subset_file: Path | None = None) -> Split:

@@ -65,6 +65,21 @@ def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo
     return Normalization(bands, [m * s for m in store.norm_mean], [d * s for d in store.norm_std])
 
 
+def _check_input_size(vit: nn.Module, input_size: int | None, store: StoreInfo) -> None:
+    """A ViT with a fixed image size needs inputs of that size, or ``backbone.input_size``."""
+    size = getattr(getattr(vit, "patch_embed", None), "img_size", None)
+    if input_size or size is None or store.image_size is None:
+        return
+    if tuple(size) != tuple(store.image_size):
+        from geopeft.config import ConfigError
+
+        raise ConfigError(
+            f"backbone.input_size: the backbone takes {size[0]}x{size[1]} inputs but "
+            f"{store.path} holds {store.image_size[0]}x{store.image_size[1]} images; set "
+            f"backbone.input_size: {size[0]} to resize them, or backbone.kwargs.img_size"
+        )
+
+
 def build_classifier(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes: int,
                      pretrain_dir: Path | None = None, split: bool = True,
                      ) -> tuple[Classifier, dict[str, Any]]:
@@ -78,6 +93,7 @@ def build_classifier(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes
         load_into(vit, weights, store.bands)
     if split:
         split_qkv(vit)
+    _check_input_size(vit, backbone_cfg.get("input_size"), store)
     norm = resolve_norm(backbone_cfg["normalize"], weights.norm if weights else None, store)
     model = Classifier(vit, norm, store.value_scale, backbone_cfg.get("input_size"))
     info = {"weights": weights.origin if weights else "none", "norm_mean": norm.mean,

@@ -49,6 +49,8 @@ class TrainArgs:
     """bf16 autocast on CUDA (ignored on CPU)."""
     eval_batch_size: int = 256
     """Batch size for validation and prediction."""
+    encoder_lr_factor: float = 1.0
+    """Encoder learning rate = factor x ``lr`` (the head keeps ``lr``); the ``e2e`` strategy."""
     seed: int = 0
     """Seed of python, numpy and torch (initialisation, data order, augmentation, dropout)."""
     threads: int = 1
@@ -178,10 +180,12 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("no trainable parameters: check the strategy")
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    from geopeft.models.strategies import param_groups
+
+    opt = torch.optim.AdamW(param_groups(model, args.lr, args.encoder_lr_factor),
+                            lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     total = steps_per_epoch * args.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(

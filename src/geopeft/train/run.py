@@ -43,6 +43,13 @@ def _tags(spec: dict[str, Any], fingerprint: str, role: str) -> dict[str, str]:
     }
 
 
+def backbone_for(spec: dict[str, Any]) -> dict[str, Any]:
+    """The backbone config of a job: ``scratch`` rows ignore the weights (random init)."""
+    if spec["row"]["method"] == "scratch":
+        return dict(spec["backbone"], weights="none")
+    return spec["backbone"]
+
+
 def saved_names(model: nn.Module, base_weights: str) -> set[str]:
     """Parameters a checkpoint holds: the trainable ones, or all without reloadable base weights."""
     return {n for n, p in model.named_parameters() if p.requires_grad or base_weights == "none"}
@@ -85,7 +92,7 @@ def load_checkpoint(model_dir: Path, store: Path | None = None,
     info = store_info(store) if store is not None else StoreInfo(**record["store"])
     if pretrain_dir is None and spec["backbone"]["weights"] == "pretrain":
         pretrain_dir = record.get("pretrain_dir") and Path(record["pretrain_dir"])
-    model, minfo = build_classifier(spec["backbone"], info, len(info.classes), pretrain_dir)
+    model, minfo = build_classifier(backbone_for(spec), info, len(info.classes), pretrain_dir)
     if minfo["weights"] != record["model"]["weights"]:
         raise ValueError(f"{model_dir}: trained on base weights {record['model']['weights']}, "
                          f"but {minfo['weights']} were found")
@@ -109,7 +116,7 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
     val = load_split(store, "val")
     args = TrainArgs.from_dict(row["train"], seed=row["seed"], threads=spec.get("threads", 1))
     seed_everything(args.seed, args.threads)
-    model, minfo = build_classifier(spec["backbone"], info, len(info.classes), pretrain_dir)
+    model, minfo = build_classifier(backbone_for(spec), info, len(info.classes), pretrain_dir)
     model = apply_strategy(model, row["method"], row.get("lora"))
     trainable, total = count_parameters(model)
     logger = RunLogger(experiment, run_name=row["name"], params=spec,
