@@ -143,12 +143,24 @@ def read_bands(folder: Path, stem: str, bands: list[str], size: int, resampling:
     return out
 
 
-class BigEarthNetV2(Source):
-    name = "bigearthnet_s2"
+class _BigEarthNet(Source):
+    """What v1 and v2 share: classes, bands, multi-hot labels, per-band files of a patch."""
+
     classes = CLASSES
     task = "multilabel"
     file_bands = BANDS
     label_dims = ("class",)
+
+    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
+        if not item.path.is_dir():
+            raise DataError(f"{item.path}: patch folder missing")
+        img = read_bands(item.path, item.name, bands, int(options.get("size", 120)),
+                         options.get("resampling", "bilinear"))
+        return Sample(img, item.label)
+
+
+class BigEarthNetV2(_BigEarthNet):
+    name = "bigearthnet_s2"
     layout = "BigEarthNet-S2"
     remotes = (
         Remote("BigEarthNet-S2.tar.zst", (f"{_Z2}/BigEarthNet-S2.tar.zst?download=1",),
@@ -176,20 +188,9 @@ class BigEarthNetV2(Source):
         limit = options.get("limit")
         return items[: int(limit)] if limit else items
 
-    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
-        if not item.path.is_dir():
-            raise DataError(f"{item.path}: patch folder missing")
-        img = read_bands(item.path, item.name, bands, int(options.get("size", 120)),
-                         options.get("resampling", "bilinear"))
-        return Sample(img, item.label)
 
-
-class BigEarthNetV1(Source):
+class BigEarthNetV1(_BigEarthNet):
     name = "bigearthnet_s2_v1"
-    classes = CLASSES
-    task = "multilabel"
-    file_bands = BANDS
-    label_dims = ("class",)
     layout = "BigEarthNet-v1.0"
     remotes = (
         Remote("BigEarthNet-S2-v1.0.tar.gz",
@@ -222,11 +223,6 @@ class BigEarthNetV1(Source):
             split = split_of.get(f.name) or str(rng.choice(["train", "train", "val", "test"]))
             items.append(Item(f.name, split, f, labels43_to_19(labels, str(meta))))
         return items
-
-    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
-        img = read_bands(item.path, item.name, bands, int(options.get("size", 120)),
-                         options.get("resampling", "bilinear"))
-        return Sample(img, item.label)
 
 
 SOURCES: dict[str, Source] = {"bigearthnet_s2": BigEarthNetV2(), "bigearthnet_s2_v1": BigEarthNetV1()}
