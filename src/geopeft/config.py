@@ -198,13 +198,6 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def row_by_name(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    for row in study_rows(cfg):
-        if row["name"] == name:
-            return row
-    raise ConfigError(f"no study row named {name!r} in study {cfg['study']!r}")
-
-
 def canonical_json(obj: Any) -> str:
     """Stable JSON text (sorted keys): equal configs give equal strings (Snakemake params)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))

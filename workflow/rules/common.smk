@@ -2,6 +2,7 @@ import os
 import re
 
 from geopeft import config as gcfg
+from geopeft.data.subsets import subset_file_name
 from geopeft.paper.figures import FIGURES
 
 
@@ -59,11 +60,8 @@ def get_subset(wildcards):
     row = ROWS[wildcards.run]
     if row["label_fraction"] >= 1.0:
         return []
-    method = config["subsets"]["method"]
-    return (
-        f"{PREP}/{DATA['dataset']}/{BANDS}.subsets/"
-        f"{method}-f{row['label_fraction']:g}-s{row['seed']}.json"
-    )
+    name = subset_file_name(config["subsets"]["method"], row["label_fraction"], row["seed"])
+    return f"{PREP}/{DATA['dataset']}/{BANDS}.subsets/{name}"
 
 
 def get_pretrain(wildcards=None):

@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -171,7 +170,3 @@ def download(remote: Remote, dest: Path, retries: int = 5, timeout: float = 60.0
             time.sleep(wait)
     raise DownloadError(f"{remote.name}: download failed from every mirror:\n  "
                         + "\n  ".join(errors[-6:]))
-
-
-def remote_from_urls(name: str, urls: Sequence[str], **kw: object) -> Remote:
-    return Remote(name, tuple(urls), **kw)  # type: ignore[arg-type]

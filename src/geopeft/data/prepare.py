@@ -30,15 +30,6 @@ log = logging.getLogger(__name__)
 CHUNK = 256
 
 
-def norm_stats(images: np.ndarray, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std over the **train split only** (images: sample x band x ...)."""
-    train = images[split == "train"]
-    if len(train) == 0:
-        raise DataError("the train split is empty: norm statistics cannot be computed")
-    x = np.moveaxis(train, 1, -1).reshape(-1, train.shape[1]).astype(np.float64)
-    return x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
-
-
 def _first_readable(src: Any, items: list[Any], bands: list[str], options: dict[str, Any],
                     skip: bool) -> Any:
     """The first sample (its shape defines the store); with ``skip``, the first readable one."""

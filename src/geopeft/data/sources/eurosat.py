@@ -65,9 +65,6 @@ SOURCES: dict[str, EuroSAT] = {
     "eurosat_ms_source": EuroSAT("eurosat_ms_source", classes=tuple(SOURCE_GROUPS), **_MS),  # type: ignore[arg-type]
     "eurosat_rgb_source": EuroSAT("eurosat_rgb_source", classes=tuple(SOURCE_GROUPS), **_RGB),  # type: ignore[arg-type]
 }
-#: Backwards-compatible name.
-FORMATS = SOURCES
-EuroSATFormat = EuroSAT
 
 
 def read_tif(path: Path, fmt: EuroSAT) -> np.ndarray:
