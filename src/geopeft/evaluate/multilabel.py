@@ -13,6 +13,11 @@ from typing import Any
 import numpy as np
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Per-class probabilities from multi-label logits."""
+    return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
 def average_precision(y: np.ndarray, score: np.ndarray) -> float:
     """AP of one class; NaN when ``y`` holds no positive."""
     y = np.asarray(y).astype(bool)

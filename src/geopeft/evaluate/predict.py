@@ -37,14 +37,14 @@ def predict_files(model_dir: Path, files: list[Path], top_k: int = 3) -> list[di
     record = read_json(Path(model_dir) / "run.json")
     store = record["store"]
     fmt = get_source(store["dataset"])
+    if not hasattr(fmt, "read_file"):
+        raise DataError(f"predict reads single-file scenes; {fmt.name} is not such a dataset")
+    idx = band_indices(store["bands"], fmt.file_bands, where=fmt.name)
     model = load_checkpoint(Path(model_dir))
     size = _expected_size(model)
     images = []
     for f in files:
-        if not hasattr(fmt, "read_file"):
-            raise DataError(f"predict reads single-file scenes; {fmt.name} is not such a dataset")
         arr = fmt.read_file(Path(f))
-        idx = band_indices(store["bands"], fmt.file_bands, where=str(f))
         if size is not None and arr.shape[1:] != (size, size):
             raise DataError(f"{f}: size {arr.shape[1]}x{arr.shape[2]}, the model takes {size}x{size}")
         images.append(arr[idx].astype(np.float32))

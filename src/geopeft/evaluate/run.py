@@ -11,7 +11,7 @@ import numpy as np
 
 from geopeft.data.dataset import load_split, store_info
 from geopeft.evaluate.metrics import classification_metrics
-from geopeft.evaluate.multilabel import multilabel_metrics
+from geopeft.evaluate.multilabel import multilabel_metrics, sigmoid
 from geopeft.io import atomic_file, read_json, write_json
 from geopeft.train.loop import predict, resolve_device, seed_everything
 from geopeft.train.run import load_checkpoint
@@ -53,9 +53,10 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
     test = load_split(store, "test")
     logits = predict(model, test.x, record["spec"]["row"]["train"].get("eval_batch_size", 256), device)
     if test.y.ndim == 2:  # multi-label: sigmoid scores, mAP, F1 at 0.5
-        m = multilabel_metrics(test.y, 1 / (1 + np.exp(-logits)))
+        scores = sigmoid(logits)
+        m = multilabel_metrics(test.y, scores)
         m.update(task="multilabel", primary_metric="map_macro", primary=m["map_macro"])
-        table = multilabel_confusion_csv(test.y, 1 / (1 + np.exp(-logits)) >= 0.5, info.classes)
+        table = multilabel_confusion_csv(test.y, scores >= m["threshold"], info.classes)
         flat = {f"test_{k}": m[k] for k in ("map_macro", "map_micro", "f1_macro", "f1_micro")}
         flat.update({f"test_ap_{c}": a for c, a in zip(info.classes, m["per_class_ap"], strict=True)
                      if a is not None})

@@ -143,9 +143,9 @@ def val_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Validation loss and the primary score (``val_score``): accuracy, or macro mAP."""
     loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y)))
     if y.ndim == 2:
-        from geopeft.evaluate.multilabel import multilabel_metrics
+        from geopeft.evaluate.multilabel import multilabel_metrics, sigmoid
 
-        m = multilabel_metrics(y, 1 / (1 + np.exp(-logits)))
+        m = multilabel_metrics(y, sigmoid(logits))
         return {"val_loss": loss, "val_map_macro": m["map_macro"], "val_map_micro": m["map_micro"],
                 "val_score": m["map_macro"]}
     acc = float((logits.argmax(1) == y).mean())
