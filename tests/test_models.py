@@ -7,16 +7,10 @@ from conftest import backbone_cfg
 from safetensors.torch import save_file
 
 from geopeft.data.dataset import StoreInfo
-from geopeft.models.backbone import (
-    SplitQKV,
-    WeightsError,
-    adapt_patch_embed,
-    create_vit,
-    load_weights,
-    split_qkv,
-)
+from geopeft.models.backbones import SplitQKV, create_model, split_qkv
 from geopeft.models.classifier import build_classifier
 from geopeft.models.strategies import apply_strategy, count_parameters
+from geopeft.models.weights import WeightsError, adapt_patch_embed, load_weights
 from geopeft.train.run import load_checkpoint, save_checkpoint
 
 BANDS = ["B04", "B03", "B02"]
@@ -40,7 +34,7 @@ def trainable(m):
 
 def test_split_qkv_gives_identical_outputs():
     torch.manual_seed(0)
-    vit = create_vit("vit_tiny_patch16_224", backbone_cfg()["kwargs"], 3, 4).eval()
+    vit = create_model(backbone_cfg(), 3, 4).eval()
     x = torch.randn(2, 3, 32, 32)
     ref = vit(x)
     assert split_qkv(vit) == 2
@@ -118,7 +112,7 @@ def test_checkpoint_holds_only_trainable_parameters_with_pretrained_base(tmp_pat
     from geopeft.train.run import trainable_state
 
     info = store_info(rgb_store)
-    vit = create_vit("vit_tiny_patch16_224", backbone_cfg()["kwargs"], 3, 0)
+    vit = create_model(backbone_cfg(), 3, 0)
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -172,7 +166,7 @@ def test_adapt_patch_embed_keeps_known_bands_and_response():
 
 
 def test_weights_file_sha256(tmp_path):
-    vit = create_vit("vit_tiny_patch16_224", backbone_cfg()["kwargs"], 3, 0)
+    vit = create_model(backbone_cfg(), 3, 0)
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
     good = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -195,8 +189,8 @@ def test_timm_hub_offline_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_normalisation_matches_pretrained_weights_and_applied_once(tmp_path):
-    from geopeft.models.backbone import Normalization
     from geopeft.models.classifier import resolve_norm
+    from geopeft.models.weights import Normalization
 
     wn = Normalization(["B02", "B03", "B04"], [0.1, 0.2, 0.3], [1.0, 2.0, 3.0])
     n = resolve_norm("auto", wn, store())
@@ -224,7 +218,7 @@ def test_e2e_encoder_learning_rate_factor():
 def test_scratch_ignores_backbone_weights(tmp_path):
     from geopeft.train.run import backbone_for
 
-    vit = create_vit("vit_tiny_patch16_224", backbone_cfg()["kwargs"], 3, 0)
+    vit = create_model(backbone_cfg(), 3, 0)
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
     bb = backbone_cfg(f"file:{path}", sha256=hashlib.sha256(path.read_bytes()).hexdigest())

@@ -43,6 +43,20 @@ def cmd_validate(a: argparse.Namespace) -> None:
         print(f"  {r['name']}: {r['method']}, fraction {r['label_fraction']:g}, seed {r['seed']}")
 
 
+def cmd_backbones(a: argparse.Namespace) -> None:
+    from geopeft.models.backbones import describe
+
+    rows = describe()
+    cols = ["name", "family", "input", "grid", "width", "bands", "normalisation", "lora_targets",
+            "weights"]
+    if a.long:
+        cols.append("description")
+    table = [[str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
+    for line in [cols, *table]:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+
+
 def cmd_synthesize(a: argparse.Namespace) -> None:
     from geopeft.data.synthetic import WorldSpec, generate_eurosat, generate_source
 
@@ -205,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--options", help="source options as JSON (resampling, folds, skip_corrupt, ...)")
     s.set_defaults(func=cmd_prepare)
 
+    s = sub.add_parser("backbones", help="list the backbone zoo (grid, width, bands, normalisation)")
+    s.add_argument("--long", action="store_true", help="add descriptions")
+    s.set_defaults(func=cmd_backbones)
+
     s = sub.add_parser("download", help="download one file of a real dataset (verified, resumable)")
     s.add_argument("--dataset", required=True)
     s.add_argument("--file", required=True, help="the remote's file name")
@@ -292,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     from geopeft.data.download import DownloadError
     from geopeft.data.extract import UnsafeArchiveError
     from geopeft.data.sources import DataError
-    from geopeft.models.backbone import WeightsError
+    from geopeft.models.weights import WeightsError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -91,7 +91,18 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
 
 
 def _check_semantics(cfg: dict[str, Any], source: str) -> None:
+    from geopeft.models.backbones import entry_for
+
     strategies = cfg["strategies"]
+    cfg["backbone"]["weights"] = cfg["backbone"]["weights"] or entry_for(cfg["backbone"]["name"]).weights
+    for key, strat in strategies.items():
+        fusion = strat.get("fusion")
+        if fusion is not None and fusion["glf"] and not fusion["caf"]:
+            raise ConfigError(f"{source}: strategies.{key}.fusion.glf: gated late fusion mixes the "
+                              f"cross-attention output with the visual tokens; set caf: true")
+        if fusion is not None and not {"B04", "B03", "B02"} <= set(cfg["data"]["bands"]):
+            raise ConfigError(f"{source}: strategies.{key}.fusion: Fusion-LoRA feeds a pseudo-RGB "
+                              f"image to the encoder and needs B04, B03, B02 in data.bands")
     for i, name in enumerate(cfg["grid"]["strategy"]):
         if name not in strategies:
             raise ConfigError(
@@ -112,19 +123,23 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
             f"{source}: backbone.weights: 'pretrain' needs the embedded source set "
             f"(data.source: synthetic); use timm:<tag> or file:<path> with real data"
         )
-    if cfg["data"]["source"] == "synthetic" and cfg["data"]["dataset"] not in SYNTHETIC_DATASETS:
-        raise ConfigError(
-            f"{source}: data.dataset: the embedded world writes {', '.join(SYNTHETIC_DATASETS)}; "
-            f"for {cfg['data']['dataset']!r} set data.source to download or local"
-        )
+    for where, ds in study_datasets(cfg):
+        if cfg["data"]["source"] == "synthetic" and ds not in SYNTHETIC_DATASETS:
+            raise ConfigError(
+                f"{source}: {where}: the embedded world writes {', '.join(SYNTHETIC_DATASETS)}; "
+                f"for {ds!r} set data.source to download or local"
+            )
+        if ds == "eurosat_rgb":
+            bad = [b for b in cfg["data"]["bands"] if b not in ("B04", "B03", "B02")]
+            if bad:
+                raise ConfigError(
+                    f"{source}: data.bands: {bad[0]!r} is not in eurosat_rgb (it holds B04, B03, B02)"
+                )
+    if cfg["data"]["source"] == "local" and len({ds for _, ds in study_datasets(cfg)}) > 1:
+        raise ConfigError(f"{source}: grid.dataset: with data.source local the study takes one "
+                          f"dataset (data.raw_dir); run one study per dataset")
     if cfg["data"]["source"] == "local" and not cfg["data"].get("raw_dir"):
         cfg["data"]["raw_dir"] = str(Path(cfg["data"]["root"]) / "raw" / "local" / cfg["data"]["dataset"])
-    if cfg["data"]["dataset"] == "eurosat_rgb":
-        bad = [b for b in cfg["data"]["bands"] if b not in ("B04", "B03", "B02")]
-        if bad:
-            raise ConfigError(
-                f"{source}: data.bands: {bad[0]!r} is not in eurosat_rgb (it holds B04, B03, B02)"
-            )
     names = [r["name"] for r in study_rows(cfg)]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -160,19 +175,35 @@ def _fmt_fraction(f: float) -> str:
     return f"{f:g}"
 
 
+def study_datasets(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """(config key, dataset) of every dataset the study uses."""
+    out = [("data.dataset", cfg["data"]["dataset"])]
+    out += [(f"grid.dataset[{i}]", d) for i, d in enumerate(cfg.get("grid", {}).get("dataset", []))]
+    out += [(f"runs[{i}].dataset", r["dataset"]) for i, r in enumerate(cfg.get("runs", []))
+            if "dataset" in r]
+    return out
+
+
 def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Expand the grid and explicit rows into resolved run configurations, one per job.
 
-    Each row holds everything a training job needs: ``name``, ``strategy`` (the key),
-    ``method`` (full/lora/linear), ``label_fraction``, ``seed``, ``train`` (defaults <- strategy
-    <- row overrides) and ``lora`` for LoRA rows.
+    Each row holds everything a training job needs: ``name``, ``dataset``, ``strategy`` (the
+    key), ``method`` (full/lora/linear/e2e/scratch), ``label_fraction``, ``seed``, ``train``
+    (defaults <- strategy <- row overrides), ``lora`` for LoRA rows and ``fusion`` for
+    Fusion-LoRA rows. With several datasets in ``grid.dataset``, grid run names start with the
+    dataset.
     """
     grid = cfg.get("grid", {})
+    datasets = grid.get("dataset") or [cfg["data"]["dataset"]]
+    prefix = len(datasets) > 1
     rows: list[dict[str, Any]] = []
-    for s in grid.get("strategy", []):
-        for f in grid.get("label_fraction", [1.0]):
-            for seed in grid.get("seed", [0]):
-                rows.append({"strategy": s, "label_fraction": f, "seed": seed})
+    for ds in datasets:
+        for s in grid.get("strategy", []):
+            for f in grid.get("label_fraction", [1.0]):
+                for seed in grid.get("seed", [0]):
+                    name = f"{s}-f{_fmt_fraction(float(f))}-s{seed}"
+                    rows.append({"strategy": s, "label_fraction": f, "seed": seed, "dataset": ds,
+                                 "name": f"{ds}-{name}" if prefix else name})
     rows += [dict(r) for r in cfg.get("runs", [])]
     out = []
     for r in rows:
@@ -186,6 +217,7 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         train.update({k: r[k] for k in TRAIN_KEYS if k in r})
         row = {
             "name": r.get("name") or f"{r['strategy']}-f{_fmt_fraction(fraction)}-s{seed}",
+            "dataset": r.get("dataset") or cfg["data"]["dataset"],
             "strategy": r["strategy"],
             "method": strat["strategy"],
             "label_fraction": fraction,
@@ -194,6 +226,8 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         }
         if strat["strategy"] == "lora":
             row["lora"] = dict(strat.get("lora", {}))
+        if strat.get("fusion") is not None:
+            row["fusion"] = dict(strat["fusion"])
         out.append(row)
     return out
 

@@ -27,9 +27,14 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
-def get_store(dataset=None):
-    """Prepared zarr store of a dataset (default: the study's) for the study's bands."""
-    return f"{PREP}/{dataset or DATA['dataset']}/{BANDS}.zarr"
+def get_store(dataset=None, bands=BANDS):
+    """Prepared zarr store of a dataset (default: the study's) for a band selection."""
+    return f"{PREP}/{dataset or DATA['dataset']}/{bands}.zarr"
+
+
+def get_run_store(wildcards):
+    """Prepared store of a run's dataset."""
+    return get_store(ROWS[wildcards.run]["dataset"])
 
 
 def get_raw(wildcards):
@@ -48,11 +53,12 @@ def get_download_files(wildcards):
 
 
 def get_source_store():
-    """Prepared store of the synthetic pretraining source set: in the target's format for
-    EuroSAT, else the multispectral source set with the study's bands."""
+    """Prepared store of the synthetic pretraining source set, with pretrain.bands: in the
+    target's format for EuroSAT, else the multispectral source set."""
+    bands = gcfg.bands_id(config["pretrain"]["bands"] or DATA["bands"])
     if DATA["dataset"].startswith("eurosat_"):
-        return get_store(f"{DATA['dataset']}_source")
-    return get_store("eurosat_ms_source")
+        return get_store(f"{DATA['dataset']}_source", bands)
+    return get_store("eurosat_ms_source", bands)
 
 
 def get_subset(wildcards):
@@ -61,7 +67,7 @@ def get_subset(wildcards):
     if row["label_fraction"] >= 1.0:
         return []
     name = subset_file_name(config["subsets"]["method"], row["label_fraction"], row["seed"])
-    return f"{PREP}/{DATA['dataset']}/{BANDS}.subsets/{name}"
+    return f"{PREP}/{row['dataset']}/{BANDS}.subsets/{name}"
 
 
 def get_pretrain(wildcards=None):
@@ -69,10 +75,10 @@ def get_pretrain(wildcards=None):
     return f"{RES}/pretrain" if config["backbone"]["weights"] == "pretrain" else []
 
 
-def _base_spec():
+def _base_spec(dataset=DATA["dataset"]):
     return {
         "study": STUDY,
-        "data": {k: DATA[k] for k in ("dataset", "bands", "source")},
+        "data": {"dataset": dataset, "bands": DATA["bands"], "source": DATA["source"]},
         "backbone": config["backbone"],
         "threads": config["threads"],
     }
@@ -84,7 +90,8 @@ def get_pretrain_spec(wildcards):
 
 def get_train_spec(wildcards):
     """Everything one training job depends on: editing another row leaves it unchanged."""
-    return gcfg.canonical_json(dict(_base_spec(), row=ROWS[wildcards.run]))
+    row = ROWS[wildcards.run]
+    return gcfg.canonical_json(dict(_base_spec(row["dataset"]), row=row))
 
 
 def opt(flag, paths):
@@ -93,7 +100,7 @@ def opt(flag, paths):
 
 
 def get_final_outputs():
-    if DATA["dataset"] not in gcfg.TRAINABLE_DATASETS:
+    if any(row["dataset"] not in gcfg.TRAINABLE_DATASETS for row in ROWS.values()):
         # fetched and prepared here; trained by the Fusion-LoRA / time-series studies
         return [get_store()]
     return [

@@ -2,7 +2,7 @@ rule evaluate:
     """Test-split metrics of one trained run, logged to its MLflow run."""
     input:
         model=f"{RES}/runs/{{run}}/model",
-        store=get_store(),
+        store=get_run_store,
         pretrain=get_pretrain,
         experiment=EXPERIMENT,
     output:

@@ -41,7 +41,7 @@ rule pretrain:
 rule train:
     """One training job per study row."""
     input:
-        store=get_store(),
+        store=get_run_store,
         subset=get_subset,
         pretrain=get_pretrain,
         experiment=EXPERIMENT,

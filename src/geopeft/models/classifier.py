@@ -15,13 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopeft.data.dataset import StoreInfo
-from geopeft.models.backbone import (
-    Normalization,
-    create_vit,
-    load_into,
-    load_weights,
-    split_qkv,
-)
+from geopeft.models.backbones import create_model, input_size, prepare_for_adapters, resolve
+from geopeft.models.weights import Normalization, load_into, load_weights
 
 
 class Classifier(nn.Module):
@@ -39,6 +34,11 @@ class Classifier(nn.Module):
     @property
     def head(self) -> nn.Module:
         return self.backbone.get_classifier()
+
+    def new_modules(self) -> list[str]:
+        """Modules created for the task (trained by every strategy): the head."""
+        head = self.head
+        return [name for name, mod in self.named_modules() if mod is head]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         x = (x * self.value_scale - self.mean) / self.std
@@ -65,35 +65,37 @@ def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo
     return Normalization(bands, [m * s for m in store.norm_mean], [d * s for d in store.norm_std])
 
 
-def _check_input_size(vit: nn.Module, input_size: int | None, store: StoreInfo) -> None:
-    """A ViT with a fixed image size needs inputs of that size, or ``backbone.input_size``."""
-    size = getattr(getattr(vit, "patch_embed", None), "img_size", None)
-    if input_size or size is None or store.image_size is None:
+def check_input_size(model: nn.Module, resize: int | None, store: StoreInfo) -> None:
+    """A backbone with a fixed image size needs inputs of that size, or ``backbone.input_size``."""
+    size = input_size(model)
+    if resize or size is None or store.image_size is None:
         return
-    if tuple(size) != tuple(store.image_size):
+    if (size, size) != tuple(store.image_size):
         from geopeft.config import ConfigError
 
         raise ConfigError(
-            f"backbone.input_size: the backbone takes {size[0]}x{size[1]} inputs but "
+            f"backbone.input_size: the backbone takes {size}x{size} inputs but "
             f"{store.path} holds {store.image_size[0]}x{store.image_size[1]} images; set "
-            f"backbone.input_size: {size[0]} to resize them, or backbone.kwargs.img_size"
+            f"backbone.input_size: {size} to resize them, or backbone.kwargs.img_size"
         )
 
 
 def build_classifier(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes: int,
                      pretrain_dir: Path | None = None, split: bool = True,
                      ) -> tuple[Classifier, dict[str, Any]]:
-    """Create the backbone, load its weights, split qkv (unless ``split`` is false), normalise.
+    """Create the backbone, load its weights, expose q/k/v for adapters (unless ``split`` is
+    false), normalise.
 
     Returns the model and a description (weights origin, normalisation) for the run record.
     """
+    backbone_cfg = resolve(backbone_cfg)
     weights = load_weights(backbone_cfg, pretrain_dir)
-    vit = create_vit(backbone_cfg["name"], backbone_cfg["kwargs"], len(store.bands), num_classes)
+    vit = create_model(backbone_cfg, len(store.bands), num_classes)
     if weights is not None:
         load_into(vit, weights, store.bands)
     if split:
-        split_qkv(vit)
-    _check_input_size(vit, backbone_cfg.get("input_size"), store)
+        prepare_for_adapters(vit)
+    check_input_size(vit, backbone_cfg.get("input_size"), store)
     norm = resolve_norm(backbone_cfg["normalize"], weights.norm if weights else None, store)
     model = Classifier(vit, norm, store.value_scale, backbone_cfg.get("input_size"))
     info = {"weights": weights.origin if weights else "none", "norm_mean": norm.mean,

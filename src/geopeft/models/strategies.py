@@ -1,10 +1,11 @@
 """Fine-tuning strategies: which parameters train.
 
 * ``full``   -- every parameter trains.
-* ``linear`` -- the backbone is frozen; only the new classification head trains.
-* ``lora``   -- HF peft LoRA adapters on the target modules (rank, alpha, dropout from config);
-  the backbone is frozen and the new head trains and is saved with the adapter
-  (``modules_to_save``).
+* ``linear`` -- the backbone is frozen; only the new modules (head; fusion blocks) train
+  (linear probe, or decoder-only).
+* ``lora``   -- HF peft adapters on the encoder's target modules (``lora.method``: LoRA, DoRA,
+  LoHa, LoKr; rank, alpha, dropout from config); the encoder is frozen and the new modules train
+  and are saved with the adapter (``modules_to_save``).
 * ``e2e``    -- end to end: every parameter trains, the encoder at ``encoder_lr_factor`` x the
   head's learning rate (see :func:`param_groups`).
 * ``scratch`` -- every parameter trains from a random initialisation (the backbone's weights
@@ -18,55 +19,98 @@ from typing import Any
 from torch import nn
 
 STRATEGIES = ("full", "lora", "linear", "e2e", "scratch")
+PEFT_METHODS = ("lora", "dora", "loha", "lokr")
 
 
-def head_name(model: nn.Module) -> str:
-    """Qualified name of the classification head module inside ``model``."""
-    head = model.head  # type: ignore[attr-defined]
-    for name, mod in model.named_modules():
-        if mod is head:
-            return name
-    raise ValueError("the model has no head module")
+def new_module_names(model: nn.Module) -> list[str]:
+    """Qualified names of the modules created for the task (head, fusion blocks).
+
+    peft selects ``modules_to_save`` by name suffix, so each name must not also end another
+    module's name (``norm`` would catch the encoder's ``encoder.norm``): checked here.
+    """
+    names = list(model.new_modules())  # type: ignore[operator]
+    if not names:
+        raise ValueError("the model has no head module")
+    for n in names:
+        clash = [k for k, _ in model.named_modules() if k != n and k.endswith(n)]
+        if clash:
+            raise ValueError(f"new module {n!r} would also select {clash[:3]} as a module to save")
+    return names
 
 
-def apply_strategy(model: nn.Module, method: str, lora: dict[str, Any] | None = None) -> nn.Module:
-    """Set ``requires_grad`` (and wrap with peft for LoRA); returns the model to train."""
+def is_new(name: str, new: list[str]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in new)
+
+
+def encoder_targets(model: nn.Module, suffixes: list[str]) -> list[str]:
+    """Full names of the encoder's linear layers whose names end in one of ``suffixes``."""
+    new = new_module_names(model)
+    out = [name for name, mod in model.named_modules()
+           if isinstance(mod, nn.Linear) and not is_new(name, new)
+           and any(name == s or name.endswith("." + s) for s in suffixes)]
+    if not out:
+        raise ValueError(f"lora.target_modules {suffixes}: no linear layer of the encoder matches")
+    return out
+
+
+def peft_config(lora: dict[str, Any], targets: list[str], modules_to_save: list[str]) -> Any:
+    """The peft config of ``lora.method``: LoRA, DoRA (weight-decomposed LoRA), LoHa or LoKr."""
+    import peft
+
+    method = lora.get("method", "lora")
+    r, alpha, dropout = int(lora.get("r", 8)), float(lora.get("alpha", 16)), float(lora.get("dropout", 0.1))
+    common = {"r": r, "target_modules": targets, "modules_to_save": modules_to_save}
+    if method in ("lora", "dora"):
+        return peft.LoraConfig(lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                               use_dora=method == "dora", **common)
+    if method == "loha":
+        return peft.LoHaConfig(alpha=alpha, rank_dropout=dropout, **common)
+    if method == "lokr":
+        return peft.LoKrConfig(alpha=alpha, rank_dropout=dropout, **common)
+    raise ValueError(f"lora.method: {method!r} is not one of {PEFT_METHODS}")
+
+
+def apply_strategy(model: nn.Module, method: str, lora: dict[str, Any] | None = None,
+                   default_targets: list[str] | None = None) -> nn.Module:
+    """Set ``requires_grad`` (and wrap with peft for LoRA); returns the model to train.
+
+    The task's new modules (head, fusion blocks) train under every strategy; ``linear`` freezes
+    the rest; ``lora`` adapts the encoder's ``lora.target_modules`` (default: the backbone's
+    declared targets, ``default_targets``) and saves the new modules with the adapter.
+    """
     if method not in STRATEGIES:
         raise ValueError(f"strategy {method!r} is not one of {STRATEGIES}")
-    head = head_name(model)
+    new = new_module_names(model)
     if method in ("full", "e2e", "scratch"):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
     if method == "linear":
         for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(head + "."))
+            p.requires_grad_(is_new(name, new))
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     lora = lora or {}
-    cfg = LoraConfig(
-        r=int(lora.get("r", 8)),
-        lora_alpha=float(lora.get("alpha", 16)),
-        lora_dropout=float(lora.get("dropout", 0.1)),
-        target_modules=list(lora.get("target_modules", ["q", "k", "v"])),
-        modules_to_save=[head],
-        bias="none",
-    )
+    suffixes = list(lora.get("target_modules") or default_targets or ["q", "k", "v"])
     try:
+        cfg = peft_config(lora, encoder_targets(model, suffixes), new)
         return get_peft_model(model, cfg)
     except ValueError as err:
-        raise ValueError(f"lora.target_modules {cfg.target_modules}: {err}") from None
+        raise ValueError(f"lora.target_modules {suffixes}: {err}") from None
 
 
 def param_groups(model: nn.Module, lr: float, encoder_lr_factor: float = 1.0) -> list[dict[str, Any]]:
-    """Optimizer groups: the head (and adapters) at ``lr``, the encoder at ``lr x factor``."""
-    head = head_name(model)
+    """Optimizer groups: new modules (and adapters) at ``lr``, the encoder at ``lr x factor``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    new = new_module_names(base)
+    prefix = "base_model.model." if base is not model else ""
+    new = [prefix + n for n in new]
     head_params, encoder_params = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_head = name.startswith(head + ".") or "lora_" in name or "modules_to_save" in name
+        is_head = is_new(name, new) or "lora_" in name or "hada_" in name or "lokr_" in name
         (head_params if is_head or encoder_lr_factor == 1.0 else encoder_params).append(p)
     groups = [{"params": head_params, "lr": lr}]
     if encoder_params:
@@ -75,7 +119,7 @@ def param_groups(model: nn.Module, lr: float, encoder_lr_factor: float = 1.0) ->
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; peft's saved head copies count once."""
+    """(trainable, total) parameter counts; peft's saved copies of new modules count once."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for n, p in model.named_parameters() if ".original_module." not in n)
     return trainable, total

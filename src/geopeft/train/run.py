@@ -23,9 +23,11 @@ from torch import nn
 
 from geopeft.data.dataset import StoreInfo, load_split, store_info
 from geopeft.io import atomic_dir, read_json, write_json
-from geopeft.models.backbone import sha256_file
+from geopeft.models.backbones import resolve
 from geopeft.models.classifier import build_classifier
+from geopeft.models.fusion import build_fusion
 from geopeft.models.strategies import apply_strategy, count_parameters
+from geopeft.models.weights import sha256_file
 from geopeft.train.loop import TrainArgs, fit, seed_everything
 from geopeft.train.tracking import RunLogger, git_commit
 
@@ -48,6 +50,19 @@ def backbone_for(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["row"]["method"] == "scratch":
         return dict(spec["backbone"], weights="none")
     return spec["backbone"]
+
+
+def build_model(spec: dict[str, Any], info: StoreInfo, pretrain_dir: Path | None = None,
+                ) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a job spec with its strategy applied: a classifier, or Fusion-LoRA when the
+    row has ``fusion`` settings. Returns the model and its description for the run record."""
+    row = spec["row"]
+    bb = resolve(backbone_for(spec))
+    if row.get("fusion") is not None:
+        model, minfo = build_fusion(bb, info, len(info.classes), row["fusion"], pretrain_dir)
+    else:
+        model, minfo = build_classifier(bb, info, len(info.classes), pretrain_dir)
+    return apply_strategy(model, row["method"], row.get("lora"), bb["lora_targets"]), minfo
 
 
 def saved_names(model: nn.Module, base_weights: str) -> set[str]:
@@ -92,11 +107,10 @@ def load_checkpoint(model_dir: Path, store: Path | None = None,
     info = store_info(store) if store is not None else StoreInfo(**record["store"])
     if pretrain_dir is None and spec["backbone"]["weights"] == "pretrain":
         pretrain_dir = record.get("pretrain_dir") and Path(record["pretrain_dir"])
-    model, minfo = build_classifier(backbone_for(spec), info, len(info.classes), pretrain_dir)
+    model, minfo = build_model(spec, info, pretrain_dir)
     if minfo["weights"] != record["model"]["weights"]:
         raise ValueError(f"{model_dir}: trained on base weights {record['model']['weights']}, "
                          f"but {minfo['weights']} were found")
-    model = apply_strategy(model, spec["row"]["method"], spec["row"].get("lora"))
     state = load_file(str(model_dir / "trainable.safetensors"))
     expected = saved_names(model, minfo["weights"])
     if set(state) != expected:
@@ -116,8 +130,7 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
     val = load_split(store, "val")
     args = TrainArgs.from_dict(row["train"], seed=row["seed"], threads=spec.get("threads", 1))
     seed_everything(args.seed, args.threads)
-    model, minfo = build_classifier(backbone_for(spec), info, len(info.classes), pretrain_dir)
-    model = apply_strategy(model, row["method"], row.get("lora"))
+    model, minfo = build_model(spec, info, pretrain_dir)
     trainable, total = count_parameters(model)
     logger = RunLogger(experiment, run_name=row["name"], params=spec,
                        tags=_tags(spec, info.fingerprint, "finetune"))
@@ -199,4 +212,4 @@ def pretrain(spec: dict[str, Any], store: Path, experiment: Path, out: Path) -> 
     return result
 
 
-__all__ = ["load_checkpoint", "pretrain", "save_checkpoint", "train_row"]
+__all__ = ["build_model", "load_checkpoint", "pretrain", "save_checkpoint", "train_row"]

@@ -1,28 +1,33 @@
-"""ViT backbones from timm for any number of input bands, and where their weights come from.
+"""Where backbone weights come from, how they are verified, and how they load into a model.
 
-Weights (``backbone.weights``):
+``backbone.weights`` (the registry in :mod:`geopeft.models.backbones` gives each backbone a
+default):
 
 * ``pretrain`` -- the checkpoint written by this study's ``pretrain`` rule
   (``backbone.safetensors`` + ``backbone.json`` recording architecture, bands and normalisation);
 * ``none`` -- random initialisation (training from scratch);
 * ``timm:<tag>`` -- timm hub weights, read from the Hugging Face cache or fetched when online;
-  offline without a cached copy is a :class:`WeightsError` that says what to download;
+* ``url:<https://...>`` -- a published checkpoint (e.g. SSL4EO-S12 on the Hugging Face hub),
+  read from the torch hub cache (``$TORCH_HOME/hub/checkpoints/<file name>``) or downloaded
+  there when online, and checked against ``backbone.sha256`` or the sha256 prefix published in
+  the file name (``name-<8 hex>.pth``, the torch hub convention);
 * ``file:<path>`` -- a local ``.safetensors`` / ``.pth`` state dict, checked against ``sha256``.
 
-**Patch embedding for other band sets.** Weights know a list of bands (ImageNet/timm weights are
-taken as B04, B03, B02). For the requested bands, a band the weights know keeps its filter; a
-band they do not know gets the mean filter of the known bands; the kernel is then scaled by
-``n_known / n_requested`` so that a flat normalised input produces the same response as before.
+Offline without the weights is a :class:`WeightsError` that names what to download and where to
+put it. A checksum mismatch is an error; the file is never loaded.
 
-**Attention for LoRA.** timm fuses q, k and v into one ``qkv`` linear layer. :func:`split_qkv`
-replaces it by three separate ``q``, ``k``, ``v`` layers holding the same weights (outputs are
-identical), so that LoRA on ``q``/``k``/``v`` has its own rank-r update per projection, as in the
-HF ViT ``query``/``key``/``value`` setting the LoRA study reports.
+**Patch embedding for other band sets.** Weights know a list of bands (ImageNet/timm weights are
+taken as B04, B03, B02; SSL4EO-S12 as the 13 Sentinel-2 bands). For the requested bands, a band
+the weights know keeps its filter (selecting fewer known bands is exactly zero-filling the
+others); a band they do not know gets the mean filter of the known bands, and the kernel is then
+scaled by ``n_known / n_requested`` so that a flat normalised input produces the same response.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,8 @@ from torch import nn
 
 from geopeft.bands import RGB
 from geopeft.io import read_json
+
+log = logging.getLogger(__name__)
 
 
 class WeightsError(RuntimeError):
@@ -57,49 +64,6 @@ class Weights:
     origin: str
 
 
-class SplitQKV(nn.Module):
-    """Three linear projections q, k, v whose concatenated output equals a fused ``qkv``."""
-
-    def __init__(self, qkv: nn.Linear):
-        super().__init__()
-        dim_in, dim_out = qkv.in_features, qkv.out_features // 3
-        bias = qkv.bias is not None
-        for i, name in enumerate(("q", "k", "v")):
-            lin = nn.Linear(dim_in, dim_out, bias=bias)
-            with torch.no_grad():
-                lin.weight.copy_(qkv.weight[i * dim_out : (i + 1) * dim_out])
-                if bias:
-                    lin.bias.copy_(qkv.bias[i * dim_out : (i + 1) * dim_out])
-            setattr(self, name, lin)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
-
-
-def split_qkv(model: nn.Module) -> int:
-    """Replace every fused ``attn.qkv`` linear layer by :class:`SplitQKV`; returns how many."""
-    n = 0
-    for module in model.modules():
-        qkv = getattr(module, "qkv", None)
-        if isinstance(qkv, nn.Linear) and qkv.out_features % 3 == 0:
-            module.qkv = SplitQKV(qkv)
-            n += 1
-    return n
-
-
-def create_vit(name: str, kwargs: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
-    """A timm model (no weights) for ``in_chans`` bands and ``num_classes`` outputs."""
-    import timm
-
-    try:
-        return timm.create_model(name, pretrained=False, in_chans=in_chans,
-                                 num_classes=num_classes, **kwargs)
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
-            raise WeightsError(f"backbone.name: {name!r} is not a timm model") from None
-        raise
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -113,17 +77,86 @@ def _strip_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a checkpoint file, unwrapped from training wrappers and key prefixes."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise WeightsError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     for key in ("state_dict", "model", "teacher"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: holds no state dict")
+    for prefix in ("module.", "backbone.", "encoder."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
+
+
+def _declared(spec: dict[str, Any], n_in: int) -> tuple[list[str], Normalization | None]:
+    """Bands and normalisation of file/url weights: the registry's, else RGB for 3 channels."""
+    bands = list(spec.get("weight_bands") or ([] if n_in != 3 else RGB))
+    norm = spec.get("weight_norm")
+    return bands, Normalization(bands, list(norm["mean"]), list(norm["std"])) if norm else None
+
+
+def _from_file(spec: dict[str, Any], path: Path, origin: str) -> Weights:
+    state = _read_state(path)
+    pw = _patch_weight(state)
+    bands, norm = _declared(spec, pw.shape[1] if pw is not None else 3)
+    if pw is not None and bands and pw.shape[1] != len(bands):
+        raise WeightsError(f"{path}: patch embedding has {pw.shape[1]} input channels, but "
+                           f"{spec['name']} declares {len(bands)} bands {bands}")
+    return Weights(_strip_head(state), bands, norm, origin)
+
+
+def hub_cache_path(url: str) -> Path:
+    """Where ``url:`` weights are looked for: the torch hub checkpoint cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1].split("?")[0]
+
+
+def expected_sha256(spec: dict[str, Any], name: str) -> str | None:
+    """``backbone.sha256``, else the prefix published in a ``name-<8 hex>.pth`` file name."""
+    if spec.get("sha256"):
+        return str(spec["sha256"])
+    m = re.search(r"-([0-9a-f]{8,64})\.[a-z]+$", name)
+    return m.group(1) if m else None
+
+
+def _url_weights(spec: dict[str, Any], url: str) -> Weights:
+    path = hub_cache_path(url)
+    want = expected_sha256(spec, path.name)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(path.name + ".part")
+        try:
+            torch.hub.download_url_to_file(url, str(part), progress=False)
+        except Exception as err:  # offline: URLError, socket errors, HTTP errors
+            raise WeightsError(
+                f"backbone.weights: {url} is not in the torch hub cache and could not be downloaded "
+                f"({type(err).__name__}: {str(err)[:200]}). On a machine with network, download it "
+                f"to {path} (or set TORCH_HOME), or use backbone.weights: file:<path> with "
+                f"backbone.sha256"
+            ) from None
+        _check(part, want, url)
+        part.replace(path)
+    _check(path, want, str(path))
+    return _from_file(spec, path, f"url:{path.name}")
+
+
+def _check(path: Path, want: str | None, what: str) -> None:
+    got = sha256_file(path)
+    if want is None:
+        log.warning("%s: no published checksum; sha256 is %s (pin it with backbone.sha256)", what, got)
+    elif not got.startswith(want):
+        bad = path.with_name(path.name + ".bad")
+        path.replace(bad)
+        raise WeightsError(f"{what}: sha256 {got} does not match the expected {want}; "
+                           f"the file was moved aside to {bad}")
 
 
 def load_weights(spec: dict[str, Any], pretrain_dir: Path | None = None) -> Weights | None:
@@ -154,9 +187,9 @@ def load_weights(spec: dict[str, Any], pretrain_dir: Path | None = None) -> Weig
         got = sha256_file(path)
         if got != spec["sha256"]:
             raise WeightsError(f"{path}: sha256 {got} does not match backbone.sha256 {spec['sha256']}")
-        state = _read_state(path)
-        n_in = _patch_weight(state).shape[1] if _patch_weight(state) is not None else 3
-        return Weights(_strip_head(state), list(RGB) if n_in == 3 else [], None, f"file:{got[:12]}")
+        return _from_file(spec, path, f"file:{got[:12]}")
+    if w.startswith("url:"):
+        return _url_weights(spec, w[4:])
     if w.startswith("timm:"):
         return _timm_weights(spec, w[5:])
     raise WeightsError(f"backbone.weights: {w!r} is not understood")

@@ -1,0 +1,194 @@
+"""The backbone zoo: declarations, strategies on every family, Swin-V2 adapters, url/file weights."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import backbone_cfg
+from fileserver import FaultServer
+
+from geopeft.data.dataset import StoreInfo
+from geopeft.models import backbones
+from geopeft.models.classifier import build_classifier
+from geopeft.models.strategies import apply_strategy, count_parameters, param_groups
+from geopeft.models.weights import WeightsError, hub_cache_path, load_weights
+
+TINY_SWIN = {"img_size": 32, "window_size": 4, "embed_dim": 24, "depths": (1, 1), "num_heads": (2, 4)}
+MS_BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
+
+
+def swin_cfg(weights: str = "none", **kw: object) -> dict:
+    return backbone_cfg(weights, name="swinv2_tiny", kwargs=dict(TINY_SWIN), **kw)
+
+
+def store(bands=("B04", "B03", "B02"), scale=1 / 255, size=32) -> StoreInfo:
+    n = len(bands)
+    return StoreInfo(Path("x.zarr"), "eurosat_ms", [f"c{i}" for i in range(4)], list(bands), scale,
+                     [1000.0] * n, [500.0] * n, "f" * 64, (size, size))
+
+
+def trainable(m):
+    return {n for n, p in m.named_parameters() if p.requires_grad}
+
+
+def test_registry_declares_grid_width_bands_norm_targets():
+    rows = {r["name"]: r for r in backbones.describe()}
+    assert {"vit_b16_in21k", "swinv2_tiny", "ssl4eo_s12_vits16_dino", "ssl4eo_s12_vits16_moco",
+            "ssl4eo_s12_vits16_mae", "embedded"} <= set(rows)
+    assert (rows["vit_b16_in21k"]["grid"], rows["vit_b16_in21k"]["width"]) == ("14x14", 768)
+    assert (rows["swinv2_tiny"]["grid"], rows["swinv2_tiny"]["width"]) == ("8x8", 768)
+    assert rows["swinv2_tiny"]["input"] == 256
+    ssl = backbones.REGISTRY["ssl4eo_s12_vits16_dino"]
+    assert (rows[ssl.key]["grid"], rows[ssl.key]["width"]) == ("14x14", 384)
+    assert ssl.bands is not None and len(ssl.bands) == 13 and ssl.bands[8] == "B8A"  # ESA order
+    assert ssl.norm == ((0.0,) * 13, (1.0,) * 13) and rows[ssl.key]["normalisation"] == "DN/10000"
+    # published locations carry the torch-hub sha256 prefix in the file name
+    assert ssl.weights.endswith("-36bcc127.pth")
+    for e in backbones.REGISTRY.values():
+        assert e.family in ("vit", "swin") and e.lora_targets
+    # a plain timm name gets a generic entry: family from the name, weights from pretrain
+    assert backbones.resolve({"name": "swinv2_cr_tiny_ns_224"})["family"] == "swin"
+    assert backbones.resolve({"name": "vit_small_patch16_224"})["weights"] == "pretrain"
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+@pytest.mark.parametrize("method", ["full", "lora", "linear", "e2e", "scratch"])
+def test_which_parameters_train_every_strategy_and_family(family, method):
+    torch.manual_seed(0)
+    cfg = backbone_cfg() if family == "vit" else swin_cfg()
+    m, _ = build_classifier(cfg, store(), 4)
+    head = {f"backbone.{h}.{p}" for h in (["head"] if family == "vit" else ["head.fc"])
+            for p in ("weight", "bias")}
+    m = apply_strategy(m, method, {"r": 2, "alpha": 4, "dropout": 0.0}
+                       if method == "lora" else None)
+    names = trainable(m)
+    if method in ("full", "e2e", "scratch"):
+        assert names == {n for n, _ in m.named_parameters()}
+    elif method == "linear":
+        assert names == head
+    else:
+        lora = {n for n in names if "lora_" in n}
+        heads = names - lora
+        assert heads and all("modules_to_save" in n and "head" in n for n in heads)
+        n_attn = sum(1 for mod in m.modules() if isinstance(mod, backbones.SplitQKV))
+        assert len(lora) == n_attn * 3 * 2  # A and B for q, k, v of every attention
+        frozen = [p for n, p in m.named_parameters() if n not in names]
+        assert frozen and not any(p.requires_grad for p in frozen)
+    if method == "e2e":
+        groups = param_groups(m, 1e-3, 0.1)
+        assert {id(p) for p in groups[0]["params"]} == {id(p) for n, p in m.named_parameters()
+                                                       if n in head}
+
+
+def test_swin_adapters_are_live():
+    """timm's Swin-V2 attention bypasses its qkv layer; adapters must change the output."""
+    torch.manual_seed(0)
+    import timm
+
+    sw = timm.create_model("swinv2_tiny_window8_256", num_classes=3, **TINY_SWIN).eval()
+    for mod in sw.modules():
+        if getattr(mod, "q_bias", None) is not None:
+            torch.nn.init.normal_(mod.q_bias)
+            torch.nn.init.normal_(mod.v_bias)
+    x = torch.randn(2, 3, 32, 32)
+    ref = sw(x)
+    assert backbones.prepare_for_adapters(sw) == 2
+    assert torch.allclose(sw(x), ref, atol=1e-5)  # identical outputs, biases kept
+    m, _ = build_classifier(swin_cfg(), store(), 3)
+    with torch.no_grad():  # timm zero-initialises the residual post-norms: act as if trained
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.rand(2, 3, 32, 32) * 255
+    m = apply_strategy(m.eval(), "lora", {"r": 2, "alpha": 4, "dropout": 0.0})
+    with torch.no_grad():
+        before = m(x)
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+        assert not torch.allclose(m(x), before, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["dora", "loha", "lokr"])
+def test_other_peft_methods_train_adapters_and_merge(method):
+    torch.manual_seed(0)
+    m, _ = build_classifier(backbone_cfg(), store(), 4)
+    m = apply_strategy(m, "lora", {"method": method, "r": 2, "alpha": 4, "dropout": 0.0})
+    names = trainable(m)
+    marker = {"dora": "lora_magnitude_vector", "loha": "hada_", "lokr": "lokr_"}[method]
+    assert any(marker in n for n in names)
+    assert all("modules_to_save" in n or "lora_" in n or "hada_" in n or "lokr_" in n for n in names)
+    for p in m.parameters():  # move away from the identity initialisation
+        if p.requires_grad:
+            p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(2, 3, 32, 32) * 255
+    m.eval()
+    with torch.no_grad():
+        ref = m(x)
+        merged = m.merge_and_unload().eval()
+        assert torch.allclose(merged(x), ref, atol=1e-4)
+
+
+def _checkpoint(path: Path, in_chans: int, **kw) -> dict[str, torch.Tensor]:
+    vit = backbones.create_model(backbone_cfg(**kw), in_chans, 0)
+    state = {k: v.contiguous() for k, v in vit.state_dict().items()}
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, path)
+    return state
+
+
+def test_url_weights_from_hub_cache_or_server_with_published_checksum(tmp_path, monkeypatch):
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        state = _checkpoint(tmp_path / "w.pth", 13)
+        data = (tmp_path / "w.pth").read_bytes()
+        prefix = hashlib.sha256(data).hexdigest()[:8]
+        good, bad = f"ssl-{prefix}.pth", "ssl-00000000.pth"
+        spec = dict(backbone_cfg(), name="ssl4eo_s12_vits16_dino", kwargs=backbone_cfg()["kwargs"])
+        with FaultServer({good: data, bad: data}) as srv:
+            w = load_weights(backbones.resolve(dict(spec, weights=f"url:{srv.url}/{good}")))
+            assert w is not None and len(w.bands) == 13 and w.bands[8] == "B8A"
+            assert torch.equal(w.state["patch_embed.proj.weight"], state["patch_embed.proj.weight"])
+            assert w.norm is not None and w.norm.std == [1.0] * 13
+            assert hub_cache_path(f"{srv.url}/{good}").is_file()
+            with pytest.raises(WeightsError, match="does not match the expected 00000000"):
+                load_weights(backbones.resolve(dict(spec, weights=f"url:{srv.url}/{bad}")))
+            assert not hub_cache_path(f"{srv.url}/{bad}").exists()  # never kept under its name
+        # offline: the cached copy is used; a missing one is a clear error naming both places
+        assert load_weights(backbones.resolve(dict(spec, weights=f"url:{srv.url}/{good}"))) is not None
+        with pytest.raises(WeightsError, match=r"other-1234abcd.pth is not in the torch hub cache"
+                                               r".*download it to .*hub/checkpoints/other"):
+            load_weights(backbones.resolve(dict(spec, weights=f"url:{srv.url}/other-1234abcd.pth")))
+    finally:
+        torch.hub.set_dir(old)
+
+
+def test_ssl4eo_normalisation_is_dn_over_10000_and_bands_map_by_name(tmp_path):
+    state = _checkpoint(tmp_path / "w.pth", 13)
+    sha = hashlib.sha256((tmp_path / "w.pth").read_bytes()).hexdigest()
+    cfg = dict(backbone_cfg(f"file:{tmp_path / 'w.pth'}", sha256=sha), name="ssl4eo_s12_vits16_moco")
+    info = store(MS_BANDS, scale=1e-4)
+    m, minfo = build_classifier(cfg, info, 4)
+    x = torch.randint(0, 10000, (2, 6, 32, 32)).float()
+    assert torch.allclose(m.normalize(x), x / 10000, atol=1e-7)  # once, DN / 10000
+    assert minfo["norm_mean"] == [0.0] * 6 and minfo["norm_std"] == [1.0] * 6
+    src = state["patch_embed.proj.weight"]
+    order = list(backbones.SSL4EO_S2_BANDS)
+    for i, b in enumerate(MS_BANDS):  # each band keeps its own filter (= zero-filling the rest)
+        assert torch.equal(m.backbone.patch_embed.proj.weight[:, i], src[:, order.index(b)])
+    with pytest.raises(WeightsError, match="does not match backbone.sha256"):
+        build_classifier(dict(cfg, sha256="0" * 64), info, 4)
+
+
+def test_unknown_backbone_name_is_a_clear_error():
+    with pytest.raises(WeightsError, match="'vit_nonexistent' is neither a registry backbone"):
+        backbones.create_model({"name": "vit_nonexistent"}, 3, 0)
+
+
+def test_count_parameters_counts_saved_copies_once():
+    m, _ = build_classifier(swin_cfg(), store(), 4)
+    total = sum(p.numel() for p in m.parameters())
+    m = apply_strategy(m, "lora", {"r": 2, "alpha": 4, "dropout": 0.0})
+    t, tot = count_parameters(m)
+    assert tot == total + sum(p.numel() for n, p in m.named_parameters() if "lora_" in n)
+    assert t < tot
