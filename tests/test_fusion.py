@@ -194,3 +194,25 @@ def test_adapter_save_load_and_merge_identical(rung, tmp_path, fusion_store):
         merged = m.merge_and_unload().eval()
         assert not any("lora_" in n for n, _ in merged.named_parameters())
         assert torch.allclose(merged(x), ref, atol=1e-4)
+
+
+def test_real_study_models_build_at_full_size():
+    """The GPU study's ladder builds (Swin-V2-T at 256 px, 19 classes) with the counts it reports."""
+    from geopeft import config as gcfg
+
+    cfg = gcfg.load(Path(__file__).resolve().parents[1] / "config" / "studies" / "fusion_lora.yaml")
+    info = StoreInfo(Path("ben.zarr"), "bigearthnet_s2", [f"c{i}" for i in range(19)],
+                     cfg["data"]["bands"], 1e-4, [1000.0] * 6, [500.0] * 6, "f", (120, 120))
+    counts = {}
+    for row in gcfg.study_rows(cfg):
+        if row["seed"] or row["dataset"] != "bigearthnet_s2":
+            continue
+        spec = {"backbone": dict(cfg["backbone"], weights="none", normalize="dataset"), "row": row}
+        with torch.device("meta"):
+            m, _ = build_model(spec, info)
+        names = trainable(m)
+        assert names and all("lora_" in n or "modules_to_save" in n for n in names), row["name"]
+        counts[row["strategy"]] = count_parameters(m)
+    t = {k: v[0] for k, v in counts.items()}
+    assert t["rgb_lora"] < t["tokenizer"] < t["tokenizer_caf"] < t["fusion_lora"] < t["fusion_dora"]
+    assert all(v[1] > 27.5e6 for v in counts.values())  # the whole Swin-V2-T (27.6 M) is there

@@ -111,3 +111,29 @@ def test_multilabel_study_end_to_end(tmp_path):
     db = sqlite3.connect(tmp_path / "results" / "mlflow.db")
     keys = {k for (k,) in db.execute("select distinct key from metrics")}
     assert {"test_map_macro", "test_f1_micro", "val_map_macro"} <= keys
+
+
+def test_fusion_study_over_two_datasets(tmp_path):
+    """Fusion-LoRA through the workflow: multi-label BigEarthNet and EuroSAT-MS in one study."""
+    import csv
+
+    r = snakemake(tmp_path, config=ROOT / "config" / ".test" / "fusion.yaml")
+    assert r.returncode == 0, r.stderr[-5000:]
+    res = tmp_path / "results" / "ci_fusion"
+    rows = {x["run"]: x for x in csv.DictReader((res / "runs.csv").open())}
+    assert list(rows) == ["bigearthnet_s2-rgb_lora-f1-s0", "bigearthnet_s2-fusion_lora-f1-s0",
+                          "eurosat_ms-rgb_lora-f1-s0", "eurosat_ms-fusion_lora-f1-s0"]
+    assert {x["dataset"]: x["primary_metric"] for x in rows.values()} == {
+        "bigearthnet_s2": "map_macro", "eurosat_ms": "overall_accuracy"}
+    for ds in ("bigearthnet_s2", "eurosat_ms"):
+        assert (int(rows[f"{ds}-fusion_lora-f1-s0"]["trainable_params"])
+                > int(rows[f"{ds}-rgb_lora-f1-s0"]["trainable_params"]))
+    table = (res / "table.tex").read_text()
+    assert "bigearthnet\\_s2} (macro mAP)" in table and "eurosat\\_ms} (overall accuracy)" in table
+    assert (res / "figures" / "accuracy_vs_params.pdf").stat().st_size > 1000
+    run = res / "runs" / "eurosat_ms-fusion_lora-f1-s0" / "model"
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    rec = __import__("json").loads((run / "run.json").read_text())
+    assert rec["model"]["fusion"]["glf"] and rec["spec"]["data"]["dataset"] == "eurosat_ms"
+    pre = __import__("json").loads((res / "pretrain" / "backbone.json").read_text())
+    assert pre["bands"] == ["B04", "B03", "B02"]  # the encoder was pretrained on RGB

@@ -70,8 +70,11 @@ class FusionConfig:
 class SpectralTokenizer(nn.Module):
     """Standardised bands -> pseudo-RGB in the encoder's units -> the encoder's normalisation.
 
-    ``rgb = A z + b + mlp(z)`` with ``A``, ``b`` initialised to pick B04/B03/B02 and rescale
-    them to the encoder's mean/std, and the non-linear branch's last layer initialised to zero.
+    ``rgb = mean_enc + std_enc * (A z + b + mlp(z))``: ``A`` starts as the selection of B04, B03,
+    B02 and ``b`` at zero, the non-linear branch's last layer at zero, so the pseudo-RGB starts
+    as the true colour composite with the encoder's own statistics. The mapping is learned in
+    the encoder's normalised space (weights of order 1), so optimiser steps do not depend on the
+    reflectance scale.
     """
 
     def __init__(self, bands: list[str], enc_norm: Normalization, learn: bool, hidden: int):
@@ -82,8 +85,8 @@ class SpectralTokenizer(nn.Module):
                              f"{', '.join(missing)} missing from {bands}")
         a = torch.zeros(3, len(bands))
         for c, band in enumerate(RGB):
-            a[c, bands.index(band)] = enc_norm.std[c]
-        b = torch.tensor(enc_norm.mean, dtype=torch.float32)
+            a[c, bands.index(band)] = 1.0
+        b = torch.zeros(3)
         if learn:
             self.weight = nn.Parameter(a)
             self.bias = nn.Parameter(b)
@@ -99,10 +102,13 @@ class SpectralTokenizer(nn.Module):
         self.register_buffer("enc_mean", torch.tensor(enc_norm.mean, dtype=torch.float32)[:, None, None])
         self.register_buffer("enc_std", torch.tensor(enc_norm.std, dtype=torch.float32)[:, None, None])
 
+    def _mapped(self, z: torch.Tensor) -> torch.Tensor:
+        out = torch.einsum("oc,bchw->bohw", self.weight, z) + self.bias[:, None, None]
+        return out + self.mlp(z) if self.mlp is not None else out
+
     def pseudo_rgb(self, z: torch.Tensor) -> torch.Tensor:
         """The pseudo-RGB image (B, 3, H, W) in the encoder's units (before its normalisation)."""
-        rgb = torch.einsum("oc,bchw->bohw", self.weight, z) + self.bias[:, None, None]
-        return rgb + self.mlp(z) if self.mlp is not None else rgb
+        return self.enc_mean + self.enc_std * self._mapped(z)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return (self.pseudo_rgb(z) - self.enc_mean) / self.enc_std

@@ -30,7 +30,8 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
         "wall_time_s": rec["wall_time_s"], "images_per_s": rec["images_per_s"],
         "peak_memory_mb": rec["peak_memory_mb"], "val_score": rec["history"][-1].get("val_score"),
         "primary_metric": met["primary_metric"], "test_primary": met["primary"],
-        "test_overall_accuracy": met.get("overall_accuracy"), "test_macro_f1": met.get("macro_f1"),
+        "test_overall_accuracy": met.get("overall_accuracy"),
+        "test_macro_f1": met.get("macro_f1", met.get("f1_macro")),
         "test_map_macro": met.get("map_macro"), "test_map_micro": met.get("map_micro"),
         "test_f1_micro": met.get("f1_micro"),
         "device": rec["device"], "dataset": rec["spec"]["data"]["dataset"],
@@ -40,11 +41,10 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
 
 
 def aggregate(model_dirs: list[Path], metrics_files: list[Path], out: Path) -> list[dict[str, Any]]:
-    """Write ``out`` (CSV, one row per run, sorted by run name)."""
+    """Write ``out`` (CSV, one row per run, in the study's order: tables and legends follow it)."""
     if len(model_dirs) != len(metrics_files):
         raise ValueError("aggregate needs one metrics file per model folder")
-    rows = sorted((run_row(m, f) for m, f in zip(model_dirs, metrics_files, strict=True)),
-                  key=lambda r: r["run"])
+    rows = [run_row(m, f) for m, f in zip(model_dirs, metrics_files, strict=True)]
     with atomic_file(out) as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
         w.writeheader()

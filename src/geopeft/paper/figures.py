@@ -44,83 +44,117 @@ def _colors(strategies: list[str]) -> dict[str, str]:
     return {s: palette[i % len(palette)] for i, s in enumerate(strategies)}
 
 
+def _metric_label(df: pd.DataFrame) -> tuple[str, str]:
+    metric = str(df["primary_metric"].iloc[0])
+    return METRIC_LABEL.get(metric, f"test {metric} (%)"), ("accuracy" if metric == "overall_accuracy"
+                                                             else "mAP")
+
+
 def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None) -> list[Path]:
-    """Draw all figures of a study into ``outdir``; returns the written paths."""
+    """Draw all figures of a study into ``outdir``; returns the written paths.
+
+    A study over several datasets gets one panel per dataset (each with its own metric).
+    """
     plt = _plt()
     df = pd.read_csv(runs_csv)
     outdir.mkdir(parents=True, exist_ok=True)
     synthetic = bool(df["synthetic"].any())
     strategies = list(dict.fromkeys(df["strategy"]))
+    datasets = list(dict.fromkeys(df["dataset"]))
     col = _colors(strategies)
-    g = df.groupby(["strategy", "label_fraction"])
-    agg = g.agg(acc=("test_primary", "mean"), acc_sd=("test_primary", "std"),
-                params=("trainable_params", "first")).reset_index()
-    metric = str(df["primary_metric"].iloc[0])
-    ylabel = METRIC_LABEL.get(metric, f"test {metric} (%)")
-    short = "accuracy" if metric == "overall_accuracy" else "mAP"
+    agg = df.groupby(["dataset", "strategy", "label_fraction"]).agg(
+        acc=("test_primary", "mean"), acc_sd=("test_primary", "std"),
+        params=("trainable_params", "first")).reset_index()
+    fmax = agg["label_fraction"].max()
+    nd = len(datasets)
     written: list[Path] = []
 
-    fig, ax = plt.subplots(figsize=(4.2, 3.2))
-    fmax = agg["label_fraction"].max()
-    for s in strategies:
-        a = agg[(agg.strategy == s) & (agg.label_fraction == fmax)]
-        ax.errorbar(a["params"], 100 * a["acc"], yerr=100 * a["acc_sd"].fillna(0), fmt="o",
-                    color=col[s], capsize=3, label=s)
-        for _, r in a.iterrows():
-            ax.annotate(s, (r["params"], 100 * r["acc"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8, color=col[s])
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{short.capitalize()} vs trainable parameters ({100 * fmax:g} % of labels)")
+    fig, axes = plt.subplots(1, nd, figsize=(4.2 * nd, 3.2), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        ylabel, short = _metric_label(df[df.dataset == ds])
+        for s in strategies:
+            a = agg[(agg.dataset == ds) & (agg.strategy == s) & (agg.label_fraction == fmax)]
+            ax.errorbar(a["params"], 100 * a["acc"], yerr=100 * a["acc_sd"].fillna(0), fmt="o",
+                        color=col[s], capsize=3, label=s)
+            for _, r in a.iterrows():
+                ax.annotate(s, (r["params"], 100 * r["acc"]), textcoords="offset points",
+                            xytext=(5, 4), fontsize=8, color=col[s])
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{ds}: {short} vs trainable parameters ({100 * fmax:g} % of labels)"
+                     if nd > 1 else f"{short.capitalize()} vs trainable parameters "
+                     f"({100 * fmax:g} % of labels)", fontsize=8 if nd > 1 else 9)
+    fig.tight_layout()
     written += _save(fig, outdir, "accuracy_vs_params", synthetic)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(4.2, 3.2))
-    for s in strategies:
-        a = agg[agg.strategy == s].sort_values("label_fraction")
-        ax.errorbar(100 * a["label_fraction"], 100 * a["acc"], yerr=100 * a["acc_sd"].fillna(0),
-                    marker="o", color=col[s], capsize=3, label=s)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled training samples (%)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{short.capitalize()} vs label fraction (mean ± sd over seeds)")
-    ax.legend(frameon=False)
+    fig, axes = plt.subplots(1, nd, figsize=(4.2 * nd, 3.2), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        ylabel, short = _metric_label(df[df.dataset == ds])
+        for s in strategies:
+            a = agg[(agg.dataset == ds) & (agg.strategy == s)].sort_values("label_fraction")
+            ax.errorbar(100 * a["label_fraction"], 100 * a["acc"], yerr=100 * a["acc_sd"].fillna(0),
+                        marker="o", color=col[s], capsize=3, label=s)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training samples (%)")
+        ax.set_ylabel(ylabel)
+        ax.set_title((f"{ds}: " if nd > 1 else "") + f"{short} vs label fraction "
+                     "(mean ± sd over seeds)", fontsize=8 if nd > 1 else 9)
+    axes[0][0].legend(frameon=False)
+    fig.tight_layout()
     written += _save(fig, outdir, "accuracy_vs_fraction", synthetic)
     plt.close(fig)
 
-    cost = df.groupby("strategy").agg(time=("wall_time_s", "mean"), time_sd=("wall_time_s", "std"),
-                                      mem=("peak_memory_mb", "mean"),
-                                      mem_sd=("peak_memory_mb", "std"),
-                                      ips=("images_per_s", "mean")).reindex(strategies)
+    cost = df.groupby(["strategy", "dataset"]).agg(
+        time=("wall_time_s", "mean"), time_sd=("wall_time_s", "std"),
+        mem=("peak_memory_mb", "mean"), mem_sd=("peak_memory_mb", "std"))
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.8))
     x = np.arange(len(strategies))
-    axes[0].bar(x, cost["time"], yerr=cost["time_sd"].fillna(0), color=[col[s] for s in strategies],
-                capsize=3)
+    w = 0.8 / nd
+    hatches = ["", "//", "..", "xx"]
+    for j, ds in enumerate(datasets):
+        c = cost.xs(ds, level="dataset").reindex(strategies)
+        off = x + (j - (nd - 1) / 2) * w
+        for a, key in zip(axes, ("time", "mem"), strict=True):
+            a.bar(off, c[key], width=w, yerr=c[f"{key}_sd"].fillna(0), capsize=3,
+                  color=[col[s] for s in strategies], hatch=hatches[j % len(hatches)],
+                  edgecolor="white", label=ds)
     axes[0].set_ylabel("training wall time per run (s)")
-    axes[1].bar(x, cost["mem"], yerr=cost["mem_sd"].fillna(0), color=[col[s] for s in strategies],
-                capsize=3)
     device = str(df["device"].iloc[0])
     axes[1].set_ylabel("peak memory (MiB, " + ("CUDA allocated" if "cuda" in device else "RSS") + ")")
     for a in axes:
-        a.set_xticks(x, strategies)
+        a.set_xticks(x, strategies, rotation=30 if len(strategies) > 3 else 0, fontsize=7)
+    if nd > 1:
+        axes[1].legend(frameon=False, fontsize=7)
     fig.suptitle(f"Cost per strategy (device: {device})")
     fig.tight_layout()
     written += _save(fig, outdir, "cost", synthetic)
     plt.close(fig)
 
     if confusion_dir is not None:
-        best = df[df.label_fraction == fmax].sort_values("test_primary", ascending=False)
-        best = best.groupby("strategy").head(1).set_index("strategy").reindex(strategies)
-        fig, axes = plt.subplots(1, len(strategies), figsize=(3.3 * len(strategies), 3.4),
-                                 squeeze=False)
-        for ax, s in zip(axes[0], strategies, strict=True):
-            m = read_json(confusion_dir / best.loc[s, "run"] / "metrics.json")
+        written += _confusion(plt, df, datasets, strategies, fmax, confusion_dir, outdir, synthetic)
+    return written
+
+
+def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, synthetic):  # type: ignore[no-untyped-def]
+    """Confusion matrices (multi-class) or per-class AP (multi-label) of each strategy's best run."""
+    fig, axes = plt.subplots(len(datasets), len(strategies),
+                             figsize=(3.3 * len(strategies), 3.4 * len(datasets)), squeeze=False)
+    for row, ds in zip(axes, datasets, strict=True):
+        d = df[(df.dataset == ds) & (df.label_fraction == fmax)].sort_values("test_primary",
+                                                                            ascending=False)
+        best = d.groupby("strategy").head(1).set_index("strategy")
+        for ax, s in zip(row, strategies, strict=True):
+            if s not in best.index:
+                ax.axis("off")
+                continue
+            m = read_json(runs_dir / best.loc[s, "run"] / "metrics.json")
             n = len(m["classes"])
             if "confusion_matrix" in m:
                 cm = np.asarray(m["confusion_matrix"], dtype=float)
-                cmn = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-                ax.imshow(cmn, cmap="Blues", vmin=0, vmax=1)
+                ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
                 ax.set_xticks(range(n), m["classes"], rotation=90, fontsize=6)
                 ax.set_xlabel("predicted")
                 title = f"OA {100 * m['overall_accuracy']:.1f} %"
@@ -131,10 +165,11 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
                 ax.invert_yaxis()
                 ax.set_xlabel("average precision")
                 title = f"mAP {100 * m['map_macro']:.1f} %"
-            ax.set_yticks(range(n), m["classes"] if ax is axes[0][0] else [""] * n, fontsize=6)
+            ax.set_yticks(range(n), m["classes"] if ax is row[0] else [""] * n, fontsize=6)
+            if ax is row[0] and "confusion_matrix" in m:
+                ax.set_ylabel("true")
             ax.set_title(f"{s}: {best.loc[s, 'run']}\n{title}", fontsize=8)
-        axes[0][0].set_ylabel("true" if "confusion_matrix" in m else "")
-        fig.tight_layout()
-        written += _save(fig, outdir, "confusion", synthetic)
-        plt.close(fig)
-    return written
+    fig.tight_layout()
+    paths = _save(fig, outdir, "confusion", synthetic)
+    plt.close(fig)
+    return paths
