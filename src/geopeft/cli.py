@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("geopeft")
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM with a checkpoint; rerun to resume
 
 
 def _spec(text: str) -> dict[str, Any]:
@@ -131,17 +132,82 @@ def cmd_mlflow_init(a: argparse.Namespace) -> None:
              a.tracking_uri)
 
 
+def _claim_gpus(device: str, gpus: int) -> None:
+    """Give this job its own GPU(s) before CUDA starts (workstations; SLURM sets them itself)."""
+    if device != "cpu" and gpus > 0:
+        from geopeft.gpus import claim
+
+        claim(gpus)
+
+
+def cmd_mlflow_server(a: argparse.Namespace) -> None:
+    from geopeft.train.tracking import serve
+
+    raise SystemExit(serve(a.backend_store_uri, Path(a.artifacts_destination), a.host, a.port,
+                           a.workers))
+
+
 def cmd_pretrain(a: argparse.Namespace) -> None:
     from geopeft.train.run import pretrain
 
+    _claim_gpus("auto", a.gpus)
     pretrain(_spec(a.spec), Path(a.store), Path(a.experiment), Path(a.out))
+
+
+def _torchrun(a: argparse.Namespace, device: str) -> int | None:
+    """Multi-process training: relaunch under torchrun (returns its exit code), or, inside
+    torchrun, join the process group (nccl on GPUs, gloo on CPU) and return None."""
+    import os
+    import subprocess
+
+    nproc = a.nproc or (a.gpus if device != "cpu" and a.gpus > 1 else 1)
+    if "LOCAL_RANK" in os.environ:
+        import torch
+        import torch.distributed as dist
+
+        cuda = device != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if cuda else "gloo")
+        return None
+    if nproc <= 1:
+        return None
+    argv, skip = [], False  # the workers need no --nproc (torchrun would take it for its own)
+    for arg in a.argv:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        argv.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "geopeft.cli", *argv]
+    log.info("running %d processes under torchrun", nproc)
+    return subprocess.call(cmd)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
     from geopeft.train.run import train_row
 
-    rec = train_row(_spec(a.spec), Path(a.store), _opt_path(a.subset), Path(a.experiment),
-                    Path(a.out), _opt_path(a.pretrain))
+    spec = _spec(a.spec)
+    device = spec["row"]["train"].get("device", "auto")
+    _claim_gpus(device, a.gpus)
+    rc = _torchrun(a, device)
+    if rc is not None:
+        if rc == EXIT_PREEMPTED:
+            from geopeft.train.checkpoint import Preempted
+
+            raise Preempted("a training process stopped on SIGTERM; rerun to resume")
+        if rc:
+            raise SystemExit(rc)
+        return
+    rec = train_row(spec, Path(a.store), _opt_path(a.subset), Path(a.experiment),
+                    Path(a.out), _opt_path(a.pretrain), _opt_path(a.state))
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
     h = rec["history"][-1]
     log.info("%s: val score %.4f, %.1f s, %.0f img/s, peak %.0f MiB", rec["spec"]["row"]["name"],
              h.get("val_score", float("nan")), rec["wall_time_s"], rec["images_per_s"],
@@ -151,6 +217,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from geopeft.evaluate.run import evaluate
 
+    _claim_gpus("auto", a.gpus)
     m = evaluate(Path(a.model), Path(a.store), _opt_path(a.experiment), Path(a.metrics),
                  Path(a.confusion), _opt_path(a.pretrain), a.threads)
     log.info("%s: test %s %.4f", m["run"], m["primary_metric"], m["primary"])
@@ -252,11 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_mlflow_init)
 
+    s = sub.add_parser("mlflow-server", help="run an MLflow tracking server (jobs log over HTTP)")
+    s.add_argument("--backend-store-uri", default="sqlite:///results/mlflow.db",
+                   help="sqlite:///path.db or postgresql://user@host/db")
+    s.add_argument("--artifacts-destination", default="results/mlartifacts")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=5000)
+    s.add_argument("--workers", type=int, default=2)
+    s.set_defaults(func=cmd_mlflow_server)
+
     s = sub.add_parser("pretrain", help="pretrain the embedded backbone on the source set")
     s.add_argument("--spec", required=True)
     s.add_argument("--store", required=True)
     s.add_argument("--experiment", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--gpus", type=int, default=1, help="GPUs to claim when CUDA is used (0: none)")
     s.set_defaults(func=cmd_pretrain)
 
     s = sub.add_parser("train", help="train one study row")
@@ -266,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pretrain")
     s.add_argument("--experiment", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--state", help="folder for resumable training state (checkpoints, MLflow run id)")
+    s.add_argument("--nproc", type=int, default=0,
+                   help="processes (DDP under torchrun); default: --gpus when above 1 on CUDA")
+    s.add_argument("--gpus", type=int, default=1, help="GPUs to claim when CUDA is used (0: none)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="test-split metrics of a trained run")
@@ -276,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", required=True)
     s.add_argument("--confusion", required=True)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--gpus", type=int, default=1, help="GPUs to claim when CUDA is used (0: none)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="inference app: classify image files with a trained run")
@@ -311,16 +393,22 @@ def main(argv: list[str] | None = None) -> int:
     from geopeft.data.extract import UnsafeArchiveError
     from geopeft.data.sources import DataError
     from geopeft.models.weights import WeightsError
+    from geopeft.train.checkpoint import Preempted
+    from geopeft.train.tracking import TrackingError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         args.func(args)
     except (ConfigError, DataError, BandError, WeightsError, DownloadError, UnsafeArchiveError,
-            FileNotFoundError) as err:
+            TrackingError, FileNotFoundError) as err:
         print(f"geopeft {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:
+        print(f"geopeft {args.command}: preempted: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 

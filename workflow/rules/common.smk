@@ -16,6 +16,14 @@ PREP = f"{DATA['root']}/prepared/{DATA['source']}"
 BANDS = gcfg.bands_id(DATA["bands"])
 ROWS = {row["name"]: row for row in gcfg.study_rows(config)}
 EXPERIMENT = f"{RES}/mlflow_experiment.json"
+# Resources of GPU jobs: gpu (Snakemake's --resources gpu=N, SLURM --gpus), cpus_per_gpu, mem_mb
+# and a runtime that grows with each attempt (a job killed at its time limit gets more).
+GPU_RESOURCES = {
+    "gpu": config["resources"]["gpus"],
+    "cpus_per_gpu": config["resources"]["cpus_per_gpu"],
+    "mem_mb": config["resources"]["mem_mb"],
+    "runtime": lambda wildcards, attempt: config["resources"]["runtime"] * attempt,
+}
 
 
 wildcard_constraints:

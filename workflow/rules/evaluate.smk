@@ -11,6 +11,8 @@ rule evaluate:
     params:
         pretrain=lambda wildcards, input: opt("--pretrain", input.pretrain),
     threads: config["threads"]
+    resources:
+        **GPU_RESOURCES,
     log:
         f"{RES}/logs/evaluate/{{run}}.log",
     conda:
@@ -18,4 +20,4 @@ rule evaluate:
     shell:
         "geopeft evaluate --model {input.model} --store {input.store} {params.pretrain}"
         " --experiment {input.experiment} --metrics {output.metrics}"
-        " --confusion {output.confusion} --threads {threads} > {log} 2>&1"
+        " --confusion {output.confusion} --threads {threads} --gpus {resources.gpu} > {log} 2>&1"

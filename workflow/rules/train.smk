@@ -29,13 +29,15 @@ rule pretrain:
     params:
         spec=get_pretrain_spec,
     threads: max(2, config["threads"])
+    resources:
+        **GPU_RESOURCES,
     log:
         f"{RES}/logs/pretrain.log",
     conda:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft pretrain --spec {params.spec:q} --store {input.store}"
-        " --experiment {input.experiment} --out {output} > {log} 2>&1"
+        " --experiment {input.experiment} --out {output} --gpus {resources.gpu} > {log} 2>&1"
 
 
 rule train:
@@ -51,11 +53,15 @@ rule train:
         spec=get_train_spec,
         subset=lambda wildcards, input: opt("--subset", input.subset),
         pretrain=lambda wildcards, input: opt("--pretrain", input.pretrain),
+        state=lambda wildcards: f"{RES}/runs/{wildcards.run}/state",
     threads: config["threads"]
+    resources:
+        **GPU_RESOURCES,
     log:
         f"{RES}/logs/train/{{run}}.log",
     conda:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft train --spec {params.spec:q} --store {input.store} {params.subset}"
-        " {params.pretrain} --experiment {input.experiment} --out {output} > {log} 2>&1"
+        " {params.pretrain} --experiment {input.experiment} --out {output}"
+        " --state {params.state} --gpus {resources.gpu} > {log} 2>&1"

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopeft.data.dataset import Split
+
+if TYPE_CHECKING:
+    from geopeft.train.checkpoint import Checkpointer
 
 
 @dataclass
@@ -57,6 +60,10 @@ class TrainArgs:
     """CPU threads for torch."""
     progress: bool = True
     """Show a progress bar on stderr."""
+    checkpoint_every: int = 0
+    """Save the full training state every this many steps (0: by time, at epoch ends, on SIGTERM)."""
+    checkpoint_minutes: float = 10.0
+    """Save the full training state when this many minutes passed since the last save."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **extra: Any) -> TrainArgs:
@@ -166,17 +173,72 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256,
     return torch.cat(outs).numpy()
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of a torch.distributed job (torchrun), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def sync_gradients(params: list[torch.Tensor], world: int) -> None:
+    """Average the gradients of ``params`` over all ranks (one flat all-reduce)."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def all_reduce_sums(loss_sum: float, correct: int) -> tuple[float, int]:
+    import torch.distributed as dist
+
+    t = torch.tensor([loss_sum, float(correct)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0]), int(t[1])
+
+
+def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        checkpointer: Checkpointer | None = None, resume: dict[str, Any] | None = None,
+        extra_state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` in place; returns history and cost figures.
 
     ``on_epoch(epoch, metrics)`` is called after every epoch with train loss/accuracy, learning
     rate and validation loss/accuracy (when ``val`` is given).
+
+    With a ``checkpointer``, the full training state is saved periodically, at every epoch end
+    and on SIGTERM (then :class:`~geopeft.train.checkpoint.Preempted` is raised); ``resume`` (a
+    state from :meth:`Checkpointer.latest`) continues exactly where that state left off, so an
+    interrupted and resumed CPU run ends bitwise identical to an uninterrupted one.
+    ``extra_state`` (e.g. the MLflow run id) is stored in every state.
     """
     from tqdm.auto import tqdm
 
+    from geopeft.train.checkpoint import (
+        Preempted,
+        install_sigterm_handler,
+        rng_state,
+        set_rng_state,
+        stop_requested,
+    )
+
     seed_everything(args.seed, args.threads)
+    rank, world = dist_info()
     device = resolve_device(args.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -192,39 +254,89 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
         opt, warmup_cosine(total, int(round(args.warmup_epochs * steps_per_epoch))))
     xt = torch.from_numpy(train.x)
     yt = torch.from_numpy(train.y)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)  # data order: the same on every rank
+    # augmentation and dropout: per rank under DDP (one process keeps one generator for both)
+    aug_gen = gen if world == 1 else torch.Generator().manual_seed(args.seed + 100_003 * rank)
+    if world > 1:
+        torch.manual_seed(args.seed + 100_003 * rank)
+        trainable_params = [p for p in model.parameters() if p.requires_grad]
     history: list[dict[str, float]] = []
-    bar = tqdm(total=total, desc="train", unit="step", disable=not args.progress,
+    # position: epoch, first batch start of that epoch, the epoch's order and running sums
+    epoch0, start0, order0 = 0, 0, None
+    step, seen, train_time, loss_sum, correct = 0, 0, 0.0, 0.0, 0
+    if resume is not None:
+        missing, unexpected = model.load_state_dict(
+            {k: v.to(device) for k, v in resume["trainable"].items()}, strict=False)
+        own = {n for n, p in model.named_parameters() if p.requires_grad}
+        if unexpected or own - set(resume["trainable"]):
+            raise ValueError(f"checkpoint does not fit the model: unexpected {unexpected[:3]}, "
+                             f"missing {sorted(own - set(resume['trainable']))[:3]}")
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        gen.set_state(resume["data_generator"])
+        set_rng_state(resume["rng"])
+        epoch0, start0, order0 = resume["epoch"], resume["start"], resume["order"]
+        step, seen, train_time = resume["step"], resume["seen"], resume["train_time_s"]
+        loss_sum, correct = resume["loss_sum"], resume["correct"]
+        history = list(resume["history"])
+    if checkpointer is not None:
+        install_sigterm_handler()
+
+    def state(epoch: int, start: int, order: torch.Tensor | None) -> dict[str, Any]:
+        return {"trainable": _trainable(model), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "data_generator": gen.get_state(),
+                "rng": rng_state(), "epoch": epoch, "start": start, "order": order, "step": step,
+                "seen": seen, "train_time_s": train_time, "loss_sum": loss_sum, "correct": correct,
+                "history": history, **(extra_state or {})}
+
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not args.progress,
                mininterval=0.5 if sys.stderr.isatty() else 10, file=sys.stderr)
     t0 = time.perf_counter()
-    train_time = 0.0
-    seen = 0
-    for epoch in range(args.epochs):
+    for epoch in range(epoch0, args.epochs):
         model.train()
         te = time.perf_counter()
-        order = torch.randperm(len(train), generator=gen)
-        loss_sum, correct = 0.0, 0
-        for i in range(0, len(order), args.batch_size):
+        if epoch == epoch0 and order0 is not None:
+            order, start = order0, start0
+        else:
+            order, start = torch.randperm(len(train), generator=gen), 0
+            loss_sum, correct = 0.0, 0
+        for i in range(start, len(order), args.batch_size):
             idx = order[i : i + args.batch_size]
+            if world > 1:  # this rank's shard of the global batch
+                idx = idx.tensor_split(world)[rank]
             xb, yb = xt[idx], yt[idx]
             if args.augment:
-                xb = augment(xb, gen)
+                xb = augment(xb, aug_gen)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             with _autocast(device, args.amp):
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                sync_gradients(trainable_params, world)
             opt.step()
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             if yb.ndim == 1:
                 correct += int((logits.argmax(1) == yb).sum())
             seen += len(idx)
+            step += 1
             bar.update(1)
+            last = i + args.batch_size >= len(order)
+            if checkpointer is not None and not last and (stop_requested() or checkpointer.due(step)):
+                train_time += time.perf_counter() - te
+                te = time.perf_counter()
+                checkpointer.save(state(epoch, i + args.batch_size, order), step)
+                if stop_requested():
+                    bar.close()
+                    raise Preempted(f"stopped by SIGTERM after step {step}; state saved in "
+                                    f"{checkpointer.directory}, rerun to resume")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - te
+        if world > 1:
+            loss_sum, correct = all_reduce_sums(loss_sum, correct)
         m = {"train_loss": loss_sum / len(train), "lr": float(sched.get_last_lr()[0])}
         if not is_multilabel(train):
             m["train_acc"] = correct / len(train)
@@ -232,9 +344,15 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
             logits = predict(model, val.x, args.eval_batch_size, device, args.amp)
             m.update(val_metrics(logits, val.y))
         history.append(m)
+        if checkpointer is not None:
+            checkpointer.save(state(epoch + 1, 0, None), step)
         bar.set_postfix({k: round(v, 4) for k, v in m.items() if k != "lr"})
         if on_epoch:
             on_epoch(epoch, m)
+        if checkpointer is not None and stop_requested() and epoch + 1 < args.epochs:
+            bar.close()
+            raise Preempted(f"stopped by SIGTERM after epoch {epoch + 1}; state saved in "
+                            f"{checkpointer.directory}, rerun to resume")
     bar.close()
     wall = time.perf_counter() - t0
     return {

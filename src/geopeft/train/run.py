@@ -121,26 +121,76 @@ def load_checkpoint(model_dir: Path, store: Path | None = None,
     return model.eval()
 
 
+class _QuietLogger:
+    """The logger of DDP ranks other than 0: only rank 0 logs."""
+
+    run_id = None
+
+    def logged_steps(self, key: str) -> set[int]:
+        return set()
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def _open_run(experiment: Path, spec: dict[str, Any], fingerprint: str,
+              state_dir: Path | None) -> RunLogger:
+    """The job's MLflow run: a new one, or the one an earlier, interrupted attempt started."""
+    run_file = Path(state_dir) / "mlflow_run.json" if state_dir else None
+    run_id = read_json(run_file)["run_id"] if run_file and run_file.is_file() else None
+    logger = RunLogger(experiment, run_name=spec["row"]["name"], params=spec,
+                       tags=_tags(spec, fingerprint, "finetune"), run_id=run_id)
+    if run_file is not None:
+        write_json(run_file, {"run_id": logger.run_id})
+    if run_id is not None:
+        log.info("resuming MLflow run %s", run_id)
+        logger.set_running()
+    else:
+        logger.log_dict(spec, "config.json")
+    return logger
+
+
 def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment: Path,
-              out: Path, pretrain_dir: Path | None = None) -> dict[str, Any]:
-    """Train one study row and write its checkpoint folder ``out``."""
+              out: Path, pretrain_dir: Path | None = None,
+              state_dir: Path | None = None) -> dict[str, Any]:
+    """Train one study row and write its checkpoint folder ``out``.
+
+    With ``state_dir`` the training state is checkpointed there (periodically, per epoch and on
+    SIGTERM) and a rerun resumes from it, in the same MLflow run, with one value per metric
+    step; the folder is removed once ``out`` is written.
+    """
+    from geopeft.train.checkpoint import Checkpointer, Preempted
+    from geopeft.train.loop import dist_info
+
+    rank, _ = dist_info()
     row = spec["row"]
     info = store_info(store)
     train = load_split(store, "train", subset)
     val = load_split(store, "val")
     args = TrainArgs.from_dict(row["train"], seed=row["seed"], threads=spec.get("threads", 1))
+    ckpt = (Checkpointer(Path(state_dir), args.checkpoint_every, args.checkpoint_minutes)
+            if state_dir else None)
+    resume = ckpt.latest() if ckpt else None
     seed_everything(args.seed, args.threads)
     model, minfo = build_model(spec, info, pretrain_dir)
     trainable, total = count_parameters(model)
-    logger = RunLogger(experiment, run_name=row["name"], params=spec,
-                       tags=_tags(spec, info.fingerprint, "finetune"))
-    logger.log_dict(spec, "config.json")
-    logger.log_metrics({"trainable_params": trainable, "total_params": total,
-                        "train_samples": len(train)})
-    log.info("%s: %d/%d trainable parameters, %d train samples", row["name"], trainable, total,
-             len(train))
+    logger: Any = _open_run(experiment, spec, info.fingerprint, state_dir) if rank == 0 else _QuietLogger()
+    done = logger.logged_steps("train_loss") if state_dir else set()
+    logger.log_once({"trainable_params": trainable, "total_params": total,
+                     "train_samples": len(train)}, 0, logger.logged_steps("trainable_params")
+                    if state_dir else set())
+    log.info("%s: %d/%d trainable parameters, %d train samples%s", row["name"], trainable, total,
+             len(train), f", resuming at step {resume['step']}" if resume else "")
+    if resume:
+        for e, m in enumerate(resume["history"]):
+            logger.log_once(m, e, done)
     try:
-        result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_metrics(m, e))
+        result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_once(m, e, done),
+                     checkpointer=ckpt if rank == 0 else None, resume=resume,
+                     extra_state={"mlflow_run_id": logger.run_id})
+    except Preempted:
+        logger.end("KILLED")
+        raise
     except BaseException:
         logger.end("FAILED")
         raise
@@ -160,9 +210,12 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
         "pretrain_dir": str(Path(pretrain_dir).resolve()) if pretrain_dir else None,
         **costs,
     }
-    save_checkpoint(model, out, record)
-    logger.log_artifact(out, "model")
-    logger.end()
+    if rank == 0:
+        save_checkpoint(model, out, record)
+        logger.log_artifact(out, "model")
+        logger.end()
+        if ckpt is not None:
+            ckpt.clear()
     return record
 
 

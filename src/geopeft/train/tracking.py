@@ -9,6 +9,13 @@ MLflow 3 refuses the plain file store; the default tracking URI is a SQLite file
 So :func:`init_experiment` runs once, in a local Snakemake rule, creates the DB and the
 experiment and writes its id to a JSON file; every job opens its run **by that id**
 (:class:`RunLogger`). Metrics go out in batches (one ``log_batch`` per epoch).
+
+**Server mode** (``mlflow.tracking_uri: http://host:port``): :func:`serve` (``geopeft
+mlflow-server``) runs ``mlflow server`` with a SQLite or PostgreSQL backend and an artifact
+root, bound to 127.0.0.1 unless told otherwise, with job execution off (a few processes); jobs
+log over HTTP and upload artifacts through the server. A job checks the server before it starts
+(:func:`check_server`: a clear error when it is down) and MLflow's HTTP retries are bounded
+(:data:`HTTP_RETRY_ENV`) so a transient failure mid-run is retried, a dead server fails the job.
 """
 
 from __future__ import annotations
@@ -23,8 +30,65 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LEN = 6000
 
 
+# bounded retries of MLflow's HTTP client: 5 tries with backoff 1, 2, 4, 8 s, 30 s per request
+HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_server(uri: str, attempts: int = 3, timeout: float = 5.0) -> None:
+    """Fail fast, with a message saying how to start it, when the tracking server is down."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    last: Exception | None = None
+    for i in range(attempts):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as err:
+            last = err
+        time.sleep(min(2**i, 4))
+    raise TrackingError(
+        f"mlflow.tracking_uri: the MLflow server at {uri} does not answer ({last}); start it with "
+        f"`geopeft mlflow-server --backend-store-uri sqlite:///results/mlflow.db "
+        f"--artifacts-destination results/mlartifacts --port {uri.rsplit(':', 1)[-1].strip('/')}`"
+    )
+
+
+def serve(backend_store_uri: str, artifacts_destination: Path, host: str = "127.0.0.1",
+          port: int = 5000, workers: int = 2) -> int:
+    """Run ``mlflow server`` in the foreground (until stopped); returns its exit code."""
+    import os
+    import subprocess
+    import sys
+
+    _ensure_sqlite_parent(backend_store_uri)
+    Path(artifacts_destination).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+           "--serve-artifacts", "--artifacts-destination", Path(artifacts_destination).resolve().as_uri(),
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    return subprocess.call(cmd, env=env)
+
+
 def _client(tracking_uri: str) -> Any:
+    import os
+
     from mlflow.tracking import MlflowClient
+
+    if is_http(tracking_uri):
+        for k, v in HTTP_RETRY_ENV.items():
+            os.environ.setdefault(k, v)
 
     return MlflowClient(tracking_uri=tracking_uri)
 
@@ -36,10 +100,14 @@ def _ensure_sqlite_parent(uri: str) -> None:
 
 def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path) -> dict[str, str]:
     """Create (or find) experiment ``name`` and write ``{experiment_id, ...}`` to ``out``."""
+    if is_http(tracking_uri):
+        check_server(tracking_uri)
     _ensure_sqlite_parent(tracking_uri)
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(name)
-    if exp is None:
+    if exp is None and is_http(tracking_uri):  # artifacts go through the server's store
+        exp_id = client.create_experiment(name)
+    elif exp is None:
         artifact_root = Path(artifact_root).resolve()
         artifact_root.mkdir(parents=True, exist_ok=True)
         exp_id = client.create_experiment(name, artifact_location=artifact_root.as_uri())
@@ -86,6 +154,8 @@ class RunLogger:
 
         info = read_json(experiment_file)
         self.tracking_uri = info["tracking_uri"]
+        if is_http(self.tracking_uri):
+            check_server(self.tracking_uri)
         self.experiment_id = info["experiment_id"]
         self.client = _client(self.tracking_uri)
         if run_id is None:
@@ -110,6 +180,22 @@ class RunLogger:
         ts = int(time.time() * 1000)
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps at which ``key`` was logged in this run (for idempotent logging on resume)."""
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    def log_once(self, metrics: dict[str, float], step: int, done: set[int]) -> None:
+        """Log ``metrics`` at ``step`` unless ``step`` is in ``done`` (steps already logged by an
+        earlier attempt of this run); adds ``step`` to ``done``. A resumed run so ends with one
+        value per step."""
+        if step not in done:
+            self.log_metrics(metrics, step)
+            done.add(step)
+
+    def set_running(self) -> None:
+        """Mark the run as running again (a resumed attempt)."""
+        self.client.update_run(self.run_id, status="RUNNING")
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if Path(path).is_dir():

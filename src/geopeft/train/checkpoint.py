@@ -1,0 +1,173 @@
+"""Preemption-safe training state: periodic, atomic, verified checkpoints and SIGTERM handling.
+
+A run's state folder (``results/<study>/runs/<run>/state/``, beside the final ``model/`` folder
+so that Snakemake's clean-up of a failed job's outputs leaves it alone) holds
+``step-<n>.pt`` files with everything needed to continue bit for bit: trainable parameters,
+optimizer and scheduler state, the RNG states (python, numpy, torch, the data-order generator),
+epoch, position in the epoch and its sample order, running sums, history and the MLflow run id.
+
+Each file is written under a temporary name, fsynced and renamed; a ``step-<n>.json`` sidecar
+written after it records its sha256. :meth:`Checkpointer.latest` loads the newest state whose
+checksum matches and falls back to the previous one when the newest is corrupt or partial (a
+kill mid-write); it keeps the last ``keep`` states.
+
+SLURM sends SIGTERM before killing a preempted or timed-out job: :func:`stop_requested` turns
+it into a flag the training loop checks after every step; the loop then writes a final state and
+raises :class:`Preempted`, and the job exits non-zero so Snakemake retries it (or SLURM requeues
+it), and the restarted job resumes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from geopeft.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+_STEP = re.compile(r"^step-(\d{8})\.pt$")
+
+
+class Preempted(RuntimeError):
+    """Training stopped on SIGTERM after writing a checkpoint; rerun the job to resume."""
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.installed = False
+
+    def install(self) -> None:
+        if self.installed or threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.event.set())
+        self.installed = True
+
+
+_STOP = _StopFlag()
+
+
+def install_sigterm_handler() -> None:
+    """Make SIGTERM request a clean stop (checked by the training loop) instead of killing."""
+    _STOP.install()
+
+
+def stop_requested() -> bool:
+    return _STOP.event.is_set()
+
+
+def rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Writes and finds training states in ``directory``.
+
+    Args:
+        directory: the run's state folder (created on first save).
+        every_steps: save every this many optimisation steps (0: only by time, at epoch ends and
+            on SIGTERM).
+        every_minutes: save when this much time passed since the last save (0: never by time).
+        keep: how many states to keep (the previous one is the fallback for a corrupt newest).
+    """
+
+    def __init__(self, directory: Path, every_steps: int = 0, every_minutes: float = 10.0,
+                 keep: int = 2):
+        self.directory = Path(directory)
+        self.every_steps = int(every_steps)
+        self.every_minutes = float(every_minutes)
+        self.keep = max(1, int(keep))
+        self._last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        """Whether the state after optimisation step ``step`` (1-based) should be saved."""
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        return bool(self.every_minutes) and time.monotonic() - self._last >= 60 * self.every_minutes
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        """Write ``state`` as ``step-<step>.pt`` atomically, then its checksum sidecar."""
+        import hashlib
+
+        import torch
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"step-{step:08d}.pt"
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+        write_json(path.with_suffix(".json"), {"step": step, "sha256": hashlib.sha256(data).hexdigest(),
+                                               "bytes": len(data), "time": time.time()})
+        self._last = time.monotonic()
+        for old in self.states()[:-self.keep]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+        return path
+
+    def states(self) -> list[Path]:
+        """State files, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir() if _STEP.match(p.name))
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest state that verifies, or None; corrupt or partial states are skipped."""
+        import hashlib
+
+        import torch
+
+        for path in reversed(self.states()):
+            meta_path = path.with_suffix(".json")
+            try:
+                meta = read_json(meta_path)
+                data = path.read_bytes()
+                if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+                    raise ValueError("sha256 mismatch")
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            except Exception as err:  # missing sidecar, truncated file, foreign content
+                log.warning("%s: not a usable checkpoint (%s); trying the previous one", path, err)
+                continue
+            log.info("resuming from %s (step %d)", path, meta["step"])
+            return state
+        return None
+
+    def clear(self) -> None:
+        """Remove the state folder (after the final model is written)."""
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)

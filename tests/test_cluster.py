@@ -1,0 +1,112 @@
+"""Cluster and workstation set-up: per-job GPUs, profiles, conda environment pinned to the lock."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CLAIM = """
+import os, sys, time
+from pathlib import Path
+from geopeft.gpus import claim
+ids = claim(1, timeout_s=60, poll_s=0.05)
+print(os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
+release = Path(sys.argv[1])
+while not release.exists():
+    time.sleep(0.05)
+"""
+
+
+def _claimer(tmp_path: Path, name: str, **env: str) -> subprocess.Popen:
+    e = dict(os.environ, GEOPEFT_GPU_COUNT="2", GEOPEFT_GPU_LOCK_DIR=str(tmp_path / "locks"), **env)
+    if "CUDA_VISIBLE_DEVICES" not in env:
+        e.pop("CUDA_VISIBLE_DEVICES", None)
+    return subprocess.Popen([sys.executable, "-c", CLAIM, str(tmp_path / f"release-{name}")],
+                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_each_job_gets_its_own_gpu(tmp_path):
+    a, b = _claimer(tmp_path, "a"), _claimer(tmp_path, "b")
+    got = {a.stdout.readline().strip(), b.stdout.readline().strip()}
+    assert got == {"0", "1"}  # two jobs, two devices, never both on GPU 0
+    c = _claimer(tmp_path, "c")
+    time.sleep(1.0)
+    assert c.poll() is None  # all devices taken: the third job waits ...
+    (tmp_path / "release-a").touch()
+    a.wait(timeout=30)
+    assert c.stdout.readline().strip() in {"0", "1"}  # ... and gets the freed device
+    for n in ("b", "c"):
+        (tmp_path / f"release-{n}").touch()
+    b.wait(timeout=30)
+    c.wait(timeout=30)
+
+
+def test_visible_devices_set_by_slurm_are_kept(tmp_path):
+    p = _claimer(tmp_path, "s", CUDA_VISIBLE_DEVICES="3")
+    assert p.stdout.readline().strip() == "3"
+    (tmp_path / "release-s").touch()
+    p.wait(timeout=30)
+    assert not (tmp_path / "locks").exists()  # nothing claimed
+
+
+def test_more_gpus_than_the_machine_has_is_a_clear_error(monkeypatch, tmp_path):
+    from geopeft.gpus import claim
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("GEOPEFT_GPU_COUNT", "1")
+    monkeypatch.setenv("GEOPEFT_GPU_LOCK_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="asks for 2 GPUs but this machine has 1"):
+        claim(2)
+    monkeypatch.setenv("GEOPEFT_GPU_COUNT", "0")
+    assert claim(1) is None  # no GPU: nothing to claim, CUDA stays untouched
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def _lock_versions() -> dict[str, str]:
+    with open(ROOT / "uv.lock", "rb") as fh:
+        lock = tomllib.load(fh)
+    return {p["name"]: p["version"] for p in lock["package"] if "version" in p}
+
+
+def test_conda_env_pins_equal_the_lock():
+    lock = _lock_versions()
+    env = yaml.safe_load((ROOT / "envs" / "geopeft.yaml").read_text())
+    assert "python=3.11" in env["dependencies"]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-r requirements.txt" in pip
+    pins = {}
+    for line in (ROOT / "envs" / "requirements.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==([^ ;]+)", line)
+        if m:
+            pins[m[1].lower()] = m[2]
+    assert pins, "envs/requirements.txt holds no pins"
+    wrong = {k: (v, lock.get(k)) for k, v in pins.items() if lock.get(k) != v}
+    assert not wrong, f"envs/requirements.txt differs from uv.lock: {wrong}"
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        deps = tomllib.load(fh)["project"]["dependencies"]
+    direct = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in deps}
+    assert direct <= set(pins), f"not pinned for conda: {direct - set(pins)}"
+
+
+@pytest.mark.parametrize("profile", ["default", "slurm"])
+def test_profiles_parse_and_dry_run(profile, tmp_path):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d",
+                        str(tmp_path), "--configfile", str(ROOT / "config" / ".test" / "config.yaml"),
+                        "--workflow-profile", str(ROOT / "profiles" / profile), "-n"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"^train\s+4$", r.stdout, re.M)
+    cfg = yaml.safe_load((ROOT / "profiles" / profile / "config.yaml").read_text())
+    if profile == "slurm":
+        assert cfg["executor"] == "slurm" and cfg["slurm-requeue"] and cfg["retries"] >= 1
+    else:
+        assert cfg["resources"]["gpu"] >= 1
