@@ -91,7 +91,7 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
 
 
 def _check_semantics(cfg: dict[str, Any], source: str) -> None:
-    from geopeft.models.backbones import entry_for
+    from geopeft.models.zoo import entry_for
 
     strategies = cfg["strategies"]
     cfg["backbone"]["weights"] = cfg["backbone"]["weights"] or entry_for(cfg["backbone"]["name"]).weights

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from geopeft.io import read_json
+
+if TYPE_CHECKING:  # pandas/numpy load lazily: the Snakefile imports FIGURES at every start
+    import pandas as pd
 
 SYNTHETIC_NOTE = "synthetic data: embedded Sentinel-2 world"
 METRIC_LABEL = {"overall_accuracy": "test overall accuracy (%)", "map_macro": "test macro mAP (%)"}
@@ -55,6 +56,9 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
 
     A study over several datasets gets one panel per dataset (each with its own metric).
     """
+    import numpy as np
+    import pandas as pd
+
     plt = _plt()
     df = pd.read_csv(runs_csv)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +144,8 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
 
 def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, synthetic):  # type: ignore[no-untyped-def]
     """Confusion matrices (multi-class) or per-class AP (multi-label) of each strategy's best run."""
+    import numpy as np
+
     fig, axes = plt.subplots(len(datasets), len(strategies),
                              figsize=(3.3 * len(strategies), 3.4 * len(datasets)), squeeze=False)
     for row, ds in zip(axes, datasets, strict=True):

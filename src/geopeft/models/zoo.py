@@ -1,0 +1,110 @@
+"""The declarations of the backbone zoo, importable without torch (config validation uses them).
+
+:mod:`geopeft.models.backbones` builds the models; this module only says what each backbone is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from geopeft.bands import RGB
+
+# Band order of the SSL4EO-S12 13-band weights (their patch embedding's input channels).
+SSL4EO_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
+                   "B11", "B12")
+_HF = "https://hf.co"
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A backbone of the zoo."""
+
+    key: str
+    """Registry name used as ``backbone.name``."""
+    family: str
+    """``vit`` or ``swin``: decides token extraction and the attention fix for adapters."""
+    arch: str
+    """timm architecture name."""
+    weights: str
+    """Default ``backbone.weights``."""
+    description: str
+    """One line for the listing."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Default keyword arguments for ``timm.create_model``."""
+    bands: tuple[str, ...] | None = None
+    """Bands the weights' patch embedding expects, in order (None: recorded with the weights)."""
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """Mean and std the weights expect, in scaled units (raw x the store's value scale, i.e.
+    reflectance for Sentinel-2 DN); None: recorded with the weights (timm cfg, pretrain rule)."""
+    lora_targets: tuple[str, ...] = ("q", "k", "v")
+    """Module name suffixes LoRA adapts by default."""
+
+
+def _ssl4eo(method: str, url: str) -> BackboneEntry:
+    return BackboneEntry(
+        key=f"ssl4eo_s12_vits16_{method}", family="vit", arch="vit_small_patch16_224",
+        weights=f"url:{url}", bands=SSL4EO_S2_BANDS,
+        norm=((0.0,) * 13, (1.0,) * 13),  # DN / 10000, as the SSL4EO-S12 benchmarks
+        description=f"SSL4EO-S12 ViT-S/16, 13 Sentinel-2 L1C bands, {method.upper()}; "
+                    f"input DN/10000",
+    )
+
+
+REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
+    BackboneEntry("vit_b16_in21k", "vit", "vit_base_patch16_224",
+                  "timm:vit_base_patch16_224.augreg_in21k", "ViT-B/16, ImageNet-21k (timm)",
+                  bands=RGB),
+    BackboneEntry("vit_b16_in21k_orig", "vit", "vit_base_patch16_224",
+                  "timm:vit_base_patch16_224.orig_in21k",
+                  "ViT-B/16, ImageNet-21k, google/vit-base-patch16-224-in21k weights", bands=RGB),
+    BackboneEntry("swinv2_tiny", "swin", "swinv2_tiny_window8_256",
+                  "timm:swinv2_tiny_window8_256.ms_in1k", "Swin-V2-T, window 8, 256 px, ImageNet-1k",
+                  bands=RGB),
+    BackboneEntry("swinv2_small", "swin", "swinv2_small_window8_256",
+                  "timm:swinv2_small_window8_256.ms_in1k", "Swin-V2-S, window 8, 256 px, ImageNet-1k",
+                  bands=RGB),
+    _ssl4eo("dino", f"{_HF}/torchgeo/vit_small_patch16_224_sentinel2_all_dino/resolve/"
+                    "5b41dd418a79de47ac9f5be3e035405a83818a62/"
+                    "vit_small_patch16_224_sentinel2_all_dino-36bcc127.pth"),
+    _ssl4eo("moco", f"{_HF}/torchgeo/vit_small_patch16_224_sentinel2_all_moco/resolve/"
+                    "1cb683f6c14739634cdfaaceb076529adf898c74/"
+                    "vit_small_patch16_224_sentinel2_all_moco-67c9032d.pth"),
+    _ssl4eo("mae", f"{_HF}/wangyi111/SSL4EO-S12/resolve/main/B13_vits16_mae_ep99_enc.pth"),
+    BackboneEntry("embedded", "vit", "vit_tiny_patch16_224", "pretrain",
+                  "the embedded backbone: a small ViT pretrained by the pretrain rule on the "
+                  "synthetic source set", kwargs={"img_size": 64, "patch_size": 8, "depth": 4,
+                                                  "embed_dim": 96, "num_heads": 3}),
+)}
+
+
+def entry_for(name: str) -> BackboneEntry:
+    """The registry entry of ``name``, or a generic entry for a timm ViT/Swin architecture."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    family = "swin" if name.startswith("swin") else "vit"
+    return BackboneEntry(name, family, name, "pretrain", f"timm {name}")
+
+
+def resolve(spec: dict[str, Any]) -> dict[str, Any]:
+    """A backbone config with the registry's declarations filled in (idempotent).
+
+    Adds ``arch``, ``family``, ``weight_bands``, ``weight_norm`` and ``lora_targets``; merges the
+    entry's kwargs under the config's; ``weights: null`` becomes the entry's default.
+    """
+    if "arch" in spec:
+        return spec
+    e = entry_for(spec["name"])
+    out = dict(spec)
+    out["arch"], out["family"] = e.arch, e.family
+    out["kwargs"] = {**e.kwargs, **(spec.get("kwargs") or {})}
+    out["weights"] = spec.get("weights") or e.weights
+    out.setdefault("sha256", None)
+    out.setdefault("input_size", None)
+    out.setdefault("normalize", "auto")
+    out["weight_bands"] = list(e.bands) if e.bands else None
+    out["weight_norm"] = {"mean": list(e.norm[0]), "std": list(e.norm[1])} if e.norm else None
+    out["lora_targets"] = list(e.lora_targets)
+    return out
+
+
