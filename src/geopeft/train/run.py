@@ -174,11 +174,13 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
     seed_everything(args.seed, args.threads)
     model, minfo = build_model(spec, info, pretrain_dir)
     trainable, total = count_parameters(model)
+    reopened = bool(state_dir) and (Path(state_dir) / "mlflow_run.json").is_file()
     logger: Any = _open_run(experiment, spec, info.fingerprint, state_dir) if rank == 0 else _QuietLogger()
-    done = logger.logged_steps("train_loss") if state_dir else set()
+    # steps an interrupted earlier attempt of this run already logged (none for a fresh run)
+    done = logger.logged_steps("train_loss") if reopened else set()
     logger.log_once({"trainable_params": trainable, "total_params": total,
-                     "train_samples": len(train)}, 0, logger.logged_steps("trainable_params")
-                    if state_dir else set())
+                     "train_samples": len(train)}, 0,
+                    logger.logged_steps("trainable_params") if reopened else set())
     log.info("%s: %d/%d trainable parameters, %d train samples%s", row["name"], trainable, total,
              len(train), f", resuming at step {resume['step']}" if resume else "")
     if resume:
