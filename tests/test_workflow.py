@@ -137,3 +137,40 @@ def test_fusion_study_over_two_datasets(tmp_path):
     assert rec["model"]["fusion"]["glf"] and rec["spec"]["data"]["dataset"] == "eurosat_ms"
     pre = __import__("json").loads((res / "pretrain" / "backbone.json").read_text())
     assert pre["bands"] == ["B04", "B03", "B02"]  # the encoder was pretrained on RGB
+
+
+def test_time_series_segmentation_study(tmp_path):
+    """PASTIS-layout world -> temporal subsets + label subsets -> UPerNet+L-TAE (decoder-only,
+    LoRA) and U-TAE -> whole-patch mIoU without void -> label fraction x length figures."""
+    import csv
+    import json
+
+    r = snakemake(tmp_path, config=ROOT / "config" / ".test" / "pastis.yaml")
+    assert r.returncode == 0, r.stderr[-5000:]
+    res = tmp_path / "results" / "ci_pastis"
+    rows = {x["run"]: x for x in csv.DictReader((res / "runs.csv").open())}
+    assert list(rows) == ["decoder_only-f0.5-t3-s0", "decoder_only-f0.5-t1-s0",
+                          "decoder_only-f1-t3-s0", "decoder_only-f1-t1-s0", "utae-f1-t3-s0",
+                          "lora-f1-t3-s0"]
+    assert {x["primary_metric"] for x in rows.values()} == {"miou"}
+    assert {x["sequence_length"] for x in rows.values()} == {"3", "1"}
+    assert rows["utae-f1-t3-s0"]["model"] == "utae"
+    assert int(rows["decoder_only-f0.5-t3-s0"]["train_samples"]) < int(
+        rows["decoder_only-f1-t3-s0"]["train_samples"])
+    m = json.loads((res / "runs" / "utae-f1-t3-s0" / "metrics.json").read_text())
+    assert m["void_class"] == 19 and len(m["classes"]) == 19 and "Void label" not in m["classes"]
+    assert len(m["per_class_iou"]) == 19 and 0 <= m["miou"] <= 1
+    assert m["test_samples"] == 8  # fold 5 of 40 patches, whole patches
+    rec = json.loads((res / "runs" / "utae-f1-t3-s0" / "model" / "run.json").read_text())
+    assert rec["spec"]["backbone"] is None and rec["spec"]["row"]["temporal"]["ladder"] == [3, 1]
+    assert (res / "runs" / "lora-f1-t3-s0" / "model" / "adapter" / "adapter_config.json").is_file()
+    for name in ("miou_vs_fraction", "fraction_length_heatmap", "cost", "confusion"):
+        assert (res / "figures" / f"{name}.png").stat().st_size > 1000
+    table = (res / "table.tex").read_text()
+    assert "mIoU 50\\,\\%" in table and "decoder\\_only, T=3" in table and "synthetic" in table
+    sub = json.loads(next((tmp_path / "data" / "prepared" / "synthetic" / "pastis").glob(
+        "*.subsets/stratified-f0.5-s0.json")).read_text())
+    assert len(sub["class_counts"]) == 19  # pixels per real class, void not counted
+    db = sqlite3.connect(tmp_path / "results" / "mlflow.db")
+    keys = {k for (k,) in db.execute("select distinct key from metrics")}
+    assert {"test_miou", "val_miou", "test_iou_Fruits_ vegetables_ flowers"} <= keys

@@ -108,17 +108,21 @@ def cmd_subset(a: argparse.Namespace) -> None:
     import numpy as np
 
     from geopeft.data.prepare import open_store
-    from geopeft.data.subsets import label_fraction_subset
+    from geopeft.data.subsets import class_presence, label_fraction_subset
     from geopeft.io import write_json
 
     ds = open_store(Path(a.store))
     train = np.flatnonzero(ds["split"].values == "train")
     labels = ds["label"].values[train]
+    n_cls = len(ds.attrs["classes"])
+    if labels.ndim == 3:  # segmentation: stratify on the classes each patch shows (not void)
+        void = ds.attrs.get("void_class")
+        labels, weights = class_presence(labels, n_cls - (void is not None), void)
+    else:  # counted per sample: class occurrences
+        weights = labels if labels.ndim == 2 else np.eye(n_cls, dtype=np.int64)[labels]
     pos = label_fraction_subset(labels, a.fraction, a.seed, a.method)
     chosen = train[pos]
-    n_cls = len(ds.attrs["classes"])
-    counts = (labels[pos].sum(axis=0) if labels.ndim == 2
-              else np.bincount(labels[pos], minlength=n_cls))
+    counts = weights[pos].sum(axis=0)  # samples per class, or pixels per class for maps
     write_json(a.out, {"method": a.method, "fraction": a.fraction, "seed": a.seed,
                        "samples": chosen.tolist(), "class_counts": counts.tolist(),
                        "train_size": int(len(train)), "store_fingerprint": ds.attrs["fingerprint"]})

@@ -15,8 +15,10 @@ from typing import Any
 import yaml
 
 SYNTHETIC_DATASETS = ("eurosat_ms", "eurosat_rgb", "bigearthnet_s2", "pastis")
-TRAINABLE_DATASETS = ("eurosat_ms", "eurosat_rgb", "bigearthnet_s2", "bigearthnet_s2_v1")
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment")
+TRAINABLE_DATASETS = ("eurosat_ms", "eurosat_rgb", "bigearthnet_s2", "bigearthnet_s2_v1", "pastis")
+#: Datasets of image time series: rows get a sequence length and a segmentation model.
+TIME_SERIES_DATASETS = ("pastis",)
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment", "loss")
 
 
 class ConfigError(ValueError):
@@ -96,6 +98,16 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
     strategies = cfg["strategies"]
     cfg["backbone"]["weights"] = cfg["backbone"]["weights"] or entry_for(cfg["backbone"]["name"]).weights
     for key, strat in strategies.items():
+        bb = strat.get("backbone")
+        if bb is not None:
+            bb["weights"] = bb["weights"] or entry_for(bb["name"]).weights
+            if bb["weights"] == "pretrain" and bb != cfg["backbone"]:
+                raise ConfigError(f"{source}: strategies.{key}.backbone.weights: only the study's "
+                                  f"backbone is pretrained (weights: pretrain); name other weights")
+        seg = strat.get("segmentation") or {}
+        if seg.get("model") == "utae" and strat["strategy"] not in ("full", "scratch"):
+            raise ConfigError(f"{source}: strategies.{key}.strategy: U-TAE is trained from scratch "
+                              f"(strategy full or scratch), not {strat['strategy']!r}")
         fusion = strat.get("fusion")
         if fusion is not None and fusion["glf"] and not fusion["caf"]:
             raise ConfigError(f"{source}: strategies.{key}.fusion.glf: gated late fusion mixes the "
@@ -135,6 +147,11 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
                 raise ConfigError(
                     f"{source}: data.bands: {bad[0]!r} is not in eurosat_rgb (it holds B04, B03, B02)"
                 )
+    kinds = {ds in TIME_SERIES_DATASETS for _, ds in study_datasets(cfg)
+             if not (ds == cfg["data"]["dataset"] and cfg.get("grid", {}).get("dataset"))}
+    if len(kinds) > 1:
+        raise ConfigError(f"{source}: grid.dataset: a study is either time-series segmentation "
+                          f"({', '.join(TIME_SERIES_DATASETS)}) or image classification; split it")
     if cfg["data"]["source"] == "local" and len({ds for _, ds in study_datasets(cfg)}) > 1:
         raise ConfigError(f"{source}: grid.dataset: with data.source local the study takes one "
                           f"dataset (data.raw_dir); run one study per dataset")
@@ -189,34 +206,49 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
     Each row holds everything a training job needs: ``name``, ``dataset``, ``strategy`` (the
     key), ``method`` (full/lora/linear/e2e/scratch), ``label_fraction``, ``seed``, ``train``
-    (defaults <- strategy <- row overrides), ``lora`` for LoRA rows and ``fusion`` for
-    Fusion-LoRA rows. With several datasets in ``grid.dataset``, grid run names start with the
-    dataset.
+    (defaults <- strategy <- row overrides), ``lora`` for LoRA rows, ``fusion`` for
+    Fusion-LoRA rows, ``backbone`` when the strategy names its own encoder, and for time-series
+    datasets ``sequence_length``, ``temporal`` (length, the study's ladder of lengths, pad rule,
+    reference date) and ``segmentation`` (the model). With several datasets in ``grid.dataset``,
+    grid run names start with the dataset; time-series run names hold ``-t<length>``.
     """
     grid = cfg.get("grid", {})
     datasets = grid.get("dataset") or [cfg["data"]["dataset"]]
     prefix = len(datasets) > 1
+    temporal = cfg.get("temporal") or {"length": 35, "pad": "repeat", "reference_date": "2018-09-01"}
+    grid_lengths = list(grid.get("sequence_length") or [])
     rows: list[dict[str, Any]] = []
     for ds in datasets:
+        lengths = (grid_lengths or [None]) if ds in TIME_SERIES_DATASETS else [None]
         for s in grid.get("strategy", []):
             for f in grid.get("label_fraction", [1.0]):
-                for seed in grid.get("seed", [0]):
-                    name = f"{s}-f{_fmt_fraction(float(f))}-s{seed}"
-                    rows.append({"strategy": s, "label_fraction": f, "seed": seed, "dataset": ds,
-                                 "name": f"{ds}-{name}" if prefix else name})
+                for length in lengths:
+                    for seed in grid.get("seed", [0]):
+                        t = f"-t{length}" if length else ""
+                        name = f"{s}-f{_fmt_fraction(float(f))}{t}-s{seed}"
+                        rows.append({"strategy": s, "label_fraction": f, "seed": seed, "dataset": ds,
+                                     "name": f"{ds}-{name}" if prefix else name,
+                                     **({"sequence_length": length} if length else {})})
     rows += [dict(r) for r in cfg.get("runs", [])]
+    # the study's ladder of lengths: shorter selections are drawn from longer ones (nested)
+    ladder = sorted({int(r.get("sequence_length") or temporal["length"]) for r in rows
+                     if (r.get("dataset") or cfg["data"]["dataset"]) in TIME_SERIES_DATASETS},
+                    reverse=True)
     out = []
     for r in rows:
         strat = cfg["strategies"][r["strategy"]]
         fraction = float(r.get("label_fraction", 1.0))
         seed = int(r.get("seed", 0))
+        series = (r.get("dataset") or cfg["data"]["dataset"]) in TIME_SERIES_DATASETS
+        length = int(r.get("sequence_length") or temporal["length"])
         train = {k: v for k, v in cfg["train"].items()}
         train.update({k: strat[k] for k in TRAIN_KEYS if k in strat})
         if strat["strategy"] == "e2e":
             train["encoder_lr_factor"] = strat.get("encoder_lr_factor", 0.1)
         train.update({k: r[k] for k in TRAIN_KEYS if k in r})
+        t = f"-t{length}" if series else ""
         row = {
-            "name": r.get("name") or f"{r['strategy']}-f{_fmt_fraction(fraction)}-s{seed}",
+            "name": r.get("name") or f"{r['strategy']}-f{_fmt_fraction(fraction)}{t}-s{seed}",
             "dataset": r.get("dataset") or cfg["data"]["dataset"],
             "strategy": r["strategy"],
             "method": strat["strategy"],
@@ -228,6 +260,13 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             row["lora"] = dict(strat.get("lora", {}))
         if strat.get("fusion") is not None:
             row["fusion"] = dict(strat["fusion"])
+        if strat.get("backbone") is not None:
+            row["backbone"] = dict(strat["backbone"])
+        if series:
+            row["sequence_length"] = length
+            row["temporal"] = {"length": length, "ladder": ladder, "pad": temporal["pad"],
+                               "reference": temporal["reference_date"]}
+            row["segmentation"] = dict(strat.get("segmentation") or {})
         out.append(row)
     return out
 

@@ -3,7 +3,7 @@ import re
 
 from geopeft import config as gcfg
 from geopeft.data.subsets import subset_file_name
-from geopeft.paper.figures import FIGURES
+from geopeft.paper.figures import figure_names
 
 
 gcfg.validate(config, source=", ".join(map(str, workflow.configfiles)) or "config")
@@ -15,6 +15,8 @@ RAW = f"{DATA['root']}/raw/{DATA['source']}"
 PREP = f"{DATA['root']}/prepared/{DATA['source']}"
 BANDS = gcfg.bands_id(DATA["bands"])
 ROWS = {row["name"]: row for row in gcfg.study_rows(config)}
+# a time-series segmentation study gets its own figures (label fraction x sequence length)
+FIGURES = figure_names(any(r["dataset"] in gcfg.TIME_SERIES_DATASETS for r in ROWS.values()))
 EXPERIMENT = f"{RES}/mlflow_experiment.json"
 # Resources of GPU jobs: gpu (Snakemake's --resources gpu=N, SLURM --gpus), cpus_per_gpu, mem_mb
 # and a runtime that grows with each attempt (a job killed at its time limit gets more).
@@ -78,8 +80,19 @@ def get_subset(wildcards):
     return f"{PREP}/{row['dataset']}/{BANDS}.subsets/{name}"
 
 
+def get_backbone(row):
+    """The backbone of a row: its strategy's own, the study's, or None (U-TAE has none)."""
+    if (row.get("segmentation") or {}).get("model") == "utae":
+        return None
+    return row.get("backbone") or config["backbone"]
+
+
 def get_pretrain(wildcards=None):
-    """The pretrained embedded backbone, when the study uses it."""
+    """The pretrained embedded backbone, when the study (or the run's row) uses it."""
+    run = getattr(wildcards, "run", None)
+    if run is not None:
+        bb = get_backbone(ROWS[run])
+        return f"{RES}/pretrain" if bb is not None and bb["weights"] == "pretrain" else []
     return f"{RES}/pretrain" if config["backbone"]["weights"] == "pretrain" else []
 
 
@@ -99,7 +112,7 @@ def get_pretrain_spec(wildcards):
 def get_train_spec(wildcards):
     """Everything one training job depends on: editing another row leaves it unchanged."""
     row = ROWS[wildcards.run]
-    return gcfg.canonical_json(dict(_base_spec(row["dataset"]), row=row))
+    return gcfg.canonical_json(dict(_base_spec(row["dataset"]), row=row, backbone=get_backbone(row)))
 
 
 def opt(flag, paths):

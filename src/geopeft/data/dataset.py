@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,10 +15,18 @@ from geopeft.io import read_json
 
 @dataclass
 class Split:
-    """Raw images (N, C, H, W) as float32 and labels (N,) of one split or subset."""
+    """Raw images and labels of one split or subset.
+
+    Images: (N, C, H, W) float32, or for time series (N, T, C, H, W) in the store's dtype (int16,
+    converted per batch) with ``dates`` (N, T) in days since the reference date. Labels: (N,)
+    class, (N, K) multi-hot, or (N, H, W) class maps.
+    """
 
     x: np.ndarray
     y: np.ndarray
+    dates: np.ndarray | None = None
+    ignore_index: int | None = None
+    """Label of pixels that count nowhere (PASTIS void, 19)."""
 
     def __len__(self) -> int:
         return len(self.y)
@@ -34,6 +43,8 @@ class StoreInfo:
     norm_std: list[float]
     fingerprint: str
     image_size: tuple[int, int] | None = None
+    void_class: int | None = None
+    """The label that marks void pixels (segmentation), excluded from loss and metrics."""
 
 
 def store_info(path: Path) -> StoreInfo:
@@ -41,14 +52,21 @@ def store_info(path: Path) -> StoreInfo:
     a = ds.attrs
     return StoreInfo(Path(path), a["dataset"], list(a["classes"]), [str(b) for b in ds.band.values],
                      float(a["value_scale"]), list(a["norm_mean"]), list(a["norm_std"]),
-                     a["fingerprint"], (int(ds.sizes["y"]), int(ds.sizes["x"])))
+                     a["fingerprint"], (int(ds.sizes["y"]), int(ds.sizes["x"])),
+                     None if a.get("void_class") is None else int(a["void_class"]))
 
 
-def load_split(path: Path, split: str, subset_file: Path | None = None) -> Split:
+def load_split(path: Path, split: str, subset_file: Path | None = None,
+               temporal: dict[str, Any] | None = None) -> Split:
     """Load one split into memory; with ``subset_file``, only the samples it lists.
 
+    A time-series store needs ``temporal`` (``length``, ``ladder``, ``pad``; see
+    :func:`geopeft.data.temporal.temporal_indices`): each series is cut to its ``length``-date
+    subset while loading, block by block, so memory holds the selected dates only.
+
     Raises:
-        DataError: the split is empty, or the subset lists samples outside the split.
+        DataError: the split is empty, the subset lists samples outside the split, or a series is
+            too short for the sequence length under ``pad: error``.
     """
     ds = open_store(path)
     split_arr = ds["split"].values
@@ -62,8 +80,39 @@ def load_split(path: Path, split: str, subset_file: Path | None = None) -> Split
         idx = sub
     if len(idx) == 0:
         raise DataError(f"{path}: the {split} split is empty")
+    if "time" in ds["image"].dims:
+        return _load_series(ds, path, idx, temporal)
     x = ds["image"].values[idx].astype(np.float32)
     label = ds["label"].values[idx]
     # multi-hot labels (multi-label tasks) train with BCE on float targets
     y = label.astype(np.float32) if label.ndim == 2 else label.astype(np.int64)
     return Split(x, y)
+
+
+def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: dict[str, Any] | None) -> Split:
+    from geopeft.data.temporal import LADDER, ShortSeriesError, days_since, temporal_indices
+
+    if not temporal or not temporal.get("length"):
+        raise DataError(f"{path}: a time-series store; the run needs a sequence length")
+    length = int(temporal["length"])
+    ladder = temporal.get("ladder") or LADDER
+    pad = temporal.get("pad", "repeat")
+    n_dates = ds["n_dates"].values[idx].astype(np.int64)
+    names = ds["name"].values[idx]
+    try:
+        sel = [temporal_indices(int(n), length, ladder, pad, where=f"{path}: patch {name}")
+               for n, name in zip(n_dates, names, strict=True)]
+    except ShortSeriesError as err:
+        raise DataError(str(err)) from None
+    image = ds["image"]
+    x = np.empty((len(idx), length, *image.shape[2:]), dtype=image.dtype)
+    block = 32  # samples read at a time: memory holds one block of full series
+    for start in range(0, len(idx), block):
+        data = image.isel(sample=idx[start : start + block]).values
+        for k in range(len(data)):
+            x[start + k] = data[k, sel[start + k]]
+    dates = np.stack([ds["dates"].values[i, s] for i, s in zip(idx, sel, strict=True)])
+    y = ds["label"].values[idx].astype(np.int64)
+    void = ds.attrs.get("void_class")
+    return Split(x, y, days_since(dates, temporal.get("reference", "2018-09-01")),
+                 None if void is None else int(void))

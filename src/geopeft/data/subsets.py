@@ -4,8 +4,9 @@ For a seed, each class's train samples are put in one random order; a fraction k
 ``max(1, round(fraction * n_class))`` of every class. The same seed therefore gives nested subsets
 (1 % in 10 % in 50 % in 100 %), every class keeps its share, and different seeds give different
 subsets. ``random`` keeps a prefix of one permutation of the whole train split instead.
-Multi-label samples are stratified by their rarest positive class. Subsets are cached on disk by
-(method, fraction, seed).
+Multi-label samples are stratified by their rarest positive class; segmentation patches by the
+classes present in their label map (:func:`class_presence`: the rarest class the patch shows,
+void ignored). Subsets are cached on disk by (method, fraction, seed).
 """
 
 from __future__ import annotations
@@ -53,6 +54,24 @@ def strata(labels: np.ndarray) -> np.ndarray:
     out = rank.argmin(axis=1)
     out[~np.isfinite(rank.min(axis=1))] = -1
     return out
+
+
+def class_presence(maps: np.ndarray, n_classes: int, ignore: int | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch class distribution of label maps (N, H, W): (presence (N, n_classes) as 0/1,
+    pixel counts (N, n_classes)); the ``ignore`` label (void) is not counted.
+
+    Raises:
+        ValueError: a label is outside 0..n_classes-1 and is not ``ignore``.
+    """
+    flat = np.asarray(maps).reshape(len(maps), -1).astype(np.int64)
+    bad = (flat < 0) | ((flat >= n_classes) & (flat != (ignore if ignore is not None else -1)))
+    if bad.any():
+        raise ValueError(f"label maps hold values outside 0..{n_classes - 1}: "
+                         f"{np.unique(flat[bad])[:5].tolist()}")
+    counts = np.stack([np.bincount(r[r != ignore] if ignore is not None else r,
+                                   minlength=n_classes)[:n_classes] for r in flat])
+    return (counts > 0).astype(np.int8), counts
 
 
 def subset_file_name(method: str, fraction: float, seed: int) -> str:

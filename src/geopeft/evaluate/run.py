@@ -12,9 +12,10 @@ import numpy as np
 from geopeft.data.dataset import load_split, store_info
 from geopeft.evaluate.metrics import classification_metrics
 from geopeft.evaluate.multilabel import multilabel_metrics, sigmoid
+from geopeft.evaluate.segmentation import segmentation_metrics
 from geopeft.io import atomic_file, read_json, write_json
-from geopeft.train.loop import predict, resolve_device, seed_everything
-from geopeft.train.run import load_checkpoint
+from geopeft.train.loop import predict, resolve_device, seed_everything, segmentation_scores
+from geopeft.train.run import load_checkpoint, num_outputs
 from geopeft.train.tracking import RunLogger
 
 
@@ -50,8 +51,23 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
     model = load_checkpoint(model_dir, store, pretrain_dir)
     device = resolve_device(record["spec"]["row"]["train"].get("device", "auto"))
     model.to(device)
-    test = load_split(store, "test")
-    logits = predict(model, test.x, record["spec"]["row"]["train"].get("eval_batch_size", 256), device)
+    row = record["spec"]["row"]
+    test = load_split(store, "test", temporal=row.get("temporal"))
+    batch = row["train"].get("eval_batch_size", 256)
+    if test.y.ndim == 3:  # segmentation: whole patches, confusion streamed batch by batch
+        classes = info.classes[: num_outputs(info)]
+        cm, _ = segmentation_scores(model, test, batch, device)
+        m = segmentation_metrics(cm)
+        m.update(task="segmentation", primary_metric="miou", primary=m["miou"],
+                 void_class=info.void_class, sequence_length=row.get("sequence_length"),
+                 classes=classes)
+        table = confusion_csv(m["confusion_matrix"], classes)
+        flat = {f"test_{k}": m[k] for k in ("miou", "mf1", "overall_accuracy")}
+        flat.update({f"test_iou_{c}": v for c, v in zip(classes, m["per_class_iou"], strict=True)
+                     if v is not None})
+        return _finish(m, table, flat, info, record, len(test), out_metrics, out_confusion,
+                       experiment)
+    logits = predict(model, test.x, batch, device)
     if test.y.ndim == 2:  # multi-label: sigmoid scores, mAP, F1 at 0.5
         scores = sigmoid(logits)
         m = multilabel_metrics(test.y, scores)
@@ -66,8 +82,15 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
         table = confusion_csv(m["confusion_matrix"], info.classes)
         flat = {"test_overall_accuracy": m["overall_accuracy"], "test_macro_f1": m["macro_f1"]}
         flat.update({f"test_f1_{c}": f for c, f in zip(info.classes, m["per_class_f1"], strict=True)})
-    m.update({"classes": info.classes, "run": record["spec"]["row"]["name"],
-              "test_samples": len(test)})
+    return _finish(m, table, flat, info, record, len(test), out_metrics, out_confusion, experiment)
+
+
+def _finish(m: dict[str, Any], table: str, flat: dict[str, float], info: Any,
+            record: dict[str, Any], n_test: int, out_metrics: Path, out_confusion: Path,
+            experiment: Path | None) -> dict[str, Any]:
+    """Write the metrics and the confusion table atomically and log them to the run."""
+    m.setdefault("classes", info.classes)
+    m.update({"run": record["spec"]["row"]["name"], "test_samples": n_test})
     with atomic_file(out_confusion) as fh:
         fh.write(table)
     write_json(out_metrics, m)

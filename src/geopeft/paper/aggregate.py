@@ -12,8 +12,8 @@ COLUMNS = [
     "run", "strategy", "method", "label_fraction", "seed", "trainable_params", "total_params",
     "trainable_pct", "train_samples", "epochs", "wall_time_s", "images_per_s", "peak_memory_mb",
     "val_score", "primary_metric", "test_primary", "test_overall_accuracy", "test_macro_f1",
-    "test_map_macro", "test_map_micro", "test_f1_micro", "device", "dataset", "synthetic",
-    "mlflow_run_id",
+    "test_map_macro", "test_map_micro", "test_f1_micro", "test_miou", "test_mf1",
+    "sequence_length", "model", "device", "dataset", "synthetic", "mlflow_run_id",
 ]
 
 
@@ -31,9 +31,12 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
         "peak_memory_mb": rec["peak_memory_mb"], "val_score": rec["history"][-1].get("val_score"),
         "primary_metric": met["primary_metric"], "test_primary": met["primary"],
         "test_overall_accuracy": met.get("overall_accuracy"),
-        "test_macro_f1": met.get("macro_f1", met.get("f1_macro")),
+        "test_macro_f1": met.get("macro_f1", met.get("f1_macro", met.get("mf1"))),
         "test_map_macro": met.get("map_macro"), "test_map_micro": met.get("map_micro"),
-        "test_f1_micro": met.get("f1_micro"),
+        "test_f1_micro": met.get("f1_micro"), "test_miou": met.get("miou"),
+        "test_mf1": met.get("mf1"), "sequence_length": row.get("sequence_length"),
+        "model": (row.get("segmentation") or {}).get("model", "upernet_ltae")
+        if row.get("segmentation") is not None else "",
         "device": rec["device"], "dataset": rec["spec"]["data"]["dataset"],
         "synthetic": rec["spec"]["data"].get("source") == "synthetic",
         "mlflow_run_id": rec["mlflow_run_id"],

@@ -11,8 +11,16 @@ if TYPE_CHECKING:  # pandas/numpy load lazily: the Snakefile imports FIGURES at 
     import pandas as pd
 
 SYNTHETIC_NOTE = "synthetic data: embedded Sentinel-2 world"
-METRIC_LABEL = {"overall_accuracy": "test overall accuracy (%)", "map_macro": "test macro mAP (%)"}
+METRIC_LABEL = {"overall_accuracy": "test overall accuracy (%)", "map_macro": "test macro mAP (%)",
+                "miou": "test mIoU (%, void excluded)"}
 FIGURES = ("accuracy_vs_params", "accuracy_vs_fraction", "cost", "confusion")
+#: Figures of a time-series segmentation study (label fraction x sequence length).
+SEGMENTATION_FIGURES = ("miou_vs_fraction", "fraction_length_heatmap", "cost", "confusion")
+
+
+def figure_names(segmentation: bool) -> tuple[str, ...]:
+    """The figures a study gets."""
+    return SEGMENTATION_FIGURES if segmentation else FIGURES
 
 
 def _plt():  # type: ignore[no-untyped-def]
@@ -54,9 +62,9 @@ def _metric_label(df: pd.DataFrame) -> tuple[str, str]:
 def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None) -> list[Path]:
     """Draw all figures of a study into ``outdir``; returns the written paths.
 
-    A study over several datasets gets one panel per dataset (each with its own metric).
+    A study over several datasets gets one panel per dataset (each with its own metric); a
+    time-series segmentation study gets the label fraction x sequence length figures instead.
     """
-    import numpy as np
     import pandas as pd
 
     plt = _plt()
@@ -70,9 +78,77 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
         acc=("test_primary", "mean"), acc_sd=("test_primary", "std"),
         params=("trainable_params", "first")).reset_index()
     fmax = agg["label_fraction"].max()
-    nd = len(datasets)
     written: list[Path] = []
+    if (df["primary_metric"] == "miou").all():
+        written += _segmentation_figures(plt, df, strategies, outdir, synthetic)
+    else:
+        written += _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdir,
+                                            synthetic)
+    written += _cost(plt, df, strategies, datasets, col, outdir, synthetic)
+    if confusion_dir is not None:
+        written += _confusion(plt, df, datasets, strategies, fmax, confusion_dir, outdir, synthetic)
+    return written
 
+
+def _segmentation_figures(plt, df, strategies, outdir, synthetic):  # type: ignore[no-untyped-def]
+    """mIoU vs label fraction (a panel per strategy, a line per sequence length) and a label
+    fraction x sequence length heatmap of mean mIoU per strategy."""
+    import numpy as np
+
+    agg = df.groupby(["strategy", "sequence_length", "label_fraction"]).agg(
+        m=("test_primary", "mean"), sd=("test_primary", "std")).reset_index()
+    lengths = sorted(agg["sequence_length"].unique())
+    fracs = sorted(agg["label_fraction"].unique())
+    cmap = plt.get_cmap("viridis")
+    lcol = {t: cmap(i / max(1, len(lengths) - 1)) for i, t in enumerate(lengths)}
+    n = len(strategies)
+    written = []
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), squeeze=False, sharey=True)
+    for ax, s in zip(axes[0], strategies, strict=True):
+        for t in lengths:
+            a = agg[(agg.strategy == s) & (agg.sequence_length == t)].sort_values("label_fraction")
+            if len(a):
+                ax.errorbar(100 * a["label_fraction"], 100 * a["m"], yerr=100 * a["sd"].fillna(0),
+                            marker="o", ms=3, capsize=2, color=lcol[t], label=f"T={int(t)}")
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training patches (%)")
+        ax.set_title(s, fontsize=8)
+    axes[0][0].set_ylabel(METRIC_LABEL["miou"])
+    axes[0][-1].legend(frameon=False, fontsize=7, title="dates", title_fontsize=7)
+    fig.suptitle("mIoU vs label fraction per sequence length (mean ± sd over seeds)", fontsize=9)
+    fig.tight_layout()
+    written += _save(fig, outdir, "miou_vs_fraction", synthetic)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, n, figsize=(3.0 * n, 2.9), squeeze=False)
+    vmax = 100 * agg["m"].max()
+    for ax, s in zip(axes[0], strategies, strict=True):
+        grid = np.full((len(lengths), len(fracs)), np.nan)
+        for _, r in agg[agg.strategy == s].iterrows():
+            grid[lengths.index(r["sequence_length"]), fracs.index(r["label_fraction"])] = 100 * r["m"]
+        im = ax.imshow(grid, cmap="magma", vmin=0, vmax=vmax, origin="lower", aspect="auto")
+        for i in range(len(lengths)):
+            for j in range(len(fracs)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if grid[i, j] < 0.6 * vmax else "black")
+        ax.set_xticks(range(len(fracs)), [f"{100 * f:g}" for f in fracs], fontsize=7)
+        ax.set_yticks(range(len(lengths)), [str(int(t)) for t in lengths], fontsize=7)
+        ax.set_xlabel("labelled patches (%)")
+        ax.set_title(s, fontsize=8)
+    axes[0][0].set_ylabel("dates per series (T)")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mIoU (%)")
+    fig.suptitle("mIoU: label fraction x sequence length (mean over seeds)", fontsize=9)
+    written += _save(fig, outdir, "fraction_length_heatmap", synthetic)
+    plt.close(fig)
+    return written
+
+
+def _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdir,  # type: ignore[no-untyped-def]
+                            synthetic):
+    """Primary metric vs trainable parameters, and vs label fraction (a panel per dataset)."""
+    nd = len(datasets)
+    written = []
     fig, axes = plt.subplots(1, nd, figsize=(4.2 * nd, 3.2), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
         ylabel, short = _metric_label(df[df.dataset == ds])
@@ -110,7 +186,14 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
     fig.tight_layout()
     written += _save(fig, outdir, "accuracy_vs_fraction", synthetic)
     plt.close(fig)
+    return written
 
+
+def _cost(plt, df, strategies, datasets, col, outdir, synthetic):  # type: ignore[no-untyped-def]
+    """Training wall time and peak memory per strategy."""
+    import numpy as np
+
+    nd = len(datasets)
     cost = df.groupby(["strategy", "dataset"]).agg(
         time=("wall_time_s", "mean"), time_sd=("wall_time_s", "std"),
         mem=("peak_memory_mb", "mean"), mem_sd=("peak_memory_mb", "std"))
@@ -134,12 +217,9 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
         axes[1].legend(frameon=False, fontsize=7)
     fig.suptitle(f"Cost per strategy (device: {device})")
     fig.tight_layout()
-    written += _save(fig, outdir, "cost", synthetic)
+    paths = _save(fig, outdir, "cost", synthetic)
     plt.close(fig)
-
-    if confusion_dir is not None:
-        written += _confusion(plt, df, datasets, strategies, fmax, confusion_dir, outdir, synthetic)
-    return written
+    return paths
 
 
 def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, synthetic):  # type: ignore[no-untyped-def]
@@ -163,7 +243,8 @@ def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, synthetic)
                 ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
                 ax.set_xticks(range(n), m["classes"], rotation=90, fontsize=6)
                 ax.set_xlabel("predicted")
-                title = f"OA {100 * m['overall_accuracy']:.1f} %"
+                title = (f"mIoU {100 * m['miou']:.1f} %" if "miou" in m
+                         else f"OA {100 * m['overall_accuracy']:.1f} %")
             else:  # multi-label: per-class AP
                 ap = [np.nan if a is None else a for a in m["per_class_ap"]]
                 ax.barh(range(n), ap, color="#1b6ca8")

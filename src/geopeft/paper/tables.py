@@ -18,10 +18,12 @@ def _params(n: float) -> str:
     return f"{n / 1e6:.2f}\\,M" if n >= 1e5 else f"{n / 1e3:.1f}\\,k"
 
 
-SHORT = {"overall_accuracy": "OA", "map_macro": "mAP"}
-WORDS = {"overall_accuracy": "overall accuracy", "map_macro": "macro mAP"}
-# secondary metrics at the largest label fraction: (column, header); macro F1 for both tasks
+SHORT = {"overall_accuracy": "OA", "map_macro": "mAP", "miou": "mIoU"}
+WORDS = {"overall_accuracy": "overall accuracy", "map_macro": "macro mAP",
+         "miou": "mIoU (void excluded)"}
+# secondary metrics at the largest label fraction: (column, header); macro F1 for every task
 SECONDARY = [("test_macro_f1", "F1$_{M}$"), ("test_map_micro", "mAP$_{\\mu}$")]
+SEGMENTATION_SECONDARY = [("test_mf1", "mF1"), ("test_overall_accuracy", "OA")]
 
 
 def make_table(runs_csv: Path, out: Path, study: str) -> str:
@@ -32,13 +34,21 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
     metrics at the largest fraction and the cost; a block per dataset when there are several.
     """
     df = pd.read_csv(runs_csv)
+    segmentation = bool((df["primary_metric"] == "miou").all())
+    if segmentation:  # a row per strategy (study order) and sequence length (longest first)
+        order = {s: i for i, s in enumerate(dict.fromkeys(df["strategy"]))}
+        df = df.assign(_o=df["strategy"].map(order)).sort_values(
+            ["_o", "sequence_length"], ascending=[True, False], kind="stable")
+        df["strategy"] = [f"{s}, T={int(t)}" for s, t in zip(df["strategy"], df["sequence_length"],
+                                                              strict=True)]
     synthetic = bool(df["synthetic"].any())
     fracs = sorted(df["label_fraction"].unique())
     fmax = fracs[-1]
     strategies = list(dict.fromkeys(df["strategy"]))
     datasets = list(dict.fromkeys(df["dataset"]))
     metrics = list(dict.fromkeys(df["primary_metric"]))
-    secondary = [(c, h) for c, h in SECONDARY if c in df and df[c].notna().any()]
+    secondary = [(c, h) for c, h in (SEGMENTATION_SECONDARY if segmentation else SECONDARY)
+                 if c in df and df[c].notna().any()]
     short = SHORT.get(metrics[0], metrics[0]) if len(metrics) == 1 else "Primary"
     cols = "l r r " + "c " * (len(fracs) + len(secondary)) + "r r"
     head = " & ".join(

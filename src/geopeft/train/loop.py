@@ -64,6 +64,9 @@ class TrainArgs:
     """Save the full training state every this many steps (0: by time, at epoch ends, on SIGTERM)."""
     checkpoint_minutes: float = 10.0
     """Save the full training state when this many minutes passed since the last save."""
+    loss: str = "ce"
+    """``ce`` (cross-entropy; BCE for multi-label) or ``weighted_ce`` (classes weighted by inverse
+    frequency in the training (sub)set, so rare classes count as much as common ones)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **extra: Any) -> TrainArgs:
@@ -97,17 +100,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Apply one of the 8 dihedral transforms (flips x rotations) to each sample."""
+def augment(x: torch.Tensor, gen: torch.Generator, y: torch.Tensor | None = None) -> Any:
+    """Apply one of the 8 dihedral transforms (flips x rotations) to each sample (the last two
+    axes are y, x: images and time series alike); with label maps ``y`` (B, H, W), the same
+    transform to each map, and ``(x, y)`` is returned."""
     t = torch.randint(0, 8, (x.shape[0],), generator=gen)
     out = x.clone()
+    out_y = y.clone() if y is not None and y.ndim == 3 else None
     for k in range(8):
         idx = (t == k).nonzero(as_tuple=True)[0]
         if len(idx) == 0:
             continue
-        y = torch.rot90(x[idx], k % 4, dims=(-2, -1))
-        out[idx] = torch.flip(y, dims=(-1,)) if k >= 4 else y
-    return out
+        for src, dst in ((x, out), (y, out_y)):
+            if dst is None or src is None:
+                continue
+            r = torch.rot90(src[idx], k % 4, dims=(-2, -1))
+            dst[idx] = torch.flip(r, dims=(-1,)) if k >= 4 else r
+    if y is None:
+        return out
+    return out, (out_y if out_y is not None else y)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -137,13 +148,40 @@ def _autocast(device: torch.device, amp: bool) -> Any:
 
 def is_multilabel(split: Split) -> bool:
     """Multi-hot (N, C) targets: BCE loss and mAP instead of cross-entropy and accuracy."""
-    return split.y.ndim == 2
+    return split.y.ndim == 2 and split.y.dtype.kind == "f"
 
 
-def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if y.ndim == 2:
+def is_segmentation(split: Split) -> bool:
+    """Label maps (N, H, W): pixel-wise cross-entropy ignoring void, mIoU."""
+    return split.y.ndim == 3
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+            ignore_index: int | None = None) -> torch.Tensor:
+    """BCE for multi-hot targets, else (class-weighted) cross-entropy; ``ignore_index`` labels
+    (void) contribute nothing. A batch with only ignored pixels has loss 0."""
+    if y.ndim == 2 and y.dtype.is_floating_point:
         return F.binary_cross_entropy_with_logits(logits.float(), y.float())
-    return F.cross_entropy(logits.float(), y)
+    ignore = -100 if ignore_index is None else ignore_index
+    if not (y != ignore).any():
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), y, weight=weight, ignore_index=ignore)
+
+
+def class_weights(y: np.ndarray, n_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Inverse-frequency class weights of labels (or label maps), mean 1 over present classes;
+    absent classes (and ``ignore_index``) get 0."""
+    v = np.asarray(y).ravel()
+    if ignore_index is not None:
+        v = v[v != ignore_index]
+    counts = np.bincount(v, minlength=n_classes)[:n_classes].astype(np.float64)
+    w = np.divide(1.0, counts, out=np.zeros(n_classes), where=counts > 0)
+    present = counts > 0
+    return (w / w[present].mean()).astype(np.float32) if present.any() else w.astype(np.float32)
+
+
+def _forward(model: nn.Module, xb: torch.Tensor, db: torch.Tensor | None) -> torch.Tensor:
+    return model(xb) if db is None else model(xb, db)
 
 
 def val_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -161,16 +199,59 @@ def val_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256,
-            device: torch.device | None = None, amp: bool = True) -> np.ndarray:
-    """Logits for raw inputs ``x`` (N, C, H, W), in eval mode."""
+            device: torch.device | None = None, amp: bool = True,
+            dates: np.ndarray | None = None) -> np.ndarray:
+    """Logits for raw inputs ``x`` (N, C, H, W) (time series: (N, T, C, H, W) with ``dates``),
+    in eval mode."""
+    return np.concatenate([out for out, _ in predict_batches(model, x, batch_size, device, amp,
+                                                             dates)])
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, x: np.ndarray, batch_size: int = 256,
+                    device: torch.device | None = None, amp: bool = True,
+                    dates: np.ndarray | None = None) -> Any:
+    """Yield (logits, slice) batch by batch, in eval mode (whole samples: no crops)."""
     device = device or next(model.parameters()).device
     model.eval()
-    outs = []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device)
+        db = None if dates is None else torch.from_numpy(dates[i : i + batch_size]).to(device)
         with _autocast(device, amp):
-            outs.append(model(xb).float().cpu())
-    return torch.cat(outs).numpy()
+            out = _forward(model, xb, db)
+        yield out.float().cpu().numpy(), slice(i, i + len(xb))
+
+
+def segmentation_scores(model: nn.Module, split: Split, batch_size: int, device: torch.device,
+                        amp: bool = True, weight: torch.Tensor | None = None,
+                        ) -> tuple[np.ndarray, float]:
+    """Pixel confusion matrix (void excluded) and mean loss of a segmentation split, streamed
+    batch by batch (whole patches)."""
+    from geopeft.evaluate.segmentation import pixel_confusion
+
+    cm: np.ndarray | None = None
+    loss_sum, n = 0.0, 0
+    for logits, sl in predict_batches(model, split.x, batch_size, device, amp, split.dates):
+        y = split.y[sl]
+        k = logits.shape[1]
+        c = pixel_confusion(y, logits.argmax(1), k, split.ignore_index)
+        cm = c if cm is None else cm + c
+        valid = int((y != split.ignore_index).sum()) if split.ignore_index is not None else y.size
+        if valid:
+            w = None if weight is None else weight.cpu()
+            loss_sum += float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y), w,
+                                      split.ignore_index)) * valid
+            n += valid
+    assert cm is not None
+    return cm, loss_sum / max(n, 1)
+
+
+def segmentation_val_metrics(cm: np.ndarray, loss: float) -> dict[str, float]:
+    from geopeft.evaluate.segmentation import segmentation_metrics
+
+    m = segmentation_metrics(cm)
+    return {"val_loss": loss, "val_miou": m["miou"], "val_oa": m["overall_accuracy"],
+            "val_score": m["miou"]}
 
 
 def dist_info() -> tuple[int, int]:
@@ -254,6 +335,11 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
         opt, warmup_cosine(total, int(round(args.warmup_epochs * steps_per_epoch))))
     xt = torch.from_numpy(train.x)
     yt = torch.from_numpy(train.y)
+    dt = torch.from_numpy(train.dates) if train.dates is not None else None
+    seg = is_segmentation(train)
+    ignore = train.ignore_index
+    weighted = args.loss == "weighted_ce" and not is_multilabel(train)
+    weight: torch.Tensor | None = None  # class weights, sized by the model's first output
     gen = torch.Generator().manual_seed(args.seed)  # data order: the same on every rank
     # augmentation and dropout: per rank under DDP (one process keeps one generator for both)
     aug_gen = gen if world == 1 else torch.Generator().manual_seed(args.seed + 100_003 * rank)
@@ -305,12 +391,18 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
             if world > 1:  # this rank's shard of the global batch
                 idx = idx.tensor_split(world)[rank]
             xb, yb = xt[idx], yt[idx]
-            if args.augment:
+            db = dt[idx].to(device) if dt is not None else None
+            if args.augment and seg:
+                xb, yb = augment(xb, aug_gen, yb)
+            elif args.augment:
                 xb = augment(xb, aug_gen)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             with _autocast(device, args.amp):
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
+                logits = _forward(model, xb, db)
+                if weighted and weight is None:
+                    weight = torch.from_numpy(class_weights(train.y, logits.shape[1], ignore)
+                                              ).to(device)
+                loss = loss_fn(logits, yb, weight, ignore)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1:
@@ -338,10 +430,13 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
         if world > 1:
             loss_sum, correct = all_reduce_sums(loss_sum, correct)
         m = {"train_loss": loss_sum / len(train), "lr": float(sched.get_last_lr()[0])}
-        if not is_multilabel(train):
+        if train.y.ndim == 1:
             m["train_acc"] = correct / len(train)
-        if val is not None:
-            logits = predict(model, val.x, args.eval_batch_size, device, args.amp)
+        if val is not None and is_segmentation(val):
+            m.update(segmentation_val_metrics(*segmentation_scores(
+                model, val, args.eval_batch_size, device, args.amp)))
+        elif val is not None:
+            logits = predict(model, val.x, args.eval_batch_size, device, args.amp, val.dates)
             m.update(val_metrics(logits, val.y))
         history.append(m)
         if checkpointer is not None:

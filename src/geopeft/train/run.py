@@ -45,19 +45,38 @@ def _tags(spec: dict[str, Any], fingerprint: str, role: str) -> dict[str, str]:
     }
 
 
-def backbone_for(spec: dict[str, Any]) -> dict[str, Any]:
-    """The backbone config of a job: ``scratch`` rows ignore the weights (random init)."""
+def backbone_for(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The backbone config of a job: the row's own (a strategy's encoder) or the study's;
+    ``scratch`` rows ignore the weights (random init); None for U-TAE (no backbone)."""
+    bb = spec["row"].get("backbone") or spec.get("backbone")
+    if bb is None:
+        return None
     if spec["row"]["method"] == "scratch":
-        return dict(spec["backbone"], weights="none")
-    return spec["backbone"]
+        return dict(bb, weights="none")
+    return bb
+
+
+def num_outputs(info: StoreInfo) -> int:
+    """Classes the model predicts: the store's, without the void label of segmentation."""
+    return len(info.classes) - (info.void_class is not None)
 
 
 def build_model(spec: dict[str, Any], info: StoreInfo, pretrain_dir: Path | None = None,
                 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a job spec with its strategy applied: a classifier, or Fusion-LoRA when the
-    row has ``fusion`` settings. Returns the model and its description for the run record."""
+    """The model of a job spec with its strategy applied: a classifier, Fusion-LoRA when the
+    row has ``fusion`` settings, a time-series segmenter when it has ``segmentation`` settings.
+    Returns the model and its description for the run record."""
     row = spec["row"]
-    bb = resolve(backbone_for(spec))
+    if row.get("segmentation") is not None:
+        from geopeft.models.segmentation import build_segmenter
+
+        raw = backbone_for(spec)
+        seg_bb = resolve(raw) if raw is not None and row["segmentation"].get("model") != "utae" else None
+        model, minfo = build_segmenter(seg_bb, info, num_outputs(info), row["segmentation"],
+                                       pretrain_dir)
+        targets = seg_bb["lora_targets"] if seg_bb else None
+        return apply_strategy(model, row["method"], row.get("lora"), targets), minfo
+    bb = resolve(backbone_for(spec))  # type: ignore[arg-type]
     if row.get("fusion") is not None:
         model, minfo = build_fusion(bb, info, len(info.classes), row["fusion"], pretrain_dir)
     else:
@@ -105,7 +124,7 @@ def load_checkpoint(model_dir: Path, store: Path | None = None,
     record = read_json(model_dir / "run.json")
     spec = record["spec"]
     info = store_info(store) if store is not None else StoreInfo(**record["store"])
-    if pretrain_dir is None and spec["backbone"]["weights"] == "pretrain":
+    if pretrain_dir is None and (backbone_for(spec) or {}).get("weights") == "pretrain":
         pretrain_dir = record.get("pretrain_dir") and Path(record["pretrain_dir"])
     model, minfo = build_model(spec, info, pretrain_dir)
     if minfo["weights"] != record["model"]["weights"]:
@@ -165,8 +184,9 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
     rank, _ = dist_info()
     row = spec["row"]
     info = store_info(store)
-    train = load_split(store, "train", subset)
-    val = load_split(store, "val")
+    temporal = row.get("temporal")
+    train = load_split(store, "train", subset, temporal)
+    val = load_split(store, "val", temporal=temporal)
     args = TrainArgs.from_dict(row["train"], seed=row["seed"], threads=spec.get("threads", 1))
     ckpt = (Checkpointer(Path(state_dir), args.checkpoint_every, args.checkpoint_minutes)
             if state_dir else None)

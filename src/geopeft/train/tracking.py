@@ -172,14 +172,16 @@ class RunLogger:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        """Log a dict of metrics in one request."""
+        """Log a dict of metrics in one request (characters MLflow refuses in names, e.g. the
+        comma of a class name, become ``_``)."""
+        import re
         import time
 
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(re.sub(r"[^\w\-. :/]", "_", k), float(v), ts, step) for k, v in metrics.items()])
 
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which ``key`` was logged in this run (for idempotent logging on resume)."""

@@ -1,0 +1,198 @@
+"""Segmentation metrics (void excluded), time-series models, decoder-only freezing."""
+
+import numpy as np
+import pytest
+import torch
+
+from geopeft.data.dataset import StoreInfo
+from geopeft.data.subsets import class_presence, label_fraction_subset
+from geopeft.evaluate.segmentation import pixel_confusion, segmentation_metrics
+from geopeft.models.segmentation import build_segmenter
+from geopeft.models.strategies import apply_strategy
+
+PASTIS_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+
+
+def test_miou_excludes_void_hand_computed():
+    y = np.array([[0, 0, 1], [1, 2, 19]])
+    p = np.array([[0, 1, 1], [1, 0, 2]])  # the void pixel is "predicted" 2: must not count
+    cm = pixel_confusion(y, p, 3, ignore=19)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    m = segmentation_metrics(cm)
+    # IoU: class 0 = 1/(2+2-1), class 1 = 2/(2+3-2), class 2 = 0/(1+0-0)
+    assert m["per_class_iou"] == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert m["miou"] == pytest.approx(1 / 3)
+    assert m["overall_accuracy"] == pytest.approx(3 / 5)
+    # precision = TP / predicted, recall = TP / true: class 1 is predicted 3 times, 2 right
+    assert m["per_class_precision"][1] == pytest.approx(2 / 3)
+    assert m["per_class_recall"][1] == pytest.approx(1.0)
+    # counting void as a class would give another mIoU
+    wrong = segmentation_metrics(pixel_confusion(np.where(y == 19, 3, y), p, 4))
+    assert wrong["miou"] != pytest.approx(m["miou"])
+
+
+def test_matches_scikit_learn():
+    from sklearn.metrics import confusion_matrix, jaccard_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 20, (6, 16, 16))
+    p = np.where(rng.random(y.shape) < 0.6, np.minimum(y, 18), rng.integers(0, 19, y.shape))
+    cm = pixel_confusion(y, p, 19, ignore=19)
+    keep = y.ravel() != 19
+    yt, yp = y.ravel()[keep], p.ravel()[keep]
+    assert np.array_equal(cm, confusion_matrix(yt, yp, labels=range(19)))
+    m = segmentation_metrics(cm)
+    assert m["per_class_iou"] == pytest.approx(jaccard_score(yt, yp, labels=range(19), average=None))
+    assert m["miou"] == pytest.approx(jaccard_score(yt, yp, labels=range(19), average="macro"))
+    prec, rec, f1, _ = precision_recall_fscore_support(yt, yp, labels=range(19), zero_division=0)
+    assert m["per_class_precision"] == pytest.approx(prec)
+    assert m["per_class_recall"] == pytest.approx(rec)
+    assert m["mf1"] == pytest.approx(f1.mean())
+
+
+def test_bad_labels_are_named():
+    with pytest.raises(ValueError, match=r"true labels outside 0..18 .*\[25\]"):
+        pixel_confusion(np.array([25, 1]), np.array([1, 1]), 19, ignore=19)
+
+
+def test_label_subsets_on_patches_stratified_nested_seeded():
+    rng = np.random.default_rng(1)
+    maps = rng.integers(0, 3, (200, 8, 8))
+    maps[:20, 0, 0] = 7   # a rare class in 20 patches
+    maps[:5, 1, 1] = 19   # void is ignored
+    presence, counts = class_presence(maps, 19, ignore=19)
+    assert presence.shape == (200, 19) and counts[:, 7].sum() == 20 and presence[:, 7].sum() == 20
+    subs = {f: set(label_fraction_subset(presence, f, seed=3)) for f in (0.01, 0.1, 0.5, 1.0)}
+    assert subs[0.01] <= subs[0.1] <= subs[0.5] <= subs[1.0] and len(subs[1.0]) == 200
+    rare = set(range(20))
+    assert len(subs[0.1] & rare) == 2  # the rare-class stratum keeps its 10 %
+    assert len(subs[0.01] & rare) == 1  # ... and at least one patch at 1 %
+    assert subs[0.1] == set(label_fraction_subset(presence, 0.1, seed=3))
+    assert subs[0.1] != set(label_fraction_subset(presence, 0.1, seed=4))
+    with pytest.raises(ValueError, match=r"outside 0..18: \[25\]"):
+        class_presence(np.full((1, 2, 2), 25), 19, ignore=19)
+
+
+def _info(size=32, bands=PASTIS_BANDS):
+    return StoreInfo("store", "pastis", [str(i) for i in range(20)], list(bands), 1e-4,
+                     [1200.0] * len(bands), [600.0] * len(bands), "fp", (size, size), 19)
+
+
+SMALL_VIT = {"name": "embedded", "weights": "none", "kwargs": {"img_size": 32, "patch_size": 8}}
+SMALL_SEG = {"channels": 16, "ltae": {"d_model": 16, "heads": 4}}
+SMALL_UTAE = {"model": "utae", "encoder_widths": [8, 16], "decoder_widths": [8, 16],
+              "ltae": {"d_model": 16, "heads": 4}}
+
+
+def _batch(b, t, size=32, bands=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 4000, (b, t, bands, size, size), generator=g).to(torch.int16)
+    days = torch.sort(torch.rand(b, t, generator=g) * 365, dim=1).values
+    return x, days
+
+
+@pytest.mark.parametrize("seg", [SMALL_SEG, SMALL_UTAE], ids=["upernet_ltae", "utae"])
+@pytest.mark.parametrize("t", [1, 3, 6])
+def test_forward_shapes_for_several_lengths(seg, t):
+    torch.manual_seed(0)
+    model, info = build_segmenter(SMALL_VIT, _info(), 19, seg)
+    x, days = _batch(2, t)
+    out = model.eval()(x, days)
+    assert out.shape == (2, 19, 32, 32) and torch.isfinite(out).all()
+
+
+def test_the_order_of_dates_matters():
+    """The day encoding reaches the output: the same frames on other dates predict otherwise."""
+    torch.manual_seed(0)
+    model, _ = build_segmenter(SMALL_VIT, _info(), 19, SMALL_SEG)
+    x, days = _batch(1, 4)
+    model.eval()
+    assert not torch.allclose(model(x, days), model(x, days + 90))
+
+
+def test_chunking_keeps_outputs_and_gradients():
+    torch.manual_seed(0)
+    big, _ = build_segmenter(SMALL_VIT, _info(), 19, dict(SMALL_SEG, encoder_chunk=64))
+    small, _ = build_segmenter(SMALL_VIT, _info(), 19, dict(SMALL_SEG, encoder_chunk=3))
+    small.load_state_dict(big.state_dict())
+    x, days = _batch(2, 5)
+    grads = []
+    for m in (big, small):
+        m.eval()  # no dropout; chunk of 3 frames + checkpointing vs one pass
+        out = m(x, days)
+        out.square().mean().backward()
+        grads.append(m.encoder.patch_embed.proj.weight.grad.clone())
+    assert torch.allclose(big(x, days), small(x, days), atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_decoder_only_freezes_the_encoder():
+    torch.manual_seed(0)
+    model, _ = build_segmenter(SMALL_VIT, _info(), 19, SMALL_SEG)
+    model = apply_strategy(model, "linear")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.split(".")[0] in ("ltae", "pyramid", "upernet") for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.encoder.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    x, days = _batch(2, 3)
+    model.train()
+    model(x, days).mean().backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    opt.step()
+    assert all(torch.equal(before[n], p) for n, p in model.encoder.named_parameters())
+    assert model.upernet.cls.weight.grad is not None
+
+
+def test_lora_adapts_the_encoder_and_trains_the_decoder():
+    torch.manual_seed(0)
+    model, _ = build_segmenter(SMALL_VIT, _info(), 19, SMALL_SEG)
+    model = apply_strategy(model, "lora", {"r": 4, "alpha": 8}, ["q", "k", "v"])
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in trainable)
+    assert any(".upernet." in n for n in trainable) and any(".ltae." in n for n in trainable)
+    enc = [n for n in trainable if ".encoder." in n]
+    assert enc and all("lora_" in n for n in enc)
+
+
+def test_utae_trains_everything_and_rejects_odd_sizes():
+    from geopeft.config import ConfigError
+
+    model, info = build_segmenter(None, _info(), 19, SMALL_UTAE)
+    assert info["weights"] == "none"
+    model = apply_strategy(model, "scratch")
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ConfigError, match=r"divisible by 4; store has 30"):
+        build_segmenter(None, _info(size=30), 19, dict(SMALL_UTAE, encoder_widths=[8, 8, 16],
+                                                       decoder_widths=[8, 8, 16]))
+
+
+def test_ssl4eo_weights_zero_fill_missing_bands(monkeypatch):
+    """PASTIS lacks B01, B09, B10 of the 13 SSL4EO-S12 bands: dropping their patch-embedding
+    channels equals feeding zeros (DN/10000 normalisation has mean 0)."""
+    from geopeft.models.backbones import create_model
+    from geopeft.models.weights import Normalization, Weights
+    from geopeft.models.zoo import SSL4EO_S2_BANDS
+
+    torch.manual_seed(0)
+    kwargs = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
+    full = create_model({"name": "vit_small_patch16_224", "kwargs": kwargs}, 13, 0)
+    state = {k: v for k, v in full.state_dict().items()}
+    weights = Weights(state, list(SSL4EO_S2_BANDS), Normalization(list(SSL4EO_S2_BANDS),
+                                                                  [0.0] * 13, [1.0] * 13), "test")
+    import geopeft.models.segmentation as seg_mod
+
+    monkeypatch.setattr(seg_mod, "load_weights", lambda spec, pretrain_dir=None: weights)
+    model, info = build_segmenter({"name": "vit_small_patch16_224", "weights": "pretrain",
+                                   "kwargs": kwargs}, _info(), 19, SMALL_SEG)
+    assert info["norm_mean"] == [0.0] * 10 and info["norm_std"] == [1.0] * 10
+    x, _ = _batch(1, 1)
+    z10 = x[:, 0].float() * 1e-4
+    z13 = torch.zeros(1, 13, 32, 32)
+    for i, b in enumerate(PASTIS_BANDS):
+        z13[:, SSL4EO_S2_BANDS.index(b)] = z10[:, i]
+    full.eval()
+    model.eval()
+    ref = full.forward_intermediates(z13, indices=[1], intermediates_only=True)[0]
+    got = model.encoder.forward_intermediates(z10, indices=[1],
+                                              intermediates_only=True)[0]
+    assert torch.allclose(ref, got, atol=1e-5)
