@@ -84,3 +84,57 @@ def test_load_errors_name_the_file(tmp_path):
     bad.write_text("study: [unclosed\n")
     with pytest.raises(gcfg.ConfigError, match="bad.yaml: not valid YAML"):
         gcfg.load(bad)
+
+
+def _pastis_cfg():
+    return gcfg.load(ROOT / "config" / "studies" / "shaping_ft_embedded.yaml")
+
+
+def test_time_series_rows_have_lengths_a_ladder_and_models():
+    rows = {r["name"]: r for r in gcfg.study_rows(_pastis_cfg())}
+    assert len(rows) == 3 * 3 * 3 * 2
+    r = rows["utae-f0.1-t6-s1"]
+    assert r["sequence_length"] == 6 and r["label_fraction"] == 0.1 and r["seed"] == 1
+    assert r["temporal"] == {"length": 6, "ladder": [15, 6, 1], "pad": "repeat",
+                             "reference": "2018-09-01"}
+    assert r["segmentation"]["model"] == "utae" and r["method"] == "scratch"
+    assert rows["e2e-f1-t15-s0"]["train"]["encoder_lr_factor"] == 0.1
+    assert "segmentation" not in next(iter(gcfg.study_rows(gcfg.load(ROOT / "config" / "config.yaml"))))
+
+
+def test_explicit_time_series_rows_default_length_and_join_the_ladder():
+    c = yaml.safe_load((ROOT / "config" / ".test" / "pastis.yaml").read_text())
+    c["runs"] = [{"strategy": "utae"}, {"strategy": "utae", "sequence_length": 20}]
+    rows = {r["name"]: r for r in gcfg.study_rows(gcfg.validate(c))}
+    assert "utae-f1-t35-s0" in rows and "utae-f1-t20-s0" in rows  # temporal.length default 35
+    assert rows["utae-f1-t20-s0"]["temporal"]["ladder"] == [35, 20, 3, 1]
+
+
+def test_strategy_backbone_is_carried_into_rows():
+    rows = {r["name"]: r for r in gcfg.study_rows(gcfg.load(ROOT / "config" / "studies" / "shaping_ft.yaml"))}
+    assert rows["mae_e2e-f1-t35-s0"]["backbone"]["name"] == "ssl4eo_s12_vits16_mae"
+    assert rows["mae_e2e-f1-t35-s0"]["backbone"]["weights"].startswith("url:https://")
+    assert "backbone" not in rows["dino_e2e-f1-t35-s0"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["strategies"]["utae"].update(strategy="linear"),
+         r"strategies\.utae\.strategy: U-TAE is trained from scratch"),
+        (lambda c: c["strategies"]["e2e"].update(backbone={"name": "vit_tiny_patch16_224",
+                                                           "weights": "pretrain"}),
+         r"strategies\.e2e\.backbone\.weights: only the study's backbone is pretrained"),
+        (lambda c: c["grid"].update(dataset=["pastis", "eurosat_ms"]),
+         r"grid\.dataset: a study is either time-series segmentation"),
+        (lambda c: c["grid"].update(sequence_length=[0]), r"grid\.sequence_length\[0\]: 0 is less"),
+        (lambda c: c["temporal"].update(pad="crop"), r"temporal\.pad: 'crop' is not one of"),
+        (lambda c: c["strategies"]["utae"]["segmentation"].update(model="unet"),
+         r"segmentation\.model: 'unet' is not one of"),
+    ],
+)
+def test_time_series_config_errors(edit, message):
+    c = yaml.safe_load((ROOT / "config" / "studies" / "shaping_ft_embedded.yaml").read_text())
+    edit(c)
+    with pytest.raises(gcfg.ConfigError, match=message):
+        gcfg.validate(c, "s.yaml")

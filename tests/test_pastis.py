@@ -94,3 +94,61 @@ def test_fold_without_patches(pastis, tmp_path):
     with pytest.raises(DataError, match=r"fold\(s\) \[6\] of the test split hold no patch"):
         prepare("pastis", pastis, ["B04"], tmp_path / "o.zarr",
                 options={"folds": {"train": [1, 2, 3], "val": [4], "test": [6]}})
+
+
+def test_load_series_nested_date_sorted_subsets(pastis, tmp_path):
+    from geopeft.data.dataset import load_split
+    from geopeft.data.temporal import days_since
+
+    out = tmp_path / "p.zarr"
+    prepare("pastis", pastis, ["B04", "B08"], out)
+    ds = _open(out)
+    ladder = [35, 15, 6, 1]
+    splits = {t: load_split(out, "train", temporal={"length": t, "ladder": ladder}) for t in ladder}
+    train = np.flatnonzero(ds.split.values == "train")
+    for t, s in splits.items():
+        assert s.x.shape == (len(train), t, 2, 24, 24) and s.x.dtype == np.int16
+        assert s.y.shape == (len(train), 24, 24) and s.ignore_index == 19
+        assert (np.diff(s.dates, axis=1) > 0).all()  # in date order
+    for k, i in enumerate(train):
+        n = int(ds.n_dates.values[i])
+        all_days = days_since(ds.dates.values[i, :n])
+        pos = {t: np.searchsorted(all_days, splits[t].dates[k]) for t in ladder}
+        for t in ladder:  # the frames are the raw frames of those dates
+            assert np.array_equal(splits[t].x[k], ds.image.values[i, pos[t]])
+        for longer, shorter in zip(ladder, ladder[1:], strict=False):
+            assert set(pos[shorter]) <= set(pos[longer])
+
+
+def test_short_series_rule(pastis, tmp_path):
+    from geopeft.data.dataset import load_split
+
+    out = tmp_path / "p.zarr"
+    prepare("pastis", pastis, ["B04"], out)
+    ds = _open(out)
+    long = int(ds.n_dates.values[ds.split.values == "val"].min()) + 5
+    s = load_split(out, "val", temporal={"length": long, "ladder": [long]})  # repeat (default)
+    assert s.x.shape[1] == long and (np.diff(s.dates, axis=1) >= 0).all()
+    with pytest.raises(DataError, match=rf"patch \d+: \d+ dates, shorter than the sequence length {long}"):
+        load_split(out, "val", temporal={"length": long, "ladder": [long], "pad": "error"})
+    with pytest.raises(DataError, match="needs a sequence length"):
+        load_split(out, "val")
+
+
+def test_subset_cli_stratifies_patches(tmp_path):
+    from geopeft.cli import main
+
+    generate_pastis(tmp_path / "raw", n_patches=60, size=8, seed=1)
+    out = tmp_path / "p.zarr"
+    prepare("pastis", tmp_path / "raw", ["B04"], out)
+    files = {}
+    for f in (0.5, 1.0):
+        files[f] = tmp_path / f"s{f}.json"
+        assert main(["subset", "--store", str(out), "--method", "stratified", "--fraction", str(f),
+                     "--seed", "0", "--out", str(files[f])]) == 0
+    sub = {f: json.loads(p.read_text()) for f, p in files.items()}
+    assert set(sub[0.5]["samples"]) < set(sub[1.0]["samples"])
+    ds = _open(out)
+    assert len(sub[1.0]["samples"]) == int((ds.split.values == "train").sum())
+    labels = ds.label.values[sub[1.0]["samples"]]
+    assert sub[1.0]["class_counts"] == [int((labels == c).sum()) for c in range(19)]

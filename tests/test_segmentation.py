@@ -196,3 +196,32 @@ def test_ssl4eo_weights_zero_fill_missing_bands(monkeypatch):
     got = model.encoder.forward_intermediates(z10, indices=[1],
                                               intermediates_only=True)[0]
     assert torch.allclose(ref, got, atol=1e-5)
+
+
+def test_augment_moves_images_and_label_maps_together():
+    from geopeft.train.loop import augment
+
+    x = torch.arange(2 * 3 * 1 * 4 * 4).view(2, 3, 1, 4, 4)
+    y = x[:, 0, 0].clone()  # the label map equals the first date's band
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        ax, ay = augment(x, g, y)
+        assert torch.equal(ax[:, 0, 0], ay) and torch.equal(ax[:, 1] - ax[:, 0], x[:, 1] - x[:, 0])
+
+
+def test_loss_ignores_void_and_weights_rare_classes():
+    from geopeft.train.loop import class_weights, loss_fn
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4)
+    y = torch.randint(0, 3, (2, 4, 4))
+    y2 = y.clone()
+    y[0, 0, 0], y2[0, 0, 0] = 19, 19
+    y2[1, 1, 1] = 19
+    base = loss_fn(logits, y, ignore_index=19)
+    assert torch.isfinite(base)
+    manual = torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[y != 19], y[y != 19])
+    assert torch.allclose(base, manual)
+    assert float(loss_fn(logits, torch.full_like(y, 19), ignore_index=19)) == 0.0
+    w = class_weights(np.array([[0, 0, 0, 1], [19, 19, 0, 1]]), 3, ignore_index=19)
+    assert w[2] == 0 and w[1] == pytest.approx(2 * w[0]) and w[:2].mean() == pytest.approx(1.0)

@@ -147,8 +147,8 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
                 raise ConfigError(
                     f"{source}: data.bands: {bad[0]!r} is not in eurosat_rgb (it holds B04, B03, B02)"
                 )
-    kinds = {ds in TIME_SERIES_DATASETS for _, ds in study_datasets(cfg)
-             if not (ds == cfg["data"]["dataset"] and cfg.get("grid", {}).get("dataset"))}
+    kinds = {ds in TIME_SERIES_DATASETS for where, ds in study_datasets(cfg)
+             if not (where == "data.dataset" and cfg.get("grid", {}).get("dataset"))}
     if len(kinds) > 1:
         raise ConfigError(f"{source}: grid.dataset: a study is either time-series segmentation "
                           f"({', '.join(TIME_SERIES_DATASETS)}) or image classification; split it")
