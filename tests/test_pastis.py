@@ -72,6 +72,10 @@ def test_dates_out_of_order(pastis, tmp_path):
     (raw / "metadata.geojson").write_text(json.dumps(g))
     with pytest.raises(DataError, match="dates-S2 are not strictly increasing"):
         prepare("pastis", raw, ["B04"], tmp_path / "o.zarr")
+    d["0"], d["1"] = d["1"], d["1"]  # a duplicated date
+    (raw / "metadata.geojson").write_text(json.dumps(g))
+    with pytest.raises(DataError, match="dates-S2 are not strictly increasing"):
+        prepare("pastis", raw, ["B04"], tmp_path / "o.zarr")
 
 
 def test_labels_out_of_range_and_length_mismatch(pastis, tmp_path):
