@@ -225,3 +225,26 @@ def test_loss_ignores_void_and_weights_rare_classes():
     assert float(loss_fn(logits, torch.full_like(y, 19), ignore_index=19)) == 0.0
     w = class_weights(np.array([[0, 0, 0, 1], [19, 19, 0, 1]]), 3, ignore_index=19)
     assert w[2] == 0 and w[1] == pytest.approx(2 * w[0]) and w[:2].mean() == pytest.approx(1.0)
+
+
+def test_zoo_encoders_as_temporal_segmenters():
+    """SSL4EO-S12 ViT-S/16 (PASTIS-sized, 8x8 tokens) and a Swin-V2 (its four stages as the
+    pyramid) both build and segment a short series at full resolution."""
+    torch.manual_seed(0)
+    vit, info = build_segmenter({"name": "ssl4eo_s12_vits16_dino", "weights": "none",
+                                 "kwargs": {"img_size": 128}}, _info(128), 19, SMALL_SEG)
+    assert vit.indices == [2, 5, 8, 11] and vit.encoder.embed_dim == 384
+    x, days = _batch(1, 2, size=128)
+    with torch.no_grad():
+        assert vit.eval()(x, days).shape == (1, 19, 128, 128)
+    swin_kwargs = {"img_size": 64, "window_size": 4, "embed_dim": 16, "depths": (1, 1, 1, 1),
+                   "num_heads": (1, 1, 1, 2)}
+    swin, _ = build_segmenter({"name": "swinv2_tiny_window8_256", "weights": "none",
+                               "kwargs": swin_kwargs}, _info(64), 19,
+                              dict(SMALL_SEG, ltae={"d_model": 16, "heads": 2}))
+    assert "pyramid" not in swin.new_modules()
+    x, days = _batch(1, 2, size=64)
+    with torch.no_grad():
+        assert swin.eval()(x, days).shape == (1, 19, 64, 64)
+    model = apply_strategy(swin, "lora", {"r": 2, "alpha": 4}, ["q", "k", "v"])
+    assert any("lora_A" in n for n, p in model.named_parameters() if p.requires_grad)

@@ -149,7 +149,7 @@ class UPerNetLTAE(nn.Module):
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32)[:, None, None])
         if family == "swin":
             self.indices = list(range(len(encoder.layers)))  # type: ignore[arg-type]
-            dims = [int(layer.dim) for layer in encoder.layers]  # type: ignore[union-attr]
+            dims = [int(f["num_chs"]) for f in encoder.feature_info]  # type: ignore[union-attr]
             self.pyramid: nn.Module = nn.Identity()
         else:
             depth = len(encoder.blocks)  # type: ignore[arg-type]
