@@ -248,3 +248,31 @@ def test_zoo_encoders_as_temporal_segmenters():
         assert swin.eval()(x, days).shape == (1, 19, 64, 64)
     model = apply_strategy(swin, "lora", {"r": 2, "alpha": 4}, ["q", "k", "v"])
     assert any("lora_A" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("seg,method", [(SMALL_UTAE, "scratch"), (SMALL_SEG, "linear")],
+                         ids=["utae", "decoder_only"])
+def test_checkpoint_keeps_batch_norm_statistics(seg, method):
+    """Batch-norm running statistics change in training and drive inference: a saved model must
+    predict exactly as the trained one (U-TAE convs; the L-TAE's MLP in the decoder)."""
+    from geopeft.train.run import saved_names, trainable_state
+
+    torch.manual_seed(0)
+    spec = {"row": {"method": method, "segmentation": seg}, "backbone": SMALL_VIT}
+    from geopeft.train.run import build_model
+
+    model, minfo = build_model(spec, _info())
+    x, days = _batch(2, 3)
+    model.train()
+    for _ in range(3):
+        model(x, days)  # updates the running statistics
+    state = trainable_state(model, minfo["weights"])
+    assert any(k.endswith("running_mean") for k in state)
+    assert set(state) == saved_names(model, minfo["weights"])
+    torch.manual_seed(1)
+    fresh, _ = build_model(spec, _info())
+    fresh.load_state_dict(state, strict=False)
+    model.eval()
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x, days), fresh(x, days), atol=1e-5)

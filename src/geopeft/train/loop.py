@@ -286,8 +286,18 @@ def all_reduce_sums(loss_sum: float, correct: int) -> tuple[float, int]:
     return float(t[0]), int(t[1])
 
 
+def trained_tensors(model: nn.Module, everything: bool = False) -> dict[str, torch.Tensor]:
+    """What training changed: parameters with ``requires_grad`` (all with ``everything``) and
+    the buffers of the modules holding them (batch-norm running statistics, which training
+    updates and inference uses), by name."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad or everything}
+    owners = {n.rpartition(".")[0] for n in params}
+    buffers = {n: b for n, b in model.named_buffers() if n.rpartition(".")[0] in owners}
+    return {**params, **buffers}
+
+
 def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: t.detach().cpu().clone() for n, t in trained_tensors(model).items()}
 
 
 def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,

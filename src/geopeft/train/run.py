@@ -28,7 +28,7 @@ from geopeft.models.classifier import build_classifier
 from geopeft.models.fusion import build_fusion
 from geopeft.models.strategies import apply_strategy, count_parameters
 from geopeft.models.weights import sha256_file
-from geopeft.train.loop import TrainArgs, fit, seed_everything
+from geopeft.train.loop import TrainArgs, fit, seed_everything, trained_tensors
 from geopeft.train.tracking import RunLogger, git_commit
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,14 @@ def build_model(spec: dict[str, Any], info: StoreInfo, pretrain_dir: Path | None
 
 
 def saved_names(model: nn.Module, base_weights: str) -> set[str]:
-    """Parameters a checkpoint holds: the trainable ones, or all without reloadable base weights."""
-    return {n for n, p in model.named_parameters() if p.requires_grad or base_weights == "none"}
+    """Tensors a checkpoint holds: the trainable parameters (all of them without reloadable base
+    weights) and the buffers of their modules (batch-norm running statistics)."""
+    return set(trained_tensors(model, everything=base_weights == "none"))
 
 
 def trainable_state(model: nn.Module, base_weights: str = "") -> dict[str, torch.Tensor]:
-    keep = saved_names(model, base_weights)
-    return {n: p.detach().cpu().contiguous().clone()
-            for n, p in model.named_parameters() if n in keep}
+    return {n: t.detach().cpu().contiguous().clone()
+            for n, t in trained_tensors(model, everything=base_weights == "none").items()}
 
 
 def save_checkpoint(model: nn.Module, out: Path, record: dict[str, Any]) -> None:
