@@ -92,7 +92,7 @@ def _pastis_cfg():
 
 def test_time_series_rows_have_lengths_a_ladder_and_models():
     rows = {r["name"]: r for r in gcfg.study_rows(_pastis_cfg())}
-    assert len(rows) == 3 * 3 * 3 * 2
+    assert len(rows) == 3 * 2 * 3 * 2
     r = rows["utae-f0.1-t6-s1"]
     assert r["sequence_length"] == 6 and r["label_fraction"] == 0.1 and r["seed"] == 1
     assert r["temporal"] == {"length": 6, "ladder": [15, 6, 1], "pad": "repeat",
