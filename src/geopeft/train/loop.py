@@ -162,10 +162,16 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None =
     (void) contribute nothing. A batch with only ignored pixels has loss 0."""
     if y.ndim == 2 and y.dtype.is_floating_point:
         return F.binary_cross_entropy_with_logits(logits.float(), y.float())
-    ignore = -100 if ignore_index is None else ignore_index
-    if not (y != ignore).any():
-        return logits.float().sum() * 0.0
-    return F.cross_entropy(logits.float(), y, weight=weight, ignore_index=ignore)
+    if ignore_index is None:
+        return F.cross_entropy(logits.float(), y, weight=weight)
+    # the mean over non-ignored targets, computed without a host sync per step
+    total = F.cross_entropy(logits.float(), y, weight=weight, ignore_index=ignore_index,
+                            reduction="sum")
+    valid = (y != ignore_index).float()
+    if weight is not None:
+        valid = valid * weight[y.clamp(0, len(weight) - 1)]
+    denom = valid.sum()
+    return torch.where(denom > 0, total / denom.clamp_min(1e-12), total * 0.0)
 
 
 def class_weights(y: np.ndarray, n_classes: int, ignore_index: int | None = None) -> np.ndarray:
