@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,19 @@ def dry_run(config: Path, work: Path) -> tuple[float, str]:
     return dt, r.stdout
 
 
+def slurm_probe() -> float | None:
+    """Seconds `scontrol show config` takes: the SLURM executor plugin runs it whenever snakemake
+    starts, so a slurm.conf whose controller is down adds its connect timeout to every run."""
+    if shutil.which("scontrol") is None:
+        return None
+    t0 = time.perf_counter()
+    try:
+        subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pass
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=50)
@@ -67,6 +81,11 @@ def main() -> None:
         big_t = statistics.median(times[f"{5 * 4 * a.seeds} runs"])
         print(f"1,000-run dry run: {big_t:.2f} s, target < 10 s: {'met' if big_t < 10 else 'NOT met'}; "
               f"ratio to the 12-run study: {big_t / statistics.median(times['default (12 runs)']):.2f}")
+    probe = slurm_probe()
+    if probe is not None and probe > 1:
+        print(f"note: `scontrol show config` takes {probe:.1f} s here (SLURM client configured, controller "
+              "unreachable); the SLURM executor plugin runs it at every snakemake start, so each time "
+              "above includes it. scripts/slurm/stop.sh removes the configuration start.sh wrote.")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 from conftest import backbone_cfg
 from mlflow.tracking import MlflowClient
 
-from geopeft.train.tracking import RunLogger, flatten, init_experiment
+from geopeft.train.tracking import RunLogger, TrackingError, flatten, init_experiment
 
 
 def test_flatten():
@@ -27,6 +28,42 @@ def test_init_once_then_runs_land_in_the_experiment(tmp_path):
     assert run.data.params == {"a.b": "2"} and run.data.tags["t"] == "v"
     hist = MlflowClient(uri).get_metric_history(log.run_id, "m")
     assert [(h.step, h.value) for h in hist] == [(0, 1.0), (1, 2.0)]
+
+
+def test_asynchronous_metrics_are_all_logged_before_the_run_ends(tmp_path):
+    """Over HTTP metrics go out asynchronously (the loop does not wait for the server); ending
+    the run, or reading metrics back, waits for every pending batch."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    init_experiment(uri, "async", tmp_path / "art", tmp_path / "exp.json")
+    assert not RunLogger(tmp_path / "exp.json", "sync").asynchronous  # a local DB: synchronous
+    log = RunLogger(tmp_path / "exp.json", "a", asynchronous=True)
+    gate, send = threading.Event(), log.client.log_batch
+    log.client.log_batch = lambda *a, **k: (gate.wait(30), send(*a, **k))  # a slow server
+    for step in range(30):
+        log.log_metrics({"loss": 1 / (step + 1), "acc": step / 30}, step)
+    assert log.pending() == 30  # queued, the loop did not wait
+    gate.set()
+    assert log.logged_steps("loss") == set(range(30))  # reading back waits for the queue
+    log.log_metrics({"loss": 0.0}, 30)
+    log.end()
+    client = MlflowClient(uri)
+    assert client.get_run(log.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(log.run_id, "loss")] == list(range(31))
+
+
+def test_lost_asynchronous_metrics_fail_the_run_by_name(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    init_experiment(uri, "async", tmp_path / "art", tmp_path / "exp.json")
+    log = RunLogger(tmp_path / "exp.json", "a", asynchronous=True)
+    real = log.run_id
+    log.run_id = "0" * 32  # the server does not know this run: the background request fails
+    log.log_metrics({"loss": 1.0}, 0)
+    with pytest.raises(TrackingError, match=r"m\.db: run 0{32}: 1 metric batch\(es\) could not be logged"):
+        log.flush()
+    log.run_id = real
+    log.log_metrics({"loss": 1.0}, 0)
+    log.end()
+    assert MlflowClient(uri).get_run(real).info.status == "FINISHED"
 
 
 @pytest.mark.slow

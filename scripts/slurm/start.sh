@@ -14,6 +14,14 @@ HOST=$(hostname -s)
 CPUS=$(nproc)
 MEM=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))
 mkdir -p "$ROOT"/spool/ctld "$ROOT"/spool/d "$ROOT"/run "$ROOT"/log /etc/slurm
+# Keep a configuration this machine already had; scripts/slurm/stop.sh puts it back (a slurm.conf
+# left pointing at a stopped controller makes every `scontrol`, and so every snakemake start with
+# the SLURM executor plugin installed, wait about 9 s).
+mkdir -p "$ROOT/etc-backup"
+for f in slurm.conf gres.conf; do
+  if [ -f "/etc/slurm/$f" ] && ! grep -q '^ClusterName=geopeft-ci' /etc/slurm/slurm.conf 2>/dev/null \
+     && [ ! -e "$ROOT/etc-backup/$f" ]; then cp -p "/etc/slurm/$f" "$ROOT/etc-backup/$f"; fi
+done
 for i in 0 1; do [ -c "$ROOT/gpu$i" ] || mknod "$ROOT/gpu$i" c 1 3; done
 
 cat > /etc/slurm/slurm.conf <<CONF
@@ -53,7 +61,7 @@ mkdir -p /run/munge /var/log/munge /var/lib/munge
 chown munge:munge /run/munge /var/log/munge /var/lib/munge
 [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null;
   chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
-pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+pgrep -x munged >/dev/null || { runuser -u munge -- /usr/sbin/munged && touch "$ROOT/run/munged.ours"; }
 timeout 20 bash -c 'until munge -n </dev/null | unmunge >/dev/null 2>&1; do sleep 0.2; done'
 
 /usr/sbin/slurmctld

@@ -173,6 +173,9 @@ def _torchrun(a: argparse.Namespace, device: str) -> int | None:
         if cuda:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group("nccl" if cuda else "gloo")
+        from geopeft.train.checkpoint import stop_when_orphaned
+
+        stop_when_orphaned(EXIT_PREEMPTED)
         return None
     if nproc <= 1:
         return None

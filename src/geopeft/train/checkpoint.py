@@ -54,6 +54,28 @@ class _StopFlag:
 _STOP = _StopFlag()
 
 
+def stop_when_orphaned(exit_code: int, grace_s: float = 30.0, poll_s: float = 0.1) -> None:
+    """Make a torchrun worker stop when its launcher is gone.
+
+    torchrun starts its workers in sessions of their own, so a launcher killed with its process
+    group (SIGKILL, a cancelled local job) would leave them training on as orphans, racing a
+    retried job. A daemon thread notices the parent change, requests a clean stop as SIGTERM
+    does (every rank stops after the same step, rank 0 saves the state) and ends the process
+    with ``exit_code`` after ``grace_s`` if it is still alive (a peer rank died mid-step).
+    """
+    ppid = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == ppid:
+            time.sleep(poll_s)
+        log.warning("the torchrun launcher (pid %d) is gone: stopping after this step", ppid)
+        _STOP.event.set()
+        time.sleep(grace_s)
+        os._exit(exit_code)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
 def install_sigterm_handler() -> None:
     """Make SIGTERM request a clean stop (checked by the training loop) instead of killing."""
     _STOP.install()

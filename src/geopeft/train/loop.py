@@ -284,12 +284,30 @@ def sync_gradients(params: list[torch.Tensor], world: int) -> None:
         offset += n
 
 
-def all_reduce_sums(loss_sum: float, correct: int) -> tuple[float, int]:
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """``values`` summed over all ranks (float64; on the device for nccl)."""
     import torch.distributed as dist
 
-    t = torch.tensor([loss_sum, float(correct)], dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.to(device)
     dist.all_reduce(t)
-    return float(t[0]), int(t[1])
+    return t.tolist()
+
+
+def any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any rank (itself when alone)."""
+    return flag if world == 1 else sum_over_ranks([float(flag)], device)[0] > 0
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of the augmentation and dropout of ``rank`` at optimizer step ``step`` under DDP: the
+    per-rank random streams are a function of the step, so a resumed run (whose state rank 0
+    saved) draws exactly what the interrupted one would have drawn on every rank."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}:{rank}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def trained_tensors(model: nn.Module, everything: bool = False) -> dict[str, torch.Tensor]:
@@ -315,7 +333,8 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     ``on_epoch(epoch, metrics)`` is called after every epoch with train loss/accuracy, learning
     rate and validation loss/accuracy (when ``val`` is given).
 
-    With a ``checkpointer``, the full training state is saved periodically, at every epoch end
+    With a ``checkpointer`` (on every rank under DDP; rank 0 writes), the full training state is
+    saved periodically, at every epoch end
     and on SIGTERM (then :class:`~geopeft.train.checkpoint.Preempted` is raised); ``resume`` (a
     state from :meth:`Checkpointer.latest`) continues exactly where that state left off, so an
     interrupted and resumed CPU run ends bitwise identical to an uninterrupted one.
@@ -357,10 +376,10 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     weighted = args.loss == "weighted_ce" and not is_multilabel(train)
     weight: torch.Tensor | None = None  # class weights, sized by the model's first output
     gen = torch.Generator().manual_seed(args.seed)  # data order: the same on every rank
-    # augmentation and dropout: per rank under DDP (one process keeps one generator for both)
-    aug_gen = gen if world == 1 else torch.Generator().manual_seed(args.seed + 100_003 * rank)
+    # augmentation and dropout: one process draws both from the saved generator and RNG state;
+    # under DDP each rank reseeds them every step from (seed, rank, step) (see step_seed)
+    aug_gen = gen if world == 1 else torch.Generator()
     if world > 1:
-        torch.manual_seed(args.seed + 100_003 * rank)
         trainable_params = [p for p in model.parameters() if p.requires_grad]
     history: list[dict[str, float]] = []
     # position: epoch, first batch start of that epoch, the epoch's order and running sums
@@ -381,8 +400,9 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
         step, seen, train_time = resume["step"], resume["seen"], resume["train_time_s"]
         loss_sum, correct = resume["loss_sum"], resume["correct"]
         history = list(resume["history"])
-    if checkpointer is not None:
+    if checkpointer is not None:  # every rank takes part in a clean stop; rank 0 saves
         install_sigterm_handler()
+    saver = checkpointer if rank == 0 else None
 
     def state(epoch: int, start: int, order: torch.Tensor | None) -> dict[str, Any]:
         return {"trainable": _trainable(model), "optimizer": opt.state_dict(),
@@ -406,6 +426,10 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
             idx = order[i : i + args.batch_size]
             if world > 1:  # this rank's shard of the global batch
                 idx = idx.tensor_split(world)[rank]
+            if world > 1:
+                rank_seed = step_seed(args.seed, rank, step)
+                aug_gen.manual_seed(rank_seed)
+                torch.manual_seed(rank_seed)
             xb, yb = xt[idx], yt[idx]
             db = dt[idx].to(device) if dt is not None else None
             if args.augment and seg:
@@ -421,30 +445,39 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
                 loss = loss_fn(logits, yb, weight, ignore)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if world > 1:
+            stop = stop_requested()
+            n_right = int((logits.argmax(1) == yb).sum()) if yb.ndim == 1 else 0
+            if world == 1:
+                loss_sum += float(loss.detach()) * len(idx)
+                correct += n_right
+                seen += len(idx)
+            else:
                 sync_gradients(trainable_params, world)
+                # running sums over all ranks, identical on every rank (so rank 0's saved state
+                # holds them), and every rank stops after the same step once any got SIGTERM
+                d_loss, d_right, d_seen, n_stop = sum_over_ranks(
+                    [float(loss.detach()) * len(idx), n_right, len(idx), float(stop)], device)
+                loss_sum += d_loss
+                correct += int(d_right)
+                seen += int(d_seen)
+                stop = n_stop > 0
             opt.step()
             sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            if yb.ndim == 1:
-                correct += int((logits.argmax(1) == yb).sum())
-            seen += len(idx)
             step += 1
             bar.update(1)
             last = i + args.batch_size >= len(order)
-            if checkpointer is not None and not last and (stop_requested() or checkpointer.due(step)):
+            if checkpointer is not None and not last and (stop or checkpointer.due(step)):
                 train_time += time.perf_counter() - te
                 te = time.perf_counter()
-                checkpointer.save(state(epoch, i + args.batch_size, order), step)
-                if stop_requested():
+                if saver is not None:
+                    saver.save(state(epoch, i + args.batch_size, order), step)
+                if stop:
                     bar.close()
                     raise Preempted(f"stopped by SIGTERM after step {step}; state saved in "
                                     f"{checkpointer.directory}, rerun to resume")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - te
-        if world > 1:
-            loss_sum, correct = all_reduce_sums(loss_sum, correct)
         m = {"train_loss": loss_sum / len(train), "lr": float(sched.get_last_lr()[0])}
         if train.y.ndim == 1:
             m["train_acc"] = correct / len(train)
@@ -455,12 +488,13 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
             logits = predict(model, val.x, args.eval_batch_size, device, args.amp, val.dates)
             m.update(val_metrics(logits, val.y))
         history.append(m)
-        if checkpointer is not None:
-            checkpointer.save(state(epoch + 1, 0, None), step)
+        if saver is not None:
+            saver.save(state(epoch + 1, 0, None), step)
         bar.set_postfix({k: round(v, 4) for k, v in m.items() if k != "lr"})
         if on_epoch:
             on_epoch(epoch, m)
-        if checkpointer is not None and stop_requested() and epoch + 1 < args.epochs:
+        if (checkpointer is not None and any_rank(stop_requested(), world, device)
+                and epoch + 1 < args.epochs):
             bar.close()
             raise Preempted(f"stopped by SIGTERM after epoch {epoch + 1}; state saved in "
                             f"{checkpointer.directory}, rerun to resume")

@@ -152,6 +152,14 @@ class _QuietLogger:
         return lambda *args, **kwargs: None
 
 
+def _end_after_error(logger: Any, status: str) -> None:
+    """End the run of a failed or preempted job without hiding the job's own error."""
+    try:
+        logger.end(status)
+    except Exception as err:  # the tracking server may be what failed
+        log.warning("could not end MLflow run %s as %s: %s", logger.run_id, status, err)
+
+
 def _open_run(experiment: Path, spec: dict[str, Any], fingerprint: str,
               state_dir: Path | None) -> RunLogger:
     """The job's MLflow run: a new one, or the one an earlier, interrupted attempt started."""
@@ -208,13 +216,13 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
             logger.log_once(m, e, done)
     try:
         result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_once(m, e, done),
-                     checkpointer=ckpt if rank == 0 else None, resume=resume,
+                     checkpointer=ckpt, resume=resume,
                      extra_state={"mlflow_run_id": logger.run_id})
     except Preempted:
-        logger.end("KILLED")
+        _end_after_error(logger, "KILLED")
         raise
     except BaseException:
-        logger.end("FAILED")
+        _end_after_error(logger, "FAILED")
         raise
     costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb")}
     logger.log_metrics(costs)

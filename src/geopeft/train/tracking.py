@@ -15,7 +15,14 @@ mlflow-server``) runs ``mlflow server`` with a SQLite or PostgreSQL backend and 
 root, bound to 127.0.0.1 unless told otherwise, with job execution off (a few processes); jobs
 log over HTTP and upload artifacts through the server. A job checks the server before it starts
 (:func:`check_server`: a clear error when it is down) and MLflow's HTTP retries are bounded
-(:data:`HTTP_RETRY_ENV`) so a transient failure mid-run is retried, a dead server fails the job.
+(:data:`HTTP_ENV`) so a transient failure mid-run is retried, a dead server fails the job.
+Over HTTP, metrics are logged **asynchronously** by one background thread per job (one request
+in flight, as with synchronous logging, so dozens of jobs do not exhaust the server's database
+connections): a request costs tens of milliseconds, which the training loop would otherwise wait
+for every epoch. Pending requests are awaited before the run ends, on SIGTERM (the run ends
+``KILLED``) and before reading metrics back; a batch lost to a SIGKILL is logged again on resume
+from the checkpointed history. (MLflow's own async logging is not used: ending a run with it
+waits up to a second for its queue thread.)
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ MAX_PARAM_LEN = 6000
 
 
 # bounded retries of MLflow's HTTP client: 5 tries with backoff 1, 2, 4, 8 s, 30 s per request
-HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 class TrackingError(RuntimeError):
@@ -87,7 +94,7 @@ def _client(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     if is_http(tracking_uri):
-        for k, v in HTTP_RETRY_ENV.items():
+        for k, v in HTTP_ENV.items():
             os.environ.setdefault(k, v)
 
     return MlflowClient(tracking_uri=tracking_uri)
@@ -144,16 +151,58 @@ def git_commit(cwd: str | Path = ".") -> str:
         return "unknown"
 
 
+class _Sender:
+    """One daemon thread that runs submitted calls in order; :meth:`wait` returns their errors."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: queue.Queue[tuple[Any, tuple[Any, ...], dict[str, Any]]] = queue.Queue()
+        self._errors: list[Exception] = []
+        self._thread: Any = None
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        import threading
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mlflow-sender", daemon=True)
+            self._thread.start()
+        self._queue.put((fn, args, kwargs))
+
+    def _run(self) -> None:
+        while True:
+            fn, args, kwargs = self._queue.get()
+            try:
+                fn(*args, **kwargs)
+            except Exception as err:  # reported by wait()
+                self._errors.append(err)
+            finally:
+                self._queue.task_done()
+
+    def pending(self) -> int:
+        return self._queue.unfinished_tasks
+
+    def wait(self) -> list[Exception]:
+        self._queue.join()
+        errors, self._errors = self._errors, []
+        return errors
+
+
 class RunLogger:
     """One MLflow run inside a pre-created experiment (by id); batched logging."""
 
     def __init__(self, experiment_file: Path, run_name: str | None = None,
                  params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
-                 run_id: str | None = None):
+                 run_id: str | None = None, asynchronous: bool | None = None):
+        """Open run ``run_id``, or create one named ``run_name``, in the experiment of
+        ``experiment_file``; ``asynchronous`` (default: for an HTTP tracking URI) makes
+        :meth:`log_metrics` return without waiting for the server."""
         from mlflow.entities import Param, RunTag
 
         info = read_json(experiment_file)
         self.tracking_uri = info["tracking_uri"]
+        self.asynchronous = is_http(self.tracking_uri) if asynchronous is None else asynchronous
+        self._sender = _Sender()
         if is_http(self.tracking_uri):
             check_server(self.tracking_uri)
         self.experiment_id = info["experiment_id"]
@@ -180,11 +229,28 @@ class RunLogger:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            Metric(re.sub(r"[^\w\-. :/]", "_", k), float(v), ts, step) for k, v in metrics.items()])
+        batch = [Metric(re.sub(r"[^\w\-. :/]", "_", k), float(v), ts, step)
+                 for k, v in metrics.items()]
+        if self.asynchronous:
+            self._sender.submit(self.client.log_batch, self.run_id, metrics=batch)
+        else:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def pending(self) -> int:
+        """Metric batches not yet confirmed by the tracking store."""
+        return self._sender.pending()
+
+    def flush(self) -> None:
+        """Wait for the metrics logged asynchronously; a request that failed after MLflow's
+        bounded retries raises :class:`TrackingError`."""
+        errors = self._sender.wait()
+        if errors:
+            raise TrackingError(f"mlflow.tracking_uri {self.tracking_uri}: run {self.run_id}: "
+                                f"{len(errors)} metric batch(es) could not be logged: {errors[0]}")
 
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which ``key`` was logged in this run (for idempotent logging on resume)."""
+        self.flush()
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     def log_once(self, metrics: dict[str, float], step: int, done: set[int]) -> None:
@@ -210,4 +276,11 @@ class RunLogger:
         self.client.log_dict(self.run_id, obj, artifact_file)
 
     def end(self, status: str = "FINISHED") -> None:
+        """Wait for pending metrics, then end the run with ``status`` (``FAILED`` if metrics
+        were lost)."""
+        try:
+            self.flush()
+        except TrackingError:
+            self.client.set_terminated(self.run_id, status="FAILED")
+            raise
         self.client.set_terminated(self.run_id, status=status)
