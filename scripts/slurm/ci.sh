@@ -21,3 +21,8 @@ echo "== the same study locally (work dir $WORK/local)"
     --configfile "$STUDY" --cores all > snakemake.log 2>&1 ) \
   || { tail -40 "$WORK/local/snakemake.log"; exit 1; }
 python "$HERE/compare_runs.py" "$WORK/local" "$WORK/slurm"
+trap - EXIT
+"$HERE/stop.sh"
+if grep -qs '^ClusterName=geopeft-ci' /etc/slurm/slurm.conf || pgrep -x 'slurmctld|slurmd' >/dev/null; then
+  echo "stop.sh left the local SLURM configured or running"; exit 1
+fi
