@@ -23,6 +23,7 @@ echo "== the same study locally (work dir $WORK/local)"
 python "$HERE/compare_runs.py" "$WORK/local" "$WORK/slurm"
 trap - EXIT
 "$HERE/stop.sh"
-if grep -qs '^ClusterName=geopeft-ci' /etc/slurm/slurm.conf || pgrep -x 'slurmctld|slurmd' >/dev/null; then
+if grep -qs '^ClusterName=geopeft-ci' /etc/slurm/slurm.conf || pgrep -x slurmctld >/dev/null \
+   || pgrep -x slurmd >/dev/null; then
   echo "stop.sh left the local SLURM configured or running"; exit 1
 fi
