@@ -334,10 +334,10 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     rate and validation loss/accuracy (when ``val`` is given).
 
     With a ``checkpointer`` (on every rank under DDP; rank 0 writes), the full training state is
-    saved periodically, at every epoch end
-    and on SIGTERM (then :class:`~geopeft.train.checkpoint.Preempted` is raised); ``resume`` (a
-    state from :meth:`Checkpointer.latest`) continues exactly where that state left off, so an
-    interrupted and resumed CPU run ends bitwise identical to an uninterrupted one.
+    saved periodically, at every epoch end and on SIGTERM (then
+    :class:`~geopeft.train.checkpoint.Preempted` is raised); ``resume`` (a state from
+    :meth:`Checkpointer.latest`) continues exactly where that state left off, so an interrupted
+    and resumed CPU run ends bitwise identical to an uninterrupted one.
     ``extra_state`` (e.g. the MLflow run id) is stored in every state.
     """
     from tqdm.auto import tqdm
@@ -424,9 +424,8 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
             loss_sum, correct = 0.0, 0
         for i in range(start, len(order), args.batch_size):
             idx = order[i : i + args.batch_size]
-            if world > 1:  # this rank's shard of the global batch
+            if world > 1:  # this rank's shard of the global batch, its streams for this step
                 idx = idx.tensor_split(world)[rank]
-            if world > 1:
                 rank_seed = step_seed(args.seed, rank, step)
                 aug_gen.manual_seed(rank_seed)
                 torch.manual_seed(rank_seed)

@@ -15,7 +15,7 @@ mlflow-server``) runs ``mlflow server`` with a SQLite or PostgreSQL backend and 
 root, bound to 127.0.0.1 unless told otherwise, with job execution off (a few processes); jobs
 log over HTTP and upload artifacts through the server. A job checks the server before it starts
 (:func:`check_server`: a clear error when it is down) and MLflow's HTTP retries are bounded
-(:data:`HTTP_ENV`) so a transient failure mid-run is retried, a dead server fails the job.
+(:data:`HTTP_RETRY_ENV`) so a transient failure mid-run is retried, a dead server fails the job.
 Over HTTP, metrics are logged **asynchronously** by one background thread per job (one request
 in flight, as with synchronous logging, so dozens of jobs do not exhaust the server's database
 connections): a request costs tens of milliseconds, which the training loop would otherwise wait
@@ -38,8 +38,8 @@ MAX_PARAM_LEN = 6000
 
 
 # bounded retries of MLflow's HTTP client: 5 tries with backoff 1, 2, 4, 8 s, 30 s per request
-HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 class TrackingError(RuntimeError):
@@ -94,7 +94,7 @@ def _client(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     if is_http(tracking_uri):
-        for k, v in HTTP_ENV.items():
+        for k, v in HTTP_RETRY_ENV.items():
             os.environ.setdefault(k, v)
 
     return MlflowClient(tracking_uri=tracking_uri)
