@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The layering rule: a study file given with --configfile, plus the schema's defaults, is the
+# whole study; config/config.yaml (the default study) is read only when none is given.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -192,3 +192,21 @@ def test_count_parameters_counts_saved_copies_once():
     t, tot = count_parameters(m)
     assert tot == total + sum(p.numel() for n, p in m.named_parameters() if "lora_" in n)
     assert t < tot
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"embed_dim": 96}, r"shape mismatch \(\d+\): cls_token \(1, 1, 96\) \(model \(1, 1, 48\)\)"),
+    ({"depth": 1}, r"missing \(\d+\): blocks\.1\.attn"),
+    ({"depth": 3}, r"unexpected \(\d+\): blocks\.2\.attn"),
+])
+def test_a_checkpoint_that_does_not_fit_names_the_file_and_keys(tmp_path, change, message):
+    """Wrong-size weights are an error naming the file and the first mismatching keys, never a
+    silent partial load."""
+    from conftest import TINY_VIT
+
+    _checkpoint(tmp_path / "wrong.pth", 3, kwargs=dict(TINY_VIT, **change))
+    sha = hashlib.sha256((tmp_path / "wrong.pth").read_bytes()).hexdigest()
+    cfg = backbone_cfg(f"file:{tmp_path / 'wrong.pth'}", sha256=sha)
+    with pytest.raises(WeightsError, match=rf"{tmp_path / 'wrong.pth'}: checkpoint \(file:[0-9a-f]+\) "
+                                           rf"does not fit VisionTransformer: .*{message}"):
+        build_classifier(cfg, store(), 4)

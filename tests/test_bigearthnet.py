@@ -116,12 +116,20 @@ def test_v1_synthetic_layout(tmp_path):
 
 
 @pytest.mark.skipif(not V1_REAL.is_dir(), reason="../shared real BigEarthNet samples absent")
-def test_real_v1_patches_convert_with_v2_labels_and_split(tmp_path):
+def test_real_v1_patches_convert_with_v2_labels_and_split(tmp_path, caplog):
     out = tmp_path / "real.zarr"
-    prepare("bigearthnet_s2_v1", V1_REAL, list(("B01", "B02", "B03", "B04", "B05", "B06", "B07",
-            "B08", "B8A", "B09", "B11", "B12")), out, options={"v2_metadata": str(V2_META)})
+    bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    with caplog.at_level("WARNING"):
+        prepare("bigearthnet_s2_v1", V1_REAL, bands, out, options={"v2_metadata": str(V2_META)})
     ds = _open(out)
-    assert ds.image.shape == (6, 12, 120, 120) and ds.image.dtype == np.uint16
+    # S2B_MSIL2A_20180204T94161_57_38 is only in v2's snow/cloud/shadow file: excluded, as in v2
+    assert "1 of 6 v1 patches excluded" in caplog.text
+    assert "S2B_MSIL2A_20180204T94161_57_38" in caplog.text
+    assert "S2B_MSIL2A_20180204T94161_57_38" not in set(map(str, ds.name.values))
+    assert ds.image.shape == (5, 12, 120, 120) and ds.image.dtype == np.uint16
+    prepare("bigearthnet_s2_v1", V1_REAL, ["B02"], tmp_path / "other_seed.zarr",
+            options={"v2_metadata": str(V2_META), "split_seed": 7})
+    assert list(_open(tmp_path / "other_seed.zarr").split.values) == list(ds.split.values)
     meta = pd.read_parquet(V2_META).set_index("s2v1_name")
     snow = pd.read_parquet(V2_SNOW).set_index("s2v1_name")
     for i, name in enumerate(ds.name.values):
@@ -149,3 +157,63 @@ def test_real_v2_metadata():
     names = {n for ls in meta.labels for n in ls}
     assert names == set(CLASSES)
     assert set(meta.split) == {"train", "validation", "test"}
+
+
+def _v1_with_v2_metadata(tmp_path, columns=("patch_id", "labels", "split", "s2v1_name")):
+    raw = tmp_path / "v1"
+    generate_bigearthnet(raw, n_patches=6, seed=3, v1=True)
+    base = raw / "BigEarthNet-v1.0" if (raw / "BigEarthNet-v1.0").is_dir() else raw
+    names = sorted(p.name for p in base.iterdir() if p.is_dir())
+    rows = [{"patch_id": f"v2_{n}", "labels": ["Arable land"], "split": s, "s2v1_name": n,
+             "contains_seasonal_snow": False, "contains_cloud_or_shadow": False}
+            for n, s in zip(names[:5], ["train", "train", "validation", "test", "train"], strict=True)]
+    meta = tmp_path / "meta" / "metadata.parquet"
+    meta.parent.mkdir()
+    pd.DataFrame(rows)[list(columns)].to_parquet(meta)
+    snow = dict(rows[0], patch_id=f"v2_{names[5]}", s2v1_name=names[5], contains_seasonal_snow=True)
+    pd.DataFrame([snow]).to_parquet(meta.with_name("metadata_for_patches_with_snow_cloud_or_shadow.parquet"))
+    return raw, meta, names
+
+
+def test_v1_with_v2_metadata_excludes_what_v2_excludes_and_keeps_v2_splits(tmp_path, caplog):
+    raw, meta, names = _v1_with_v2_metadata(tmp_path)
+    with caplog.at_level("WARNING"):
+        prepare("bigearthnet_s2_v1", raw, ["B04"], tmp_path / "a.zarr",
+                options={"v2_metadata": str(meta), "split_seed": 1})
+    prepare("bigearthnet_s2_v1", raw, ["B04"], tmp_path / "b.zarr",
+            options={"v2_metadata": str(meta), "split_seed": 2})
+    a, b = _open(tmp_path / "a.zarr"), _open(tmp_path / "b.zarr")
+    assert list(map(str, a.name.values)) == names[:5] and "1 of 6 v1 patches excluded" in caplog.text
+    assert names[5] in caplog.text
+    assert list(a.split.values) == list(b.split.values) == ["train", "train", "val", "test", "train"]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ("missing", r"data\.options\.v2_metadata: .*nope\.parquet not found"),
+    ("columns", r"metadata\.parquet: not a BigEarthNet v2 metadata file: missing column\(s\) "
+                r"\['s2v1_name'\]"),
+    ("garbage", r"metadata\.parquet: cannot be read as parquet"),
+])
+def test_bad_v2_metadata_names_the_file_and_what_is_wrong(tmp_path, edit, message):
+    raw, meta, _ = _v1_with_v2_metadata(
+        tmp_path, ("patch_id", "labels", "split") if edit == "columns" else
+        ("patch_id", "labels", "split", "s2v1_name"))
+    if edit == "garbage":
+        meta.write_bytes(b"not parquet at all")
+    path = meta.with_name("nope.parquet") if edit == "missing" else meta
+    with pytest.raises(DataError, match=message):
+        prepare("bigearthnet_s2_v1", raw, ["B04"], tmp_path / "x.zarr",
+                options={"v2_metadata": str(path)})
+
+
+def test_a_multiband_band_file_is_refused(ben, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(ben, raw)
+    tif = next(raw.rglob("*_B04.tif"))
+    with rasterio.open(tif) as src:
+        profile, data = src.profile, src.read(1)
+    profile.update(count=2)
+    with rasterio.open(tif, "w", **profile) as dst:
+        dst.write(np.stack([data, data]))
+    with pytest.raises(DataError, match=rf"{tif.name}: 2 bands; a BigEarthNet band file holds one"):
+        prepare("bigearthnet_s2", raw, ["B04"], tmp_path / "x.zarr")

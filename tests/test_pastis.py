@@ -156,3 +156,32 @@ def test_subset_cli_stratifies_patches(tmp_path):
     assert len(sub[1.0]["samples"]) == int((ds.split.values == "train").sum())
     labels = ds.label.values[sub[1.0]["samples"]]
     assert sub[1.0]["class_counts"] == [int((labels == c).sum()) for c in range(19)]
+
+
+def test_a_dtype_pastis_does_not_have_is_refused(pastis, tmp_path):
+    raw = _broken(pastis, tmp_path)
+    d = sorted((raw / "DATA_S2").glob("S2_*.npy"))[3]
+    np.save(d, np.load(d).astype(np.float32) / 10000)  # 0-1 floats would become all zeros
+    with pytest.raises(DataError, match=rf"{d.name}: dtype float32, PASTIS DATA_S2 is int16"):
+        prepare("pastis", raw, ["B04"], tmp_path / "o.zarr")
+
+
+def test_a_malformed_first_patch_is_blamed_and_skipped_alone(pastis, tmp_path):
+    raw = _broken(pastis, tmp_path)
+    first = sorted((raw / "DATA_S2").glob("S2_*.npy"))[0]
+    np.save(first, np.load(first)[:, :, :-4, :-4])
+    with pytest.raises(DataError, match=rf"{first.name}: shape \(\d+, 10, 20, 20\), PASTIS DATA_S2 "
+                                        r"is T x 10 x 24 x 24"):
+        prepare("pastis", raw, ["B04"], tmp_path / "o.zarr")
+    attrs = prepare("pastis", raw, ["B04"], tmp_path / "s.zarr", options={"skip_corrupt": True})
+    assert attrs["skipped"] == 1 and attrs["skipped_samples"][0][0] == first.stem[3:]
+
+
+def test_missing_dates_names_the_patch(pastis, tmp_path):
+    raw = _broken(pastis, tmp_path)
+    g = json.loads((raw / "metadata.geojson").read_text())
+    pid = g["features"][2]["properties"]["ID_PATCH"]
+    del g["features"][2]["properties"]["dates-S2"]
+    (raw / "metadata.geojson").write_text(json.dumps(g))
+    with pytest.raises(DataError, match=rf"metadata\.geojson: patch {pid} lacks property 'dates-S2'"):
+        prepare("pastis", raw, ["B04"], tmp_path / "o.zarr")

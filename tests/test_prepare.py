@@ -1,4 +1,6 @@
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +155,41 @@ def test_failed_rewrite_keeps_previous_store(world, broken, tmp_path):
     with pytest.raises(DataError):
         prepare("eurosat_ms", broken, ["B04"], out)
     assert _open(out).attrs["fingerprint"] == before
+
+
+def _first_listed(raw):
+    stem = Path((raw / "eurosat-train.txt").read_text().split()[0]).stem
+    return raw / "EuroSAT_MS" / stem.rsplit("_", 1)[0] / f"{stem}.tif"
+
+
+def test_a_malformed_first_file_is_blamed_not_the_good_ones(broken, tmp_path):
+    """Each file is checked against the dataset's declared shape, not against the first one."""
+    bad = _first_listed(broken)
+    with rasterio.open(bad) as src:
+        prof, data = src.profile, src.read()
+    prof.update(width=data.shape[2] // 2, height=data.shape[1] // 2)
+    with rasterio.open(bad, "w", **prof) as dst:
+        dst.write(data[:, ::2, ::2])
+    side = data.shape[1]
+    with pytest.raises(DataError, match=rf"{bad.name}: size {side // 2}x{side // 2}, eurosat_ms "
+                                        rf"patches are {side}x{side}"):
+        prepare("eurosat_ms", broken, ["B04"], tmp_path / "o.zarr")
+    attrs = prepare("eurosat_ms", broken, ["B04"], tmp_path / "skip.zarr",
+                    options={"skip_corrupt": True})
+    assert attrs["skipped"] == 1 and attrs["skipped_samples"][0][0] == bad.stem  # only the bad one
+    assert bad.stem not in set(map(str, _open(tmp_path / "skip.zarr").name.values))
+
+
+def test_real_eurosat_is_64_px_and_a_world_declares_its_own_size(broken):
+    from geopeft.data.sources import SYNTHETIC_MARKER, get_source
+
+    src = get_source("eurosat_ms")
+    assert src.declared_size(broken) == json.loads((broken / SYNTHETIC_MARKER).read_text())["size"]
+    (broken / SYNTHETIC_MARKER).unlink()
+    assert src.declared_size(broken) == 64  # the published EuroSAT patches
+
+
+def test_an_empty_split_file_is_refused(broken, tmp_path):
+    (broken / "eurosat-test.txt").write_text("")
+    with pytest.raises(DataError, match=r"eurosat-test\.txt: split file is empty"):
+        prepare("eurosat_ms", broken, ["B04"], tmp_path / "o.zarr")

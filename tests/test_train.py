@@ -86,3 +86,33 @@ def test_multilabel_training_uses_bce_and_map(tmp_path):
     assert {"val_map_macro", "val_map_micro", "val_score"} <= set(h[-1]) and "train_acc" not in h[-1]
     assert h[-1]["train_loss"] < h[0]["train_loss"]
     assert 0 <= h[-1]["val_score"] <= 1
+
+
+def test_nan_loss_stops_with_the_run_epoch_and_step_and_keeps_the_last_good_state(rgb_store, tmp_path):
+    from geopeft.train.checkpoint import Checkpointer, NonFiniteLoss
+
+    info = store_info(rgb_store)
+    torch.manual_seed(0)
+    m, _ = build_classifier(backbone_cfg(), info, len(info.classes))
+    m = apply_strategy(m, "linear")
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):  # the third training forward pass returns NaN
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                return output * float("nan")
+        return output
+
+    m.register_forward_hook(poison)
+    ckpt = Checkpointer(tmp_path / "state", every_steps=1, every_minutes=0)
+    args = TrainArgs(epochs=2, batch_size=16, lr=1e-3, seed=0, progress=False)
+    with pytest.raises(NonFiniteLoss, match=r"lora-f1-s0: training loss is nan at epoch 1, step 3"
+                                            r".*last good state is kept in .*state"):
+        fit(m, load_split(rgb_store, "train"), None, args, checkpointer=ckpt, name="lora-f1-s0")
+    assert all(torch.isfinite(p).all() for p in m.parameters())  # no update from the NaN step
+    last = ckpt.latest()
+    assert last["step"] == 2 and all(torch.isfinite(t).all() for t in last["trainable"].values())
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p.detach(), last["trainable"][n]), n

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 log = logging.getLogger("geopeft")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM with a checkpoint; rerun to resume
 
@@ -34,12 +36,35 @@ def _opt_path(p: str | None) -> Path | None:
     return Path(p) if p else None
 
 
+def _config_overrides(items: list[str]) -> dict[str, Any]:
+    """``--config KEY=VALUE`` pairs as Snakemake reads them (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"geopeft validate: error: --config {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def cmd_validate(a: argparse.Namespace) -> None:
     from geopeft import config
 
-    cfg = config.load(a.config)
+    cfg = config.resolve(a.configfile, _config_overrides(a.config))
     rows = config.study_rows(cfg)
-    print(f"{a.config}: valid; study {cfg['study']!r} with {len(rows)} runs")
+    where = ", ".join(a.configfile) or config.DEFAULT_STUDY
+    if a.json:
+        from geopeft.models.summary import describe_study
+
+        print(json.dumps(describe_study(cfg), indent=1))
+        return
+    print(f"{where}: valid; study {cfg['study']!r} with {len(rows)} runs")
+    if a.resolved:
+        from geopeft.models.summary import describe_study, format_row
+
+        for d in describe_study(cfg):
+            print(format_row(d))
+        return
     for r in rows:
         print(f"  {r['name']}: {r['method']}, fraction {r['label_fraction']:g}, seed {r['seed']}")
 
@@ -270,8 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("validate", help="validate a config file and list its study rows")
-    s.add_argument("config")
+    s = sub.add_parser(
+        "validate", help="resolve a study exactly as snakemake --configfile does; list its rows",
+        description="Resolve and validate a study as `snakemake --configfile FILE [--config K=V]` "
+                    "does: the study file(s) alone, or config/config.yaml without one, then the "
+                    "overrides, then the schema's defaults.")
+    s.add_argument("configfile", nargs="*", help="study file(s), merged in order "
+                                                 "(none: config/config.yaml)")
+    s.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides, as snakemake --config (values read as YAML)")
+    s.add_argument("--resolved", action="store_true",
+                   help="print what each row really runs: backbone (built by timm, on the meta "
+                        "device) and size, weights, strategy, adapter, epochs, batch, lr, "
+                        "dataset, bands, label fraction, sequence length")
+    s.add_argument("--json", action="store_true", help="the resolved rows as JSON")
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("synthesize", help="generate the embedded synthetic Sentinel-2 world")
@@ -400,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     from geopeft.data.extract import UnsafeArchiveError
     from geopeft.data.sources import DataError
     from geopeft.models.weights import WeightsError
-    from geopeft.train.checkpoint import Preempted
+    from geopeft.train.checkpoint import NonFiniteLoss, Preempted
     from geopeft.train.tracking import TrackingError
 
     args = build_parser().parse_args(argv)
@@ -410,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (ConfigError, DataError, BandError, WeightsError, DownloadError, UnsafeArchiveError,
-            TrackingError, FileNotFoundError) as err:
+            TrackingError, NonFiniteLoss, FileNotFoundError) as err:
         print(f"geopeft {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Preempted as err:

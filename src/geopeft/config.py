@@ -93,9 +93,17 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
 
 
 def _check_semantics(cfg: dict[str, Any], source: str) -> None:
-    from geopeft.models.zoo import entry_for
+    from geopeft.models.zoo import check_name, entry_for
 
     strategies = cfg["strategies"]
+    named = [("backbone.name", cfg["backbone"]["name"])]
+    named += [(f"strategies.{k}.backbone.name", s["backbone"]["name"])
+              for k, s in strategies.items() if s.get("backbone") is not None]
+    for key, name in named:
+        try:
+            check_name(name)
+        except ValueError as err:
+            raise ConfigError(f"{source}: {key}: {err}") from None
     cfg["backbone"]["weights"] = cfg["backbone"]["weights"] or entry_for(cfg["backbone"]["name"]).weights
     for key, strat in strategies.items():
         bb = strat.get("backbone")
@@ -165,19 +173,60 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: the study has no rows: set grid.strategy or runs")
 
 
-def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config file, apply ``overrides`` (recursive), validate and return it."""
+#: The default study: what ``snakemake`` runs when no study file is given.
+DEFAULT_STUDY = "config/config.yaml"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """One config file as a mapping; errors name the file."""
     path = Path(path)
     try:
         with open(path) as fh:
-            cfg = yaml.safe_load(fh) or {}
+            cfg = yaml.safe_load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: the configuration must be a mapping, got {type(cfg).__name__}")
+    return cfg
+
+
+def resolve(configfiles: list[str | Path] | tuple[str | Path, ...] = (),
+            overrides: dict[str, Any] | None = None,
+            default: str | Path = DEFAULT_STUDY) -> dict[str, Any]:
+    """The whole study, resolved exactly as ``snakemake [--configfile F ...] [--config k=v ...]``.
+
+    The layering rule: **a study file plus the schema's defaults is the whole study.** The
+    default study (``config/config.yaml``) is read only when no study file is given; several
+    study files are deep-merged in order; ``--config`` overrides come last; then the schema fills
+    every key left out. The Snakefile and ``geopeft validate`` both call this function.
+
+    Args:
+        configfiles: the ``--configfile`` files, in order (empty: the default study).
+        overrides: the ``--config`` mapping, applied after the files.
+        default: the default study's path.
+
+    Returns:
+        The validated configuration with defaults filled in.
+
+    Raises:
+        ConfigError: naming the file(s), the key path and the value.
+    """
+    files = [Path(f) for f in configfiles] or [Path(default)]
+    cfg: dict[str, Any] = {}
+    for f in files:
+        _merge(cfg, read_yaml(f))
     if overrides:
-        _merge(cfg, overrides)
-    return validate(cfg, str(path))
+        _merge(cfg, copy.deepcopy(dict(overrides)))
+    return validate(cfg, ", ".join(map(str, files)))
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read one study file, apply ``overrides`` (recursive), validate and return it."""
+    return resolve([path], overrides)
 
 
 def _merge(base: dict[str, Any], upd: dict[str, Any]) -> None:
@@ -269,6 +318,34 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             row["segmentation"] = dict(strat.get("segmentation") or {})
         out.append(row)
     return out
+
+
+def row_backbone(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:
+    """The backbone config of a row: its strategy's own, else the study's; None for U-TAE,
+    which has no backbone."""
+    if (row.get("segmentation") or {}).get("model") == "utae":
+        return None
+    return row.get("backbone") or cfg["backbone"]
+
+
+def base_spec(cfg: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+    """The part of every job spec that comes from the study, not from the row."""
+    data = cfg["data"]
+    return {"study": cfg["study"],
+            "data": {"dataset": dataset or data["dataset"], "bands": data["bands"],
+                     "source": data["source"]},
+            "backbone": cfg["backbone"], "threads": cfg["threads"]}
+
+
+def job_spec(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """Everything one training job receives (the ``--spec`` of the train rule): editing another
+    row leaves it unchanged."""
+    return dict(base_spec(cfg, row["dataset"]), row=row, backbone=row_backbone(cfg, row))
+
+
+def pretrain_spec(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The spec of the pretrain rule (the embedded backbone on the synthetic source set)."""
+    return dict(base_spec(cfg), pretrain=cfg["pretrain"])
 
 
 def canonical_json(obj: Any) -> str:

@@ -6,7 +6,11 @@ from geopeft.data.subsets import subset_file_name
 from geopeft.paper.figures import figure_names
 
 
-gcfg.validate(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+# One resolution for snakemake and `geopeft validate`: the study file(s) or the default study,
+# then --config, then the schema's defaults (geopeft.config.resolve).
+_study = gcfg.resolve(workflow.overwrite_configfiles, workflow.config_settings.config)
+config.clear()
+config.update(_study)
 
 STUDY = config["study"]
 RES = f"{config['results_dir']}/{STUDY}"
@@ -80,39 +84,22 @@ def get_subset(wildcards):
     return f"{PREP}/{row['dataset']}/{BANDS}.subsets/{name}"
 
 
-def get_backbone(row):
-    """The backbone of a row: its strategy's own, the study's, or None (U-TAE has none)."""
-    if (row.get("segmentation") or {}).get("model") == "utae":
-        return None
-    return row.get("backbone") or config["backbone"]
-
-
 def get_pretrain(wildcards=None):
     """The pretrained embedded backbone, when the study (or the run's row) uses it."""
     run = getattr(wildcards, "run", None)
     if run is not None:
-        bb = get_backbone(ROWS[run])
+        bb = gcfg.row_backbone(config, ROWS[run])
         return f"{RES}/pretrain" if bb is not None and bb["weights"] == "pretrain" else []
     return f"{RES}/pretrain" if config["backbone"]["weights"] == "pretrain" else []
 
 
-def _base_spec(dataset=DATA["dataset"]):
-    return {
-        "study": STUDY,
-        "data": {"dataset": dataset, "bands": DATA["bands"], "source": DATA["source"]},
-        "backbone": config["backbone"],
-        "threads": config["threads"],
-    }
-
-
 def get_pretrain_spec(wildcards):
-    return gcfg.canonical_json(dict(_base_spec(), pretrain=config["pretrain"]))
+    return gcfg.canonical_json(gcfg.pretrain_spec(config))
 
 
 def get_train_spec(wildcards):
     """Everything one training job depends on: editing another row leaves it unchanged."""
-    row = ROWS[wildcards.run]
-    return gcfg.canonical_json(dict(_base_spec(row["dataset"]), row=row, backbone=get_backbone(row)))
+    return gcfg.canonical_json(gcfg.job_spec(config, ROWS[wildcards.run]))
 
 
 def opt(flag, paths):

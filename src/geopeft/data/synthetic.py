@@ -397,7 +397,18 @@ def _write_world(spec: WorldSpec, ms_dir: Path | None, rgb_dir: Path | None,
             if tmp is not None:
                 for part, lst in splits.items():
                     (tmp / f"eurosat-{part}.txt").write_text("".join(f"{x}\n" for x in lst))
+                write_marker(tmp, spec.size)
     return splits
+
+
+def write_marker(folder: Path, size: int) -> None:
+    """Declare an embedded world (synthetic, and its sample side) at the root of its raw folder."""
+    import json
+
+    from geopeft.data.sources import SYNTHETIC_MARKER
+
+    (folder / SYNTHETIC_MARKER).write_text(json.dumps(
+        {"synthetic": True, "size": int(size), "generator": "geopeft embedded Sentinel-2 world"}))
 
 
 def generate_eurosat(spec: WorldSpec, ms_dir: Path | None, rgb_dir: Path | None) -> dict:

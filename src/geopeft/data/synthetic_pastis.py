@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from geopeft.data.sources.pastis import BANDS, VOID
-from geopeft.data.synthetic import _L2A, ENDMEMBERS, fractal, parcels
+from geopeft.data.synthetic import _L2A, ENDMEMBERS, fractal, parcels, write_marker
 from geopeft.io import atomic_dir
 
 #: class -> (green-up day, senescence day, peak NDVI, mowing) of the double logistic.
@@ -122,6 +122,7 @@ def generate_pastis(out: Path, n_patches: int = 20, size: int = 32, seed: int = 
                 "dates-S2": {str(k): d for k, d in enumerate(dates)}}})
         (tmp / "metadata.geojson").write_text(json.dumps(
             {"type": "FeatureCollection", "features": feats}))
+        write_marker(tmp, size)
     return {"patches": n_patches}
 
 

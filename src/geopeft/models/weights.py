@@ -62,6 +62,8 @@ class Weights:
     bands: list[str]
     norm: Normalization | None
     origin: str
+    path: Path | None = None
+    """The checkpoint file it was read from (errors name it)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -111,7 +113,7 @@ def _from_file(spec: dict[str, Any], path: Path, origin: str) -> Weights:
     if pw is not None and bands and pw.shape[1] != len(bands):
         raise WeightsError(f"{path}: patch embedding has {pw.shape[1]} input channels, but "
                            f"{spec['name']} declares {len(bands)} bands {bands}")
-    return Weights(_strip_head(state), bands, norm, origin)
+    return Weights(_strip_head(state), bands, norm, origin, path)
 
 
 def hub_cache_path(url: str) -> Path:
@@ -179,7 +181,7 @@ def load_weights(spec: dict[str, Any], pretrain_dir: Path | None = None) -> Weig
 
         norm = Normalization(**meta["norm"]) if meta.get("norm") else None
         return Weights(_strip_head(load_file(str(st_path))), list(meta["bands"]), norm,
-                       f"pretrain:{meta['sha256'][:12]}")
+                       f"pretrain:{meta['sha256'][:12]}", st_path)
     if w.startswith("file:"):
         path = Path(w[5:])
         if not path.is_file():
@@ -252,10 +254,24 @@ def load_into(model: nn.Module, weights: Weights, bands: list[str]) -> None:
         prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
         grid = model.patch_embed.grid_size
         state["pos_embed"] = resample_abs_pos_embed(pos, new_size=list(grid), num_prefix_tokens=prefix)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("head.")]
-    if missing or unexpected:
-        raise WeightsError(
-            f"weights {weights.origin} do not fit {type(model).__name__}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    check_fits(model, state, weights)
+    model.load_state_dict(state, strict=False)
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], weights: Weights) -> None:
+    """Raise :class:`WeightsError` naming the checkpoint file and the first mismatching keys
+    unless every tensor of ``model`` (head aside) is in ``state`` with the same shape and
+    ``state`` holds nothing else: never a silent partial load."""
+    own = model.state_dict()
+    persistent = {k for k in own if not k.startswith("head.")}
+    bad_shape = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in state.items()
+                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = sorted(persistent - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if bad_shape or missing or unexpected:
+        where = weights.path or weights.origin
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:5])}" for label, keys in
+                 (("shape mismatch", bad_shape), ("missing", missing), ("unexpected", unexpected))
+                 if keys]
+        raise WeightsError(f"{where}: checkpoint ({weights.origin}) does not fit "
+                           f"{type(model).__name__}: " + "; ".join(parts))

@@ -5,7 +5,11 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from geopeft.bands import RGB
@@ -76,6 +80,37 @@ REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
                   "synthetic source set", kwargs={"img_size": 64, "patch_size": 8, "depth": 4,
                                                   "embed_dim": 96, "num_heads": 3}),
 )}
+
+
+#: timm model files whose architectures geopeft builds (ViT and Swin-V2 token extraction).
+TIMM_FAMILY_FILES = {"vit": "vision_transformer.py", "swin": "swin_transformer_v2.py"}
+
+
+@functools.lru_cache(maxsize=1)
+def timm_architectures() -> dict[str, str]:
+    """Architecture name -> family of every timm ViT and Swin-V2 model, read from timm's model
+    files without importing timm (torch takes seconds to import; the Snakefile must start fast)."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    models = Path(list(spec.submodule_search_locations)[0]) / "models"
+    out: dict[str, str] = {}
+    for family, fname in TIMM_FAMILY_FILES.items():
+        path = models / fname
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            out.update({m: family for m in re.findall(r"@register_model\s*\ndef (\w+)\(", text)})
+    return out
+
+
+def check_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is a zoo backbone or a timm ViT / Swin-V2."""
+    archs = timm_architectures()
+    if name in REGISTRY or name in archs or not archs:
+        return
+    close = [k for k in [*REGISTRY, *archs] if name.split("_")[0] in k][:5]
+    raise ValueError(f"{name!r} is neither a zoo backbone ({', '.join(REGISTRY)}) nor a timm ViT "
+                     f"or Swin-V2 architecture" + (f"; close: {', '.join(close)}" if close else ""))
 
 
 def entry_for(name: str) -> BackboneEntry:

@@ -39,6 +39,11 @@ class Preempted(RuntimeError):
     """Training stopped on SIGTERM after writing a checkpoint; rerun the job to resume."""
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite; the message names run, epoch and step, and the
+    last good state is left in place."""
+
+
 class _StopFlag:
     def __init__(self) -> None:
         self.event = threading.Event()

@@ -324,11 +324,24 @@ def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach().cpu().clone() for n, t in trained_tensors(model).items()}
 
 
+def _nonfinite(name: str, value: float, epoch: int, step: int,
+               checkpointer: Checkpointer | None) -> str:
+    kept = (f"the last good state is kept in {checkpointer.directory}" if checkpointer is not None
+            else "no state was saved")
+    return (f"{name}: training loss is {value} at epoch {epoch + 1}, step {step + 1}; stopped "
+            f"before the update ({kept}). Lower the learning rate, check the inputs for "
+            f"NaN/inf, or turn off amp")
+
+
 def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         checkpointer: Checkpointer | None = None, resume: dict[str, Any] | None = None,
-        extra_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        extra_state: dict[str, Any] | None = None, name: str = "run") -> dict[str, Any]:
     """Train ``model`` in place; returns history and cost figures.
+
+    A loss that is NaN or infinite stops training before the optimiser step with
+    :class:`NonFiniteLoss` naming the run (``name``), epoch and step; the weights and the last
+    saved state are those of the last good step.
 
     ``on_epoch(epoch, metrics)`` is called after every epoch with train loss/accuracy, learning
     rate and validation loss/accuracy (when ``val`` is given).
@@ -343,6 +356,7 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     from tqdm.auto import tqdm
 
     from geopeft.train.checkpoint import (
+        NonFiniteLoss,
         Preempted,
         install_sigterm_handler,
         rng_state,
@@ -447,7 +461,10 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
             stop = stop_requested()
             n_right = int((logits.argmax(1) == yb).sum()) if yb.ndim == 1 else 0
             if world == 1:
-                loss_sum += float(loss.detach()) * len(idx)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLoss(_nonfinite(name, loss_value, epoch, step, checkpointer))
+                loss_sum += loss_value * len(idx)
                 correct += n_right
                 seen += len(idx)
             else:
@@ -456,6 +473,8 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
                 # holds them), and every rank stops after the same step once any got SIGTERM
                 d_loss, d_right, d_seen, n_stop = sum_over_ranks(
                     [float(loss.detach()) * len(idx), n_right, len(idx), float(stop)], device)
+                if not math.isfinite(d_loss):  # the same sum on every rank: all stop together
+                    raise NonFiniteLoss(_nonfinite(name, d_loss, epoch, step, checkpointer))
                 loss_sum += d_loss
                 correct += int(d_right)
                 seen += int(d_seen)

@@ -217,7 +217,7 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
     try:
         result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_once(m, e, done),
                      checkpointer=ckpt, resume=resume,
-                     extra_state={"mlflow_run_id": logger.run_id})
+                     extra_state={"mlflow_run_id": logger.run_id}, name=row["name"])
     except Preempted:
         _end_after_error(logger, "KILLED")
         raise

@@ -16,6 +16,9 @@ import numpy as np
 
 from geopeft.bands import band_indices
 
+#: The file an embedded (synthetic) world writes at its root: what it is and its sample size.
+SYNTHETIC_MARKER = "geopeft-synthetic.json"
+
 
 class DataError(ValueError):
     """A raw file or folder is missing or malformed; the message names it."""
@@ -54,6 +57,22 @@ class Source:
     remotes: tuple[Any, ...] = ()
     #: folder (relative to the download folder) that an extracted archive puts the data in
     layout: str = ""
+    #: side in pixels of every sample of the published dataset (None: not fixed)
+    native_size: int | None = None
+
+    def declared_size(self, raw: Path) -> int | None:
+        """The side every sample under ``raw`` must have: the published dataset's, or the one an
+        embedded world declares in its ``geopeft-synthetic.json``. Each file is checked against
+        it, so one malformed file is blamed, never the good ones."""
+        marker = Path(raw) / SYNTHETIC_MARKER
+        if marker.is_file():
+            import json
+
+            try:
+                return int(json.loads(marker.read_text())["size"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise DataError(f"{marker}: no readable 'size' ({err})") from None
+        return self.native_size
 
     def check_bands(self, bands: list[str]) -> list[int]:
         return band_indices(bands, self.file_bands, where=self.name)

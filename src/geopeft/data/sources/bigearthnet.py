@@ -17,6 +17,7 @@ over :data:`CLASSES` in the original order below.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08"
 SIZES = {"B02": 120, "B03": 120, "B04": 120, "B08": 120, "B05": 60, "B06": 60, "B07": 60,
          "B8A": 60, "B11": 60, "B12": 60, "B01": 20, "B09": 20}
 #: The 19 classes in their original order.
+log = logging.getLogger(__name__)
 CLASSES: tuple[str, ...] = (
     "Urban fabric", "Industrial or commercial units", "Arable land", "Permanent crops", "Pastures",
     "Complex cultivation patterns",
@@ -94,25 +96,31 @@ def labels19(names: list[str], where: str = "") -> np.ndarray:
     return out
 
 
-def read_metadata(path: Path, exclude: Path | None = None) -> Any:
-    """metadata.parquet without snow/cloud/shadow patches; columns checked."""
+def read_metadata(path: Path, exclude: Path | None = None,
+                  columns: tuple[str, ...] = METADATA_COLUMNS) -> Any:
+    """metadata.parquet without snow/cloud/shadow patches; ``columns`` checked."""
     import pandas as pd
 
     if not Path(path).is_file():
-        raise DataError(f"{path}: metadata.parquet not found")
+        raise DataError(f"{path}: BigEarthNet v2 metadata.parquet not found")
     try:
         meta = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types
-        raise DataError(f"{path}: cannot be read as parquet ({err})") from None
-    missing = [c for c in METADATA_COLUMNS if c not in meta.columns]
+        raise DataError(f"{path}: cannot be read as parquet ({type(err).__name__}: {err})") from None
+    missing = [c for c in columns if c not in meta.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; has {list(meta.columns)}")
+        raise DataError(f"{path}: not a BigEarthNet v2 metadata file: missing column(s) "
+                        f"{missing}; has {list(meta.columns)}")
     drop = np.zeros(len(meta), bool)
     for col in ("contains_seasonal_snow", "contains_cloud_or_shadow"):
         if col in meta.columns:
             drop |= meta[col].fillna(False).to_numpy(bool)
     if exclude is not None and Path(exclude).is_file():
-        bad = set(pd.read_parquet(exclude, columns=["patch_id"]).patch_id)
+        try:
+            bad = set(pd.read_parquet(exclude, columns=["patch_id"]).patch_id)
+        except Exception as err:  # pyarrow raises several types
+            raise DataError(f"{exclude}: no readable patch_id column ({type(err).__name__}: "
+                            f"{err})") from None
         drop |= meta.patch_id.isin(bad).to_numpy()
     return meta[~drop].reset_index(drop=True)
 
@@ -135,6 +143,9 @@ def read_bands(folder: Path, stem: str, bands: list[str], size: int, resampling:
                 if src.shape != (native, native):
                     raise DataError(f"{path}: size {src.shape[0]}x{src.shape[1]}, {band} is "
                                     f"{native}x{native} in BigEarthNet")
+                if src.count != 1:
+                    raise DataError(f"{path}: {src.count} bands; a BigEarthNet band file holds "
+                                    f"one band ({band})")
                 if src.dtypes[0] != "uint16":
                     raise DataError(f"{path}: dtype {src.dtypes[0]}, expected uint16")
                 out[i] = src.read(1, out_shape=(size, size), resampling=method)
@@ -203,16 +214,16 @@ class BigEarthNetV1(_BigEarthNet):
         folders = sorted(p for p in base.iterdir() if p.is_dir())
         if not folders:
             raise DataError(f"{base}: no BigEarthNet v1 patch folders")
-        split_of: dict[str, str] = {}
+        split_of: dict[str, str] | None = None
         meta_path = options.get("v2_metadata")
         if meta_path:
-            import pandas as pd
-
-            m = pd.read_parquet(meta_path, columns=["s2v1_name", "split"])
-            split_of = dict(zip(m.s2v1_name, m.split.map(SPLIT_NAMES), strict=True))
+            split_of = _v2_splits(Path(meta_path))
         rng = np.random.default_rng(int(options.get("split_seed", 0)))
-        items = []
+        items, excluded = [], []
         for f in folders:
+            if split_of is not None and f.name not in split_of:
+                excluded.append(f.name)
+                continue
             meta = f / f"{f.name}_labels_metadata.json"
             if not meta.is_file():
                 raise DataError(f"{f}: {meta.name} missing")
@@ -220,9 +231,30 @@ class BigEarthNetV1(_BigEarthNet):
                 labels = json.loads(meta.read_text())["labels"]
             except (json.JSONDecodeError, KeyError) as err:
                 raise DataError(f"{meta}: no readable 'labels' ({err})") from None
-            split = split_of.get(f.name) or str(rng.choice(["train", "train", "val", "test"]))
+            split = split_of[f.name] if split_of is not None else str(
+                rng.choice(["train", "train", "val", "test"]))
             items.append(Item(f.name, split, f, labels43_to_19(labels, str(meta))))
+        if excluded:
+            log.warning("%s: %d of %d v1 patches excluded, as in BigEarthNet v2 (not in %s: "
+                        "seasonal snow, cloud or shadow, or dropped): %s", self.name, len(excluded),
+                        len(folders), meta_path, ", ".join(excluded))
+        if not items:
+            raise DataError(f"{base}: none of the {len(folders)} v1 patches is in {meta_path}")
         return items
+
+
+def _v2_splits(path: Path) -> dict[str, str]:
+    """v1 patch name -> split of every patch BigEarthNet v2 keeps (``data.options.v2_metadata``,
+    the v2 ``metadata.parquet``; its snow/cloud/shadow file beside it, when present, is excluded)."""
+    if not path.is_file():
+        raise DataError(f"data.options.v2_metadata: {path} not found (the BigEarthNet v2 "
+                        f"metadata.parquet, e.g. from the v2 download)")
+    meta = read_metadata(path, path.with_name("metadata_for_patches_with_snow_cloud_or_shadow.parquet"),
+                         columns=("s2v1_name", "split"))
+    bad = sorted(set(meta.split) - set(SPLIT_NAMES))
+    if bad:
+        raise DataError(f"{path}: split value(s) {bad} are not train/validation/test")
+    return dict(zip(meta.s2v1_name, meta.split.map(SPLIT_NAMES), strict=True))
 
 
 SOURCES: dict[str, Source] = {"bigearthnet_s2": BigEarthNetV2(), "bigearthnet_s2_v1": BigEarthNetV1()}

@@ -37,16 +37,22 @@ class EuroSAT(Source):
         self.file_bands, self.classes, self.value_scale = file_bands, classes, value_scale
         self.remotes = remotes
         self.layout = subdir
+        self.native_size = 64
 
     def read_file(self, path: Path) -> np.ndarray:
         """Read one file as (bands, H, W) in file band order, checking count and dtype."""
         return read_tif(path, self) if self.ext == ".tif" else read_jpg(path, self)
 
     def scan(self, raw: Path, options: dict[str, Any]) -> list[Item]:
-        return [Item(p.stem, part, p, label) for p, label, part in scan(raw, self)]
+        size = self.declared_size(raw)
+        return [Item(p.stem, part, p, label, {"size": size}) for p, label, part in scan(raw, self)]
 
     def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
         arr = self.read_file(item.path)
+        size = item.extra.get("size")
+        if size is not None and arr.shape[1:] != (size, size):
+            raise DataError(f"{item.path}: size {arr.shape[1]}x{arr.shape[2]}, {self.name} "
+                            f"patches are {size}x{size}")
         return Sample(arr[self.check_bands(bands)], np.int16(item.label))
 
 
@@ -118,7 +124,10 @@ def scan(root: Path, fmt: EuroSAT) -> list[tuple[Path, int, str]]:
             if part == "test" and fmt.name.endswith("_source"):
                 continue
             raise DataError(f"{f}: split file not found")
-        for line in f.read_text().split():
+        entries = f.read_text().split()
+        if not entries:
+            raise DataError(f"{f}: split file is empty (the {part} split holds no sample)")
+        for line in entries:
             stem = Path(line).stem
             if stem in split_of:
                 raise DataError(f"{f}: {line} is already listed in the {split_of[stem]} split")

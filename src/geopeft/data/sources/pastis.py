@@ -42,11 +42,12 @@ def read_geojson(path: Path) -> list[dict[str, Any]]:
     except (json.JSONDecodeError, KeyError) as err:
         raise DataError(f"{path}: not a GeoJSON FeatureCollection ({err})") from None
     out = []
-    for f in feats:
+    for i, f in enumerate(feats):
         p = f.get("properties", {})
         for key in ("ID_PATCH", "Fold", "dates-S2"):
             if key not in p:
-                raise DataError(f"{path}: a feature lacks property {key!r}")
+                which = f"patch {p['ID_PATCH']}" if "ID_PATCH" in p else f"feature {i}"
+                raise DataError(f"{path}: {which} lacks property {key!r}")
         d = p["dates-S2"]
         if isinstance(d, str):
             d = json.loads(d)
@@ -65,6 +66,8 @@ class Pastis(Source):
     dims = ("time", "band", "y", "x")
     label_dims = ("y", "x")
     layout = "PASTIS"
+    native_size = 128
+    dtype = np.dtype(np.int16)
     remotes = (
         Remote("PASTIS.zip", ("https://zenodo.org/records/5012942/files/PASTIS.zip?download=1",)),
     )
@@ -75,12 +78,13 @@ class Pastis(Source):
         folds = options.get("folds") or DEFAULT_FOLDS
         split_of = {f: part for part, fs in folds.items() for f in fs}
         options.setdefault("t_max", max((len(m["dates"]) for m in meta), default=0))
+        size = self.declared_size(base)
         items = []
         for m in sorted(meta, key=lambda m: m["id"]):
             if m["fold"] not in split_of:
                 continue
             items.append(Item(str(m["id"]), split_of[m["fold"]], base, None,
-                              {"fold": m["fold"], "dates": m["dates"]}))
+                              {"fold": m["fold"], "dates": m["dates"], "size": size}))
         for part in ("train", "val", "test"):
             if part in folds and not any(i.split == part for i in items):
                 raise DataError(f"{base}: fold(s) {folds[part]} of the {part} split hold no patch")
@@ -99,12 +103,21 @@ class Pastis(Source):
         except ValueError as err:
             raise DataError(f"{data_path}: cannot be read as .npy ({err})") from None
         dates = item.extra["dates"]
-        if data.ndim != 4 or data.shape[1] != len(BANDS):
-            raise DataError(f"{data_path}: shape {data.shape}, expected T x 10 x H x W")
+        size = item.extra.get("size")
+        hw = "H x W" if size is None else f"{size} x {size}"
+        if (data.ndim != 4 or data.shape[1] != len(BANDS)
+                or (size is not None and data.shape[2:] != (size, size))):
+            raise DataError(f"{data_path}: shape {data.shape}, PASTIS DATA_S2 is T x 10 x {hw}")
+        if data.dtype != self.dtype:
+            raise DataError(f"{data_path}: dtype {data.dtype}, PASTIS DATA_S2 is int16 "
+                            f"(reflectance x 10000); convert it explicitly, nothing is cast")
         if data.shape[0] != len(dates):
             raise DataError(f"{data_path}: {data.shape[0]} dates, metadata.geojson lists "
                             f"{len(dates)}")
         sem = target[0] if target.ndim == 3 else target
+        if sem.shape != data.shape[2:]:
+            raise DataError(f"{target_path}: label shape {sem.shape}, the image is "
+                            f"{data.shape[2]} x {data.shape[3]}")
         if sem.min() < 0 or sem.max() > VOID:
             raise DataError(f"{target_path}: labels outside 0-{VOID} ({sem.min()}..{sem.max()})")
         t_max = int(options.get("t_max") or data.shape[0])

@@ -1,0 +1,99 @@
+"""What each row of a study will really run: the resolved backbone (built on the meta device, so
+its depth, width, patch and parameter count are timm's, not the config's), weights, strategy,
+adapter, training settings, dataset, bands, label fraction and sequence length.
+
+``geopeft validate FILE --resolved`` prints it; the tests check each real study against it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from geopeft import config as gcfg
+
+
+@functools.lru_cache(maxsize=32)
+def _structure(backbone_json: str, in_chans: int) -> dict[str, Any]:
+    import torch
+
+    from geopeft.models.backbones import create_model, input_size, resolve, token_grid, width
+
+    bb = resolve(json.loads(backbone_json))
+    with torch.device("meta"):
+        m = create_model(bb, in_chans, 0)
+    if hasattr(m, "layers"):  # Swin: blocks per stage
+        depth: Any = [len(stage.blocks) for stage in m.layers]
+    else:
+        depth = len(m.blocks)
+    patch = m.patch_embed.patch_size
+    return {"arch": bb["arch"], "family": bb["family"], "depth": depth, "width": width(m),
+            "embed_dim": int(getattr(m, "embed_dim", width(m))), "patch": int(patch[0]),
+            "img_size": input_size(m), "grid": list(token_grid(m)),
+            "params": sum(p.numel() for p in m.parameters()), "lora_targets": bb["lora_targets"]}
+
+
+def describe_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The resolved summary of one job spec (:func:`geopeft.config.job_spec`)."""
+    row = spec["row"]
+    bb = spec["backbone"]
+    out: dict[str, Any] = {
+        "name": row["name"], "dataset": row["dataset"], "bands": list(spec["data"]["bands"]),
+        "source": spec["data"]["source"], "strategy": row["strategy"], "method": row["method"],
+        "label_fraction": row["label_fraction"], "seed": row["seed"],
+        "sequence_length": row.get("sequence_length"),
+        "epochs": row["train"]["epochs"], "batch_size": row["train"]["batch_size"],
+        "lr": row["train"]["lr"], "encoder_lr_factor": row["train"].get("encoder_lr_factor"),
+        "lora": row.get("lora"), "fusion": row.get("fusion"),
+        "segmentation": (row.get("segmentation") or {}).get("model", "upernet_ltae")
+        if row.get("segmentation") is not None else None,
+    }
+    if bb is None:
+        out["backbone"] = None
+        out["weights"] = "none (U-TAE, trained from scratch)"
+        return out
+    from geopeft.models.zoo import resolve
+
+    r = resolve(bb)
+    weights = "none (from scratch)" if row["method"] == "scratch" else r["weights"]
+    n_in = 3 if row.get("fusion") is not None else len(spec["data"]["bands"])
+    struct = _structure(gcfg.canonical_json({k: bb[k] for k in ("name", "kwargs") if k in bb}), n_in)
+    out["backbone"] = {"name": bb["name"], **struct, "input_size": r["input_size"] or struct["img_size"]}
+    out["weights"] = weights
+    return out
+
+
+def describe_study(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resolved summary of every row of a validated study."""
+    return [describe_spec(gcfg.job_spec(cfg, row)) for row in gcfg.study_rows(cfg)]
+
+
+def format_row(d: dict[str, Any]) -> str:
+    """One human-readable line (plus continuation) of a resolved row."""
+    bb = d["backbone"]
+    if bb is None:
+        model = f"{d['segmentation']} (no backbone)"
+    else:
+        depth = bb["depth"] if isinstance(bb["depth"], int) else "+".join(map(str, bb["depth"]))
+        model = (f"{bb['name']} = {bb['arch']} (depth {depth}, width {bb['width']}, patch "
+                 f"{bb['patch']}, {bb['img_size']} px, input {bb['input_size']} px, "
+                 f"{bb['params'] / 1e6:.1f} M params)")
+        if d["segmentation"]:
+            model += f" + {d['segmentation']}"
+    parts = [f"{d['method']}"]
+    if d["lora"]:
+        lo = d["lora"]
+        targets = lo.get("target_modules") or (bb or {}).get("lora_targets")
+        parts.append(f"{lo.get('method', 'lora')} r {lo['r']} alpha {lo['alpha']:g} dropout "
+                     f"{lo['dropout']:g} on {','.join(targets or [])}")
+    if d["fusion"]:
+        parts.append("fusion " + " ".join(f"{k}={v}" for k, v in sorted(d["fusion"].items())))
+    if d["encoder_lr_factor"] and d["method"] == "e2e":
+        parts.append(f"encoder lr x{d['encoder_lr_factor']:g}")
+    seq = f", T {d['sequence_length']}" if d["sequence_length"] else ""
+    return (f"  {d['name']}: {model}\n"
+            f"      weights {d['weights']}; {'; '.join(parts)}\n"
+            f"      {d['epochs']} epochs, batch {d['batch_size']}, lr {d['lr']:g}; {d['dataset']} "
+            f"({d['source']}) {' '.join(d['bands'])}; labels {d['label_fraction']:g}{seq}; "
+            f"seed {d['seed']}")
