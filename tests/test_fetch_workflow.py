@@ -62,7 +62,8 @@ def _base_cfg(dataset, bands):
 
 def test_eurosat_download_extract_prepare(tmp_path):
     world = tmp_path / "world"
-    generate_eurosat(WorldSpec(seed=2, n_samples=60, size=16), None, world)
+    # 64 px: the real EuroSAT's size, which every downloaded file is checked against
+    generate_eurosat(WorldSpec(seed=2, n_samples=60, size=64), None, world)
     files = {"EuroSAT_RGB.zip": _zip_dir(world / "EuroSAT_RGB", "EuroSAT_RGB")}
     for part in ("train", "val", "test"):
         files[f"eurosat-{part}.txt"] = (world / f"eurosat-{part}.txt").read_bytes()
@@ -76,7 +77,7 @@ def test_eurosat_download_extract_prepare(tmp_path):
         r = _run(wd, cfg, target)
         assert r.returncode == 0, r.stderr[-4000:]
     ds = xr.open_zarr(wd / target, zarr_format=3, consolidated=False)
-    assert ds.image.shape == (60, 3, 16, 16)
+    assert ds.image.shape == (60, 3, 64, 64)
     assert (wd / "data" / "downloads" / "eurosat_rgb" / "EuroSAT_RGB.zip").is_file()
     assert not list((wd / "data" / "downloads").rglob("*.part"))
     # the same data prepared from the embedded generator gives the same fingerprint

@@ -69,6 +69,49 @@ def cmd_validate(a: argparse.Namespace) -> None:
         print(f"  {r['name']}: {r['method']}, fraction {r['label_fraction']:g}, seed {r['seed']}")
 
 
+def cmd_rehearsal_server(a: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    from geopeft.rehearsal import FixtureServer, prepare_study
+
+    studies = a.study or [str(p) for p in sorted(Path("config/studies").glob("*.yaml"))
+                          if "embedded" not in p.name]
+    prepare_study(studies, Path(a.dir))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FixtureServer(Path(a.dir), a.port) as srv:
+        print(f"rehearsal fixtures of {', '.join(studies)} served at {srv.url} (from {a.dir}/); "
+              f"run: snakemake --cores all --configfile <study> --config rehearsal=true", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+def cmd_rehearse(a: argparse.Namespace) -> None:
+    import os
+    import subprocess
+
+    from geopeft.rehearsal import FixtureServer, prepare_study
+
+    folder = Path(a.dir)
+    extra = a.snakemake_args[1:] if a.snakemake_args[:1] == ["--"] else a.snakemake_args
+    prepare_study([a.study], folder)
+    switch = "rehearsal=true" if a.dir == ".rehearsal" else f"rehearsal={a.dir}"
+    cmd = [sys.executable, "-m", "snakemake", "--cores", a.cores, "--configfile", a.study,
+           "--config", switch, *extra]
+    # url weights download into a torch hub cache of the rehearsal's own, not the user's
+    # and the jobs find this environment's geopeft, however this command was started
+    env = dict(os.environ, TORCH_HOME=str((folder / "torch").resolve()),
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    with FixtureServer(folder):
+        print("rehearsal:", " ".join(cmd), flush=True)
+        rc = subprocess.call(cmd, env=env)
+    if rc != 0:
+        raise SystemExit(rc)
+
+
 def cmd_backbones(a: argparse.Namespace) -> None:
     from geopeft.models.backbones import describe
 
@@ -310,6 +353,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "dataset, bands, label fraction, sequence length")
     s.add_argument("--json", action="store_true", help="the resolved rows as JSON")
     s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser(
+        "rehearse", help="rehearse a real study on this CPU before spending GPU hours",
+        description="Write the study's fixtures (its datasets in the publishers' layouts, a few "
+                    "dozen samples; its weights as random values in the publishers' checkpoint "
+                    "formats) into --dir, serve them on 127.0.0.1 and run `snakemake --cores all "
+                    "--configfile STUDY --config rehearsal=true`: the whole DAG through the real "
+                    "download and weight-loading paths, 1 epoch, a couple of cells per grid axis. "
+                    "Results go to results/<study>_rehearsal; every output says rehearsal.")
+    s.add_argument("study", help="the study file, e.g. config/studies/eurosat_lora.yaml")
+    s.add_argument("--dir", default=".rehearsal", help="fixture folder (default .rehearsal)")
+    s.add_argument("--cores", default="all", help="snakemake --cores (default all)")
+    s.add_argument("snakemake_args", nargs=argparse.REMAINDER,
+                   help="further snakemake arguments, after --")
+    s.set_defaults(func=cmd_rehearse)
+
+    s = sub.add_parser("rehearsal-server",
+                       help="serve rehearsal fixtures on 127.0.0.1 until stopped")
+    s.add_argument("--study", nargs="+", help="study files whose fixtures to write (default: "
+                                              "the real studies in config/studies)")
+    s.add_argument("--dir", default=".rehearsal", help="fixture folder (default .rehearsal)")
+    s.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    s.set_defaults(func=cmd_rehearsal_server)
 
     s = sub.add_parser("synthesize", help="generate the embedded synthetic Sentinel-2 world")
     s.add_argument("--spec", required=True, help="data.synthetic as JSON")

@@ -138,6 +138,12 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
     w = cfg["backbone"]["weights"]
     if w.startswith("file:") and not cfg["backbone"]["sha256"]:
         raise ConfigError(f"{source}: backbone.sha256: required when backbone.weights is {w!r}")
+    for key, bb in [("backbone", cfg["backbone"])] + [
+            (f"strategies.{k}.backbone", s["backbone"]) for k, s in strategies.items()
+            if s.get("backbone") is not None]:
+        if bb.get("file") and not (bb["weights"].startswith("timm:") and bb["sha256"]):
+            raise ConfigError(f"{source}: {key}.file: a local copy of timm:<tag> weights; set "
+                              f"{key}.weights to timm:<tag> and {key}.sha256")
     if w == "pretrain" and cfg["data"]["source"] != "synthetic":
         raise ConfigError(
             f"{source}: backbone.weights: 'pretrain' needs the embedded source set "
@@ -221,7 +227,110 @@ def resolve(configfiles: list[str | Path] | tuple[str | Path, ...] = (),
         _merge(cfg, read_yaml(f))
     if overrides:
         _merge(cfg, copy.deepcopy(dict(overrides)))
-    return validate(cfg, ", ".join(map(str, files)))
+    where = ", ".join(map(str, files))
+    flag = cfg.get("rehearsal")
+    if isinstance(flag, str) and flag.lower() in ("true", "false", "yes", "no"):
+        cfg["rehearsal"] = flag.lower() in ("true", "yes")  # snakemake --config passes strings
+    cfg = validate(cfg, where)
+    if cfg["rehearsal"]:
+        cfg = validate(rehearse(cfg, where), where)
+    return cfg
+
+
+#: Where ``geopeft rehearsal-server`` writes fixtures, their manifest and its address.
+REHEARSAL_DIR = ".rehearsal"
+#: The most a rehearsal trains: epochs, batch, evaluation batch.
+REHEARSAL_LIMITS = {"epochs": 1, "batch_size": 8, "eval_batch_size": 16}
+
+
+def rehearsal_dir(cfg: dict[str, Any]) -> Path:
+    r = cfg["rehearsal"]
+    return Path(r if isinstance(r, str) else REHEARSAL_DIR)
+
+
+def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """The rehearsal of a validated study: the same DAG and code paths, only smaller.
+
+    Changes only sizes and sources: the study name gets ``_rehearsal`` (results, MLflow
+    experiment), data live under ``<root>/rehearsal`` and are downloaded from the fixture server
+    (checksums from the fixture manifest), timm weights load from the fixture file and url
+    weights download from the fixture server (sha256 pinned); every strategy once, with the
+    first and last value of each other grid axis (dataset, label fraction, sequence length)
+    alternating over the strategies, the first seed; at most :data:`REHEARSAL_LIMITS` of
+    training; CPU jobs of one thread. Fixtures: ``geopeft rehearsal-server``.
+    """
+    cfg = copy.deepcopy(cfg)
+    folder = rehearsal_dir(cfg)
+    manifest_path, server_path = folder / "manifest.json", folder / "server.json"
+    for p in (manifest_path, server_path):
+        if not p.is_file():
+            raise ConfigError(
+                f"{source}: rehearsal: {p} not found: start the fixture server first "
+                f"(uv run geopeft rehearsal-server --dir {folder} --study <this file>), or run "
+                f"uv run geopeft rehearse <this file>")
+    manifest = json.loads(manifest_path.read_text())
+    url = json.loads(server_path.read_text())["url"].rstrip("/")
+    cfg["study"] = f"{cfg['study']}_rehearsal"
+    if cfg["mlflow"]["experiment"]:
+        cfg["mlflow"]["experiment"] = f"{cfg['mlflow']['experiment']}_rehearsal"
+    data = cfg["data"]
+    if data["source"] != "download":
+        raise ConfigError(f"{source}: rehearsal: data.source is {data['source']!r}; a rehearsal "
+                          f"rehearses the download of a real study (data.source: download)")
+    data["root"] = str(Path(data["root"]) / "rehearsal")
+    data["mirrors"] = []
+    data["remotes"] = []
+    for _, ds in study_datasets(cfg):
+        files = manifest["datasets"].get(ds)
+        if files is None:
+            raise ConfigError(f"{source}: rehearsal: {manifest_path} has no fixtures of {ds}; "
+                              f"restart the fixture server with --study <this file>")
+        data["remotes"] += [{"name": f["name"], "dataset": ds, "md5": f["md5"], "size": f["size"],
+                             "urls": [f"{url}/{f['path']}"]} for f in files
+                            if not any(r["name"] == f["name"] and r["dataset"] == ds
+                                       for r in data["remotes"])]
+    backbones = [("backbone", cfg["backbone"])]
+    backbones += [(f"strategies.{k}.backbone", s["backbone"])
+                  for k, s in cfg["strategies"].items() if s.get("backbone") is not None]
+    uses_study_backbone = any(s.get("backbone") is None and
+                              (s.get("segmentation") or {}).get("model") != "utae"
+                              for s in cfg["strategies"].values())
+    for key, bb in backbones:
+        if key == "backbone" and not uses_study_backbone:
+            continue
+        w = bb["weights"]
+        fx = manifest["weights"].get(w)
+        if w.startswith(("timm:", "url:")) and fx is None:
+            raise ConfigError(f"{source}: rehearsal: {manifest_path} has no fixture of {key}.weights "
+                              f"{w}; restart the fixture server with --study <this file>")
+        if w.startswith("timm:"):
+            bb["file"], bb["sha256"] = str(folder / fx["path"]), fx["sha256"]
+        elif w.startswith("url:"):
+            bb["weights"], bb["sha256"] = f"url:{url}/{fx['path']}", fx["sha256"]
+    grid = cfg["grid"]
+    # every strategy once; the first and last value of each other axis alternate over them, so
+    # that each axis is rehearsed at both ends (two cells) with one run per strategy
+    ends = {"dataset": grid.get("dataset") or [data["dataset"]],
+            "label_fraction": sorted(grid.get("label_fraction") or [1.0]),
+            "sequence_length": list(grid.get("sequence_length") or [])}
+    ends = {k: [v[0], v[-1]] if len(v) > 1 else v for k, v in ends.items() if v}
+    seed = grid["seed"][0]
+    prefix = len(ends["dataset"]) > 1
+    for i, strat in enumerate(grid["strategy"]):
+        pick = {k: v[i % len(v)] for k, v in ends.items()}
+        t = f"-t{pick['sequence_length']}" if "sequence_length" in pick else ""
+        name = f"{strat}-f{_fmt_fraction(float(pick['label_fraction']))}{t}-s{seed}"
+        cfg["runs"].append({"strategy": strat, "seed": seed, **pick,
+                            "name": f"{pick['dataset']}-{name}" if prefix else name})
+    cfg["grid"] = {"strategy": [], "label_fraction": [1.0], "seed": [seed]}
+    # CPU jobs, one thread each: as many run at once as there are cores
+    cfg["resources"]["gpus"] = 0
+    cfg["threads"] = 1
+    for part in [cfg["train"], *cfg["strategies"].values(), *cfg["runs"]]:
+        for k, most in REHEARSAL_LIMITS.items():
+            if k in part:
+                part[k] = min(part[k], most)
+    return cfg
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -334,7 +443,8 @@ def base_spec(cfg: dict[str, Any], dataset: str | None = None) -> dict[str, Any]
     return {"study": cfg["study"],
             "data": {"dataset": dataset or data["dataset"], "bands": data["bands"],
                      "source": data["source"]},
-            "backbone": cfg["backbone"], "threads": cfg["threads"]}
+            "backbone": cfg["backbone"], "threads": cfg["threads"],
+            **({"rehearsal": True} if cfg.get("rehearsal") else {})}
 
 
 def job_spec(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:

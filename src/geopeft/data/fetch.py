@@ -26,6 +26,7 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
 def remotes_for(dataset: str, mirrors: list[str] | None = None,
                 override: list[dict[str, Any]] | None = None) -> list[Remote]:
     """The files to download for ``dataset``, mirrors first."""
+    override = [r for r in (override or []) if r.get("dataset") in (None, dataset)]
     if override:
         base = [Remote(r["name"], tuple(r["urls"]), r.get("md5"), r.get("size"), r.get("sha256"))
                 for r in override]

@@ -200,8 +200,18 @@ def load_weights(spec: dict[str, Any], pretrain_dir: Path | None = None) -> Weig
 def _timm_weights(spec: dict[str, Any], tag: str) -> Weights:
     import timm
 
+    overlay = {}
+    if spec.get("file"):  # a local copy of the tag's weights file, loaded by timm as the hub's
+        path = Path(spec["file"])
+        if not path.is_file():
+            raise WeightsError(f"backbone.file: {path} not found (the weights file of timm:{tag})")
+        got = sha256_file(path)
+        if got != spec.get("sha256"):
+            raise WeightsError(f"{path}: sha256 {got} does not match backbone.sha256 "
+                               f"{spec.get('sha256')}")
+        overlay = {"pretrained_cfg_overlay": {"file": str(path)}}
     try:
-        model = timm.create_model(tag, pretrained=True, num_classes=0,
+        model = timm.create_model(tag, pretrained=True, num_classes=0, **overlay,
                                   **{k: v for k, v in spec["kwargs"].items() if k != "in_chans"})
     except Exception as err:  # offline hub access raises many different exception types
         raise WeightsError(
@@ -213,7 +223,9 @@ def _timm_weights(spec: dict[str, Any], tag: str) -> Weights:
     cfg = model.pretrained_cfg
     mean, std = list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225)))
     norm = Normalization(list(RGB), mean, std) if len(mean) == 3 else None
-    return Weights(_strip_head(model.state_dict()), list(RGB), norm, f"timm:{tag}")
+    origin = f"timm:{tag}" + (f" (file {Path(spec['file']).name})" if overlay else "")
+    return Weights(_strip_head(model.state_dict()), list(RGB), norm, origin,
+                   Path(spec["file"]) if overlay else None)
 
 
 def _patch_weight(state: dict[str, torch.Tensor]) -> torch.Tensor | None:

@@ -43,15 +43,19 @@ class BackboneEntry:
     reflectance for Sentinel-2 DN); None: recorded with the weights (timm cfg, pretrain rule)."""
     lora_targets: tuple[str, ...] = ("q", "k", "v")
     """Module name suffixes LoRA adapts by default."""
+    checkpoint_wrapper: str | None = None
+    """Key the published ``url:`` checkpoint wraps its state dict in (None: a bare state dict);
+    the reader unwraps ``state_dict``, ``model`` and ``teacher``, the rehearsal writes it."""
 
 
-def _ssl4eo(method: str, url: str) -> BackboneEntry:
+def _ssl4eo(method: str, url: str, wrapper: str | None = None) -> BackboneEntry:
     return BackboneEntry(
         key=f"ssl4eo_s12_vits16_{method}", family="vit", arch="vit_small_patch16_224",
         weights=f"url:{url}", bands=SSL4EO_S2_BANDS,
         norm=((0.0,) * 13, (1.0,) * 13),  # DN / 10000, as the SSL4EO-S12 benchmarks
         description=f"SSL4EO-S12 ViT-S/16, 13 Sentinel-2 L1C bands, {method.upper()}; "
                     f"input DN/10000",
+        checkpoint_wrapper=wrapper,
     )
 
 
@@ -74,7 +78,10 @@ REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
     _ssl4eo("moco", f"{_HF}/torchgeo/vit_small_patch16_224_sentinel2_all_moco/resolve/"
                     "1cb683f6c14739634cdfaaceb076529adf898c74/"
                     "vit_small_patch16_224_sentinel2_all_moco-67c9032d.pth"),
-    _ssl4eo("mae", f"{_HF}/wangyi111/SSL4EO-S12/resolve/main/B13_vits16_mae_ep99_enc.pth"),
+    # torchgeo's files above are bare timm state dicts; the SSL4EO-S12 MAE encoder is saved as
+    # MAE training saves checkpoints, under "model"
+    _ssl4eo("mae", f"{_HF}/wangyi111/SSL4EO-S12/resolve/main/B13_vits16_mae_ep99_enc.pth",
+            wrapper="model"),
     BackboneEntry("embedded", "vit", "vit_tiny_patch16_224", "pretrain",
                   "the embedded backbone: a small ViT pretrained by the pretrain rule on the "
                   "synthetic source set", kwargs={"img_size": 64, "patch_size": 8, "depth": 4,
@@ -135,6 +142,7 @@ def resolve(spec: dict[str, Any]) -> dict[str, Any]:
     out["kwargs"] = {**e.kwargs, **(spec.get("kwargs") or {})}
     out["weights"] = spec.get("weights") or e.weights
     out.setdefault("sha256", None)
+    out.setdefault("file", None)
     out.setdefault("input_size", None)
     out.setdefault("normalize", "auto")
     out["weight_bands"] = list(e.bands) if e.bands else None

@@ -13,7 +13,7 @@ COLUMNS = [
     "trainable_pct", "train_samples", "epochs", "wall_time_s", "images_per_s", "peak_memory_mb",
     "val_score", "primary_metric", "test_primary", "test_overall_accuracy", "test_macro_f1",
     "test_map_macro", "test_map_micro", "test_f1_micro", "test_miou", "test_mf1",
-    "sequence_length", "model", "device", "dataset", "synthetic", "mlflow_run_id",
+    "sequence_length", "model", "device", "dataset", "synthetic", "rehearsal", "mlflow_run_id",
 ]
 
 
@@ -39,6 +39,7 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
         if row.get("segmentation") is not None else "",
         "device": rec["device"], "dataset": rec["spec"]["data"]["dataset"],
         "synthetic": rec["spec"]["data"].get("source") == "synthetic",
+        "rehearsal": bool(rec["spec"].get("rehearsal", False)),
         "mlflow_run_id": rec["mlflow_run_id"],
     }
 

@@ -1,4 +1,5 @@
-"""Paper figures of a study, each as PDF and PNG. Figures made from synthetic data say so."""
+"""Paper figures of a study, each as PDF and PNG. Figures made from synthetic data or in a
+rehearsal say so, in the figure and in its metadata (PNG Description, PDF Subject)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ if TYPE_CHECKING:  # pandas/numpy load lazily: the Snakefile imports FIGURES at 
     import pandas as pd
 
 SYNTHETIC_NOTE = "synthetic data: embedded Sentinel-2 world"
+REHEARSAL_NOTE = "REHEARSAL: fixture data and random weights, not a result"
 METRIC_LABEL = {"overall_accuracy": "test overall accuracy (%)", "map_macro": "test macro mAP (%)",
                 "miou": "test mIoU (%, void excluded)"}
 FIGURES = ("accuracy_vs_params", "accuracy_vs_fraction", "cost", "confusion")
@@ -34,15 +36,23 @@ def _plt():  # type: ignore[no-untyped-def]
     return plt
 
 
-def _save(fig, outdir: Path, name: str, synthetic: bool) -> list[Path]:  # type: ignore[no-untyped-def]
-    if synthetic:
-        fig.text(0.5, -0.01, SYNTHETIC_NOTE, ha="center", va="top", fontsize=7,
+def provenance_note(df: pd.DataFrame) -> str | None:
+    """What every figure and table of these runs must say about where they come from."""
+    if "rehearsal" in df and df["rehearsal"].fillna(False).astype(bool).any():
+        return REHEARSAL_NOTE
+    return SYNTHETIC_NOTE if df["synthetic"].fillna(False).astype(bool).any() else None
+
+
+def _save(fig, outdir: Path, name: str, note: str | None) -> list[Path]:  # type: ignore[no-untyped-def]
+    if note:
+        fig.text(0.5, -0.01, note, ha="center", va="top", fontsize=7,
                  color="#b03030", style="italic")
     paths = []
     for ext in ("pdf", "png"):
         p = outdir / f"{name}.{ext}"
         tmp = outdir / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, bbox_inches="tight", format=ext)
+        meta = {"Description" if ext == "png" else "Subject": note} if note else {}
+        fig.savefig(tmp, bbox_inches="tight", format=ext, metadata=meta)
         tmp.replace(p)
         paths.append(p)
     return paths
@@ -70,7 +80,7 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
     plt = _plt()
     df = pd.read_csv(runs_csv)
     outdir.mkdir(parents=True, exist_ok=True)
-    synthetic = bool(df["synthetic"].any())
+    note = provenance_note(df)
     strategies = list(dict.fromkeys(df["strategy"]))
     datasets = list(dict.fromkeys(df["dataset"]))
     col = _colors(strategies)
@@ -80,17 +90,17 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
     fmax = agg["label_fraction"].max()
     written: list[Path] = []
     if (df["primary_metric"] == "miou").all():
-        written += _segmentation_figures(plt, df, strategies, outdir, synthetic)
+        written += _segmentation_figures(plt, df, strategies, outdir, note)
     else:
         written += _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdir,
-                                            synthetic)
-    written += _cost(plt, df, strategies, datasets, col, outdir, synthetic)
+                                            note)
+    written += _cost(plt, df, strategies, datasets, col, outdir, note)
     if confusion_dir is not None:
-        written += _confusion(plt, df, datasets, strategies, fmax, confusion_dir, outdir, synthetic)
+        written += _confusion(plt, df, datasets, strategies, fmax, confusion_dir, outdir, note)
     return written
 
 
-def _segmentation_figures(plt, df, strategies, outdir, synthetic):  # type: ignore[no-untyped-def]
+def _segmentation_figures(plt, df, strategies, outdir, note):  # type: ignore[no-untyped-def]
     """mIoU vs label fraction (a panel per strategy, a line per sequence length) and a label
     fraction x sequence length heatmap of mean mIoU per strategy."""
     import numpy as np
@@ -117,7 +127,7 @@ def _segmentation_figures(plt, df, strategies, outdir, synthetic):  # type: igno
     axes[0][-1].legend(frameon=False, fontsize=7, title="dates", title_fontsize=7)
     fig.suptitle("mIoU vs label fraction per sequence length (mean ± sd over seeds)", fontsize=9)
     fig.tight_layout()
-    written += _save(fig, outdir, "miou_vs_fraction", synthetic)
+    written += _save(fig, outdir, "miou_vs_fraction", note)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, n, figsize=(3.0 * n, 2.9), squeeze=False)
@@ -139,13 +149,13 @@ def _segmentation_figures(plt, df, strategies, outdir, synthetic):  # type: igno
     axes[0][0].set_ylabel("dates per series (T)")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mIoU (%)")
     fig.suptitle("mIoU: label fraction x sequence length (mean over seeds)", fontsize=9)
-    written += _save(fig, outdir, "fraction_length_heatmap", synthetic)
+    written += _save(fig, outdir, "fraction_length_heatmap", note)
     plt.close(fig)
     return written
 
 
 def _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdir,  # type: ignore[no-untyped-def]
-                            synthetic):
+                            note):
     """Primary metric vs trainable parameters, and vs label fraction (a panel per dataset)."""
     nd = len(datasets)
     written = []
@@ -167,7 +177,7 @@ def _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdi
                      if nd > 1 else f"{short.capitalize()} vs trainable parameters "
                      f"({100 * fmax:g} % of labels)", fontsize=8 if nd > 1 else 9)
     fig.tight_layout()
-    written += _save(fig, outdir, "accuracy_vs_params", synthetic)
+    written += _save(fig, outdir, "accuracy_vs_params", note)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, nd, figsize=(4.2 * nd, 3.2), squeeze=False)
@@ -184,12 +194,12 @@ def _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdi
                      "(mean ± sd over seeds)", fontsize=8 if nd > 1 else 9)
     axes[0][0].legend(frameon=False)
     fig.tight_layout()
-    written += _save(fig, outdir, "accuracy_vs_fraction", synthetic)
+    written += _save(fig, outdir, "accuracy_vs_fraction", note)
     plt.close(fig)
     return written
 
 
-def _cost(plt, df, strategies, datasets, col, outdir, synthetic):  # type: ignore[no-untyped-def]
+def _cost(plt, df, strategies, datasets, col, outdir, note):  # type: ignore[no-untyped-def]
     """Training wall time and peak memory per strategy."""
     import numpy as np
 
@@ -217,12 +227,12 @@ def _cost(plt, df, strategies, datasets, col, outdir, synthetic):  # type: ignor
         axes[1].legend(frameon=False, fontsize=7)
     fig.suptitle(f"Cost per strategy (device: {device})")
     fig.tight_layout()
-    paths = _save(fig, outdir, "cost", synthetic)
+    paths = _save(fig, outdir, "cost", note)
     plt.close(fig)
     return paths
 
 
-def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, synthetic):  # type: ignore[no-untyped-def]
+def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, note):  # type: ignore[no-untyped-def]
     """Confusion matrices (multi-class) or per-class AP (multi-label) of each strategy's best run."""
     import numpy as np
 
@@ -257,6 +267,6 @@ def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, synthetic)
                 ax.set_ylabel("true")
             ax.set_title(f"{s}: {best.loc[s, 'run']}\n{title}", fontsize=8)
     fig.tight_layout()
-    paths = _save(fig, outdir, "confusion", synthetic)
+    paths = _save(fig, outdir, "confusion", note)
     plt.close(fig)
     return paths

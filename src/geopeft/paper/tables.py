@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from geopeft.io import atomic_file
+from geopeft.paper.figures import provenance_note
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -41,7 +42,7 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
             ["_o", "sequence_length"], ascending=[True, False], kind="stable")
         df["strategy"] = [f"{s}, T={int(t)}" for s, t in zip(df["strategy"], df["sequence_length"],
                                                               strict=True)]
-    synthetic = bool(df["synthetic"].any())
+    note = provenance_note(df)
     fracs = sorted(df["label_fraction"].unique())
     fmax = fracs[-1]
     strategies = list(dict.fromkeys(df["strategy"]))
@@ -63,7 +64,7 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
         f"\\caption{{{name}: test {words} (\\%, mean $\\pm$ sd over seeds) by strategy and share "
         f"of labelled training data; secondary metrics at {100 * fmax:g}\\,\\% of labels; "
         f"trainable parameters and cost per run"
-        + (" \\textit{(synthetic data: embedded Sentinel-2 world)}" if synthetic else "") + ".}",
+        + (f" \\textit{{({note})}}" if note else "") + ".}",
         f"\\label{{tab:{study}}}",
         f"\\begin{{tabular}}{{{cols.strip()}}}", "\\toprule", head + " \\\\", "\\midrule",
     ]

@@ -40,6 +40,7 @@ def _tags(spec: dict[str, Any], fingerprint: str, role: str) -> dict[str, str]:
         "dataset_fingerprint": fingerprint,
         "dataset": spec["data"]["dataset"],
         "synthetic": str(spec["data"].get("source") == "synthetic"),
+        "rehearsal": str(bool(spec.get("rehearsal", False))),
         "role": role,
         "study": spec["study"],
     }
