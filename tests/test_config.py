@@ -142,3 +142,40 @@ def test_time_series_config_errors(edit, message):
     edit(c)
     with pytest.raises(gcfg.ConfigError, match=message):
         gcfg.validate(c, "s.yaml")
+
+
+def test_readme_resolved_listing_is_what_validate_prints(capsys):
+    """The README shows `geopeft validate ... --resolved`; run it as written and compare."""
+    import os
+    import re
+    import shlex
+
+    from geopeft.cli import main
+
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"\n\$ uv run (geopeft validate [^\n]+--resolved)\n(.*?)\n```", readme, re.S)
+    assert m, "README lost its --resolved example"
+    words = shlex.split(m.group(1))[1:]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert main(words) == 0
+    finally:
+        os.chdir(cwd)
+    printed = capsys.readouterr().out.splitlines()
+    shown = m.group(2).splitlines()
+    for line in shown:
+        if line.rstrip().endswith("..."):
+            assert any(p.startswith(line.rstrip()[:-3].rstrip()) for p in printed), line
+        else:
+            assert line in printed, line
+
+
+def test_resolved_json_of_the_real_studies():
+    from geopeft.models.summary import describe_study
+
+    rows = describe_study(gcfg.load(ROOT / "config" / "studies" / "eurosat_lora.yaml"))
+    assert {r["backbone"]["arch"] for r in rows} == {"vit_base_patch16_224"}
+    assert [r["backbone"]["depth"] for r in rows] == [12, 12]
+    rows = describe_study(gcfg.load(ROOT / "config" / "studies" / "shaping_ft.yaml"))
+    assert {r["segmentation"] for r in rows} == {"utae", "upernet_ltae"} and len(rows) == 360

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 #: Bump when fixtures change: older ones in the folder are made again.
 FIXTURE_VERSION = 2
 #: Samples of each fixture dataset (PASTIS: patches, two per fold).
-SAMPLES = {"eurosat_rgb": 30, "eurosat_ms": 30, "bigearthnet_s2": 24, "pastis": 10}
+SAMPLES = {"eurosat_rgb": 40, "eurosat_ms": 40, "bigearthnet_s2": 24, "pastis": 10}
 
 
 def _digest(path: Path, algo: str) -> str:
