@@ -57,7 +57,7 @@ def _commands_in(path: Path) -> list[str]:
         cmd = re.sub(r"\s+", " ", m.group(1))
         if "--report" in cmd or "--lint" in cmd:
             continue
-        if "<study>" in cmd:
+        if "config/studies/<study>.yaml" in cmd and "..." not in cmd:
             out += [cmd.replace("config/studies/<study>.yaml", str(f.relative_to(ROOT)))
                     for f in sorted((ROOT / "config" / "studies").glob("*.yaml"))]
         elif not any(t in cmd for t in ("<", "[", "...", "~")):
