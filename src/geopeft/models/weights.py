@@ -161,6 +161,15 @@ def _check(path: Path, want: str | None, what: str) -> None:
                            f"the file was moved aside to {bad}")
 
 
+def _pinned(path: Path, want: str | None) -> str:
+    """The sha256 of a local weights file, which must equal ``backbone.sha256`` (the file is
+    left where it is: it is the user's)."""
+    got = sha256_file(path)
+    if got != want:
+        raise WeightsError(f"{path}: sha256 {got} does not match backbone.sha256 {want}")
+    return got
+
+
 def load_weights(spec: dict[str, Any], pretrain_dir: Path | None = None) -> Weights | None:
     """Resolve ``backbone.weights`` to a state dict; ``None`` for ``weights: none``."""
     w = spec["weights"]
@@ -186,9 +195,7 @@ def load_weights(spec: dict[str, Any], pretrain_dir: Path | None = None) -> Weig
         path = Path(w[5:])
         if not path.is_file():
             raise WeightsError(f"backbone.weights: {path} not found")
-        got = sha256_file(path)
-        if got != spec["sha256"]:
-            raise WeightsError(f"{path}: sha256 {got} does not match backbone.sha256 {spec['sha256']}")
+        got = _pinned(path, spec["sha256"])
         return _from_file(spec, path, f"file:{got[:12]}")
     if w.startswith("url:"):
         return _url_weights(spec, w[4:])
@@ -205,10 +212,7 @@ def _timm_weights(spec: dict[str, Any], tag: str) -> Weights:
         path = Path(spec["file"])
         if not path.is_file():
             raise WeightsError(f"backbone.file: {path} not found (the weights file of timm:{tag})")
-        got = sha256_file(path)
-        if got != spec.get("sha256"):
-            raise WeightsError(f"{path}: sha256 {got} does not match backbone.sha256 "
-                               f"{spec.get('sha256')}")
+        _pinned(path, spec.get("sha256"))
         overlay = {"pretrained_cfg_overlay": {"file": str(path)}}
     try:
         model = timm.create_model(tag, pretrained=True, num_classes=0, **overlay,

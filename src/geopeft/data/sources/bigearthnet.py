@@ -31,8 +31,8 @@ BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08"
                           "B11", "B12")
 SIZES = {"B02": 120, "B03": 120, "B04": 120, "B08": 120, "B05": 60, "B06": 60, "B07": 60,
          "B8A": 60, "B11": 60, "B12": 60, "B01": 20, "B09": 20}
-#: The 19 classes in their original order.
 log = logging.getLogger(__name__)
+#: The 19 classes in their original order.
 CLASSES: tuple[str, ...] = (
     "Urban fabric", "Industrial or commercial units", "Arable land", "Permanent crops", "Pastures",
     "Complex cultivation patterns",
