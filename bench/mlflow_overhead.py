@@ -30,7 +30,7 @@ import torch
 from geopeft.data.dataset import StoreInfo
 from geopeft.models.classifier import build_classifier
 from geopeft.models.strategies import apply_strategy
-from geopeft.train.tracking import RunLogger, init_experiment
+from geopeft.tracking import RunLogger, init_experiment
 
 
 def _model_and_batch():

@@ -172,10 +172,10 @@ def test_readme_resolved_listing_is_what_validate_prints(capsys):
 
 
 def test_resolved_json_of_the_real_studies():
-    from geopeft.models.summary import describe_study
+    from geopeft.models.summary import describe_spec
 
-    rows = describe_study(gcfg.load(ROOT / "config" / "studies" / "eurosat_lora.yaml"))
+    rows = [describe_spec(s) for s in gcfg.job_specs(gcfg.load(ROOT / "config" / "studies" / "eurosat_lora.yaml"))]
     assert {r["backbone"]["arch"] for r in rows} == {"vit_base_patch16_224"}
     assert [r["backbone"]["depth"] for r in rows] == [12, 12]
-    rows = describe_study(gcfg.load(ROOT / "config" / "studies" / "shaping_ft.yaml"))
+    rows = [describe_spec(s) for s in gcfg.job_specs(gcfg.load(ROOT / "config" / "studies" / "shaping_ft.yaml"))]
     assert {r["segmentation"] for r in rows} == {"utae", "upernet_ltae"} and len(rows) == 360

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from test_resume import _spec, _wait_for_step
 
 from geopeft.data.dataset import store_info
-from geopeft.train.loop import seed_everything
-from geopeft.train.run import build_model
-from geopeft.train.tracking import init_experiment
+from geopeft.models.build import build_model
+from geopeft.models.runtime import seed_everything
+from geopeft.tracking import init_experiment
 
 pytestmark = pytest.mark.slow
 

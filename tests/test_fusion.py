@@ -10,10 +10,11 @@ from test_backbones import TINY_SWIN
 from geopeft.config import ConfigError
 from geopeft.data.dataset import StoreInfo, store_info
 from geopeft.models import backbones
+from geopeft.models.build import build_model
 from geopeft.models.fusion import build_fusion
+from geopeft.models.saved import load_model, save_model
 from geopeft.models.strategies import apply_strategy, count_parameters
 from geopeft.models.weights import Normalization
-from geopeft.train.run import build_model, load_checkpoint, save_checkpoint
 
 BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
 LADDER = {
@@ -186,9 +187,9 @@ def test_adapter_save_load_and_merge_identical(rung, tmp_path, fusion_store):
     x = torch.rand(4, 6, 32, 32) * 3000
     with torch.no_grad():
         ref = m(x)
-    save_checkpoint(m, tmp_path / "model", {"spec": spec, "model": minfo})
+    save_model(m, tmp_path / "model", {"spec": spec, "model": minfo})
     assert (tmp_path / "model" / "adapter" / "adapter_config.json").is_file()
-    loaded = load_checkpoint(tmp_path / "model", fusion_store)
+    loaded = load_model(tmp_path / "model", fusion_store)
     with torch.no_grad():
         assert torch.equal(loaded(x), ref)
         merged = m.merge_and_unload().eval()

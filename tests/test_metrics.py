@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from geopeft.evaluate.metrics import classification_metrics, confusion_matrix
+from geopeft.metrics.classification import classification_metrics, confusion_matrix
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from geopeft.train.tracking import RunLogger, TrackingError, check_server, init_experiment
+from geopeft.tracking import RunLogger, TrackingError, check_server, init_experiment
 
 pytestmark = pytest.mark.slow
 N_JOBS, N_STEPS = 16, 10
@@ -18,7 +18,7 @@ N_JOBS, N_STEPS = 16, 10
 JOB = """
 import sys, time
 from pathlib import Path
-from geopeft.train.tracking import RunLogger
+from geopeft.tracking import RunLogger
 exp, i, art = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 log = RunLogger(exp, run_name=f"job{i}", params={"job": i, "row": {"lr": 0.001 * i}},
                 tags={"role": "test"})

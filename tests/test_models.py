@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 from geopeft.data.dataset import StoreInfo
 from geopeft.models.backbones import SplitQKV, create_model, split_qkv
 from geopeft.models.classifier import build_classifier
+from geopeft.models.saved import load_model, save_model
 from geopeft.models.strategies import apply_strategy, count_parameters
 from geopeft.models.weights import WeightsError, adapt_patch_embed, load_weights
-from geopeft.train.run import load_checkpoint, save_checkpoint
 
 BANDS = ["B04", "B03", "B02"]
 
@@ -93,14 +93,14 @@ def test_save_load_identical_outputs(method, tmp_path, monkeypatch, rgb_store):
         ref = m(x)
     row = {"name": "r", "method": method, "lora": lora}
     spec = {"backbone": backbone_cfg(), "row": row, "data": {"dataset": "eurosat_rgb"}}
-    save_checkpoint(m, tmp_path / "model", {"spec": spec, "model": minfo})
+    save_model(m, tmp_path / "model", {"spec": spec, "model": minfo})
     saved = set(__import__("safetensors.torch", fromlist=["x"]).load_file(
         str(tmp_path / "model" / "trainable.safetensors")))
     assert saved == {n for n, _ in m.named_parameters()}  # random base: everything is saved
     if method == "lora":
         assert any("modules_to_save" in k and "head" in k for k in saved)  # head saved with adapter
         assert (tmp_path / "model" / "adapter" / "adapter_config.json").is_file()
-    loaded = load_checkpoint(tmp_path / "model", rgb_store)
+    loaded = load_model(tmp_path / "model", rgb_store)
     with torch.no_grad():
         assert torch.equal(loaded(x), ref)
 
@@ -109,7 +109,7 @@ def test_checkpoint_holds_only_trainable_parameters_with_pretrained_base(tmp_pat
     from safetensors.torch import load_file
 
     from geopeft.data.dataset import store_info
-    from geopeft.train.run import trainable_state
+    from geopeft.models.saved import trainable_state
 
     info = store_info(rgb_store)
     vit = create_model(backbone_cfg(), 3, 0)
@@ -122,11 +122,11 @@ def test_checkpoint_holds_only_trainable_parameters_with_pretrained_base(tmp_pat
     assert set(trainable_state(m, minfo["weights"])) == trainable(m)
     spec = {"backbone": bb, "row": {"name": "r", "method": "lora", "lora": {"r": 4, "alpha": 8,
             "dropout": 0.0}}, "data": {"dataset": "eurosat_rgb"}}
-    save_checkpoint(m, tmp_path / "model", {"spec": spec, "model": minfo})
+    save_model(m, tmp_path / "model", {"spec": spec, "model": minfo})
     assert set(load_file(str(tmp_path / "model" / "trainable.safetensors"))) == trainable(m)
     x = torch.rand(2, 3, 32, 32) * 255
     with torch.no_grad():
-        assert torch.equal(load_checkpoint(tmp_path / "model", rgb_store)(x), m(x))
+        assert torch.equal(load_model(tmp_path / "model", rgb_store)(x), m(x))
 
 
 def test_lora_merge_and_peft_reload_identical(tmp_path, rgb_store):
@@ -216,7 +216,7 @@ def test_e2e_encoder_learning_rate_factor():
 
 
 def test_scratch_ignores_backbone_weights(tmp_path):
-    from geopeft.train.run import backbone_for
+    from geopeft.models.build import backbone_for
 
     vit = create_model(backbone_cfg(), 3, 0)
     path = tmp_path / "w.safetensors"

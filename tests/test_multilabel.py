@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from geopeft.evaluate.multilabel import average_precision, multilabel_metrics
+from geopeft.metrics.multilabel import average_precision, multilabel_metrics
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -15,8 +15,8 @@ import torch
 from conftest import backbone_cfg
 from safetensors.torch import load_file
 
-from geopeft.train.checkpoint import Checkpointer
-from geopeft.train.tracking import init_experiment
+from geopeft.tracking import init_experiment
+from geopeft.train.resume import Checkpointer
 
 
 def test_corrupt_or_partial_state_is_never_loaded(tmp_path):

@@ -6,7 +6,7 @@ import torch
 
 from geopeft.data.dataset import StoreInfo
 from geopeft.data.subsets import class_presence, label_fraction_subset
-from geopeft.evaluate.segmentation import pixel_confusion, segmentation_metrics
+from geopeft.metrics.segmentation import pixel_confusion, segmentation_metrics
 from geopeft.models.segmentation import build_segmenter
 from geopeft.models.strategies import apply_strategy
 
@@ -210,7 +210,7 @@ def test_augment_moves_images_and_label_maps_together():
 
 
 def test_loss_ignores_void_and_weights_rare_classes():
-    from geopeft.train.loop import class_weights, loss_fn
+    from geopeft.train.losses import class_weights, loss_fn
 
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 4)
@@ -255,11 +255,11 @@ def test_zoo_encoders_as_temporal_segmenters():
 def test_checkpoint_keeps_batch_norm_statistics(seg, method):
     """Batch-norm running statistics change in training and drive inference: a saved model must
     predict exactly as the trained one (U-TAE convs; the L-TAE's MLP in the decoder)."""
-    from geopeft.train.run import saved_names, trainable_state
+    from geopeft.models.saved import saved_names, trainable_state
 
     torch.manual_seed(0)
     spec = {"row": {"method": method, "segmentation": seg}, "backbone": SMALL_VIT}
-    from geopeft.train.run import build_model
+    from geopeft.models.build import build_model
 
     model, minfo = build_model(spec, _info())
     x, days = _batch(2, 3)

@@ -7,9 +7,8 @@ import rasterio
 from PIL import Image
 
 from geopeft.bands import EUROSAT_MS_FILE_ORDER, S2_BANDS
+from geopeft.data.sources.eurosat import EUROSAT_CLASSES, SOURCE_GROUPS
 from geopeft.data.synthetic import (
-    EUROSAT_CLASSES,
-    SOURCE_GROUPS,
     WorldSpec,
     class_counts,
     generate_eurosat,

@@ -7,7 +7,7 @@ import pytest
 from conftest import backbone_cfg
 from mlflow.tracking import MlflowClient
 
-from geopeft.train.tracking import RunLogger, TrackingError, flatten, init_experiment
+from geopeft.tracking import RunLogger, TrackingError, flatten, init_experiment
 
 
 def test_flatten():
@@ -108,7 +108,7 @@ def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, 
     out = subprocess.run([*cli, "predict", "--model", "run/model", *paths], check=True,
                          capture_output=True, text=True).stdout.splitlines()
     assert out[0] == "file,prediction,probability,top3" and len(out) == 7
-    from geopeft.data.synthetic import EUROSAT_CLASSES
+    from geopeft.data.sources.eurosat import EUROSAT_CLASSES
 
     assert all(line.split(",")[1] in EUROSAT_CLASSES for line in out[1:])
     bad = subprocess.run([*cli, "predict", "--model", "run/model", str(tmp_path / "nope.jpg")],

@@ -89,7 +89,8 @@ def test_multilabel_training_uses_bce_and_map(tmp_path):
 
 
 def test_nan_loss_stops_with_the_run_epoch_and_step_and_keeps_the_last_good_state(rgb_store, tmp_path):
-    from geopeft.train.checkpoint import Checkpointer, NonFiniteLoss
+    from geopeft.train.loop import NonFiniteLoss
+    from geopeft.train.resume import Checkpointer
 
     info = store_info(rgb_store)
     torch.manual_seed(0)

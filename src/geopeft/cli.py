@@ -54,16 +54,16 @@ def cmd_validate(a: argparse.Namespace) -> None:
     rows = config.study_rows(cfg)
     where = ", ".join(a.configfile) or config.DEFAULT_STUDY
     if a.json:
-        from geopeft.models.summary import describe_study
+        from geopeft.models.summary import describe_spec
 
-        print(json.dumps(describe_study(cfg), indent=1))
+        print(json.dumps([describe_spec(s) for s in config.job_specs(cfg)], indent=1))
         return
     print(f"{where}: valid; study {cfg['study']!r} with {len(rows)} runs")
     if a.resolved:
-        from geopeft.models.summary import describe_study, format_row
+        from geopeft.models.summary import describe_spec, format_row
 
-        for d in describe_study(cfg):
-            print(format_row(d))
+        for s in config.job_specs(cfg):
+            print(format_row(describe_spec(s)))
         return
     for r in rows:
         print(f"  {r['name']}: {r['method']}, fraction {r['label_fraction']:g}, seed {r['seed']}")
@@ -197,7 +197,7 @@ def cmd_subset(a: argparse.Namespace) -> None:
 
 
 def cmd_mlflow_init(a: argparse.Namespace) -> None:
-    from geopeft.train.tracking import init_experiment
+    from geopeft.tracking import init_experiment
 
     info = init_experiment(a.tracking_uri, a.experiment, Path(a.artifact_root), Path(a.out))
     log.info("MLflow experiment %s (id %s) at %s", a.experiment, info["experiment_id"],
@@ -213,7 +213,7 @@ def _claim_gpus(device: str, gpus: int) -> None:
 
 
 def cmd_mlflow_server(a: argparse.Namespace) -> None:
-    from geopeft.train.tracking import serve
+    from geopeft.tracking import serve
 
     raise SystemExit(serve(a.backend_store_uri, Path(a.artifacts_destination), a.host, a.port,
                            a.workers))
@@ -228,38 +228,19 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
 def _torchrun(a: argparse.Namespace, device: str) -> int | None:
     """Multi-process training: relaunch under torchrun (returns its exit code), or, inside
-    torchrun, join the process group (nccl on GPUs, gloo on CPU) and return None."""
+    torchrun, join the process group and return None."""
     import os
-    import subprocess
 
-    nproc = a.nproc or (a.gpus if device != "cpu" and a.gpus > 1 else 1)
+    from geopeft.train.distributed import join_process_group, relaunch
+
     if "LOCAL_RANK" in os.environ:
-        import torch
-        import torch.distributed as dist
+        from geopeft.train.resume import stop_when_orphaned
 
-        cuda = device != "cpu" and torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group("nccl" if cuda else "gloo")
-        from geopeft.train.checkpoint import stop_when_orphaned
-
+        join_process_group(device)
         stop_when_orphaned(EXIT_PREEMPTED)
         return None
-    if nproc <= 1:
-        return None
-    argv, skip = [], False  # the workers need no --nproc (torchrun would take it for its own)
-    for arg in a.argv:
-        if skip or arg.startswith("--nproc="):
-            skip = False
-            continue
-        if arg == "--nproc":
-            skip = True
-            continue
-        argv.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "geopeft.cli", *argv]
-    log.info("running %d processes under torchrun", nproc)
-    return subprocess.call(cmd)
+    nproc = a.nproc or (a.gpus if device != "cpu" and a.gpus > 1 else 1)
+    return relaunch(a.argv, nproc) if nproc > 1 else None
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -271,7 +252,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     rc = _torchrun(a, device)
     if rc is not None:
         if rc == EXIT_PREEMPTED:
-            from geopeft.train.checkpoint import Preempted
+            from geopeft.train.resume import Preempted
 
             raise Preempted("a training process stopped on SIGTERM; rerun to resume")
         if rc:
@@ -279,10 +260,9 @@ def cmd_train(a: argparse.Namespace) -> None:
         return
     rec = train_row(spec, Path(a.store), _opt_path(a.subset), Path(a.experiment),
                     Path(a.out), _opt_path(a.pretrain), _opt_path(a.state))
-    import torch.distributed as dist
+    from geopeft.train.distributed import leave_process_group
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    leave_process_group()
     h = rec["history"][-1]
     log.info("%s: val score %.4f, %.1f s, %.0f img/s, peak %.0f MiB", rec["spec"]["row"]["name"],
              h.get("val_score", float("nan")), rec["wall_time_s"], rec["images_per_s"],
@@ -503,8 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     from geopeft.data.extract import UnsafeArchiveError
     from geopeft.data.sources import DataError
     from geopeft.models.weights import WeightsError
-    from geopeft.train.checkpoint import NonFiniteLoss, Preempted
-    from geopeft.train.tracking import TrackingError
+    from geopeft.tracking import TrackingError
+    from geopeft.train.loop import NonFiniteLoss
+    from geopeft.train.resume import Preempted
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

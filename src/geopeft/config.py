@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+from geopeft.io import canonical_json
+from geopeft.spec import ConfigError
+
 SYNTHETIC_DATASETS = ("eurosat_ms", "eurosat_rgb", "bigearthnet_s2", "pastis")
 TRAINABLE_DATASETS = ("eurosat_ms", "eurosat_rgb", "bigearthnet_s2", "bigearthnet_s2_v1", "pastis")
 #: Datasets of image time series: rows get a sequence length and a segmentation model.
@@ -21,8 +24,6 @@ TIME_SERIES_DATASETS = ("pastis",)
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment", "loss")
 
 
-class ConfigError(ValueError):
-    """The configuration (or a study row) is invalid; the message names file, key and value."""
 
 
 def schema_path(name: str = "config.schema.yaml") -> Path:
@@ -453,14 +454,14 @@ def job_spec(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     return dict(base_spec(cfg, row["dataset"]), row=row, backbone=row_backbone(cfg, row))
 
 
+def job_specs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The job spec of every row of a validated study, in row order."""
+    return [job_spec(cfg, row) for row in study_rows(cfg)]
+
+
 def pretrain_spec(cfg: dict[str, Any]) -> dict[str, Any]:
     """The spec of the pretrain rule (the embedded backbone on the synthetic source set)."""
     return dict(base_spec(cfg), pretrain=cfg["pretrain"])
-
-
-def canonical_json(obj: Any) -> str:
-    """Stable JSON text (sorted keys): equal configs give equal strings (Snakemake params)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def bands_id(bands: list[str]) -> str:

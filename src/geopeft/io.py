@@ -85,3 +85,8 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def canonical_json(obj: Any) -> str:
+    """Stable JSON text (sorted keys): equal configs give equal strings (Snakemake params)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from geopeft.data.sources.base import SPLITS
 
 
 class StoreWriter:

@@ -36,27 +36,9 @@ import numpy as np
 from scipy import ndimage
 
 from geopeft.bands import EUROSAT_MS_FILE_ORDER, NATIVE_RES_M, S2_BANDS
+from geopeft.data.sources.base import SYNTHETIC_MARKER
+from geopeft.data.sources.eurosat import EUROSAT_CLASSES, EUROSAT_COUNTS, SOURCE_GROUPS
 from geopeft.io import atomic_dir
-
-#: EuroSAT's ten classes (folder names) in the order used for label indices.
-EUROSAT_CLASSES: tuple[str, ...] = (
-    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
-    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
-)
-#: Class sizes of the real EuroSAT (27,000 patches); the synthetic world keeps the proportions.
-EUROSAT_COUNTS: dict[str, int] = {
-    "AnnualCrop": 3000, "Forest": 3000, "HerbaceousVegetation": 3000, "Highway": 2500,
-    "Industrial": 2500, "Pasture": 2000, "PermanentCrop": 2500, "Residential": 3000,
-    "River": 2500, "SeaLake": 3000,
-}
-#: Coarse groups used to label the pretraining source set differently from the target task.
-SOURCE_GROUPS: dict[str, tuple[str, ...]] = {
-    "Water": ("River", "SeaLake"),
-    "Woodland": ("Forest",),
-    "Grassland": ("HerbaceousVegetation", "Pasture"),
-    "Cropland": ("AnnualCrop", "PermanentCrop"),
-    "BuiltUp": ("Highway", "Industrial", "Residential"),
-}
 
 # L2A surface reflectance (0-1), bands in L2A order (no B10):
 # B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12
@@ -404,8 +386,6 @@ def _write_world(spec: WorldSpec, ms_dir: Path | None, rgb_dir: Path | None,
 def write_marker(folder: Path, size: int) -> None:
     """Declare an embedded world (synthetic, and its sample side) at the root of its raw folder."""
     import json
-
-    from geopeft.data.sources import SYNTHETIC_MARKER
 
     (folder / SYNTHETIC_MARKER).write_text(json.dumps(
         {"synthetic": True, "size": int(size), "generator": "geopeft embedded Sentinel-2 world"}))

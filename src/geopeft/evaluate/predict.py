@@ -16,8 +16,8 @@ import numpy as np
 from geopeft.bands import band_indices
 from geopeft.data.sources import DataError, get_source
 from geopeft.io import read_json
-from geopeft.train.loop import predict
-from geopeft.train.run import load_checkpoint
+from geopeft.models.inference import predict
+from geopeft.models.saved import load_model
 
 
 def _expected_size(model: Any) -> int | None:
@@ -40,7 +40,7 @@ def predict_files(model_dir: Path, files: list[Path], top_k: int = 3) -> list[di
     if not hasattr(fmt, "read_file"):
         raise DataError(f"predict reads single-file scenes; {fmt.name} is not such a dataset")
     idx = band_indices(store["bands"], fmt.file_bands, where=fmt.name)
-    model = load_checkpoint(Path(model_dir))
+    model = load_model(Path(model_dir))
     size = _expected_size(model)
     images = []
     for f in files:

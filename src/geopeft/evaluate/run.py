@@ -1,4 +1,4 @@
-"""Entry point behind the ``evaluate`` rule: test-split metrics of a trained checkpoint."""
+"""Entry point behind the ``evaluate`` rule: test-split metrics of a saved model."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from typing import Any
 import numpy as np
 
 from geopeft.data.dataset import load_split, store_info
-from geopeft.evaluate.metrics import classification_metrics
-from geopeft.evaluate.multilabel import multilabel_metrics, sigmoid
-from geopeft.evaluate.segmentation import segmentation_metrics
 from geopeft.io import atomic_file, read_json, write_json
-from geopeft.train.loop import predict, resolve_device, seed_everything, segmentation_scores
-from geopeft.train.run import load_checkpoint, num_outputs
-from geopeft.train.tracking import RunLogger
+from geopeft.metrics.classification import classification_metrics
+from geopeft.metrics.multilabel import multilabel_metrics, sigmoid
+from geopeft.metrics.segmentation import segmentation_metrics
+from geopeft.models.build import num_outputs
+from geopeft.models.inference import predict, segmentation_scores
+from geopeft.models.runtime import resolve_device, seed_everything
+from geopeft.models.saved import load_model
+from geopeft.tracking import RunLogger
 
 
 def confusion_csv(cm: list[list[int]], classes: list[str]) -> str:
@@ -44,11 +46,11 @@ def multilabel_confusion_csv(y: np.ndarray, pred: np.ndarray, classes: list[str]
 def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics: Path,
              out_confusion: Path, pretrain_dir: Path | None = None, threads: int = 1,
              ) -> dict[str, Any]:
-    """Predict the test split with the checkpoint in ``model_dir``; write and log the metrics."""
+    """Predict the test split with the saved model in ``model_dir``; write and log the metrics."""
     seed_everything(0, threads)
     record = read_json(Path(model_dir) / "run.json")
     info = store_info(store)
-    model = load_checkpoint(model_dir, store, pretrain_dir)
+    model = load_model(model_dir, store, pretrain_dir)
     device = resolve_device(record["spec"]["row"]["train"].get("device", "auto"))
     model.to(device)
     row = record["spec"]["row"]

@@ -71,7 +71,7 @@ def check_input_size(model: nn.Module, resize: int | None, store: StoreInfo) -> 
     if resize or size is None or store.image_size is None:
         return
     if (size, size) != tuple(store.image_size):
-        from geopeft.config import ConfigError
+        from geopeft.spec import ConfigError
 
         raise ConfigError(
             f"backbone.input_size: the backbone takes {size}x{size} inputs but "

@@ -60,7 +60,7 @@ class FusionConfig:
     def from_dict(cls, d: dict[str, Any] | None) -> FusionConfig:
         cfg = cls(**(d or {}))
         if cfg.glf and not cfg.caf:
-            from geopeft.config import ConfigError
+            from geopeft.spec import ConfigError
 
             raise ConfigError("fusion.glf: gated late fusion mixes the cross-attention output "
                              "with the visual tokens, so it needs fusion.caf: true")
@@ -236,7 +236,7 @@ def build_fusion(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes: in
     DN/10000, the pretrain rule's record); without weights (scratch), the train split's RGB
     statistics. Returns the model and a description for the run record.
     """
-    from geopeft.config import ConfigError
+    from geopeft.spec import ConfigError
 
     cfg = FusionConfig.from_dict(fusion)
     spec = backbones.resolve(backbone_cfg)

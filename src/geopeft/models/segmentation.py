@@ -207,8 +207,8 @@ def build_segmenter(backbone_cfg: dict[str, Any] | None, store: StoreInfo, num_c
 
     Returns the model and a description (weights, normalisation) for the run record.
     """
-    from geopeft.config import ConfigError
     from geopeft.models.classifier import check_input_size, resolve_norm
+    from geopeft.spec import ConfigError
 
     try:
         cfg = SegConfig.from_dict(seg)

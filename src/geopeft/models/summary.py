@@ -11,7 +11,7 @@ import functools
 import json
 from typing import Any
 
-from geopeft import config as gcfg
+from geopeft.io import canonical_json
 
 
 @functools.lru_cache(maxsize=32)
@@ -58,15 +58,10 @@ def describe_spec(spec: dict[str, Any]) -> dict[str, Any]:
     r = resolve(bb)
     weights = "none (from scratch)" if row["method"] == "scratch" else r["weights"]
     n_in = 3 if row.get("fusion") is not None else len(spec["data"]["bands"])
-    struct = _structure(gcfg.canonical_json({k: bb[k] for k in ("name", "kwargs") if k in bb}), n_in)
+    struct = _structure(canonical_json({k: bb[k] for k in ("name", "kwargs") if k in bb}), n_in)
     out["backbone"] = {"name": bb["name"], **struct, "input_size": r["input_size"] or struct["img_size"]}
     out["weights"] = weights
     return out
-
-
-def describe_study(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The resolved summary of every row of a validated study."""
-    return [describe_spec(gcfg.job_spec(cfg, row)) for row in gcfg.study_rows(cfg)]
 
 
 def format_row(d: dict[str, Any]) -> str:

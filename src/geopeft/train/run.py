@@ -1,14 +1,5 @@
-"""Entry points behind the ``pretrain`` and ``train`` rules, and checkpoint save/load.
-
-A checkpoint folder holds only what training changed, plus what is needed to rebuild the rest:
-
-* ``trainable.safetensors`` -- every parameter with ``requires_grad`` (LoRA: adapters and the new
-  head; linear: the head; full: everything). When the backbone started from random weights
-  (``weights: none``) nothing could rebuild the frozen part, so every parameter is saved;
-* ``adapter/`` -- for LoRA, the same adapter in HF peft format (``PeftModel.from_pretrained``);
-* ``run.json`` -- the job spec (row, backbone, data), the base weights' origin, parameter counts,
-  costs, history and the MLflow run id.
-"""
+"""The jobs behind the ``pretrain`` and ``train`` rules: data, model, MLflow run, training,
+the saved model (:mod:`geopeft.models.saved`)."""
 
 from __future__ import annotations
 
@@ -18,18 +9,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from geopeft.data.dataset import StoreInfo, load_split, store_info
+from geopeft.data.dataset import load_split, store_info
 from geopeft.io import atomic_dir, read_json, write_json
-from geopeft.models.backbones import resolve
+from geopeft.models.build import build_model
 from geopeft.models.classifier import build_classifier
-from geopeft.models.fusion import build_fusion
-from geopeft.models.strategies import apply_strategy, count_parameters
+from geopeft.models.runtime import seed_everything
+from geopeft.models.saved import save_model
+from geopeft.models.strategies import count_parameters
 from geopeft.models.weights import sha256_file
-from geopeft.train.loop import TrainArgs, fit, seed_everything, trained_tensors
-from geopeft.train.tracking import RunLogger, git_commit
+from geopeft.tracking import RunLogger, git_commit
+from geopeft.train.distributed import dist_info
+from geopeft.train.loop import TrainArgs, fit
+from geopeft.train.resume import Checkpointer, Preempted
 
 log = logging.getLogger(__name__)
 
@@ -44,101 +35,6 @@ def _tags(spec: dict[str, Any], fingerprint: str, role: str) -> dict[str, str]:
         "role": role,
         "study": spec["study"],
     }
-
-
-def backbone_for(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The backbone config of a job: the row's own (a strategy's encoder) or the study's;
-    ``scratch`` rows ignore the weights (random init); None for U-TAE (no backbone)."""
-    bb = spec["row"].get("backbone") or spec.get("backbone")
-    if bb is None:
-        return None
-    if spec["row"]["method"] == "scratch":
-        return dict(bb, weights="none")
-    return bb
-
-
-def num_outputs(info: StoreInfo) -> int:
-    """Classes the model predicts: the store's, without the void label of segmentation."""
-    return len(info.classes) - (info.void_class is not None)
-
-
-def build_model(spec: dict[str, Any], info: StoreInfo, pretrain_dir: Path | None = None,
-                ) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a job spec with its strategy applied: a classifier, Fusion-LoRA when the
-    row has ``fusion`` settings, a time-series segmenter when it has ``segmentation`` settings.
-    Returns the model and its description for the run record."""
-    row = spec["row"]
-    if row.get("segmentation") is not None:
-        from geopeft.models.segmentation import build_segmenter
-
-        raw = backbone_for(spec)
-        seg_bb = resolve(raw) if raw is not None and row["segmentation"].get("model") != "utae" else None
-        model, minfo = build_segmenter(seg_bb, info, num_outputs(info), row["segmentation"],
-                                       pretrain_dir)
-        targets = seg_bb["lora_targets"] if seg_bb else None
-        return apply_strategy(model, row["method"], row.get("lora"), targets), minfo
-    bb = resolve(backbone_for(spec))  # type: ignore[arg-type]
-    if row.get("fusion") is not None:
-        model, minfo = build_fusion(bb, info, len(info.classes), row["fusion"], pretrain_dir)
-    else:
-        model, minfo = build_classifier(bb, info, len(info.classes), pretrain_dir)
-    return apply_strategy(model, row["method"], row.get("lora"), bb["lora_targets"]), minfo
-
-
-def saved_names(model: nn.Module, base_weights: str) -> set[str]:
-    """Tensors a checkpoint holds: the trainable parameters (all of them without reloadable base
-    weights) and the buffers of their modules (batch-norm running statistics)."""
-    return set(trained_tensors(model, everything=base_weights == "none"))
-
-
-def trainable_state(model: nn.Module, base_weights: str = "") -> dict[str, torch.Tensor]:
-    return {n: t.detach().cpu().contiguous().clone()
-            for n, t in trained_tensors(model, everything=base_weights == "none").items()}
-
-
-def save_checkpoint(model: nn.Module, out: Path, record: dict[str, Any]) -> None:
-    """Write trainable parameters (+ peft adapter for LoRA) and ``run.json`` atomically."""
-    from safetensors.torch import save_file
-
-    with atomic_dir(out) as tmp:
-        save_file(trainable_state(model, record["model"]["weights"]),
-                  str(tmp / "trainable.safetensors"))
-        if record["spec"]["row"]["method"] == "lora":
-            model.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
-        write_json(tmp / "run.json", record)
-
-
-def load_checkpoint(model_dir: Path, store: Path | None = None,
-                    pretrain_dir: Path | None = None) -> nn.Module:
-    """Rebuild a trained model from its checkpoint folder (eval mode, CPU).
-
-    ``store`` defaults to the description of the training store recorded in ``run.json``
-    (bands, classes, value scale, statistics), so inference needs no prepared data.
-
-    Raises:
-        ValueError: the checkpoint does not match the rebuilt model (missing or extra tensors,
-            other base weights).
-    """
-    from safetensors.torch import load_file
-
-    model_dir = Path(model_dir)
-    record = read_json(model_dir / "run.json")
-    spec = record["spec"]
-    info = store_info(store) if store is not None else StoreInfo(**record["store"])
-    if pretrain_dir is None and (backbone_for(spec) or {}).get("weights") == "pretrain":
-        pretrain_dir = record.get("pretrain_dir") and Path(record["pretrain_dir"])
-    model, minfo = build_model(spec, info, pretrain_dir)
-    if minfo["weights"] != record["model"]["weights"]:
-        raise ValueError(f"{model_dir}: trained on base weights {record['model']['weights']}, "
-                         f"but {minfo['weights']} were found")
-    state = load_file(str(model_dir / "trainable.safetensors"))
-    expected = saved_names(model, minfo["weights"])
-    if set(state) != expected:
-        raise ValueError(f"{model_dir / 'trainable.safetensors'}: tensors do not match the model: "
-                         f"missing {sorted(expected - set(state))[:5]}, "
-                         f"unexpected {sorted(set(state) - expected)[:5]}")
-    model.load_state_dict(state, strict=False)
-    return model.eval()
 
 
 class _QuietLogger:
@@ -187,9 +83,6 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
     SIGTERM) and a rerun resumes from it, in the same MLflow run, with one value per metric
     step; the folder is removed once ``out`` is written.
     """
-    from geopeft.train.checkpoint import Checkpointer, Preempted
-    from geopeft.train.loop import dist_info
-
     rank, _ = dist_info()
     row = spec["row"]
     info = store_info(store)
@@ -242,7 +135,7 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
         **costs,
     }
     if rank == 0:
-        save_checkpoint(model, out, record)
+        save_model(model, out, record)
         logger.log_artifact(out, "model")
         logger.end()
         if ckpt is not None:
@@ -296,4 +189,4 @@ def pretrain(spec: dict[str, Any], store: Path, experiment: Path, out: Path) -> 
     return result
 
 
-__all__ = ["build_model", "load_checkpoint", "pretrain", "save_checkpoint", "train_row"]
+__all__ = ["pretrain", "train_row"]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from geopeft.data.download import Remote
-from geopeft.data.sources import DataError, Item, Sample, Source
+from geopeft.data.sources.base import DataError, Item, Sample, Source
 
 #: ESA order of the 12 L2A bands.
 BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09",

@@ -15,10 +15,27 @@ import numpy as np
 
 from geopeft.bands import EUROSAT_MS_FILE_ORDER, EUROSAT_RGB_FILE_ORDER
 from geopeft.data.download import Remote
-from geopeft.data.sources import DataError, Item, Sample, Source
-from geopeft.data.synthetic import EUROSAT_CLASSES, SOURCE_GROUPS
+from geopeft.data.sources.base import SPLITS, DataError, Item, Sample, Source
 
-SPLITS = ("train", "val", "test")
+#: EuroSAT's ten classes (folder names) in the order used for label indices.
+EUROSAT_CLASSES: tuple[str, ...] = (
+    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
+    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
+)
+#: Class sizes of the real EuroSAT (27,000 patches); the synthetic world keeps the proportions.
+EUROSAT_COUNTS: dict[str, int] = {
+    "AnnualCrop": 3000, "Forest": 3000, "HerbaceousVegetation": 3000, "Highway": 2500,
+    "Industrial": 2500, "Pasture": 2000, "PermanentCrop": 2500, "Residential": 3000,
+    "River": 2500, "SeaLake": 3000,
+}
+#: Coarse groups used to label the pretraining source set differently from the target task.
+SOURCE_GROUPS: dict[str, tuple[str, ...]] = {
+    "Water": ("River", "SeaLake"),
+    "Woodland": ("Forest",),
+    "Grassland": ("HerbaceousVegetation", "Pasture"),
+    "Cropland": ("AnnualCrop", "PermanentCrop"),
+    "BuiltUp": ("Highway", "Industrial", "Residential"),
+}
 _HF = "https://hf.co/datasets/torchgeo/eurosat/resolve/1ce6f1bfb56db63fd91b6ecc466ea67f2509774c"
 #: Standard 16,200 / 5,400 / 5,400 split files (file names with .jpg) beside the mirror's zip.
 SPLIT_REMOTES = (

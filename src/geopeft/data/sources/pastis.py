@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from geopeft.data.download import Remote
-from geopeft.data.sources import DataError, Item, Sample, Source
+from geopeft.data.sources.base import DataError, Item, Sample, Source
 
 BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 CLASSES: tuple[str, ...] = (

@@ -1,4 +1,5 @@
-"""Preemption-safe training state: periodic, atomic, verified checkpoints and SIGTERM handling.
+"""The resumable state of a run in training (not its saved model, :mod:`geopeft.models.saved`):
+preemption-safe, periodic, atomic, verified checkpoints and SIGTERM handling.
 
 A run's state folder (``results/<study>/runs/<run>/state/``, beside the final ``model/`` folder
 so that Snakemake's clean-up of a failed job's outputs leaves it alone) holds
@@ -37,11 +38,6 @@ _STEP = re.compile(r"^step-(\d{8})\.pt$")
 
 class Preempted(RuntimeError):
     """Training stopped on SIGTERM after writing a checkpoint; rerun the job to resume."""
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite; the message names run, epoch and step, and the
-    last good state is left in place."""
 
 
 class _StopFlag:

@@ -7,7 +7,7 @@ the confusion matrix nor any mean, and the model has no void output. Over the re
 * IoU of class c = TP / (TP + FP + FN); mIoU averages the classes that occur or are predicted
   (a class absent from the reference and never predicted has no IoU);
 * precision = TP / predicted c (column sum), recall = TP / true c (row sum), F1 their harmonic
-  mean (:mod:`geopeft.evaluate.metrics`); mF1 averages F1 like mIoU;
+  mean (:mod:`geopeft.metrics.classification`); mF1 averages F1 like mIoU;
 * OA = correctly classified non-void pixels / non-void pixels.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from geopeft.evaluate.metrics import _div, from_confusion
+from geopeft.metrics.classification import _div, from_confusion
 
 
 def pixel_confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,

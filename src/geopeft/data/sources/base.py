@@ -1,0 +1,87 @@
+"""What every dataset source shares: the base class, the sample records and the data error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geopeft.bands import band_indices
+
+#: The splits every source assigns its samples to, in this order.
+SPLITS = ("train", "val", "test")
+#: The file an embedded (synthetic) world writes at its root: what it is and its sample size.
+SYNTHETIC_MARKER = "geopeft-synthetic.json"
+
+
+class DataError(ValueError):
+    """A raw file or folder is missing or malformed; the message names it."""
+
+
+@dataclass
+class Item:
+    """One sample of a raw dataset, before reading."""
+
+    name: str
+    split: str
+    path: Path
+    label: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    """One sample read: image (dims of the source), label, and valid time steps if any."""
+
+    image: np.ndarray
+    label: np.ndarray
+    valid: np.ndarray | None = None
+
+
+class Source:
+    """Base class of a dataset source."""
+
+    name: str = ""
+    classes: tuple[str, ...] = ()
+    task: str = "multiclass"  # multiclass | multilabel | segmentation
+    value_scale: float = 1e-4
+    file_bands: tuple[str, ...] = ()
+    dims: tuple[str, ...] = ("band", "y", "x")
+    label_dims: tuple[str, ...] = ()
+    remotes: tuple[Any, ...] = ()
+    #: folder (relative to the download folder) that an extracted archive puts the data in
+    layout: str = ""
+    #: side in pixels of every sample of the published dataset (None: not fixed)
+    native_size: int | None = None
+
+    def declared_size(self, raw: Path) -> int | None:
+        """The side every sample under ``raw`` must have: the published dataset's, or the one an
+        embedded world declares in its ``geopeft-synthetic.json``. Each file is checked against
+        it, so one malformed file is blamed, never the good ones."""
+        marker = Path(raw) / SYNTHETIC_MARKER
+        if marker.is_file():
+            import json
+
+            try:
+                return int(json.loads(marker.read_text())["size"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise DataError(f"{marker}: no readable 'size' ({err})") from None
+        return self.native_size
+
+    def check_bands(self, bands: list[str]) -> list[int]:
+        return band_indices(bands, self.file_bands, where=self.name)
+
+    def scan(self, raw: Path, options: dict[str, Any]) -> list[Item]:
+        raise NotImplementedError
+
+    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
+        raise NotImplementedError
+
+    def extra_arrays(self, items: list[Item], kept: list[str],
+                     options: dict[str, Any]) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
+        return {}
+
+    def extra_attrs(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {}

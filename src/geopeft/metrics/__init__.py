@@ -1,0 +1,1 @@
+"""Metrics of predictions against labels (numpy only): classification, multi-label, segmentation."""

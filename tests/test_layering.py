@@ -1,0 +1,145 @@
+"""The layering of ``src/geopeft``: imports go downward only, and no module imports itself back.
+
+Every import counts: module level, inside functions and under ``TYPE_CHECKING``, because a
+function-level import hides a cycle without removing it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "geopeft"
+
+#: The layers, bottom first. A module may import its own unit (package or top-level module) and
+#: any unit of a lower layer; never a unit of its own layer or above (siblings such as train and
+#: evaluate do not import each other).
+LAYERS: list[set[str]] = [
+    {"io", "bands", "gpus"},        # files, band names, GPU claims: no geopeft imports
+    {"spec", "metrics", "tracking"},  # the typed job spec; numpy metrics; MLflow
+    {"data"},                       # sources, synthetic world, zarr store, splits
+    {"models"},                     # zoo, backbones, heads, build, saved model, inference
+    {"config", "train", "evaluate"},  # the study's resolution; training; evaluation
+    {"paper", "rehearsal"},         # figures and tables; rehearsal fixtures
+    {"cli"},                        # the command line
+]
+RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
+
+
+def module_name(path: Path, root: Path = SRC) -> str:
+    parts = ["geopeft", *path.relative_to(root).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def unit(module: str) -> str:
+    """``geopeft.train.loop`` -> ``train``; ``geopeft.io`` -> ``io``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def imports(name: str, source: str, known: set[str]) -> set[str]:
+    """The geopeft modules ``source`` (the module ``name``) imports, anywhere in the file."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("geopeft"))
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            assert not node.level, f"{name}: relative import of {mod!r}: geopeft imports absolutely"
+            if not mod.startswith("geopeft"):
+                continue
+            for a in node.names:
+                out.add(f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod)
+    return {m for m in out if m != "geopeft"}
+
+
+def graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    known = set(sources)
+    return {name: imports(name, src, known) for name, src in sources.items()}
+
+
+def upward(g: dict[str, set[str]]) -> list[str]:
+    """Imports that go up a layer or sideways to a sibling unit, or touch an unlisted unit."""
+    bad = []
+    for mod, targets in sorted(g.items()):
+        for t in sorted(targets):
+            a, b = unit(mod), unit(t)
+            if a not in RANK or b not in RANK:
+                bad.append(f"{mod} -> {t}: unit {a if a not in RANK else b!r} is in no layer")
+            elif a != b and RANK[b] >= RANK[a]:
+                bad.append(f"{mod} (layer {RANK[a]}) -> {t} (layer {RANK[b]})")
+    return bad
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``g`` (one path per strongly connected component)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in g.get(v, ()):
+            if w not in g:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in g.get(v, ()):
+                found.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def package_sources() -> dict[str, str]:
+    return {module_name(p): p.read_text() for p in sorted(SRC.rglob("*.py"))}
+
+
+def test_every_unit_has_a_layer():
+    units = {unit(m) for m in package_sources()} - {""}
+    assert units <= set(RANK), f"add {sorted(units - set(RANK))} to LAYERS"
+
+
+def test_imports_go_downward_only():
+    bad = upward(graph(package_sources()))
+    assert not bad, "upward or sideways imports:\n  " + "\n  ".join(bad)
+
+
+def test_no_import_cycles():
+    found = cycles(graph(package_sources()))
+    assert not found, "import cycles:\n  " + "\n  ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_checks_catch_an_upward_import_and_a_cycle():
+    """The checker itself: a function-level import of train from models, and a cycle hidden in
+    functions, are both found."""
+    sources = {
+        "geopeft.models.a": "def f():\n    from geopeft.train.loop import fit\n",
+        "geopeft.train.loop": "from geopeft.models import a\n",
+        "geopeft.data.x": "def g():\n    import geopeft.data.y\n",
+        "geopeft.data.y": "from geopeft.data.x import g\n",
+        "geopeft.train.ok": "from geopeft.data import x\nfrom geopeft.io import atomic_dir\n",
+    }
+    g = graph(sources)
+    assert upward(g) == ["geopeft.models.a (layer 3) -> geopeft.train.loop (layer 4)"]
+    assert sorted(cycles(g)) == [["geopeft.data.x", "geopeft.data.y"],
+                                 ["geopeft.models.a", "geopeft.train.loop"]]
+    assert upward({"geopeft.train.x": {"geopeft.evaluate.run"}}) == [
+        "geopeft.train.x (layer 4) -> geopeft.evaluate.run (layer 4)"]
