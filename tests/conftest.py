@@ -20,6 +20,35 @@ def backbone_cfg(weights: str = "none", **kw: object) -> dict:
     return cfg
 
 
+def full_spec(spec: dict) -> dict:
+    """A test's partial job spec made whole, as geopeft.config.job_spec writes them: the keys a
+    test does not care about get neutral values (a LoRA row's adapter gets the schema's
+    defaults under what the test sets)."""
+    from dataclasses import asdict
+
+    from geopeft.spec import LoraSpec
+
+    row = dict(spec["row"])
+    row.setdefault("name", "r")
+    row.setdefault("strategy", row["method"])
+    row.setdefault("dataset", (spec.get("data") or {}).get("dataset", "eurosat_rgb"))
+    row.setdefault("label_fraction", 1.0)
+    row.setdefault("seed", 0)
+    row.setdefault("train", {})
+    if row["method"] == "lora":
+        row["lora"] = asdict(LoraSpec(**(row.get("lora") or {})))
+    data = {"dataset": row["dataset"], "bands": ["B04", "B03", "B02"], "source": "synthetic",
+            **(spec.get("data") or {})}
+    return {"study": "test", "threads": 1, **spec, "data": data, "row": row}
+
+
+def job_spec(spec: dict):
+    """The typed job spec of a test's partial spec (:func:`full_spec`)."""
+    from geopeft.spec import JobSpec
+
+    return JobSpec.from_dict(full_spec(spec))
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 100-scene world (32x32) in EuroSAT-MS and -RGB layouts, plus a source set."""

@@ -13,6 +13,7 @@ from geopeft.models import backbones
 from geopeft.models.classifier import build_classifier
 from geopeft.models.strategies import apply_strategy, count_parameters, param_groups
 from geopeft.models.weights import WeightsError, hub_cache_path, load_weights
+from geopeft.spec import LoraSpec
 
 TINY_SWIN = {"img_size": 32, "window_size": 4, "embed_dim": 24, "depths": (1, 1), "num_heads": (2, 4)}
 MS_BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
@@ -60,7 +61,7 @@ def test_which_parameters_train_every_strategy_and_family(family, method):
     m, _ = build_classifier(cfg, store(), 4)
     head = {f"backbone.{h}.{p}" for h in (["head"] if family == "vit" else ["head.fc"])
             for p in ("weight", "bias")}
-    m = apply_strategy(m, method, {"r": 2, "alpha": 4, "dropout": 0.0}
+    m = apply_strategy(m, method, LoraSpec(r=2, alpha=4, dropout=0.0)
                        if method == "lora" else None)
     names = trainable(m)
     if method in ("full", "e2e", "scratch"):
@@ -100,7 +101,7 @@ def test_swin_adapters_are_live():
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))
     x = torch.rand(2, 3, 32, 32) * 255
-    m = apply_strategy(m.eval(), "lora", {"r": 2, "alpha": 4, "dropout": 0.0})
+    m = apply_strategy(m.eval(), "lora", LoraSpec(r=2, alpha=4, dropout=0.0))
     with torch.no_grad():
         before = m(x)
         for n, p in m.named_parameters():
@@ -113,7 +114,7 @@ def test_swin_adapters_are_live():
 def test_other_peft_methods_train_adapters_and_merge(method):
     torch.manual_seed(0)
     m, _ = build_classifier(backbone_cfg(), store(), 4)
-    m = apply_strategy(m, "lora", {"method": method, "r": 2, "alpha": 4, "dropout": 0.0})
+    m = apply_strategy(m, "lora", LoraSpec(method=method, r=2, alpha=4, dropout=0.0))
     names = trainable(m)
     marker = {"dora": "lora_magnitude_vector", "loha": "hada_", "lokr": "lokr_"}[method]
     assert any(marker in n for n in names)
@@ -188,7 +189,7 @@ def test_unknown_backbone_name_is_a_clear_error():
 def test_count_parameters_counts_saved_copies_once():
     m, _ = build_classifier(swin_cfg(), store(), 4)
     total = sum(p.numel() for p in m.parameters())
-    m = apply_strategy(m, "lora", {"r": 2, "alpha": 4, "dropout": 0.0})
+    m = apply_strategy(m, "lora", LoraSpec(r=2, alpha=4, dropout=0.0))
     t, tot = count_parameters(m)
     assert tot == total + sum(p.numel() for n, p in m.named_parameters() if "lora_" in n)
     assert t < tot

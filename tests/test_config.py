@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from geopeft import config as gcfg
+from geopeft.io import canonical_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,9 +75,9 @@ def test_study_rows_merge_defaults_strategy_and_row(cfg):
 def test_editing_one_row_changes_only_its_spec(cfg):
     cfg["grid"]["strategy"] = []
     cfg["runs"] = [{"strategy": "full", "seed": 0}, {"strategy": "lora", "seed": 0}]
-    before = {r["name"]: gcfg.canonical_json(r) for r in gcfg.study_rows(gcfg.validate(copy.deepcopy(cfg)))}
+    before = {r["name"]: canonical_json(r) for r in gcfg.study_rows(gcfg.validate(copy.deepcopy(cfg)))}
     cfg["runs"][1]["lr"] = 0.01
-    after = {r["name"]: gcfg.canonical_json(r) for r in gcfg.study_rows(gcfg.validate(cfg))}
+    after = {r["name"]: canonical_json(r) for r in gcfg.study_rows(gcfg.validate(cfg))}
     assert before["full-f1-s0"] == after["full-f1-s0"]
     assert before["lora-f1-s0"] != after["lora-f1-s0"]
 
@@ -174,8 +175,9 @@ def test_readme_resolved_listing_is_what_validate_prints(capsys):
 def test_resolved_json_of_the_real_studies():
     from geopeft.models.summary import describe_spec
 
-    rows = [describe_spec(s) for s in gcfg.job_specs(gcfg.load(ROOT / "config" / "studies" / "eurosat_lora.yaml"))]
+    studies = ROOT / "config" / "studies"
+    rows = [describe_spec(s) for s in gcfg.job_specs(gcfg.load(studies / "eurosat_lora.yaml"))]
     assert {r["backbone"]["arch"] for r in rows} == {"vit_base_patch16_224"}
     assert [r["backbone"]["depth"] for r in rows] == [12, 12]
-    rows = [describe_spec(s) for s in gcfg.job_specs(gcfg.load(ROOT / "config" / "studies" / "shaping_ft.yaml"))]
+    rows = [describe_spec(s) for s in gcfg.job_specs(gcfg.load(studies / "shaping_ft.yaml"))]
     assert {r["segmentation"] for r in rows} == {"utae", "upernet_ltae"} and len(rows) == 360

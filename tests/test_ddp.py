@@ -17,6 +17,7 @@ from test_resume import _spec, _wait_for_step
 from geopeft.data.dataset import store_info
 from geopeft.models.build import build_model
 from geopeft.models.runtime import seed_everything
+from geopeft.spec import JobSpec
 from geopeft.tracking import init_experiment
 
 pytestmark = pytest.mark.slow
@@ -47,7 +48,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, rgb_store)
     # in near-zero gradients (e.g. attention key biases, whose true gradient is 0) into full steps
     spec = json.loads((tmp_path / "one" / "run.json").read_text())["spec"]
     seed_everything(spec["row"]["seed"], 1)
-    init = dict(build_model(spec, store_info(rgb_store))[0].named_parameters())
+    init = dict(build_model(JobSpec.from_dict(spec), store_info(rgb_store))[0].named_parameters())
     ua = torch.cat([(a[k] - init[k].detach()).flatten() for k in a])
     ub = torch.cat([(b[k] - init[k].detach()).flatten() for k in a])
     assert ua.norm() > 0.5  # it trained

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import backbone_cfg
+from conftest import backbone_cfg, full_spec, job_spec
 from test_backbones import TINY_SWIN
 
 from geopeft.config import ConfigError
@@ -15,6 +15,7 @@ from geopeft.models.fusion import build_fusion
 from geopeft.models.saved import load_model, save_model
 from geopeft.models.strategies import apply_strategy, count_parameters
 from geopeft.models.weights import Normalization
+from geopeft.spec import LoraSpec
 
 BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
 LADDER = {
@@ -116,7 +117,7 @@ def test_ablation_ladder_parameter_counts_and_what_trains():
     counts = {}
     for rung in LADDER:
         m, _ = fusion(rung)
-        m = apply_strategy(m, "lora", LORA, ["q", "k", "v"])
+        m = apply_strategy(m, "lora", LoraSpec(**LORA), ["q", "k", "v"])
         names = trainable(m)
         counts[rung] = count_parameters(m)[0]
         assert any("lora_" in n for n in names)
@@ -182,12 +183,12 @@ def test_adapter_save_load_and_merge_identical(rung, tmp_path, fusion_store):
     row = {"name": "r", "method": "lora", "lora": LORA, "fusion": dict(LADDER[rung], heads=4)}
     spec = {"backbone": backbone_cfg(), "row": row, "data": {"dataset": "eurosat_ms"}}
     torch.manual_seed(0)
-    m, minfo = build_model(spec, info)
+    m, minfo = build_model(job_spec(spec), info)
     m = _train_a_bit(m, len(info.classes))
     x = torch.rand(4, 6, 32, 32) * 3000
     with torch.no_grad():
         ref = m(x)
-    save_model(m, tmp_path / "model", {"spec": spec, "model": minfo})
+    save_model(m, tmp_path / "model", {"spec": full_spec(spec), "model": minfo})
     assert (tmp_path / "model" / "adapter" / "adapter_config.json").is_file()
     loaded = load_model(tmp_path / "model", fusion_store)
     with torch.no_grad():
@@ -210,7 +211,7 @@ def test_real_study_models_build_at_full_size():
             continue
         spec = {"backbone": dict(cfg["backbone"], weights="none", normalize="dataset"), "row": row}
         with torch.device("meta"):
-            m, _ = build_model(spec, info)
+            m, _ = build_model(job_spec(spec), info)
         names = trainable(m)
         assert names and all("lora_" in n or "modules_to_save" in n for n in names), row["name"]
         counts[row["strategy"]] = count_parameters(m)

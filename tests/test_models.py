@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import backbone_cfg
+from conftest import backbone_cfg, full_spec
 from safetensors.torch import save_file
 
 from geopeft.data.dataset import StoreInfo
@@ -12,6 +12,7 @@ from geopeft.models.classifier import build_classifier
 from geopeft.models.saved import load_model, save_model
 from geopeft.models.strategies import apply_strategy, count_parameters
 from geopeft.models.weights import WeightsError, adapt_patch_embed, load_weights
+from geopeft.spec import LoraSpec
 
 BANDS = ["B04", "B03", "B02"]
 
@@ -25,7 +26,7 @@ def store(bands=BANDS, scale=1 / 255) -> StoreInfo:
 def model(method, **kw):
     torch.manual_seed(0)
     m, _ = build_classifier(backbone_cfg(), store(), 4)
-    return apply_strategy(m, method, kw or None)
+    return apply_strategy(m, method, LoraSpec(**kw) if kw else None)
 
 
 def trainable(m):
@@ -87,13 +88,13 @@ def test_save_load_identical_outputs(method, tmp_path, monkeypatch, rgb_store):
     torch.manual_seed(0)
     m, minfo = build_classifier(backbone_cfg(), info, len(info.classes))
     lora = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q", "v"]}
-    m = _train_a_bit(apply_strategy(m, method, lora))
+    m = _train_a_bit(apply_strategy(m, method, LoraSpec(**lora)))
     x = torch.rand(4, 3, 32, 32) * 255
     with torch.no_grad():
         ref = m(x)
     row = {"name": "r", "method": method, "lora": lora}
     spec = {"backbone": backbone_cfg(), "row": row, "data": {"dataset": "eurosat_rgb"}}
-    save_model(m, tmp_path / "model", {"spec": spec, "model": minfo})
+    save_model(m, tmp_path / "model", {"spec": full_spec(spec), "model": minfo})
     saved = set(__import__("safetensors.torch", fromlist=["x"]).load_file(
         str(tmp_path / "model" / "trainable.safetensors")))
     assert saved == {n for n, _ in m.named_parameters()}  # random base: everything is saved
@@ -118,11 +119,11 @@ def test_checkpoint_holds_only_trainable_parameters_with_pretrained_base(tmp_pat
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     bb = backbone_cfg(f"file:{path}", sha256=sha)
     m, minfo = build_classifier(bb, info, len(info.classes))
-    m = _train_a_bit(apply_strategy(m, "lora", {"r": 4, "alpha": 8, "dropout": 0.0}))
+    m = _train_a_bit(apply_strategy(m, "lora", LoraSpec(r=4, alpha=8, dropout=0.0)))
     assert set(trainable_state(m, minfo["weights"])) == trainable(m)
     spec = {"backbone": bb, "row": {"name": "r", "method": "lora", "lora": {"r": 4, "alpha": 8,
             "dropout": 0.0}}, "data": {"dataset": "eurosat_rgb"}}
-    save_model(m, tmp_path / "model", {"spec": spec, "model": minfo})
+    save_model(m, tmp_path / "model", {"spec": full_spec(spec), "model": minfo})
     assert set(load_file(str(tmp_path / "model" / "trainable.safetensors"))) == trainable(m)
     x = torch.rand(2, 3, 32, 32) * 255
     with torch.no_grad():
@@ -138,7 +139,7 @@ def test_lora_merge_and_peft_reload_identical(tmp_path, rgb_store):
     torch.manual_seed(0)
     base, _ = build_classifier(backbone_cfg(), info, len(info.classes))
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
-    m = _train_a_bit(apply_strategy(base, "lora", {"r": 4, "alpha": 8, "dropout": 0.0}))
+    m = _train_a_bit(apply_strategy(base, "lora", LoraSpec(r=4, alpha=8, dropout=0.0)))
     x = torch.rand(4, 3, 32, 32) * 255
     with torch.no_grad():
         ref = m(x)
@@ -216,19 +217,19 @@ def test_e2e_encoder_learning_rate_factor():
 
 
 def test_scratch_ignores_backbone_weights(tmp_path):
-    from geopeft.models.build import backbone_for
+    from conftest import job_spec
 
     vit = create_model(backbone_cfg(), 3, 0)
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
     bb = backbone_cfg(f"file:{path}", sha256=hashlib.sha256(path.read_bytes()).hexdigest())
-    spec = {"backbone": bb, "row": {"method": "scratch"}}
-    assert backbone_for(spec)["weights"] == "none"
+    spec = job_spec({"backbone": bb, "row": {"method": "scratch"}})
+    assert spec.encoder["weights"] == "none"
     torch.manual_seed(1)
-    m, info = build_classifier(backbone_for(spec), store(), 4)
+    m, info = build_classifier(spec.encoder, store(), 4)
     assert info["weights"] == "none"
     assert not torch.equal(m.backbone.pos_embed, vit.pos_embed)
-    assert backbone_for({"backbone": bb, "row": {"method": "lora"}})["weights"].startswith("file:")
+    assert job_spec({"backbone": bb, "row": {"method": "lora"}}).encoder["weights"].startswith("file:")
 
 
 def test_input_size_mismatch_is_a_clear_error():

@@ -8,6 +8,7 @@ import xarray as xr
 from geopeft.data.prepare import prepare
 from geopeft.data.sources import DataError
 from geopeft.data.synthetic_pastis import generate_pastis, ndvi_curve
+from geopeft.spec import Temporal
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,8 @@ def test_load_series_nested_date_sorted_subsets(pastis, tmp_path):
     prepare("pastis", pastis, ["B04", "B08"], out)
     ds = _open(out)
     ladder = [35, 15, 6, 1]
-    splits = {t: load_split(out, "train", temporal={"length": t, "ladder": ladder}) for t in ladder}
+    splits = {t: load_split(out, "train", temporal=Temporal(t, tuple(ladder), "repeat", "2018-09-01"))
+              for t in ladder}
     train = np.flatnonzero(ds.split.values == "train")
     for t, s in splits.items():
         assert s.x.shape == (len(train), t, 2, 24, 24) and s.x.dtype == np.int16
@@ -131,10 +133,10 @@ def test_short_series_rule(pastis, tmp_path):
     prepare("pastis", pastis, ["B04"], out)
     ds = _open(out)
     long = int(ds.n_dates.values[ds.split.values == "val"].min()) + 5
-    s = load_split(out, "val", temporal={"length": long, "ladder": [long]})  # repeat (default)
+    s = load_split(out, "val", temporal=Temporal(long, (long,), "repeat", "2018-09-01"))
     assert s.x.shape[1] == long and (np.diff(s.dates, axis=1) >= 0).all()
     with pytest.raises(DataError, match=rf"patch \d+: \d+ dates, shorter than the sequence length {long}"):
-        load_split(out, "val", temporal={"length": long, "ladder": [long], "pad": "error"})
+        load_split(out, "val", temporal=Temporal(long, (long,), "error", "2018-09-01"))
     with pytest.raises(DataError, match="needs a sequence length"):
         load_split(out, "val")
 

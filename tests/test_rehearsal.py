@@ -57,8 +57,8 @@ def test_a_rehearsal_changes_only_sizes_and_sources(study, tmp_path):
     specs = [gcfg.job_spec(reh, r) for r in rows]
     assert all(s["rehearsal"] is True for s in specs)
     # the same architectures, adapters and fusion per strategy, and the same datasets
-    real_rows = [describe_spec(gcfg.job_spec(real, r)) for r in gcfg.study_rows(real)]
-    got = [describe_spec(s) for s in specs]
+    real_rows = [describe_spec(s) for s in gcfg.job_specs(real)]
+    got = [describe_spec(s) for s in gcfg.job_specs(reh)]
 
     def kind(r):
         return json.dumps([r["backbone"], r["weights"] if r["backbone"] else None, r["lora"],

@@ -43,7 +43,8 @@ def _spec(epochs: int) -> dict:
              "checkpoint_minutes": 0}
     row = {"name": "r", "strategy": "lora", "method": "lora", "label_fraction": 1.0, "seed": 3,
            "dataset": "eurosat_rgb", "train": train,
-           "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q", "v"]}}
+           "lora": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1,
+                    "target_modules": ["q", "v"]}}
     return {"study": "resume", "data": {"dataset": "eurosat_rgb", "bands": ["B04", "B03", "B02"],
             "source": "synthetic"}, "backbone": backbone_cfg(), "row": row, "threads": 1}
 

@@ -3,12 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import job_spec
 
 from geopeft.data.dataset import StoreInfo
 from geopeft.data.subsets import class_presence, label_fraction_subset
 from geopeft.metrics.segmentation import pixel_confusion, segmentation_metrics
 from geopeft.models.segmentation import build_segmenter
 from geopeft.models.strategies import apply_strategy
+from geopeft.spec import LoraSpec
 
 PASTIS_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
 
@@ -146,7 +148,7 @@ def test_decoder_only_freezes_the_encoder():
 def test_lora_adapts_the_encoder_and_trains_the_decoder():
     torch.manual_seed(0)
     model, _ = build_segmenter(SMALL_VIT, _info(), 19, SMALL_SEG)
-    model = apply_strategy(model, "lora", {"r": 4, "alpha": 8}, ["q", "k", "v"])
+    model = apply_strategy(model, "lora", LoraSpec(r=4, alpha=8), ["q", "k", "v"])
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("lora_A" in n for n in trainable)
     assert any(".upernet." in n for n in trainable) and any(".ltae." in n for n in trainable)
@@ -246,7 +248,7 @@ def test_zoo_encoders_as_temporal_segmenters():
     x, days = _batch(1, 2, size=64)
     with torch.no_grad():
         assert swin.eval()(x, days).shape == (1, 19, 64, 64)
-    model = apply_strategy(swin, "lora", {"r": 2, "alpha": 4}, ["q", "k", "v"])
+    model = apply_strategy(swin, "lora", LoraSpec(r=2, alpha=4), ["q", "k", "v"])
     assert any("lora_A" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
@@ -261,7 +263,7 @@ def test_checkpoint_keeps_batch_norm_statistics(seg, method):
     spec = {"row": {"method": method, "segmentation": seg}, "backbone": SMALL_VIT}
     from geopeft.models.build import build_model
 
-    model, minfo = build_model(spec, _info())
+    model, minfo = build_model(job_spec(spec), _info())
     x, days = _batch(2, 3)
     model.train()
     for _ in range(3):
@@ -270,7 +272,7 @@ def test_checkpoint_keeps_batch_norm_statistics(seg, method):
     assert any(k.endswith("running_mean") for k in state)
     assert set(state) == saved_names(model, minfo["weights"])
     torch.manual_seed(1)
-    fresh, _ = build_model(spec, _info())
+    fresh, _ = build_model(job_spec(spec), _info())
     fresh.load_state_dict(state, strict=False)
     model.eval()
     fresh.eval()

@@ -23,6 +23,7 @@ import yaml
 
 from geopeft import config as gcfg
 from geopeft.models.summary import describe_spec
+from geopeft.spec import JobSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILES = sorted([*(ROOT / "config" / "studies").glob("*.yaml"),
@@ -200,7 +201,7 @@ def test_documented_command_runs_the_documented_study(source, cmd, tmp_path):
         assert s["threads"] == declared.get("threads", 1)
         if s["backbone"] is not None and not s["row"].get("backbone"):
             assert s["backbone"]["kwargs"] == declared["backbone"].get("kwargs", {}), source
-    rows = [describe_spec(s) for s in specs]
+    rows = [describe_spec(JobSpec.from_dict(s)) for s in specs]
     study = cfg["study"]
     if study in INTENT:
         INTENT[study](rows)

@@ -73,7 +73,9 @@ def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, 
     uri = f"sqlite:///{tmp_path}/m.db"
     init_experiment(uri, "s", tmp_path / "art", tmp_path / "exp.json")
     row = {"name": "lora-f1-s0", "strategy": "lora", "method": "lora", "label_fraction": 1.0,
-           "seed": 0, "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q", "v"]},
+           "seed": 0, "dataset": "eurosat_rgb",
+           "lora": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1,
+                    "target_modules": ["q", "v"]},
            "train": {"epochs": 2, "batch_size": 16, "lr": 0.003}}
     spec = {"study": "s", "data": {"dataset": "eurosat_rgb", "bands": ["B04", "B03", "B02"],
                                    "source": "synthetic"},

@@ -6,6 +6,7 @@ from conftest import backbone_cfg
 from geopeft.data.dataset import load_split, store_info
 from geopeft.models.classifier import build_classifier
 from geopeft.models.strategies import apply_strategy
+from geopeft.spec import LoraSpec
 from geopeft.train.loop import TrainArgs, augment, fit, warmup_cosine
 
 
@@ -13,7 +14,7 @@ def _fit(store, seed=0, method="lora"):
     info = store_info(store)
     torch.manual_seed(seed)
     m, _ = build_classifier(backbone_cfg(), info, len(info.classes))
-    m = apply_strategy(m, method, {"r": 4, "alpha": 8, "dropout": 0.1})
+    m = apply_strategy(m, method, LoraSpec(r=4, alpha=8, dropout=0.1))
     args = TrainArgs(epochs=2, batch_size=16, lr=1e-3, seed=seed, progress=False)
     res = fit(m, load_split(store, "train"), load_split(store, "val"), args)
     return m, res

@@ -132,16 +132,10 @@ def cmd_synthesize(a: argparse.Namespace) -> None:
     s = _spec(a.spec)
     spec = WorldSpec(**{k: s[k] for k in ("seed", "n_samples", "source_samples", "size",
                                           "cloud_fraction", "noise") if k in s})
-    if a.bigearthnet:
-        from geopeft.data.synthetic_bigearthnet import generate_bigearthnet
+    if a.world:
+        from geopeft.data.synthetic import write_world
 
-        log.info("BigEarthNet world: %s", generate_bigearthnet(
-            Path(a.bigearthnet), spec.n_samples, spec.seed, size=120))
-    if a.pastis:
-        from geopeft.data.synthetic_pastis import generate_pastis
-
-        log.info("PASTIS world: %s", generate_pastis(Path(a.pastis), spec.n_samples, spec.size,
-                                                     spec.seed))
+        log.info("%s world: %s", a.world[0], write_world(a.world[0], Path(a.world[1]), spec))
     if not (a.ms or a.rgb):
         return
     summary = generate_eurosat(spec, _opt_path(a.ms), _opt_path(a.rgb))
@@ -220,10 +214,12 @@ def cmd_mlflow_server(a: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
+    from geopeft.spec import PretrainSpec
     from geopeft.train.run import pretrain
 
     _claim_gpus("auto", a.gpus)
-    pretrain(_spec(a.spec), Path(a.store), Path(a.experiment), Path(a.out))
+    pretrain(PretrainSpec.from_dict(_spec(a.spec), "--spec"), Path(a.store), Path(a.experiment),
+             Path(a.out))
 
 
 def _torchrun(a: argparse.Namespace, device: str) -> int | None:
@@ -244,10 +240,11 @@ def _torchrun(a: argparse.Namespace, device: str) -> int | None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    from geopeft.spec import JobSpec
     from geopeft.train.run import train_row
 
-    spec = _spec(a.spec)
-    device = spec["row"]["train"].get("device", "auto")
+    spec = JobSpec.from_dict(_spec(a.spec), "--spec")
+    device = spec.train_args().device
     _claim_gpus(device, a.gpus)
     rc = _torchrun(a, device)
     if rc is not None:
@@ -264,7 +261,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     leave_process_group()
     h = rec["history"][-1]
-    log.info("%s: val score %.4f, %.1f s, %.0f img/s, peak %.0f MiB", rec["spec"]["row"]["name"],
+    log.info("%s: val score %.4f, %.1f s, %.0f img/s, peak %.0f MiB", spec.row.name,
              h.get("val_score", float("nan")), rec["wall_time_s"], rec["images_per_s"],
              rec["peak_memory_mb"])
 
@@ -363,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rgb", help="output folder for EuroSAT-RGB")
     s.add_argument("--ms-source", help="output folder for the MS pretraining source set")
     s.add_argument("--rgb-source", help="output folder for the RGB pretraining source set")
-    s.add_argument("--bigearthnet", help="output folder for a BigEarthNet-S2 v2 layout world")
-    s.add_argument("--pastis", help="output folder for a PASTIS layout world")
+    s.add_argument("--world", nargs=2, metavar=("DATASET", "FOLDER"),
+                   help="write the embedded world of a dataset in its publisher's layout "
+                        "(bigearthnet_s2, pastis) into FOLDER")
     s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("prepare", help="raw dataset -> zarr store (bands, splits, norm stats)")

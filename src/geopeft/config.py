@@ -14,14 +14,18 @@ from typing import Any
 
 import yaml
 
-from geopeft.io import canonical_json
-from geopeft.spec import ConfigError
+from geopeft.data.sources import REGISTRY as SOURCES
+from geopeft.spec import TRAIN_KEYS, ConfigError, JobSpec
 
-SYNTHETIC_DATASETS = ("eurosat_ms", "eurosat_rgb", "bigearthnet_s2", "pastis")
-TRAINABLE_DATASETS = ("eurosat_ms", "eurosat_rgb", "bigearthnet_s2", "bigearthnet_s2_v1", "pastis")
+# What the study may use of each dataset, asked of its source (geopeft.data.sources).
+#: Datasets a study may train on (the schema's ``dataset`` enum, checked by tests/test_spec.py).
+TRAINABLE_DATASETS = tuple(n for n, s in SOURCES.items() if s.study_dataset)
+#: Datasets the embedded synthetic world holds (``data.source: synthetic``).
+SYNTHETIC_DATASETS = tuple(n for n in TRAINABLE_DATASETS if SOURCES[n].embedded)
 #: Datasets of image time series: rows get a sequence length and a segmentation model.
-TIME_SERIES_DATASETS = ("pastis",)
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment", "loss")
+TIME_SERIES_DATASETS = tuple(n for n in TRAINABLE_DATASETS if SOURCES[n].time_series)
+#: Datasets whose embedded world one rule writes alone (``geopeft synthesize --world``).
+WORLD_DATASETS = tuple(n for n in SYNTHETIC_DATASETS if SOURCES[n].world)
 
 
 
@@ -93,28 +97,49 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     return config
 
 
-def _check_semantics(cfg: dict[str, Any], source: str) -> None:
+def _backbones(cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(config key, backbone config) of the study's backbone and every strategy's own."""
+    return [("backbone", cfg["backbone"])] + [
+        (f"strategies.{k}.backbone", s["backbone"]) for k, s in cfg["strategies"].items()
+        if s.get("backbone") is not None]
+
+
+def uses_backbone(strategy: dict[str, Any]) -> bool:
+    """Whether a strategy's rows have an encoder: every model but U-TAE, which has none."""
+    return strategy["segmentation"]["model"] != "utae"
+
+
+def _check_backbones(cfg: dict[str, Any], source: str) -> None:
+    """Known names; weights filled in from the zoo; checksums where files are named."""
     from geopeft.models.zoo import check_name, entry_for
 
-    strategies = cfg["strategies"]
-    named = [("backbone.name", cfg["backbone"]["name"])]
-    named += [(f"strategies.{k}.backbone.name", s["backbone"]["name"])
-              for k, s in strategies.items() if s.get("backbone") is not None]
-    for key, name in named:
+    for key, bb in _backbones(cfg):
         try:
-            check_name(name)
+            check_name(bb["name"])
         except ValueError as err:
-            raise ConfigError(f"{source}: {key}: {err}") from None
-    cfg["backbone"]["weights"] = cfg["backbone"]["weights"] or entry_for(cfg["backbone"]["name"]).weights
-    for key, strat in strategies.items():
-        bb = strat.get("backbone")
-        if bb is not None:
-            bb["weights"] = bb["weights"] or entry_for(bb["name"]).weights
-            if bb["weights"] == "pretrain" and bb != cfg["backbone"]:
-                raise ConfigError(f"{source}: strategies.{key}.backbone.weights: only the study's "
-                                  f"backbone is pretrained (weights: pretrain); name other weights")
-        seg = strat.get("segmentation") or {}
-        if seg.get("model") == "utae" and strat["strategy"] not in ("full", "scratch"):
+            raise ConfigError(f"{source}: {key}.name: {err}") from None
+    for key, bb in _backbones(cfg):
+        bb["weights"] = bb["weights"] or entry_for(bb["name"]).weights
+        if key != "backbone" and bb["weights"] == "pretrain" and bb != cfg["backbone"]:
+            raise ConfigError(f"{source}: {key}.weights: only the study's backbone is pretrained "
+                              f"(weights: pretrain); name other weights")
+        if bb.get("file") and not (bb["weights"].startswith("timm:") and bb["sha256"]):
+            raise ConfigError(f"{source}: {key}.file: a local copy of timm:<tag> weights; set "
+                              f"{key}.weights to timm:<tag> and {key}.sha256")
+    w = cfg["backbone"]["weights"]
+    if w.startswith("file:") and not cfg["backbone"]["sha256"]:
+        raise ConfigError(f"{source}: backbone.sha256: required when backbone.weights is {w!r}")
+    if w == "pretrain" and cfg["data"]["source"] != "synthetic":
+        raise ConfigError(
+            f"{source}: backbone.weights: 'pretrain' needs the embedded source set "
+            f"(data.source: synthetic); use timm:<tag> or file:<path> with real data"
+        )
+
+
+def _check_strategies(cfg: dict[str, Any], source: str) -> None:
+    """U-TAE trains from scratch; Fusion-LoRA's flags fit together and it has RGB bands."""
+    for key, strat in cfg["strategies"].items():
+        if not uses_backbone(strat) and strat["strategy"] not in ("full", "scratch"):
             raise ConfigError(f"{source}: strategies.{key}.strategy: U-TAE is trained from scratch "
                               f"(strategy full or scratch), not {strat['strategy']!r}")
         fusion = strat.get("fusion")
@@ -124,60 +149,59 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
         if fusion is not None and not {"B04", "B03", "B02"} <= set(cfg["data"]["bands"]):
             raise ConfigError(f"{source}: strategies.{key}.fusion: Fusion-LoRA feeds a pseudo-RGB "
                               f"image to the encoder and needs B04, B03, B02 in data.bands")
-    for i, name in enumerate(cfg["grid"]["strategy"]):
-        if name not in strategies:
-            raise ConfigError(
-                f"{source}: grid.strategy[{i}]: {name!r} is not a key of strategies "
-                f"({', '.join(strategies)})"
-            )
-    for i, row in enumerate(cfg["runs"]):
-        if row["strategy"] not in strategies:
-            raise ConfigError(
-                f"{source}: runs[{i}].strategy: {row['strategy']!r} is not a key of strategies "
-                f"({', '.join(strategies)})"
-            )
-    w = cfg["backbone"]["weights"]
-    if w.startswith("file:") and not cfg["backbone"]["sha256"]:
-        raise ConfigError(f"{source}: backbone.sha256: required when backbone.weights is {w!r}")
-    for key, bb in [("backbone", cfg["backbone"])] + [
-            (f"strategies.{k}.backbone", s["backbone"]) for k, s in strategies.items()
-            if s.get("backbone") is not None]:
-        if bb.get("file") and not (bb["weights"].startswith("timm:") and bb["sha256"]):
-            raise ConfigError(f"{source}: {key}.file: a local copy of timm:<tag> weights; set "
-                              f"{key}.weights to timm:<tag> and {key}.sha256")
-    if w == "pretrain" and cfg["data"]["source"] != "synthetic":
-        raise ConfigError(
-            f"{source}: backbone.weights: 'pretrain' needs the embedded source set "
-            f"(data.source: synthetic); use timm:<tag> or file:<path> with real data"
-        )
+
+
+def _check_datasets(cfg: dict[str, Any], source: str) -> None:
+    """Each dataset is one the source can give, with the study's bands; one kind of task."""
+    data = cfg["data"]
     for where, ds in study_datasets(cfg):
-        if cfg["data"]["source"] == "synthetic" and ds not in SYNTHETIC_DATASETS:
+        if data["source"] == "synthetic" and ds not in SYNTHETIC_DATASETS:
             raise ConfigError(
                 f"{source}: {where}: the embedded world writes {', '.join(SYNTHETIC_DATASETS)}; "
                 f"for {ds!r} set data.source to download or local"
             )
-        if ds == "eurosat_rgb":
-            bad = [b for b in cfg["data"]["bands"] if b not in ("B04", "B03", "B02")]
-            if bad:
-                raise ConfigError(
-                    f"{source}: data.bands: {bad[0]!r} is not in eurosat_rgb (it holds B04, B03, B02)"
-                )
+        held = SOURCES[ds].file_bands
+        bad = [b for b in data["bands"] if b not in held]
+        if bad:
+            raise ConfigError(
+                f"{source}: data.bands: {bad[0]!r} is not in {ds} (it holds {', '.join(held)})"
+            )
     kinds = {ds in TIME_SERIES_DATASETS for where, ds in study_datasets(cfg)
-             if not (where == "data.dataset" and cfg.get("grid", {}).get("dataset"))}
+             if not (where == "data.dataset" and cfg["grid"]["dataset"])}
     if len(kinds) > 1:
         raise ConfigError(f"{source}: grid.dataset: a study is either time-series segmentation "
                           f"({', '.join(TIME_SERIES_DATASETS)}) or image classification; split it")
-    if cfg["data"]["source"] == "local" and len({ds for _, ds in study_datasets(cfg)}) > 1:
+    if data["source"] == "local" and len({ds for _, ds in study_datasets(cfg)}) > 1:
         raise ConfigError(f"{source}: grid.dataset: with data.source local the study takes one "
                           f"dataset (data.raw_dir); run one study per dataset")
-    if cfg["data"]["source"] == "local" and not cfg["data"].get("raw_dir"):
-        cfg["data"]["raw_dir"] = str(Path(cfg["data"]["root"]) / "raw" / "local" / cfg["data"]["dataset"])
+    if data["source"] == "local" and not data.get("raw_dir"):
+        data["raw_dir"] = str(Path(data["root"]) / "raw" / "local" / data["dataset"])
+
+
+def _check_rows(cfg: dict[str, Any], source: str) -> None:
+    """Rows name strategies of the study; run names are unique; there is a row."""
+    strategies = cfg["strategies"]
+    for key, names in (("grid.strategy", cfg["grid"]["strategy"]),
+                       ("runs", [r["strategy"] for r in cfg["runs"]])):
+        for i, name in enumerate(names):
+            if name not in strategies:
+                where = f"{key}[{i}]" if key == "grid.strategy" else f"runs[{i}].strategy"
+                raise ConfigError(f"{source}: {where}: {name!r} is not a key of strategies "
+                                  f"({', '.join(strategies)})")
     names = [r["name"] for r in study_rows(cfg)]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"{source}: study rows: duplicate run name(s) {', '.join(dup)}")
     if not names:
         raise ConfigError(f"{source}: the study has no rows: set grid.strategy or runs")
+
+
+def _check_semantics(cfg: dict[str, Any], source: str) -> None:
+    """What the schema cannot say: cross-references and what the data and zoo allow."""
+    _check_backbones(cfg, source)
+    _check_strategies(cfg, source)
+    _check_datasets(cfg, source)
+    _check_rows(cfg, source)
 
 
 #: The default study: what ``snakemake`` runs when no study file is given.
@@ -293,8 +317,7 @@ def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     backbones = [("backbone", cfg["backbone"])]
     backbones += [(f"strategies.{k}.backbone", s["backbone"])
                   for k, s in cfg["strategies"].items() if s.get("backbone") is not None]
-    uses_study_backbone = any(s.get("backbone") is None and
-                              (s.get("segmentation") or {}).get("model") != "utae"
+    uses_study_backbone = any(s.get("backbone") is None and uses_backbone(s)
                               for s in cfg["strategies"].values())
     for key, bb in backbones:
         if key == "backbone" and not uses_study_backbone:
@@ -311,9 +334,9 @@ def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     grid = cfg["grid"]
     # every strategy once; the first and last value of each other axis alternate over them, so
     # that each axis is rehearsed at both ends (two cells) with one run per strategy
-    ends = {"dataset": grid.get("dataset") or [data["dataset"]],
-            "label_fraction": sorted(grid.get("label_fraction") or [1.0]),
-            "sequence_length": list(grid.get("sequence_length") or [])}
+    ends = {"dataset": grid["dataset"] or [data["dataset"]],
+            "label_fraction": sorted(grid["label_fraction"]),
+            "sequence_length": list(grid["sequence_length"])}
     ends = {k: [v[0], v[-1]] if len(v) > 1 else v for k, v in ends.items() if v}
     seed = grid["seed"][0]
     prefix = len(ends["dataset"]) > 1
@@ -354,8 +377,8 @@ def _fmt_fraction(f: float) -> str:
 def study_datasets(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     """(config key, dataset) of every dataset the study uses."""
     out = [("data.dataset", cfg["data"]["dataset"])]
-    out += [(f"grid.dataset[{i}]", d) for i, d in enumerate(cfg.get("grid", {}).get("dataset", []))]
-    out += [(f"runs[{i}].dataset", r["dataset"]) for i, r in enumerate(cfg.get("runs", []))
+    out += [(f"grid.dataset[{i}]", d) for i, d in enumerate(cfg["grid"]["dataset"])]
+    out += [(f"runs[{i}].dataset", r["dataset"]) for i, r in enumerate(cfg["runs"])
             if "dataset" in r]
     return out
 
@@ -371,24 +394,24 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     reference date) and ``segmentation`` (the model). With several datasets in ``grid.dataset``,
     grid run names start with the dataset; time-series run names hold ``-t<length>``.
     """
-    grid = cfg.get("grid", {})
-    datasets = grid.get("dataset") or [cfg["data"]["dataset"]]
+    grid = cfg["grid"]
+    datasets = grid["dataset"] or [cfg["data"]["dataset"]]
     prefix = len(datasets) > 1
-    temporal = cfg.get("temporal") or {"length": 35, "pad": "repeat", "reference_date": "2018-09-01"}
-    grid_lengths = list(grid.get("sequence_length") or [])
+    temporal = cfg["temporal"]
+    grid_lengths = list(grid["sequence_length"])
     rows: list[dict[str, Any]] = []
     for ds in datasets:
         lengths = (grid_lengths or [None]) if ds in TIME_SERIES_DATASETS else [None]
-        for s in grid.get("strategy", []):
-            for f in grid.get("label_fraction", [1.0]):
+        for s in grid["strategy"]:
+            for f in grid["label_fraction"]:
                 for length in lengths:
-                    for seed in grid.get("seed", [0]):
+                    for seed in grid["seed"]:
                         t = f"-t{length}" if length else ""
                         name = f"{s}-f{_fmt_fraction(float(f))}{t}-s{seed}"
                         rows.append({"strategy": s, "label_fraction": f, "seed": seed, "dataset": ds,
                                      "name": f"{ds}-{name}" if prefix else name,
                                      **({"sequence_length": length} if length else {})})
-    rows += [dict(r) for r in cfg.get("runs", [])]
+    rows += [dict(r) for r in cfg["runs"]]
     # the study's ladder of lengths: shorter selections are drawn from longer ones (nested)
     ladder = sorted({int(r.get("sequence_length") or temporal["length"]) for r in rows
                      if (r.get("dataset") or cfg["data"]["dataset"]) in TIME_SERIES_DATASETS},
@@ -396,8 +419,8 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for r in rows:
         strat = cfg["strategies"][r["strategy"]]
-        fraction = float(r.get("label_fraction", 1.0))
-        seed = int(r.get("seed", 0))
+        fraction = float(r["label_fraction"])
+        seed = int(r["seed"])
         series = (r.get("dataset") or cfg["data"]["dataset"]) in TIME_SERIES_DATASETS
         length = int(r.get("sequence_length") or temporal["length"])
         train = {k: v for k, v in cfg["train"].items()}
@@ -416,7 +439,7 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             "train": train,
         }
         if strat["strategy"] == "lora":
-            row["lora"] = dict(strat.get("lora", {}))
+            row["lora"] = dict(strat["lora"])
         if strat.get("fusion") is not None:
             row["fusion"] = dict(strat["fusion"])
         if strat.get("backbone") is not None:
@@ -425,7 +448,7 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             row["sequence_length"] = length
             row["temporal"] = {"length": length, "ladder": ladder, "pad": temporal["pad"],
                                "reference": temporal["reference_date"]}
-            row["segmentation"] = dict(strat.get("segmentation") or {})
+            row["segmentation"] = dict(strat["segmentation"])
         out.append(row)
     return out
 
@@ -433,9 +456,10 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 def row_backbone(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:
     """The backbone config of a row: its strategy's own, else the study's; None for U-TAE,
     which has no backbone."""
-    if (row.get("segmentation") or {}).get("model") == "utae":
+    strategy = cfg["strategies"][row["strategy"]]
+    if not uses_backbone(strategy):
         return None
-    return row.get("backbone") or cfg["backbone"]
+    return strategy.get("backbone") or cfg["backbone"]
 
 
 def base_spec(cfg: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
@@ -454,9 +478,10 @@ def job_spec(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     return dict(base_spec(cfg, row["dataset"]), row=row, backbone=row_backbone(cfg, row))
 
 
-def job_specs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The job spec of every row of a validated study, in row order."""
-    return [job_spec(cfg, row) for row in study_rows(cfg)]
+def job_specs(cfg: dict[str, Any]) -> list[JobSpec]:
+    """The typed job spec of every row of a validated study, in row order."""
+    return [JobSpec.from_dict(job_spec(cfg, row), f"study {cfg['study']}: row {row['name']}")
+            for row in study_rows(cfg)]
 
 
 def pretrain_spec(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -1,14 +1,277 @@
-"""The typed configuration every layer below the study takes, and the error of a bad one.
+"""The typed job spec: what one training or evaluation job receives, as dataclasses.
 
-:mod:`geopeft.config` reads, merges and validates the study files once; what it hands on to
-data, models, training and evaluation is described here.
+:mod:`geopeft.config` reads, merges and validates the study files once and writes each job's
+spec as JSON (the ``--spec`` of the train rule, and ``spec`` in the saved model's ``run.json``);
+:meth:`JobSpec.from_dict` turns it into these types, and the code below (data, models, training,
+evaluation) takes them, not dicts. A key the spec lacks is an error naming it, never a silent
+fallback.
+
+Each default of the study is written once, in the JSON-Schema
+(``workflow/schemas/config.schema.yaml``); the few defaults here (:class:`TrainArgs`,
+:class:`LoraSpec`) serve direct use from Python, and ``tests/test_spec.py`` holds them equal to
+the schema's, as it holds the enums below equal to the schema's enums.
+
+Names: a row's ``strategy`` is the key of the study's ``strategies`` table it uses (e.g.
+``lora_r4``); its ``method`` is what trains (one of :data:`STRATEGIES`); a LoRA row's
+``lora.method`` is the peft method (one of :data:`PEFT_METHODS`).
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+#: What trains: every weight, adapters, the new modules only, end to end with a slower
+#: encoder, or every weight from a random initialisation (:mod:`geopeft.models.strategies`).
+STRATEGIES = ("full", "lora", "linear", "e2e", "scratch")
+#: HF peft methods of ``strategy: lora`` rows.
+PEFT_METHODS = ("lora", "dora", "loha", "lokr")
+#: Training settings a strategy or a row may override.
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment", "loss")
 
 
 class ConfigError(ValueError):
     """The configuration (or a study row) is invalid; the message names file, key and value."""
 
 
-__all__ = ["ConfigError"]
+def _take(cls: Any, d: dict[str, Any], where: str, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` from ``d``; a missing required key is a ConfigError."""
+    missing = [f.name for f in fields(cls) if f.name not in d and f.name not in optional]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    return {f.name: d[f.name] for f in fields(cls) if f.name in d}
+
+
+@dataclass
+class TrainArgs:
+    """Settings of one training run."""
+
+    epochs: int = 5
+    """Passes over the training (sub)set."""
+    batch_size: int = 64
+    """Samples per optimisation step."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.05
+    """AdamW decoupled weight decay."""
+    warmup_epochs: float = 1.0
+    """Linear warmup length in epochs, then cosine decay to zero."""
+    augment: bool = True
+    """Random horizontal/vertical flips and 90-degree rotations."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    eval_batch_size: int = 256
+    """Batch size for validation and prediction."""
+    encoder_lr_factor: float = 1.0
+    """Encoder learning rate = factor x ``lr`` (the head keeps ``lr``); the ``e2e`` strategy."""
+    seed: int = 0
+    """Seed of python, numpy and torch (initialisation, data order, augmentation, dropout)."""
+    threads: int = 1
+    """CPU threads for torch."""
+    progress: bool = True
+    """Show a progress bar on stderr."""
+    checkpoint_every: int = 0
+    """Save the full training state every this many steps (0: by time, at epoch ends, on SIGTERM)."""
+    checkpoint_minutes: float = 10.0
+    """Save the full training state when this many minutes passed since the last save."""
+    loss: str = "ce"
+    """``ce`` (cross-entropy; BCE for multi-label) or ``weighted_ce`` (classes weighted by inverse
+    frequency in the training (sub)set, so rare classes count as much as common ones)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **extra: Any) -> TrainArgs:
+        """The settings in ``d`` (other keys ignored), with ``extra`` on top."""
+        keys = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in {**d, **extra}.items() if k in keys})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The adapter of a ``lora`` row."""
+
+    method: str = "lora"
+    """The peft method: one of :data:`PEFT_METHODS`."""
+    r: int = 8
+    """Rank of the adapter."""
+    alpha: float = 16
+    """Scaling numerator (LoRA scales the update by alpha / r)."""
+    dropout: float = 0.1
+    """Dropout on the adapter's input (rank dropout for LoHa and LoKr)."""
+    target_modules: tuple[str, ...] | None = None
+    """Encoder module name suffixes to adapt (None: the backbone's declared targets)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "lora") -> LoraSpec:
+        """The adapter of a resolved ``lora`` mapping (every key present)."""
+        v = _take(cls, d, where)
+        t = v["target_modules"]
+        return cls(**{**v, "target_modules": tuple(t) if t is not None else None})
+
+
+@dataclass(frozen=True)
+class Temporal:
+    """How a time-series row cuts its series (:func:`geopeft.data.temporal.temporal_indices`)."""
+
+    length: int
+    """Dates per series."""
+    ladder: tuple[int, ...]
+    """The study's sequence lengths, longest first: shorter selections nest in longer ones."""
+    pad: str
+    """What a series shorter than ``length`` gets: ``repeat`` (dates repeated) or ``error``."""
+    reference: str
+    """The date (YYYY-MM-DD) the temporal encodings count days from."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "temporal") -> Temporal:
+        v = _take(cls, d, where)
+        return cls(**{**v, "ladder": tuple(int(n) for n in v["ladder"])})
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The data of a job."""
+
+    dataset: str
+    """The dataset the row trains on."""
+    bands: tuple[str, ...]
+    """The band selection, in store order."""
+    source: str
+    """Where the raw data came from: ``synthetic`` (the embedded world), ``local``, ``download``."""
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One study row: one training job."""
+
+    name: str
+    """The run's name (its folder under ``runs/``)."""
+    dataset: str
+    """The row's dataset."""
+    strategy: str
+    """The key of the study's ``strategies`` table the row uses."""
+    method: str
+    """What trains: one of :data:`STRATEGIES`."""
+    label_fraction: float
+    """Share of the training labels used (a stratified, nested, seeded subset below 1)."""
+    seed: int
+    """The row's seed (initialisation, subset, data order)."""
+    train: dict[str, Any]
+    """The resolved training settings (defaults <- strategy <- row); see :meth:`train_args`."""
+    lora: LoraSpec | None = None
+    """The adapter (``lora`` rows)."""
+    fusion: dict[str, Any] | None = None
+    """Fusion-LoRA settings (:class:`geopeft.models.fusion.FusionConfig`)."""
+    backbone: dict[str, Any] | None = None
+    """The strategy's own encoder, when it names one."""
+    sequence_length: int | None = None
+    """Dates per series (time-series rows)."""
+    temporal: Temporal | None = None
+    """How series are cut (time-series rows)."""
+    segmentation: dict[str, Any] | None = None
+    """The time-series segmentation model's settings (time-series rows)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "row") -> RowSpec:
+        optional = ("lora", "fusion", "backbone", "sequence_length", "temporal", "segmentation")
+        v = _take(cls, d, where, optional)
+        if v["method"] not in STRATEGIES:
+            raise ConfigError(f"{where}.method: {v['method']!r} is not one of {STRATEGIES}")
+        if v["method"] == "lora":
+            v["lora"] = LoraSpec.from_dict(d.get("lora") or {}, f"{where}.lora")
+        else:
+            v.pop("lora", None)
+        if v.get("temporal") is not None:
+            v["temporal"] = Temporal.from_dict(v["temporal"], f"{where}.temporal")
+        return cls(**v)
+
+    def train_args(self, threads: int) -> TrainArgs:
+        """The training settings with the row's seed and the job's CPU threads."""
+        return TrainArgs.from_dict(self.train, seed=self.seed, threads=threads)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything one training job receives (``geopeft train --spec``)."""
+
+    study: str
+    """The study's name."""
+    data: DataSpec
+    """The row's data."""
+    backbone: dict[str, Any] | None
+    """The row's encoder config (its strategy's own, else the study's); None for U-TAE."""
+    threads: int
+    """CPU threads of the job."""
+    row: RowSpec
+    """The study row."""
+    rehearsal: bool
+    """Whether the job belongs to a rehearsal (fixtures, random weights, one epoch)."""
+    raw: dict[str, Any]
+    """The spec as JSON (run.json, MLflow params)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "job spec") -> JobSpec:
+        """The typed spec of a job's JSON spec.
+
+        Raises:
+            ConfigError: a key is missing or a value is not allowed (named with ``where``).
+        """
+        for key in ("study", "data", "backbone", "threads", "row"):
+            if key not in d:
+                raise ConfigError(f"{where}: missing {key}")
+        data = _take(DataSpec, d["data"], f"{where}.data")
+        return cls(d["study"], DataSpec(data["dataset"], tuple(data["bands"]), data["source"]),
+                   d["backbone"], int(d["threads"]), RowSpec.from_dict(d["row"], f"{where}.row"),
+                   bool(d.get("rehearsal", False)), d)
+
+    @property
+    def encoder(self) -> dict[str, Any] | None:
+        """The encoder to build: ``backbone``, without its weights for ``scratch`` rows (random
+        initialisation); None for U-TAE (no encoder)."""
+        if self.backbone is None:
+            return None
+        return dict(self.backbone, weights="none") if self.row.method == "scratch" else self.backbone
+
+    def train_args(self) -> TrainArgs:
+        """The row's training settings with its seed and the job's threads."""
+        return self.row.train_args(self.threads)
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """What the pretrain job receives: the embedded backbone, trained on the synthetic source set."""
+
+    study: str
+    """The study's name."""
+    data: DataSpec
+    """The study's data (the source set is prepared with its bands)."""
+    backbone: dict[str, Any]
+    """The study's backbone config (built with random weights, then pretrained)."""
+    threads: int
+    """CPU threads of the job."""
+    train: TrainArgs
+    """The ``pretrain`` settings (augmentation on)."""
+    rehearsal: bool
+    """Whether the job belongs to a rehearsal."""
+    raw: dict[str, Any]
+    """The spec as JSON (MLflow params)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "pretrain spec") -> PretrainSpec:
+        for key in ("study", "data", "backbone", "threads", "pretrain"):
+            if key not in d:
+                raise ConfigError(f"{where}: missing {key}")
+        data = _take(DataSpec, d["data"], f"{where}.data")
+        threads = int(d["threads"])
+        return cls(d["study"], DataSpec(data["dataset"], tuple(data["bands"]), data["source"]),
+                   d["backbone"], threads,
+                   TrainArgs.from_dict(d["pretrain"], augment=True, threads=threads),
+                   bool(d.get("rehearsal", False)), d)
+
+
+__all__ = ["PEFT_METHODS", "STRATEGIES", "TRAIN_KEYS", "ConfigError", "DataSpec", "JobSpec",
+           "LoraSpec", "PretrainSpec", "RowSpec", "Temporal", "TrainArgs"]

@@ -2,6 +2,7 @@ import os
 import re
 
 from geopeft import config as gcfg
+from geopeft.io import canonical_json
 from geopeft.data.subsets import subset_file_name
 from geopeft.paper.figures import figure_names
 
@@ -94,12 +95,12 @@ def get_pretrain(wildcards=None):
 
 
 def get_pretrain_spec(wildcards):
-    return gcfg.canonical_json(gcfg.pretrain_spec(config))
+    return canonical_json(gcfg.pretrain_spec(config))
 
 
 def get_train_spec(wildcards):
     """Everything one training job depends on: editing another row leaves it unchanged."""
-    return gcfg.canonical_json(gcfg.job_spec(config, ROWS[wildcards.run]))
+    return canonical_json(gcfg.job_spec(config, ROWS[wildcards.run]))
 
 
 def opt(flag, paths):

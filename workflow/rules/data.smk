@@ -8,7 +8,7 @@ if DATA["source"] == "synthetic":
             ms_source=directory(f"{RAW}/eurosat_ms_source"),
             rgb_source=directory(f"{RAW}/eurosat_rgb_source"),
         params:
-            spec=gcfg.canonical_json(DATA["synthetic"]),
+            spec=canonical_json(DATA["synthetic"]),
         log:
             f"{DATA['root']}/logs/synthesize.log",
         conda:
@@ -18,20 +18,21 @@ if DATA["source"] == "synthetic":
             " --ms-source {output.ms_source} --rgb-source {output.rgb_source} > {log} 2>&1"
 
     rule synthesize_layout:
-        """Embedded worlds in the BigEarthNet-S2 v2 and PASTIS layouts."""
+        """Embedded worlds of the datasets whose sources write one alone (BigEarthNet-S2 v2,
+        PASTIS), in the publishers' layouts."""
         output:
             directory(f"{RAW}/{{layout}}"),
         wildcard_constraints:
-            layout="bigearthnet_s2|pastis",
+            layout="|".join(gcfg.WORLD_DATASETS),
         params:
-            spec=gcfg.canonical_json(DATA["synthetic"]),
-            flag=lambda wildcards: "--bigearthnet" if wildcards.layout == "bigearthnet_s2" else "--pastis",
+            spec=canonical_json(DATA["synthetic"]),
         log:
             f"{DATA['root']}/logs/synthesize_{{layout}}.log",
         conda:
             "../../envs/geopeft.yaml"
         shell:
-            "geopeft synthesize --spec {params.spec:q} {params.flag} {output} > {log} 2>&1"
+            "geopeft synthesize --spec {params.spec:q} --world {wildcards.layout} {output}"
+            " > {log} 2>&1"
 
 
 if DATA["source"] == "download":
@@ -47,7 +48,7 @@ if DATA["source"] == "download":
         wildcard_constraints:
             file="[^/]+",
         params:
-            spec=gcfg.canonical_json({k: DATA[k] for k in ("mirrors", "remotes")}),
+            spec=canonical_json({k: DATA[k] for k in ("mirrors", "remotes")}),
         retries: 2
         log:
             f"{DATA['root']}/logs/download/{{dataset}}-{{file}}.log",
@@ -79,7 +80,7 @@ rule prepare:
         directory(f"{PREP}/{{dataset}}/{{bands}}.zarr"),
     params:
         bands=lambda wildcards: wildcards.bands.replace("-", ","),
-        options=gcfg.canonical_json(DATA["options"]),
+        options=canonical_json(DATA["options"]),
     threads: 2
     log:
         f"{DATA['root']}/logs/prepare/{{dataset}}-{{bands}}.log",

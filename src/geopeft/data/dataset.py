@@ -10,7 +10,9 @@ import numpy as np
 
 from geopeft.data.prepare import open_store
 from geopeft.data.sources import DataError
+from geopeft.data.temporal import ShortSeriesError, days_since, temporal_indices
 from geopeft.io import read_json
+from geopeft.spec import Temporal
 
 
 @dataclass
@@ -57,12 +59,16 @@ def store_info(path: Path) -> StoreInfo:
 
 
 def load_split(path: Path, split: str, subset_file: Path | None = None,
-               temporal: dict[str, Any] | None = None) -> Split:
+               temporal: Temporal | None = None) -> Split:
     """Load one split into memory; with ``subset_file``, only the samples it lists.
 
-    A time-series store needs ``temporal`` (``length``, ``ladder``, ``pad``; see
-    :func:`geopeft.data.temporal.temporal_indices`): each series is cut to its ``length``-date
-    subset while loading, block by block, so memory holds the selected dates only.
+    Args:
+        path: the zarr store.
+        split: ``train``, ``val`` or ``test``.
+        subset_file: a label-fraction subset (:mod:`geopeft.data.subsets`).
+        temporal: how a time-series store's series are cut (see
+            :func:`geopeft.data.temporal.temporal_indices`): each to its ``length``-date subset
+            while loading, block by block, so memory holds the selected dates only.
 
     Raises:
         DataError: the split is empty, the subset lists samples outside the split, or a series is
@@ -89,14 +95,10 @@ def load_split(path: Path, split: str, subset_file: Path | None = None,
     return Split(x, y)
 
 
-def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: dict[str, Any] | None) -> Split:
-    from geopeft.data.temporal import LADDER, ShortSeriesError, days_since, temporal_indices
-
-    if not temporal or not temporal.get("length"):
+def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None) -> Split:
+    if temporal is None:
         raise DataError(f"{path}: a time-series store; the run needs a sequence length")
-    length = int(temporal["length"])
-    ladder = temporal.get("ladder") or LADDER
-    pad = temporal.get("pad", "repeat")
+    length, ladder, pad = temporal.length, temporal.ladder, temporal.pad
     n_dates = ds["n_dates"].values[idx].astype(np.int64)
     names = ds["name"].values[idx]
     try:
@@ -114,5 +116,5 @@ def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: dict[str, Any] 
     dates = np.stack([ds["dates"].values[i, s] for i, s in zip(idx, sel, strict=True)])
     y = ds["label"].values[idx].astype(np.int64)
     void = ds.attrs.get("void_class")
-    return Split(x, y, days_since(dates, temporal.get("reference", "2018-09-01")),
+    return Split(x, y, days_since(dates, temporal.reference),
                  None if void is None else int(void))

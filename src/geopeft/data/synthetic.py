@@ -438,3 +438,26 @@ class _maybe:
 
     def __exit__(self, *exc: object) -> bool | None:
         return self._cm.__exit__(*exc) if self._cm else None
+
+
+def write_world(dataset: str, out: Path, spec: WorldSpec) -> dict:
+    """Write the embedded world of a dataset its source writes alone (``Source.world``).
+
+    Args:
+        dataset: the dataset (e.g. ``bigearthnet_s2``, ``pastis``).
+        out: the raw folder to write, in the publisher's layout.
+        spec: the world's settings (``data.synthetic``).
+
+    Raises:
+        DataError: the dataset has no world of its own.
+    """
+    import importlib
+
+    from geopeft.data.sources import DataError, get_source
+
+    source = get_source(dataset)
+    if source.world is None:
+        raise DataError(f"{dataset}: no embedded world of its own (EuroSAT's is written with "
+                        f"its source sets: geopeft synthesize --ms/--rgb)")
+    module, func = source.world.split(":")
+    return getattr(importlib.import_module(module), func)(Path(out), spec)

@@ -17,7 +17,7 @@ import numpy as np
 
 from geopeft.bands import S2_BANDS
 from geopeft.data.sources.bigearthnet import BANDS, CLASSES, SIZES
-from geopeft.data.synthetic import _utm_profile, render
+from geopeft.data.synthetic import WorldSpec, _utm_profile, render
 from geopeft.io import atomic_dir
 
 #: EuroSAT-like cover -> BigEarthNet 19-class name (highways are not a BigEarthNet class).
@@ -106,4 +106,10 @@ def generate_bigearthnet(out: Path, n_patches: int = 60, seed: int = 0, cloudy_s
     return {"patches": n_patches, "cloudy": int(meta.contains_cloud_or_shadow.sum())}
 
 
-__all__ = ["generate_bigearthnet", "render_patch"]
+__all__ = ["generate_bigearthnet", "render_patch", "write_world"]
+
+
+def write_world(out: Path, spec: WorldSpec) -> dict:
+    """The embedded BigEarthNet-S2 v2 world of ``data.synthetic`` (120 x 120 patches, as
+    published; ``spec.size`` is EuroSAT's)."""
+    return generate_bigearthnet(out, spec.n_samples, spec.seed, size=120)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from geopeft.data.sources.pastis import BANDS, VOID
-from geopeft.data.synthetic import _L2A, ENDMEMBERS, fractal, parcels, write_marker
+from geopeft.data.synthetic import _L2A, ENDMEMBERS, WorldSpec, fractal, parcels, write_marker
 from geopeft.io import atomic_dir
 
 #: class -> (green-up day, senescence day, peak NDVI, mowing) of the double logistic.
@@ -126,4 +126,9 @@ def generate_pastis(out: Path, n_patches: int = 20, size: int = 32, seed: int = 
     return {"patches": n_patches}
 
 
-__all__ = ["acquisition_dates", "generate_pastis", "ndvi_curve", "render_series"]
+__all__ = ["acquisition_dates", "generate_pastis", "ndvi_curve", "render_series", "write_world"]
+
+
+def write_world(out: Path, spec: WorldSpec) -> dict:
+    """The embedded PASTIS world of ``data.synthetic`` (``spec.size`` pixels a side)."""
+    return generate_pastis(out, spec.n_samples, spec.size, spec.seed)

@@ -18,6 +18,7 @@ from geopeft.models.build import num_outputs
 from geopeft.models.inference import predict, segmentation_scores
 from geopeft.models.runtime import resolve_device, seed_everything
 from geopeft.models.saved import load_model
+from geopeft.spec import JobSpec
 from geopeft.tracking import RunLogger
 
 
@@ -49,19 +50,20 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
     """Predict the test split with the saved model in ``model_dir``; write and log the metrics."""
     seed_everything(0, threads)
     record = read_json(Path(model_dir) / "run.json")
+    row = JobSpec.from_dict(record["spec"], f"{Path(model_dir) / 'run.json'}: spec").row
     info = store_info(store)
     model = load_model(model_dir, store, pretrain_dir)
-    device = resolve_device(record["spec"]["row"]["train"].get("device", "auto"))
+    args = row.train_args(threads)
+    device = resolve_device(args.device)
     model.to(device)
-    row = record["spec"]["row"]
-    test = load_split(store, "test", temporal=row.get("temporal"))
-    batch = row["train"].get("eval_batch_size", 256)
+    test = load_split(store, "test", temporal=row.temporal)
+    batch = args.eval_batch_size
     if test.y.ndim == 3:  # segmentation: whole patches, confusion streamed batch by batch
         classes = info.classes[: num_outputs(info)]
         cm, _ = segmentation_scores(model, test, batch, device)
         m = segmentation_metrics(cm)
         m.update(task="segmentation", primary_metric="miou", primary=m["miou"],
-                 void_class=info.void_class, sequence_length=row.get("sequence_length"),
+                 void_class=info.void_class, sequence_length=row.sequence_length,
                  classes=classes)
         table = confusion_csv(m["confusion_matrix"], classes)
         flat = {f"test_{k}": m[k] for k in ("miou", "mf1", "overall_accuracy")}

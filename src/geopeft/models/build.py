@@ -14,17 +14,7 @@ from geopeft.models.classifier import build_classifier
 from geopeft.models.fusion import build_fusion
 from geopeft.models.segmentation import build_segmenter
 from geopeft.models.strategies import apply_strategy
-
-
-def backbone_for(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The backbone config of a job: the row's own (a strategy's encoder) or the study's;
-    ``scratch`` rows ignore the weights (random init); None for U-TAE (no backbone)."""
-    bb = spec["row"].get("backbone") or spec.get("backbone")
-    if bb is None:
-        return None
-    if spec["row"]["method"] == "scratch":
-        return dict(bb, weights="none")
-    return bb
+from geopeft.spec import ConfigError, JobSpec
 
 
 def num_outputs(info: StoreInfo) -> int:
@@ -32,7 +22,7 @@ def num_outputs(info: StoreInfo) -> int:
     return len(info.classes) - (info.void_class is not None)
 
 
-def build_model(spec: dict[str, Any], info: StoreInfo, pretrain_dir: Path | None = None,
+def build_model(spec: JobSpec, info: StoreInfo, pretrain_dir: Path | None = None,
                 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model of a job spec with its strategy applied.
 
@@ -45,20 +35,19 @@ def build_model(spec: dict[str, Any], info: StoreInfo, pretrain_dir: Path | None
         The model (a classifier, Fusion-LoRA when the row has ``fusion`` settings, a time-series
         segmenter when it has ``segmentation`` settings) and its description for the run record.
     """
-    row = spec["row"]
-    if row.get("segmentation") is not None:
-        raw = backbone_for(spec)
-        seg_bb = resolve(raw) if raw is not None and row["segmentation"].get("model") != "utae" else None
-        model, minfo = build_segmenter(seg_bb, info, num_outputs(info), row["segmentation"],
+    row = spec.row
+    encoder = resolve(spec.encoder) if spec.encoder is not None else None
+    if row.segmentation is not None:  # U-TAE has no encoder
+        model, minfo = build_segmenter(encoder, info, num_outputs(info), row.segmentation,
                                        pretrain_dir)
-        targets = seg_bb["lora_targets"] if seg_bb else None
-        return apply_strategy(model, row["method"], row.get("lora"), targets), minfo
-    bb = resolve(backbone_for(spec))  # type: ignore[arg-type]
-    if row.get("fusion") is not None:
-        model, minfo = build_fusion(bb, info, len(info.classes), row["fusion"], pretrain_dir)
+    elif encoder is None:
+        raise ConfigError(f"{row.name}: an image classifier needs a backbone")
+    elif row.fusion is not None:
+        model, minfo = build_fusion(encoder, info, len(info.classes), row.fusion, pretrain_dir)
     else:
-        model, minfo = build_classifier(bb, info, len(info.classes), pretrain_dir)
-    return apply_strategy(model, row["method"], row.get("lora"), bb["lora_targets"]), minfo
+        model, minfo = build_classifier(encoder, info, len(info.classes), pretrain_dir)
+    targets = encoder["lora_targets"] if encoder is not None else None
+    return apply_strategy(model, row.method, row.lora, targets), minfo
 
 
-__all__ = ["backbone_for", "build_model", "num_outputs"]
+__all__ = ["build_model", "num_outputs"]

@@ -25,7 +25,8 @@ from torch import nn
 
 from geopeft.data.dataset import StoreInfo, store_info
 from geopeft.io import atomic_dir, read_json, write_json
-from geopeft.models.build import backbone_for, build_model
+from geopeft.models.build import build_model
+from geopeft.spec import JobSpec
 
 
 def trained_tensors(model: nn.Module, everything: bool = False) -> dict[str, torch.Tensor]:
@@ -63,14 +64,16 @@ def save_model(model: nn.Module, out: Path, record: dict[str, Any]) -> None:
     Args:
         model: the trained model.
         out: the model folder (replaced as a whole, never half-written).
-        record: the run record (``run.json``), with ``spec`` and ``model.weights``.
+        record: the run record (``run.json``): ``spec`` (the job spec as JSON) and
+            ``model.weights`` (the base weights' origin), and what else the run reports.
     """
     from safetensors.torch import save_file
 
+    spec = JobSpec.from_dict(record["spec"], f"{out}: run.json spec")
     with atomic_dir(out) as tmp:
         save_file(trainable_state(model, record["model"]["weights"]),
                   str(tmp / "trainable.safetensors"))
-        if record["spec"]["row"]["method"] == "lora":
+        if spec.row.method == "lora":
             model.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
         write_json(tmp / "run.json", record)
 
@@ -94,9 +97,9 @@ def load_model(model_dir: Path, store: Path | None = None,
 
     model_dir = Path(model_dir)
     record = read_json(model_dir / "run.json")
-    spec = record["spec"]
+    spec = JobSpec.from_dict(record["spec"], f"{model_dir / 'run.json'}: spec")
     info = store_info(store) if store is not None else StoreInfo(**record["store"])
-    if pretrain_dir is None and (backbone_for(spec) or {}).get("weights") == "pretrain":
+    if pretrain_dir is None and (spec.encoder or {}).get("weights") == "pretrain":
         pretrain_dir = record.get("pretrain_dir") and Path(record["pretrain_dir"])
     model, minfo = build_model(spec, info, pretrain_dir)
     if minfo["weights"] != record["model"]["weights"]:

@@ -18,8 +18,7 @@ from typing import Any
 
 from torch import nn
 
-STRATEGIES = ("full", "lora", "linear", "e2e", "scratch")
-PEFT_METHODS = ("lora", "dora", "loha", "lokr")
+from geopeft.spec import PEFT_METHODS, STRATEGIES, LoraSpec
 
 
 def new_module_names(model: nn.Module) -> list[str]:
@@ -53,12 +52,18 @@ def encoder_targets(model: nn.Module, suffixes: list[str]) -> list[str]:
     return out
 
 
-def peft_config(lora: dict[str, Any], targets: list[str], modules_to_save: list[str]) -> Any:
-    """The peft config of ``lora.method``: LoRA, DoRA (weight-decomposed LoRA), LoHa or LoKr."""
+def peft_config(lora: LoraSpec, targets: list[str], modules_to_save: list[str]) -> Any:
+    """The peft config of ``lora.method``: LoRA, DoRA (weight-decomposed LoRA), LoHa or LoKr.
+
+    Args:
+        lora: the adapter's settings.
+        targets: full names of the encoder's modules to adapt.
+        modules_to_save: the new modules (trained and saved with the adapter).
+    """
     import peft
 
-    method = lora.get("method", "lora")
-    r, alpha, dropout = int(lora.get("r", 8)), float(lora.get("alpha", 16)), float(lora.get("dropout", 0.1))
+    method = lora.method
+    r, alpha, dropout = int(lora.r), float(lora.alpha), float(lora.dropout)
     common = {"r": r, "target_modules": targets, "modules_to_save": modules_to_save}
     if method in ("lora", "dora"):
         return peft.LoraConfig(lora_alpha=alpha, lora_dropout=dropout, bias="none",
@@ -70,7 +75,7 @@ def peft_config(lora: dict[str, Any], targets: list[str], modules_to_save: list[
     raise ValueError(f"lora.method: {method!r} is not one of {PEFT_METHODS}")
 
 
-def apply_strategy(model: nn.Module, method: str, lora: dict[str, Any] | None = None,
+def apply_strategy(model: nn.Module, method: str, lora: LoraSpec | None = None,
                    default_targets: list[str] | None = None) -> nn.Module:
     """Set ``requires_grad`` (and wrap with peft for LoRA); returns the model to train.
 
@@ -91,8 +96,8 @@ def apply_strategy(model: nn.Module, method: str, lora: dict[str, Any] | None = 
         return model
     from peft import get_peft_model
 
-    lora = lora or {}
-    suffixes = list(lora.get("target_modules") or default_targets or ["q", "k", "v"])
+    lora = lora or LoraSpec()
+    suffixes = list(lora.target_modules or default_targets or ["q", "k", "v"])
     try:
         cfg = peft_config(lora, encoder_targets(model, suffixes), new)
         return get_peft_model(model, cfg)

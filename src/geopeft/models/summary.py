@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import asdict
 from typing import Any
 
 from geopeft.io import canonical_json
+from geopeft.models.zoo import resolve
+from geopeft.spec import JobSpec
 
 
 @functools.lru_cache(maxsize=32)
@@ -34,30 +37,31 @@ def _structure(backbone_json: str, in_chans: int) -> dict[str, Any]:
             "params": sum(p.numel() for p in m.parameters()), "lora_targets": bb["lora_targets"]}
 
 
-def describe_spec(spec: dict[str, Any]) -> dict[str, Any]:
+def describe_spec(spec: JobSpec) -> dict[str, Any]:
     """The resolved summary of one job spec (:func:`geopeft.config.job_spec`)."""
-    row = spec["row"]
-    bb = spec["backbone"]
+    row = spec.row
+    bb = spec.backbone
+    args = row.train_args(spec.threads)
+    lora = asdict(row.lora) if row.lora is not None else None
+    if lora is not None and lora["target_modules"] is not None:
+        lora["target_modules"] = list(lora["target_modules"])
     out: dict[str, Any] = {
-        "name": row["name"], "dataset": row["dataset"], "bands": list(spec["data"]["bands"]),
-        "source": spec["data"]["source"], "strategy": row["strategy"], "method": row["method"],
-        "label_fraction": row["label_fraction"], "seed": row["seed"],
-        "sequence_length": row.get("sequence_length"),
-        "epochs": row["train"]["epochs"], "batch_size": row["train"]["batch_size"],
-        "lr": row["train"]["lr"], "encoder_lr_factor": row["train"].get("encoder_lr_factor"),
-        "lora": row.get("lora"), "fusion": row.get("fusion"),
-        "segmentation": (row.get("segmentation") or {}).get("model", "upernet_ltae")
-        if row.get("segmentation") is not None else None,
+        "name": row.name, "dataset": row.dataset, "bands": list(spec.data.bands),
+        "source": spec.data.source, "strategy": row.strategy, "method": row.method,
+        "label_fraction": row.label_fraction, "seed": row.seed,
+        "sequence_length": row.sequence_length,
+        "epochs": args.epochs, "batch_size": args.batch_size,
+        "lr": args.lr, "encoder_lr_factor": row.train.get("encoder_lr_factor"),
+        "lora": lora, "fusion": row.fusion,
+        "segmentation": row.segmentation["model"] if row.segmentation is not None else None,
     }
     if bb is None:
         out["backbone"] = None
         out["weights"] = "none (U-TAE, trained from scratch)"
         return out
-    from geopeft.models.zoo import resolve
-
-    r = resolve(bb)
-    weights = "none (from scratch)" if row["method"] == "scratch" else r["weights"]
-    n_in = 3 if row.get("fusion") is not None else len(spec["data"]["bands"])
+    r = resolve(spec.encoder)
+    weights = "none (from scratch)" if r["weights"] == "none" else r["weights"]
+    n_in = 3 if row.fusion is not None else len(spec.data.bands)
     struct = _structure(canonical_json({k: bb[k] for k in ("name", "kwargs") if k in bb}), n_in)
     out["backbone"] = {"name": bb["name"], **struct, "input_size": r["input_size"] or struct["img_size"]}
     out["weights"] = weights
@@ -80,7 +84,7 @@ def format_row(d: dict[str, Any]) -> str:
     if d["lora"]:
         lo = d["lora"]
         targets = lo.get("target_modules") or (bb or {}).get("lora_targets")
-        parts.append(f"{lo.get('method', 'lora')} r {lo['r']} alpha {lo['alpha']:g} dropout "
+        parts.append(f"{lo['method']} r {lo['r']} alpha {lo['alpha']:g} dropout "
                      f"{lo['dropout']:g} on {','.join(targets or [])}")
     if d["fusion"]:
         parts.append("fusion " + " ".join(f"{k}={v}" for k, v in sorted(d["fusion"].items())))

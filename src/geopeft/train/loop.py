@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from geopeft.models.inference import forward
 from geopeft.models.runtime import autocast, peak_memory_mb, resolve_device, seed_everything
 from geopeft.models.saved import trained_tensors
 from geopeft.models.strategies import param_groups
+from geopeft.spec import TrainArgs
 from geopeft.train.distributed import any_rank, dist_info, step_seed, sum_over_ranks, sync_gradients
 from geopeft.train.losses import class_weights, loss_fn
 from geopeft.train.resume import (
@@ -36,53 +37,6 @@ from geopeft.train.resume import (
     stop_requested,
 )
 from geopeft.train.validation import is_multilabel, is_segmentation, validate
-
-
-@dataclass
-class TrainArgs:
-    """Settings of one training run."""
-
-    epochs: int = 5
-    """Passes over the training (sub)set."""
-    batch_size: int = 64
-    """Samples per optimisation step."""
-    lr: float = 1e-3
-    """Peak learning rate of AdamW."""
-    weight_decay: float = 0.05
-    """AdamW decoupled weight decay."""
-    warmup_epochs: float = 1.0
-    """Linear warmup length in epochs, then cosine decay to zero."""
-    augment: bool = True
-    """Random horizontal/vertical flips and 90-degree rotations."""
-    device: str = "auto"
-    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
-    amp: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
-    eval_batch_size: int = 256
-    """Batch size for validation and prediction."""
-    encoder_lr_factor: float = 1.0
-    """Encoder learning rate = factor x ``lr`` (the head keeps ``lr``); the ``e2e`` strategy."""
-    seed: int = 0
-    """Seed of python, numpy and torch (initialisation, data order, augmentation, dropout)."""
-    threads: int = 1
-    """CPU threads for torch."""
-    progress: bool = True
-    """Show a progress bar on stderr."""
-    checkpoint_every: int = 0
-    """Save the full training state every this many steps (0: by time, at epoch ends, on SIGTERM)."""
-    checkpoint_minutes: float = 10.0
-    """Save the full training state when this many minutes passed since the last save."""
-    loss: str = "ce"
-    """``ce`` (cross-entropy; BCE for multi-label) or ``weighted_ce`` (classes weighted by inverse
-    frequency in the training (sub)set, so rare classes count as much as common ones)."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], **extra: Any) -> TrainArgs:
-        keys = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in {**d, **extra}.items() if k in keys})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, y: torch.Tensor | None = None) -> Any:

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from geopeft.data.dataset import load_split, store_info
+from geopeft.data.dataset import StoreInfo, load_split, store_info
 from geopeft.io import atomic_dir, read_json, write_json
 from geopeft.models.build import build_model
 from geopeft.models.classifier import build_classifier
@@ -17,23 +17,25 @@ from geopeft.models.runtime import seed_everything
 from geopeft.models.saved import save_model
 from geopeft.models.strategies import count_parameters
 from geopeft.models.weights import sha256_file
+from geopeft.spec import DataSpec, JobSpec, PretrainSpec
 from geopeft.tracking import RunLogger, git_commit
 from geopeft.train.distributed import dist_info
-from geopeft.train.loop import TrainArgs, fit
+from geopeft.train.loop import fit
 from geopeft.train.resume import Checkpointer, Preempted
 
 log = logging.getLogger(__name__)
 
 
-def _tags(spec: dict[str, Any], fingerprint: str, role: str) -> dict[str, str]:
+def _tags(study: str, data: DataSpec, rehearsal: bool, fingerprint: str,
+          role: str) -> dict[str, str]:
     return {
         "git_commit": git_commit(),
         "dataset_fingerprint": fingerprint,
-        "dataset": spec["data"]["dataset"],
-        "synthetic": str(spec["data"].get("source") == "synthetic"),
-        "rehearsal": str(bool(spec.get("rehearsal", False))),
+        "dataset": data.dataset,
+        "synthetic": str(data.source == "synthetic"),
+        "rehearsal": str(rehearsal),
         "role": role,
-        "study": spec["study"],
+        "study": study,
     }
 
 
@@ -57,39 +59,70 @@ def _end_after_error(logger: Any, status: str) -> None:
         log.warning("could not end MLflow run %s as %s: %s", logger.run_id, status, err)
 
 
-def _open_run(experiment: Path, spec: dict[str, Any], fingerprint: str,
+def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
               state_dir: Path | None) -> RunLogger:
     """The job's MLflow run: a new one, or the one an earlier, interrupted attempt started."""
     run_file = Path(state_dir) / "mlflow_run.json" if state_dir else None
     run_id = read_json(run_file)["run_id"] if run_file and run_file.is_file() else None
-    logger = RunLogger(experiment, run_name=spec["row"]["name"], params=spec,
-                       tags=_tags(spec, fingerprint, "finetune"), run_id=run_id)
+    logger = RunLogger(experiment, run_name=spec.row.name, params=spec.raw,
+                       tags=_tags(spec.study, spec.data, spec.rehearsal, fingerprint, "finetune"),
+                       run_id=run_id)
     if run_file is not None:
         write_json(run_file, {"run_id": logger.run_id})
     if run_id is not None:
         log.info("resuming MLflow run %s", run_id)
         logger.set_running()
     else:
-        logger.log_dict(spec, "config.json")
+        logger.log_dict(spec.raw, "config.json")
     return logger
 
 
-def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment: Path,
+def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_train: int,
+            result: dict[str, Any], run_id: str | None, info: StoreInfo,
+            pretrain_dir: Path | None) -> dict[str, Any]:
+    """The run record (``run.json``): spec, model, sizes, history, costs, provenance."""
+    costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb")}
+    return {
+        "spec": spec.raw,
+        "model": minfo,
+        "trainable_params": params[0],
+        "total_params": params[1],
+        "train_samples": n_train,
+        "history": result["history"],
+        "device": result["device"],
+        "mlflow_run_id": run_id,
+        "dataset_fingerprint": info.fingerprint,
+        "store": {**asdict(info), "path": str(info.path)},
+        "pretrain_dir": str(Path(pretrain_dir).resolve()) if pretrain_dir else None,
+        **costs,
+    }
+
+
+def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
               out: Path, pretrain_dir: Path | None = None,
               state_dir: Path | None = None) -> dict[str, Any]:
-    """Train one study row and write its checkpoint folder ``out``.
+    """Train one study row and write its saved model ``out``.
 
-    With ``state_dir`` the training state is checkpointed there (periodically, per epoch and on
-    SIGTERM) and a rerun resumes from it, in the same MLflow run, with one value per metric
-    step; the folder is removed once ``out`` is written.
+    Args:
+        spec: the job spec.
+        store: the prepared zarr store of the row's dataset.
+        subset: the label-fraction subset file (None: every training label).
+        experiment: the study's MLflow experiment file (``mlflow-init``).
+        out: the model folder to write.
+        pretrain_dir: the embedded pretrained backbone (``weights: pretrain``).
+        state_dir: where the training state is saved (periodically, per epoch and on SIGTERM);
+            a rerun resumes from it, in the same MLflow run, with one value per metric step; the
+            folder is removed once ``out`` is written.
+
+    Returns:
+        The run record written to ``out/run.json``.
     """
     rank, _ = dist_info()
-    row = spec["row"]
+    row = spec.row
     info = store_info(store)
-    temporal = row.get("temporal")
-    train = load_split(store, "train", subset, temporal)
-    val = load_split(store, "val", temporal=temporal)
-    args = TrainArgs.from_dict(row["train"], seed=row["seed"], threads=spec.get("threads", 1))
+    train = load_split(store, "train", subset, row.temporal)
+    val = load_split(store, "val", temporal=row.temporal)
+    args = spec.train_args()
     ckpt = (Checkpointer(Path(state_dir), args.checkpoint_every, args.checkpoint_minutes)
             if state_dir else None)
     resume = ckpt.latest() if ckpt else None
@@ -103,37 +136,24 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
     logger.log_once({"trainable_params": trainable, "total_params": total,
                      "train_samples": len(train)}, 0,
                     logger.logged_steps("trainable_params") if reopened else set())
-    log.info("%s: %d/%d trainable parameters, %d train samples%s", row["name"], trainable, total,
+    log.info("%s: %d/%d trainable parameters, %d train samples%s", row.name, trainable, total,
              len(train), f", resuming at step {resume['step']}" if resume else "")
-    if resume:
-        for e, m in enumerate(resume["history"]):
-            logger.log_once(m, e, done)
+    for e, m in enumerate(resume["history"] if resume else []):
+        logger.log_once(m, e, done)
     try:
         result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_once(m, e, done),
                      checkpointer=ckpt, resume=resume,
-                     extra_state={"mlflow_run_id": logger.run_id}, name=row["name"])
+                     extra_state={"mlflow_run_id": logger.run_id}, name=row.name)
     except Preempted:
         _end_after_error(logger, "KILLED")
         raise
     except BaseException:
         _end_after_error(logger, "FAILED")
         raise
-    costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb")}
-    logger.log_metrics(costs)
-    record = {
-        "spec": spec,
-        "model": minfo,
-        "trainable_params": trainable,
-        "total_params": total,
-        "train_samples": len(train),
-        "history": result["history"],
-        "device": result["device"],
-        "mlflow_run_id": logger.run_id,
-        "dataset_fingerprint": info.fingerprint,
-        "store": {**asdict(info), "path": str(info.path)},
-        "pretrain_dir": str(Path(pretrain_dir).resolve()) if pretrain_dir else None,
-        **costs,
-    }
+    record = _record(spec, minfo, (trainable, total), len(train), result, logger.run_id, info,
+                     pretrain_dir)
+    logger.log_metrics({k: record[k] for k in ("wall_time_s", "train_time_s", "images_per_s",
+                                               "peak_memory_mb")})
     if rank == 0:
         save_model(model, out, record)
         logger.log_artifact(out, "model")
@@ -143,27 +163,36 @@ def train_row(spec: dict[str, Any], store: Path, subset: Path | None, experiment
     return record
 
 
-def pretrain(spec: dict[str, Any], store: Path, experiment: Path, out: Path) -> dict[str, Any]:
+def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path) -> dict[str, Any]:
     """Supervised pretraining of the embedded backbone on the synthetic source set.
 
     The source set holds scenes disjoint from the target task, labelled with five coarse
-    land-cover groups; the backbone learns spectral and textural features from them. Writes
-    ``backbone.safetensors`` (timm state dict without head) and ``backbone.json`` (architecture,
-    bands, the normalisation it was trained with, sha256).
+    land-cover groups; the backbone learns spectral and textural features from them.
+
+    Args:
+        spec: the pretrain spec.
+        store: the prepared store of the source set.
+        experiment: the study's MLflow experiment file.
+        out: the folder to write: ``backbone.safetensors`` (timm state dict without head) and
+            ``backbone.json`` (architecture, bands, the normalisation it was trained with,
+            sha256).
+
+    Returns:
+        What :func:`~geopeft.train.loop.fit` returns.
     """
     from safetensors.torch import save_file
 
     info = store_info(store)
     train = load_split(store, "train")
     val = load_split(store, "val")
-    p = spec["pretrain"]
-    args = TrainArgs.from_dict(p, augment=True, threads=spec.get("threads", 1))
+    args = spec.train
     seed_everything(args.seed, args.threads)
-    bb = dict(spec["backbone"], weights="none", normalize="dataset")
+    bb = dict(spec.backbone, weights="none", normalize="dataset")
     model, minfo = build_classifier(bb, info, len(info.classes), split=False)
-    logger = RunLogger(experiment, run_name="pretrain", params=spec,
-                       tags=_tags(spec, info.fingerprint, "pretrain"))
-    logger.log_dict(spec, "config.json")
+    logger = RunLogger(experiment, run_name="pretrain", params=spec.raw,
+                       tags=_tags(spec.study, spec.data, spec.rehearsal, info.fingerprint,
+                                  "pretrain"))
+    logger.log_dict(spec.raw, "config.json")
     t0 = time.perf_counter()
     result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_metrics(m, e))
     vit = model.backbone
@@ -172,8 +201,8 @@ def pretrain(spec: dict[str, Any], store: Path, experiment: Path, out: Path) -> 
     with atomic_dir(out) as tmp:
         save_file(state, str(tmp / "backbone.safetensors"))
         write_json(tmp / "backbone.json", {
-            "name": spec["backbone"]["name"],
-            "kwargs": spec["backbone"]["kwargs"],
+            "name": spec.backbone["name"],
+            "kwargs": spec.backbone["kwargs"],
             "bands": info.bands,
             "norm": {"bands": info.bands, "mean": minfo["norm_mean"], "std": minfo["norm_std"]},
             "sha256": sha256_file(tmp / "backbone.safetensors"),

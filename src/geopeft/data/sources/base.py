@@ -55,6 +55,20 @@ class Source:
     layout: str = ""
     #: side in pixels of every sample of the published dataset (None: not fixed)
     native_size: int | None = None
+    #: whether a study may train on it (False: the embedded pretraining source sets)
+    study_dataset: bool = True
+    #: whether the embedded synthetic world holds it (``data.source: synthetic``)
+    embedded: bool = False
+    #: ``module:function`` writing this dataset's embedded world alone into a folder,
+    #: ``f(out: Path, spec: WorldSpec) -> dict`` (None: EuroSAT, whose world and source sets
+    #: one rule writes together)
+    world: str | None = None
+
+    @property
+    def time_series(self) -> bool:
+        """Whether samples are image time series (rows get a sequence length and a
+        segmentation model)."""
+        return "time" in self.dims
 
     def declared_size(self, raw: Path) -> int | None:
         """The side every sample under ``raw`` must have: the published dataset's, or the one an

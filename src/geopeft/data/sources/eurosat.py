@@ -49,8 +49,11 @@ class EuroSAT(Source):
     """One EuroSAT-style dataset: sub-folder, extension, band order, dtype, classes."""
 
     def __init__(self, name: str, subdir: str, ext: str, file_bands: tuple[str, ...], dtype: str,
-                 classes: tuple[str, ...], value_scale: float, remotes: tuple[Remote, ...] = ()):
+                 classes: tuple[str, ...], value_scale: float, remotes: tuple[Remote, ...] = (),
+                 study_dataset: bool = True):
         self.name, self.subdir, self.ext, self.dtype = name, subdir, ext, dtype
+        self.study_dataset = study_dataset
+        self.embedded = True  # the synthesize rule writes both datasets and both source sets
         self.file_bands, self.classes, self.value_scale = file_bands, classes, value_scale
         self.remotes = remotes
         self.layout = subdir
@@ -85,8 +88,10 @@ SOURCES: dict[str, EuroSAT] = {
     "eurosat_rgb": EuroSAT("eurosat_rgb", classes=EUROSAT_CLASSES, remotes=(  # type: ignore[arg-type]
         Remote("EuroSAT_RGB.zip", (f"{_ZENODO}/EuroSAT_RGB.zip?download=1",),
                md5="f46e308c4d50d4bf32fedad2d3d62f3b", size=94_658_721), *SPLIT_REMOTES), **_RGB),
-    "eurosat_ms_source": EuroSAT("eurosat_ms_source", classes=tuple(SOURCE_GROUPS), **_MS),  # type: ignore[arg-type]
-    "eurosat_rgb_source": EuroSAT("eurosat_rgb_source", classes=tuple(SOURCE_GROUPS), **_RGB),  # type: ignore[arg-type]
+    "eurosat_ms_source": EuroSAT("eurosat_ms_source", classes=tuple(SOURCE_GROUPS),
+                                 study_dataset=False, **_MS),  # type: ignore[arg-type]
+    "eurosat_rgb_source": EuroSAT("eurosat_rgb_source", classes=tuple(SOURCE_GROUPS),
+                                  study_dataset=False, **_RGB),  # type: ignore[arg-type]
 }
 
 

@@ -66,6 +66,8 @@ class Pastis(Source):
     dims = ("time", "band", "y", "x")
     label_dims = ("y", "x")
     layout = "PASTIS"
+    embedded = True
+    world = "geopeft.data.synthetic_pastis:write_world"
     native_size = 128
     dtype = np.dtype(np.int16)
     remotes = (
