@@ -47,19 +47,25 @@ def _config_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def cmd_validate(a: argparse.Namespace) -> None:
+def cmd_validate(args: argparse.Namespace) -> None:
+    """``geopeft validate``: resolve a study as Snakemake does and print its rows.
+
+    Args:
+        args: ``configfile`` (study files), ``config`` (KEY=VALUE overrides), ``resolved`` (print what
+            each row really runs), ``json`` (the same as JSON).
+    """
     from geopeft import config
 
-    cfg = config.resolve(a.configfile, _config_overrides(a.config))
+    cfg = config.resolve(args.configfile, _config_overrides(args.config))
     rows = config.study_rows(cfg)
-    where = ", ".join(a.configfile) or config.DEFAULT_STUDY
-    if a.json:
+    where = ", ".join(args.configfile) or config.DEFAULT_STUDY
+    if args.json:
         from geopeft.models.summary import describe_spec
 
         print(json.dumps([describe_spec(s) for s in config.job_specs(cfg)], indent=1))
         return
     print(f"{where}: valid; study {cfg['study']!r} with {len(rows)} runs")
-    if a.resolved:
+    if args.resolved:
         from geopeft.models.summary import describe_spec, format_row
 
         for s in config.job_specs(cfg):
@@ -69,19 +75,24 @@ def cmd_validate(a: argparse.Namespace) -> None:
         print(f"  {r['name']}: {r['method']}, fraction {r['label_fraction']:g}, seed {r['seed']}")
 
 
-def cmd_rehearsal_server(a: argparse.Namespace) -> None:
+def cmd_rehearsal_server(args: argparse.Namespace) -> None:
+    """``geopeft rehearsal-server``: write the fixtures of studies and serve them on 127.0.0.1.
+
+    Args:
+        args: ``study`` (study files; default the real studies), ``dir``, ``port``.
+    """
     import signal
     import threading
 
     from geopeft.rehearsal import FixtureServer, prepare_study
 
-    studies = a.study or [str(p) for p in sorted(Path("config/studies").glob("*.yaml"))
+    studies = args.study or [str(p) for p in sorted(Path("config/studies").glob("*.yaml"))
                           if "embedded" not in p.name]
-    prepare_study(studies, Path(a.dir))
+    prepare_study(studies, Path(args.dir))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FixtureServer(Path(a.dir), a.port) as srv:
-        print(f"rehearsal fixtures of {', '.join(studies)} served at {srv.url} (from {a.dir}/); "
+    with FixtureServer(Path(args.dir), args.port) as srv:
+        print(f"rehearsal fixtures of {', '.join(studies)} served at {srv.url} (from {args.dir}/); "
               f"run: snakemake --cores all --configfile <study> --config rehearsal=true", flush=True)
         try:
             stop.wait()
@@ -89,17 +100,22 @@ def cmd_rehearsal_server(a: argparse.Namespace) -> None:
             pass
 
 
-def cmd_rehearse(a: argparse.Namespace) -> None:
+def cmd_rehearse(args: argparse.Namespace) -> None:
+    """``geopeft rehearse``: a real study's rehearsal, fixtures served for the run's duration.
+
+    Args:
+        args: ``study``, ``dir`` (fixture folder), ``cores``, ``snakemake_args``.
+    """
     import os
     import subprocess
 
     from geopeft.rehearsal import FixtureServer, prepare_study
 
-    folder = Path(a.dir)
-    extra = a.snakemake_args[1:] if a.snakemake_args[:1] == ["--"] else a.snakemake_args
-    prepare_study([a.study], folder)
-    switch = "rehearsal=true" if a.dir == ".rehearsal" else f"rehearsal={a.dir}"
-    cmd = [sys.executable, "-m", "snakemake", "--cores", a.cores, "--configfile", a.study,
+    folder = Path(args.dir)
+    extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    prepare_study([args.study], folder)
+    switch = "rehearsal=true" if args.dir == ".rehearsal" else f"rehearsal={args.dir}"
+    cmd = [sys.executable, "-m", "snakemake", "--cores", args.cores, "--configfile", args.study,
            "--config", switch, *extra]
     # url weights download into a torch hub cache of the rehearsal's own, not the user's
     # and the jobs find this environment's geopeft, however this command was started
@@ -112,13 +128,18 @@ def cmd_rehearse(a: argparse.Namespace) -> None:
         raise SystemExit(rc)
 
 
-def cmd_backbones(a: argparse.Namespace) -> None:
+def cmd_backbones(args: argparse.Namespace) -> None:
+    """``geopeft backbones``: print the backbone zoo as a table.
+
+    Args:
+        args: ``long`` (add descriptions).
+    """
     from geopeft.models.backbones import describe
 
     rows = describe()
     cols = ["name", "family", "input", "grid", "width", "bands", "normalisation", "lora_targets",
             "weights"]
-    if a.long:
+    if args.long:
         cols.append("description")
     table = [[str(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
@@ -126,76 +147,91 @@ def cmd_backbones(a: argparse.Namespace) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
 
 
-def cmd_synthesize(a: argparse.Namespace) -> None:
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    """``geopeft synthesize``: write the embedded synthetic Sentinel-2 world.
+
+    Args:
+        args: ``spec`` (``data.synthetic`` as JSON), ``ms``/``rgb`` (EuroSAT folders),
+            ``ms_source``/``rgb_source`` (pretraining source sets), ``world`` (DATASET, FOLDER).
+    """
     from geopeft.data.synthetic import WorldSpec, generate_eurosat, generate_source
 
-    s = _spec(a.spec)
+    s = _spec(args.spec)
     spec = WorldSpec(**{k: s[k] for k in ("seed", "n_samples", "source_samples", "size",
                                           "cloud_fraction", "noise") if k in s})
-    if a.world:
+    if args.world:
         from geopeft.data.synthetic import write_world
 
-        log.info("%s world: %s", a.world[0], write_world(a.world[0], Path(a.world[1]), spec))
-    if not (a.ms or a.rgb):
+        log.info("%s world: %s", args.world[0], write_world(args.world[0], Path(args.world[1]), spec))
+    if not (args.ms or args.rgb):
         return
-    summary = generate_eurosat(spec, _opt_path(a.ms), _opt_path(a.rgb))
+    summary = generate_eurosat(spec, _opt_path(args.ms), _opt_path(args.rgb))
     log.info("target world: %s", summary)
-    if a.ms_source or a.rgb_source:
-        log.info("source set: %s", generate_source(spec, _opt_path(a.ms_source),
-                                                   _opt_path(a.rgb_source)))
+    if args.ms_source or args.rgb_source:
+        log.info("source set: %s", generate_source(spec, _opt_path(args.ms_source),
+                                                   _opt_path(args.rgb_source)))
 
 
-def cmd_prepare(a: argparse.Namespace) -> None:
+def cmd_prepare(args: argparse.Namespace) -> None:
+    """``geopeft prepare``: a raw dataset folder to a zarr store.
+
+    Args:
+        args: ``dataset``, ``raw``, ``bands`` (comma-separated), ``out``, ``threads``, ``options``
+            (source options as JSON).
+    """
     from geopeft.data.prepare import prepare
 
-    opts = _spec(a.options) if a.options else {}
-    prepare(a.dataset, Path(a.raw), a.bands.split(","), Path(a.out), a.threads, opts)
+    opts = _spec(args.options) if args.options else {}
+    prepare(args.dataset, Path(args.raw), args.bands.split(","), Path(args.out), args.threads, opts)
 
 
-def cmd_download(a: argparse.Namespace) -> None:
+def cmd_download(args: argparse.Namespace) -> None:
+    """``geopeft download``: one file of a real dataset, verified and resumable.
+
+    Args:
+        args: ``dataset``, ``file`` (the remote's name), ``out``, ``spec`` (mirrors and remotes as
+            JSON), ``retries``.
+    """
     from geopeft.data.fetch import download_file
 
-    s = _spec(a.spec) if a.spec else {}
-    download_file(a.dataset, a.file, Path(a.out), s.get("mirrors"), s.get("remotes"),
-                  retries=a.retries)
+    s = _spec(args.spec) if args.spec else {}
+    download_file(args.dataset, args.file, Path(args.out), s.get("mirrors"), s.get("remotes"),
+                  retries=args.retries)
 
 
-def cmd_fetch(a: argparse.Namespace) -> None:
+def cmd_fetch(args: argparse.Namespace) -> None:
+    """``geopeft fetch``: assemble a dataset's raw folder from its downloaded files.
+
+    Args:
+        args: ``dataset``, ``files``, ``out``.
+    """
     from geopeft.data.fetch import assemble
 
-    assemble(a.dataset, [Path(f) for f in a.files], Path(a.out))
+    assemble(args.dataset, [Path(f) for f in args.files], Path(args.out))
 
 
-def cmd_subset(a: argparse.Namespace) -> None:
-    import numpy as np
+def cmd_subset(args: argparse.Namespace) -> None:
+    """``geopeft subset``: the label-fraction subset of a store's train split.
 
-    from geopeft.data.prepare import open_store
-    from geopeft.data.subsets import class_presence, label_fraction_subset
-    from geopeft.io import write_json
+    Args:
+        args: ``store``, ``fraction``, ``seed``, ``method``, ``out``.
+    """
+    from geopeft.data.subsets import write_subset
 
-    ds = open_store(Path(a.store))
-    train = np.flatnonzero(ds["split"].values == "train")
-    labels = ds["label"].values[train]
-    n_cls = len(ds.attrs["classes"])
-    if labels.ndim == 3:  # segmentation: stratify on the classes each patch shows (not void)
-        void = ds.attrs.get("void_class")
-        labels, weights = class_presence(labels, n_cls - (void is not None), void)
-    else:  # counted per sample: class occurrences
-        weights = labels if labels.ndim == 2 else np.eye(n_cls, dtype=np.int64)[labels]
-    pos = label_fraction_subset(labels, a.fraction, a.seed, a.method)
-    chosen = train[pos]
-    counts = weights[pos].sum(axis=0)  # samples per class, or pixels per class for maps
-    write_json(a.out, {"method": a.method, "fraction": a.fraction, "seed": a.seed,
-                       "samples": chosen.tolist(), "class_counts": counts.tolist(),
-                       "train_size": int(len(train)), "store_fingerprint": ds.attrs["fingerprint"]})
+    write_subset(Path(args.store), args.fraction, args.seed, args.method, Path(args.out))
 
 
-def cmd_mlflow_init(a: argparse.Namespace) -> None:
+def cmd_mlflow_init(args: argparse.Namespace) -> None:
+    """``geopeft mlflow-init``: create the MLflow store and the study's experiment once.
+
+    Args:
+        args: ``tracking_uri``, ``experiment``, ``artifact_root``, ``out`` (the experiment file).
+    """
     from geopeft.tracking import init_experiment
 
-    info = init_experiment(a.tracking_uri, a.experiment, Path(a.artifact_root), Path(a.out))
-    log.info("MLflow experiment %s (id %s) at %s", a.experiment, info["experiment_id"],
-             a.tracking_uri)
+    info = init_experiment(args.tracking_uri, args.experiment, Path(args.artifact_root), Path(args.out))
+    log.info("MLflow experiment %s (id %s) at %s", args.experiment, info["experiment_id"],
+             args.tracking_uri)
 
 
 def _claim_gpus(device: str, gpus: int) -> None:
@@ -206,23 +242,33 @@ def _claim_gpus(device: str, gpus: int) -> None:
         claim(gpus)
 
 
-def cmd_mlflow_server(a: argparse.Namespace) -> None:
+def cmd_mlflow_server(args: argparse.Namespace) -> None:
+    """``geopeft mlflow-server``: run an MLflow tracking server for jobs that log over HTTP.
+
+    Args:
+        args: ``backend_store_uri``, ``artifacts_destination``, ``host``, ``port``, ``workers``.
+    """
     from geopeft.tracking import serve
 
-    raise SystemExit(serve(a.backend_store_uri, Path(a.artifacts_destination), a.host, a.port,
-                           a.workers))
+    raise SystemExit(serve(args.backend_store_uri, Path(args.artifacts_destination), args.host, args.port,
+                           args.workers))
 
 
-def cmd_pretrain(a: argparse.Namespace) -> None:
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    """``geopeft pretrain``: pretrain the embedded backbone on the source set.
+
+    Args:
+        args: ``spec`` (the pretrain spec as JSON), ``store``, ``experiment``, ``out``, ``gpus``.
+    """
     from geopeft.spec import PretrainSpec
     from geopeft.train.run import pretrain
 
-    _claim_gpus("auto", a.gpus)
-    pretrain(PretrainSpec.from_dict(_spec(a.spec), "--spec"), Path(a.store), Path(a.experiment),
-             Path(a.out))
+    _claim_gpus("auto", args.gpus)
+    pretrain(PretrainSpec.from_dict(_spec(args.spec), "--spec"), Path(args.store), Path(args.experiment),
+             Path(args.out))
 
 
-def _torchrun(a: argparse.Namespace, device: str) -> int | None:
+def _torchrun(args: argparse.Namespace, device: str) -> int | None:
     """Multi-process training: relaunch under torchrun (returns its exit code), or, inside
     torchrun, join the process group and return None."""
     import os
@@ -235,18 +281,24 @@ def _torchrun(a: argparse.Namespace, device: str) -> int | None:
         join_process_group(device)
         stop_when_orphaned(EXIT_PREEMPTED)
         return None
-    nproc = a.nproc or (a.gpus if device != "cpu" and a.gpus > 1 else 1)
-    return relaunch(a.argv, nproc) if nproc > 1 else None
+    nproc = args.nproc or (args.gpus if device != "cpu" and args.gpus > 1 else 1)
+    return relaunch(args.argv, nproc) if nproc > 1 else None
 
 
-def cmd_train(a: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> None:
+    """``geopeft train``: train one study row (under torchrun with ``--nproc`` above 1).
+
+    Args:
+        args: ``spec`` (the job spec as JSON), ``store``, ``subset``, ``pretrain``, ``experiment``,
+            ``out``, ``state``, ``nproc``, ``gpus``, ``argv`` (this command line).
+    """
     from geopeft.spec import JobSpec
     from geopeft.train.run import train_row
 
-    spec = JobSpec.from_dict(_spec(a.spec), "--spec")
+    spec = JobSpec.from_dict(_spec(args.spec), "--spec")
     device = spec.train_args().device
-    _claim_gpus(device, a.gpus)
-    rc = _torchrun(a, device)
+    _claim_gpus(device, args.gpus)
+    rc = _torchrun(args, device)
     if rc is not None:
         if rc == EXIT_PREEMPTED:
             from geopeft.train.resume import Preempted
@@ -255,8 +307,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         if rc:
             raise SystemExit(rc)
         return
-    rec = train_row(spec, Path(a.store), _opt_path(a.subset), Path(a.experiment),
-                    Path(a.out), _opt_path(a.pretrain), _opt_path(a.state))
+    rec = train_row(spec, Path(args.store), _opt_path(args.subset), Path(args.experiment),
+                    Path(args.out), _opt_path(args.pretrain), _opt_path(args.state))
     from geopeft.train.distributed import leave_process_group
 
     leave_process_group()
@@ -266,55 +318,78 @@ def cmd_train(a: argparse.Namespace) -> None:
              rec["peak_memory_mb"])
 
 
-def cmd_evaluate(a: argparse.Namespace) -> None:
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """``geopeft evaluate``: test-split metrics of a saved model.
+
+    Args:
+        args: ``model``, ``store``, ``pretrain``, ``experiment``, ``metrics``, ``confusion``,
+            ``threads``, ``gpus``.
+    """
     from geopeft.evaluate.run import evaluate
 
-    _claim_gpus("auto", a.gpus)
-    m = evaluate(Path(a.model), Path(a.store), _opt_path(a.experiment), Path(a.metrics),
-                 Path(a.confusion), _opt_path(a.pretrain), a.threads)
+    _claim_gpus("auto", args.gpus)
+    m = evaluate(Path(args.model), Path(args.store), _opt_path(args.experiment), Path(args.metrics),
+                 Path(args.confusion), _opt_path(args.pretrain), args.threads)
     log.info("%s: test %s %.4f", m["run"], m["primary_metric"], m["primary"])
 
 
-def cmd_predict(a: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> None:
+    """``geopeft predict``: classify image files with a saved model; CSV of the top-k classes.
+
+    Args:
+        args: ``model``, ``files``, ``top_k``, ``out`` (default standard output).
+    """
     import csv
 
     from geopeft.evaluate.predict import predict_files
 
-    rows = predict_files(Path(a.model), [Path(f) for f in a.files], a.top_k)
-    out = open(a.out, "w", newline="") if a.out else sys.stdout
+    rows = predict_files(Path(args.model), [Path(f) for f in args.files], args.top_k)
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["file", "prediction", "probability", f"top{a.top_k}"])
+    w.writerow(["file", "prediction", "probability", f"top{args.top_k}"])
     for r in rows:
         w.writerow([r["file"], r["prediction"], f"{r['probability']:.4f}",
                     " ".join(f"{c}:{p:.3f}" for c, p in r["top"])])
-    if a.out:
+    if args.out:
         out.close()
 
 
-def cmd_aggregate(a: argparse.Namespace) -> None:
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    """``geopeft aggregate``: one CSV row per run of a study.
+
+    Args:
+        args: ``runs`` (run folders), ``out``.
+    """
     from geopeft.paper.aggregate import aggregate
 
-    runs = [Path(r) for r in a.runs]
-    aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs], Path(a.out))
+    runs = [Path(r) for r in args.runs]
+    aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs], Path(args.out))
 
 
-def cmd_figures(a: argparse.Namespace) -> None:
+def cmd_figures(args: argparse.Namespace) -> None:
+    """``geopeft figures``: the study's figures (PDF + PNG).
+
+    Args:
+        args: ``runs_csv``, ``runs_dir``, ``outdir``.
+    """
     from geopeft.paper.figures import make_figures
 
-    make_figures(Path(a.runs_csv), Path(a.outdir), _opt_path(a.runs_dir))
+    make_figures(Path(args.runs_csv), Path(args.outdir), _opt_path(args.runs_dir))
 
 
-def cmd_table(a: argparse.Namespace) -> None:
+def cmd_table(args: argparse.Namespace) -> None:
+    """``geopeft table``: the study's LaTeX booktabs table.
+
+    Args:
+        args: ``runs_csv``, ``study``, ``out``.
+    """
     from geopeft.paper.tables import make_table
 
-    make_table(Path(a.runs_csv), Path(a.out), a.study)
+    make_table(Path(args.runs_csv), Path(args.out), args.study)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="geopeft", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _study_commands(sub: Any) -> None:
+    """Commands about a study: validate it, rehearse it, serve rehearsal fixtures, list the zoo."""
     s = sub.add_parser(
         "validate", help="resolve a study exactly as snakemake --configfile does; list its rows",
         description="Resolve and validate a study as `snakemake --configfile FILE [--config K=V]` "
@@ -354,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     s.set_defaults(func=cmd_rehearsal_server)
 
+    s = sub.add_parser("backbones", help="list the backbone zoo (grid, width, bands, normalisation)")
+    s.add_argument("--long", action="store_true", help="add descriptions")
+    s.set_defaults(func=cmd_backbones)
+
+
+def _data_commands(sub: Any) -> None:
+    """Data commands: the embedded world, downloads, raw folders, zarr stores, subsets."""
     s = sub.add_parser("synthesize", help="generate the embedded synthetic Sentinel-2 world")
     s.add_argument("--spec", required=True, help="data.synthetic as JSON")
     s.add_argument("--ms", help="output folder for EuroSAT-MS")
@@ -373,10 +455,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--options", help="source options as JSON (resampling, folds, skip_corrupt, ...)")
     s.set_defaults(func=cmd_prepare)
-
-    s = sub.add_parser("backbones", help="list the backbone zoo (grid, width, bands, normalisation)")
-    s.add_argument("--long", action="store_true", help="add descriptions")
-    s.set_defaults(func=cmd_backbones)
 
     s = sub.add_parser("download", help="download one file of a real dataset (verified, resumable)")
     s.add_argument("--dataset", required=True)
@@ -400,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_subset)
 
+
+def _training_commands(sub: Any) -> None:
+    """Tracking and training commands: MLflow, pretraining, training, evaluation."""
     s = sub.add_parser("mlflow-init", help="create the MLflow DB and experiment once")
     s.add_argument("--tracking-uri", required=True)
     s.add_argument("--experiment", required=True)
@@ -448,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus", type=int, default=1, help="GPUs to claim when CUDA is used (0: none)")
     s.set_defaults(func=cmd_evaluate)
 
+
+def _results_commands(sub: Any) -> None:
+    """Result commands: inference, the runs table, figures and the LaTeX table."""
     s = sub.add_parser("predict", help="inference app: classify image files with a trained run")
     s.add_argument("--model", required=True, help="a run's model folder")
     s.add_argument("--top-k", type=int, default=3)
@@ -471,10 +555,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--study", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``geopeft`` argument parser, every sub-command with its options."""
+    p = argparse.ArgumentParser(prog="geopeft", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    _study_commands(sub)
+    _data_commands(sub)
+    _training_commands(sub)
+    _results_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``geopeft`` command.
+
+    Args:
+        argv: the arguments (default: this process's).
+
+    Returns:
+        The exit status: 0, 2 for an error geopeft names (config, data, weights, download,
+        archive, tracking, a NaN loss, a missing file), 75 when training stopped on SIGTERM.
+    """
     from geopeft.bands import BandError
     from geopeft.config import ConfigError
     from geopeft.data.download import DownloadError

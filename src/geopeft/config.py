@@ -40,6 +40,7 @@ def schema_path(name: str = "config.schema.yaml") -> Path:
 
 
 def load_schema(name: str = "config.schema.yaml") -> dict[str, Any]:
+    """The JSON-Schema of the configuration (or another schema file ``name``), parsed."""
     with open(schema_path(name)) as fh:
         return yaml.safe_load(fh)
 
@@ -269,6 +270,7 @@ REHEARSAL_LIMITS = {"epochs": 1, "batch_size": 8, "eval_batch_size": 16}
 
 
 def rehearsal_dir(cfg: dict[str, Any]) -> Path:
+    """The fixture folder of a rehearsal: ``rehearsal`` when it names one, else :data:`REHEARSAL_DIR`."""
     r = cfg["rehearsal"]
     return Path(r if isinstance(r, str) else REHEARSAL_DIR)
 
@@ -283,6 +285,14 @@ def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     first and last value of each other grid axis (dataset, label fraction, sequence length)
     alternating over the strategies, the first seed; at most :data:`REHEARSAL_LIMITS` of
     training; CPU jobs of one thread. Fixtures: ``geopeft rehearsal-server``.
+
+    Args:
+        cfg: the validated study (left unchanged).
+        source: the study file(s), for messages.
+
+    Raises:
+        ConfigError: the fixtures are not there, or lack a dataset or weights of the study, or
+            the study does not download its data.
     """
     cfg = copy.deepcopy(cfg)
     folder = rehearsal_dir(cfg)
@@ -298,43 +308,66 @@ def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     cfg["study"] = f"{cfg['study']}_rehearsal"
     if cfg["mlflow"]["experiment"]:
         cfg["mlflow"]["experiment"] = f"{cfg['mlflow']['experiment']}_rehearsal"
+    if cfg["data"]["source"] != "download":
+        raise ConfigError(f"{source}: rehearsal: data.source is {cfg['data']['source']!r}; a "
+                          f"rehearsal rehearses the download of a real study (data.source: "
+                          f"download)")
+    where = f"{source}: rehearsal: {manifest_path}"
+    _rehearsal_data(cfg, manifest, url, where)
+    _rehearsal_weights(cfg, manifest, url, folder, where)
+    _rehearsal_rows(cfg)
+    # CPU jobs, one thread each: as many run at once as there are cores
+    cfg["resources"]["gpus"] = 0
+    cfg["threads"] = 1
+    for part in [cfg["train"], *cfg["strategies"].values(), *cfg["runs"]]:
+        for k, most in REHEARSAL_LIMITS.items():
+            if k in part:
+                part[k] = min(part[k], most)
+    return cfg
+
+
+def _rehearsal_data(cfg: dict[str, Any], manifest: dict[str, Any], url: str, where: str) -> None:
+    """Every dataset of the study downloads from the fixture server, under ``<root>/rehearsal``."""
     data = cfg["data"]
-    if data["source"] != "download":
-        raise ConfigError(f"{source}: rehearsal: data.source is {data['source']!r}; a rehearsal "
-                          f"rehearses the download of a real study (data.source: download)")
     data["root"] = str(Path(data["root"]) / "rehearsal")
     data["mirrors"] = []
     data["remotes"] = []
     for _, ds in study_datasets(cfg):
         files = manifest["datasets"].get(ds)
         if files is None:
-            raise ConfigError(f"{source}: rehearsal: {manifest_path} has no fixtures of {ds}; "
-                              f"restart the fixture server with --study <this file>")
+            raise ConfigError(f"{where} has no fixtures of {ds}; restart the fixture server "
+                              f"with --study <this file>")
         data["remotes"] += [{"name": f["name"], "dataset": ds, "md5": f["md5"], "size": f["size"],
                              "urls": [f"{url}/{f['path']}"]} for f in files
                             if not any(r["name"] == f["name"] and r["dataset"] == ds
                                        for r in data["remotes"])]
-    backbones = [("backbone", cfg["backbone"])]
-    backbones += [(f"strategies.{k}.backbone", s["backbone"])
-                  for k, s in cfg["strategies"].items() if s.get("backbone") is not None]
+
+
+def _rehearsal_weights(cfg: dict[str, Any], manifest: dict[str, Any], url: str, folder: Path,
+                       where: str) -> None:
+    """Every backbone the rows use loads its fixture weights (timm: a local file; url: the
+    fixture server), sha256 pinned."""
     uses_study_backbone = any(s.get("backbone") is None and uses_backbone(s)
                               for s in cfg["strategies"].values())
-    for key, bb in backbones:
+    for key, bb in _backbones(cfg):
         if key == "backbone" and not uses_study_backbone:
             continue
         w = bb["weights"]
         fx = manifest["weights"].get(w)
         if w.startswith(("timm:", "url:")) and fx is None:
-            raise ConfigError(f"{source}: rehearsal: {manifest_path} has no fixture of {key}.weights "
-                              f"{w}; restart the fixture server with --study <this file>")
+            raise ConfigError(f"{where} has no fixture of {key}.weights {w}; restart the fixture "
+                              f"server with --study <this file>")
         if w.startswith("timm:"):
             bb["file"], bb["sha256"] = str(folder / fx["path"]), fx["sha256"]
         elif w.startswith("url:"):
             bb["weights"], bb["sha256"] = f"url:{url}/{fx['path']}", fx["sha256"]
+
+
+def _rehearsal_rows(cfg: dict[str, Any]) -> None:
+    """Every strategy once; the first and last value of each other axis alternate over them, so
+    that each axis is rehearsed at both ends (two cells) with one run per strategy."""
     grid = cfg["grid"]
-    # every strategy once; the first and last value of each other axis alternate over them, so
-    # that each axis is rehearsed at both ends (two cells) with one run per strategy
-    ends = {"dataset": grid["dataset"] or [data["dataset"]],
+    ends = {"dataset": grid["dataset"] or [cfg["data"]["dataset"]],
             "label_fraction": sorted(grid["label_fraction"]),
             "sequence_length": list(grid["sequence_length"])}
     ends = {k: [v[0], v[-1]] if len(v) > 1 else v for k, v in ends.items() if v}
@@ -347,14 +380,6 @@ def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
         cfg["runs"].append({"strategy": strat, "seed": seed, **pick,
                             "name": f"{pick['dataset']}-{name}" if prefix else name})
     cfg["grid"] = {"strategy": [], "label_fraction": [1.0], "seed": [seed]}
-    # CPU jobs, one thread each: as many run at once as there are cores
-    cfg["resources"]["gpus"] = 0
-    cfg["threads"] = 1
-    for part in [cfg["train"], *cfg["strategies"].values(), *cfg["runs"]]:
-        for k, most in REHEARSAL_LIMITS.items():
-            if k in part:
-                part[k] = min(part[k], most)
-    return cfg
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -495,6 +520,7 @@ def bands_id(bands: list[str]) -> str:
 
 
 def tracking_uri(cfg: dict[str, Any]) -> str:
+    """The study's MLflow tracking URI: ``mlflow.tracking_uri``, else SQLite in ``results_dir``."""
     uri = cfg["mlflow"]["tracking_uri"]
     if uri:
         return str(uri)

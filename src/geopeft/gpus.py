@@ -23,6 +23,7 @@ _HELD: list[IO[str]] = []
 
 
 def lock_dir() -> Path:
+    """The folder of the per-GPU lock files (``GEOPEFT_GPU_LOCK_DIR``, else one per user in /tmp)."""
     return Path(os.environ.get("GEOPEFT_GPU_LOCK_DIR", f"/tmp/geopeft-gpu-locks-{os.getuid()}"))
 
 

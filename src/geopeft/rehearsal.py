@@ -34,7 +34,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from geopeft import config as gcfg
+from geopeft import config as study_config
 from geopeft.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _dataset_files(dataset: str, work: Path, out: Path) -> list[str]:
         (world / SYNTHETIC_MARKER).unlink()
         _zip(world, "PASTIS", out / "PASTIS.zip")
     else:
-        raise gcfg.ConfigError(f"rehearsal: no fixtures for dataset {dataset!r} "
+        raise study_config.ConfigError(f"rehearsal: no fixtures for dataset {dataset!r} "
                                f"(have {', '.join(SAMPLES)})")
     missing = [x for x in names if not (out / x).is_file()]
     if missing:  # the source's remotes and the fixture must name the same files
@@ -126,7 +126,7 @@ def _url_entry(weights: str) -> Any:
     for e in REGISTRY.values():
         if e.weights == weights:
             return e
-    raise gcfg.ConfigError(f"rehearsal: {weights} is not the published weights of a zoo backbone; "
+    raise study_config.ConfigError(f"rehearsal: {weights} is not the published weights of a zoo backbone; "
                            f"no fixture can be written in its format")
 
 
@@ -140,7 +140,7 @@ def _weights_file(weights: str, out: Path) -> Path:
         tag = weights[5:]
         cfg = timm.models.get_pretrained_cfg(tag)
         if cfg is None:
-            raise gcfg.ConfigError(f"rehearsal: timm knows no pretrained tag {tag!r}")
+            raise study_config.ConfigError(f"rehearsal: timm knows no pretrained tag {tag!r}")
         model = timm.create_model(tag, pretrained=False, num_classes=cfg.num_classes)
         from safetensors.torch import save_file
 
@@ -164,10 +164,10 @@ def _weights_file(weights: str, out: Path) -> Path:
 
 def study_needs(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The datasets and the ``timm:`` / ``url:`` weights a (not yet rehearsed) study uses."""
-    datasets = sorted({ds for _, ds in gcfg.study_datasets(cfg)})
+    datasets = sorted({ds for _, ds in study_config.study_datasets(cfg)})
     weights = set()
-    for row in gcfg.study_rows(cfg):
-        bb = gcfg.row_backbone(cfg, row)
+    for row in study_config.study_rows(cfg):
+        bb = study_config.row_backbone(cfg, row)
         if bb is not None and row["method"] != "scratch" and bb["weights"].startswith(("timm:", "url:")):
             weights.add(bb["weights"])
     return datasets, sorted(weights)
@@ -295,7 +295,7 @@ def prepare_study(files: list[str], folder: Path) -> dict[str, Any]:
     datasets: set[str] = set()
     weights: set[str] = set()
     for f in files:
-        cfg = gcfg.resolve([f], {"rehearsal": False})
+        cfg = study_config.resolve([f], {"rehearsal": False})
         ds, w = study_needs(cfg)
         datasets.update(ds)
         weights.update(w)

@@ -47,6 +47,7 @@ class TrackingError(RuntimeError):
 
 
 def is_http(uri: str) -> bool:
+    """Whether a tracking URI is an MLflow server (HTTP), not a local store."""
     return uri.startswith(("http://", "https://"))
 
 

@@ -1,7 +1,7 @@
 import os
 import re
 
-from geopeft import config as gcfg
+from geopeft import config as study_config
 from geopeft.io import canonical_json
 from geopeft.data.subsets import subset_file_name
 from geopeft.paper.figures import figure_names
@@ -9,7 +9,7 @@ from geopeft.paper.figures import figure_names
 
 # One resolution for snakemake and `geopeft validate`: the study file(s) or the default study,
 # then --config, then the schema's defaults (geopeft.config.resolve).
-_study = gcfg.resolve(workflow.overwrite_configfiles, workflow.config_settings.config)
+_study = study_config.resolve(workflow.overwrite_configfiles, workflow.config_settings.config)
 config.clear()
 config.update(_study)
 
@@ -18,10 +18,10 @@ RES = f"{config['results_dir']}/{STUDY}"
 DATA = config["data"]
 RAW = f"{DATA['root']}/raw/{DATA['source']}"
 PREP = f"{DATA['root']}/prepared/{DATA['source']}"
-BANDS = gcfg.bands_id(DATA["bands"])
-ROWS = {row["name"]: row for row in gcfg.study_rows(config)}
+BANDS = study_config.bands_id(DATA["bands"])
+ROWS = {row["name"]: row for row in study_config.study_rows(config)}
 # a time-series segmentation study gets its own figures (label fraction x sequence length)
-FIGURES = figure_names(any(r["dataset"] in gcfg.TIME_SERIES_DATASETS for r in ROWS.values()))
+FIGURES = figure_names(any(r["dataset"] in study_config.TIME_SERIES_DATASETS for r in ROWS.values()))
 EXPERIMENT = f"{RES}/mlflow_experiment.json"
 # Resources of GPU jobs: gpu (Snakemake's --resources gpu=N, SLURM --gpus), cpus_per_gpu, mem_mb
 # and a runtime that grows with each attempt (a job killed at its time limit gets more).
@@ -70,7 +70,7 @@ def get_download_files(wildcards):
 def get_source_store():
     """Prepared store of the synthetic pretraining source set, with pretrain.bands: in the
     target's format for EuroSAT, else the multispectral source set."""
-    bands = gcfg.bands_id(config["pretrain"]["bands"] or DATA["bands"])
+    bands = study_config.bands_id(config["pretrain"]["bands"] or DATA["bands"])
     if DATA["dataset"].startswith("eurosat_"):
         return get_store(f"{DATA['dataset']}_source", bands)
     return get_store("eurosat_ms_source", bands)
@@ -89,27 +89,27 @@ def get_pretrain(wildcards=None):
     """The pretrained embedded backbone, when the study (or the run's row) uses it."""
     run = getattr(wildcards, "run", None)
     if run is not None:
-        bb = gcfg.row_backbone(config, ROWS[run])
+        bb = study_config.row_backbone(config, ROWS[run])
         return f"{RES}/pretrain" if bb is not None and bb["weights"] == "pretrain" else []
     return f"{RES}/pretrain" if config["backbone"]["weights"] == "pretrain" else []
 
 
 def get_pretrain_spec(wildcards):
-    return canonical_json(gcfg.pretrain_spec(config))
+    return canonical_json(study_config.pretrain_spec(config))
 
 
 def get_train_spec(wildcards):
     """Everything one training job depends on: editing another row leaves it unchanged."""
-    return canonical_json(gcfg.job_spec(config, ROWS[wildcards.run]))
+    return canonical_json(study_config.job_spec(config, ROWS[wildcards.run]))
 
 
-def opt(flag, paths):
+def optional_flag(flag, paths):
     """`--flag path` for an optional input, '' when absent."""
     return f"{flag} {paths}" if paths else ""
 
 
 def get_final_outputs():
-    if any(row["dataset"] not in gcfg.TRAINABLE_DATASETS for row in ROWS.values()):
+    if any(row["dataset"] not in study_config.TRAINABLE_DATASETS for row in ROWS.values()):
         # fetched and prepared here; trained by the Fusion-LoRA / time-series studies
         return [get_store()]
     return [

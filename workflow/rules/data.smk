@@ -23,7 +23,7 @@ if DATA["source"] == "synthetic":
         output:
             directory(f"{RAW}/{{layout}}"),
         wildcard_constraints:
-            layout="|".join(gcfg.WORLD_DATASETS),
+            layout="|".join(study_config.WORLD_DATASETS),
         params:
             spec=canonical_json(DATA["synthetic"]),
         log:

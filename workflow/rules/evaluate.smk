@@ -9,7 +9,7 @@ rule evaluate:
         metrics=f"{RES}/runs/{{run}}/metrics.json",
         confusion=f"{RES}/runs/{{run}}/confusion.csv",
     params:
-        pretrain=lambda wildcards, input: opt("--pretrain", input.pretrain),
+        pretrain=lambda wildcards, input: optional_flag("--pretrain", input.pretrain),
     threads: config["threads"]
     resources:
         **GPU_RESOURCES,

@@ -7,7 +7,7 @@ rule mlflow_init:
     output:
         EXPERIMENT,
     params:
-        uri=gcfg.tracking_uri(config),
+        uri=study_config.tracking_uri(config),
         experiment=config["mlflow"]["experiment"] or STUDY,
         artifacts=f"{config['results_dir']}/mlartifacts",
     log:
@@ -51,8 +51,8 @@ rule train:
         directory(f"{RES}/runs/{{run}}/model"),
     params:
         spec=get_train_spec,
-        subset=lambda wildcards, input: opt("--subset", input.subset),
-        pretrain=lambda wildcards, input: opt("--pretrain", input.pretrain),
+        subset=lambda wildcards, input: optional_flag("--subset", input.subset),
+        pretrain=lambda wildcards, input: optional_flag("--pretrain", input.pretrain),
         state=lambda wildcards: f"{RES}/runs/{wildcards.run}/state",
     threads: config["threads"]
     resources:

@@ -50,6 +50,7 @@ class StoreInfo:
 
 
 def store_info(path: Path) -> StoreInfo:
+    """The description of a prepared store (dataset, classes, bands, scale, statistics, size)."""
     ds = open_store(path)
     a = ds.attrs
     return StoreInfo(Path(path), a["dataset"], list(a["classes"]), [str(b) for b in ds.band.values],

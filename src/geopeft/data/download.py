@@ -45,6 +45,7 @@ class Remote:
 
 
 def file_digest(path: Path, algo: str = "md5") -> str:
+    """The hex digest (``algo``: any hashlib name) of a file, read in blocks."""
     h = hashlib.new(algo)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(CHUNK), b""):

@@ -41,6 +41,7 @@ def remotes_for(dataset: str, mirrors: list[str] | None = None,
 
 
 def is_archive(name: str) -> bool:
+    """Whether a downloaded file is an archive to extract (by its suffix)."""
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 

@@ -11,7 +11,12 @@ void ignored). Subsets are cached on disk by (method, fraction, seed).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+
+from geopeft.io import write_json
 
 METHODS = ("stratified", "random")
 
@@ -77,3 +82,37 @@ def class_presence(maps: np.ndarray, n_classes: int, ignore: int | None = None,
 def subset_file_name(method: str, fraction: float, seed: int) -> str:
     """Cache file name keyed by (method, fraction, seed)."""
     return f"{method}-f{fraction:g}-s{seed}.json"
+
+
+def write_subset(store: Path, fraction: float, seed: int, method: str, out: Path) -> dict[str, Any]:
+    """Draw the label-fraction subset of a store's train split and write it as JSON.
+
+    Args:
+        store: the prepared zarr store.
+        fraction: share of the training labels to keep, in (0, 1].
+        seed: the run's seed.
+        method: ``stratified`` or ``random`` (:data:`METHODS`).
+        out: the subset file: the chosen samples (store positions), the samples (or, for label
+            maps, pixels) per class, the train split's size and the store's fingerprint.
+
+    Returns:
+        What was written.
+    """
+    from geopeft.data.prepare import open_store
+
+    ds = open_store(Path(store))
+    train = np.flatnonzero(ds["split"].values == "train")
+    labels = ds["label"].values[train]
+    n_cls = len(ds.attrs["classes"])
+    if labels.ndim == 3:  # segmentation: stratify on the classes each patch shows (not void)
+        void = ds.attrs.get("void_class")
+        labels, weights = class_presence(labels, n_cls - (void is not None), void)
+    else:  # counted per sample: class occurrences
+        weights = labels if labels.ndim == 2 else np.eye(n_cls, dtype=np.int64)[labels]
+    pos = label_fraction_subset(labels, fraction, seed, method)
+    counts = weights[pos].sum(axis=0)  # samples per class, or pixels per class for maps
+    record = {"method": method, "fraction": fraction, "seed": seed,
+              "samples": train[pos].tolist(), "class_counts": counts.tolist(),
+              "train_size": int(len(train)), "store_fingerprint": ds.attrs["fingerprint"]}
+    write_json(out, record)
+    return record

@@ -361,7 +361,7 @@ def _write_world(spec: WorldSpec, ms_dir: Path | None, rgb_dir: Path | None,
     from PIL import Image
 
     names: dict[str, list[str]] = {}
-    with _maybe(ms_dir) as ms_tmp, _maybe(rgb_dir) as rgb_tmp:
+    with _atomic_dir_or_none(ms_dir) as ms_tmp, _atomic_dir_or_none(rgb_dir) as rgb_tmp:
         for folder, stem, cls, key in plan:
             rng = np.random.default_rng(key)
             dn = render(cls, rng, spec.size, spec.cloud_fraction, spec.noise)
@@ -427,7 +427,7 @@ def generate_source(spec: WorldSpec, ms_dir: Path | None, rgb_dir: Path | None) 
             "split": {k: len(v) for k, v in splits.items()}}
 
 
-class _maybe:
+class _atomic_dir_or_none:
     """``atomic_dir`` when a path is given, else a no-op yielding None."""
 
     def __init__(self, path: Path | None):

@@ -58,6 +58,7 @@ def ndvi_curve(cls: int, days: np.ndarray, jitter: np.ndarray) -> np.ndarray:
 
 
 def acquisition_dates(rng: np.random.Generator, year: int = 2019) -> list[int]:
+    """38-61 distinct acquisition dates (YYYYMMDD) of one year, sorted, as PASTIS series have."""
     n = int(rng.integers(38, 62))
     days = np.sort(rng.choice(np.arange(1, 366), size=n, replace=False))
     start = dt.date(year, 1, 1)

@@ -23,6 +23,7 @@ from geopeft.tracking import RunLogger
 
 
 def confusion_csv(cm: list[list[int]], classes: list[str]) -> str:
+    """A confusion matrix as CSV: a header of predicted classes, a row per true class."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["true\\pred", *classes])

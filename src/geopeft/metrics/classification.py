@@ -14,6 +14,7 @@ import numpy as np
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) label pairs: rows true classes, columns predictions."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):

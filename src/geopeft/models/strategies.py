@@ -38,6 +38,7 @@ def new_module_names(model: nn.Module) -> list[str]:
 
 
 def is_new(name: str, new: list[str]) -> bool:
+    """Whether the parameter or module ``name`` belongs to one of the new modules ``new``."""
     return any(name == m or name.startswith(m + ".") for m in new)
 
 

@@ -18,6 +18,7 @@ COLUMNS = [
 
 
 def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
+    """One runs.csv row: a run's record (``run.json``) with its test metrics."""
     rec = read_json(Path(model_dir) / "run.json")
     met = read_json(metrics_file)
     row = rec["spec"]["row"]

@@ -83,10 +83,12 @@ def install_sigterm_handler() -> None:
 
 
 def stop_requested() -> bool:
+    """Whether SIGTERM (or a lost launcher) asked training to stop after this step."""
     return _STOP.event.is_set()
 
 
 def rng_state() -> dict[str, Any]:
+    """The states of python's, numpy's and torch's (and CUDA's) global generators."""
     import random
 
     import numpy as np
@@ -100,6 +102,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators from :func:`rng_state`."""
     import random
 
     import numpy as np

@@ -88,6 +88,7 @@ def labels43_to_19(names: list[str], where: str = "") -> np.ndarray:
 
 
 def labels19(names: list[str], where: str = "") -> np.ndarray:
+    """The multi-hot vector (19 classes) of a patch's class names; ``where`` names it in errors."""
     out = np.zeros(len(CLASSES), np.uint8)
     for n in names:
         if n not in CLASSES:

@@ -96,6 +96,7 @@ SOURCES: dict[str, EuroSAT] = {
 
 
 def read_tif(path: Path, fmt: EuroSAT) -> np.ndarray:
+    """One EuroSAT-MS GeoTIFF as (13, H, W) in file band order (B8A last); count and dtype checked."""
     import rasterio
     from rasterio.errors import RasterioIOError
 
@@ -114,6 +115,7 @@ def read_tif(path: Path, fmt: EuroSAT) -> np.ndarray:
 
 
 def read_jpg(path: Path, fmt: EuroSAT) -> np.ndarray:
+    """One EuroSAT-RGB JPEG as (3, H, W) uint8, bands R, G, B."""
     from PIL import Image, UnidentifiedImageError
 
     try:

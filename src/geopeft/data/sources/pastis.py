@@ -35,6 +35,7 @@ DEFAULT_FOLDS = {"train": [1, 2, 3], "val": [4], "test": [5]}
 
 
 def read_geojson(path: Path) -> list[dict[str, Any]]:
+    """Patch id, fold and (strictly increasing) acquisition dates of every patch in ``metadata.geojson``."""
     if not path.is_file():
         raise DataError(f"{path}: metadata.geojson not found")
     try:
