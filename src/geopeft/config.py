@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from geopeft.data.sources import REGISTRY as SOURCES
+from geopeft.models.zoo import check_name, entry_for
 from geopeft.spec import TRAIN_KEYS, ConfigError, JobSpec
 
 # What the study may use of each dataset, asked of its source (geopeft.data.sources).
@@ -112,8 +113,6 @@ def uses_backbone(strategy: dict[str, Any]) -> bool:
 
 def _check_backbones(cfg: dict[str, Any], source: str) -> None:
     """Known names; weights filled in from the zoo; checksums where files are named."""
-    from geopeft.models.zoo import check_name, entry_for
-
     for key, bb in _backbones(cfg):
         try:
             check_name(bb["name"])

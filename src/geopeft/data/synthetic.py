@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from geopeft.bands import EUROSAT_MS_FILE_ORDER, NATIVE_RES_M, S2_BANDS
+from geopeft.data.sources import DataError, get_source
 from geopeft.data.sources.base import SYNTHETIC_MARKER
 from geopeft.data.sources.eurosat import EUROSAT_CLASSES, EUROSAT_COUNTS, SOURCE_GROUPS
 from geopeft.io import atomic_dir
@@ -452,8 +453,6 @@ def write_world(dataset: str, out: Path, spec: WorldSpec) -> dict:
         DataError: the dataset has no world of its own.
     """
     import importlib
-
-    from geopeft.data.sources import DataError, get_source
 
     source = get_source(dataset)
     if source.world is None:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from geopeft.models.weights import WeightsError
 from geopeft.models.zoo import REGISTRY, SSL4EO_S2_BANDS, BackboneEntry, entry_for, resolve
 
 __all__ = ["REGISTRY", "SSL4EO_S2_BANDS", "BackboneEntry", "SplitQKV", "create_model", "describe",
@@ -30,19 +31,17 @@ __all__ = ["REGISTRY", "SSL4EO_S2_BANDS", "BackboneEntry", "SplitQKV", "create_m
            "tokens", "width"]
 
 
-def create_model(spec: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
+def create_model(bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
     """A timm model of the backbone (no weights) for ``in_chans`` bands and ``num_classes``."""
     import timm
 
-    from geopeft.models.weights import WeightsError
-
-    spec = resolve(spec)
+    bb = resolve(bb)
     try:
-        return timm.create_model(spec["arch"], pretrained=False, in_chans=in_chans,
-                                 num_classes=num_classes, **spec["kwargs"])
+        return timm.create_model(bb["arch"], pretrained=False, in_chans=in_chans,
+                                 num_classes=num_classes, **bb["kwargs"])
     except RuntimeError as err:
         if "Unknown model" in str(err):
-            raise WeightsError(f"backbone.name: {spec['name']!r} is neither a registry backbone "
+            raise WeightsError(f"backbone.name: {bb['name']!r} is neither a registry backbone "
                                f"({', '.join(REGISTRY)}) nor a timm model") from None
         raise
 

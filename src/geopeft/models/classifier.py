@@ -17,6 +17,7 @@ from torch import nn
 from geopeft.data.dataset import StoreInfo
 from geopeft.models.backbones import create_model, input_size, prepare_for_adapters, resolve
 from geopeft.models.weights import Normalization, load_into, load_weights
+from geopeft.spec import ConfigError
 
 
 class Classifier(nn.Module):
@@ -71,8 +72,6 @@ def check_input_size(model: nn.Module, resize: int | None, store: StoreInfo) -> 
     if resize or size is None or store.image_size is None:
         return
     if (size, size) != tuple(store.image_size):
-        from geopeft.spec import ConfigError
-
         raise ConfigError(
             f"backbone.input_size: the backbone takes {size}x{size} inputs but "
             f"{store.path} holds {store.image_size[0]}x{store.image_size[1]} images; set "

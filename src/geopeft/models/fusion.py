@@ -37,6 +37,7 @@ from geopeft.bands import RGB
 from geopeft.data.dataset import StoreInfo
 from geopeft.models import backbones
 from geopeft.models.weights import Normalization, load_into, load_weights
+from geopeft.spec import ConfigError
 
 
 @dataclass
@@ -60,8 +61,6 @@ class FusionConfig:
     def from_dict(cls, d: dict[str, Any] | None) -> FusionConfig:
         cfg = cls(**(d or {}))
         if cfg.glf and not cfg.caf:
-            from geopeft.spec import ConfigError
-
             raise ConfigError("fusion.glf: gated late fusion mixes the cross-attention output "
                              "with the visual tokens, so it needs fusion.caf: true")
         return cfg
@@ -236,30 +235,28 @@ def build_fusion(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes: in
     DN/10000, the pretrain rule's record); without weights (scratch), the train split's RGB
     statistics. Returns the model and a description for the run record.
     """
-    from geopeft.spec import ConfigError
-
     cfg = FusionConfig.from_dict(fusion)
-    spec = backbones.resolve(backbone_cfg)
-    weights = load_weights(spec, pretrain_dir)
-    encoder = backbones.create_model(spec, 3, 0)
+    bb = backbones.resolve(backbone_cfg)
+    weights = load_weights(bb, pretrain_dir)
+    encoder = backbones.create_model(bb, 3, 0)
     if weights is not None:
         load_into(encoder, weights, list(RGB))
     backbones.prepare_for_adapters(encoder)
-    size = spec.get("input_size") or backbones.input_size(encoder)
+    size = bb.get("input_size") or backbones.input_size(encoder)
     if size is None:
-        raise ConfigError(f"backbone.input_size: {spec['name']} takes any size; set one for fusion")
+        raise ConfigError(f"backbone.input_size: {bb['name']} takes any size; set one for fusion")
     if backbones.input_size(encoder) not in (None, size):
-        raise ConfigError(f"backbone.input_size: {size} differs from the size {spec['name']} was "
+        raise ConfigError(f"backbone.input_size: {size} differs from the size {bb['name']} was "
                           f"built for ({backbones.input_size(encoder)}); set backbone.kwargs.img_size")
     s = store.value_scale
     in_norm = Normalization(list(store.bands), [m * s for m in store.norm_mean],
                             [d * s for d in store.norm_std])
     wn = weights.norm if weights is not None else None
-    if spec["normalize"] != "dataset" and wn is not None and set(RGB) <= set(wn.bands):
+    if bb["normalize"] != "dataset" and wn is not None and set(RGB) <= set(wn.bands):
         idx = [wn.bands.index(b) for b in RGB]
         enc_norm = Normalization(list(RGB), [wn.mean[i] for i in idx], [wn.std[i] for i in idx])
     else:
-        if spec["normalize"] == "backbone":
+        if bb["normalize"] == "backbone":
             raise ConfigError("backbone.normalize is 'backbone' but the weights carry no "
                               "normalisation for B04, B03, B02")
         idx = [store.bands.index(b) for b in RGB if b in store.bands]

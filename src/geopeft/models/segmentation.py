@@ -26,9 +26,11 @@ from torch.utils.checkpoint import checkpoint
 
 from geopeft.data.dataset import StoreInfo
 from geopeft.models import backbones
+from geopeft.models.classifier import check_input_size, resolve_norm
 from geopeft.models.ltae import LTAE2d
 from geopeft.models.utae import UTAE
 from geopeft.models.weights import Normalization, load_into, load_weights
+from geopeft.spec import ConfigError
 
 MODELS = ("upernet_ltae", "utae")
 
@@ -207,9 +209,6 @@ def build_segmenter(backbone_cfg: dict[str, Any] | None, store: StoreInfo, num_c
 
     Returns the model and a description (weights, normalisation) for the run record.
     """
-    from geopeft.models.classifier import check_input_size, resolve_norm
-    from geopeft.spec import ConfigError
-
     try:
         cfg = SegConfig.from_dict(seg)
     except (TypeError, ValueError) as err:
@@ -232,17 +231,17 @@ def build_segmenter(backbone_cfg: dict[str, Any] | None, store: StoreInfo, num_c
                        "bands": store.bands, "segmentation": cfg.__dict__}
     if backbone_cfg is None:
         raise ConfigError("segmentation.model upernet_ltae needs a backbone")
-    spec = backbones.resolve(backbone_cfg)
-    weights = load_weights(spec, pretrain_dir)
-    encoder = backbones.create_model(spec, len(store.bands), 0)
+    bb = backbones.resolve(backbone_cfg)
+    weights = load_weights(bb, pretrain_dir)
+    encoder = backbones.create_model(bb, len(store.bands), 0)
     if weights is not None:
         load_into(encoder, weights, store.bands)
     backbones.prepare_for_adapters(encoder)
-    check_input_size(encoder, spec.get("input_size"), store)
-    norm = resolve_norm(spec["normalize"], weights.norm if weights else None, store)
+    check_input_size(encoder, bb.get("input_size"), store)
+    norm = resolve_norm(bb["normalize"], weights.norm if weights else None, store)
     try:
-        model = UPerNetLTAE(encoder, spec["family"], norm, s, num_classes, cfg,
-                            spec.get("input_size"))
+        model = UPerNetLTAE(encoder, bb["family"], norm, s, num_classes, cfg,
+                            bb.get("input_size"))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     info = {"weights": weights.origin if weights else "none", "norm_mean": norm.mean,

@@ -100,20 +100,20 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _declared(spec: dict[str, Any], n_in: int) -> tuple[list[str], Normalization | None]:
+def _declared(bb: dict[str, Any], n_in: int) -> tuple[list[str], Normalization | None]:
     """Bands and normalisation of file/url weights: the registry's, else RGB for 3 channels."""
-    bands = list(spec.get("weight_bands") or ([] if n_in != 3 else RGB))
-    norm = spec.get("weight_norm")
+    bands = list(bb.get("weight_bands") or ([] if n_in != 3 else RGB))
+    norm = bb.get("weight_norm")
     return bands, Normalization(bands, list(norm["mean"]), list(norm["std"])) if norm else None
 
 
-def _from_file(spec: dict[str, Any], path: Path, origin: str) -> Weights:
+def _from_file(bb: dict[str, Any], path: Path, origin: str) -> Weights:
     state = _read_state(path)
     pw = _patch_weight(state)
-    bands, norm = _declared(spec, pw.shape[1] if pw is not None else 3)
+    bands, norm = _declared(bb, pw.shape[1] if pw is not None else 3)
     if pw is not None and bands and pw.shape[1] != len(bands):
         raise WeightsError(f"{path}: patch embedding has {pw.shape[1]} input channels, but "
-                           f"{spec['name']} declares {len(bands)} bands {bands}")
+                           f"{bb['name']} declares {len(bands)} bands {bands}")
     return Weights(_strip_head(state), bands, norm, origin, path)
 
 
@@ -122,17 +122,17 @@ def hub_cache_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1].split("?")[0]
 
 
-def expected_sha256(spec: dict[str, Any], name: str) -> str | None:
+def expected_sha256(bb: dict[str, Any], name: str) -> str | None:
     """``backbone.sha256``, else the prefix published in a ``name-<8 hex>.pth`` file name."""
-    if spec.get("sha256"):
-        return str(spec["sha256"])
+    if bb.get("sha256"):
+        return str(bb["sha256"])
     m = re.search(r"-([0-9a-f]{8,64})\.[a-z]+$", name)
     return m.group(1) if m else None
 
 
-def _url_weights(spec: dict[str, Any], url: str) -> Weights:
+def _url_weights(bb: dict[str, Any], url: str) -> Weights:
     path = hub_cache_path(url)
-    want = expected_sha256(spec, path.name)
+    want = expected_sha256(bb, path.name)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(path.name + ".part")
@@ -148,7 +148,7 @@ def _url_weights(spec: dict[str, Any], url: str) -> Weights:
         _check(part, want, url)
         part.replace(path)
     _check(path, want, str(path))
-    return _from_file(spec, path, f"url:{path.name}")
+    return _from_file(bb, path, f"url:{path.name}")
 
 
 def _check(path: Path, want: str | None, what: str) -> None:
@@ -171,9 +171,9 @@ def _pinned(path: Path, want: str | None) -> str:
     return got
 
 
-def load_weights(spec: dict[str, Any], pretrain_dir: Path | None = None) -> Weights | None:
+def load_weights(bb: dict[str, Any], pretrain_dir: Path | None = None) -> Weights | None:
     """Resolve ``backbone.weights`` to a state dict; ``None`` for ``weights: none``."""
-    w = spec["weights"]
+    w = bb["weights"]
     if w == "none":
         return None
     if w == "pretrain":
@@ -196,28 +196,28 @@ def load_weights(spec: dict[str, Any], pretrain_dir: Path | None = None) -> Weig
         path = Path(w[5:])
         if not path.is_file():
             raise WeightsError(f"backbone.weights: {path} not found")
-        got = _pinned(path, spec["sha256"])
-        return _from_file(spec, path, f"file:{got[:12]}")
+        got = _pinned(path, bb["sha256"])
+        return _from_file(bb, path, f"file:{got[:12]}")
     if w.startswith("url:"):
-        return _url_weights(spec, w[4:])
+        return _url_weights(bb, w[4:])
     if w.startswith("timm:"):
-        return _timm_weights(spec, w[5:])
+        return _timm_weights(bb, w[5:])
     raise WeightsError(f"backbone.weights: {w!r} is not understood")
 
 
-def _timm_weights(spec: dict[str, Any], tag: str) -> Weights:
+def _timm_weights(bb: dict[str, Any], tag: str) -> Weights:
     import timm
 
     overlay = {}
-    if spec.get("file"):  # a local copy of the tag's weights file, loaded by timm as the hub's
-        path = Path(spec["file"])
+    if bb.get("file"):  # a local copy of the tag's weights file, loaded by timm as the hub's
+        path = Path(bb["file"])
         if not path.is_file():
             raise WeightsError(f"backbone.file: {path} not found (the weights file of timm:{tag})")
-        _pinned(path, spec.get("sha256"))
+        _pinned(path, bb.get("sha256"))
         overlay = {"pretrained_cfg_overlay": {"file": str(path)}}
     try:
         model = timm.create_model(tag, pretrained=True, num_classes=0, **overlay,
-                                  **{k: v for k, v in spec["kwargs"].items() if k != "in_chans"})
+                                  **{k: v for k, v in bb["kwargs"].items() if k != "in_chans"})
     except Exception as err:  # offline hub access raises many different exception types
         raise WeightsError(
             f"backbone.weights: timm weights {tag!r} are not in the Hugging Face cache and could "
@@ -228,9 +228,9 @@ def _timm_weights(spec: dict[str, Any], tag: str) -> Weights:
     cfg = model.pretrained_cfg
     mean, std = list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225)))
     norm = Normalization(list(RGB), mean, std) if len(mean) == 3 else None
-    origin = f"timm:{tag}" + (f" (file {Path(spec['file']).name})" if overlay else "")
+    origin = f"timm:{tag}" + (f" (file {Path(bb['file']).name})" if overlay else "")
     return Weights(_strip_head(model.state_dict()), list(RGB), norm, origin,
-                   Path(spec["file"]) if overlay else None)
+                   Path(bb["file"]) if overlay else None)
 
 
 def _patch_weight(state: dict[str, torch.Tensor]) -> torch.Tensor | None:

@@ -97,10 +97,10 @@ TIMM_FAMILY_FILES = {"vit": "vision_transformer.py", "swin": "swin_transformer_v
 def timm_architectures() -> dict[str, str]:
     """Architecture name -> family of every timm ViT and Swin-V2 model, read from timm's model
     files without importing timm (torch takes seconds to import; the Snakefile must start fast)."""
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
+    bb = importlib.util.find_spec("timm")
+    if bb is None or not bb.submodule_search_locations:
         return {}
-    models = Path(list(spec.submodule_search_locations)[0]) / "models"
+    models = Path(list(bb.submodule_search_locations)[0]) / "models"
     out: dict[str, str] = {}
     for family, fname in TIMM_FAMILY_FILES.items():
         path = models / fname
@@ -128,19 +128,19 @@ def entry_for(name: str) -> BackboneEntry:
     return BackboneEntry(name, family, name, "pretrain", f"timm {name}")
 
 
-def resolve(spec: dict[str, Any]) -> dict[str, Any]:
+def resolve(bb: dict[str, Any]) -> dict[str, Any]:
     """A backbone config with the registry's declarations filled in (idempotent).
 
     Adds ``arch``, ``family``, ``weight_bands``, ``weight_norm`` and ``lora_targets``; merges the
     entry's kwargs under the config's; ``weights: null`` becomes the entry's default.
     """
-    if "arch" in spec:
-        return spec
-    e = entry_for(spec["name"])
-    out = dict(spec)
+    if "arch" in bb:
+        return bb
+    e = entry_for(bb["name"])
+    out = dict(bb)
     out["arch"], out["family"] = e.arch, e.family
-    out["kwargs"] = {**e.kwargs, **(spec.get("kwargs") or {})}
-    out["weights"] = spec.get("weights") or e.weights
+    out["kwargs"] = {**e.kwargs, **(bb.get("kwargs") or {})}
+    out["weights"] = bb.get("weights") or e.weights
     out.setdefault("sha256", None)
     out.setdefault("file", None)
     out.setdefault("input_size", None)
