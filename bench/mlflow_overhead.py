@@ -30,6 +30,7 @@ import torch
 from geopeft.data.dataset import StoreInfo
 from geopeft.models.classifier import build_classifier
 from geopeft.models.strategies import apply_strategy
+from geopeft.spec import LoraSpec
 from geopeft.tracking import RunLogger, init_experiment
 
 
@@ -40,7 +41,7 @@ def _model_and_batch():
     torch.manual_seed(0)
     torch.set_num_threads(1)
     m, _ = build_classifier(cfg, info, 10)
-    m = apply_strategy(m, "lora", {"r": 8, "alpha": 16, "dropout": 0.1})
+    m = apply_strategy(m, "lora", LoraSpec(r=8, alpha=16, dropout=0.1))
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
     x, y = torch.rand(32, 3, 64, 64) * 255, torch.randint(0, 10, (32,))
 

@@ -24,9 +24,9 @@ def full_spec(spec: dict) -> dict:
     """A test's partial job spec made whole, as geopeft.config.job_spec writes them: the keys a
     test does not care about get neutral values (a LoRA row's adapter gets the schema's
     defaults under what the test sets)."""
-    from dataclasses import asdict
+    from dataclasses import asdict, fields
 
-    from geopeft.spec import LoraSpec
+    from geopeft.spec import LoraSpec, TrainArgs
 
     row = dict(spec["row"])
     row.setdefault("name", "r")
@@ -34,7 +34,10 @@ def full_spec(spec: dict) -> dict:
     row.setdefault("dataset", (spec.get("data") or {}).get("dataset", "eurosat_rgb"))
     row.setdefault("label_fraction", 1.0)
     row.setdefault("seed", 0)
-    row.setdefault("train", {})
+    # every training setting, as the schema fills them (TrainArgs holds the same defaults)
+    defaults = {f.name: f.default for f in fields(TrainArgs)
+                if f.name not in ("seed", "threads", "progress")}
+    row["train"] = {**defaults, **row.get("train", {})}
     if row["method"] == "lora":
         row["lora"] = asdict(LoraSpec(**(row.get("lora") or {})))
     data = {"dataset": row["dataset"], "bands": ["B04", "B03", "B02"], "source": "synthetic",

@@ -1,7 +1,10 @@
 """The layering of ``src/geopeft``: imports go downward only, and no module imports itself back.
 
 Every import counts: module level, inside functions and under ``TYPE_CHECKING``, because a
-function-level import hides a cycle without removing it.
+function-level import hides a cycle without removing it. (A source names the writer of its
+embedded world as a ``module:function`` string, ``Source.world``, loaded only by
+:func:`geopeft.data.synthetic.write_world`: the writer depends on the source's facts, never the
+other way round.)
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def _spec(epochs: int) -> dict:
     train = {"epochs": epochs, "batch_size": 8, "lr": 0.003, "weight_decay": 0.05,
              "warmup_epochs": 1, "augment": True, "device": "cpu", "amp": True,
              "eval_batch_size": 64, "encoder_lr_factor": 1.0, "checkpoint_every": 1,
-             "checkpoint_minutes": 0}
+             "checkpoint_minutes": 0, "loss": "ce"}
     row = {"name": "r", "strategy": "lora", "method": "lora", "label_fraction": 1.0, "seed": 3,
            "dataset": "eurosat_rgb", "train": train,
            "lora": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1,

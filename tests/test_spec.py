@@ -132,3 +132,22 @@ def test_the_cli_names_a_bad_spec(tmp_path, capsys):
                "--out", str(tmp_path / "m")])
     assert rc == 2
     assert "geopeft train: error: --spec.row: missing train" in capsys.readouterr().err
+
+
+def test_a_missing_training_setting_is_named():
+    cfg = gcfg.resolve([ROOT / "config" / "config.yaml"])
+    spec = gcfg.job_spec(cfg, gcfg.study_rows(cfg)[0])
+    del spec["row"]["train"]["loss"]
+    with pytest.raises(ConfigError, match="job spec.row.train: missing loss"):
+        JobSpec.from_dict(spec)
+
+
+def test_utae_in_an_image_study_is_refused(tmp_path):
+    study = tmp_path / "s.yaml"
+    study.write_text("study: s\ndata: {dataset: eurosat_rgb, bands: [B04, B03, B02]}\n"
+                     "backbone: {name: embedded}\n"
+                     "strategies: {u: {strategy: full, segmentation: {model: utae}}}\n"
+                     "grid: {strategy: [u]}\n")
+    with pytest.raises(ConfigError, match="strategies.u.segmentation.model: U-TAE segments image "
+                                          "time series"):
+        gcfg.resolve([study])

@@ -4,7 +4,7 @@ import sys
 import threading
 
 import pytest
-from conftest import backbone_cfg
+from conftest import backbone_cfg, full_spec
 from mlflow.tracking import MlflowClient
 
 from geopeft.tracking import RunLogger, TrackingError, flatten, init_experiment
@@ -77,9 +77,9 @@ def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, 
            "lora": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1,
                     "target_modules": ["q", "v"]},
            "train": {"epochs": 2, "batch_size": 16, "lr": 0.003}}
-    spec = {"study": "s", "data": {"dataset": "eurosat_rgb", "bands": ["B04", "B03", "B02"],
-                                   "source": "synthetic"},
-            "backbone": backbone_cfg(), "threads": 1, "row": row}
+    spec = full_spec({"study": "s", "data": {"dataset": "eurosat_rgb", "bands": ["B04", "B03", "B02"],
+                                             "source": "synthetic"},
+                      "backbone": backbone_cfg(), "threads": 1, "row": row})
     cli = [sys.executable, "-m", "geopeft.cli"]
     subprocess.run([*cli, "train", "--spec", json.dumps(spec), "--store", str(rgb_store),
                     "--experiment", "exp.json", "--out", "run/model"], check=True)

@@ -6,8 +6,8 @@ from conftest import backbone_cfg
 from geopeft.data.dataset import load_split, store_info
 from geopeft.models.classifier import build_classifier
 from geopeft.models.strategies import apply_strategy
-from geopeft.spec import LoraSpec
-from geopeft.train.loop import TrainArgs, augment, fit, warmup_cosine
+from geopeft.spec import LoraSpec, TrainArgs
+from geopeft.train.loop import augment, fit, warmup_cosine
 
 
 def _fit(store, seed=0, method="lora"):

@@ -580,11 +580,11 @@ def main(argv: list[str] | None = None) -> int:
         archive, tracking, a NaN loss, a missing file), 75 when training stopped on SIGTERM.
     """
     from geopeft.bands import BandError
-    from geopeft.config import ConfigError
     from geopeft.data.download import DownloadError
     from geopeft.data.extract import UnsafeArchiveError
     from geopeft.data.sources import DataError
     from geopeft.models.weights import WeightsError
+    from geopeft.spec import ConfigError
     from geopeft.tracking import TrackingError
     from geopeft.train.loop import NonFiniteLoss
     from geopeft.train.resume import Preempted

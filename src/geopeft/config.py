@@ -29,8 +29,6 @@ TIME_SERIES_DATASETS = tuple(n for n in TRAINABLE_DATASETS if SOURCES[n].time_se
 WORLD_DATASETS = tuple(n for n in SYNTHETIC_DATASETS if SOURCES[n].world)
 
 
-
-
 def schema_path(name: str = "config.schema.yaml") -> Path:
     """Locate a schema file, in the installed package or in the source checkout."""
     here = Path(__file__).resolve().parent
@@ -137,8 +135,14 @@ def _check_backbones(cfg: dict[str, Any], source: str) -> None:
 
 
 def _check_strategies(cfg: dict[str, Any], source: str) -> None:
-    """U-TAE trains from scratch; Fusion-LoRA's flags fit together and it has RGB bands."""
+    """U-TAE trains from scratch on time series; Fusion-LoRA's flags fit together and it has RGB
+    bands."""
+    series = any(ds in TIME_SERIES_DATASETS for _, ds in study_datasets(cfg))
     for key, strat in cfg["strategies"].items():
+        if not uses_backbone(strat) and not series:
+            raise ConfigError(f"{source}: strategies.{key}.segmentation.model: U-TAE segments "
+                              f"image time series ({', '.join(TIME_SERIES_DATASETS)}); the study's "
+                              f"datasets are images")
         if not uses_backbone(strat) and strat["strategy"] not in ("full", "scratch"):
             raise ConfigError(f"{source}: strategies.{key}.strategy: U-TAE is trained from scratch "
                               f"(strategy full or scratch), not {strat['strategy']!r}")
@@ -160,6 +164,8 @@ def _check_datasets(cfg: dict[str, Any], source: str) -> None:
                 f"{source}: {where}: the embedded world writes {', '.join(SYNTHETIC_DATASETS)}; "
                 f"for {ds!r} set data.source to download or local"
             )
+        if where == "data.dataset" and cfg["grid"]["dataset"]:
+            continue  # grid.dataset names the datasets the rows train on
         held = SOURCES[ds].file_bands
         bad = [b for b in data["bands"] if b not in held]
         if bad:
@@ -367,7 +373,7 @@ def _rehearsal_rows(cfg: dict[str, Any]) -> None:
     that each axis is rehearsed at both ends (two cells) with one run per strategy."""
     grid = cfg["grid"]
     ends = {"dataset": grid["dataset"] or [cfg["data"]["dataset"]],
-            "label_fraction": sorted(grid["label_fraction"]),
+            "label_fraction": sorted(grid["label_fraction"] or [1.0]),
             "sequence_length": list(grid["sequence_length"])}
     ends = {k: [v[0], v[-1]] if len(v) > 1 else v for k, v in ends.items() if v}
     seed = grid["seed"][0]
@@ -500,6 +506,13 @@ def job_spec(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     """Everything one training job receives (the ``--spec`` of the train rule): editing another
     row leaves it unchanged."""
     return dict(base_spec(cfg, row["dataset"]), row=row, backbone=row_backbone(cfg, row))
+
+
+def pretrain_source(cfg: dict[str, Any]) -> str:
+    """The embedded pretraining source set of a study: its dataset's own
+    (``<dataset>_source``, in the same format) when there is one, else EuroSAT-MS's."""
+    own = f"{cfg['data']['dataset']}_source"
+    return own if own in SOURCES else "eurosat_ms_source"
 
 
 def job_specs(cfg: dict[str, Any]) -> list[JobSpec]:

@@ -36,6 +36,7 @@ from typing import Any
 
 from geopeft import config as study_config
 from geopeft.io import atomic_dir
+from geopeft.spec import ConfigError
 
 log = logging.getLogger(__name__)
 #: Bump when fixtures change: older ones in the folder are made again.
@@ -112,8 +113,8 @@ def _dataset_files(dataset: str, work: Path, out: Path) -> list[str]:
         (world / SYNTHETIC_MARKER).unlink()
         _zip(world, "PASTIS", out / "PASTIS.zip")
     else:
-        raise study_config.ConfigError(f"rehearsal: no fixtures for dataset {dataset!r} "
-                               f"(have {', '.join(SAMPLES)})")
+        raise ConfigError(f"rehearsal: no fixtures for dataset {dataset!r} "
+                          f"(have {', '.join(SAMPLES)})")
     missing = [x for x in names if not (out / x).is_file()]
     if missing:  # the source's remotes and the fixture must name the same files
         raise RuntimeError(f"{dataset}: fixture lacks {missing}")
@@ -126,8 +127,8 @@ def _url_entry(weights: str) -> Any:
     for e in REGISTRY.values():
         if e.weights == weights:
             return e
-    raise study_config.ConfigError(f"rehearsal: {weights} is not the published weights of a zoo backbone; "
-                           f"no fixture can be written in its format")
+    raise ConfigError(f"rehearsal: {weights} is not the published weights of a zoo backbone; "
+                      f"no fixture can be written in its format")
 
 
 def _weights_file(weights: str, out: Path) -> Path:
@@ -140,7 +141,7 @@ def _weights_file(weights: str, out: Path) -> Path:
         tag = weights[5:]
         cfg = timm.models.get_pretrained_cfg(tag)
         if cfg is None:
-            raise study_config.ConfigError(f"rehearsal: timm knows no pretrained tag {tag!r}")
+            raise ConfigError(f"rehearsal: timm knows no pretrained tag {tag!r}")
         model = timm.create_model(tag, pretrained=False, num_classes=cfg.num_classes)
         from safetensors.torch import save_file
 

@@ -18,7 +18,7 @@ Names: a row's ``strategy`` is the key of the study's ``strategies`` table it us
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 #: What trains: every weight, adapters, the new modules only, end to end with a slower
@@ -86,8 +86,10 @@ class TrainArgs:
         keys = cls.__dataclass_fields__
         return cls(**{k: v for k, v in {**d, **extra}.items() if k in keys})
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+
+#: What the job adds to a row's training settings (not in the study's ``train``).
+_JOB_TRAIN_KEYS = ("seed", "threads", "progress")
 
 
 @dataclass(frozen=True)
@@ -161,13 +163,12 @@ class RowSpec:
     seed: int
     """The row's seed (initialisation, subset, data order)."""
     train: dict[str, Any]
-    """The resolved training settings (defaults <- strategy <- row); see :meth:`train_args`."""
+    """The resolved training settings (defaults <- strategy <- row), every key of the schema's
+    ``train``; see :meth:`train_args`."""
     lora: LoraSpec | None = None
     """The adapter (``lora`` rows)."""
     fusion: dict[str, Any] | None = None
     """Fusion-LoRA settings (:class:`geopeft.models.fusion.FusionConfig`)."""
-    backbone: dict[str, Any] | None = None
-    """The strategy's own encoder, when it names one."""
     sequence_length: int | None = None
     """Dates per series (time-series rows)."""
     temporal: Temporal | None = None
@@ -177,8 +178,9 @@ class RowSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "row") -> RowSpec:
-        optional = ("lora", "fusion", "backbone", "sequence_length", "temporal", "segmentation")
+        optional = ("lora", "fusion", "sequence_length", "temporal", "segmentation")
         v = _take(cls, d, where, optional)
+        _take(TrainArgs, v["train"], f"{where}.train", _JOB_TRAIN_KEYS)  # every setting there
         if v["method"] not in STRATEGIES:
             raise ConfigError(f"{where}.method: {v['method']!r} is not one of {STRATEGIES}")
         if v["method"] == "lora":
@@ -191,27 +193,47 @@ class RowSpec:
 
     def train_args(self, threads: int) -> TrainArgs:
         """The training settings with the row's seed and the job's CPU threads."""
-        return TrainArgs.from_dict(self.train, seed=self.seed, threads=threads)
+        settings = _take(TrainArgs, self.train, "row.train", _JOB_TRAIN_KEYS)
+        return TrainArgs(**{**settings, "seed": self.seed, "threads": threads})
+
+
+def _job_parts(d: dict[str, Any], part: str, where: str) -> tuple[str, DataSpec, int, bool]:
+    """Study, data, threads and rehearsal flag of a job's JSON spec, its required keys checked
+    (``part``: ``row`` or ``pretrain``)."""
+    for key in ("study", "data", "backbone", "threads", part):
+        if key not in d:
+            raise ConfigError(f"{where}: missing {key}")
+    data = _take(DataSpec, d["data"], f"{where}.data")
+    # config.base_spec writes ``rehearsal`` into the specs of rehearsals only (so the specs of
+    # real runs, and the Snakemake params made of them, stay as they were): absent is False
+    return (d["study"], DataSpec(data["dataset"], tuple(data["bands"]), data["source"]),
+            int(d["threads"]), bool(d.get("rehearsal", False)))
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """Everything one training job receives (``geopeft train --spec``)."""
+class _Job:
+    """What every job's spec holds."""
 
     study: str
     """The study's name."""
     data: DataSpec
-    """The row's data."""
-    backbone: dict[str, Any] | None
-    """The row's encoder config (its strategy's own, else the study's); None for U-TAE."""
+    """The job's data (the pretrain job prepares the source set with its bands)."""
     threads: int
     """CPU threads of the job."""
-    row: RowSpec
-    """The study row."""
     rehearsal: bool
     """Whether the job belongs to a rehearsal (fixtures, random weights, one epoch)."""
     raw: dict[str, Any]
     """The spec as JSON (run.json, MLflow params)."""
+
+
+@dataclass(frozen=True)
+class JobSpec(_Job):
+    """Everything one training job receives (``geopeft train --spec``)."""
+
+    backbone: dict[str, Any] | None
+    """The row's encoder config (its strategy's own, else the study's); None for U-TAE."""
+    row: RowSpec
+    """The study row."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "job spec") -> JobSpec:
@@ -220,13 +242,9 @@ class JobSpec:
         Raises:
             ConfigError: a key is missing or a value is not allowed (named with ``where``).
         """
-        for key in ("study", "data", "backbone", "threads", "row"):
-            if key not in d:
-                raise ConfigError(f"{where}: missing {key}")
-        data = _take(DataSpec, d["data"], f"{where}.data")
-        return cls(d["study"], DataSpec(data["dataset"], tuple(data["bands"]), data["source"]),
-                   d["backbone"], int(d["threads"]), RowSpec.from_dict(d["row"], f"{where}.row"),
-                   bool(d.get("rehearsal", False)), d)
+        study, data, threads, rehearsal = _job_parts(d, "row", where)
+        return cls(study=study, data=data, threads=threads, rehearsal=rehearsal, raw=d,
+                   backbone=d["backbone"], row=RowSpec.from_dict(d["row"], f"{where}.row"))
 
     @property
     def encoder(self) -> dict[str, Any] | None:
@@ -242,35 +260,26 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
-class PretrainSpec:
+class PretrainSpec(_Job):
     """What the pretrain job receives: the embedded backbone, trained on the synthetic source set."""
 
-    study: str
-    """The study's name."""
-    data: DataSpec
-    """The study's data (the source set is prepared with its bands)."""
     backbone: dict[str, Any]
     """The study's backbone config (built with random weights, then pretrained)."""
-    threads: int
-    """CPU threads of the job."""
     train: TrainArgs
     """The ``pretrain`` settings (augmentation on)."""
-    rehearsal: bool
-    """Whether the job belongs to a rehearsal."""
-    raw: dict[str, Any]
-    """The spec as JSON (MLflow params)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "pretrain spec") -> PretrainSpec:
-        for key in ("study", "data", "backbone", "threads", "pretrain"):
-            if key not in d:
-                raise ConfigError(f"{where}: missing {key}")
-        data = _take(DataSpec, d["data"], f"{where}.data")
-        threads = int(d["threads"])
-        return cls(d["study"], DataSpec(data["dataset"], tuple(data["bands"]), data["source"]),
-                   d["backbone"], threads,
-                   TrainArgs.from_dict(d["pretrain"], augment=True, threads=threads),
-                   bool(d.get("rehearsal", False)), d)
+        """The typed spec of the pretrain job's JSON spec (``pretrain`` keys the schema leaves
+        out, such as the evaluation batch, are :class:`TrainArgs`' own).
+
+        Raises:
+            ConfigError: a key is missing (named with ``where``).
+        """
+        study, data, threads, rehearsal = _job_parts(d, "pretrain", where)
+        return cls(study=study, data=data, threads=threads, rehearsal=rehearsal, raw=d,
+                   backbone=d["backbone"],
+                   train=TrainArgs.from_dict(d["pretrain"], augment=True, threads=threads))
 
 
 __all__ = ["PEFT_METHODS", "STRATEGIES", "TRAIN_KEYS", "ConfigError", "DataSpec", "JobSpec",

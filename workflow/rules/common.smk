@@ -71,9 +71,7 @@ def get_source_store():
     """Prepared store of the synthetic pretraining source set, with pretrain.bands: in the
     target's format for EuroSAT, else the multispectral source set."""
     bands = study_config.bands_id(config["pretrain"]["bands"] or DATA["bands"])
-    if DATA["dataset"].startswith("eurosat_"):
-        return get_store(f"{DATA['dataset']}_source", bands)
-    return get_store("eurosat_ms_source", bands)
+    return get_store(study_config.pretrain_source(config), bands)
 
 
 def get_subset(wildcards):

@@ -1,1 +1,1 @@
-"""Evaluation: metrics and the evaluate entry point."""
+"""Evaluation: test-split metrics of a saved model (run.py) and inference on files (predict.py)."""

@@ -59,6 +59,7 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
     model.to(device)
     test = load_split(store, "test", temporal=row.temporal)
     batch = args.eval_batch_size
+    outputs = (row.name, record["mlflow_run_id"], len(test), out_metrics, out_confusion, experiment)
     if test.y.ndim == 3:  # segmentation: whole patches, confusion streamed batch by batch
         classes = info.classes[: num_outputs(info)]
         cm, _ = segmentation_scores(model, test, batch, device)
@@ -70,8 +71,7 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
         flat = {f"test_{k}": m[k] for k in ("miou", "mf1", "overall_accuracy")}
         flat.update({f"test_iou_{c}": v for c, v in zip(classes, m["per_class_iou"], strict=True)
                      if v is not None})
-        return _finish(m, table, flat, info, record, len(test), out_metrics, out_confusion,
-                       experiment)
+        return _finish(m, table, flat, info, *outputs)
     logits = predict(model, test.x, batch, device)
     if test.y.ndim == 2:  # multi-label: sigmoid scores, mAP, F1 at 0.5
         scores = sigmoid(logits)
@@ -87,20 +87,20 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
         table = confusion_csv(m["confusion_matrix"], info.classes)
         flat = {"test_overall_accuracy": m["overall_accuracy"], "test_macro_f1": m["macro_f1"]}
         flat.update({f"test_f1_{c}": f for c, f in zip(info.classes, m["per_class_f1"], strict=True)})
-    return _finish(m, table, flat, info, record, len(test), out_metrics, out_confusion, experiment)
+    return _finish(m, table, flat, info, *outputs)
 
 
 def _finish(m: dict[str, Any], table: str, flat: dict[str, float], info: Any,
-            record: dict[str, Any], n_test: int, out_metrics: Path, out_confusion: Path,
+            run: str, run_id: str | None, n_test: int, out_metrics: Path, out_confusion: Path,
             experiment: Path | None) -> dict[str, Any]:
     """Write the metrics and the confusion table atomically and log them to the run."""
     m.setdefault("classes", info.classes)
-    m.update({"run": record["spec"]["row"]["name"], "test_samples": n_test})
+    m.update({"run": run, "test_samples": n_test})
     with atomic_file(out_confusion) as fh:
         fh.write(table)
     write_json(out_metrics, m)
     if experiment is not None:
-        logger = RunLogger(experiment, run_id=record["mlflow_run_id"])
+        logger = RunLogger(experiment, run_id=run_id)
         logger.log_metrics(flat)
         logger.log_artifact(out_confusion, "evaluation")
         logger.log_artifact(out_metrics, "evaluation")

@@ -37,7 +37,7 @@ def build_model(spec: JobSpec, info: StoreInfo, pretrain_dir: Path | None = None
     """
     row = spec.row
     encoder = resolve(spec.encoder) if spec.encoder is not None else None
-    if row.segmentation is not None:  # U-TAE has no encoder
+    if row.segmentation is not None:  # U-TAE (no encoder) or UPerNet + L-TAE
         model, minfo = build_segmenter(encoder, info, num_outputs(info), row.segmentation,
                                        pretrain_dir)
     elif encoder is None:

@@ -38,7 +38,7 @@ def _structure(backbone_json: str, in_chans: int) -> dict[str, Any]:
 
 
 def describe_spec(spec: JobSpec) -> dict[str, Any]:
-    """The resolved summary of one job spec (:func:`geopeft.config.job_spec`)."""
+    """The resolved summary of one job spec (:func:`geopeft.config.job_specs`)."""
     row = spec.row
     bb = spec.backbone
     args = row.train_args(spec.threads)
@@ -51,7 +51,7 @@ def describe_spec(spec: JobSpec) -> dict[str, Any]:
         "label_fraction": row.label_fraction, "seed": row.seed,
         "sequence_length": row.sequence_length,
         "epochs": args.epochs, "batch_size": args.batch_size,
-        "lr": args.lr, "encoder_lr_factor": row.train.get("encoder_lr_factor"),
+        "lr": args.lr, "encoder_lr_factor": args.encoder_lr_factor,
         "lora": lora, "fusion": row.fusion,
         "segmentation": row.segmentation["model"] if row.segmentation is not None else None,
     }
@@ -60,7 +60,7 @@ def describe_spec(spec: JobSpec) -> dict[str, Any]:
         out["weights"] = "none (U-TAE, trained from scratch)"
         return out
     r = resolve(spec.encoder)
-    weights = "none (from scratch)" if r["weights"] == "none" else r["weights"]
+    weights = "none (from scratch)" if row.method == "scratch" else r["weights"]
     n_in = 3 if row.fusion is not None else len(spec.data.bands)
     struct = _structure(canonical_json({k: bb[k] for k in ("name", "kwargs") if k in bb}), n_in)
     out["backbone"] = {"name": bb["name"], **struct, "input_size": r["input_size"] or struct["img_size"]}

@@ -97,10 +97,10 @@ TIMM_FAMILY_FILES = {"vit": "vision_transformer.py", "swin": "swin_transformer_v
 def timm_architectures() -> dict[str, str]:
     """Architecture name -> family of every timm ViT and Swin-V2 model, read from timm's model
     files without importing timm (torch takes seconds to import; the Snakefile must start fast)."""
-    bb = importlib.util.find_spec("timm")
-    if bb is None or not bb.submodule_search_locations:
+    timm_spec = importlib.util.find_spec("timm")
+    if timm_spec is None or not timm_spec.submodule_search_locations:
         return {}
-    models = Path(list(bb.submodule_search_locations)[0]) / "models"
+    models = Path(list(timm_spec.submodule_search_locations)[0]) / "models"
     out: dict[str, str] = {}
     for family, fname in TIMM_FAMILY_FILES.items():
         path = models / fname

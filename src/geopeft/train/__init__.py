@@ -1,1 +1,2 @@
-"""Training: one loop for every strategy, MLflow tracking, run entry points."""
+"""Training: one loop for every strategy (loop.py), its resumable state (resume.py), DDP
+(distributed.py), losses, validation metrics and the jobs (run.py)."""

@@ -83,11 +83,11 @@ class TrainState:
     resumed run continues from (saved by :class:`~geopeft.train.resume.Checkpointer`)."""
 
     epoch: int = 0
-    """The epoch in progress (0-based), or the next one at an epoch end."""
+    """The epoch in progress (0-based); after an epoch's end, the next one."""
     start: int = 0
-    """Position in the epoch's sample order of the next batch."""
+    """Position in the epoch's sample order of the next batch (0 at an epoch's end)."""
     order: torch.Tensor | None = None
-    """The sample order of the epoch in progress (None at an epoch end: drawn anew)."""
+    """The sample order of the epoch in progress (None at an epoch's end: the next is drawn)."""
     step: int = 0
     """Optimiser steps taken."""
     seen: int = 0
@@ -130,22 +130,20 @@ class _Run:
     weight: torch.Tensor | None = None
     """Class weights of ``weighted_ce``, sized by the model's first output."""
 
-    def saved(self, state: TrainState, epoch: int, start: int,
-              order: torch.Tensor | None) -> dict[str, Any]:
+    def saved(self, state: TrainState) -> dict[str, Any]:
         """The full state to save: where the run stands, model, optimiser and generators."""
         trainable = {n: t.detach().cpu().clone() for n, t in trained_tensors(self.model).items()}
         return {"trainable": trainable, "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "data_generator": self.gen.get_state(),
-                "rng": rng_state(), "epoch": epoch, "start": start, "order": order,
-                "step": state.step, "seen": state.seen, "train_time_s": state.train_time_s,
-                "loss_sum": state.loss_sum, "correct": state.correct, "history": state.history,
-                **self.extra_state}
+                "rng": rng_state(), "epoch": state.epoch, "start": state.start,
+                "order": state.order, "step": state.step, "seen": state.seen,
+                "train_time_s": state.train_time_s, "loss_sum": state.loss_sum,
+                "correct": state.correct, "history": state.history, **self.extra_state}
 
-    def save(self, state: TrainState, epoch: int, start: int,
-             order: torch.Tensor | None) -> None:
+    def save(self, state: TrainState) -> None:
         """Save the state (rank 0 writes; other ranks only take part in the stop)."""
         if self.checkpointer is not None and self.rank == 0:
-            self.checkpointer.save(self.saved(state, epoch, start, order), state.step)
+            self.checkpointer.save(self.saved(state), state.step)
 
     def nonfinite(self, value: float, epoch: int, step: int) -> NonFiniteLoss:
         """The error of a NaN or infinite loss, naming run, epoch, step and the kept state."""
@@ -184,7 +182,7 @@ def _start(model: nn.Module, train: Split, args: TrainArgs, name: str,
 def _restore(run: _Run, saved: dict[str, Any]) -> TrainState:
     """Load a saved state into model, optimiser, schedule and generators; where it stood."""
     model = run.model
-    missing, unexpected = model.load_state_dict(
+    _, unexpected = model.load_state_dict(
         {k: v.to(run.device) for k, v in saved["trainable"].items()}, strict=False)
     own = {n for n, p in model.named_parameters() if p.requires_grad}
     if unexpected or own - set(saved["trainable"]):
@@ -282,6 +280,7 @@ def _train_epoch(run: _Run, data: _Tensors, state: TrainState, epoch: int, resum
     else:
         order, start = torch.randperm(len(data.x), generator=run.gen), 0
         state.loss_sum, state.correct = 0.0, 0
+    state.epoch, state.order = epoch, order
     for i in range(start, len(order), args.batch_size):
         stop = _step(run, data, order[i : i + args.batch_size], state, epoch)
         bar.update(1)
@@ -289,7 +288,8 @@ def _train_epoch(run: _Run, data: _Tensors, state: TrainState, epoch: int, resum
         if ckpt is not None and not last and (stop or ckpt.due(state.step)):
             state.train_time_s += time.perf_counter() - te
             te = time.perf_counter()
-            run.save(state, epoch, i + args.batch_size, order)
+            state.start = i + args.batch_size
+            run.save(state)
             if stop:
                 bar.close()
                 raise Preempted(f"stopped by SIGTERM after step {state.step}; state saved in "
@@ -352,7 +352,8 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
         _train_epoch(run, data, state, epoch, epoch == first, bar)
         m = _epoch_metrics(run, state, train, val)
         state.history.append(m)
-        run.save(state, epoch + 1, 0, None)
+        state.epoch, state.start, state.order = epoch + 1, 0, None
+        run.save(state)
         bar.set_postfix({k: round(v, 4) for k, v in m.items() if k != "lr"})
         if on_epoch:
             on_epoch(epoch, m)
