@@ -388,7 +388,12 @@ def _rehearsal_rows(cfg: dict[str, Any]) -> None:
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read one study file, apply ``overrides`` (recursive), validate and return it."""
+    """Read one study file, apply ``overrides`` (recursive), validate and return it.
+
+    Args:
+        path: the study file.
+        overrides: ``--config``-style overrides, applied after the file.
+    """
     return resolve([path], overrides)
 
 
@@ -485,7 +490,12 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 def row_backbone(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:
     """The backbone config of a row: its strategy's own, else the study's; None for U-TAE,
-    which has no backbone."""
+    which has no backbone.
+
+    Args:
+        cfg: the validated study.
+        row: one of its rows (:func:`study_rows`).
+    """
     strategy = cfg["strategies"][row["strategy"]]
     if not uses_backbone(strategy):
         return None
@@ -493,7 +503,12 @@ def row_backbone(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | N
 
 
 def base_spec(cfg: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
-    """The part of every job spec that comes from the study, not from the row."""
+    """The part of every job spec that comes from the study, not from the row.
+
+    Args:
+        cfg: the validated study.
+        dataset: the row's dataset (default ``data.dataset``).
+    """
     data = cfg["data"]
     return {"study": cfg["study"],
             "data": {"dataset": dataset or data["dataset"], "bands": data["bands"],
@@ -504,7 +519,12 @@ def base_spec(cfg: dict[str, Any], dataset: str | None = None) -> dict[str, Any]
 
 def job_spec(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     """Everything one training job receives (the ``--spec`` of the train rule): editing another
-    row leaves it unchanged."""
+    row leaves it unchanged.
+
+    Args:
+        cfg: the validated study.
+        row: one of its rows (:func:`study_rows`).
+    """
     return dict(base_spec(cfg, row["dataset"]), row=row, backbone=row_backbone(cfg, row))
 
 

@@ -107,7 +107,14 @@ def _ensure_sqlite_parent(uri: str) -> None:
 
 
 def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path) -> dict[str, str]:
-    """Create (or find) experiment ``name`` and write ``{experiment_id, ...}`` to ``out``."""
+    """Create (or find) experiment ``name`` and write ``{experiment_id, ...}`` to ``out``.
+
+    Args:
+        tracking_uri: SQLite file or MLflow server.
+        name: the experiment.
+        artifact_root: where runs' artifacts go.
+        out: the experiment file the jobs read (id, URI).
+    """
     if is_http(tracking_uri):
         check_server(tracking_uri)
     _ensure_sqlite_parent(tracking_uri)

@@ -96,6 +96,10 @@ def _check_tar_member(path: Path, m: tarfile.TarInfo) -> None:
 def extract(archive: Path, dest: Path) -> Path:
     """Extract ``archive`` into ``dest`` atomically; a completed ``dest`` is left as it is.
 
+    Args:
+        archive: a zip, tar.gz or tar.zst file.
+        dest: the folder to extract into.
+
     Raises:
         UnsafeArchiveError: a member would land outside ``dest`` (nothing is extracted).
     """

@@ -25,7 +25,14 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
 
 def remotes_for(dataset: str, mirrors: list[str] | None = None,
                 override: list[dict[str, Any]] | None = None) -> list[Remote]:
-    """The files to download for ``dataset``, mirrors first."""
+    """The files to download for ``dataset``, mirrors first.
+
+    Args:
+        dataset: the dataset.
+        mirrors: ``data.mirrors``: base URLs tried before the publisher's.
+        override: ``data.remotes``: files that replace the source's own (those of another dataset
+            are ignored).
+    """
     override = [r for r in (override or []) if r.get("dataset") in (None, dataset)]
     if override:
         base = [Remote(r["name"], tuple(r["urls"]), r.get("md5"), r.get("size"), r.get("sha256"))
@@ -47,7 +54,15 @@ def is_archive(name: str) -> bool:
 
 def download_file(dataset: str, name: str, out: Path, mirrors: list[str] | None = None,
                   override: list[dict[str, Any]] | None = None, **kw: Any) -> Path:
-    """Download one named file of ``dataset`` to ``out`` (verified)."""
+    """Download one named file of ``dataset`` to ``out`` (verified).
+
+    Args:
+        dataset: the dataset.
+        name: the remote file's name.
+        out: where the verified file goes.
+        mirrors: ``data.mirrors``.
+        override: ``data.remotes``.
+    """
     for r in remotes_for(dataset, mirrors, override):
         if r.name == name:
             return download(r, out, **kw)
@@ -55,7 +70,13 @@ def download_file(dataset: str, name: str, out: Path, mirrors: list[str] | None 
 
 
 def assemble(dataset: str, files: list[Path], out: Path) -> Path:
-    """Build the raw folder ``out`` from downloaded ``files`` (archives extracted, others copied)."""
+    """Build the raw folder ``out`` from downloaded ``files`` (archives extracted, others copied).
+
+    Args:
+        dataset: the dataset.
+        files: its downloaded files (archives are extracted).
+        out: the raw folder, in the publisher's layout.
+    """
     with atomic_dir(out) as tmp:
         for f in files:
             f = Path(f)

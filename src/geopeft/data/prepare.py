@@ -44,7 +44,16 @@ def _first_readable(src: Any, items: list[Any], bands: list[str], options: dict[
 
 def prepare(dataset: str, raw_dir: Path, bands: list[str], out: Path, threads: int = 1,
             options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Convert the raw dataset under ``raw_dir`` into the store ``out``; returns its attributes."""
+    """Convert the raw dataset under ``raw_dir`` into the store ``out``; returns its attributes.
+
+    Args:
+        dataset: the source's name (:data:`geopeft.data.sources.REGISTRY`).
+        raw_dir: the raw folder in the publisher's layout.
+        bands: the band selection, by name, in store order.
+        out: the zarr store to write (replaced whole, never half-written).
+        threads: reader threads.
+        options: source options (resampling, folds, skip_corrupt, ...).
+    """
     src = get_source(dataset)
     options = dict(options or {})
     src.check_bands(bands)

@@ -31,6 +31,11 @@ def _expected_size(model: Any) -> int | None:
 def predict_files(model_dir: Path, files: list[Path], top_k: int = 3) -> list[dict[str, Any]]:
     """Top-k predictions for each file.
 
+    Args:
+        model_dir: the run's saved model.
+        files: image files in the format of the run's dataset.
+        top_k: classes reported per file.
+
     Raises:
         DataError: a file cannot be read, lacks a band, or has another size than the model takes.
     """

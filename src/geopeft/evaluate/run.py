@@ -33,7 +33,13 @@ def confusion_csv(cm: list[list[int]], classes: list[str]) -> str:
 
 
 def multilabel_confusion_csv(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str:
-    """Per-class binary confusion (tp, fp, fn, tn) of a multi-label prediction."""
+    """Per-class binary confusion (tp, fp, fn, tn) of a multi-label prediction.
+
+    Args:
+        y: multi-hot targets (N, C).
+        pred: multi-hot predictions (N, C).
+        classes: the class names.
+    """
     y, pred = y.astype(bool), pred.astype(bool)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -48,7 +54,17 @@ def multilabel_confusion_csv(y: np.ndarray, pred: np.ndarray, classes: list[str]
 def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics: Path,
              out_confusion: Path, pretrain_dir: Path | None = None, threads: int = 1,
              ) -> dict[str, Any]:
-    """Predict the test split with the saved model in ``model_dir``; write and log the metrics."""
+    """Predict the test split with the saved model in ``model_dir``; write and log the metrics.
+
+    Args:
+        model_dir: the run's saved model.
+        store: the prepared store of the run's dataset.
+        experiment: the MLflow experiment file (None: no logging).
+        out_metrics: the metrics JSON to write.
+        out_confusion: the confusion table (CSV) to write.
+        pretrain_dir: the embedded pretrained backbone, when the run used it.
+        threads: CPU threads.
+    """
     seed_everything(0, threads)
     record = read_json(Path(model_dir) / "run.json")
     row = JobSpec.from_dict(record["spec"], f"{Path(model_dir) / 'run.json'}: spec").row

@@ -51,6 +51,12 @@ def from_confusion(cm: np.ndarray) -> dict[str, Any]:
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """All metrics plus the confusion matrix (as a nested list)."""
+    """All metrics plus the confusion matrix (as a nested list).
+
+    Args:
+        y_true: class indices.
+        y_pred: predicted class indices.
+        n_classes: the number of classes.
+    """
     cm = confusion_matrix(y_true, y_pred, n_classes)
     return {**from_confusion(cm), "confusion_matrix": cm.tolist()}

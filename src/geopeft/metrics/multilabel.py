@@ -41,7 +41,13 @@ def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
 
 
 def multilabel_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    """Metrics from multi-hot ``y_true`` (N, C) and probabilities ``scores`` (N, C)."""
+    """Metrics from multi-hot ``y_true`` (N, C) and probabilities ``scores`` (N, C).
+
+    Args:
+        y_true: multi-hot targets (N, C).
+        scores: probabilities (N, C).
+        threshold: the decision threshold of the F1 scores.
+    """
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(scores, dtype=np.float64)
     if y.shape != p.shape:

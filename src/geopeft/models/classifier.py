@@ -53,7 +53,13 @@ class Classifier(nn.Module):
 
 
 def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo) -> Normalization:
-    """Pick the normalisation: the weights' own (when they know every band) or train-split stats."""
+    """Pick the normalisation: the weights' own (when they know every band) or train-split stats.
+
+    Args:
+        mode: ``backbone.normalize``: ``auto``, ``backbone`` or ``dataset``.
+        weights_norm: the normalisation the weights were trained with, if known.
+        store: the store's description (bands, scale, train-split statistics).
+    """
     bands = store.bands
     if mode in ("auto", "backbone") and weights_norm is not None and set(bands) <= set(weights_norm.bands):
         i = [weights_norm.bands.index(b) for b in bands]
@@ -67,7 +73,13 @@ def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo
 
 
 def check_input_size(model: nn.Module, resize: int | None, store: StoreInfo) -> None:
-    """A backbone with a fixed image size needs inputs of that size, or ``backbone.input_size``."""
+    """A backbone with a fixed image size needs inputs of that size, or ``backbone.input_size``.
+
+    Args:
+        model: the timm backbone.
+        resize: ``backbone.input_size``.
+        store: the store's description.
+    """
     size = input_size(model)
     if resize or size is None or store.image_size is None:
         return
@@ -86,6 +98,13 @@ def build_classifier(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes
     false), normalise.
 
     Returns the model and a description (weights origin, normalisation) for the run record.
+
+    Args:
+        backbone_cfg: the backbone config (zoo name, weights, kwargs, ...).
+        store: the store's description.
+        num_classes: outputs of the new head.
+        pretrain_dir: the embedded pretrained backbone (``weights: pretrain``).
+        split: expose q, k, v as separate layers for adapters.
     """
     backbone_cfg = resolve(backbone_cfg)
     weights = load_weights(backbone_cfg, pretrain_dir)

@@ -234,6 +234,13 @@ def build_fusion(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes: in
     The encoder's normalisation is the one its weights were trained with (timm cfg, SSL4EO
     DN/10000, the pretrain rule's record); without weights (scratch), the train split's RGB
     statistics. Returns the model and a description for the run record.
+
+    Args:
+        backbone_cfg: the encoder's config.
+        store: the store's description (its bands must hold B04, B03, B02).
+        num_classes: outputs.
+        fusion: the row's ``fusion`` settings (:class:`FusionConfig`).
+        pretrain_dir: the embedded pretrained backbone.
     """
     cfg = FusionConfig.from_dict(fusion)
     bb = backbones.resolve(backbone_cfg)

@@ -208,6 +208,13 @@ def build_segmenter(backbone_cfg: dict[str, Any] | None, store: StoreInfo, num_c
     """The segmentation model of a row: U-TAE, or UPerNet + L-TAE on the zoo backbone.
 
     Returns the model and a description (weights, normalisation) for the run record.
+
+    Args:
+        backbone_cfg: the encoder's config (None for U-TAE).
+        store: the store's description.
+        num_classes: outputs (void excluded).
+        seg: the row's ``segmentation`` settings (:class:`SegConfig`).
+        pretrain_dir: the embedded pretrained backbone.
     """
     try:
         cfg = SegConfig.from_dict(seg)

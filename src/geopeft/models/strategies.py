@@ -43,7 +43,12 @@ def is_new(name: str, new: list[str]) -> bool:
 
 
 def encoder_targets(model: nn.Module, suffixes: list[str]) -> list[str]:
-    """Full names of the encoder's linear layers whose names end in one of ``suffixes``."""
+    """Full names of the encoder's linear layers whose names end in one of ``suffixes``.
+
+    Args:
+        model: the model (its new modules are never targets).
+        suffixes: module name suffixes, e.g. q, k, v.
+    """
     new = new_module_names(model)
     out = [name for name, mod in model.named_modules()
            if isinstance(mod, nn.Linear) and not is_new(name, new)
@@ -83,6 +88,12 @@ def apply_strategy(model: nn.Module, method: str, lora: LoraSpec | None = None,
     The task's new modules (head, fusion blocks) train under every strategy; ``linear`` freezes
     the rest; ``lora`` adapts the encoder's ``lora.target_modules`` (default: the backbone's
     declared targets, ``default_targets``) and saves the new modules with the adapter.
+
+    Args:
+        model: the model with its new modules (``new_modules()``).
+        method: one of :data:`~geopeft.spec.STRATEGIES`.
+        lora: the adapter of a ``lora`` row (default: LoRA r 8, alpha 16).
+        default_targets: the backbone's declared adapter targets.
     """
     if method not in STRATEGIES:
         raise ValueError(f"strategy {method!r} is not one of {STRATEGIES}")
@@ -107,7 +118,13 @@ def apply_strategy(model: nn.Module, method: str, lora: LoraSpec | None = None,
 
 
 def param_groups(model: nn.Module, lr: float, encoder_lr_factor: float = 1.0) -> list[dict[str, Any]]:
-    """Optimizer groups: new modules (and adapters) at ``lr``, the encoder at ``lr x factor``."""
+    """Optimizer groups: new modules (and adapters) at ``lr``, the encoder at ``lr x factor``.
+
+    Args:
+        model: the model (a peft model for LoRA).
+        lr: the head's learning rate.
+        encoder_lr_factor: the encoder's learning rate over ``lr``.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     new = new_module_names(base)
     prefix = "base_model.model." if base is not model else ""

@@ -172,7 +172,12 @@ def _pinned(path: Path, want: str | None) -> str:
 
 
 def load_weights(bb: dict[str, Any], pretrain_dir: Path | None = None) -> Weights | None:
-    """Resolve ``backbone.weights`` to a state dict; ``None`` for ``weights: none``."""
+    """Resolve ``backbone.weights`` to a state dict; ``None`` for ``weights: none``.
+
+    Args:
+        bb: the resolved backbone config (``weights``, ``sha256``, ``file``).
+        pretrain_dir: the embedded pretrained backbone (``weights: pretrain``).
+    """
     w = bb["weights"]
     if w == "none":
         return None
@@ -258,7 +263,13 @@ def adapt_patch_embed(weight: torch.Tensor, src_bands: list[str], dst_bands: lis
 
 
 def load_into(model: nn.Module, weights: Weights, bands: list[str]) -> None:
-    """Load ``weights`` into a timm ViT built for ``bands`` (head left as initialised)."""
+    """Load ``weights`` into a timm ViT built for ``bands`` (head left as initialised).
+
+    Args:
+        model: the timm model.
+        weights: the loaded weights.
+        bands: the store's bands (the patch embedding is adapted to them).
+    """
     state = dict(weights.state)
     pw = _patch_weight(state)
     if pw is not None:

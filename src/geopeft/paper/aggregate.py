@@ -46,7 +46,13 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
 
 
 def aggregate(model_dirs: list[Path], metrics_files: list[Path], out: Path) -> list[dict[str, Any]]:
-    """Write ``out`` (CSV, one row per run, in the study's order: tables and legends follow it)."""
+    """Write ``out`` (CSV, one row per run, in the study's order: tables and legends follow it).
+
+    Args:
+        model_dirs: the runs' saved models, in study order.
+        metrics_files: their test metrics, in the same order.
+        out: the CSV to write.
+    """
     if len(model_dirs) != len(metrics_files):
         raise ValueError("aggregate needs one metrics file per model folder")
     rows = [run_row(m, f) for m, f in zip(model_dirs, metrics_files, strict=True)]

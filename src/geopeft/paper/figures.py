@@ -74,6 +74,11 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
 
     A study over several datasets gets one panel per dataset (each with its own metric); a
     time-series segmentation study gets the label fraction x sequence length figures instead.
+
+    Args:
+        runs_csv: the study's runs.csv.
+        outdir: the figures folder.
+        confusion_dir: the runs folder (confusion matrices).
     """
     import pandas as pd
 

@@ -33,6 +33,11 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
     One row per strategy (the ablation ladder of a Fusion-LoRA study reads top to bottom): trainable
     parameters, the primary test metric per label fraction (mean $\\pm$ sd over seeds), secondary
     metrics at the largest fraction and the cost; a block per dataset when there are several.
+
+    Args:
+        runs_csv: the study's runs.csv.
+        out: the .tex file to write.
+        study: the study's name (caption and label).
     """
     df = pd.read_csv(runs_csv)
     segmentation = bool((df["primary_metric"] == "miou").all())

@@ -42,7 +42,13 @@ from geopeft.train.validation import is_multilabel, is_segmentation, validate
 def augment(x: torch.Tensor, gen: torch.Generator, y: torch.Tensor | None = None) -> Any:
     """Apply one of the 8 dihedral transforms (flips x rotations) to each sample (the last two
     axes are y, x: images and time series alike); with label maps ``y`` (B, H, W), the same
-    transform to each map, and ``(x, y)`` is returned."""
+    transform to each map, and ``(x, y)`` is returned.
+
+    Args:
+        x: a batch (..., H, W).
+        gen: the generator of the transforms.
+        y: label maps (B, H, W) transformed alike, or None.
+    """
     t = torch.randint(0, 8, (x.shape[0],), generator=gen)
     out = x.clone()
     out_y = y.clone() if y is not None and y.ndim == 3 else None
@@ -61,7 +67,12 @@ def augment(x: torch.Tensor, gen: torch.Generator, y: torch.Tensor | None = None
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warmup to 1, then cosine decay to 0."""
+    """LR multiplier: linear warmup to 1, then cosine decay to 0.
+
+    Args:
+        total_steps: optimiser steps of the run.
+        warmup_steps: steps of linear warmup.
+    """
 
     def f(step: int) -> float:
         if warmup_steps and step < warmup_steps:
