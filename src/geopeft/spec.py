@@ -192,9 +192,9 @@ class RowSpec:
         return cls(**v)
 
     def train_args(self, threads: int) -> TrainArgs:
-        """The training settings with the row's seed and the job's CPU threads."""
-        settings = _take(TrainArgs, self.train, "row.train", _JOB_TRAIN_KEYS)
-        return TrainArgs(**{**settings, "seed": self.seed, "threads": threads})
+        """The training settings (every one checked at :meth:`from_dict`) with the row's seed and
+        the job's CPU threads."""
+        return TrainArgs.from_dict(self.train, seed=self.seed, threads=threads)
 
 
 def _job_parts(d: dict[str, Any], part: str, where: str) -> tuple[str, DataSpec, int, bool]:

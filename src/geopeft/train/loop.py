@@ -136,6 +136,8 @@ class _Run:
     aug_gen: torch.Generator
     """Augmentation: the data generator alone; under DDP reseeded every step per rank."""
     total_steps: int
+    trainable: list[torch.Tensor]
+    """The parameters that train (their gradients are averaged over ranks under DDP)."""
     checkpointer: Checkpointer | None
     extra_state: dict[str, Any]
     weight: torch.Tensor | None = None
@@ -187,7 +189,8 @@ def _start(model: nn.Module, train: Split, args: TrainArgs, name: str,
         opt, warmup_cosine(total, int(round(args.warmup_epochs * steps_per_epoch))))
     gen = torch.Generator().manual_seed(args.seed)
     return _Run(model, args, name, device, rank, world, opt, sched, gen,
-                gen if world == 1 else torch.Generator(), total, checkpointer, extra_state or {})
+                gen if world == 1 else torch.Generator(), total,
+                [p for p in model.parameters() if p.requires_grad], checkpointer, extra_state or {})
 
 
 def _restore(run: _Run, saved: dict[str, Any]) -> TrainState:
@@ -241,7 +244,7 @@ def _step(run: _Run, data: _Tensors, idx: torch.Tensor, state: TrainState,
         state.correct += n_right
         state.seen += len(idx)
     else:
-        sync_gradients([p for p in run.model.parameters() if p.requires_grad], world)
+        sync_gradients(run.trainable, world)
         # running sums over all ranks, identical on every rank (so rank 0's saved state holds
         # them), and every rank stops after the same step once any got SIGTERM
         d_loss, d_right, d_seen, n_stop = sum_over_ranks(
