@@ -70,6 +70,68 @@ def test_more_gpus_than_the_machine_has_is_a_clear_error(monkeypatch, tmp_path):
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
+def test_gpus_per_job_ask_for_a_gpu_only_where_there_is_one():
+    from geopeft.gpus import per_job
+
+    assert per_job("auto", local=True, visible=0) == 0  # CPU machine: CPU jobs, side by side
+    assert per_job("auto", local=True, visible=4) == 1  # GPU workstation: one device per job
+    assert per_job("auto", local=False, visible=0) == 1  # cluster executor: jobs run on GPU nodes
+    assert per_job(2, local=True, visible=0) == 2  # an explicit count is kept as written
+    assert per_job(0, local=False) == 0
+
+
+def _dry_run_gpus(tmp_path: Path, count: str) -> set[str]:
+    """The gpu resource of every train job in a dry run of the CI study with profiles/default."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GEOPEFT_GPU_COUNT=count)
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d",
+                        str(tmp_path), "--configfile", str(ROOT / "config" / ".test" / "config.yaml"),
+                        "--workflow-profile", str(ROOT / "profiles" / "default"), "-n"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    found = set()
+    for block in re.split(r"\n(?=rule |localrule )", r.stdout):
+        if block.startswith("rule train:"):
+            found.update(re.findall(r"\bgpu=(\d+)", block))
+    assert found, r.stdout[-2000:]
+    return found
+
+
+@pytest.mark.parametrize(("count", "asked"), [("0", "0"), ("2", "1")], ids=["cpu", "2-gpus"])
+def test_train_jobs_claim_a_gpu_only_on_a_gpu_machine(tmp_path, count, asked):
+    """Without CUDA the jobs ask gpu=0, so profiles/default's gpu limit does not serialise them;
+    with GPUs (faked through GEOPEFT_GPU_COUNT) each asks one device, as before."""
+    assert _dry_run_gpus(tmp_path, count) == {asked}
+
+
+SIDE_BY_SIDE = """
+rule all:
+    input: expand("out/{i}.txt", i=range(2))
+rule job:
+    output: "out/{i}.txt"
+    threads: 1
+    resources: gpu=1
+    shell: "date +%s.%N > {output}; sleep 1.5; date +%s.%N >> {output}"
+"""
+
+
+@pytest.mark.parametrize("provided", [None, "1"], ids=["no-resources", "gpu=1"])
+def test_snakemake_limits_the_gpu_resource_only_when_it_is_provided(tmp_path, provided):
+    """What the profiles rely on (Snakemake 9): jobs asking gpu=1 run side by side when no
+    --resources gpu=N is given, one at a time under --resources gpu=1 (profiles/default)."""
+    (tmp_path / "Snakefile").write_text(SIDE_BY_SIDE)
+    extra = ["--resources", f"gpu={provided}"] if provided else []
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *extra], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (s0, e0), (s1, e1) = ([float(x) for x in (tmp_path / f"out/{i}.txt").read_text().split()]
+                          for i in range(2))
+    overlap = min(e0, e1) > max(s0, s1)
+    assert overlap == (provided is None)
+    if provided is None:
+        assert "Provided resources: gpu" not in r.stdout + r.stderr
+
+
 def _lock_versions() -> dict[str, str]:
     with open(ROOT / "uv.lock", "rb") as fh:
         lock = tomllib.load(fh)
@@ -109,4 +171,4 @@ def test_profiles_parse_and_dry_run(profile, tmp_path):
     if profile == "slurm":
         assert cfg["executor"] == "slurm" and cfg["slurm-requeue"] and cfg["retries"] >= 1
     else:
-        assert cfg["resources"]["gpu"] >= 1
+        assert cfg["resources"]["gpu"] >= 1  # GPU workstations: one job per device

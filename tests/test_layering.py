@@ -18,7 +18,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "geopeft"
 #: any unit of a lower layer; never a unit of its own layer or above (siblings such as train and
 #: evaluate do not import each other).
 LAYERS: list[set[str]] = [
-    {"io", "bands", "gpus"},        # files, band names, GPU claims: no geopeft imports
+    {"errors"},                     # the base of geopeft's one-line errors
+    {"io", "bands", "gpus", "jobserver"},  # files, band names, GPU claims, the job server
     {"spec", "metrics", "tracking"},  # the typed job spec; numpy metrics; MLflow
     {"data"},                       # sources, synthetic world, zarr store, splits
     {"models"},                     # zoo, backbones, heads, build, saved model, inference
@@ -141,8 +142,30 @@ def test_the_checks_catch_an_upward_import_and_a_cycle():
         "geopeft.train.ok": "from geopeft.data import x\nfrom geopeft.io import atomic_dir\n",
     }
     g = graph(sources)
-    assert upward(g) == ["geopeft.models.a (layer 3) -> geopeft.train.loop (layer 4)"]
+    assert upward(g) == ["geopeft.models.a (layer 4) -> geopeft.train.loop (layer 5)"]
     assert sorted(cycles(g)) == [["geopeft.data.x", "geopeft.data.y"],
                                  ["geopeft.models.a", "geopeft.train.loop"]]
     assert upward({"geopeft.train.x": {"geopeft.evaluate.run"}}) == [
-        "geopeft.train.x (layer 4) -> geopeft.evaluate.run (layer 4)"]
+        "geopeft.train.x (layer 5) -> geopeft.evaluate.run (layer 5)"]
+
+
+def test_commands_that_do_not_train_do_not_import_torch(tmp_path):
+    """A command imports what it uses: the data and results commands skip torch's few seconds
+    (the command line catches geopeft's errors through their common base, geopeft.errors)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from geopeft.cli import main
+for argv in (["table", "--runs-csv", "{tmp_path}/none.csv", "--study", "s", "--out", "{tmp_path}/t.tex"],
+             ["aggregate", "--runs", "{tmp_path}/none", "--out", "{tmp_path}/r.csv"],
+             ["subset", "--store", "{tmp_path}/none.zarr", "--method", "stratified", "--fraction", "0.1",
+              "--seed", "0", "--out", "{tmp_path}/s.json"]):
+    assert main(argv) == 2, argv  # each a one-line error, not a traceback
+print(sorted(m for m in ("torch", "timm", "peft", "mlflow") if m in sys.modules))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]", r.stdout
+    assert r.stderr.count("error:") == 3 and "Traceback" not in r.stderr

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from geopeft.errors import GeopeftError
+
 #: ESA order, L1C (13 bands).
 S2_BANDS: tuple[str, ...] = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
@@ -33,7 +35,7 @@ EUROSAT_RGB_FILE_ORDER: tuple[str, ...] = ("B04", "B03", "B02")
 RGB: tuple[str, ...] = ("B04", "B03", "B02")
 
 
-class BandError(ValueError):
+class BandError(GeopeftError, ValueError):
     """A band name is unknown or not available in a product."""
 
 

@@ -333,6 +333,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     log.info("%s: test %s %.4f", m["run"], m["primary_metric"], m["primary"])
 
 
+#: What the job server imports once for the jobs it forks (pretrain, train, evaluate).
+JOBSERVER_PRELOAD = (
+    "torch", "timm", "peft", "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
+    "zarr", "xarray", "geopeft.train.run", "geopeft.evaluate.run",
+)
+
+
+def cmd_jobserver(args: argparse.Namespace) -> None:
+    """``geopeft jobserver``: fork the training jobs of a local run from one warm process.
+
+    Args:
+        args: ``socket`` (the Unix socket to serve on), ``parent`` (exit when this PID is gone).
+    """
+    from geopeft.jobserver import serve
+
+    serve(args.socket, args.parent, run=main, warm=JOBSERVER_PRELOAD)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     """``geopeft predict``: classify image files with a saved model; CSV of the top-k classes.
 
@@ -529,6 +547,11 @@ def _training_commands(sub: Any) -> None:
     s.add_argument("--gpus", type=int, default=1, help="GPUs to claim when CUDA is used (0: none)")
     s.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("jobserver", help="fork pretrain/train/evaluate jobs from one warm process")
+    s.add_argument("--socket", required=True, help="Unix socket to serve on (in a private folder)")
+    s.add_argument("--parent", type=int, help="exit when this process (Snakemake) is gone")
+    s.set_defaults(func=cmd_jobserver)
+
 
 def _results_commands(sub: Any) -> None:
     """Result commands: inference, the runs table, figures and the LaTeX table."""
@@ -579,24 +602,23 @@ def main(argv: list[str] | None = None) -> int:
         The exit status: 0, 2 for an error geopeft names (config, data, weights, download,
         archive, tracking, a NaN loss, a missing file), 75 when training stopped on SIGTERM.
     """
-    from geopeft.bands import BandError
-    from geopeft.data.download import DownloadError
-    from geopeft.data.extract import UnsafeArchiveError
-    from geopeft.data.sources import DataError
-    from geopeft.models.weights import WeightsError
-    from geopeft.spec import ConfigError
-    from geopeft.tracking import TrackingError
-    from geopeft.train.loop import NonFiniteLoss
+    # the base classes only: a command imports what it uses (torch for the training commands)
+    from geopeft.errors import GeopeftError
     from geopeft.train.resume import Preempted
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # a process of its own: a local run's job server may run it warm
+        from geopeft.jobserver import run_remote
+
+        status = run_remote(args.command, args.argv)
+        if status is not None:
+            return status
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         args.func(args)
-    except (ConfigError, DataError, BandError, WeightsError, DownloadError, UnsafeArchiveError,
-            TrackingError, NonFiniteLoss, FileNotFoundError) as err:
+    except (GeopeftError, FileNotFoundError) as err:
         print(f"geopeft {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Preempted as err:

@@ -259,9 +259,10 @@ def resolve(configfiles: list[str | Path] | tuple[str | Path, ...] = (),
     if overrides:
         _merge(cfg, copy.deepcopy(dict(overrides)))
     where = ", ".join(map(str, files))
-    flag = cfg.get("rehearsal")
-    if isinstance(flag, str) and flag.lower() in ("true", "false", "yes", "no"):
-        cfg["rehearsal"] = flag.lower() in ("true", "yes")  # snakemake --config passes strings
+    for key in ("rehearsal", "jobserver"):  # snakemake --config may pass the flags as strings
+        flag = cfg.get(key)
+        if isinstance(flag, str) and flag.lower() in ("true", "false", "yes", "no"):
+            cfg[key] = flag.lower() in ("true", "yes")
     cfg = validate(cfg, where)
     if cfg["rehearsal"]:
         cfg = validate(rehearse(cfg, where), where)

@@ -44,6 +44,30 @@ def device_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
+def per_job(setting: int | str, local: bool, visible: int | None = None) -> int:
+    """The GPUs each GPU job asks for: Snakemake's ``gpu`` resource of pretrain, train, evaluate.
+
+    Snakemake limits the ``gpu`` resource only when one is provided (``--resources gpu=N``, as
+    ``profiles/default`` does); a job that asks ``gpu=1`` on a machine without a GPU would then
+    run one at a time and leave the other cores idle. ``auto`` asks for a GPU only where there is
+    one: always on a cluster executor (the jobs run on GPU nodes), on a local machine only when
+    it has NVIDIA devices.
+
+    Args:
+        setting: ``resources.gpus`` of the config: a count, or ``"auto"``.
+        local: whether the jobs run on this machine (Snakemake's ``workflow.local_exec``).
+        visible: the machine's device count (default: :func:`device_count`).
+
+    Returns:
+        The count for each job (0: a CPU job).
+    """
+    if setting != "auto":
+        return int(setting)
+    if not local:
+        return 1
+    return 1 if (device_count() if visible is None else visible) > 0 else 0
+
+
 def claim(n: int = 1, timeout_s: float = 3600.0, poll_s: float = 2.0) -> list[int] | None:
     """Claim ``n`` free GPUs for this process and restrict CUDA to them.
 

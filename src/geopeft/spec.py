@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from geopeft.errors import GeopeftError
+
 #: What trains: every weight, adapters, the new modules only, end to end with a slower
 #: encoder, or every weight from a random initialisation (:mod:`geopeft.models.strategies`).
 STRATEGIES = ("full", "lora", "linear", "e2e", "scratch")
@@ -30,7 +32,7 @@ PEFT_METHODS = ("lora", "dora", "loha", "lokr")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment", "loss")
 
 
-class ConfigError(ValueError):
+class ConfigError(GeopeftError, ValueError):
     """The configuration (or a study row) is invalid; the message names file, key and value."""
 
 

@@ -31,6 +31,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from geopeft.errors import GeopeftError
 from geopeft.io import read_json, write_json
 
 MAX_PARAMS_PER_BATCH = 100
@@ -42,7 +43,7 @@ HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_B
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
-class TrackingError(RuntimeError):
+class TrackingError(GeopeftError, RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
+from geopeft.errors import GeopeftError
+
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(GeopeftError, RuntimeError):
     """A download failed for good (all mirrors and retries exhausted, or not enough space)."""
 
 

@@ -19,10 +19,12 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from geopeft.errors import GeopeftError
+
 MARKER = ".geopeft-extracted"
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(GeopeftError, ValueError):
     """An archive member would be written outside the destination folder."""
 
 

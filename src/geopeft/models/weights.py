@@ -36,12 +36,13 @@ import torch
 from torch import nn
 
 from geopeft.bands import RGB
+from geopeft.errors import GeopeftError
 from geopeft.io import read_json
 
 log = logging.getLogger(__name__)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(GeopeftError, RuntimeError):
     """Backbone weights cannot be found, fetched or verified."""
 
 

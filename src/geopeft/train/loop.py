@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from geopeft.data.dataset import Split
+from geopeft.errors import GeopeftError
+from geopeft.jobserver import process_started
 from geopeft.models.inference import forward
 from geopeft.models.runtime import autocast, peak_memory_mb, resolve_device, seed_everything
 from geopeft.models.saved import trained_tensors
@@ -83,7 +85,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return f
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(GeopeftError, RuntimeError):
     """The training loss became NaN or infinite; the message names run, epoch and step, and the
     last good state is left in place."""
 
@@ -361,6 +363,8 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
                disable=not args.progress, mininterval=0.5 if sys.stderr.isatty() else 10,
                file=sys.stderr)
     t0 = time.perf_counter()
+    started = process_started()
+    startup_s = time.time() - started if started is not None else None
     first = state.epoch
     for epoch in range(first, args.epochs):
         _train_epoch(run, data, state, epoch, epoch == first, bar)
@@ -380,6 +384,7 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     return {
         "history": state.history,
         "wall_time_s": time.perf_counter() - t0,
+        "startup_s": startup_s,
         "train_time_s": state.train_time_s,
         "images_per_s": state.seen / max(state.train_time_s, 1e-9),
         "peak_memory_mb": peak_memory_mb(run.device),

@@ -81,7 +81,8 @@ def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_tra
             result: dict[str, Any], run_id: str | None, info: StoreInfo,
             pretrain_dir: Path | None) -> dict[str, Any]:
     """The run record (``run.json``): spec, model, sizes, history, costs, provenance."""
-    costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb")}
+    costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb",
+                                    "startup_s")}
     return {
         "spec": spec.raw,
         "model": minfo,

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from geopeft.bands import band_indices
+from geopeft.errors import GeopeftError
 
 #: The splits every source assigns its samples to, in this order.
 SPLITS = ("train", "val", "test")
@@ -16,7 +17,7 @@ SPLITS = ("train", "val", "test")
 SYNTHETIC_MARKER = "geopeft-synthetic.json"
 
 
-class DataError(ValueError):
+class DataError(GeopeftError, ValueError):
     """A raw file or folder is missing or malformed; the message names it."""
 
 

@@ -1,0 +1,128 @@
+"""The README's first command, run as written on a fresh working copy: the default study end to end.
+
+Checks what the README says of it: the outputs it lists, the accuracy table it prints (every
+number is what this run measures, at the printed precision), and how it runs on this machine
+(CPU jobs side by side, every pretrain/train/evaluate job forked by the job server).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = "eurosat_lora_synthetic"
+PREFIX = re.compile(r"^python3 -m pip install uv==[\d.]+ && "
+                    r"python3 -m uv run --locked (snakemake .*?)\s*(#.*)?$")
+LABELS = {"full": "full", "LoRA r 8 q/k/v": "lora", "linear": "linear"}
+pytestmark = pytest.mark.slow
+
+
+def readme_first_command() -> str:
+    block = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    m = PREFIX.match(block.splitlines()[0])
+    assert m, f"the README's first line is not the default run: {block.splitlines()[0]}"
+    return m.group(1)
+
+
+def readme_table() -> dict[str, list[str]]:
+    text = (ROOT / "README.md").read_text()
+    part = text.split("Measured on the 2-core CI machine", 1)[1].split("\n\n", 2)[1]
+    rows = {}
+    for line in part.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[LABELS[cells[0]]] = cells[1:]
+    return rows
+
+
+def job_spans(log: str) -> list[tuple[str, float, float, str]]:
+    """(rule, start, end, resources line) of every job in a Snakemake log (1 s resolution)."""
+    stamp, started, spans = 0.0, {}, []
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if m := re.match(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line):
+            stamp = dt.datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y").timestamp()
+        elif m := re.match(r"(?:local)?rule (\w+):", line):
+            block = lines[i + 1:i + 15]
+            jid = next(j.group(1) for nxt in block if (j := re.search(r"jobid: (\d+)", nxt)))
+            res = next((x.strip() for x in block if x.strip().startswith("resources:")), "")
+            started[jid] = (m.group(1), stamp, res)
+        elif (m := re.match(r"Finished jobid: (\d+)", line)) and m.group(1) in started:
+            rule, t0, res = started.pop(m.group(1))
+            spans.append((rule, t0, stamp, res))
+    return spans
+
+
+def _shown(text: str, value: float) -> bool:
+    """``text`` is ``value`` rounded to as many decimals as ``text`` shows."""
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return text == f"{value:.{decimals}f}"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("default")
+    for name in ("Snakefile", "workflow", "config", "profiles"):
+        (work / name).symlink_to(ROOT / name)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run(shlex.split(readme_first_command()), cwd=work, env=env, capture_output=True,
+                       text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return work, r.stdout + r.stderr
+
+
+def test_the_outputs_the_readme_lists(run):
+    work, _ = run
+    res = work / "results" / STUDY
+    for f in ("runs.csv", "table.tex", "figures"):
+        assert (res / f).exists(), f
+    assert (work / "results" / "mlflow.db").is_file()
+    runs = sorted(p.parent.name for p in res.glob("runs/*/metrics.json"))
+    assert len(runs) == 12  # 3 strategies x 2 label fractions x 2 seeds
+    assert all((res / "runs" / r / "model" / "run.json").is_file() for r in runs)
+
+
+def test_the_readme_table_is_what_the_run_measures(run):
+    work, _ = run
+    with open(work / "results" / STUDY / "runs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    table = readme_table()
+    assert set(table) == {"full", "lora", "linear"}
+    for strategy, (params, *accs) in table.items():
+        mine = [r for r in rows if r["strategy"] == strategy]
+        m = re.match(r"([\d.]+)( k)? \(([\d.]+) %\)", params)
+        assert m, params
+        assert _shown(m.group(1), int(mine[0]["trainable_params"]) / (1000 if m.group(2) else 1))
+        assert _shown(m.group(3), float(mine[0]["trainable_pct"]))
+        for fraction, cell in zip((0.1, 1.0), accs, strict=True):
+            acc = [100 * float(r["test_overall_accuracy"]) for r in mine
+                   if float(r["label_fraction"]) == fraction]
+            assert len(acc) == 2
+            assert cell == f"{statistics.mean(acc):.1f} ± {statistics.stdev(acc):.1f}", (strategy, fraction)
+
+
+def test_cpu_jobs_run_side_by_side_through_the_job_server(run):
+    from geopeft.gpus import device_count
+
+    work, out = run
+    heavy = [(s, e, res) for rule, s, e, res in job_spans(out) if rule in ("pretrain", "train", "evaluate")]
+    assert len(heavy) == 25  # 1 pretrain, 12 train, 12 evaluate
+    if device_count() == 0:  # no GPU: the jobs ask none, so the profile's gpu limit is moot ...
+        assert all(re.search(r"\bgpu=0\b", res) for _, _, res in heavy), heavy
+        if (os.cpu_count() or 1) >= 2:  # ... and two ran at once at some moment
+            assert any(s1 < e0 and s0 < e1 for i, (s0, e0, _) in enumerate(heavy)
+                       for s1, e1, _ in heavy[i + 1:])
+    log = (work / "results" / STUDY / "logs" / "jobserver.log").read_text()
+    assert len(re.findall(r"job \d+: geopeft (?:pretrain|train|evaluate)", log)) == 25
+    assert len(re.findall(r"ended with status 0", log)) == 25
+    for f in (work / "results" / STUDY / "logs").rglob("*.log"):
+        assert "running in this process" not in f.read_text(), f

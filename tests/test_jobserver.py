@@ -1,0 +1,290 @@
+"""The job server of local runs (geopeft.jobserver): a forked job behaves as its own process would.
+
+The fast tests serve a fake command line (no torch); the slow ones serve the real ``geopeft`` and
+compare a trained model with the same job run as a fresh process, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import backbone_cfg
+from safetensors.torch import load_file
+
+from geopeft import jobserver
+from geopeft.tracking import init_experiment
+
+# A fake `geopeft` for the server: what the child sees, and how it stops.
+FAKE = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    from geopeft.jobserver import serve
+
+    def run(argv):
+        if argv[1] == "echo":
+            print("cwd", os.getcwd())
+            print("env", os.environ.get("FOO"))
+            print("pid", os.getpid())
+            print("started", os.environ.get("GEOPEFT_PROCESS_START"))
+            print("server-env", os.environ.get("GEOPEFT_JOBSERVER"))
+            import tempfile
+            print("tmp", tempfile.gettempdir())
+            print("oops", file=sys.stderr)
+            return int(argv[2])
+        if argv[1] == "wait":
+            marker = Path(argv[2])
+            def term(signum, frame):
+                marker.write_text(str(signum))
+                sys.exit(75)
+            signal.signal(signal.SIGTERM, term)
+            Path(argv[3]).write_text(str(os.getpid()))
+            time.sleep(60)
+            return 0
+        raise RuntimeError("boom")
+
+    parent = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    import tempfile
+    tempfile.gettempdir()  # cached in the server, as a library's import may do
+    serve(sys.argv[1], parent, run=run, poll_s=0.05)
+""")
+
+CLIENT = textwrap.dedent("""
+    import sys
+    from geopeft import jobserver
+    if len(sys.argv) > 1 and sys.argv[1] == "--other-copy":
+        jobserver._identity = lambda: {"python": "/elsewhere/python", "package": "/elsewhere/geopeft"}
+        sys.argv.pop(1)
+    status = jobserver.run_remote(sys.argv[1], sys.argv[1:])
+    if status is None:
+        print("IN-PROCESS", flush=True)
+        status = 0
+    sys.exit(status)
+""")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A fake job server on a socket in a private folder; yields (socket, process)."""
+    folder = tmp_path / "srv"
+    folder.mkdir(mode=0o700)
+    sock = folder / "sock"
+    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    end = time.monotonic() + 30
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < end, proc.stdout.read()
+        time.sleep(0.02)
+    yield sock, proc
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def client(sock: Path, tmp_path: Path, *argv: str, **env: str) -> subprocess.Popen:
+    out = open(tmp_path / "client.out", "w")  # noqa: SIM115 - the client's stdout, like a job log
+    e = dict(os.environ, GEOPEFT_JOBSERVER=str(sock), **env)
+    cwd = tmp_path / "work"
+    cwd.mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, "-c", CLIENT, *argv], cwd=cwd, env=e, stdout=out,
+                            stderr=subprocess.STDOUT)
+
+
+def wait_for(path: Path, timeout: float = 30) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never written")
+
+
+def test_a_job_runs_in_a_child_with_the_clients_streams_folder_environment_and_status(server, tmp_path):
+    sock, _ = server
+    (tmp_path / "jobtmp").mkdir()
+    c = client(sock, tmp_path, "train", "echo", "3", FOO="bar", TMPDIR=str(tmp_path / "jobtmp"))
+    assert c.wait(timeout=30) == 3  # the child's exit status is the job's
+    lines = (tmp_path / "client.out").read_text().splitlines()
+    out = dict(line.split(" ", 1) for line in lines if " " in line)
+    assert out["cwd"] == str(tmp_path / "work")
+    assert out["env"] == "bar"
+    assert int(out["pid"]) != c.pid  # it ran in the server's child, not in the client ...
+    assert "IN-PROCESS" not in lines and "oops" in lines  # ... writing to the client's stdout/err
+    assert out["tmp"] == str(tmp_path / "jobtmp")  # the job's TMPDIR, set by Snakemake per job
+    assert out["server-env"] == "None"  # what the job starts (torchrun workers) starts afresh
+    started = float(out["started"])  # start-up counts from the client's start
+    assert time.time() - 60 < started <= time.time()
+
+
+def test_an_uncaught_error_in_the_job_is_a_traceback_and_status_1(server, tmp_path):
+    sock, _ = server
+    c = client(sock, tmp_path, "evaluate", "crash")
+    assert c.wait(timeout=30) == 1
+    text = (tmp_path / "client.out").read_text()
+    assert "RuntimeError: boom" in text and "Traceback" in text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_client_reaches_the_job(server, tmp_path, sig):
+    sock, _ = server
+    marker, pidfile = tmp_path / "stopped", tmp_path / "pid"
+    c = client(sock, tmp_path, "train", "wait", str(marker), str(pidfile))
+    wait_for(pidfile)
+    c.send_signal(sig)
+    if sig == signal.SIGINT:  # the fake job only handles SIGTERM: SIGINT ends it as a signal
+        assert c.wait(timeout=30) == 128 + signal.SIGINT
+        assert not marker.exists()
+    else:
+        assert c.wait(timeout=30) == 75  # the job's own exit status (preempted)
+        assert wait_for(marker) == str(int(signal.SIGTERM))
+
+
+def test_a_killed_client_stops_its_job(server, tmp_path):
+    """SIGKILL of a job (Snakemake killed with it) must not leave its trainer running."""
+    sock, _ = server
+    marker, pidfile = tmp_path / "stopped", tmp_path / "pid"
+    c = client(sock, tmp_path, "train", "wait", str(marker), str(pidfile))
+    child = int(wait_for(pidfile))
+    c.kill()
+    c.wait(timeout=30)
+    assert wait_for(marker) == str(int(signal.SIGTERM))  # stopped as on preemption
+    end = time.monotonic() + 30
+    while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+        assert time.monotonic() < end, "the job outlived its client"
+        time.sleep(0.05)
+
+
+def test_another_python_or_copy_of_geopeft_runs_in_its_own_process(server, tmp_path):
+    sock, _ = server
+    c = client(sock, tmp_path, "--other-copy", "train", "echo", "0")
+    assert c.wait(timeout=30) == 0
+    text = (tmp_path / "client.out").read_text()
+    assert "job server refused" in text and "/elsewhere/python" in text and "IN-PROCESS" in text
+
+
+def test_no_server_or_a_light_command_runs_in_its_own_process(tmp_path):
+    c = client(tmp_path / "missing.sock", tmp_path, "train", "echo", "0")
+    assert c.wait(timeout=30) == 0
+    text = (tmp_path / "client.out").read_text()
+    assert "not usable" in text and "IN-PROCESS" in text
+    assert jobserver.run_remote("table", ["table"]) is None  # light commands never go through it
+
+
+def test_jobs_stop_when_snakemake_is_killed(tmp_path):
+    """Snakemake SIGKILLed leaves its jobs' clients running; their trainers must not go on."""
+    parent = subprocess.Popen(["sleep", "60"])
+    folder = tmp_path / "srv"
+    folder.mkdir(mode=0o700)
+    sock = folder / "sock"
+    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), str(parent.pid)])
+    end = time.monotonic() + 30
+    while not sock.exists():
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    marker, pidfile = tmp_path / "stopped", tmp_path / "pid"
+    c = client(sock, tmp_path, "train", "wait", str(marker), str(pidfile))
+    wait_for(pidfile)
+    time.sleep(0.3)
+    assert not marker.exists()  # runs while Snakemake lives
+    parent.kill()
+    parent.wait()
+    assert c.wait(timeout=30) == 75  # stopped as on preemption, its status back to the client
+    assert wait_for(marker) == str(int(signal.SIGTERM))
+    assert proc.wait(timeout=30) == 0
+
+
+def test_the_server_stops_when_snakemake_is_gone_and_cleans_up(tmp_path):
+    parent = subprocess.Popen(["sleep", "60"])
+    folder = tmp_path / "srv"
+    folder.mkdir(mode=0o700)
+    sock = folder / "sock"
+    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), str(parent.pid)])
+    end = time.monotonic() + 30
+    while not sock.exists():
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert proc.poll() is None  # serves while its parent lives
+    parent.kill()
+    parent.wait()
+    assert proc.wait(timeout=30) == 0
+    assert not folder.exists()  # socket and private folder removed
+
+
+def test_start_and_stop_set_and_clear_the_variable_jobs_inherit(tmp_path, monkeypatch):
+    """`onstart` starts the server on the geopeft of PATH, in a private folder; `onsuccess` stops it."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "geopeft"  # records its command line, then serves like the real one
+    record = f"open({str(tmp_path / 'argv')!r}, 'w').write(' '.join(sys.argv))"
+    fake.write_text(f"#!{sys.executable}\nimport sys\n{record}\nsys.argv = [sys.argv[0], sys.argv[3]]\n"
+                    + FAKE)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv(jobserver.ENV, raising=False)
+    handle = jobserver.start(tmp_path / "logs" / "jobserver.log")
+    assert handle is not None and os.environ[jobserver.ENV] == handle.socket
+    folder = Path(handle.socket).parent
+    assert folder.stat().st_mode & 0o777 == 0o700
+    argv = wait_for(tmp_path / "argv").split()
+    assert argv[1:4] == ["jobserver", "--socket", handle.socket]
+    assert argv[5] == str(os.getpid())  # stops when this process (Snakemake) is gone
+    jobserver.stop(handle)
+    assert handle.process.poll() is not None
+    assert jobserver.ENV not in os.environ and not folder.exists()
+
+
+# ------------------------------------------------------------------ the real geopeft, slow
+
+
+def _spec(name: str) -> dict:
+    train = {"epochs": 2, "batch_size": 8, "lr": 0.003, "weight_decay": 0.05,
+             "warmup_epochs": 1, "augment": True, "device": "cpu", "amp": True,
+             "eval_batch_size": 64, "encoder_lr_factor": 1.0, "checkpoint_every": 1,
+             "checkpoint_minutes": 0, "loss": "ce"}
+    row = {"name": name, "strategy": "lora", "method": "lora", "label_fraction": 1.0, "seed": 5,
+           "dataset": "eurosat_rgb", "train": train,
+           "lora": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1,
+                    "target_modules": ["q", "v"]}}
+    return {"study": "jobserver", "data": {"dataset": "eurosat_rgb", "bands": ["B04", "B03", "B02"],
+            "source": "synthetic"}, "backbone": backbone_cfg(), "row": row, "threads": 1}
+
+
+@pytest.mark.slow
+def test_a_job_through_the_server_equals_a_fresh_process_bitwise(tmp_path, rgb_store):
+    exp = tmp_path / "experiment.json"
+    init_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", "jobserver", str(tmp_path / "art"), exp)
+    folder = tmp_path / "srv"
+    folder.mkdir(mode=0o700)
+    sock = folder / "sock"
+    srv = subprocess.Popen([sys.executable, "-m", "geopeft.cli", "jobserver", "--socket", str(sock)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=dict(os.environ, **jobserver.SERVER_ENV), start_new_session=True)
+    try:
+        outs = {}
+        for name, env in (("fresh", {}), ("served", {jobserver.ENV: str(sock)})):
+            out = tmp_path / name
+            cmd = [sys.executable, "-m", "geopeft.cli", "train", "--spec", json.dumps(_spec("r")),
+                   "--store", str(rgb_store), "--experiment", str(exp), "--out", str(out / "model"),
+                   "--state", str(out / "state"), "--gpus", "0"]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                               env=dict(os.environ, **env))
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert "running in this process" not in r.stderr
+            outs[name] = out / "model"
+        a, b = (load_file(outs[n] / "trainable.safetensors") for n in ("fresh", "served"))
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+        ra, rb = (json.loads((outs[n] / "run.json").read_text()) for n in ("fresh", "served"))
+        assert ra["history"] == rb["history"]
+        assert 0 < rb["startup_s"] < ra["startup_s"]  # served: no imports before the first step
+    finally:
+        srv.terminate()
+        log = srv.communicate(timeout=60)[0]
+    assert "job " in log and "ended with status 0" in log, log
