@@ -1,15 +1,19 @@
 import hashlib
 import io
 import os
+import re
+import subprocess
+import sys
 import tarfile
 import zipfile
+from pathlib import Path
 
 import pytest
 import zstandard
 from fileserver import FaultServer
 
 from geopeft.data.download import ChecksumError, DownloadError, Remote, check_space, download
-from geopeft.data.extract import MARKER, UnsafeArchiveError, check_archive, extract
+from geopeft.data.extract import MARKER, ArchiveError, UnsafeArchiveError, check_archive, extract
 
 BODY = os.urandom(3 * (1 << 20) + 12345)  # a few chunks, so a cut lands mid-body
 MD5 = hashlib.md5(BODY).hexdigest()
@@ -83,6 +87,41 @@ def test_mirror_fallback_and_all_failing(server, tmp_path):
     assert not (tmp_path / "b.bin").exists()
 
 
+def test_no_wait_after_a_mirrors_last_attempt(server, tmp_path, monkeypatch):
+    import geopeft.data.download as dl
+
+    waits = []
+    monkeypatch.setattr(dl.time, "sleep", waits.append)
+    server.faults["data.bin"] = ["503"] * 10
+    r = Remote("data.bin", (f"{server.url}/data.bin", f"{server.url}/data.bin"), md5=MD5)
+    with pytest.raises(DownloadError, match="HTTP 503"):
+        download(r, tmp_path / "a.bin", retries=3, backoff=1.0, progress=False)
+    assert waits == [1.0, 2.0, 1.0, 2.0]  # 3 attempts per mirror, waits only between them
+
+
+def test_a_bad_body_moves_on_to_the_next_mirror(tmp_path, caplog):
+    with FaultServer({"data.bin": BODY, "mirror.bin": BODY}) as s:
+        s.faults["data.bin"] = ["corrupt"] * 10
+        r = Remote("data.bin", (f"{s.url}/data.bin", f"{s.url}/mirror.bin"), md5=MD5)
+        with caplog.at_level("INFO"):
+            out = download(r, tmp_path / "data.bin", retries=3, backoff=0.01, progress=False)
+        assert out.read_bytes() == BODY
+        assert [n for n, _ in s.requests] == ["data.bin", "mirror.bin"]  # no retry of bad bytes
+    assert len(list(tmp_path.glob("data.bin.bad-*"))) == 1  # the bad body kept aside
+    assert "trying the next mirror" in caplog.text and "downloaded and verified" in caplog.text
+    with FaultServer({"data.bin": BODY, "mirror.bin": BODY}) as s:
+        s.faults = {"data.bin": ["corrupt"] * 10, "mirror.bin": ["corrupt"] * 10}
+        r = Remote("data.bin", (f"{s.url}/data.bin", f"{s.url}/mirror.bin"), md5=MD5)
+        with pytest.raises(ChecksumError, match="from every mirror"):
+            download(r, tmp_path / "b.bin", retries=3, backoff=0.01, progress=False)
+
+
+def test_a_size_only_remote_says_size_checked_not_verified(server, tmp_path, caplog):
+    with caplog.at_level("INFO"):
+        fetch(server, tmp_path, md5=None)
+    assert "downloaded and size checked" in caplog.text and "verified" not in caplog.text
+
+
 def test_persistent_5xx_gives_up(server, tmp_path):
     server.faults["data.bin"] = ["503"] * 10
     with pytest.raises(DownloadError, match="HTTP 503"):
@@ -99,17 +138,114 @@ def _tar(path, members, mode="w:gz"):
     with tarfile.open(path, mode) as tf:
         for name, data, kind, link in members:
             info = tarfile.TarInfo(name)
-            if kind == "sym":
-                info.type, info.linkname = tarfile.SYMTYPE, link
+            if kind in ("sym", "hard"):
+                info.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE
+                info.linkname = link
+                tf.addfile(info)
+            elif kind == "dir":
+                info.type = tarfile.DIRTYPE
                 tf.addfile(info)
             else:
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
 
 
+def _zip(path, members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data, kind, link in members:
+            if kind in ("sym", "hard"):  # zip has symlinks only (mode bits); no hard links
+                info = zipfile.ZipInfo(name)
+                info.external_attr = (0o120777 << 16)
+                zf.writestr(info, link)
+            elif kind == "dir":
+                zf.writestr(zipfile.ZipInfo(name.rstrip("/") + "/"), b"")
+            else:
+                zf.writestr(name, data)
+
+
+def _archive(path: Path, members) -> Path:
+    """``members`` as zip, tar.gz or tar.zst (by the name's suffix)."""
+    if path.name.endswith(".zip"):
+        _zip(path, members)
+    elif path.name.endswith(".tar.zst"):
+        raw = path.with_name(path.name + ".raw.tar")
+        _tar(raw, members, mode="w")
+        path.write_bytes(zstandard.ZstdCompressor().compress(raw.read_bytes()))
+        raw.unlink()
+    else:
+        _tar(path, members)
+    return path
+
+
+def _long_symlink_chain():
+    """The CVE-2025-4517 pattern: nested folders with 247-character names reached through
+    one-letter symlinks, a link whose resolved path exceeds PATH_MAX, an escaping link through
+    it, then a new file and a hard link written through the escape."""
+    comp, steps = "d" * 247, "abcdefghijklmnop"
+    members, path = [], ""
+    for step in steps:
+        members.append((f"{path}{comp}", b"", "dir", None))
+        members.append((f"{path}{step}", b"", "sym", comp))
+        path = f"{path}{comp}/"
+    long_link = "/".join(steps) + "/" + "l" * 254
+    members.append((long_link, b"", "sym", "../" * len(steps)))
+    members.append(("escape", b"", "sym", long_link + "/" + "../" * 2))
+    members.append(("escape/pwned.txt", b"written outside", "file", None))
+    members.append(("overwrite", b"", "hard", "escape/victim.txt"))
+    members.append(("overwrite", b"overwritten", "file", None))
+    return members
+
+
+CHAINS = {
+    "long-chain": _long_symlink_chain(),
+    "short-chain": [("a/b", b"", "dir", None), ("a/b/up", b"", "sym", "../.."),
+                    ("esc", b"", "sym", "a/b/up/.."), ("esc/pwned.txt", b"x", "file", None)],
+    "hardlink": [("ok.txt", b"ok", "file", None), ("hl", b"", "hard", "../victim.txt"),
+                 ("hl", b"overwritten", "file", None)],
+}
+
+
+@pytest.mark.parametrize("suffix", ["tar.gz", "tar.zst", "zip"])
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_archives_with_links_are_refused_and_write_nothing_anywhere(tmp_path, chain, suffix):
+    if suffix == "zip" and chain == "hardlink":
+        pytest.skip("zip has no hard links")
+    box = tmp_path / "box"  # the archive is extracted in box/work/out; box/ is "outside"
+    (box / "work").mkdir(parents=True)
+    victim = box / "victim.txt"
+    victim.write_text("original")
+    arch = _archive(tmp_path / f"bad.{suffix}", CHAINS[chain])
+    before = sorted(p for p in tmp_path.rglob("*") if p != arch)
+    pattern = re.escape(f"bad.{suffix}") + r": member '.+' is a (symbolic|hard) link"
+    with pytest.raises(UnsafeArchiveError, match=pattern):
+        extract(arch, box / "work" / "out")
+    assert victim.read_text() == "original"
+    assert sorted(p for p in tmp_path.rglob("*") if p != arch) == before  # nothing new anywhere
+
+
+def test_a_refused_archive_is_one_geopeft_error_line(tmp_path):
+    arch = _archive(tmp_path / "bad.tar.gz", CHAINS["short-chain"])
+    r = subprocess.run([sys.executable, "-m", "geopeft.cli", "fetch", "--dataset", "eurosat_rgb",
+                        "--out", str(tmp_path / "raw"), str(arch)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("geopeft fetch: error: ") and str(arch) in lines[0]
+    assert "member 'a/b/up' is a symbolic link" in lines[0]
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_corrupt_archive_is_one_error_naming_it(tmp_path):
+    for name in ("bad.tar.gz", "bad.zip", "bad.tar.zst"):
+        (tmp_path / name).write_bytes(b"\x1f\x8b not really an archive" * 10)
+        with pytest.raises(ArchiveError, match=re.escape(name) + ": not a readable archive"):
+            extract(tmp_path / name, tmp_path / f"out-{name}")
+        assert not (tmp_path / f"out-{name}").exists()
+
+
 def test_extract_zip_targz_tarzst(tmp_path):
-    members = [("ds/a.txt", b"alpha", "file", None), ("ds/sub/b.txt", b"beta", "file", None),
-               ("ds/link.txt", b"", "sym", "a.txt")]
+    members = [("ds/a.txt", b"alpha", "file", None), ("ds/sub/b.txt", b"beta", "file", None)]
     _tar(tmp_path / "a.tar.gz", members)
     raw = tmp_path / "a.tar"
     _tar(raw, members, mode="w")
@@ -128,8 +264,9 @@ def test_extract_zip_targz_tarzst(tmp_path):
     [
         ([("../evil.txt", b"x", "file", None)], r"'\.\./evil\.txt' leaves the destination"),
         ([("/etc/evil", b"x", "file", None)], "has an absolute path"),
-        ([("ds/l", b"", "sym", "../../outside")], "points outside"),
-        ([("ds/l", b"", "sym", "/etc/passwd")], "points to the absolute path"),
+        ([("ds/l", b"", "sym", "../../outside")], "'ds/l' is a symbolic link"),
+        ([("ds/l", b"", "sym", "/etc/passwd")], "'ds/l' is a symbolic link"),
+        ([("ds/l", b"", "sym", "ok.txt")], "'ds/l' is a symbolic link"),  # even one inside
     ],
 )
 def test_malicious_archives_refused(tmp_path, members, message):

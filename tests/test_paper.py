@@ -79,3 +79,15 @@ def test_figures_are_written_with_their_provenance(runs, tmp_path):
     assert set(figure_names(False)) <= names
     assert all(p.stat().st_size > 1000 for p in out)
     assert provenance_note(pd.read_csv(runs)) == SYNTHETIC_NOTE
+
+
+def test_resumed_runs_are_counted_and_said(runs, tmp_path):
+    import pandas as pd
+
+    assert "resumed" not in make_table(runs, tmp_path / "t.tex", "demo")  # none was resumed
+    df = pd.read_csv(runs)
+    assert (df["attempts"] == 1).all()  # a run.json without attempts is one attempt
+    df.loc[2, "attempts"] = 3
+    df.to_csv(tmp_path / "resumed.csv", index=False)
+    text = make_table(tmp_path / "resumed.csv", tmp_path / "t2.tex", "demo")
+    assert "time summed over every attempt of a run; 1 of 8 runs resumed, at most 3 attempts" in text

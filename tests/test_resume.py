@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -91,6 +92,8 @@ def test_killed_run_resumes_bitwise_in_one_mlflow_run(sig, tmp_path, rgb_store):
     else:
         assert p.returncode == -signal.SIGKILL
     assert not (tmp_path / "out").exists()  # nothing half-written under the final name
+    first = Checkpointer(state).latest()  # what the first attempt left: its wall time so far
+    assert first["attempts"] == 1 and first["wall_time_s"] > 0
     p = _train(spec, rgb_store, exp, tmp_path / "out", state, "killed")
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
@@ -99,6 +102,10 @@ def test_killed_run_resumes_bitwise_in_one_mlflow_run(sig, tmp_path, rgb_store):
     a = json.loads((tmp_path / "ref" / "run.json").read_text())
     b = json.loads((tmp_path / "out" / "run.json").read_text())
     assert b["history"] == a["history"]  # bitwise: JSON floats round-trip exactly
+    # the cost counts both attempts, not the last one only
+    assert a["attempts"] == 1 and b["attempts"] == 2
+    assert b["wall_time_s"] > first["wall_time_s"] and b["train_time_s"] > first["train_time_s"]
+    assert b["wall_time_s"] - first["wall_time_s"] >= b["train_time_s"] - first["train_time_s"]
     wa, wb = (load_file(str(d / "trainable.safetensors")) for d in (tmp_path / "ref", tmp_path / "out"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -110,3 +117,75 @@ def test_killed_run_resumes_bitwise_in_one_mlflow_run(sig, tmp_path, rgb_store):
         steps = [s for (s,) in db.execute("select step from metrics where run_uuid = ? and key = ?",
                                           (runs[0][0], key))]
         assert sorted(steps) == (list(range(epochs)) if key != "trainable_params" else [0]), key
+
+
+# -------------------------------------------------------------------- one trainer per run
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from geopeft.train.resume import lock_run
+lock_run(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_trainer_on_a_run_stops_naming_the_holder(tmp_path, rgb_store):
+    state = tmp_path / "runs" / "r" / "state"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(state)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cmd = [sys.executable, "-m", "geopeft.cli", "train", "--spec", json.dumps(_spec(1)),
+               "--store", str(rgb_store), "--experiment", str(tmp_path / "none.json"),
+               "--out", str(tmp_path / "out"), "--state", str(state)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2
+        assert f"another trainer (pid {holder.pid}) is training this run" in r.stderr
+        assert not (tmp_path / "out").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the OS released the lock with its holder: the run can be locked again at once
+    again = subprocess.Popen([sys.executable, "-c", HOLD, str(state)], stdout=subprocess.PIPE, text=True)
+    assert again.stdout.readline().strip() == "locked"
+    again.kill()
+    again.wait()
+
+
+WATCHED = """
+import signal, sys, time
+from pathlib import Path
+from geopeft.train.resume import stop_when_snakemake_is_gone
+marker = Path(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda s, f: (marker.write_text("stopped"), sys.exit(75)))
+print(stop_when_snakemake_is_gone(poll_s=0.05), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_job_stops_when_its_snakemake_is_killed(tmp_path):
+    """SIGKILL of Snakemake leaves its jobs running (their shell survives); the job notices."""
+    fake = tmp_path / "bin" / "snakemake"  # a stand-in that starts one job through a shell
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\nimport subprocess, sys, time\n"
+                    f"subprocess.Popen(['bash', '-c', sys.argv[1] + '; true'])\ntime.sleep(120)\n")
+    fake.chmod(0o755)
+    marker, out = tmp_path / "stopped", tmp_path / "job.out"
+    job = f"{sys.executable} -c {shlex.quote(WATCHED)} {marker} > {out}"
+    snake = subprocess.Popen([str(fake), job])
+    end = time.monotonic() + 60
+    while not (out.exists() and out.read_text().strip()):
+        assert time.monotonic() < end, "the job never started"
+        time.sleep(0.05)
+    assert out.read_text().strip() == str(snake.pid)  # it found the Snakemake above its shell
+    time.sleep(0.3)
+    assert not marker.exists()
+    snake.kill()
+    snake.wait()
+    end = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < end, "the orphaned job kept running"
+        time.sleep(0.05)

@@ -116,3 +116,89 @@ def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, 
     bad = subprocess.run([*cli, "predict", "--model", "run/model", str(tmp_path / "nope.jpg")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "nope.jpg" in bad.stderr
+
+
+# ------------------------------------------------------------- a store that is lost or rebuilt
+
+
+def _fresh(code: str, tmp_path) -> str:
+    """Run ``code`` in a new process, as each job is (MLflow caches a store's connections per
+    process, so a store deleted and created again is only seen afresh by another process)."""
+    r = subprocess.run([sys.executable, "-c", "import sys\nfrom pathlib import Path\n"
+                        "from geopeft.tracking import RunLogger, TrackingError, init_experiment\n"
+                        f"t = Path({str(tmp_path)!r})\n" + code],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout.strip()
+
+
+def test_a_store_deleted_before_a_job_is_a_clear_error_and_not_recreated_empty(tmp_path):
+    db = tmp_path / "m.db"
+    init_experiment(f"sqlite:///{db}", "s", tmp_path / "art", tmp_path / "exp.json")
+    db.unlink()
+    with pytest.raises(TrackingError, match=r"exp\.json: the MLflow store .*m\.db is gone\. Rerun snakemake"):
+        RunLogger(tmp_path / "exp.json", "r")
+    assert not db.exists()  # no empty store left behind
+    # a store created again for another experiment: the recorded id now names another one
+    out = _fresh("init_experiment(f'sqlite:///{t}/m.db', 'other', t / 'art', t / 'other.json')\n"
+                 "try:\n    RunLogger(t / 'exp.json', 'r')\n"
+                 "except TrackingError as e:\n    print(e)", tmp_path)
+    assert "has no experiment 's' with id" in out
+
+
+def test_a_recorded_run_the_store_lost_is_replaced_by_a_new_one(tmp_path):
+    db = tmp_path / "m.db"
+    init_experiment(f"sqlite:///{db}", "s", tmp_path / "art", tmp_path / "exp.json")
+    old = RunLogger(tmp_path / "exp.json", "r").run_id
+    db.unlink()  # deleted and initialised again: the same experiment, none of its runs
+    out = _fresh("init_experiment(f'sqlite:///{t}/m.db', 's', t / 'art', t / 'exp.json')\n"
+                 f"log = RunLogger(t / 'exp.json', 'r', run_id={old!r})\n"
+                 "print(log.replaced, log.run_id)", tmp_path)
+    replaced, new = out.split()
+    assert replaced == old and new != old
+    assert MlflowClient(f"sqlite:///{tmp_path}/./m.db").get_run(new).info.run_name == "r"
+
+
+def test_an_unfinished_run_of_the_same_row_is_reused_not_duplicated(tmp_path):
+    """A kill between creating the run and recording its id left a RUNNING run: the rerun finds
+    it by its key instead of opening a second run with the same name."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    init_experiment(uri, "s", tmp_path / "art", tmp_path / "exp.json")
+    first = RunLogger(tmp_path / "exp.json", "row", run_key="s/row/abc")  # then killed
+    again = RunLogger(tmp_path / "exp.json", "row", run_key="s/row/abc")
+    assert again.reused and again.run_id == first.run_id
+    other = RunLogger(tmp_path / "exp.json", "row", run_key="s/row/def")  # another spec
+    assert not other.reused and other.run_id != first.run_id
+    again.end()
+    after = RunLogger(tmp_path / "exp.json", "row", run_key="s/row/abc")  # finished: a new run
+    assert not after.reused and after.run_id != first.run_id
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("s").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["row", "row", "row"]  # not four
+
+
+def test_train_job_reuses_the_run_of_an_attempt_killed_before_recording_it(tmp_path):
+    from conftest import job_spec
+
+    from geopeft.train.run import _open_run
+
+    init_experiment(f"sqlite:///{tmp_path}/m.db", "s", tmp_path / "art", tmp_path / "exp.json")
+    spec = job_spec({"backbone": backbone_cfg(), "row": {"name": "lora-f1-s0", "method": "lora"}})
+    state = tmp_path / "state"
+    first, reopened = _open_run(tmp_path / "exp.json", spec, "fp", state)
+    assert not reopened
+    (state / "mlflow_run.json").unlink()  # killed before the id was recorded
+    second, reopened = _open_run(tmp_path / "exp.json", spec, "fp", state)
+    assert reopened and second.run_id == first.run_id
+    assert json.loads((state / "mlflow_run.json").read_text())["run_id"] == first.run_id
+
+
+def test_a_store_deleted_while_a_job_runs_is_said_plainly(tmp_path):
+    db = tmp_path / "m.db"
+    init_experiment(f"sqlite:///{db}", "s", tmp_path / "art", tmp_path / "exp.json")
+    out = _fresh("log = RunLogger(t / 'exp.json', 'r')\n"
+                 "log.log_metrics({'loss': 1.0}, 0)\n"
+                 "(t / 'm.db').unlink()\n"
+                 "try:\n    log.log_metrics({'loss': 0.5}, 1)\n"
+                 "except TrackingError as e:\n    print(e)", tmp_path)
+    assert "m.db is gone while this job ran" in out and "resumes from its saved training state" in out

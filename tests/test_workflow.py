@@ -84,6 +84,66 @@ def test_editing_one_row_reruns_only_that_run_and_aggregates(done, tmp_path):
     assert set(re.findall(r"run=([\w.-]+)", r.stdout)) == {"lora-f0.5-s0"}
 
 
+def test_a_lost_mlflow_store_is_created_again_at_the_next_run(done):
+    """The DB deleted: mlflow_init's output describes a store that is gone; the next run creates
+    the store and the experiment again before any job logs, and reruns nothing trained (the
+    jobs take the experiment file as ancient)."""
+    import shutil
+
+    (done / "results" / "mlflow.db").unlink()
+    r = snakemake(done, "-n")
+    assert "Nothing to be done" in r.stdout + r.stderr  # a dry run changes nothing
+    assert not (done / "results" / "mlflow.db").exists()
+    model = "results/ci_tiny/runs/linear-f0.5-s0/model"
+    shutil.rmtree(done / model)
+    r = snakemake(done, model)  # the next job that logs (one row retrained, asked by name)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mlflow.db is gone; creating the store and the experiment again" in r.stdout + r.stderr
+    assert job_counts(r.stdout + r.stderr) == {"train": 1}
+    db = sqlite3.connect(done / "results" / "mlflow.db")
+    rows = db.execute("select e.name, r.name, r.status from runs r join experiments e "
+                      "on r.experiment_id = e.experiment_id").fetchall()
+    assert rows == [("ci_tiny", "linear-f0.5-s0", "FINISHED")]
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from geopeft.train.resume import lock_run
+lock_run(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_failed_attempt_keeps_its_log_and_a_second_trainer_is_refused(done):
+    """Snakemake empties a job's log before each attempt: the train log still shows every
+    attempt, here one refused because another trainer holds the run."""
+    model = "results/ci_tiny/runs/linear-f1-s0/model"
+    run = done / "results" / "ci_tiny" / "runs" / "linear-f1-s0"
+    import shutil
+
+    shutil.rmtree(run / "model")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run / "state")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = snakemake(done, "--retries", "0", model)
+        assert r.returncode != 0 and "Error in rule train" in r.stdout + r.stderr, r.stderr[-2000:]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (run / "model").exists()
+    r = snakemake(done, model)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = (done / "results" / "ci_tiny" / "logs" / "train" / "linear-f1-s0.log").read_text()
+    headers = re.findall(r"^=== \S+ \S+: geopeft train linear-f1-s0$", text, re.M)
+    assert len(headers) == 3, text[-3000:]  # the first run, the refused attempt, this one
+    refused = text.split(headers[1])[1].split(headers[2])[0]
+    assert f"another trainer (pid {holder.pid}) is training this run" in refused
+    assert "val score" in text.split(headers[2])[1]
+
+
 def test_bad_config_clear_error(done, tmp_path):
     cfg = yaml.safe_load(TINY.read_text())
     cfg["data"]["bands"] = ["B04", "B3"]

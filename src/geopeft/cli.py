@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     spec = JobSpec.from_dict(_spec(args.spec), "--spec")
     device = spec.train_args().device
+    if args.state and "LOCAL_RANK" not in os.environ:  # the launcher holds it for its workers
+        from geopeft.train.resume import lock_run, stop_when_snakemake_is_gone
+
+        lock_run(Path(args.state))
+        stop_when_snakemake_is_gone()
     _claim_gpus(device, args.gpus)
     rc = _torchrun(args, device)
     if rc is not None:

@@ -27,6 +27,7 @@ waits up to a second for its queue thread.)
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,57 @@ def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path
     return info
 
 
+#: The tag that names a run's study row and job spec: an interrupted attempt's run is found by
+#: it and reused, so a row has one run whatever its attempts.
+RUN_KEY_TAG = "geopeft.run_key"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for a server)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def stale_experiment(experiment_file: Path) -> str | None:
+    """Why the experiment file no longer describes a usable store, or None when it does.
+
+    Reads the SQLite store directly (no MLflow import, nothing created): the database file is
+    gone, or holds no experiment with the recorded id and name (deleted and initialised again).
+    A server's store is checked by the jobs themselves.
+    """
+    import sqlite3
+
+    info = read_json(experiment_file)
+    db = sqlite_path(info["tracking_uri"])
+    if db is None:
+        return None
+    if not db.is_file():
+        return f"the MLflow store {db} is gone"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            row = con.execute("select name from experiments where experiment_id = ?",
+                              (int(info["experiment_id"]),)).fetchone()
+    except sqlite3.Error as err:
+        return f"the MLflow store {db} cannot be read ({err})"
+    if row is None or row[0] != info["experiment"]:
+        return (f"the MLflow store {db} has no experiment {info['experiment']!r} with id "
+                f"{info['experiment_id']} (it was deleted and created again)")
+    return None
+
+
+def check_experiment(experiment_file: Path) -> None:
+    """Fail, saying how to recover, when the experiment file describes a store that is gone.
+
+    Raises:
+        TrackingError: naming the experiment file, what is wrong and what to run.
+    """
+    why = stale_experiment(experiment_file)
+    if why:
+        raise TrackingError(
+            f"{experiment_file}: {why}. Rerun snakemake: it notices and runs mlflow_init again, "
+            f"which creates the store and the experiment (or delete {experiment_file} and run "
+            f"`geopeft mlflow-init`); trained runs and training states are kept")
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}`` (lists kept as JSON-like text)."""
     out: dict[str, str] = {}
@@ -202,23 +254,51 @@ class RunLogger:
 
     def __init__(self, experiment_file: Path, run_name: str | None = None,
                  params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
-                 run_id: str | None = None, asynchronous: bool | None = None):
+                 run_id: str | None = None, asynchronous: bool | None = None,
+                 run_key: str | None = None):
         """Open run ``run_id``, or create one named ``run_name``, in the experiment of
         ``experiment_file``; ``asynchronous`` (default: for an HTTP tracking URI) makes
-        :meth:`log_metrics` return without waiting for the server."""
+        :meth:`log_metrics` return without waiting for the server.
+
+        A ``run_id`` the store no longer has (the store was created again) is replaced by a new
+        run, said in the log (:attr:`replaced`). With ``run_key`` and no ``run_id``, an
+        unfinished run with that key (:data:`RUN_KEY_TAG`, left by an attempt killed before it
+        could record its id) is reused (:attr:`reused`) instead of opening a second one.
+
+        Raises:
+            TrackingError: the store or the experiment is gone (nothing is created), or the
+                server does not answer.
+        """
+        import logging
+
         from mlflow.entities import Param, RunTag
 
         info = read_json(experiment_file)
+        self.experiment_file = Path(experiment_file)
         self.tracking_uri = info["tracking_uri"]
         self.asynchronous = is_http(self.tracking_uri) if asynchronous is None else asynchronous
         self._sender = _Sender()
         if is_http(self.tracking_uri):
             check_server(self.tracking_uri)
+        check_experiment(experiment_file)  # before the client: it would create an empty store
         self.experiment_id = info["experiment_id"]
         self.client = _client(self.tracking_uri)
+        self.replaced: str | None = None
+        self.reused = False
+        if run_id is not None and not self._exists(run_id):
+            logging.getLogger(__name__).warning(
+                "MLflow run %s recorded by an earlier attempt is not in %s (the store was created "
+                "again): logging to a new run; training resumes from its saved state", run_id,
+                self.tracking_uri)
+            self.replaced, run_id = run_id, None
+        if run_id is None and run_key is not None:
+            run_id = self._unfinished(run_key)
+            self.reused = run_id is not None
         if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                         tags={"mlflow.runName": run_name or ""})
+            run_tags = {"mlflow.runName": run_name or ""}
+            if run_key is not None:
+                run_tags[RUN_KEY_TAG] = run_key
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
             self.run_id = run.info.run_id
         else:
             self.run_id = run_id
@@ -228,6 +308,25 @@ class RunLogger:
             self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
         if tags:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return run.info.experiment_id == str(self.experiment_id)
+
+    def _unfinished(self, run_key: str) -> str | None:
+        """The newest run of ``run_key`` that did not finish (None when there is none)."""
+        runs = self.client.search_runs(
+            [str(self.experiment_id)], f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+            order_by=["attributes.start_time DESC"], max_results=10)
+        for run in runs:
+            if run.info.status != "FINISHED":
+                return run.info.run_id
+        return None
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Log a dict of metrics in one request (characters MLflow refuses in names, e.g. the
@@ -243,7 +342,21 @@ class RunLogger:
         if self.asynchronous:
             self._sender.submit(self.client.log_batch, self.run_id, metrics=batch)
         else:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self._guard(self.client.log_batch, self.run_id, metrics=batch)
+
+    def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call the MLflow client; when it fails because the store went away during the job
+        (deleted: SQLite then reports a read-only database), say that instead."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            why = stale_experiment(self.experiment_file)
+            if why is None:
+                raise
+            raise TrackingError(
+                f"{self.experiment_file}: {why} while this job ran (MLflow: "
+                f"{str(err).splitlines()[0][:200]}). Rerun snakemake: mlflow_init creates it "
+                f"again and the job resumes from its saved training state") from err
 
     def pending(self) -> int:
         """Metric batches not yet confirmed by the tracking store."""
@@ -272,17 +385,17 @@ class RunLogger:
 
     def set_running(self) -> None:
         """Mark the run as running again (a resumed attempt)."""
-        self.client.update_run(self.run_id, status="RUNNING")
+        self._guard(self.client.update_run, self.run_id, status="RUNNING")
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if Path(path).is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            self._guard(self.client.log_artifacts, self.run_id, str(path), artifact_path)
         else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._guard(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_dict(self, obj: dict[str, Any], artifact_file: str) -> None:
         """Store a dict (e.g. the resolved config) as a JSON artifact."""
-        self.client.log_dict(self.run_id, obj, artifact_file)
+        self._guard(self.client.log_dict, self.run_id, obj, artifact_file)
 
     def end(self, status: str = "FINISHED") -> None:
         """Wait for pending metrics, then end the run with ``status`` (``FAILED`` if metrics
@@ -292,4 +405,4 @@ class RunLogger:
         except TrackingError:
             self.client.set_terminated(self.run_id, status="FAILED")
             raise
-        self.client.set_terminated(self.run_id, status=status)
+        self._guard(self.client.set_terminated, self.run_id, status=status)

@@ -1,6 +1,8 @@
 import os
 import re
 
+from snakemake.logging import logger
+
 from geopeft import config as study_config
 from geopeft.io import canonical_json
 from geopeft.data.subsets import subset_file_name
@@ -23,6 +25,26 @@ ROWS = {row["name"]: row for row in study_config.study_rows(config)}
 # a time-series segmentation study gets its own figures (label fraction x sequence length)
 FIGURES = figure_names(any(r["dataset"] in study_config.TIME_SERIES_DATASETS for r in ROWS.values()))
 EXPERIMENT = f"{RES}/mlflow_experiment.json"
+# The tracking store and experiment that mlflow_init creates
+MLFLOW = {
+    "uri": study_config.tracking_uri(config),
+    "experiment": config["mlflow"]["experiment"] or STUDY,
+    "artifacts": f"{config['results_dir']}/mlartifacts",
+}
+
+
+def recreate_stale_experiment():
+    """mlflow_init's output describes an MLflow store; when that store is gone (deleted, or
+    created again without this experiment), create both again at the start of the run, before
+    any job logs (geopeft.tracking.init_experiment, as mlflow_init does). The jobs take the file
+    as ancient(): rewriting it reruns nothing."""
+    from geopeft.tracking import init_experiment, stale_experiment
+
+    if os.path.isfile(EXPERIMENT):
+        why = stale_experiment(EXPERIMENT)
+        if why:
+            logger.warning(f"{EXPERIMENT}: {why}; creating the store and the experiment again")
+            init_experiment(MLFLOW["uri"], MLFLOW["experiment"], MLFLOW["artifacts"], EXPERIMENT)
 _VISIBLE_GPUS = []
 
 
@@ -139,6 +161,7 @@ _JOBSERVER = []
 onstart:
     from geopeft import jobserver
 
+    recreate_stale_experiment()
     if (config["jobserver"] and workflow.local_exec
             and not workflow.deployment_settings.deployment_method):
         _JOBSERVER.append(jobserver.start(f"{RES}/logs/jobserver.log"))

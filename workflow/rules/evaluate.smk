@@ -4,7 +4,7 @@ rule evaluate:
         model=f"{RES}/runs/{{run}}/model",
         store=get_run_store,
         pretrain=get_pretrain,
-        experiment=EXPERIMENT,
+        experiment=ancient(EXPERIMENT),
     output:
         metrics=f"{RES}/runs/{{run}}/metrics.json",
         confusion=f"{RES}/runs/{{run}}/confusion.csv",

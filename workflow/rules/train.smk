@@ -7,9 +7,7 @@ rule mlflow_init:
     output:
         EXPERIMENT,
     params:
-        uri=study_config.tracking_uri(config),
-        experiment=config["mlflow"]["experiment"] or STUDY,
-        artifacts=f"{config['results_dir']}/mlartifacts",
+        **MLFLOW,
     log:
         f"{RES}/logs/mlflow_init.log",
     conda:
@@ -23,7 +21,7 @@ rule pretrain:
     """Supervised pretraining of the embedded backbone on the synthetic source set."""
     input:
         store=get_source_store(),
-        experiment=EXPERIMENT,
+        experiment=ancient(EXPERIMENT),
     output:
         directory(f"{RES}/pretrain"),
     params:
@@ -46,7 +44,7 @@ rule train:
         store=get_run_store,
         subset=get_subset,
         pretrain=get_pretrain,
-        experiment=EXPERIMENT,
+        experiment=ancient(EXPERIMENT),
     output:
         directory(f"{RES}/runs/{{run}}/model"),
     params:
@@ -54,6 +52,8 @@ rule train:
         subset=lambda wildcards, input: optional_flag("--subset", input.subset),
         pretrain=lambda wildcards, input: optional_flag("--pretrain", input.pretrain),
         state=lambda wildcards: f"{RES}/runs/{wildcards.run}/state",
+        # every attempt's output, appended (Snakemake empties the log before each attempt)
+        history=lambda wildcards: f"{RES}/logs/train/{wildcards.run}.history.log",
     threads: config["threads"]
     resources:
         **GPU_RESOURCES,
@@ -62,6 +62,8 @@ rule train:
     conda:
         "../../envs/geopeft.yaml"
     shell:
-        "geopeft train --spec {params.spec:q} --store {input.store} {params.subset}"
+        "echo \"=== $(date -Iseconds) $(hostname): geopeft train {wildcards.run}\" >> {params.history};"
+        " geopeft train --spec {params.spec:q} --store {input.store} {params.subset}"
         " {params.pretrain} --experiment {input.experiment} --out {output}"
-        " --state {params.state} --gpus {resources.gpu} > {log} 2>&1"
+        " --state {params.state} --gpus {resources.gpu} >> {params.history} 2>&1 && rc=0 || rc=$?;"
+        " cp {params.history} {log}; exit $rc"

@@ -128,13 +128,17 @@ def download(remote: Remote, dest: Path, retries: int = 5, timeout: float = 60.0
              backoff: float = 2.0, progress: bool = True) -> Path:
     """Fetch ``remote`` to ``dest`` (verified); an existing verified ``dest`` is kept as it is.
 
+    Each mirror gets ``retries`` attempts with exponential backoff between them (none after its
+    last attempt); a body that fails the checksum is kept aside and the next mirror is tried.
+
     Raises:
-        ChecksumError: the bytes do not match; the file is kept aside, not under ``dest``.
+        ChecksumError: every mirror that answered sent bytes that do not match (kept aside).
         DownloadError: every mirror failed after ``retries`` attempts, or not enough disk space.
     """
     dest = Path(dest)
     if dest.exists():
         return dest
+    checked = "verified" if (remote.md5 or remote.sha256) else "size checked"
     if not (remote.md5 or remote.sha256):
         log.warning("%s: no checksum is known; the download is checked for size only", remote.name)
     part = dest.with_name(dest.name + ".part")
@@ -143,7 +147,8 @@ def download(remote: Remote, dest: Path, retries: int = 5, timeout: float = 60.0
         check_space(dest.parent, remote.size - have)
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
-    for url in remote.urls:
+    bad_bodies = 0
+    for m, url in enumerate(remote.urls):
         for attempt in range(retries):
             try:
                 _fetch_once(url, part, timeout, remote.size, progress)
@@ -154,10 +159,12 @@ def download(remote: Remote, dest: Path, retries: int = 5, timeout: float = 60.0
                     raise ConnectionError(f"got {part.stat().st_size} of {remote.size} bytes")
                 verify(part, remote)
                 os.replace(part, dest)
-                log.info("%s: downloaded and verified -> %s", remote.name, dest)
+                log.info("%s: downloaded and %s -> %s", remote.name, checked, dest)
                 return dest
-            except ChecksumError:
-                raise
+            except ChecksumError as err:
+                errors.append(f"{url}: {err}")
+                bad_bodies += 1
+                break  # this mirror serves other bytes: the next one may not
             except urllib.error.HTTPError as err:
                 errors.append(f"{url}: HTTP {err.code}")
                 if err.code == 416:  # range not satisfiable: the partial file is stale
@@ -167,9 +174,14 @@ def download(remote: Remote, dest: Path, retries: int = 5, timeout: float = 60.0
             except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException,
                     OSError) as err:
                 errors.append(f"{url}: {type(err).__name__}: {err}")
+            if attempt + 1 == retries:
+                break  # the last attempt: no wait before the next mirror or the error
             wait = backoff * 2**attempt
             log.warning("%s: attempt %d failed (%s); retrying in %.1f s", remote.name,
                         attempt + 1, errors[-1], wait)
             time.sleep(wait)
-    raise DownloadError(f"{remote.name}: download failed from every mirror:\n  "
-                        + "\n  ".join(errors[-6:]))
+        if m + 1 < len(remote.urls):
+            log.warning("%s: giving up on %s (%s); trying the next mirror", remote.name, url,
+                        errors[-1])
+    error = ChecksumError if bad_bodies and bad_bodies == len(remote.urls) else DownloadError
+    raise error(f"{remote.name}: download failed from every mirror:\n  " + "\n  ".join(errors[-6:]))

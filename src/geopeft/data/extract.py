@@ -1,31 +1,42 @@
 """Safe, restartable extraction of zip, tar.gz and tar.zst archives.
 
-Every member is checked before anything is written: absolute paths, ``..`` components, and
-symbolic or hard links whose target would land outside the destination are refused
-(:class:`UnsafeArchiveError`). Extraction goes into a temporary sibling folder that is renamed to
-the destination only when every member is out, with a ``.geopeft-extracted`` marker naming the
-archive; a killed extraction leaves only the temporary folder, which the next run removes and
-redoes, never a half tree that looks complete.
+Dataset archives hold files and folders only, so that is all geopeft extracts: symbolic links,
+hard links, devices and fifos are refused, as are absolute paths and ``..`` components
+(:class:`UnsafeArchiveError`, naming the archive and the member). Every member is checked before
+anything is written, and geopeft writes each file itself -- no link is ever created, each path is
+resolved against the real extraction folder before it is opened, and the file is opened without
+following a link -- so extraction cannot write outside its folder whatever Python's own tarfile
+filters do at this patch level (the symlink-chain escapes of CVE-2025-4517 included).
+
+Extraction goes into a temporary sibling folder that is renamed to the destination only when
+every member is out, with a ``.geopeft-extracted`` marker naming the archive; a killed extraction
+leaves only the temporary folder, which the next run removes and redoes, never a half tree that
+looks complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import posixpath
 import shutil
 import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from geopeft.errors import GeopeftError
 
 MARKER = ".geopeft-extracted"
 
 
-class UnsafeArchiveError(GeopeftError, ValueError):
-    """An archive member would be written outside the destination folder."""
+class ArchiveError(GeopeftError, ValueError):
+    """An archive cannot be read (corrupt, truncated, an unknown type); the message names it."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive member is not a plain file or folder inside the destination (a link, a device,
+    an absolute path, ``..``); nothing of the archive is extracted."""
 
 
 def _check_name(archive: Path, name: str) -> None:
@@ -36,14 +47,10 @@ def _check_name(archive: Path, name: str) -> None:
         raise UnsafeArchiveError(f"{archive}: member {name!r} leaves the destination ('..')")
 
 
-def _check_link(archive: Path, name: str, target: str, hard: bool) -> None:
-    t = target.replace("\\", "/")
-    if t.startswith("/"):
-        raise UnsafeArchiveError(f"{archive}: link {name!r} points to the absolute path {target!r}")
-    base = "" if hard else posixpath.dirname(name)
-    resolved = posixpath.normpath(posixpath.join(base, t))
-    if resolved == ".." or resolved.startswith("../"):
-        raise UnsafeArchiveError(f"{archive}: link {name!r} -> {target!r} points outside")
+def _refuse_link(archive: Path, name: str, target: str, hard: bool) -> None:
+    kind = "a hard link" if hard else "a symbolic link"
+    raise UnsafeArchiveError(f"{archive}: member {name!r} is {kind} (-> {target!r}); dataset "
+                             "archives hold files and folders only")
 
 
 @contextlib.contextmanager
@@ -66,33 +73,100 @@ def _is_tar(path: Path) -> bool:
 
 
 def check_archive(path: Path) -> int:
-    """Validate every member without extracting; returns the member count."""
+    """Validate every member without extracting; returns the member count.
+
+    Raises:
+        UnsafeArchiveError: a member is a link, device or fifo, or its path leaves the folder.
+        ArchiveError: the archive cannot be read.
+    """
     path = Path(path)
     n = 0
-    if path.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                _check_name(path, info.filename)
-                mode = (info.external_attr >> 16) & 0o170000
-                if mode == 0o120000:  # a symlink stored in a zip
-                    _check_link(path, info.filename, zf.read(info).decode(), hard=False)
+    with _reading(path):
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    _check_zip_member(path, zf, info)
+                    n += 1
+            return n
+        with _open_tar(path) as tf:
+            for m in tf:
+                _check_tar_member(path, m)
                 n += 1
-        return n
-    if not _is_tar(path):
-        raise ValueError(f"{path}: unknown archive type (zip, tar, tar.gz, tar.zst)")
-    with _open_tar(path) as tf:
-        for m in tf:
-            _check_tar_member(path, m)
-            n += 1
     return n
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn the errors of reading a bad archive into one :class:`ArchiveError` naming it."""
+    if not (path.name.lower().endswith(".zip") or _is_tar(path)):
+        raise ArchiveError(f"{path}: unknown archive type (zip, tar, tar.gz, tar.zst)")
+    try:
+        yield
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
+        raise ArchiveError(f"{path}: not a readable archive ({err})") from err
+    except Exception as err:
+        if type(err).__module__.startswith("zstandard") or "zstd" in type(err).__name__.lower():
+            raise ArchiveError(f"{path}: not a readable archive ({err})") from err
+        raise
+
+
+def _check_zip_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    _check_name(path, info.filename)
+    kind = (info.external_attr >> 16) & 0o170000
+    if kind == 0o120000:  # a symlink stored in a zip
+        _refuse_link(path, info.filename, zf.read(info).decode(errors="replace"), hard=False)
+    if kind not in (0, 0o100000, 0o040000):
+        raise UnsafeArchiveError(f"{path}: member {info.filename!r} is not a file or folder")
 
 
 def _check_tar_member(path: Path, m: tarfile.TarInfo) -> None:
     _check_name(path, m.name)
     if m.issym() or m.islnk():
-        _check_link(path, m.name, m.linkname, hard=m.islnk())
-    elif not (m.isfile() or m.isdir()):
+        _refuse_link(path, m.name, m.linkname, hard=m.islnk())
+    if not (m.isfile() or m.isdir()):
         raise UnsafeArchiveError(f"{path}: member {m.name!r} is a device or fifo")
+
+
+def _target(archive: Path, root: Path, name: str) -> Path:
+    """The path of member ``name`` under ``root`` (a real folder), checked once resolved."""
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    target = root.joinpath(*parts) if parts else root
+    parent = target.parent.resolve() if parts else root
+    if parent != root and root not in parent.parents:
+        raise UnsafeArchiveError(f"{archive}: member {name!r} resolves outside the destination")
+    return target
+
+
+def _write(archive: Path, root: Path, name: str, data: IO[bytes]) -> None:
+    target = _target(archive, root, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _target(archive, root, name)  # the folders just made are real folders under root
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(data, out, 1 << 20)
+
+
+def _extract_into(archive: Path, root: Path) -> None:
+    """Write every member of ``archive`` (checked already) under the real folder ``root``."""
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                _check_zip_member(archive, zf, info)
+                if info.is_dir():
+                    _target(archive, root, info.filename).mkdir(parents=True, exist_ok=True)
+                else:
+                    with zf.open(info) as data:
+                        _write(archive, root, info.filename, data)
+        return
+    with _open_tar(archive) as tf:
+        for m in tf:  # streamed: tar.zst cannot seek
+            _check_tar_member(archive, m)
+            if m.isdir():
+                _target(archive, root, m.name).mkdir(parents=True, exist_ok=True)
+            else:
+                data = tf.extractfile(m)
+                assert data is not None  # a regular file
+                _write(archive, root, m.name, data)
 
 
 def extract(archive: Path, dest: Path) -> Path:
@@ -103,7 +177,9 @@ def extract(archive: Path, dest: Path) -> Path:
         dest: the folder to extract into.
 
     Raises:
-        UnsafeArchiveError: a member would land outside ``dest`` (nothing is extracted).
+        UnsafeArchiveError: a member is a link, device or fifo or would land outside ``dest``
+            (nothing is extracted).
+        ArchiveError: the archive cannot be read.
     """
     archive, dest = Path(archive), Path(dest)
     if (dest / MARKER).is_file():
@@ -113,14 +189,8 @@ def extract(archive: Path, dest: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a killed run
     tmp.mkdir(parents=True)
     try:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)
-        else:
-            with _open_tar(archive) as tf:
-                for m in tf:  # streamed: tar.zst cannot seek
-                    _check_tar_member(archive, m)
-                    tf.extract(m, tmp, filter="data")
+        with _reading(archive):
+            _extract_into(archive, tmp.resolve())
         (tmp / MARKER).write_text(f"{archive.name}\n")
         if dest.exists():
             shutil.rmtree(dest)

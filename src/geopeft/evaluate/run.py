@@ -116,7 +116,8 @@ def _finish(m: dict[str, Any], table: str, flat: dict[str, float], info: Any,
         fh.write(table)
     write_json(out_metrics, m)
     if experiment is not None:
-        logger = RunLogger(experiment, run_id=run_id)
+        # the training run; a new run of this name if the store lost it (said in the log)
+        logger = RunLogger(experiment, run_name=run, run_id=run_id)
         logger.log_metrics(flat)
         logger.log_artifact(out_confusion, "evaluation")
         logger.log_artifact(out_metrics, "evaluation")

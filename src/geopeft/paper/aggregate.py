@@ -10,7 +10,7 @@ from geopeft.io import atomic_file, read_json
 
 COLUMNS = [
     "run", "strategy", "method", "label_fraction", "seed", "trainable_params", "total_params",
-    "trainable_pct", "train_samples", "epochs", "wall_time_s", "images_per_s", "peak_memory_mb",
+    "trainable_pct", "train_samples", "epochs", "wall_time_s", "attempts", "images_per_s", "peak_memory_mb",
     "val_score", "primary_metric", "test_primary", "test_overall_accuracy", "test_macro_f1",
     "test_map_macro", "test_map_micro", "test_f1_micro", "test_miou", "test_mf1",
     "sequence_length", "model", "device", "dataset", "synthetic", "rehearsal", "mlflow_run_id",
@@ -28,7 +28,8 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
         "trainable_params": rec["trainable_params"], "total_params": rec["total_params"],
         "trainable_pct": 100.0 * rec["trainable_params"] / rec["total_params"],
         "train_samples": rec["train_samples"], "epochs": row["train"]["epochs"],
-        "wall_time_s": rec["wall_time_s"], "images_per_s": rec["images_per_s"],
+        "wall_time_s": rec["wall_time_s"], "attempts": rec.get("attempts", 1),
+        "images_per_s": rec["images_per_s"],
         "peak_memory_mb": rec["peak_memory_mb"], "val_score": rec["history"][-1].get("val_score"),
         "primary_metric": met["primary_metric"], "test_primary": met["primary"],
         "test_overall_accuracy": met.get("overall_accuracy"),

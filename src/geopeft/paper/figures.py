@@ -223,7 +223,9 @@ def _cost(plt, df, strategies, datasets, col, outdir, note):  # type: ignore[no-
             a.bar(off, c[key], width=w, yerr=c[f"{key}_sd"].fillna(0), capsize=3,
                   color=[col[s] for s in strategies], hatch=hatches[j % len(hatches)],
                   edgecolor="white", label=ds)
-    axes[0].set_ylabel("training wall time per run (s)")
+    resumed = int((df["attempts"] > 1).sum()) if "attempts" in df else 0
+    axes[0].set_ylabel("training wall time per run (s)"
+                       + (f"\nall attempts; {resumed} runs resumed" if resumed else ""))
     device = str(df["device"].iloc[0])
     axes[1].set_ylabel("peak memory (MiB, " + ("CUDA allocated" if "cuda" in device else "RSS") + ")")
     for a in axes:

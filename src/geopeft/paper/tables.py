@@ -27,6 +27,15 @@ SECONDARY = [("test_macro_f1", "F1$_{M}$"), ("test_map_micro", "mAP$_{\\mu}$")]
 SEGMENTATION_SECONDARY = [("test_mf1", "mF1"), ("test_overall_accuracy", "OA")]
 
 
+def _attempts_note(df: pd.DataFrame) -> str:
+    """Say so when some runs were resumed: their time adds up every attempt."""
+    if "attempts" not in df or not (df["attempts"].fillna(1) > 1).any():
+        return ""
+    resumed = int((df["attempts"] > 1).sum())
+    return (f" (time summed over every attempt of a run; {resumed} of {len(df)} runs resumed, "
+            f"at most {int(df['attempts'].max())} attempts)")
+
+
 def make_table(runs_csv: Path, out: Path, study: str) -> str:
     """Write a booktabs table (``\\input``-able) to ``out`` and return its text.
 
@@ -68,7 +77,7 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
         "\\begin{table}[t]", "\\centering", "\\small",
         f"\\caption{{{name}: test {words} (\\%, mean $\\pm$ sd over seeds) by strategy and share "
         f"of labelled training data; secondary metrics at {100 * fmax:g}\\,\\% of labels; "
-        f"trainable parameters and cost per run"
+        f"trainable parameters and cost per run{_attempts_note(df)}"
         + (f" \\textit{{({note})}}" if note else "") + ".}",
         f"\\label{{tab:{study}}}",
         f"\\begin{{tabular}}{{{cols.strip()}}}", "\\toprule", head + " \\\\", "\\midrule",

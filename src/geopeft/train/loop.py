@@ -106,7 +106,12 @@ class TrainState:
     seen: int = 0
     """Training samples seen (all ranks)."""
     train_time_s: float = 0.0
-    """Time spent in training steps (not validation)."""
+    """Time spent in training steps (not validation), over every attempt."""
+    wall_time_s: float = 0.0
+    """Wall time of :func:`fit` over every attempt (a killed attempt counts up to its last
+    saved state)."""
+    attempts: int = 1
+    """How many attempts trained this run: 1, plus one per resume."""
     loss_sum: float = 0.0
     """Sum of the sample losses of the epoch in progress."""
     correct: int = 0
@@ -117,8 +122,9 @@ class TrainState:
     @classmethod
     def restore(cls, saved: dict[str, Any]) -> TrainState:
         """The position a saved state holds."""
-        return cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k != "history"},
-                   history=list(saved["history"]))
+        defaults = cls()  # states saved before wall_time_s and attempts were kept
+        return cls(**{k: saved.get(k, getattr(defaults, k)) for k in cls.__dataclass_fields__
+                      if k != "history"}, history=list(saved["history"]))
 
 
 @dataclass
@@ -144,6 +150,12 @@ class _Run:
     extra_state: dict[str, Any]
     weight: torch.Tensor | None = None
     """Class weights of ``weighted_ce``, sized by the model's first output."""
+    clock: tuple[float, float] = (0.0, 0.0)
+    """This attempt's start (``perf_counter``) and the wall time of the earlier attempts."""
+
+    def wall_time(self) -> float:
+        """Wall time of the run so far, earlier attempts included."""
+        return self.clock[1] + time.perf_counter() - self.clock[0]
 
     def saved(self, state: TrainState) -> dict[str, Any]:
         """The full state to save: where the run stands, model, optimiser and generators."""
@@ -152,7 +164,8 @@ class _Run:
                 "scheduler": self.sched.state_dict(), "data_generator": self.gen.get_state(),
                 "rng": rng_state(), "epoch": state.epoch, "start": state.start,
                 "order": state.order, "step": state.step, "seen": state.seen,
-                "train_time_s": state.train_time_s, "loss_sum": state.loss_sum,
+                "train_time_s": state.train_time_s, "wall_time_s": self.wall_time(),
+                "attempts": state.attempts, "loss_sum": state.loss_sum,
                 "correct": state.correct, "history": state.history, **self.extra_state}
 
     def save(self, state: TrainState) -> None:
@@ -357,12 +370,14 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     run = _start(model, train, args, name, checkpointer, extra_state)
     data = _Tensors.of(train, args)
     state = _restore(run, resume) if resume is not None else TrainState()
+    if resume is not None:
+        state.attempts += 1
+    run.clock = (time.perf_counter(), state.wall_time_s)
     if checkpointer is not None:  # every rank takes part in a clean stop; rank 0 saves
         install_sigterm_handler()
     bar = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step",
                disable=not args.progress, mininterval=0.5 if sys.stderr.isatty() else 10,
                file=sys.stderr)
-    t0 = time.perf_counter()
     started = process_started()
     startup_s = time.time() - started if started is not None else None
     first = state.epoch
@@ -383,7 +398,8 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     bar.close()
     return {
         "history": state.history,
-        "wall_time_s": time.perf_counter() - t0,
+        "wall_time_s": run.wall_time(),
+        "attempts": state.attempts,
         "startup_s": startup_s,
         "train_time_s": state.train_time_s,
         "images_per_s": state.seen / max(state.train_time_s, 1e-9),

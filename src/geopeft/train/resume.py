@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from geopeft.errors import GeopeftError
 from geopeft.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,91 @@ def stop_when_orphaned(exit_code: int, grace_s: float = 30.0, poll_s: float = 0.
         os._exit(exit_code)
 
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
+class RunLocked(GeopeftError, RuntimeError):
+    """Another trainer holds the run's lock: two trainers must never train one run at once."""
+
+
+_LOCKS: list[Any] = []
+
+
+def lock_run(state_dir: Path) -> Path:
+    """Take the run's exclusive lock for this process's life, or fail naming the holder.
+
+    The lock is an ``flock`` on ``.<state>.lock`` next to the state folder (which a finishing
+    trainer removes), so the OS releases it when the holder dies, however it dies; the holder
+    writes its PID in it.
+
+    Returns:
+        The lock file.
+
+    Raises:
+        RunLocked: another process holds it (its PID is in the message).
+    """
+    import fcntl
+
+    state_dir = Path(state_dir)
+    path = state_dir.parent / f".{state_dir.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise RunLocked(f"{state_dir}: another trainer (pid {holder}) is training this run (lock "
+                        f"{path}); stop it or let it finish, then rerun") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    _LOCKS.append(fh)
+    return path
+
+
+def snakemake_ancestor(max_depth: int = 16) -> int | None:
+    """The PID of the Snakemake process this one runs under (its nearest ancestor whose command
+    line runs ``snakemake``), or None."""
+    pid = os.getppid()
+    for _ in range(max_depth):
+        if pid <= 1:
+            return None
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3]
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        if any(Path(a.decode(errors="replace")).name == "snakemake" for a in argv):
+            return pid
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return None
+
+
+def stop_when_snakemake_is_gone(poll_s: float = 1.0) -> int | None:
+    """Stop this job (SIGTERM to itself: a trainer saves its state and exits 75) when the
+    Snakemake process it runs under is gone, e.g. killed with SIGKILL, which leaves its jobs
+    running as orphans that would race the rerun. Returns the watched PID (None: none found)."""
+    target = snakemake_ancestor()
+    if target is None:
+        return None
+    started = Path(f"/proc/{target}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+    def alive() -> bool:
+        try:  # the same process, not a new one with a recycled PID
+            return Path(f"/proc/{target}/stat").read_text().rsplit(")", 1)[1].split()[19] == started
+        except (OSError, IndexError):
+            return False
+
+    def watch() -> None:
+        while alive():
+            time.sleep(poll_s)
+        log.warning("Snakemake (pid %d) is gone: stopping this job", target)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="snakemake-watch", daemon=True).start()
+    return target
 
 
 def install_sigterm_handler() -> None:

@@ -3,6 +3,7 @@ the saved model (:mod:`geopeft.models.saved`)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import asdict
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.data.dataset import StoreInfo, load_split, store_info
-from geopeft.io import atomic_dir, read_json, write_json
+from geopeft.io import atomic_dir, canonical_json, read_json, write_json
 from geopeft.models.build import build_model
 from geopeft.models.classifier import build_classifier
 from geopeft.models.runtime import seed_everything
@@ -60,21 +61,27 @@ def _end_after_error(logger: Any, status: str) -> None:
 
 
 def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
-              state_dir: Path | None) -> RunLogger:
-    """The job's MLflow run: a new one, or the one an earlier, interrupted attempt started."""
+              state_dir: Path | None) -> tuple[RunLogger, bool]:
+    """The job's MLflow run and whether an earlier attempt logged to it: the run the state
+    records, else an unfinished one of this row and spec (an attempt killed before it recorded
+    its id), else a new one."""
     run_file = Path(state_dir) / "mlflow_run.json" if state_dir else None
     run_id = read_json(run_file)["run_id"] if run_file and run_file.is_file() else None
+    digest = hashlib.sha256(canonical_json(spec.raw).encode()).hexdigest()[:16]
+    key = f"{spec.study}/{spec.row.name}/{digest}"
     logger = RunLogger(experiment, run_name=spec.row.name, params=spec.raw,
                        tags=_tags(spec.study, spec.data, spec.rehearsal, fingerprint, "finetune"),
-                       run_id=run_id)
+                       run_id=run_id, run_key=key)
     if run_file is not None:
         write_json(run_file, {"run_id": logger.run_id})
-    if run_id is not None:
-        log.info("resuming MLflow run %s", run_id)
+    reopened = logger.run_id == run_id or logger.reused
+    if reopened:
+        log.info("resuming MLflow run %s%s", logger.run_id,
+                 " (left by an interrupted attempt)" if logger.reused else "")
         logger.set_running()
     else:
         logger.log_dict(spec.raw, "config.json")
-    return logger
+    return logger, reopened
 
 
 def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_train: int,
@@ -82,7 +89,7 @@ def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_tra
             pretrain_dir: Path | None) -> dict[str, Any]:
     """The run record (``run.json``): spec, model, sizes, history, costs, provenance."""
     costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb",
-                                    "startup_s")}
+                                    "attempts", "startup_s")}
     return {
         "spec": spec.raw,
         "model": minfo,
@@ -130,8 +137,10 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     seed_everything(args.seed, args.threads)
     model, minfo = build_model(spec, info, pretrain_dir)
     trainable, total = count_parameters(model)
-    reopened = bool(state_dir) and (Path(state_dir) / "mlflow_run.json").is_file()
-    logger: Any = _open_run(experiment, spec, info.fingerprint, state_dir) if rank == 0 else _QuietLogger()
+    logger: Any = _QuietLogger()
+    reopened = False
+    if rank == 0:
+        logger, reopened = _open_run(experiment, spec, info.fingerprint, state_dir)
     # steps an interrupted earlier attempt of this run already logged (none for a fresh run)
     done = logger.logged_steps("train_loss") if reopened else set()
     logger.log_once({"trainable_params": trainable, "total_params": total,
