@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import os
 import re
 import shlex
@@ -126,3 +127,33 @@ def test_cpu_jobs_run_side_by_side_through_the_job_server(run):
     assert len(re.findall(r"ended with status 0", log)) == 25
     for f in (work / "results" / STUDY / "logs").rglob("*.log"):
         assert "running in this process" not in f.read_text(), f
+
+
+def test_a_moved_results_folder_still_predicts(run):
+    """Nothing under results/ names an absolute path: moved elsewhere, a run still loads its
+    model (LoRA on the embedded pretrained backbone) and predicts the same classes."""
+    import shutil
+
+    work, _ = run
+    raw = work / "data" / "raw" / "synthetic" / "eurosat_rgb"
+    names = (raw / "eurosat-test.txt").read_text().split()[:5]
+    files = [str(raw / "EuroSAT_RGB" / n.rsplit("_", 1)[0] / n) for n in names]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+    def predict(results: Path) -> str:
+        model = results / STUDY / "runs" / "lora-f1-s0" / "model"
+        r = subprocess.run(["geopeft", "predict", "--model", str(model), *files], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    before = predict(work / "results")
+    elsewhere = work / "elsewhere"
+    elsewhere.mkdir()
+    shutil.move(work / "results", elsewhere / "results")
+    try:
+        assert predict(elsewhere / "results") == before
+    finally:
+        shutil.move(elsewhere / "results", work / "results")
+    record = work / "results" / STUDY / "runs" / "lora-f1-s0" / "model" / "run.json"
+    assert json.loads(record.read_text())["pretrain_dir"] == "../../../pretrain"

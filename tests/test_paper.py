@@ -63,7 +63,8 @@ def test_aggregate_needs_a_metrics_file_per_model(tmp_path):
 def test_table_reports_mean_and_sd_over_seeds(runs, tmp_path):
     text = make_table(runs, tmp_path / "t.tex", "demo_study")
     assert (tmp_path / "t.tex").read_text() == text
-    assert "mean $\\pm$ sd over seeds" in text and "\\label{tab:demo_study}" in text
+    assert "mean $\\pm$ sd over 2 seeds (n $<$ 3: a rough spread)" in text
+    assert "\\label{tab:demo_study}" in text
     lora = next(line for line in text.splitlines() if line.startswith("lora"))
     # accuracy 0.8 and 0.9 over two seeds: 85.0 ± 7.1 at both fractions; 4000 of 100k trainable
     assert lora.split(" & ")[:5] == ["lora", "4.0\\,k", "4.00", "85.0 $\\pm$ 7.1",
@@ -91,3 +92,41 @@ def test_resumed_runs_are_counted_and_said(runs, tmp_path):
     df.to_csv(tmp_path / "resumed.csv", index=False)
     text = make_table(tmp_path / "resumed.csv", tmp_path / "t2.tex", "demo")
     assert "time summed over every attempt of a run; 1 of 8 runs resumed, at most 3 attempts" in text
+
+
+def test_every_spread_says_what_it_is_and_over_how_many_seeds():
+    import pandas as pd
+
+    from geopeft.paper.figures import seeds_phrase
+
+    df = pd.DataFrame({"dataset": "d", "strategy": ["a"] * 3 + ["b"] * 3,
+                       "label_fraction": [0.1, 0.1, 0.1, 1.0, 1.0, 1.0]})
+    assert seeds_phrase(df) == "mean ± sd over 3 seeds"
+    assert seeds_phrase(df.iloc[:5]) == "mean ± sd over 2-3 seeds"
+    assert seeds_phrase(df.iloc[[0, 3]]) == "mean ± sd over 1 seed (n = 1: no spread)"
+
+
+def test_cost_is_per_strategy_and_label_fraction_never_pooled(runs):
+    import pandas as pd
+
+    from geopeft.paper.figures import cost_table
+
+    df = pd.read_csv(runs)
+    df.loc[df.label_fraction == 1.0, "wall_time_s"] += 100  # the full-data runs take longer
+    cost = cost_table(df)
+    assert len(cost) == 4 and (cost["n"] == 2).all()  # 2 strategies x 2 fractions, 2 seeds each
+    full = cost.set_index(["strategy", "label_fraction"]).loc["full"]
+    # seeds 0 and 1 took 2 and 3 s: the spread is the seeds', not the label fraction's
+    assert full.loc[0.1, "time"] == 2.5 and full.loc[1.0, "time"] == 102.5
+    assert abs(full.loc[0.1, "time_sd"] - 0.7071) < 1e-3
+
+
+def test_confusion_is_summed_over_seeds_not_the_best_test_run(runs):
+    import pandas as pd
+
+    from geopeft.paper.figures import summed_confusion
+
+    df = pd.read_csv(runs)
+    m, n = summed_confusion(df, runs.parent / "runs", "eurosat_rgb", "lora", 1.0)
+    assert n == 2  # both seeds, whatever their test scores
+    assert m["confusion_matrix"].tolist() == [[10, 0], [0, 10]]

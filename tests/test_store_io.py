@@ -68,3 +68,22 @@ def test_store_writer_refuses_a_store_without_training_samples(tmp_path):
     w.write(0, np.zeros((1, 1, 2, 2), np.uint16), np.zeros(1, np.int16), np.array(["val"]))
     with pytest.raises(ValueError, match="the train split is empty"):
         w.close(np.array(["a"]), np.array(["val"]), {})
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),
+                                                              (0o002, 0o664, 0o775),
+                                                              (0o077, 0o600, 0o700)])
+def test_results_respect_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """Results on shared storage: a colleague of the group reads them as any file made with this
+    umask (not the 0600/0700 of the temporary files they are written through)."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "run.json", {"a": 1})
+        with atomic_dir(tmp_path / "model") as d:
+            (d / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "run.json").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "model").stat().st_mode & 0o777 == dir_mode

@@ -12,6 +12,18 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: Path, mode: int) -> None:
+    """Give a temporary file (0600) or folder (0700) the permissions ``open``/``mkdir`` would:
+    ``mode`` less the umask, so results on shared storage are readable by the group as usual."""
+    os.chmod(path, mode & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling directory that is renamed to ``final`` on success.
@@ -23,6 +35,7 @@ def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterato
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
+        _as_created(tmp, 0o777)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -46,6 +59,7 @@ def atomic_file(final: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     try:
+        _as_created(Path(tmp), 0o666)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

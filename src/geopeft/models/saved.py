@@ -100,7 +100,8 @@ def load_model(model_dir: Path, store: Path | None = None,
     spec = JobSpec.from_dict(record["spec"], f"{model_dir / 'run.json'}: spec")
     info = store_info(store) if store is not None else StoreInfo(**record["store"])
     if pretrain_dir is None and (spec.encoder or {}).get("weights") == "pretrain":
-        pretrain_dir = record.get("pretrain_dir") and Path(record["pretrain_dir"])
+        recorded = record.get("pretrain_dir")  # relative to the model folder (absolute before)
+        pretrain_dir = (model_dir / recorded) if recorded else None
     model, minfo = build_model(spec, info, pretrain_dir)
     if minfo["weights"] != record["model"]["weights"]:
         raise ValueError(f"{model_dir}: trained on base weights {record['model']['weights']}, "

@@ -20,6 +20,44 @@ FIGURES = ("accuracy_vs_params", "accuracy_vs_fraction", "cost", "confusion")
 SEGMENTATION_FIGURES = ("miou_vs_fraction", "fraction_length_heatmap", "cost", "confusion")
 
 
+def seeds_phrase(df: pd.DataFrame, keys: tuple[str, ...] = ("dataset", "strategy",
+                                                                "label_fraction")) -> str:
+    """What a ± or an error bar of these runs is: ``mean ± sd over n seeds`` (n per cell, a range
+    when it varies; with n < 3 the sd is said to be a rough spread)."""
+    cols = [k for k in (*keys, "sequence_length") if k in df and df[k].notna().any()]
+    sizes = df.groupby(cols, dropna=False).size() if cols else [len(df)]
+    lo, hi = int(min(sizes)), int(max(sizes))
+    count = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    words = f"mean ± sd over {count} seed{'s' if hi > 1 else ''}"
+    if hi < 3:
+        words += " (n < 3: a rough spread)" if hi > 1 else " (n = 1: no spread)"
+    return words
+
+
+def summed_confusion(df: pd.DataFrame, runs_dir: Path, dataset: str, strategy: str,
+                     fraction: float) -> tuple[dict, int]:
+    """The test metrics of a strategy at one label fraction, over every seed (no run is picked,
+    least of all by its test score): confusion matrices summed, per-class AP as a list per seed.
+
+    Returns:
+        (metrics of the first run with ``confusion_matrix`` summed and ``per_class_ap_runs`` the
+        per-seed APs, number of runs).
+    """
+    import numpy as np
+
+    runs = df[(df.dataset == dataset) & (df.strategy == strategy) & (df.label_fraction == fraction)]
+    ms = [read_json(Path(runs_dir) / r / "metrics.json") for r in runs["run"]]
+    if not ms:
+        return {}, 0
+    out = dict(ms[0])
+    if "confusion_matrix" in out:
+        out["confusion_matrix"] = np.sum([np.asarray(m["confusion_matrix"], float) for m in ms], 0)
+    if "per_class_ap" in out:
+        out["per_class_ap_runs"] = [[np.nan if a is None else a for a in m["per_class_ap"]]
+                                    for m in ms]
+    return out, len(ms)
+
+
 def figure_names(segmentation: bool) -> tuple[str, ...]:
     """The figures a study gets."""
     return SEGMENTATION_FIGURES if segmentation else FIGURES
@@ -130,7 +168,7 @@ def _segmentation_figures(plt, df, strategies, outdir, note):  # type: ignore[no
         ax.set_title(s, fontsize=8)
     axes[0][0].set_ylabel(METRIC_LABEL["miou"])
     axes[0][-1].legend(frameon=False, fontsize=7, title="dates", title_fontsize=7)
-    fig.suptitle("mIoU vs label fraction per sequence length (mean ± sd over seeds)", fontsize=9)
+    fig.suptitle(f"mIoU vs label fraction per sequence length ({seeds_phrase(df)})", fontsize=9)
     fig.tight_layout()
     written += _save(fig, outdir, "miou_vs_fraction", note)
     plt.close(fig)
@@ -153,7 +191,8 @@ def _segmentation_figures(plt, df, strategies, outdir, note):  # type: ignore[no
         ax.set_title(s, fontsize=8)
     axes[0][0].set_ylabel("dates per series (T)")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mIoU (%)")
-    fig.suptitle("mIoU: label fraction x sequence length (mean over seeds)", fontsize=9)
+    fig.suptitle("mIoU: label fraction x sequence length ("
+                 + seeds_phrase(df).replace("mean ± sd", "mean") + ")", fontsize=9)
     written += _save(fig, outdir, "fraction_length_heatmap", note)
     plt.close(fig)
     return written
@@ -178,9 +217,9 @@ def _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdi
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel("trainable parameters")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{ds}: {short} vs trainable parameters ({100 * fmax:g} % of labels)"
-                     if nd > 1 else f"{short.capitalize()} vs trainable parameters "
-                     f"({100 * fmax:g} % of labels)", fontsize=8 if nd > 1 else 9)
+        ax.set_title((f"{ds}: {short}" if nd > 1 else short.capitalize())
+                     + f" vs trainable parameters ({100 * fmax:g} % of labels)\n"
+                     + seeds_phrase(df[df.dataset == ds]), fontsize=8)
     fig.tight_layout()
     written += _save(fig, outdir, "accuracy_vs_params", note)
     plt.close(fig)
@@ -195,8 +234,8 @@ def _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdi
         ax.set_xscale("log")
         ax.set_xlabel("labelled training samples (%)")
         ax.set_ylabel(ylabel)
-        ax.set_title((f"{ds}: " if nd > 1 else "") + f"{short} vs label fraction "
-                     "(mean ± sd over seeds)", fontsize=8 if nd > 1 else 9)
+        ax.set_title((f"{ds}: " if nd > 1 else "") + f"{short} vs label fraction\n"
+                     + seeds_phrase(df[df.dataset == ds]), fontsize=8)
     axes[0][0].legend(frameon=False)
     fig.tight_layout()
     written += _save(fig, outdir, "accuracy_vs_fraction", note)
@@ -204,35 +243,47 @@ def _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdi
     return written
 
 
+def cost_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Cost per dataset, strategy **and** label fraction (runs of different fractions are never
+    pooled: their spread would show the data size, not seed noise): mean and sd of the wall
+    time, images/s and peak memory, and the number of runs."""
+    return df.groupby(["dataset", "strategy", "label_fraction"], sort=False).agg(
+        time=("wall_time_s", "mean"), time_sd=("wall_time_s", "std"),
+        ips=("images_per_s", "mean"), ips_sd=("images_per_s", "std"),
+        mem=("peak_memory_mb", "mean"), mem_sd=("peak_memory_mb", "std"),
+        n=("wall_time_s", "size")).reset_index()
+
+
 def _cost(plt, df, strategies, datasets, col, outdir, note):  # type: ignore[no-untyped-def]
-    """Training wall time and peak memory per strategy."""
+    """Training wall time, throughput and peak memory per strategy and label fraction."""
     import numpy as np
 
-    nd = len(datasets)
-    cost = df.groupby(["strategy", "dataset"]).agg(
-        time=("wall_time_s", "mean"), time_sd=("wall_time_s", "std"),
-        mem=("peak_memory_mb", "mean"), mem_sd=("peak_memory_mb", "std"))
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.8))
+    cost = cost_table(df)
+    groups = [(ds, f) for ds in datasets for f in sorted(cost[cost.dataset == ds].label_fraction.unique())]
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.0))
     x = np.arange(len(strategies))
-    w = 0.8 / nd
-    hatches = ["", "//", "..", "xx"]
-    for j, ds in enumerate(datasets):
-        c = cost.xs(ds, level="dataset").reindex(strategies)
-        off = x + (j - (nd - 1) / 2) * w
-        for a, key in zip(axes, ("time", "mem"), strict=True):
-            a.bar(off, c[key], width=w, yerr=c[f"{key}_sd"].fillna(0), capsize=3,
+    w = 0.8 / len(groups)
+    hatches = ["", "//", "..", "xx", "\\\\", "++"]
+    for j, (ds, f) in enumerate(groups):
+        c = cost[(cost.dataset == ds) & (cost.label_fraction == f)].set_index("strategy").reindex(strategies)
+        off = x + (j - (len(groups) - 1) / 2) * w
+        label = (f"{ds}, " if len(datasets) > 1 else "") + f"{100 * f:g} % labels"
+        for a, key in zip(axes, ("time", "ips", "mem"), strict=True):
+            a.bar(off, c[key], width=w, yerr=c[f"{key}_sd"].fillna(0), capsize=2,
                   color=[col[s] for s in strategies], hatch=hatches[j % len(hatches)],
-                  edgecolor="white", label=ds)
+                  edgecolor="white", label=label)
     resumed = int((df["attempts"] > 1).sum()) if "attempts" in df else 0
     axes[0].set_ylabel("training wall time per run (s)"
                        + (f"\nall attempts; {resumed} runs resumed" if resumed else ""))
+    axes[1].set_ylabel("training throughput (images/s)")
     device = str(df["device"].iloc[0])
-    axes[1].set_ylabel("peak memory (MiB, " + ("CUDA allocated" if "cuda" in device else "RSS") + ")")
+    axes[2].set_ylabel("peak memory (MiB, " + ("CUDA allocated" if "cuda" in device else
+                                               "process RSS") + ")")
     for a in axes:
         a.set_xticks(x, strategies, rotation=30 if len(strategies) > 3 else 0, fontsize=7)
-    if nd > 1:
-        axes[1].legend(frameon=False, fontsize=7)
-    fig.suptitle(f"Cost per strategy (device: {device})")
+    axes[2].legend(frameon=False, fontsize=6)
+    fig.suptitle(f"Cost per strategy and label fraction (device: {device}; bars: "
+                 f"{seeds_phrase(df)})", fontsize=8)
     fig.tight_layout()
     paths = _save(fig, outdir, "cost", note)
     plt.close(fig)
@@ -240,40 +291,54 @@ def _cost(plt, df, strategies, datasets, col, outdir, note):  # type: ignore[no-
 
 
 def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, note):  # type: ignore[no-untyped-def]
-    """Confusion matrices (multi-class) or per-class AP (multi-label) of each strategy's best run."""
+    """Confusion matrices (multi-class, segmentation) summed over every seed at the largest label
+    fraction, each row normalised (recall), with a colour bar; per-class AP (multi-label) as the
+    mean and sd over seeds. No run is picked: nothing is selected on the test set."""
     import numpy as np
 
     fig, axes = plt.subplots(len(datasets), len(strategies),
-                             figsize=(3.3 * len(strategies), 3.4 * len(datasets)), squeeze=False)
+                             figsize=(3.6 * len(strategies), 3.8 * len(datasets)), squeeze=False)
+    image = None
     for row, ds in zip(axes, datasets, strict=True):
-        d = df[(df.dataset == ds) & (df.label_fraction == fmax)].sort_values("test_primary",
-                                                                            ascending=False)
-        best = d.groupby("strategy").head(1).set_index("strategy")
         for ax, s in zip(row, strategies, strict=True):
-            if s not in best.index:
+            m, n_runs = summed_confusion(df, runs_dir, ds, s, fmax)
+            if not n_runs:
                 ax.axis("off")
                 continue
-            m = read_json(runs_dir / best.loc[s, "run"] / "metrics.json")
-            n = len(m["classes"])
+            classes = m["classes"]
+            k = len(classes)
+            fs = 7 if k <= 12 else 6
             if "confusion_matrix" in m:
-                cm = np.asarray(m["confusion_matrix"], dtype=float)
-                ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
-                ax.set_xticks(range(n), m["classes"], rotation=90, fontsize=6)
+                cm = m["confusion_matrix"]
+                image = ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues",
+                                  vmin=0, vmax=1)
+                ax.set_xticks(range(k), classes, rotation=90, fontsize=fs)
                 ax.set_xlabel("predicted")
-                title = (f"mIoU {100 * m['miou']:.1f} %" if "miou" in m
-                         else f"OA {100 * m['overall_accuracy']:.1f} %")
-            else:  # multi-label: per-class AP
-                ap = [np.nan if a is None else a for a in m["per_class_ap"]]
-                ax.barh(range(n), ap, color="#1b6ca8")
+                score = np.trace(cm) / max(cm.sum(), 1)
+                title = f"OA of the summed matrix {100 * score:.1f} %"
+            else:  # multi-label: per-class AP over seeds
+                ap = np.asarray(m["per_class_ap_runs"], float)
+                mean = np.nanmean(ap, 0)
+                sd = np.nanstd(ap, 0, ddof=1) if len(ap) > 1 else np.zeros(k)
+                ax.barh(range(k), mean, xerr=sd, color="#1b6ca8", capsize=1.5)
                 ax.set_xlim(0, 1)
                 ax.invert_yaxis()
                 ax.set_xlabel("average precision")
-                title = f"mAP {100 * m['map_macro']:.1f} %"
-            ax.set_yticks(range(n), m["classes"] if ax is row[0] else [""] * n, fontsize=6)
+                title = f"mean mAP {100 * np.nanmean(mean):.1f} %"
+            ax.set_yticks(range(k), classes if ax is row[0] else [""] * k, fontsize=fs)
             if ax is row[0] and "confusion_matrix" in m:
                 ax.set_ylabel("true")
-            ax.set_title(f"{s}: {best.loc[s, 'run']}\n{title}", fontsize=8)
-    fig.tight_layout()
+            ax.set_title(f"{s} ({ds}, {100 * fmax:g} % labels)\n{title}, {n_runs} seed"
+                         f"{'s' if n_runs > 1 else ''}", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7,
+                     label="share of the true class (rows sum to 1)")
+    kinds = []
+    if image is not None:
+        kinds.append("test confusion matrices summed over seeds, rows normalised (recall)")
+    if (df["primary_metric"] == "map_macro").any():
+        kinds.append("per-class test AP, mean ± sd over seeds")
+    fig.suptitle("; ".join(kinds).capitalize(), fontsize=8)
     paths = _save(fig, outdir, "confusion", note)
     plt.close(fig)
     return paths

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -86,7 +87,7 @@ def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
 
 def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_train: int,
             result: dict[str, Any], run_id: str | None, info: StoreInfo,
-            pretrain_dir: Path | None) -> dict[str, Any]:
+            pretrain_dir: Path | None, out: Path) -> dict[str, Any]:
     """The run record (``run.json``): spec, model, sizes, history, costs, provenance."""
     costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb",
                                     "attempts", "startup_s")}
@@ -101,7 +102,9 @@ def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_tra
         "mlflow_run_id": run_id,
         "dataset_fingerprint": info.fingerprint,
         "store": {**asdict(info), "path": str(info.path)},
-        "pretrain_dir": str(Path(pretrain_dir).resolve()) if pretrain_dir else None,
+        # relative to the model folder: a results/ folder moved or copied still loads
+        "pretrain_dir": os.path.relpath(Path(pretrain_dir).resolve(), Path(out).resolve())
+        if pretrain_dir else None,
         **costs,
     }
 
@@ -161,7 +164,7 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
         _end_after_error(logger, "FAILED")
         raise
     record = _record(spec, minfo, (trainable, total), len(train), result, logger.run_id, info,
-                     pretrain_dir)
+                     pretrain_dir, out)
     logger.log_metrics({k: record[k] for k in ("wall_time_s", "train_time_s", "images_per_s",
                                                "peak_memory_mb")})
     if rank == 0:
