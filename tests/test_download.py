@@ -116,6 +116,15 @@ def test_a_bad_body_moves_on_to_the_next_mirror(tmp_path, caplog):
             download(r, tmp_path / "b.bin", retries=3, backoff=0.01, progress=False)
 
 
+def test_a_stale_partial_file_that_fails_is_downloaded_again_from_the_same_mirror(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(os.urandom(1000))  # left by another release
+    out = fetch(server, tmp_path)
+    assert out.read_bytes() == BODY
+    ranges = [r for _, r in server.requests]
+    assert ranges == ["bytes=1000-", None]  # resumed, failed the checksum, then from scratch
+    assert len(list(tmp_path.glob("data.bin.bad-*"))) == 1
+
+
 def test_a_size_only_remote_says_size_checked_not_verified(server, tmp_path, caplog):
     with caplog.at_level("INFO"):
         fetch(server, tmp_path, md5=None)
@@ -234,6 +243,37 @@ def test_a_refused_archive_is_one_geopeft_error_line(tmp_path):
     assert lines[0].startswith("geopeft fetch: error: ") and str(arch) in lines[0]
     assert "member 'a/b/up' is a symbolic link" in lines[0]
     assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("members", [
+    [("a", b"", "dir", None), ("a", b"file over a folder", "file", None)],
+    [("a", b"a file", "file", None), ("a/b", b"under a file", "file", None)],
+], ids=["file-over-folder", "file-as-folder"])
+def test_members_that_collide_are_one_error_naming_the_member(tmp_path, members):
+    arch = _archive(tmp_path / "clash.tar.gz", members)
+    with pytest.raises(ArchiveError, match=r"clash\.tar\.gz: member 'a(/b)?' cannot be written"):
+        extract(arch, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_link_already_in_the_folder_is_never_followed(tmp_path):
+    """The second line of defence: were a link ever in the extraction folder (links are refused
+    before anything is written, so none can be), a member through it is refused, and a file
+    member is never opened through one."""
+    from geopeft.data.extract import _target, _write
+
+    root = (tmp_path / "root").resolve()
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "esc").symlink_to(tmp_path / "outside")
+    with pytest.raises(UnsafeArchiveError, match="'esc/x' resolves outside the destination"):
+        _target(Path("a.tar"), root, "esc/x")
+    (tmp_path / "victim").write_text("original")
+    (root / "sub" / "f").symlink_to(tmp_path / "victim")
+    with pytest.raises(ArchiveError, match="member 'sub/f' cannot be written"):
+        _write(Path("a.tar"), root, "sub/f", io.BytesIO(b"overwritten"))
+    assert (tmp_path / "victim").read_text() == "original"
+    assert not list((tmp_path / "outside").iterdir())
 
 
 def test_a_corrupt_archive_is_one_error_naming_it(tmp_path):

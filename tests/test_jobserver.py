@@ -50,17 +50,19 @@ FAKE = textwrap.dedent("""
             return 0
         raise RuntimeError("boom")
 
-    parent = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    parent = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] != "-" else None
+    warm = sys.argv[3:]  # modules to import first (a slow one stands for torch)
     import tempfile
     tempfile.gettempdir()  # cached in the server, as a library's import may do
-    serve(sys.argv[1], parent, run=run, poll_s=0.05)
+    serve(sys.argv[1], parent, run=run, warm=warm, poll_s=0.05)
 """)
 
 CLIENT = textwrap.dedent("""
     import sys
     from geopeft import jobserver
     if len(sys.argv) > 1 and sys.argv[1] == "--other-copy":
-        jobserver._identity = lambda: {"python": "/elsewhere/python", "package": "/elsewhere/geopeft"}
+        jobserver._identity = lambda: {"python": "/elsewhere/python", "prefix": "/elsewhere",
+                                       "package": "/elsewhere/geopeft"}
         sys.argv.pop(1)
     status = jobserver.run_remote(sys.argv[1], sys.argv[1:])
     if status is None:
@@ -76,16 +78,18 @@ def server(tmp_path):
     folder = tmp_path / "srv"
     folder.mkdir(mode=0o700)
     sock = folder / "sock"
-    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock)], stdout=subprocess.PIPE,
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed with the fixture
+    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock)], stdout=log,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     end = time.monotonic() + 30
     while not sock.exists():
-        assert proc.poll() is None and time.monotonic() < end, proc.stdout.read()
+        assert proc.poll() is None and time.monotonic() < end, (tmp_path / "server.log").read_text()
         time.sleep(0.02)
     yield sock, proc
     if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=30)
+    log.close()
 
 
 def client(sock: Path, tmp_path: Path, *argv: str, **env: str) -> subprocess.Popen:
@@ -138,9 +142,10 @@ def test_a_signal_to_the_client_reaches_the_job(server, tmp_path, sig):
     c = client(sock, tmp_path, "train", "wait", str(marker), str(pidfile))
     wait_for(pidfile)
     c.send_signal(sig)
-    if sig == signal.SIGINT:  # the fake job only handles SIGTERM: SIGINT ends it as a signal
+    if sig == signal.SIGINT:  # as in a fresh process: KeyboardInterrupt, status 130
         assert c.wait(timeout=30) == 128 + signal.SIGINT
         assert not marker.exists()
+        assert "KeyboardInterrupt" in (tmp_path / "client.out").read_text()
     else:
         assert c.wait(timeout=30) == 75  # the job's own exit status (preempted)
         assert wait_for(marker) == str(int(signal.SIGTERM))
@@ -161,12 +166,59 @@ def test_a_killed_client_stops_its_job(server, tmp_path):
         time.sleep(0.05)
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_a_client_stopped_while_the_server_still_loads_leaves_no_job(tmp_path):
+    """SIGTERM to a client whose job the server has not forked yet (it is still importing):
+    the job must not start and train on unattended."""
+    (tmp_path / "slowmod.py").write_text("import time\ntime.sleep(2)\n")
+    folder = tmp_path / "srv"
+    folder.mkdir(mode=0o700)
+    sock = folder / "sock"
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    srv = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), "-", "slowmod"], env=env)
+    try:
+        end = time.monotonic() + 30
+        while not sock.exists():
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        marker, pidfile = tmp_path / "stopped", tmp_path / "pid"
+        c = client(sock, tmp_path, "train", "wait", str(marker), str(pidfile))
+        time.sleep(0.5)  # connected, waiting for the server to finish loading
+        c.terminate()
+        assert c.wait(timeout=30) in (75, 128 + signal.SIGTERM)
+        time.sleep(2.5)  # the server has loaded and forked by now
+        for child in _children(srv.pid):
+            assert "Z" in Path(f"/proc/{child}/stat").read_text().split()[2], "a job trains on"
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
+def test_a_job_whose_server_dies_is_stopped_by_its_client(server, tmp_path):
+    sock, proc = server
+    marker, pidfile = tmp_path / "stopped", tmp_path / "pid"
+    c = client(sock, tmp_path, "train", "wait", str(marker), str(pidfile))
+    wait_for(pidfile)
+    proc.kill()  # the server crashes (or is killed) while the job runs
+    proc.wait()
+    assert c.wait(timeout=60) == 1
+    assert wait_for(marker) == str(int(signal.SIGTERM))  # the job was told to stop, state saved
+    assert "lost the job" in (tmp_path / "client.out").read_text()
+
+
 def test_another_python_or_copy_of_geopeft_runs_in_its_own_process(server, tmp_path):
     sock, _ = server
     c = client(sock, tmp_path, "--other-copy", "train", "echo", "0")
     assert c.wait(timeout=30) == 0
     text = (tmp_path / "client.out").read_text()
-    assert "job server refused" in text and "/elsewhere/python" in text and "IN-PROCESS" in text
+    assert "the client runs /elsewhere/python" in text and "running in this process" in text
+    assert "IN-PROCESS" in text
 
 
 def test_no_server_or_a_light_command_runs_in_its_own_process(tmp_path):
@@ -279,6 +331,18 @@ def test_a_job_through_the_server_equals_a_fresh_process_bitwise(tmp_path, rgb_s
             assert r.returncode == 0, r.stderr[-3000:]
             assert "running in this process" not in r.stderr
             outs[name] = out / "model"
+        for name, env in (("fresh", {}), ("served", {jobserver.ENV: str(sock)})):  # evaluate too
+            m = outs[name]
+            cmd = [sys.executable, "-m", "geopeft.cli", "evaluate", "--model", str(m), "--store",
+                   str(rgb_store), "--metrics", str(m.parent / "metrics.json"), "--confusion",
+                   str(m.parent / "confusion.csv"), "--gpus", "0"]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                               env=dict(os.environ, **env))
+            assert r.returncode == 0, r.stderr[-3000:]
+        assert (tmp_path / "fresh" / "metrics.json").read_text() == \
+            (tmp_path / "served" / "metrics.json").read_text()
+        assert (tmp_path / "fresh" / "confusion.csv").read_text() == \
+            (tmp_path / "served" / "confusion.csv").read_text()
         a, b = (load_file(outs[n] / "trainable.safetensors") for n in ("fresh", "served"))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
         ra, rb = (json.loads((outs[n] / "run.json").read_text()) for n in ("fresh", "served"))
@@ -287,4 +351,4 @@ def test_a_job_through_the_server_equals_a_fresh_process_bitwise(tmp_path, rgb_s
     finally:
         srv.terminate()
         log = srv.communicate(timeout=60)[0]
-    assert "job " in log and "ended with status 0" in log, log
+    assert log.count("ended with status 0") == 2, log  # train and evaluate were served

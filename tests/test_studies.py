@@ -107,7 +107,7 @@ def dry_run(cmd: str, tmp: Path) -> list[dict]:
     for line in r.stdout.splitlines():
         line = line.strip().removeprefix("Shell command: ")
         if "geopeft train " in line:  # after the rule's attempt header
-            words = shlex.split(line[line.index("geopeft train "):].split(" && rc=")[0])
+            words = shlex.split(line[line.index("geopeft train "):])
             specs.append(json.loads(words[words.index("--spec") + 1]))
     assert specs, f"{cmd}: no train job in the dry run\n{r.stdout[-2000:]}"
     return specs

@@ -169,12 +169,15 @@ def test_an_unfinished_run_of_the_same_row_is_reused_not_duplicated(tmp_path):
     assert again.reused and again.run_id == first.run_id
     other = RunLogger(tmp_path / "exp.json", "row", run_key="s/row/def")  # another spec
     assert not other.reused and other.run_id != first.run_id
-    again.end()
-    after = RunLogger(tmp_path / "exp.json", "row", run_key="s/row/abc")  # finished: a new run
-    assert not after.reused and after.run_id != first.run_id
+    again.log_metrics({"loss": 1.0}, 0)  # it trained: another training must not continue it
+    fresh = RunLogger(tmp_path / "exp.json", "row", run_key="s/row/abc")
+    assert not fresh.reused and fresh.run_id != first.run_id
+    fresh.end()
+    after = RunLogger(tmp_path / "exp.json", "row", run_key="s/row/def")
+    assert after.reused and after.run_id == other.run_id  # the empty one of the other spec
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("s").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["row", "row", "row"]  # not four
+    assert len(runs) == 3  # first (reused once), other (reused once), fresh: not five
 
 
 def test_train_job_reuses_the_run_of_an_attempt_killed_before_recording_it(tmp_path):
@@ -189,7 +192,8 @@ def test_train_job_reuses_the_run_of_an_attempt_killed_before_recording_it(tmp_p
     assert not reopened
     (state / "mlflow_run.json").unlink()  # killed before the id was recorded
     second, reopened = _open_run(tmp_path / "exp.json", spec, "fp", state)
-    assert reopened and second.run_id == first.run_id
+    assert second.run_id == first.run_id and second.reused
+    assert not reopened  # nothing was logged to it: no step is skipped as already logged
     assert json.loads((state / "mlflow_run.json").read_text())["run_id"] == first.run_id
 
 

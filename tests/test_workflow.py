@@ -104,6 +104,9 @@ def test_a_lost_mlflow_store_is_created_again_at_the_next_run(done):
     rows = db.execute("select e.name, r.name, r.status from runs r join experiments e "
                       "on r.experiment_id = e.experiment_id").fetchall()
     assert rows == [("ci_tiny", "linear-f0.5-s0", "FINISHED")]
+    # the whole study: nothing else reruns for the rewritten experiment file (ancient)
+    r = snakemake(done, "-n")
+    assert job_counts(r.stdout).keys() <= {"evaluate", "aggregate", "figures", "table", "all"}
 
 
 HOLD = """

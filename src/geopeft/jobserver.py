@@ -35,6 +35,7 @@ conda/apptainer runs never use it.
 from __future__ import annotations
 
 import array
+import contextlib
 import importlib
 import json
 import logging
@@ -89,7 +90,8 @@ def process_started() -> float | None:
 
 def _identity() -> dict[str, str]:
     """What must match between a client and the server: the interpreter and this package."""
-    return {"python": os.path.realpath(sys.executable), "package": os.path.realpath(__file__)}
+    return {"python": os.path.realpath(sys.executable), "prefix": os.path.realpath(sys.prefix),
+            "package": os.path.realpath(__file__)}
 
 
 def _send(sock: socket.socket, obj: dict, fds: Sequence[int] = ()) -> None:
@@ -127,8 +129,17 @@ def _recv(sock: socket.socket, fds: list[int] | None = None) -> dict:
 # ----------------------------------------------------------------------------------- client
 
 
+#: How long a client waits for the server to take its job (it may still be importing).
+REPLY_TIMEOUT_S = 300.0
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def run_remote(command: str, argv: Sequence[str]) -> int | None:
     """Run a ``geopeft`` command in a child of the job server named by ``$GEOPEFT_JOBSERVER``.
+
+    Signals (SIGTERM, SIGINT, SIGHUP) are caught from the start: one that arrives before the
+    server names the child is delivered to it as soon as it does (or ends this process with
+    128 + n when the job never started), so no job outlives a client that was told to stop.
 
     Args:
         command: the sub-command (only :data:`COMMANDS` go through the server).
@@ -141,6 +152,16 @@ def run_remote(command: str, argv: Sequence[str]) -> int | None:
     path = os.environ.get(ENV)
     if not path or command not in COMMANDS:
         return None
+    pending: list[int] = []
+    child: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        if child:
+            _kill(child[0], signum)
+        else:
+            pending.append(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -150,36 +171,47 @@ def run_remote(command: str, argv: Sequence[str]) -> int | None:
             env[START_ENV] = repr(started)
         _send(sock, {"argv": list(argv), "cwd": os.getcwd(), "env": env, **_identity()},
               fds=(0, 1, 2))
+        sock.settimeout(REPLY_TIMEOUT_S)
         reply = _recv(sock)
+        sock.settimeout(None)
     except (OSError, ConnectionError, ValueError) as err:
-        print(f"geopeft {command}: job server {path} not usable ({err}); running in this process",
-              file=sys.stderr, flush=True)
-        sock.close()
-        return None
+        reply = {"refused": f"not usable: {err}"}
     if "refused" in reply:
-        print(f"geopeft {command}: job server refused ({reply['refused']}); running in this process",
-              file=sys.stderr, flush=True)
         sock.close()
+        if pending:  # told to stop before anything ran
+            return 128 + pending[0]
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print(f"geopeft {command}: job server {path} {reply['refused']}; running in this process",
+              file=sys.stderr, flush=True)
         return None
-    pid = int(reply["pid"])
-
-    def forward(signum: int, frame: object) -> None:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    child.append(int(reply["pid"]))
+    for sig in pending:
+        _kill(child[0], sig)
     try:
         status = int(_recv(sock)["status"])
     except (OSError, ConnectionError, ValueError) as err:
-        print(f"geopeft {command}: job server {path} lost the job (pid {pid}): {err}",
-              file=sys.stderr, flush=True)
+        # the server is gone: its child must not train on unseen (it saves its state on SIGTERM)
+        print(f"geopeft {command}: job server {path} lost the job (pid {child[0]}): {err}; "
+              "stopping it", file=sys.stderr, flush=True)
+        _kill(child[0], signal.SIGTERM)
+        _wait_gone(child[0], 120.0)
         status = 1
     finally:
         sock.close()
     return status
+
+
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and os.path.exists(f"/proc/{pid}"):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.1)
 
 
 # ------------------------------------------------------------------------- start and stop
@@ -218,6 +250,9 @@ def start(log_path: str | os.PathLike, parent: int | None = None) -> Handle | No
             [exe, "jobserver", "--socket", path, "--parent", str(parent or os.getpid())],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **SERVER_ENV}, start_new_session=True)
+    end = time.monotonic() + 30  # bound before the imports: jobs never find it missing
+    while not os.path.exists(path) and proc.poll() is None and time.monotonic() < end:
+        time.sleep(0.02)
     os.environ[ENV] = path
     return Handle(proc, path)
 
@@ -232,8 +267,9 @@ def stop(handle: Handle | None, timeout_s: float = 60.0) -> None:
         handle.process.terminate()
         try:
             handle.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            handle.process.kill()
+        except subprocess.TimeoutExpired:  # the server and its jobs share its process group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(handle.process.pid, signal.SIGKILL)
             handle.process.wait()
     shutil.rmtree(os.path.dirname(handle.socket), ignore_errors=True)
 
@@ -262,8 +298,10 @@ def _child(conn: socket.socket, listener: socket.socket, others: list[socket.soc
     try:
         for s in (listener, conn, *others):
             s.close()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh process
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
         for fd in fds:
@@ -285,8 +323,15 @@ def _child(conn: socket.socket, listener: socket.socket, others: list[socket.soc
         logging.root.handlers.clear()  # the job configures its own logging
         try:
             code = run(list(req["argv"]))
-        except SystemExit as err:
-            code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+        except SystemExit as err:  # as the interpreter reports it
+            if err.code is None or isinstance(err.code, int):
+                code = err.code or 0
+            else:
+                print(err.code, file=sys.stderr)
+                code = 1
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            code = 128 + signal.SIGINT
         except BaseException:  # noqa: BLE001 - report like an uncaught exception would
             traceback.print_exc()
             code = 1
@@ -342,17 +387,24 @@ def serve(path: str, parent: int | None, run: Callable[[list[str]], int],
     sel.register(listener, selectors.EVENT_READ)
     me = _identity()
     uid = os.getuid()
+    listening = True
     try:
         while True:
             orphaned = parent is not None and not _alive(parent)
             if stopping or orphaned:  # Snakemake stopped us, or is gone (killed): stop the jobs
                 for job in jobs.values():
                     job.stop()
+                if listening:  # no new jobs: a client that connects now runs in its own process
+                    sel.unregister(listener)
+                    listener.close()
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    listening = False
             for key, _ in sel.select(timeout=poll_s):
-                if key.fileobj is listener and not stopping:
+                if key.fileobj is listener:
                     conn, _ = listener.accept()
                     _accept(conn, sel, jobs, listener, me, uid, run)
-                elif key.fileobj is not listener:
+                else:
                     # a client's connection: it sends nothing after its request, so this is its end
                     job = key.data
                     sel.unregister(job.conn)
@@ -363,13 +415,14 @@ def serve(path: str, parent: int | None, run: Callable[[list[str]], int],
             if not jobs and (stopping or orphaned):
                 return 0
     finally:
+        for job in jobs.values():  # left by an error in this loop: never unattended
+            job.stop()
         sel.close()
         listener.close()
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
+        with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(path))  # the private folder of start(), once empty
-        except OSError:
-            pass
 
 
 def _accept(conn: socket.socket, sel: selectors.BaseSelector, jobs: dict[int, _Job],
@@ -402,14 +455,26 @@ def _accept(conn: socket.socket, sel: selectors.BaseSelector, jobs: dict[int, _J
         sys.stdout.flush()
         sys.stderr.flush()
         others = [j.conn for j in jobs.values()]
-        pid = os.fork()
+        # a signal the client forwards at once must find the job's own dispositions, not the
+        # server's handlers: blocked across the fork, released in the child once they are reset
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+            raise
         if pid == 0:
             _child(conn, listener, others, req, fds, run)
-        _send(conn, {"pid": pid})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         job = _Job(conn, pid, list(req["argv"]))
-        jobs[pid] = job
+        jobs[pid] = job  # tracked before its client hears of it: a lost client stops it
         sel.register(conn, selectors.EVENT_READ, job)
         log.info("job %d: geopeft %s", pid, " ".join(req["argv"][:1]))
+        try:
+            _send(conn, {"pid": pid})
+        except OSError:
+            log.warning("client of job %d is gone before it started: stopping the job", pid)
+            job.stop()
     except (OSError, ConnectionError, ValueError, KeyError) as err:
         log.warning("bad request: %s", err)
         conn.close()

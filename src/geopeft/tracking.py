@@ -310,21 +310,28 @@ class RunLogger:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def _exists(self, run_id: str) -> bool:
+        """Whether the store has the run (only "does not exist" counts as no: an unreachable
+        server or a locked database is an error, not a reason to open a second run)."""
         from mlflow.exceptions import MlflowException
 
         try:
             run = self.client.get_run(run_id)
-        except MlflowException:
-            return False
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
         return run.info.experiment_id == str(self.experiment_id)
 
     def _unfinished(self, run_key: str) -> str | None:
-        """The newest run of ``run_key`` that did not finish (None when there is none)."""
+        """A run of ``run_key`` left RUNNING with nothing logged: an attempt killed between
+        creating it and recording its id (None when there is none). A run that logged metrics
+        is another training's history and is never continued by a fresh one."""
         runs = self.client.search_runs(
-            [str(self.experiment_id)], f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
-            order_by=["attributes.start_time DESC"], max_results=10)
+            [str(self.experiment_id)], f"tags.`{RUN_KEY_TAG}` = '{run_key}' and "
+            "attributes.status = 'RUNNING'", order_by=["attributes.start_time DESC"],
+            max_results=10)
         for run in runs:
-            if run.info.status != "FINISHED":
+            if not run.data.metrics:
                 return run.info.run_id
         return None
 

@@ -52,8 +52,10 @@ rule train:
         subset=lambda wildcards, input: optional_flag("--subset", input.subset),
         pretrain=lambda wildcards, input: optional_flag("--pretrain", input.pretrain),
         state=lambda wildcards: f"{RES}/runs/{wildcards.run}/state",
-        # every attempt's output, appended (Snakemake empties the log before each attempt)
+        # every attempt's output, appended; the job's log links to it (Snakemake empties a
+        # log before each attempt, and the link shows the attempt in progress as it runs)
         history=lambda wildcards: f"{RES}/logs/train/{wildcards.run}.history.log",
+        history_name=lambda wildcards: f"{wildcards.run}.history.log",
     threads: config["threads"]
     resources:
         **GPU_RESOURCES,
@@ -62,8 +64,8 @@ rule train:
     conda:
         "../../envs/geopeft.yaml"
     shell:
-        "echo \"=== $(date -Iseconds) $(hostname): geopeft train {wildcards.run}\" >> {params.history};"
+        "ln -sfn {params.history_name} {log};"
+        " echo \"=== $(date -Iseconds) $(hostname): geopeft train {wildcards.run}\" >> {params.history};"
         " geopeft train --spec {params.spec:q} --store {input.store} {params.subset}"
         " {params.pretrain} --experiment {input.experiment} --out {output}"
-        " --state {params.state} --gpus {resources.gpu} >> {params.history} 2>&1 && rc=0 || rc=$?;"
-        " cp {params.history} {log}; exit $rc"
+        " --state {params.state} --gpus {resources.gpu} >> {params.history} 2>&1"

@@ -150,6 +150,7 @@ def download(remote: Remote, dest: Path, retries: int = 5, timeout: float = 60.0
     bad_bodies = 0
     for m, url in enumerate(remote.urls):
         for attempt in range(retries):
+            resumed = part.exists() and part.stat().st_size > 0
             try:
                 _fetch_once(url, part, timeout, remote.size, progress)
                 if remote.size is not None and part.stat().st_size > remote.size:
@@ -163,6 +164,10 @@ def download(remote: Remote, dest: Path, retries: int = 5, timeout: float = 60.0
                 return dest
             except ChecksumError as err:
                 errors.append(f"{url}: {err}")
+                if resumed and attempt + 1 < retries:  # a stale partial file: once from scratch
+                    log.warning("%s: the resumed file does not verify (kept aside); downloading "
+                                "it again from the start", remote.name)
+                    continue
                 bad_bodies += 1
                 break  # this mirror serves other bytes: the next one may not
             except urllib.error.HTTPError as err:

@@ -139,11 +139,21 @@ def _target(archive: Path, root: Path, name: str) -> Path:
 
 def _write(archive: Path, root: Path, name: str, data: IO[bytes]) -> None:
     target = _target(archive, root, name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _target(archive, root, name)  # the folders just made are real folders under root
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _target(archive, root, name)  # the folders just made are real folders under root
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as err:  # a file where a folder is needed, a folder of the same name, a link
+        raise ArchiveError(f"{archive}: member {name!r} cannot be written ({err.strerror})") from err
     with os.fdopen(fd, "wb") as out:
         shutil.copyfileobj(data, out, 1 << 20)
+
+
+def _mkdir(archive: Path, root: Path, name: str) -> None:
+    try:
+        _target(archive, root, name).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ArchiveError(f"{archive}: member {name!r} cannot be written ({err.strerror})") from err
 
 
 def _extract_into(archive: Path, root: Path) -> None:
@@ -153,7 +163,7 @@ def _extract_into(archive: Path, root: Path) -> None:
             for info in zf.infolist():
                 _check_zip_member(archive, zf, info)
                 if info.is_dir():
-                    _target(archive, root, info.filename).mkdir(parents=True, exist_ok=True)
+                    _mkdir(archive, root, info.filename)
                 else:
                     with zf.open(info) as data:
                         _write(archive, root, info.filename, data)
@@ -162,7 +172,7 @@ def _extract_into(archive: Path, root: Path) -> None:
         for m in tf:  # streamed: tar.zst cannot seek
             _check_tar_member(archive, m)
             if m.isdir():
-                _target(archive, root, m.name).mkdir(parents=True, exist_ok=True)
+                _mkdir(archive, root, m.name)
             else:
                 data = tf.extractfile(m)
                 assert data is not None  # a regular file

@@ -10,7 +10,8 @@ from geopeft.io import atomic_file, read_json
 
 COLUMNS = [
     "run", "strategy", "method", "label_fraction", "seed", "trainable_params", "total_params",
-    "trainable_pct", "train_samples", "epochs", "wall_time_s", "attempts", "images_per_s", "peak_memory_mb",
+    "trainable_pct", "train_samples", "epochs", "wall_time_s", "attempts", "images_per_s",
+    "peak_memory_mb", "memory_kind",
     "val_score", "primary_metric", "test_primary", "test_overall_accuracy", "test_macro_f1",
     "test_map_macro", "test_map_micro", "test_f1_micro", "test_miou", "test_mf1",
     "sequence_length", "model", "device", "dataset", "synthetic", "rehearsal", "mlflow_run_id",
@@ -30,7 +31,9 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
         "train_samples": rec["train_samples"], "epochs": row["train"]["epochs"],
         "wall_time_s": rec["wall_time_s"], "attempts": rec.get("attempts", 1),
         "images_per_s": rec["images_per_s"],
-        "peak_memory_mb": rec["peak_memory_mb"], "val_score": rec["history"][-1].get("val_score"),
+        "peak_memory_mb": rec["peak_memory_mb"],
+        "memory_kind": rec.get("memory_kind", "process peak RSS"),
+        "val_score": rec["history"][-1].get("val_score"),
         "primary_metric": met["primary_metric"], "test_primary": met["primary"],
         "test_overall_accuracy": met.get("overall_accuracy"),
         "test_macro_f1": met.get("macro_f1", met.get("f1_macro", met.get("mf1"))),

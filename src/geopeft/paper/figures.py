@@ -277,8 +277,9 @@ def _cost(plt, df, strategies, datasets, col, outdir, note):  # type: ignore[no-
                        + (f"\nall attempts; {resumed} runs resumed" if resumed else ""))
     axes[1].set_ylabel("training throughput (images/s)")
     device = str(df["device"].iloc[0])
-    axes[2].set_ylabel("peak memory (MiB, " + ("CUDA allocated" if "cuda" in device else
-                                               "process RSS") + ")")
+    kind = str(df["memory_kind"].dropna().iloc[0]) if "memory_kind" in df and \
+        df["memory_kind"].notna().any() else "process peak RSS"
+    axes[2].set_ylabel("training memory (MiB)\n" + kind.replace(": ", ":\n"), fontsize=7)
     for a in axes:
         a.set_xticks(x, strategies, rotation=30 if len(strategies) > 3 else 0, fontsize=7)
     axes[2].legend(frameon=False, fontsize=6)

@@ -27,6 +27,13 @@ SECONDARY = [("test_macro_f1", "F1$_{M}$"), ("test_map_micro", "mAP$_{\\mu}$")]
 SEGMENTATION_SECONDARY = [("test_mf1", "mF1"), ("test_overall_accuracy", "OA")]
 
 
+def _memory_kind(df: pd.DataFrame) -> str:
+    """What the memory column measures (runs.csv's ``memory_kind``)."""
+    if "memory_kind" in df and df["memory_kind"].notna().any():
+        return str(df["memory_kind"].dropna().iloc[0])
+    return "process peak RSS"
+
+
 def _attempts_note(df: pd.DataFrame) -> str:
     """Say so when some runs were resumed: their time adds up every attempt."""
     if "attempts" not in df or not (df["attempts"].fillna(1) > 1).any():
@@ -78,7 +85,8 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
         "\\begin{table}[t]", "\\centering", "\\small",
         f"\\caption{{{name}: test {words} (\\%, {stats}) by strategy and share "
         f"of labelled training data; secondary metrics and the cost per run (mean) at "
-        f"{100 * fmax:g}\\,\\% of labels; trainable parameters{_attempts_note(df)}"
+        f"{100 * fmax:g}\\,\\% of labels (memory: {_memory_kind(df)}); trainable parameters"
+        f"{_attempts_note(df)}"
         + (f" \\textit{{({note})}}" if note else "") + ".}",
         f"\\label{{tab:{study}}}",
         f"\\begin{{tabular}}{{{cols.strip()}}}", "\\toprule", head + " \\\\", "\\midrule",

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,15 @@ from geopeft.data.dataset import Split
 from geopeft.errors import GeopeftError
 from geopeft.jobserver import process_started
 from geopeft.models.inference import forward
-from geopeft.models.runtime import autocast, peak_memory_mb, resolve_device, seed_everything
+from geopeft.models.runtime import (
+    MEMORY_KIND,
+    SavedTensors,
+    autocast,
+    peak_memory_mb,
+    resolve_device,
+    seed_everything,
+    training_tensors_mb,
+)
 from geopeft.models.saved import trained_tensors
 from geopeft.models.strategies import param_groups
 from geopeft.spec import TrainArgs
@@ -112,6 +121,9 @@ class TrainState:
     saved state)."""
     attempts: int = 1
     """How many attempts trained this run: 1, plus one per resume."""
+    tensors_mb: dict[str, float] = field(default_factory=dict)
+    """The training tensors of the run's first step, in MiB
+    (:func:`~geopeft.models.runtime.training_tensors_mb`)."""
     loss_sum: float = 0.0
     """Sum of the sample losses of the epoch in progress."""
     correct: int = 0
@@ -122,9 +134,10 @@ class TrainState:
     @classmethod
     def restore(cls, saved: dict[str, Any]) -> TrainState:
         """The position a saved state holds."""
-        defaults = cls()  # states saved before wall_time_s and attempts were kept
+        defaults = cls()  # states saved before wall_time_s, attempts and tensors_mb were kept
         return cls(**{k: saved.get(k, getattr(defaults, k)) for k in cls.__dataclass_fields__
-                      if k != "history"}, history=list(saved["history"]))
+                      if k not in ("history", "tensors_mb")}, history=list(saved["history"]),
+                   tensors_mb=dict(saved.get("tensors_mb") or {}))
 
 
 @dataclass
@@ -165,7 +178,8 @@ class _Run:
                 "rng": rng_state(), "epoch": state.epoch, "start": state.start,
                 "order": state.order, "step": state.step, "seen": state.seen,
                 "train_time_s": state.train_time_s, "wall_time_s": self.wall_time(),
-                "attempts": state.attempts, "loss_sum": state.loss_sum,
+                "attempts": state.attempts, "tensors_mb": state.tensors_mb,
+                "loss_sum": state.loss_sum,
                 "correct": state.correct, "history": state.history, **self.extra_state}
 
     def save(self, state: TrainState) -> None:
@@ -241,7 +255,8 @@ def _step(run: _Run, data: _Tensors, idx: torch.Tensor, state: TrainState,
     elif args.augment:
         xb = augment(xb, run.aug_gen)
     xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-    with autocast(device, args.amp):
+    measure = not state.tensors_mb  # the run's first step: what its tensors hold
+    with autocast(device, args.amp), SavedTensors() if measure else nullcontext() as saved:
         logits = forward(run.model, xb, db)
         if data.weighted and run.weight is None:
             run.weight = torch.from_numpy(
@@ -273,6 +288,8 @@ def _step(run: _Run, data: _Tensors, idx: torch.Tensor, state: TrainState,
     run.opt.step()
     run.sched.step()
     state.step += 1
+    if measure:
+        state.tensors_mb = training_tensors_mb(run.model, run.opt, saved)
     return stop
 
 
@@ -403,7 +420,9 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
         "startup_s": startup_s,
         "train_time_s": state.train_time_s,
         "images_per_s": state.seen / max(state.train_time_s, 1e-9),
-        "peak_memory_mb": peak_memory_mb(run.device),
+        "peak_memory_mb": peak_memory_mb(run.device, state.tensors_mb),
+        "memory_kind": MEMORY_KIND[run.device.type] if run.device.type in MEMORY_KIND else "",
+        "tensors_mb": state.tensors_mb,
         "device": str(run.device),
         "steps": run.total_steps,
     }

@@ -75,12 +75,14 @@ def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
                        run_id=run_id, run_key=key)
     if run_file is not None:
         write_json(run_file, {"run_id": logger.run_id})
-    reopened = logger.run_id == run_id or logger.reused
+    reopened = logger.run_id == run_id  # an earlier attempt of this state logged to it
     if reopened:
-        log.info("resuming MLflow run %s%s", logger.run_id,
-                 " (left by an interrupted attempt)" if logger.reused else "")
+        log.info("resuming MLflow run %s", logger.run_id)
         logger.set_running()
     else:
+        if logger.reused:  # nothing was logged to it: it starts as a new run would
+            log.info("using MLflow run %s, left empty by an attempt killed before it recorded "
+                     "it", logger.run_id)
         logger.log_dict(spec.raw, "config.json")
     return logger, reopened
 
@@ -90,7 +92,7 @@ def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_tra
             pretrain_dir: Path | None, out: Path) -> dict[str, Any]:
     """The run record (``run.json``): spec, model, sizes, history, costs, provenance."""
     costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb",
-                                    "attempts", "startup_s")}
+                                    "memory_kind", "tensors_mb", "attempts", "startup_s")}
     return {
         "spec": spec.raw,
         "model": minfo,
