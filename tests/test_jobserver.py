@@ -177,16 +177,9 @@ def test_a_client_stopped_while_the_server_still_loads_leaves_no_job(tmp_path):
     """SIGTERM to a client whose job the server has not forked yet (it is still importing):
     the job must not start and train on unattended."""
     (tmp_path / "slowmod.py").write_text("import time\ntime.sleep(2)\n")
-    folder = tmp_path / "srv"
-    folder.mkdir(mode=0o700)
-    sock = folder / "sock"
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    srv = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), "-", "slowmod"], env=env)
+    sock, srv = start_server(tmp_path, "-", "slowmod", env=env)
     try:
-        end = time.monotonic() + 30
-        while not sock.exists():
-            assert time.monotonic() < end
-            time.sleep(0.02)
         marker, pidfile = tmp_path / "stopped", tmp_path / "pid"
         c = client(sock, tmp_path, "train", "wait", str(marker), str(pidfile))
         time.sleep(0.5)  # connected, waiting for the server to finish loading
@@ -229,17 +222,24 @@ def test_no_server_or_a_light_command_runs_in_its_own_process(tmp_path):
     assert jobserver.run_remote("table", ["table"]) is None  # light commands never go through it
 
 
-def test_jobs_stop_when_snakemake_is_killed(tmp_path):
-    """Snakemake SIGKILLed leaves its jobs' clients running; their trainers must not go on."""
-    parent = subprocess.Popen(["sleep", "60"])
+def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[Path, subprocess.Popen]:
+    """A fake job server (``FAKE`` with ``args``: parent PID or "-", modules to preload) on a
+    socket in a new private folder; returns once the socket exists."""
     folder = tmp_path / "srv"
     folder.mkdir(mode=0o700)
     sock = folder / "sock"
-    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), str(parent.pid)])
+    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), *args], env=env)
     end = time.monotonic() + 30
     while not sock.exists():
-        assert time.monotonic() < end
+        assert proc.poll() is None and time.monotonic() < end
         time.sleep(0.02)
+    return sock, proc
+
+
+def test_jobs_stop_when_snakemake_is_killed(tmp_path):
+    """Snakemake SIGKILLed leaves its jobs' clients running; their trainers must not go on."""
+    parent = subprocess.Popen(["sleep", "60"])
+    sock, proc = start_server(tmp_path, str(parent.pid))
     marker, pidfile = tmp_path / "stopped", tmp_path / "pid"
     c = client(sock, tmp_path, "train", "wait", str(marker), str(pidfile))
     wait_for(pidfile)
@@ -254,20 +254,13 @@ def test_jobs_stop_when_snakemake_is_killed(tmp_path):
 
 def test_the_server_stops_when_snakemake_is_gone_and_cleans_up(tmp_path):
     parent = subprocess.Popen(["sleep", "60"])
-    folder = tmp_path / "srv"
-    folder.mkdir(mode=0o700)
-    sock = folder / "sock"
-    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), str(parent.pid)])
-    end = time.monotonic() + 30
-    while not sock.exists():
-        assert time.monotonic() < end
-        time.sleep(0.02)
+    sock, proc = start_server(tmp_path, str(parent.pid))
     time.sleep(0.3)
     assert proc.poll() is None  # serves while its parent lives
     parent.kill()
     parent.wait()
     assert proc.wait(timeout=30) == 0
-    assert not folder.exists()  # socket and private folder removed
+    assert not sock.parent.exists()  # socket and private folder removed
 
 
 def test_start_and_stop_set_and_clear_the_variable_jobs_inherit(tmp_path, monkeypatch):
