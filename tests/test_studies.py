@@ -106,8 +106,8 @@ def dry_run(cmd: str, tmp: Path) -> list[dict]:
     specs = []
     for line in r.stdout.splitlines():
         line = line.strip().removeprefix("Shell command: ")
-        if "geopeft train " in line:  # after the rule's attempt header
-            words = shlex.split(line[line.index("geopeft train "):])
+        if "geopeft train --spec " in line:  # after the rule's log link and attempt header
+            words = shlex.split(line[line.index("geopeft train --spec "):])
             specs.append(json.loads(words[words.index("--spec") + 1]))
     assert specs, f"{cmd}: no train job in the dry run\n{r.stdout[-2000:]}"
     return specs
