@@ -71,6 +71,15 @@ _HEADER = struct.Struct("!I")
 START_ENV = "GEOPEFT_PROCESS_START"
 
 
+def proc_stat(pid: int | str = "self") -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (0: state, 1: parent PID,
+    19: start time in clock ticks since boot), or None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_started() -> float | None:
     """When this job's process started (epoch seconds), for the start-up time a job reports.
 
@@ -79,8 +88,11 @@ def process_started() -> float | None:
     """
     if START_ENV in os.environ:
         return float(os.environ[START_ENV])
+    fields = proc_stat()
+    if fields is None:
+        return None
     try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        ticks = int(fields[19])
         btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                      if line.startswith("btime "))
     except (OSError, ValueError, IndexError, StopIteration):
@@ -204,12 +216,9 @@ def run_remote(command: str, argv: Sequence[str]) -> int | None:
 
 def _wait_gone(pid: int, timeout_s: float) -> None:
     end = time.monotonic() + timeout_s
-    while time.monotonic() < end and os.path.exists(f"/proc/{pid}"):
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return
-        if state == "Z":
+    while time.monotonic() < end:
+        fields = proc_stat(pid)
+        if fields is None or fields[0] == "Z":
             return
         time.sleep(0.1)
 

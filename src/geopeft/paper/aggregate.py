@@ -8,6 +8,9 @@ from typing import Any
 
 from geopeft.io import atomic_file, read_json
 
+#: What ``peak_memory_mb`` measured in runs recorded before ``memory_kind`` was kept.
+OLD_MEMORY_KIND = "process peak RSS"
+
 COLUMNS = [
     "run", "strategy", "method", "label_fraction", "seed", "trainable_params", "total_params",
     "trainable_pct", "train_samples", "epochs", "wall_time_s", "attempts", "images_per_s",
@@ -32,7 +35,7 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
         "wall_time_s": rec["wall_time_s"], "attempts": rec.get("attempts", 1),
         "images_per_s": rec["images_per_s"],
         "peak_memory_mb": rec["peak_memory_mb"],
-        "memory_kind": rec.get("memory_kind", "process peak RSS"),
+        "memory_kind": rec.get("memory_kind", OLD_MEMORY_KIND),
         "val_score": rec["history"][-1].get("val_score"),
         "primary_metric": met["primary_metric"], "test_primary": met["primary"],
         "test_overall_accuracy": met.get("overall_accuracy"),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geopeft.io import read_json
+from geopeft.paper.aggregate import OLD_MEMORY_KIND
 
 if TYPE_CHECKING:  # pandas/numpy load lazily: the Snakefile imports FIGURES at every start
     import pandas as pd
@@ -32,6 +33,13 @@ def seeds_phrase(df: pd.DataFrame, keys: tuple[str, ...] = ("dataset", "strategy
     if hi < 3:
         words += " (n < 3: a rough spread)" if hi > 1 else " (n = 1: no spread)"
     return words
+
+
+def memory_kind(df: pd.DataFrame) -> str:
+    """What the runs' memory column measures (runs.csv ``memory_kind``; older runs: RSS)."""
+    if "memory_kind" in df and df["memory_kind"].notna().any():
+        return str(df["memory_kind"].dropna().iloc[0])
+    return OLD_MEMORY_KIND
 
 
 def summed_confusion(df: pd.DataFrame, runs_dir: Path, dataset: str, strategy: str,
@@ -277,9 +285,7 @@ def _cost(plt, df, strategies, datasets, col, outdir, note):  # type: ignore[no-
                        + (f"\nall attempts; {resumed} runs resumed" if resumed else ""))
     axes[1].set_ylabel("training throughput (images/s)")
     device = str(df["device"].iloc[0])
-    kind = str(df["memory_kind"].dropna().iloc[0]) if "memory_kind" in df and \
-        df["memory_kind"].notna().any() else "process peak RSS"
-    axes[2].set_ylabel("training memory (MiB)\n" + kind.replace(": ", ":\n"), fontsize=7)
+    axes[2].set_ylabel("training memory (MiB)\n" + memory_kind(df).replace(": ", ":\n"), fontsize=7)
     for a in axes:
         a.set_xticks(x, strategies, rotation=30 if len(strategies) > 3 else 0, fontsize=7)
     axes[2].legend(frameon=False, fontsize=6)

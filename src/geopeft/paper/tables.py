@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from geopeft.io import atomic_file
-from geopeft.paper.figures import provenance_note, seeds_phrase
+from geopeft.paper.figures import memory_kind, provenance_note, seeds_phrase
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -25,13 +25,6 @@ WORDS = {"overall_accuracy": "overall accuracy", "map_macro": "macro mAP",
 # secondary metrics at the largest label fraction: (column, header); macro F1 for every task
 SECONDARY = [("test_macro_f1", "F1$_{M}$"), ("test_map_micro", "mAP$_{\\mu}$")]
 SEGMENTATION_SECONDARY = [("test_mf1", "mF1"), ("test_overall_accuracy", "OA")]
-
-
-def _memory_kind(df: pd.DataFrame) -> str:
-    """What the memory column measures (runs.csv's ``memory_kind``)."""
-    if "memory_kind" in df and df["memory_kind"].notna().any():
-        return str(df["memory_kind"].dropna().iloc[0])
-    return "process peak RSS"
 
 
 def _attempts_note(df: pd.DataFrame) -> str:
@@ -85,7 +78,7 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
         "\\begin{table}[t]", "\\centering", "\\small",
         f"\\caption{{{name}: test {words} (\\%, {stats}) by strategy and share "
         f"of labelled training data; secondary metrics and the cost per run (mean) at "
-        f"{100 * fmax:g}\\,\\% of labels (memory: {_memory_kind(df)}); trainable parameters"
+        f"{100 * fmax:g}\\,\\% of labels (memory: {memory_kind(df)}); trainable parameters"
         f"{_attempts_note(df)}"
         + (f" \\textit{{({note})}}" if note else "") + ".}",
         f"\\label{{tab:{study}}}",

@@ -32,6 +32,7 @@ from typing import Any
 
 from geopeft.errors import GeopeftError
 from geopeft.io import read_json, write_json
+from geopeft.jobserver import proc_stat
 
 log = logging.getLogger(__name__)
 _STEP = re.compile(r"^step-(\d{8})\.pt$")
@@ -127,14 +128,16 @@ def snakemake_ancestor(max_depth: int = 16) -> int | None:
     for _ in range(max_depth):
         if pid <= 1:
             return None
+        fields = proc_stat(pid)
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3]
-            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
+            return None
+        if fields is None:
             return None
         if any(Path(a.decode(errors="replace")).name == "snakemake" for a in argv):
             return pid
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        pid = int(fields[1])
     return None
 
 
@@ -145,13 +148,11 @@ def stop_when_snakemake_is_gone(poll_s: float = 1.0) -> int | None:
     target = snakemake_ancestor()
     if target is None:
         return None
-    started = Path(f"/proc/{target}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    started = (proc_stat(target) or [""] * 20)[19]
 
-    def alive() -> bool:
-        try:  # the same process, not a new one with a recycled PID
-            return Path(f"/proc/{target}/stat").read_text().rsplit(")", 1)[1].split()[19] == started
-        except (OSError, IndexError):
-            return False
+    def alive() -> bool:  # the same process, not a new one with a recycled PID
+        fields = proc_stat(target)
+        return fields is not None and fields[19] == started
 
     def watch() -> None:
         while alive():
