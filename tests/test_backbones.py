@@ -23,6 +23,11 @@ def swin_cfg(weights: str = "none", **kw: object) -> dict:
     return backbone_cfg(weights, name="swinv2_tiny", kwargs=dict(TINY_SWIN), **kw)
 
 
+def croma_cfg(weights: str = "none", **kw: object) -> dict:
+    return backbone_cfg(weights, name="croma_optical_base",
+                        kwargs={"img_size": 32, "embed_dim": 32, "depth": 2}, **kw)
+
+
 def store(bands=("B04", "B03", "B02"), scale=1 / 255, size=32) -> StoreInfo:
     n = len(bands)
     return StoreInfo(Path("x.zarr"), "eurosat_ms", [f"c{i}" for i in range(4)], list(bands), scale,
@@ -47,19 +52,19 @@ def test_registry_declares_grid_width_bands_norm_targets():
     # published locations carry the torch-hub sha256 prefix in the file name
     assert ssl.weights.endswith("-36bcc127.pth")
     for e in backbones.REGISTRY.values():
-        assert e.family in ("vit", "swin") and e.lora_targets
+        assert e.family in ("vit", "swin", "croma") and e.lora_targets
     # a plain timm name gets a generic entry: family from the name, weights from pretrain
     assert backbones.resolve({"name": "swinv2_cr_tiny_ns_224"})["family"] == "swin"
     assert backbones.resolve({"name": "vit_small_patch16_224"})["weights"] == "pretrain"
 
 
-@pytest.mark.parametrize("family", ["vit", "swin"])
+@pytest.mark.parametrize("family", ["vit", "swin", "croma"])
 @pytest.mark.parametrize("method", ["full", "lora", "linear", "e2e", "scratch"])
 def test_which_parameters_train_every_strategy_and_family(family, method):
     torch.manual_seed(0)
-    cfg = backbone_cfg() if family == "vit" else swin_cfg()
+    cfg = {"vit": backbone_cfg, "swin": swin_cfg, "croma": croma_cfg}[family]()
     m, _ = build_classifier(cfg, store(), 4)
-    head = {f"backbone.{h}.{p}" for h in (["head"] if family == "vit" else ["head.fc"])
+    head = {f"backbone.{h}.{p}" for h in (["head.fc"] if family == "swin" else ["head"])
             for p in ("weight", "bias")}
     m = apply_strategy(m, method, LoraSpec(r=2, alpha=4, dropout=0.0)
                        if method == "lora" else None)

@@ -100,7 +100,7 @@ def test_time_series_rows_have_lengths_a_ladder_and_models():
     assert len(rows) == 3 * 2 * 3 * 2
     r = rows["utae-f0.1-t6-s1"]
     assert r["sequence_length"] == 6 and r["label_fraction"] == 0.1 and r["seed"] == 1
-    assert r["temporal"] == {"length": 6, "ladder": [15, 6, 1], "pad": "repeat",
+    assert r["temporal"] == {"length": 6, "ladder": [15, 6, 1], "pad": "mask",
                              "reference": "2018-09-01"}
     assert r["segmentation"]["model"] == "utae" and r["method"] == "scratch"
     assert rows["e2e-f1-t15-s0"]["train"]["encoder_lr_factor"] == 0.1
@@ -117,8 +117,8 @@ def test_explicit_time_series_rows_default_length_and_join_the_ladder():
 
 def test_strategy_backbone_is_carried_into_rows():
     rows = {r["name"]: r for r in gcfg.study_rows(gcfg.load(ROOT / "config" / "studies" / "shaping_ft.yaml"))}
-    assert rows["mae_e2e-f1-t35-s0"]["backbone"]["name"] == "ssl4eo_s12_vits16_mae"
-    assert rows["mae_e2e-f1-t35-s0"]["backbone"]["weights"].startswith("url:https://")
+    assert rows["croma_e2e-f1-t35-s0"]["backbone"]["name"] == "croma_optical_base"
+    assert rows["croma_e2e-f1-t35-s0"]["backbone"]["weights"].startswith("url:https://")
     assert "backbone" not in rows["dino_e2e-f1-t35-s0"]
 
 

@@ -70,11 +70,15 @@ def test_a_rehearsal_changes_only_sizes_and_sources(study, tmp_path):
         if r["backbone"] and r["weights"].startswith("url:"):
             r["weights"] = next(x["weights"] for x in real_rows if x["strategy"] == r["strategy"])
         assert kind(r) == real_kind[r["strategy"]], r["strategy"]
-    # smaller: one seed, 1 epoch, batches of at most 8; both ends of every other axis
+    # smaller: one seed, 1 epoch, batches of at most 8; both ends of every other axis (sequence
+    # lengths: the shortest and the longest of at most REHEARSAL_MAX_DATES dates)
     assert {r["seed"] for r in got} == {min(r["seed"] for r in real_rows)}
     assert {r["epochs"] for r in got} == {1} and max(r["batch_size"] for r in got) <= 8
     for axis in ("dataset", "label_fraction", "sequence_length"):
         values = sorted({r[axis] for r in real_rows if r[axis] is not None})
+        if axis == "sequence_length" and values:
+            values = [v for v in values if v <= gcfg.REHEARSAL_MAX_DATES] or values[:1]
+            assert max(values) < max(r[axis] for r in real_rows if r[axis] is not None)
         if values:
             assert {r[axis] for r in got} == {values[0], values[-1]}, axis
     assert reh["resources"]["gpus"] == 0 and reh["threads"] == 1

@@ -161,12 +161,20 @@ def check_shaping_ft(rows):
     utae = [r for r in rows if r["backbone"] is None]
     assert len(utae) == 60 and {r["segmentation"] for r in utae} == {"utae"}
     gfm = [r for r in rows if r["backbone"] is not None]
+    # the study's two encoders: SSL4EO-S12 ViT-S/16 DINO and CROMA base (12 bands, patch 8,
+    # 16 x 16 tokens of a 128 px PASTIS patch; 10 of its bands: 85.5 M parameters)
+    shapes = {"ssl4eo_s12_vits16_dino": ("vit_small_patch16_224", 12, 384, 16, 128),
+              "croma_optical_base": ("croma_optical_base", 12, 768, 8, 128)}
     for r in gfm:
         bb = r["backbone"]
-        assert (bb["arch"], bb["depth"], bb["width"], bb["patch"]) == (
-            "vit_small_patch16_224", 12, 384, 16)
-        assert r["backbone"]["name"] in ("ssl4eo_s12_vits16_dino", "ssl4eo_s12_vits16_mae")
+        assert (bb["arch"], bb["depth"], bb["width"], bb["patch"], bb["input_size"]) == (
+            shapes[bb["name"]])
         assert r["weights"].startswith("url:https://") and r["segmentation"] == "upernet_ltae"
+    croma = [r for r in gfm if r["backbone"]["name"] == "croma_optical_base"]
+    assert len(croma) == 120 and {r["backbone"]["params"] for r in croma} == {85_520_640}
+    assert {r["weights"] for r in croma} == {
+        "url:https://hf.co/torchgeo/croma/resolve/387883f08af79d777167519c57cd826eda89a16f/"
+        "CROMA_base-0238d814.pt"}
     assert Counter(r["method"] for r in gfm) == {"linear": 120, "e2e": 120, "lora": 60}
     assert {r["encoder_lr_factor"] for r in gfm if r["method"] == "e2e"} == {0.1}
 

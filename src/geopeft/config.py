@@ -273,6 +273,8 @@ def resolve(configfiles: list[str | Path] | tuple[str | Path, ...] = (),
 REHEARSAL_DIR = ".rehearsal"
 #: The most a rehearsal trains: epochs, batch, evaluation batch.
 REHEARSAL_LIMITS = {"epochs": 1, "batch_size": 8, "eval_batch_size": 16}
+#: The longest series a rehearsal trains on (see :func:`_rehearsal_rows`).
+REHEARSAL_MAX_DATES = 6
 
 
 def rehearsal_dir(cfg: dict[str, Any]) -> Path:
@@ -288,7 +290,8 @@ def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     experiment), data live under ``<root>/rehearsal`` and are downloaded from the fixture server
     (checksums from the fixture manifest), timm weights load from the fixture file and url
     weights download from the fixture server (sha256 pinned); every strategy once, with the
-    first and last value of each other grid axis (dataset, label fraction, sequence length)
+    first and last value of each other grid axis (dataset, label fraction, sequence length: at
+    most :data:`REHEARSAL_MAX_DATES`)
     alternating over the strategies, the first seed; at most :data:`REHEARSAL_LIMITS` of
     training; CPU jobs of one thread. Fixtures: ``geopeft rehearsal-server``.
 
@@ -371,11 +374,15 @@ def _rehearsal_weights(cfg: dict[str, Any], manifest: dict[str, Any], url: str, 
 
 def _rehearsal_rows(cfg: dict[str, Any]) -> None:
     """Every strategy once; the first and last value of each other axis alternate over them, so
-    that each axis is rehearsed at both ends (two cells) with one run per strategy."""
+    that each axis is rehearsed at both ends (two cells) with one run per strategy. Sequence
+    lengths: the longest of at most :data:`REHEARSAL_MAX_DATES` dates and the shortest (a CPU
+    cannot run a ViT-B encoder on 35 dates of 128 px patches in minutes)."""
     grid = cfg["grid"]
+    lengths = sorted(grid["sequence_length"] or [], reverse=True)
+    lengths = [x for x in lengths if x <= REHEARSAL_MAX_DATES] or lengths[-1:]
     ends = {"dataset": grid["dataset"] or [cfg["data"]["dataset"]],
             "label_fraction": sorted(grid["label_fraction"] or [1.0]),
-            "sequence_length": list(grid["sequence_length"])}
+            "sequence_length": lengths}
     ends = {k: [v[0], v[-1]] if len(v) > 1 else v for k, v in ends.items() if v}
     seed = grid["seed"][0]
     prefix = len(ends["dataset"]) > 1

@@ -126,7 +126,8 @@ class Temporal:
     ladder: tuple[int, ...]
     """The study's sequence lengths, longest first: shorter selections nest in longer ones."""
     pad: str
-    """What a series shorter than ``length`` gets: ``repeat`` (dates repeated) or ``error``."""
+    """What a series shorter than ``length`` gets: ``mask`` (padded with empty dates the models
+    mask), ``repeat`` (dates repeated) or ``error``."""
     reference: str
     """The date (YYYY-MM-DD) the temporal encodings count days from."""
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from geopeft.data.prepare import open_store
 from geopeft.data.sources import DataError
-from geopeft.data.temporal import ShortSeriesError, days_since, temporal_indices
+from geopeft.data.temporal import PAD, ShortSeriesError, days_since, temporal_indices
 from geopeft.io import read_json
 from geopeft.spec import Temporal
 
@@ -113,8 +113,10 @@ def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None
     for start in range(0, len(idx), block):
         data = image.isel(sample=idx[start : start + block]).values
         for k in range(len(data)):
-            x[start + k] = data[k, sel[start + k]]
-    dates = np.stack([ds["dates"].values[i, s] for i, s in zip(idx, sel, strict=True)])
+            s = sel[start + k]
+            x[start + k] = np.where((s == PAD)[:, None, None, None], 0, data[k, s])
+    all_dates = ds["dates"].values
+    dates = np.stack([np.where(s == PAD, 0, all_dates[i, s]) for i, s in zip(idx, sel, strict=True)])
     y = ds["label"].values[idx].astype(np.int64)
     void = ds.attrs.get("void_class")
     return Split(x, y, days_since(dates, temporal.reference),

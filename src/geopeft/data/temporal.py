@@ -8,10 +8,12 @@ nested (the 6 dates are among the 15, the 15 among the 25, ...) and always in da
 * ``T = 1``: the median date of the next longer selection (position ``(m - 1) // 2``), i.e. a
   mid-season acquisition for a one-year series.
 
-A series shorter than the requested length follows the ``pad`` rule: ``repeat`` (default) takes
-``length`` evenly spaced positions with repetition (every date kept at least once, still in date
-order, the model sees a repeated date); ``error`` raises :class:`ShortSeriesError` naming the
-patch.
+A series shorter than the requested length follows the ``pad`` rule: ``mask`` (default, as the
+reference implementations) keeps all its dates and pads the series at the end with empty dates
+(position -1: all-zero images on day 0), which the models find and mask out of their attention
+and aggregation; ``repeat`` takes ``length`` evenly spaced positions with repetition (every date
+kept at least once, still in date order, the model sees a repeated date); ``error`` raises
+:class:`ShortSeriesError` naming the patch.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import numpy as np
 
 #: The study's default ladder of sequence lengths.
 LADDER: tuple[int, ...] = (35, 25, 15, 6, 1)
-PAD_RULES = ("repeat", "error")
+PAD_RULES = ("mask", "repeat", "error")
+#: Position of a padded date in :func:`temporal_indices` (``pad: mask``).
+PAD = -1
 #: Dates become days since this reference (the PASTIS convention), for the temporal encodings.
 REFERENCE_DATE = "2018-09-01"
 
@@ -41,7 +45,7 @@ def evenly_spaced(m: int, k: int) -> np.ndarray:
     return np.rint(np.linspace(0, m - 1, k)).astype(np.int64)
 
 
-def temporal_indices(n: int, length: int, ladder: Sequence[int] = LADDER, pad: str = "repeat",
+def temporal_indices(n: int, length: int, ladder: Sequence[int] = LADDER, pad: str = "mask",
                      where: str = "series") -> np.ndarray:
     """Positions (sorted, into a series of ``n`` dates) of the ``length``-date subset.
 
@@ -50,7 +54,8 @@ def temporal_indices(n: int, length: int, ladder: Sequence[int] = LADDER, pad: s
         length: dates to keep.
         ladder: the study's sequence lengths; shorter selections are drawn from longer ones, so
             the selections of all lengths of the ladder are nested.
-        pad: rule for ``n < length``: ``repeat`` or ``error``.
+        pad: rule for ``n < length``: ``mask`` (all ``n`` dates, then :data:`PAD` positions),
+            ``repeat`` or ``error``.
         where: names the series in errors (e.g. the patch id).
     """
     if length < 1:
@@ -62,7 +67,9 @@ def temporal_indices(n: int, length: int, ladder: Sequence[int] = LADDER, pad: s
     if n < length:
         if pad == "error":
             raise ShortSeriesError(f"{where}: {n} dates, shorter than the sequence length {length} "
-                                   f"(set temporal.pad: repeat to repeat dates)")
+                                   f"(set temporal.pad: mask to pad and mask it)")
+        if pad == "mask":
+            return np.concatenate([np.arange(n), np.full(length - n, PAD)]).astype(np.int64)
         return np.floor(np.linspace(0, n - 1e-9, length)).astype(np.int64)
     cur = np.arange(n)
     for step in sorted({int(x) for x in ladder if length < x < n}, reverse=True) + [length]:
@@ -84,5 +91,5 @@ def days_since(dates: np.ndarray, reference: str = REFERENCE_DATE) -> np.ndarray
     return out
 
 
-__all__ = ["LADDER", "PAD_RULES", "REFERENCE_DATE", "ShortSeriesError", "days_since",
+__all__ = ["LADDER", "PAD", "PAD_RULES", "REFERENCE_DATE", "ShortSeriesError", "days_since",
            "evenly_spaced", "temporal_indices"]

@@ -1,8 +1,10 @@
 """The backbone zoo: which encoders geopeft knows, what each expects, and how to build them.
 
-Every entry declares its timm architecture, default weights (see :mod:`geopeft.models.weights`),
-the bands and normalisation the weights expect, and the LoRA target modules that make sense for
-it; its token grid and width follow from the built model (:func:`token_grid`, :func:`width`).
+Every entry declares its architecture (timm's, or geopeft's own CROMA encoder,
+:mod:`geopeft.models.croma`, family ``croma``), default weights (see
+:mod:`geopeft.models.weights`), the bands and normalisation the weights expect, and the LoRA
+target modules that make sense for it; its token grid and width follow from the built model
+(:func:`token_grid`, :func:`width`).
 ``uv run geopeft backbones`` prints the table.
 
 ``backbone.name`` in a study is a registry key, or any timm ViT / Swin architecture name (then
@@ -13,7 +15,9 @@ replaces it by three separate ``q``, ``k``, ``v`` layers holding the same weight
 identical), so that LoRA on ``q``/``k``/``v`` has its own rank-r update per projection. timm's
 Swin-V2 attention calls ``F.linear`` on ``qkv.weight`` directly (its q/v biases live outside the
 layer), which would silently bypass any adapter placed on ``qkv``; :func:`prepare_for_adapters`
-switches it to calling the layer and adding the bias, with identical outputs.
+switches it to calling the layer and adding the bias, with identical outputs. CROMA's encoder
+(:mod:`geopeft.models.croma`) calls its fused projection ``qkv`` as well (the published
+``to_qkv``, renamed when loading), so the same split applies.
 """
 
 from __future__ import annotations
@@ -24,18 +28,41 @@ import torch
 from torch import nn
 
 from geopeft.models.weights import WeightsError
-from geopeft.models.zoo import REGISTRY, SSL4EO_S2_BANDS, BackboneEntry, entry_for, resolve
+from geopeft.models.zoo import (
+    CROMA_S2_BANDS,
+    REGISTRY,
+    SSL4EO_S2_BANDS,
+    BackboneEntry,
+    entry_for,
+    resolve,
+)
+from geopeft.spec import ConfigError
 
-__all__ = ["REGISTRY", "SSL4EO_S2_BANDS", "BackboneEntry", "SplitQKV", "create_model", "describe",
-           "entry_for", "input_size", "prepare_for_adapters", "resolve", "split_qkv", "token_grid",
-           "tokens", "width"]
+__all__ = ["CROMA_S2_BANDS", "REGISTRY", "SSL4EO_S2_BANDS", "BackboneEntry", "SplitQKV",
+           "create_model", "describe", "entry_for", "input_size", "prepare_for_adapters", "resolve",
+           "split_qkv", "token_grid", "tokens", "width"]
 
 
 def create_model(bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
-    """A timm model of the backbone (no weights) for ``in_chans`` bands and ``num_classes``."""
+    """A model of the backbone (no weights) for ``in_chans`` bands and ``num_classes``: timm's,
+    or :class:`~geopeft.models.croma.CROMAOptical` for family ``croma``.
+
+    Raises:
+        WeightsError: the name is neither a zoo backbone nor a timm model.
+        ConfigError: ``backbone.kwargs`` a CROMA encoder cannot take (naming the key).
+    """
+    bb = resolve(bb)
+    if bb["family"] == "croma":
+        from geopeft.models.croma import CROMAOptical
+
+        try:
+            return CROMAOptical(in_chans=in_chans, num_classes=num_classes, **bb["kwargs"])
+        except TypeError as err:  # an unknown keyword
+            raise ConfigError(f"backbone.kwargs: {bb['name']}: {err}") from None
+        except ValueError as err:  # "<key>: <value> ..."
+            raise ConfigError(f"backbone.kwargs.{err} ({bb['name']})") from None
     import timm
 
-    bb = resolve(bb)
     try:
         return timm.create_model(bb["arch"], pretrained=False, in_chans=in_chans,
                                  num_classes=num_classes, **bb["kwargs"])
@@ -116,6 +143,12 @@ def tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return f[:, getattr(model, "num_prefix_tokens", 0):]
 
 
+def _normalisation(e: BackboneEntry) -> str:
+    if e.norm_rule == "croma_2sigma":
+        return "data mean +- 2 std -> [0, 1]"
+    return "DN/10000" if e.norm and set(e.norm[0]) == {0.0} else "weights' own mean/std"
+
+
 def describe() -> list[dict[str, Any]]:
     """One row per registry entry: family, architecture, weights, bands, norm, grid, width."""
     rows = []
@@ -125,8 +158,7 @@ def describe() -> list[dict[str, Any]]:
         rows.append({
             "name": e.key, "family": e.family, "arch": e.arch, "weights": e.weights,
             "bands": " ".join(e.bands) if e.bands else "(as pretrained)",
-            "normalisation": ("DN/10000" if e.norm and set(e.norm[0]) == {0.0}
-                              else "weights' own mean/std"),
+            "normalisation": _normalisation(e),
             "input": input_size(m), "grid": "x".join(map(str, token_grid(m))), "width": width(m),
             "lora_targets": ",".join(e.lora_targets), "description": e.description,
         })

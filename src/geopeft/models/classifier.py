@@ -3,6 +3,10 @@
 Normalisation lives inside the model as buffers, so it is applied exactly once, travels with the
 checkpoint and is the same in training, evaluation and the inference app. Inputs are raw values
 (DN or 8-bit), in the store's band order.
+
+A backbone whose weights expect a normalisation derived from the data (CROMA: each band's train
+mean +- 2 std mapped to [0, 1] and clipped) declares a rule; :func:`resolve_norm` derives the
+mean, std and clip range from the store's statistics.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import nn
 from geopeft.data.dataset import StoreInfo
 from geopeft.models.backbones import create_model, input_size, prepare_for_adapters, resolve
 from geopeft.models.weights import Normalization, load_into, load_weights
+from geopeft.models.zoo import NORM_RULES
 from geopeft.spec import ConfigError
 
 
@@ -31,6 +36,7 @@ class Classifier(nn.Module):
         self.input_size = input_size
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32)[:, None, None])
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32)[:, None, None])
+        self.clip = tuple(float(c) for c in norm.clip) if norm.clip is not None else None
 
     @property
     def head(self) -> nn.Module:
@@ -43,6 +49,8 @@ class Classifier(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         x = (x * self.value_scale - self.mean) / self.std
+        if self.clip is not None:
+            x = x.clamp(*self.clip)
         if self.input_size and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False)
@@ -53,7 +61,12 @@ class Classifier(nn.Module):
 
 
 def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo) -> Normalization:
-    """Pick the normalisation: the weights' own (when they know every band) or train-split stats.
+    """Pick the normalisation: the weights' own (when they know every band, or derive it from the
+    data by a rule) or train-split stats.
+
+    The rule ``croma_2sigma`` (CROMA): per band, min = m - 2 s and max = m + 2 s of the train
+    split (m, s: mean and std in scaled units), x -> clip((x - min) / (max - min), 0, 1); as a
+    :class:`Normalization`: mean m - 2 s, std 4 s, clip (0, 1).
 
     Args:
         mode: ``backbone.normalize``: ``auto``, ``backbone`` or ``dataset``.
@@ -61,6 +74,13 @@ def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo
         store: the store's description (bands, scale, train-split statistics).
     """
     bands = store.bands
+    s = store.value_scale
+    if mode in ("auto", "backbone") and weights_norm is not None and weights_norm.rule is not None:
+        if weights_norm.rule != "croma_2sigma":
+            raise ValueError(f"normalisation rule {weights_norm.rule!r} is not one of {NORM_RULES}")
+        mean = [(m - 2 * d) * s for m, d in zip(store.norm_mean, store.norm_std, strict=True)]
+        std = [4 * d * s for d in store.norm_std]
+        return Normalization(bands, mean, std, clip=(0.0, 1.0), rule=weights_norm.rule)
     if mode in ("auto", "backbone") and weights_norm is not None and set(bands) <= set(weights_norm.bands):
         i = [weights_norm.bands.index(b) for b in bands]
         return Normalization(bands, [weights_norm.mean[j] for j in i], [weights_norm.std[j] for j in i])
@@ -68,19 +88,25 @@ def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo
         raise ValueError(
             f"backbone.normalize is 'backbone' but the weights carry no normalisation for {bands}"
         )
-    s = store.value_scale
     return Normalization(bands, [m * s for m in store.norm_mean], [d * s for d in store.norm_std])
 
 
 def check_input_size(model: nn.Module, resize: int | None, store: StoreInfo) -> None:
     """A backbone with a fixed image size needs inputs of that size, or ``backbone.input_size``.
 
+    A backbone that takes any side that is a multiple of its patch (CROMA: ``size_multiple``)
+    must get one.
+
     Args:
-        model: the timm backbone.
+        model: the backbone.
         resize: ``backbone.input_size``.
         store: the store's description.
     """
     size = input_size(model)
+    multiple = getattr(model, "size_multiple", None)
+    if resize and multiple and resize % multiple:
+        raise ConfigError(f"backbone.input_size: {resize} is not a multiple of {multiple}, the patch "
+                          f"size of the {type(model).__name__} backbone")
     if resize or size is None or store.image_size is None:
         return
     if (size, size) != tuple(store.image_size):
@@ -118,4 +144,6 @@ def build_classifier(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes
     model = Classifier(vit, norm, store.value_scale, backbone_cfg.get("input_size"))
     info = {"weights": weights.origin if weights else "none", "norm_mean": norm.mean,
             "norm_std": norm.std, "bands": store.bands}
+    if norm.clip is not None:
+        info["norm_clip"] = list(norm.clip)
     return model, info

@@ -259,7 +259,8 @@ def build_fusion(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes: in
     in_norm = Normalization(list(store.bands), [m * s for m in store.norm_mean],
                             [d * s for d in store.norm_std])
     wn = weights.norm if weights is not None else None
-    if bb["normalize"] != "dataset" and wn is not None and set(RGB) <= set(wn.bands):
+    # a rule derived from the data (CROMA's) has no fixed values: the RGB statistics are used
+    if bb["normalize"] != "dataset" and wn is not None and wn.rule is None and set(RGB) <= set(wn.bands):
         idx = [wn.bands.index(b) for b in RGB]
         enc_norm = Normalization(list(RGB), [wn.mean[i] for i in idx], [wn.std[i] for i in idx])
     else:

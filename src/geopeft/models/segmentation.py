@@ -1,16 +1,31 @@
-"""Multi-temporal semantic segmentation with a foundation-model encoder: UPerNet + L-TAE.
+"""Multi-temporal semantic segmentation with a foundation-model encoder: PANGAEA's UPerNet + L-TAE.
 
-The encoder (a ViT or Swin of the zoo) runs on every date: the B x T frames are batched and
-cut into chunks of ``encoder_chunk`` frames, so memory stays bounded (a frozen encoder runs
-without autograd; a trained one with ``checkpoint`` recomputes each chunk's activations in the
-backward pass instead of keeping them). Four feature levels are taken from the encoder (ViT:
-evenly spaced blocks, or ``out_indices``; Swin: its four stages); an
-:class:`~geopeft.models.ltae.LTAE2d` per level collapses time at the token grid; a ViT's
-single-scale levels become a pyramid (x4, x2, x1, x1/2) and a UPerNet head (pyramid pooling on
-the coarsest level, FPN top-down path, fusion of all levels) predicts per-pixel logits, upsampled
-to the input size. Normalisation is inside the model (the encoder weights' own, e.g. DN/10000
-for SSL4EO-S12). Bands the weights have but the data lacks (SSL4EO-S12's B01, B09, B10 on PASTIS)
-are zero-filled: their patch-embedding channels are dropped, which is the same thing.
+``upernet_ltae`` is PANGAEA-bench's ``seg_upernet_mt_ltae`` decoder (``SegMTUPerNet`` in
+``pangaea/decoders/upernet.py``) around an encoder of the zoo:
+
+* the encoder runs on every date but padded ones (the B x T frames batched, cut into chunks
+  of ``encoder_chunk`` frames so that memory stays bounded: a frozen encoder runs without
+  autograd, a trained one with ``checkpoint`` recomputes each chunk's activations in the
+  backward pass); four feature
+  levels are tapped: the encoder's declared taps (SSL4EO-S12 ViT-S/16 and CROMA: blocks
+  3, 5, 7, 11, as PANGAEA), ``out_indices``, or four evenly spaced blocks; a Swin's four stages;
+* **one L-TAE shared by all levels** collapses time at the token grid: d_model = the encoder's
+  width, 16 heads, d_k 4, MLP [C, C], no positional encoding (PANGAEA's settings; the
+  ``ltae`` keys change them); levels of different widths (a Swin's stages) first pass a 1x1-conv
+  **channel adaptor** to the widest; padded dates are masked in its attention;
+* a **Feature2Pyramid** neck makes the single-scale ViT levels a pyramid (x4: transposed conv,
+  batch norm, GELU, transposed conv; x2: transposed conv; x1; x1/2: max pool); a Swin's stages
+  already are one;
+* a **UPerNet** head with 512 channels (``channels``): pyramid pooling (scales 1, 2, 3, 6) on
+  the coarsest level, lateral 1x1 and FPN 3x3 convolutions, a fusion 3x3 convolution, every
+  convolution with bias + batch norm + ReLU; dropout 0.1 and a 1x1 convolution to the classes,
+  upsampled bilinearly to the input size.
+
+Normalisation is inside the model (the encoder weights' own, e.g. DN/10000 for SSL4EO-S12).
+Bands the weights have but the data lacks (SSL4EO-S12's B01, B09, B10 on PASTIS) are
+zero-filled: their patch-embedding channels are dropped, which is the same thing. The decoder's
+parameter counts are pinned against PANGAEA's in ``tests/test_segmentation.py``; it predicts
+the 19 PASTIS classes without void (PANGAEA's head has 20 outputs, void included and ignored).
 """
 
 from __future__ import annotations
@@ -28,11 +43,17 @@ from geopeft.data.dataset import StoreInfo
 from geopeft.models import backbones
 from geopeft.models.classifier import check_input_size, resolve_norm
 from geopeft.models.ltae import LTAE2d
-from geopeft.models.utae import UTAE
+from geopeft.models.utae import ENCODER_NORMS, UTAE, pad_mask_of
 from geopeft.models.weights import Normalization, load_into, load_weights
 from geopeft.spec import ConfigError
 
 MODELS = ("upernet_ltae", "utae")
+#: L-TAE settings of each model (``segmentation.ltae`` overrides them key by key): the U-TAE
+#: reference's, and PANGAEA's shared L-TAE (``d_model: null`` = the encoder's width).
+LTAE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "utae": {"d_model": 256, "heads": 16, "d_k": 4, "positional_encoding": True},
+    "upernet_ltae": {"d_model": None, "heads": 16, "d_k": 4, "positional_encoding": False},
+}
 
 
 @dataclass
@@ -40,13 +61,15 @@ class SegConfig:
     """Settings of a time-series segmentation model (``strategies.<name>.segmentation``)."""
 
     model: str = "upernet_ltae"
-    """``upernet_ltae`` (encoder of the zoo + L-TAE + UPerNet) or ``utae`` (supervised U-TAE)."""
-    channels: int = 256
-    """UPerNet channels."""
+    """``upernet_ltae`` (encoder of the zoo + PANGAEA's UPerNet + L-TAE) or ``utae``."""
+    channels: int = 512
+    """UPerNet channels (PANGAEA: 512)."""
     out_indices: list[int] | None = None
-    """ViT blocks whose tokens feed the decoder (None: four evenly spaced, the last included)."""
-    ltae: dict[str, int] = field(default_factory=lambda: {"d_model": 128, "heads": 8, "d_k": 4})
-    """L-TAE settings (``d_model``, ``heads``, ``d_k``)."""
+    """ViT blocks whose tokens feed the decoder (None: the encoder's declared taps, else four
+    evenly spaced blocks, the last included)."""
+    ltae: dict[str, Any] = field(default_factory=dict)
+    """L-TAE settings: ``d_model``, ``heads``, ``d_k``, ``positional_encoding`` (defaults per
+    model: :data:`LTAE_DEFAULTS`)."""
     encoder_chunk: int = 64
     """Frames the encoder processes at once."""
     checkpoint: bool = True
@@ -54,7 +77,11 @@ class SegConfig:
     encoder_widths: list[int] = field(default_factory=lambda: [64, 64, 64, 128])
     """U-TAE encoder channels per level."""
     decoder_widths: list[int] = field(default_factory=lambda: [32, 32, 64, 128])
-    """U-TAE decoder channels per level."""
+    """U-TAE decoder channels per level (the last equals the encoder's last)."""
+    out_conv: int = 32
+    """U-TAE output block's first width."""
+    encoder_norm: str = "group"
+    """U-TAE encoder norm: ``group`` (GroupNorm(4), the reference) or ``batch``."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SegConfig:
@@ -63,32 +90,63 @@ class SegConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"segmentation: unknown key(s) {sorted(unknown)}")
-        if d.get("model", "upernet_ltae") not in MODELS:
-            raise ValueError(f"segmentation.model: {d['model']!r} is not one of {MODELS}")
-        if "ltae" in d:
-            d["ltae"] = {"d_model": 128, "heads": 8, "d_k": 4, **d["ltae"]}
+        model = d.get("model", "upernet_ltae")
+        if model not in MODELS:
+            raise ValueError(f"segmentation.model: {model!r} is not one of {MODELS}")
+        if d.get("encoder_norm", "group") not in ENCODER_NORMS:
+            raise ValueError(f"segmentation.encoder_norm: {d['encoder_norm']!r} is not one of "
+                             f"{ENCODER_NORMS}")
+        ltae = dict(d.get("ltae") or {})
+        bad = set(ltae) - set(LTAE_DEFAULTS[model])
+        if bad:
+            raise ValueError(f"segmentation.ltae: unknown key(s) {sorted(bad)}")
+        d["ltae"] = {**LTAE_DEFAULTS[model], **ltae}
         return cls(**d)
 
 
-def _conv(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
-                         nn.GroupNorm(min(32, c_out // 4) or 1, c_out), nn.ReLU())
+def _conv_bn_relu(c_in: int, c_out: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2), nn.BatchNorm2d(c_out),
+                         nn.ReLU())
 
 
-class PyramidNeck(nn.Module):
-    """Single-scale ViT levels -> a pyramid: x4 (two transposed convs), x2, x1, x1/2."""
+class ChannelAdaptor(nn.Module):
+    """1x1 convolutions taking each level to the shared L-TAE's width (PANGAEA's
+    ``LTAEChannelAdaptor``)."""
 
-    def __init__(self, dims: list[int]):
+    def __init__(self, dims: list[int], width: int):
         super().__init__()
-        def up(d: int) -> nn.Module:
-            return nn.ConvTranspose2d(d, d, 2, stride=2)
+        self.convs = nn.ModuleList(nn.Conv2d(d, width, 1) for d in dims)
 
-        self.scales = nn.ModuleList([
-            nn.Sequential(up(dims[0]), nn.GroupNorm(1, dims[0]), nn.GELU(), up(dims[0])),
-            up(dims[1]), nn.Identity(), nn.MaxPool2d(2)])
+    def forward(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for conv, f in zip(self.convs, levels, strict=True):
+            g = conv(f.flatten(0, 1))
+            out.append(g.view(*f.shape[:2], *g.shape[1:]))
+        return out
+
+
+class Feature2Pyramid(nn.Module):
+    """Single-scale ViT levels -> a pyramid: x4, x2, x1, x1/2 (``rescales``; 1 = as is)."""
+
+    def __init__(self, dims: list[int], rescales: list[float]):
+        super().__init__()
+        ops: list[nn.Module] = []
+        for d, k in zip(dims, rescales, strict=True):
+            if k == 4:
+                ops.append(nn.Sequential(nn.ConvTranspose2d(d, d, 2, stride=2), nn.BatchNorm2d(d),
+                                         nn.GELU(), nn.ConvTranspose2d(d, d, 2, stride=2)))
+            elif k == 2:
+                ops.append(nn.ConvTranspose2d(d, d, 2, stride=2))
+            elif k == 1:
+                ops.append(nn.Identity())
+            elif k == 0.5:
+                ops.append(nn.MaxPool2d(2))
+            else:
+                raise ValueError(f"Feature2Pyramid: rescale {k} is not one of 4, 2, 1, 0.5")
+        self.ops = nn.ModuleList(ops)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [op(f) for op, f in zip(self.scales, feats, strict=True)]
+        return [op(f) for op, f in zip(self.ops, feats, strict=True)]
 
 
 class UPerHead(nn.Module):
@@ -97,12 +155,13 @@ class UPerHead(nn.Module):
     def __init__(self, dims: list[int], channels: int, num_classes: int,
                  pool_scales: tuple[int, ...] = (1, 2, 3, 6)):
         super().__init__()
-        self.ppm = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), _conv(dims[-1], channels, 1))
+        self.ppm = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s),
+                                               _conv_bn_relu(dims[-1], channels, 1))
                                  for s in pool_scales)
-        self.bottleneck = _conv(dims[-1] + len(pool_scales) * channels, channels)
-        self.lateral = nn.ModuleList(_conv(d, channels, 1) for d in dims[:-1])
-        self.fpn = nn.ModuleList(_conv(channels, channels) for _ in dims[:-1])
-        self.fuse = _conv(len(dims) * channels, channels)
+        self.bottleneck = _conv_bn_relu(dims[-1] + len(pool_scales) * channels, channels, 3)
+        self.lateral = nn.ModuleList(_conv_bn_relu(d, channels, 1) for d in dims[:-1])
+        self.fpn = nn.ModuleList(_conv_bn_relu(channels, channels, 3) for _ in dims[:-1])
+        self.fuse = _conv_bn_relu(len(dims) * channels, channels, 3)
         self.drop = nn.Dropout2d(0.1)
         self.cls = nn.Conv2d(channels, num_classes, 1)
 
@@ -122,24 +181,27 @@ class UPerHead(nn.Module):
         return self.cls(self.drop(self.fuse(torch.cat(outs, dim=1))))
 
 
-class LevelTAE(nn.Module):
-    """One L-TAE per feature level (a module, not a list: peft saves it as one new module)."""
+class SharedTAE(nn.Module):
+    """One L-TAE applied to every feature level (a module: peft saves it as one new module)."""
 
-    def __init__(self, dims: list[int], ltae: dict[str, int]):
+    def __init__(self, width: int, ltae: dict[str, Any]):
         super().__init__()
-        self.levels = nn.ModuleList(LTAE2d(d, ltae["d_model"], ltae["heads"], ltae["d_k"])
-                                    for d in dims)
+        d_model = ltae["d_model"] or width
+        self.tae = LTAE2d(width, d_model, ltae["heads"], ltae["d_k"], mlp=[d_model, width],
+                          positional_encoding=ltae["positional_encoding"])
 
-    def forward(self, levels: list[torch.Tensor], days: torch.Tensor) -> list[torch.Tensor]:
-        return [m(f, days)[0] for m, f in zip(self.levels, levels, strict=True)]
+    def forward(self, levels: list[torch.Tensor], days: torch.Tensor,
+                pad_mask: torch.Tensor | None) -> list[torch.Tensor]:
+        return [self.tae(f, days, pad_mask)[0] for f in levels]
 
 
 class UPerNetLTAE(nn.Module):
-    """Encoder per date -> L-TAE per level -> UPerNet; raw (B, T, C, H, W) + days (B, T) in,
-    logits (B, classes, H, W) out."""
+    """Encoder per date -> shared L-TAE -> pyramid neck -> UPerNet; raw (B, T, C, H, W) + days
+    (B, T) in, logits (B, classes, H, W) out."""
 
     def __init__(self, encoder: nn.Module, family: str, norm: Normalization, value_scale: float,
-                 num_classes: int, cfg: SegConfig, input_size: int | None = None):
+                 num_classes: int, cfg: SegConfig, input_size: int | None = None,
+                 taps: list[int] | None = None):
         super().__init__()
         self.encoder = encoder
         self.family = family
@@ -147,28 +209,33 @@ class UPerNetLTAE(nn.Module):
         self.input_size = input_size
         self.chunk = max(1, int(cfg.encoder_chunk))
         self.use_checkpoint = bool(cfg.checkpoint)
+        self.clip = getattr(norm, "clip", None)
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32)[:, None, None])
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32)[:, None, None])
         if family == "swin":
             self.indices = list(range(len(encoder.layers)))  # type: ignore[arg-type]
             dims = [int(f["num_chs"]) for f in encoder.feature_info]  # type: ignore[union-attr]
-            self.pyramid: nn.Module = nn.Identity()
+            rescales = [1.0] * len(dims)  # a Swin's stages are a pyramid already
         else:
             depth = len(encoder.blocks)  # type: ignore[arg-type]
-            # four evenly spaced blocks, the last included (a shallow ViT repeats blocks)
-            self.indices = list(cfg.out_indices or
+            # declared taps, else four evenly spaced blocks, the last included
+            self.indices = list(cfg.out_indices or taps or
                                 [max(0, round((i + 1) * depth / 4) - 1) for i in range(4)])
             if len(self.indices) != 4 or max(self.indices) >= depth or min(self.indices) < 0:
                 raise ValueError(f"segmentation.out_indices: {self.indices}: four block indices "
                                  f"of 0..{depth - 1} are needed")
             dims = [backbones.width(encoder)] * 4
-            self.pyramid = PyramidNeck(dims)
-        self.ltae = LevelTAE(dims, cfg.ltae)
-        self.upernet = UPerHead(dims, cfg.channels, num_classes)
+            rescales = [4.0, 2.0, 1.0, 0.5]
+        width = max(dims)
+        self.adaptor = ChannelAdaptor(dims, width) if min(dims) != width else None
+        self.ltae = SharedTAE(width, cfg.ltae)
+        self.pyramid = Feature2Pyramid([width] * len(dims), rescales)
+        self.upernet = UPerHead([width] * len(dims), cfg.channels, num_classes)
 
     def new_modules(self) -> list[str]:
-        """The decoder: L-TAE per level, the pyramid neck (ViT) and the UPerNet head."""
-        return ["ltae", "upernet"] + ([] if isinstance(self.pyramid, nn.Identity) else ["pyramid"])
+        """The decoder: channel adaptor (levels of several widths), shared L-TAE, pyramid neck,
+        UPerNet."""
+        return (["adaptor"] if self.adaptor is not None else []) + ["ltae", "pyramid", "upernet"]
 
     def _encode(self, frames: torch.Tensor) -> list[torch.Tensor]:
         unique = sorted(set(self.indices))
@@ -193,12 +260,27 @@ class UPerNetLTAE(nn.Module):
 
     def forward(self, x: torch.Tensor, days: torch.Tensor) -> torch.Tensor:
         b, t, c, h, w = x.shape
+        pad = pad_mask_of(x)
         z = (x.float().flatten(0, 1) * self.value_scale - self.mean) / self.std
+        if self.clip is not None:
+            z = z.clamp(*self.clip)
         if self.input_size and (h, w) != (self.input_size, self.input_size):
             z = F.interpolate(z, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False)
-        levels = [f.view(b, t, *f.shape[1:]) for f in self.encode(z)]
-        logits = self.upernet(self.pyramid(self.ltae(levels, days)))
+        padded = bool(pad.any())
+        if padded:  # padded dates are not encoded (their features stay 0; the L-TAE masks them)
+            keep = ~pad.flatten()
+            feats = []
+            for f in self.encode(z[keep]):
+                full = f.new_zeros((b * t, *f.shape[1:]))
+                full[keep] = f
+                feats.append(full)
+        else:
+            feats = self.encode(z)
+        levels = [f.view(b, t, *f.shape[1:]) for f in feats]
+        if self.adaptor is not None:
+            levels = self.adaptor(levels)
+        logits = self.upernet(self.pyramid(self.ltae(levels, days, pad if padded else None)))
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
 
 
@@ -231,7 +313,7 @@ def build_segmenter(backbone_cfg: dict[str, Any] | None, store: StoreInfo, num_c
         try:
             model: nn.Module = UTAE(len(store.bands), num_classes, mean, std, s,
                                      tuple(cfg.encoder_widths), tuple(cfg.decoder_widths),
-                                     cfg.ltae)
+                                     cfg.ltae, cfg.out_conv, cfg.encoder_norm)
         except ValueError as err:
             raise ConfigError(f"segmentation: {err}") from None
         return model, {"weights": "none", "norm_mean": mean, "norm_std": std,
@@ -248,11 +330,11 @@ def build_segmenter(backbone_cfg: dict[str, Any] | None, store: StoreInfo, num_c
     norm = resolve_norm(bb["normalize"], weights.norm if weights else None, store)
     try:
         model = UPerNetLTAE(encoder, bb["family"], norm, s, num_classes, cfg,
-                            bb.get("input_size"))
+                            bb.get("input_size"), bb.get("taps"))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     info = {"weights": weights.origin if weights else "none", "norm_mean": norm.mean,
             "norm_std": norm.std, "bands": store.bands, "segmentation": cfg.__dict__}
     return model, info
 
-__all__ = ["MODELS", "SegConfig", "UPerNetLTAE", "build_segmenter"]
+__all__ = ["LTAE_DEFAULTS", "MODELS", "SegConfig", "UPerNetLTAE", "build_segmenter"]

@@ -17,10 +17,17 @@ Offline without the weights is a :class:`WeightsError` that names what to downlo
 put it. A checksum mismatch is an error; the file is never loaded.
 
 **Patch embedding for other band sets.** Weights know a list of bands (ImageNet/timm weights are
-taken as B04, B03, B02; SSL4EO-S12 as the 13 Sentinel-2 bands). For the requested bands, a band
-the weights know keeps its filter (selecting fewer known bands is exactly zero-filling the
-others); a band they do not know gets the mean filter of the known bands, and the kernel is then
-scaled by ``n_known / n_requested`` so that a flat normalised input produces the same response.
+taken as B04, B03, B02; SSL4EO-S12 as the 13 Sentinel-2 bands; CROMA as its 12). For the
+requested bands, a band the weights know keeps its filter (selecting fewer known bands is
+exactly zero-filling the others); a band they do not know gets the mean filter of the known
+bands, and the kernel is then scaled by ``n_known / n_requested`` so that a flat normalised
+input produces the same response.
+
+**CROMA checkpoints** hold several encoders (``s1_encoder``, ``s2_encoder``, ``joint_encoder``,
+...): the zoo entry's ``checkpoint_wrapper`` names the one to read, and its keys are renamed to
+:class:`~geopeft.models.croma.CROMAOptical`'s (:func:`geopeft.models.croma.from_publisher`),
+its linear patch embedding (columns ordered band, row, column) becoming the equivalent
+convolution kernel (D, bands, 8, 8), so that the band mapping above applies as it is.
 """
 
 from __future__ import annotations
@@ -48,11 +55,22 @@ class WeightsError(GeopeftError, RuntimeError):
 
 @dataclass
 class Normalization:
-    """Per-band normalisation in scaled units (raw value x value_scale)."""
+    """Per-band normalisation in scaled units (raw value x value_scale): the model computes
+    ``(raw x value_scale - mean) / std``, then clamps to ``clip`` when set."""
 
     bands: list[str]
+    """The bands, in the order of ``mean`` and ``std``."""
     mean: list[float]
+    """Per-band offset, in scaled units."""
     std: list[float]
+    """Per-band divisor, in scaled units."""
+    clip: tuple[float, float] | None = None
+    """(low, high) the normalised values are clamped to (CROMA: (0, 1)); None: not clamped."""
+    rule: str | None = None
+    """How ``mean`` and ``std`` derive from the data's train-split statistics, when they do
+    (:data:`geopeft.models.zoo.NORM_RULES`). A weights' declared normalisation with a rule has no
+    values of its own (empty ``mean`` and ``std``):
+    :func:`geopeft.models.classifier.resolve_norm` derives them for each store."""
 
 
 @dataclass
@@ -80,8 +98,15 @@ def _strip_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.head"))}
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a checkpoint file, unwrapped from training wrappers and key prefixes."""
+def _read_state(path: Path, wrapper: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a checkpoint file, unwrapped from training wrappers and key prefixes.
+
+    Args:
+        path: the checkpoint.
+        wrapper: the key the state dict is under, when the file holds several (the zoo entry's
+            ``checkpoint_wrapper``, e.g. CROMA's ``s2_encoder``); a file without it is read as
+            usual, one holding other encoders only is an error naming what it holds.
+    """
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -90,6 +115,13 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
         raise WeightsError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if wrapper and isinstance(obj, dict):
+        if isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+        elif obj and all(isinstance(v, dict) for v in obj.values()) and not (
+                {"state_dict", "model", "teacher"} & set(obj)):
+            raise WeightsError(f"{path}: holds {', '.join(map(str, obj))} but no {wrapper!r} "
+                               f"state dict")
     for key in ("state_dict", "model", "teacher"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -102,14 +134,26 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _declared(bb: dict[str, Any], n_in: int) -> tuple[list[str], Normalization | None]:
-    """Bands and normalisation of file/url weights: the registry's, else RGB for 3 channels."""
+    """Bands and normalisation of file/url weights: the registry's, else RGB for 3 channels (a
+    declared rule, e.g. CROMA's, has no values until :func:`~geopeft.models.classifier.resolve_norm`
+    derives them from a store)."""
     bands = list(bb.get("weight_bands") or ([] if n_in != 3 else RGB))
     norm = bb.get("weight_norm")
-    return bands, Normalization(bands, list(norm["mean"]), list(norm["std"])) if norm else None
+    if not norm:
+        return bands, None
+    return bands, Normalization(bands, list(norm.get("mean", [])), list(norm.get("std", [])),
+                                rule=norm.get("rule"))
 
 
 def _from_file(bb: dict[str, Any], path: Path, origin: str) -> Weights:
-    state = _read_state(path)
+    state = _read_state(path, bb.get("checkpoint_wrapper"))
+    if bb.get("family") == "croma":
+        from geopeft.models.croma import from_publisher
+
+        try:
+            state = from_publisher(state, int(bb["kwargs"].get("patch_size", 8)))
+        except ValueError as err:
+            raise WeightsError(f"{path}: {err}") from None
     pw = _patch_weight(state)
     bands, norm = _declared(bb, pw.shape[1] if pw is not None else 3)
     if pw is not None and bands and pw.shape[1] != len(bands):

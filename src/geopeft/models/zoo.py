@@ -17,7 +17,12 @@ from geopeft.bands import RGB
 # Band order of the SSL4EO-S12 13-band weights (their patch embedding's input channels).
 SSL4EO_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
                    "B11", "B12")
+# Band order of CROMA's optical encoder: 12 Sentinel-2 bands, B10 (cirrus) left out.
+CROMA_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
+                  "B12")
 _HF = "https://hf.co"
+#: Normalisation rules: mean and std derived from the data's train-split statistics.
+NORM_RULES = ("croma_2sigma",)
 
 
 @dataclass(frozen=True)
@@ -27,9 +32,10 @@ class BackboneEntry:
     key: str
     """Registry name used as ``backbone.name``."""
     family: str
-    """``vit`` or ``swin``: decides token extraction and the attention fix for adapters."""
+    """``vit``, ``swin`` (timm) or ``croma`` (:mod:`geopeft.models.croma`): decides how the model
+    is built, token extraction and the attention fix for adapters."""
     arch: str
-    """timm architecture name."""
+    """timm architecture name (family ``croma``: the name of geopeft's CROMA variant)."""
     weights: str
     """Default ``backbone.weights``."""
     description: str
@@ -41,11 +47,22 @@ class BackboneEntry:
     norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     """Mean and std the weights expect, in scaled units (raw x the store's value scale, i.e.
     reflectance for Sentinel-2 DN); None: recorded with the weights (timm cfg, pretrain rule)."""
+    norm_rule: str | None = None
+    """How the weights expect inputs normalised when not by a fixed ``norm``: a rule of
+    :data:`NORM_RULES` deriving mean and std from the train split's statistics. ``croma_2sigma``
+    (CROMA): per band, min = mean - 2 std and max = mean + 2 std, x -> clip((x - min) / (max -
+    min), 0, 1), i.e. mean' = mean - 2 std, std' = 4 std, clipped to [0, 1]
+    (:func:`geopeft.models.classifier.resolve_norm` applies it)."""
     lora_targets: tuple[str, ...] = ("q", "k", "v")
     """Module name suffixes LoRA adapts by default."""
     checkpoint_wrapper: str | None = None
     """Key the published ``url:`` checkpoint wraps its state dict in (None: a bare state dict);
-    the reader unwraps ``state_dict``, ``model`` and ``teacher``, the rehearsal writes it."""
+    the reader unwraps ``state_dict``, ``model`` and ``teacher``, the rehearsal writes it. A file
+    holding several encoders (CROMA: ``s1_encoder``, ``s2_encoder``, ``joint_encoder``, ...)
+    names the one to read (``s2_encoder``)."""
+    taps: tuple[int, ...] | None = None
+    """Blocks whose outputs feed a dense (segmentation) decoder, as the reference benchmark taps
+    them (PANGAEA-bench's ``output_layers``); None: the decoder's own choice."""
 
 
 def _ssl4eo(method: str, url: str, wrapper: str | None = None) -> BackboneEntry:
@@ -55,7 +72,20 @@ def _ssl4eo(method: str, url: str, wrapper: str | None = None) -> BackboneEntry:
         norm=((0.0,) * 13, (1.0,) * 13),  # DN / 10000, as the SSL4EO-S12 benchmarks
         description=f"SSL4EO-S12 ViT-S/16, 13 Sentinel-2 L1C bands, {method.upper()}; "
                     f"input DN/10000",
-        checkpoint_wrapper=wrapper,
+        checkpoint_wrapper=wrapper, taps=(3, 5, 7, 11),  # PANGAEA's ssl4eo_* encoders
+    )
+
+
+def _croma(size: str, dim: int, depth: int, url: str) -> BackboneEntry:
+    return BackboneEntry(
+        key=f"croma_optical_{size}", family="croma", arch=f"croma_optical_{size}",
+        weights=f"url:{url}", bands=CROMA_S2_BANDS, norm_rule="croma_2sigma",
+        description=f"CROMA {size} optical encoder (ViT-{size[0].upper()}/8, 2-D ALiBi), 12 "
+                    f"Sentinel-2 bands; input the data's mean +- 2 std -> [0, 1]",
+        kwargs={"embed_dim": dim, "depth": depth, "num_heads": 16, "patch_size": 8,
+                "img_size": 120},  # CROMA's pretraining size
+        checkpoint_wrapper="s2_encoder",
+        taps=(3, 5, 7, 11),  # PANGAEA's croma_optical (its config is the large model)
     )
 
 
@@ -82,6 +112,14 @@ REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
     # MAE training saves checkpoints, under "model"
     _ssl4eo("mae", f"{_HF}/wangyi111/SSL4EO-S12/resolve/main/B13_vits16_mae_ep99_enc.pth",
             wrapper="model"),
+    # The authors' files (huggingface.co/antofuller/CROMA, CROMA_base.pt / CROMA_large.pt) as
+    # torchgeo (>= 0.7, torchgeo/models/croma.py) publishes them: pinned revisions, the sha256
+    # prefix in the name, the authors' layout (a dict of encoders; the optical one under
+    # "s2_encoder").
+    _croma("base", 768, 12, f"{_HF}/torchgeo/croma/resolve/"
+                            "387883f08af79d777167519c57cd826eda89a16f/CROMA_base-0238d814.pt"),
+    _croma("large", 1024, 24, "https://huggingface.co/torchgeo/croma/resolve/"
+                              "92cb1a0f4e34c6c01558baf070197c01255382f6/CROMA_large-921e69ad.pt"),
     BackboneEntry("embedded", "vit", "vit_tiny_patch16_224", "pretrain",
                   "the embedded backbone: a small ViT pretrained by the pretrain rule on the "
                   "synthetic source set", kwargs={"img_size": 64, "patch_size": 8, "depth": 4,
@@ -131,8 +169,10 @@ def entry_for(name: str) -> BackboneEntry:
 def resolve(bb: dict[str, Any]) -> dict[str, Any]:
     """A backbone config with the registry's declarations filled in (idempotent).
 
-    Adds ``arch``, ``family``, ``weight_bands``, ``weight_norm`` and ``lora_targets``; merges the
-    entry's kwargs under the config's; ``weights: null`` becomes the entry's default.
+    Adds ``arch``, ``family``, ``weight_bands``, ``weight_norm`` (``{"mean", "std"}``, or
+    ``{"rule"}`` for a :attr:`BackboneEntry.norm_rule`), ``lora_targets``, ``checkpoint_wrapper``
+    and ``taps`` (a list, or None); merges the entry's kwargs under the config's; ``weights:
+    null`` becomes the entry's default.
     """
     if "arch" in bb:
         return bb
@@ -146,8 +186,11 @@ def resolve(bb: dict[str, Any]) -> dict[str, Any]:
     out.setdefault("input_size", None)
     out.setdefault("normalize", "auto")
     out["weight_bands"] = list(e.bands) if e.bands else None
-    out["weight_norm"] = {"mean": list(e.norm[0]), "std": list(e.norm[1])} if e.norm else None
+    out["weight_norm"] = ({"mean": list(e.norm[0]), "std": list(e.norm[1])} if e.norm
+                          else {"rule": e.norm_rule} if e.norm_rule else None)
     out["lora_targets"] = list(e.lora_targets)
+    out["checkpoint_wrapper"] = e.checkpoint_wrapper
+    out["taps"] = list(e.taps) if e.taps else None
     return out
 
 
