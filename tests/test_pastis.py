@@ -187,3 +187,51 @@ def test_missing_dates_names_the_patch(pastis, tmp_path):
     (raw / "metadata.geojson").write_text(json.dumps(g))
     with pytest.raises(DataError, match=rf"metadata\.geojson: patch {pid} lacks property 'dates-S2'"):
         prepare("pastis", raw, ["B04"], tmp_path / "o.zarr")
+
+
+def test_short_series_are_padded_with_empty_dates_on_day_0(pastis, tmp_path):
+    """``pad: mask``: a series shorter than the length keeps its dates in order, then all-zero
+    images on day 0 (what the models mask); longer series are unaffected."""
+    from geopeft.data.dataset import load_split
+    from geopeft.models.utae import pad_mask_of
+
+    out = tmp_path / "p.zarr"
+    prepare("pastis", pastis, ["B04", "B08"], out)
+    ds = _open(out)
+    train = np.flatnonzero(ds.split.values == "train")
+    n = ds.n_dates.values[train]
+    length = int(n.min()) + 3  # the shortest series is 3 dates short
+    s = load_split(out, "train", temporal=Temporal(length, (length,), "mask", "2018-09-01"))
+    short = int(np.argmin(n))
+    k = int(n[short])
+    assert (s.x[short, k:] == 0).all() and (s.dates[short, k:] == 0).all()
+    assert (s.x[short, :k] != 0).any(axis=(1, 2, 3)).all() and (np.diff(s.dates[short, :k]) > 0).all()
+    import torch
+
+    pad = pad_mask_of(torch.from_numpy(s.x)).numpy()
+    assert pad.sum(axis=1).tolist() == np.maximum(length - n, 0).tolist()
+
+
+def test_random_forest_baseline_runs_on_a_store(pastis, tmp_path, capsys):
+    """bench/rf_baseline.py (the embedded study's yardstick) on a small store: one row per
+    length x fraction x seed, mIoU in 0..100, and the summary lines."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    out = tmp_path / "p.zarr"
+    from geopeft.data.sources.pastis import BANDS
+
+    prepare("pastis", pastis, list(BANDS), out)
+    path = Path(__file__).resolve().parents[1] / "bench" / "rf_baseline.py"
+    spec = importlib.util.spec_from_file_location("rf_baseline", path)
+    rf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rf)
+    assert rf.main(["--store", str(out), "--lengths", "1", "6", "--fractions", "1.0", "--seeds", "0",
+                    "--trees", "5", "--pixels", "50", "--jobs", "1",
+                    "--json", str(tmp_path / "rf.json")]) == 0
+    rows = json.loads((tmp_path / "rf.json").read_text())
+    assert [(r["length"], r["label_fraction"]) for r in rows] == [(1, 1.0), (6, 1.0)]
+    assert all(0 <= r["test_miou"] <= 100 and r["train_pixels"] > 0 for r in rows)
+    assert "T =  6, 100% labels:" in capsys.readouterr().out
+    assert rf.main(["--store", str(tmp_path / "missing.zarr")]) == 2

@@ -38,6 +38,16 @@ def test_ladder_of_the_study_keeps_other_lengths_nested():
     assert c <= b <= a
 
 
+def test_short_series_masked_by_default():
+    """As the reference implementations: every date once, then padding positions (PAD) at the
+    end, which the loader fills with empty dates."""
+    from geopeft.data.temporal import PAD
+
+    idx = temporal_indices(20, 35)
+    assert idx[:20].tolist() == list(range(20)) and (idx[20:] == PAD).all() and len(idx) == 35
+    assert temporal_indices(40, 6).tolist() == temporal_indices(40, 6, pad="repeat").tolist()
+
+
 def test_short_series_repeat_or_error():
     idx = temporal_indices(20, 35, pad="repeat")
     assert len(idx) == 35 and set(idx.tolist()) == set(range(20))  # every date, repeated
