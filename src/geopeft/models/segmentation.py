@@ -43,7 +43,7 @@ from geopeft.data.dataset import StoreInfo
 from geopeft.models import backbones
 from geopeft.models.classifier import check_input_size, resolve_norm
 from geopeft.models.ltae import LTAE2d
-from geopeft.models.utae import ENCODER_NORMS, UTAE, pad_mask_of
+from geopeft.models.utae import ENCODER_NORMS, UTAE, pad_mask_of, shared_over_dates
 from geopeft.models.weights import Normalization, load_into, load_weights
 from geopeft.spec import ConfigError
 
@@ -267,17 +267,9 @@ class UPerNetLTAE(nn.Module):
         if self.input_size and (h, w) != (self.input_size, self.input_size):
             z = F.interpolate(z, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False)
+        # padded dates are not encoded (their features stay 0; the L-TAE masks them)
+        levels = shared_over_dates(self.encode, z.view(b, t, *z.shape[1:]), pad)
         padded = bool(pad.any())
-        if padded:  # padded dates are not encoded (their features stay 0; the L-TAE masks them)
-            keep = ~pad.flatten()
-            feats = []
-            for f in self.encode(z[keep]):
-                full = f.new_zeros((b * t, *f.shape[1:]))
-                full[keep] = f
-                feats.append(full)
-        else:
-            feats = self.encode(z)
-        levels = [f.view(b, t, *f.shape[1:]) for f in feats]
         if self.adaptor is not None:
             levels = self.adaptor(levels)
         logits = self.upernet(self.pyramid(self.ltae(levels, days, pad if padded else None)))

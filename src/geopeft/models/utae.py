@@ -30,6 +30,7 @@ since the reference date.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -91,19 +92,25 @@ def pad_mask_of(x: torch.Tensor, pad_value: float = 0.0) -> torch.Tensor:
     return (x == pad_value).flatten(2).all(dim=-1)
 
 
-def shared_over_dates(block: nn.Module, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+def shared_over_dates(block: Callable[[torch.Tensor], Any], x: torch.Tensor,
+                      pad: torch.Tensor | None) -> Any:
     """``block`` on every date of ``x`` (B, T, C, H, W) at once; padded dates are not run (their
-    output is 0, the reference's pad value), so they cannot move batch statistics."""
+    output is 0, the reference's pad value), so they cannot move batch statistics. ``block``
+    returns a tensor (F, ...) or a list of them (one per feature level); so does this, each
+    (B, T, ...)."""
     b, t = x.shape[:2]
     frames = x.flatten(0, 1)
-    if pad is None or not bool(pad.any()):
-        out = block(frames)
-    else:
-        keep = ~pad.flatten()
-        part = block(frames[keep])
-        out = part.new_zeros((b * t, *part.shape[1:]))
-        out[keep] = part
-    return out.view(b, t, *out.shape[1:])
+    keep = None if pad is None or not bool(pad.any()) else ~pad.flatten()
+    out = block(frames if keep is None else frames[keep])
+
+    def per_date(part: torch.Tensor) -> torch.Tensor:
+        if keep is not None:
+            full = part.new_zeros((b * t, *part.shape[1:]))
+            full[keep] = part
+            part = full
+        return part.view(b, t, *part.shape[1:])
+
+    return [per_date(p) for p in out] if isinstance(out, list) else per_date(out)
 
 
 class UTAE(nn.Module):
