@@ -114,7 +114,9 @@ def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None
         data = image.isel(sample=idx[start : start + block]).values
         for k in range(len(data)):
             s = sel[start + k]
-            x[start + k] = np.where((s == PAD)[:, None, None, None], 0, data[k, s])
+            real = s != PAD  # padded dates (pad: mask) are empty images
+            x[start + k, real] = data[k, s[real]]
+            x[start + k, ~real] = 0
     all_dates = ds["dates"].values
     dates = np.stack([np.where(s == PAD, 0, all_dates[i, s]) for i, s in zip(idx, sel, strict=True)])
     y = ds["label"].values[idx].astype(np.int64)

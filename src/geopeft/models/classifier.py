@@ -25,6 +25,18 @@ from geopeft.models.zoo import NORM_RULES
 from geopeft.spec import ConfigError
 
 
+def normalize_input(x: torch.Tensor, value_scale: float, mean: torch.Tensor, std: torch.Tensor,
+                    clip: tuple[float, float] | None, input_size: int | None) -> torch.Tensor:
+    """Raw images (N, C, H, W) -> the backbone's input: ``(x * value_scale - mean) / std``,
+    clamped to ``clip`` when set, resized (bilinear) to ``input_size`` when set and different."""
+    x = (x * value_scale - mean) / std
+    if clip is not None:
+        x = x.clamp(*clip)
+    if input_size and tuple(x.shape[-2:]) != (input_size, input_size):
+        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    return x
+
+
 class Classifier(nn.Module):
     """Normalise raw input, resize to the backbone's input size, classify."""
 
@@ -48,13 +60,8 @@ class Classifier(nn.Module):
         return [name for name, mod in self.named_modules() if mod is head]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x * self.value_scale - self.mean) / self.std
-        if self.clip is not None:
-            x = x.clamp(*self.clip)
-        if self.input_size and x.shape[-1] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False)
-        return x
+        return normalize_input(x, self.value_scale, self.mean, self.std, self.clip,
+                               self.input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(x))

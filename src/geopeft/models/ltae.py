@@ -71,7 +71,6 @@ class LTAE2d(nn.Module):
             raise ValueError(f"L-TAE: the MLP's first width {mlp[0]} must be d_model {d_model}")
         self.heads, self.d_k, self.d_model, self.period = heads, d_k, d_model, float(period)
         self.positional_encoding = bool(positional_encoding)
-        self.out_channels = mlp[-1]
         self.in_norm = nn.GroupNorm(heads, in_channels)
         # a 1x1 convolution, even to the same width (PANGAEA's shared L-TAE has one)
         self.in_proj: nn.Module = nn.Conv1d(in_channels, d_model, 1) if project else nn.Identity()

@@ -41,7 +41,7 @@ from torch.utils.checkpoint import checkpoint
 
 from geopeft.data.dataset import StoreInfo
 from geopeft.models import backbones
-from geopeft.models.classifier import check_input_size, resolve_norm
+from geopeft.models.classifier import check_input_size, normalize_input, resolve_norm
 from geopeft.models.ltae import LTAE2d
 from geopeft.models.utae import ENCODER_NORMS, UTAE, pad_mask_of, shared_over_dates
 from geopeft.models.weights import Normalization, load_into, load_weights
@@ -209,7 +209,7 @@ class UPerNetLTAE(nn.Module):
         self.input_size = input_size
         self.chunk = max(1, int(cfg.encoder_chunk))
         self.use_checkpoint = bool(cfg.checkpoint)
-        self.clip = getattr(norm, "clip", None)
+        self.clip = norm.clip
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32)[:, None, None])
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32)[:, None, None])
         if family == "swin":
@@ -261,18 +261,14 @@ class UPerNetLTAE(nn.Module):
     def forward(self, x: torch.Tensor, days: torch.Tensor) -> torch.Tensor:
         b, t, c, h, w = x.shape
         pad = pad_mask_of(x)
-        z = (x.float().flatten(0, 1) * self.value_scale - self.mean) / self.std
-        if self.clip is not None:
-            z = z.clamp(*self.clip)
-        if self.input_size and (h, w) != (self.input_size, self.input_size):
-            z = F.interpolate(z, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False)
+        z = normalize_input(x.float().flatten(0, 1), self.value_scale, self.mean, self.std,
+                            self.clip, self.input_size)
+        pad = pad if bool(pad.any()) else None
         # padded dates are not encoded (their features stay 0; the L-TAE masks them)
         levels = shared_over_dates(self.encode, z.view(b, t, *z.shape[1:]), pad)
-        padded = bool(pad.any())
         if self.adaptor is not None:
             levels = self.adaptor(levels)
-        logits = self.upernet(self.pyramid(self.ltae(levels, days, pad if padded else None)))
+        logits = self.upernet(self.pyramid(self.ltae(levels, days, pad)))
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
 
 
