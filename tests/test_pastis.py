@@ -65,6 +65,26 @@ def _broken(pastis, tmp_path):
     return raw
 
 
+def test_embedded_patches_hold_many_small_parcels():
+    """The embedded world's 32 px patches hold ~30 parcels (the labelled examples the models
+    learn from; with real-sized fields a patch held ~4), and 128 px patches (the rehearsal's)
+    about as many as a PASTIS patch, not hundreds."""
+    from scipy import ndimage
+
+    from geopeft.data.synthetic_pastis import acquisition_dates, render_series
+
+    def fields(size: int, seed: int) -> int:
+        rng = np.random.default_rng(seed)
+        _, sem = render_series(rng, size, acquisition_dates(rng))
+        # parcels are cut apart by void borders; neighbouring background parcels merge
+        return ndimage.label((sem != 19) & (sem != 0))[1]
+
+    small = np.mean([fields(32, s) for s in range(12)])
+    large = np.mean([fields(128, s) for s in range(3)])
+    assert 15 <= small <= 45, small
+    assert 10 <= large <= 60, large
+
+
 def test_dates_out_of_order(pastis, tmp_path):
     raw = _broken(pastis, tmp_path)
     g = json.loads((raw / "metadata.geojson").read_text())

@@ -1,13 +1,14 @@
 """Embedded PASTIS world: agricultural parcels whose reflectance follows crop phenology.
 
-Each patch is a set of parcels (Voronoi polygons) of PASTIS crop classes on a background, with
-void (19) on a one-pixel parcel border, observed on 38-61 irregular dates over a year (some
-cloudy). A pixel's NDVI follows its class's double-logistic curve (green-up day S, senescence
-day A, peak m; winter crops green up early and are harvested in July, maize/sunflower/soy green
-up in May and peak in July-August, meadows stay green with mowing drops), and its reflectance is
-the soil/crop mixture with that vegetation fraction. Crops that look alike on one date differ
-over the season, so the sequence length matters. Written in the PASTIS layout: ``DATA_S2``
-(T x 10 x H x W int16), ``ANNOTATIONS/TARGET`` (3 x H x W), ``metadata.geojson``.
+Each patch is a set of parcels (Voronoi polygons of :data:`FIELD_PIXELS`) of PASTIS crop classes
+on a background, with void (19) on a one-pixel parcel border, observed on 38-61 irregular dates
+over a year (some cloudy). A pixel's NDVI follows its class's double-logistic curve (green-up day
+S, senescence day A, peak m; winter crops green up early and are harvested in July,
+maize/sunflower/soy green up in May and peak in July-August, meadows stay green with mowing
+drops), and its reflectance is the soil/crop mixture with that vegetation fraction. Crops that
+look alike on one date differ over the season, so the sequence length matters. Written in the
+PASTIS layout: ``DATA_S2`` (T x 10 x H x W int16), ``ANNOTATIONS/TARGET`` (3 x H x W),
+``metadata.geojson``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ import numpy as np
 from geopeft.data.sources.pastis import BANDS, VOID
 from geopeft.data.synthetic import _L2A, ENDMEMBERS, WorldSpec, fractal, parcels, write_marker
 from geopeft.io import atomic_dir
+
+#: Range of a parcel's mean area in pixels (drawn per patch) up to 32-pixel patches; larger
+#: patches keep the same number of parcels (~23-40 a patch; PASTIS has ~50 per 128 px patch).
+#: The embedded world's 32 px patches are a scaled-down PASTIS: with real-sized fields a patch
+#: would show ~4 parcels and the whole world a handful of labelled parcels per class, too few
+#: independent examples for any model to learn the classes' phenology.
+FIELD_PIXELS = (25.0, 45.0)
 
 #: class -> (green-up day, senescence day, peak NDVI, mowing) of the double logistic.
 PHENOLOGY: dict[int, tuple[float, float, float, bool]] = {
@@ -68,7 +76,9 @@ def acquisition_dates(rng: np.random.Generator, year: int = 2019) -> list[int]:
 def render_series(rng: np.random.Generator, size: int, dates: list[int]
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(T, 10, size, size) int16 and the semantic target (size, size)."""
-    ids = parcels(rng, size, int(rng.integers(6, 14)))
+    # parcels() spreads its seeds over 4x the patch's area, so a patch shows about a quarter of them
+    area = rng.uniform(*FIELD_PIXELS) * max(1.0, size / 32) ** 2
+    ids = parcels(rng, size, max(4, round(4 * size * size / area)))
     n_par = ids.max() + 1
     cls_of = rng.integers(1, 19, n_par)
     cls_of[rng.random(n_par) < 0.15] = 0  # background parcels
