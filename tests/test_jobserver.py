@@ -345,3 +345,28 @@ def test_a_job_through_the_server_equals_a_fresh_process_bitwise(tmp_path, rgb_s
         srv.terminate()
         log = srv.communicate(timeout=60)[0]
     assert log.count("ended with status 0") == 2, log  # train and evaluate were served
+
+
+def test_watch_process_sees_exit_zombies_and_recycled_pids(monkeypatch):
+    """One liveness check for the server's parent and a job's Snakemake: a process that exited
+    (even one not reaped yet) is gone, and so is a PID that now names another process."""
+    from geopeft import jobserver
+
+    child = subprocess.Popen(["sleep", "60"])
+    alive = jobserver.watch_process(child.pid)
+    assert alive()
+    child.kill()
+    deadline = time.monotonic() + 10
+    while (jobserver.proc_stat(child.pid) or ["Z"])[0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive()  # a zombie: killed, its parent (this test) has not reaped it yet
+    child.wait()
+    assert not alive()
+    assert not jobserver.watch_process(child.pid)()  # no such process when the watch starts
+
+    me = jobserver.watch_process(os.getpid())
+    assert me()
+    real = jobserver.proc_stat
+    recycled = lambda pid="self": [*real(pid)[:19], "1", *real(pid)[20:]]  # noqa: E731
+    monkeypatch.setattr(jobserver, "proc_stat", recycled)
+    assert not me()  # same PID, another start time: another process

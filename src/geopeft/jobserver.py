@@ -80,6 +80,25 @@ def proc_stat(pid: int | str = "self") -> list[str] | None:
         return None
 
 
+def watch_process(pid: int) -> Callable[[], bool]:
+    """A check that process ``pid`` still runs: False once it has exited (a zombie included), or
+    once its PID belongs to another process (its start time in ``/proc`` differs from now's).
+
+    The job server watches Snakemake with it, and so does a job that runs without the server
+    (:func:`geopeft.train.resume.stop_when_snakemake_is_gone`): a recycled PID fools neither.
+    """
+    first = proc_stat(pid)
+    started = first[19] if first is not None and len(first) > 19 else None
+
+    def alive() -> bool:
+        if started is None:
+            return False
+        fields = proc_stat(pid)
+        return fields is not None and fields[19] == started and fields[0] not in ("Z", "X")
+
+    return alive
+
+
 def process_started() -> float | None:
     """When this job's process started (epoch seconds), for the start-up time a job reports.
 
@@ -397,9 +416,10 @@ def serve(path: str, parent: int | None, run: Callable[[list[str]], int],
     me = _identity()
     uid = os.getuid()
     listening = True
+    parent_alive = watch_process(parent) if parent is not None else None
     try:
         while True:
-            orphaned = parent is not None and not _alive(parent)
+            orphaned = parent_alive is not None and not parent_alive()
             if stopping or orphaned:  # Snakemake stopped us, or is gone (killed): stop the jobs
                 for job in jobs.values():
                     job.stop()
@@ -523,12 +543,3 @@ def _kill(pid: int, sig: int) -> None:
     except ProcessLookupError:
         pass
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

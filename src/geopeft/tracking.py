@@ -147,16 +147,17 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-def stale_experiment(experiment_file: Path) -> str | None:
+def stale_experiment(experiment_file: Path, info: dict | None = None) -> str | None:
     """Why the experiment file no longer describes a usable store, or None when it does.
 
     Reads the SQLite store directly (no MLflow import, nothing created): the database file is
     gone, or holds no experiment with the recorded id and name (deleted and initialised again).
-    A server's store is checked by the jobs themselves.
+    A server's store is checked by the jobs themselves. ``info``: the file's content, where the
+    caller has read it already.
     """
     import sqlite3
 
-    info = read_json(experiment_file)
+    info = info if info is not None else read_json(experiment_file)
     db = sqlite_path(info["tracking_uri"])
     if db is None:
         return None
@@ -174,13 +175,17 @@ def stale_experiment(experiment_file: Path) -> str | None:
     return None
 
 
-def check_experiment(experiment_file: Path) -> None:
+def check_experiment(experiment_file: Path, info: dict | None = None) -> None:
     """Fail, saying how to recover, when the experiment file describes a store that is gone.
+
+    Args:
+        experiment_file: the study's ``mlflow_experiment.json``.
+        info: its content, where the caller has read it already.
 
     Raises:
         TrackingError: naming the experiment file, what is wrong and what to run.
     """
-    why = stale_experiment(experiment_file)
+    why = stale_experiment(experiment_file, info)
     if why:
         raise TrackingError(
             f"{experiment_file}: {why}. Rerun snakemake: it notices and runs mlflow_init again, "
@@ -280,7 +285,7 @@ class RunLogger:
         self._sender = _Sender()
         if is_http(self.tracking_uri):
             check_server(self.tracking_uri)
-        check_experiment(experiment_file)  # before the client: it would create an empty store
+        check_experiment(experiment_file, info)  # before the client: it would create an empty store
         self.experiment_id = info["experiment_id"]
         self.client = _client(self.tracking_uri)
         self.replaced: str | None = None

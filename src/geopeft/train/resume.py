@@ -32,7 +32,7 @@ from typing import Any
 
 from geopeft.errors import GeopeftError
 from geopeft.io import read_json, write_json
-from geopeft.jobserver import proc_stat
+from geopeft.jobserver import proc_stat, watch_process
 
 log = logging.getLogger(__name__)
 _STEP = re.compile(r"^step-(\d{8})\.pt$")
@@ -148,11 +148,7 @@ def stop_when_snakemake_is_gone(poll_s: float = 1.0) -> int | None:
     target = snakemake_ancestor()
     if target is None:
         return None
-    started = (proc_stat(target) or [""] * 20)[19]
-
-    def alive() -> bool:  # the same process, not a new one with a recycled PID
-        fields = proc_stat(target)
-        return fields is not None and fields[19] == started
+    alive = watch_process(target)  # the same process, not a new one with a recycled PID
 
     def watch() -> None:
         while alive():
