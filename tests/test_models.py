@@ -43,6 +43,92 @@ def test_split_qkv_gives_identical_outputs():
     assert torch.allclose(vit(x), ref, atol=1e-6)
 
 
+def _lora_qkv(method="lora", dropout=0.0):
+    """A LoRA model with non-zero adapters (peft starts lora_B at zero: a test of the adapter
+    path on them would pass trivially) and the first block's split q/k/v."""
+    torch.manual_seed(0)
+    m, _ = build_classifier(backbone_cfg(), store(), 4)
+    m = apply_strategy(m, "lora", LoraSpec(method=method, r=4, alpha=8, dropout=dropout,
+                                           target_modules=("q", "k", "v")))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    qkv = next(mod for mod in m.modules() if isinstance(mod, SplitQKV))
+    return m, qkv
+
+
+def test_lora_qkv_runs_fused_with_the_outputs_and_gradients_of_three_layers():
+    """q, k, v with LoRA run as one fused projection (one frozen GEMM, stacked A, block-diagonal
+    B): outputs and adapter gradients equal the three peft layers called one by one."""
+    from geopeft.models.backbones import fused_lora_qkv
+
+    m, qkv = _lora_qkv()
+    x = torch.randn(2, 5, 48, requires_grad=True)
+    parts = (qkv.q, qkv.k, qkv.v)
+    fused = fused_lora_qkv(parts, x)
+    assert fused is not None  # the fast path is taken
+    ref = torch.cat([p(x) for p in parts], dim=-1)
+    assert torch.allclose(fused, ref, atol=1e-5)
+    w = torch.randn_like(ref)
+    grads = []
+    for out in (fused, ref):
+        params = [x, *(p for p in qkv.parameters() if p.requires_grad)]
+        grads.append(torch.autograd.grad((out * w).sum(), params))
+    assert len(grads[0]) == 1 + 3 * 2  # x, and A and B of q, k, v
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert any(float(g.abs().sum()) > 0 for g in grads[0][1:])
+    # the whole model: the forward goes through the fused path and gives the same logits
+    m.eval()
+    xb = torch.rand(2, 3, 32, 32) * 255
+    fast = m(xb)
+    calls = []
+    for mod in m.modules():
+        if isinstance(mod, SplitQKV):
+            mod.forward = lambda x, mod=mod: calls.append(1) or torch.cat(
+                [mod.q(x), mod.k(x), mod.v(x)], dim=-1)
+    assert torch.allclose(m(xb), fast, atol=1e-5) and len(calls) == 2
+
+
+def test_fused_lora_qkv_shares_one_dropout_of_the_input_and_falls_back_when_it_must():
+    """In training, one dropout mask of the shared input for the three adapters (as LoRA's
+    reference MergedLinear); merged adapters, disabled adapters and DoRA use the layers one by
+    one, with their outputs."""
+    from geopeft.models.backbones import fused_lora_qkv
+
+    m, qkv = _lora_qkv(dropout=0.5)
+    m.train()
+    parts = (qkv.q, qkv.k, qkv.v)
+    used = []
+    for p in parts:
+        drop = p.lora_dropout["default"]
+        drop.register_forward_hook(lambda mod, i, o, p=p: used.append(p))
+    x = torch.randn(2, 5, 48)
+    assert fused_lora_qkv(parts, x) is not None
+    assert used == [qkv.q]  # one mask, drawn once
+    torch.manual_seed(3)
+    out = fused_lora_qkv(parts, x)
+    torch.manual_seed(3)
+    mask = torch.nn.functional.dropout(torch.ones_like(x), 0.5, True)
+    for i, p in enumerate(parts):  # every adapter saw the same dropped input
+        lora = p.lora_B["default"](p.lora_A["default"](x * mask)) * p.scaling["default"]
+        want = p.base_layer(x) + lora
+        assert torch.allclose(out[..., i * 48:(i + 1) * 48], want, atol=1e-5)
+    m.eval()
+    x = torch.randn(2, 5, 48)
+    ref = torch.cat([p(x) for p in parts], dim=-1)
+    m.merge_adapter()
+    assert fused_lora_qkv(parts, x) is None  # merged: the base weights hold the adapters
+    assert torch.allclose(qkv(x), ref, atol=1e-5)
+    m.unmerge_adapter()
+    with m.disable_adapter():
+        assert fused_lora_qkv(parts, x) is None
+    _, dqkv = _lora_qkv("dora")
+    assert fused_lora_qkv((dqkv.q, dqkv.k, dqkv.v), x) is None
+
+
 def test_full_trains_everything_linear_only_head():
     full = model("full")
     assert trainable(full) == {n for n, _ in full.named_parameters()}
@@ -241,3 +327,27 @@ def test_input_size_mismatch_is_a_clear_error():
         build_classifier(backbone_cfg(), big, 1)
     m, _ = build_classifier(backbone_cfg(input_size=32), big, 1)
     assert m(torch.zeros(1, 3, 120, 120)).shape == (1, 1)
+
+
+def test_lora_cost_benchmark_measures_what_each_strategy_holds():
+    """bench/lora_cost.py (smoke size): the four variants train side by side and the memory
+    breakdown shows what LoRA saves: no gradients or optimiser state of the frozen encoder."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "lora_cost.py"
+    spec = importlib.util.spec_from_file_location("lora_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.run("vit_tiny_patch16_224", 32, 2, steps=1, warmup=0, device=torch.device("cpu"))
+    v = out["variants"]
+    assert list(v) == ["full", "lora", "lora_unfused", "linear"]
+    full, lora, unfused, lin = (v[k] for k in ("full", "lora", "lora_unfused", "linear"))
+    assert lora["trainable_params"] == unfused["trainable_params"] < full["trainable_params"] / 10
+    assert lin["trainable_params"] < lora["trainable_params"]
+    fm, lm = full["memory_mb"], lora["memory_mb"]
+    assert abs(fm["parameters"] - lm["parameters"]) < 0.1 * fm["parameters"]
+    assert fm["gradients"] > 0.9 * fm["parameters"] and fm["optimizer"] > 1.8 * fm["parameters"]
+    assert lm["gradients"] + lm["optimizer"] < 0.1 * (fm["gradients"] + fm["optimizer"])
+    assert lin["memory_mb"]["activations"] < lm["activations"]
+    assert full["time_vs_full"] == 1.0 and lora["memory_vs_full"] < 0.6
+    assert "| lora_unfused |" in bench.report(out)
