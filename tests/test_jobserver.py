@@ -341,6 +341,12 @@ def test_a_job_through_the_server_equals_a_fresh_process_bitwise(tmp_path, rgb_s
         ra, rb = (json.loads((outs[n] / "run.json").read_text()) for n in ("fresh", "served"))
         assert ra["history"] == rb["history"]
         assert 0 < rb["startup_s"] < ra["startup_s"]  # served: no imports before the first step
+        for r in (ra, rb):  # the start-up by stage (bench/startup.py): cumulative, in order
+            st = r["startup_stages"]
+            assert set(st) == {"imports", "data", "model", "mlflow_run", "first_step"}
+            assert 0 < st["imports"] <= st["data"] <= st["model"] <= st["mlflow_run"] \
+                <= st["first_step"] == r["startup_s"]
+        assert rb["startup_stages"]["imports"] < ra["startup_stages"]["imports"]
     finally:
         srv.terminate()
         log = srv.communicate(timeout=60)[0]

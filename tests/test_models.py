@@ -351,3 +351,20 @@ def test_lora_cost_benchmark_measures_what_each_strategy_holds():
     assert lin["memory_mb"]["activations"] < lm["activations"]
     assert full["time_vs_full"] == 1.0 and lora["memory_vs_full"] < 0.6
     assert "| lora_unfused |" in bench.report(out)
+
+
+def test_startup_benchmark_summarizes_stages_and_times_imports():
+    """bench/startup.py: per-stage seconds from the cumulative marks a job records, medians
+    over runs; the import times of the heavy packages from a fresh interpreter."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "startup.py"
+    spec = importlib.util.spec_from_file_location("startup", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = [{"imports": 3.0, "data": 4.0, "model": 6.0, "mlflow_run": 8.0, "first_step": 8.5},
+            {"imports": 5.0, "data": 5.5, "model": 7.5, "mlflow_run": 9.0, "first_step": 9.0}]
+    assert bench.summarize(runs) == {"imports": 4.0, "data": 0.75, "model": 2.0,
+                                     "mlflow_run": 1.75, "first_step": 0.25, "total": 8.75}
+    t = bench.import_times()
+    assert list(t) == list(bench.PACKAGES) and t["torch"] > 0.1

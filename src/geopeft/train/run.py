@@ -13,6 +13,7 @@ from typing import Any
 
 from geopeft.data.dataset import StoreInfo, load_split, store_info
 from geopeft.io import atomic_dir, canonical_json, read_json, write_json
+from geopeft.jobserver import process_started
 from geopeft.models.build import build_model
 from geopeft.models.classifier import build_classifier
 from geopeft.models.runtime import seed_everything
@@ -53,6 +54,12 @@ class _QuietLogger:
         return lambda *args, **kwargs: None
 
 
+def _since_start() -> float | None:
+    """Seconds since this job's process started (its client's, under the job server)."""
+    started = process_started()
+    return None if started is None else round(time.time() - started, 3)
+
+
 def _end_after_error(logger: Any, status: str) -> None:
     """End the run of a failed or preempted job without hiding the job's own error."""
     try:
@@ -89,8 +96,12 @@ def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
 
 def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_train: int,
             result: dict[str, Any], run_id: str | None, info: StoreInfo,
-            pretrain_dir: Path | None, out: Path) -> dict[str, Any]:
-    """The run record (``run.json``): spec, model, sizes, history, costs, provenance."""
+            pretrain_dir: Path | None, out: Path,
+            stages: dict[str, float | None]) -> dict[str, Any]:
+    """The run record (``run.json``): spec, model, sizes, history, costs, provenance, and the
+    start-up by stage (``startup_stages``: seconds since the process started when the modules
+    were imported, the data loaded, the model built, the MLflow run open and the first training
+    step began)."""
     costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb",
                                     "memory_kind", "tensors_mb", "attempts", "startup_s")}
     return {
@@ -108,6 +119,7 @@ def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_tra
         "pretrain_dir": os.path.relpath(Path(pretrain_dir).resolve(), Path(out).resolve())
         if pretrain_dir else None,
         **costs,
+        "startup_stages": {**stages, "first_step": result["startup_s"]},
     }
 
 
@@ -130,22 +142,26 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     Returns:
         The run record written to ``out/run.json``.
     """
+    stages = {"imports": _since_start()}
     rank, _ = dist_info()
     row = spec.row
     info = store_info(store)
     train = load_split(store, "train", subset, row.temporal)
     val = load_split(store, "val", temporal=row.temporal)
+    stages["data"] = _since_start()
     args = spec.train_args()
     ckpt = (Checkpointer(Path(state_dir), args.checkpoint_every, args.checkpoint_minutes)
             if state_dir else None)
     resume = ckpt.latest() if ckpt else None
     seed_everything(args.seed, args.threads)
     model, minfo = build_model(spec, info, pretrain_dir)
+    stages["model"] = _since_start()
     trainable, total = count_parameters(model)
     logger: Any = _QuietLogger()
     reopened = False
     if rank == 0:
         logger, reopened = _open_run(experiment, spec, info.fingerprint, state_dir)
+    stages["mlflow_run"] = _since_start()
     # steps an interrupted earlier attempt of this run already logged (none for a fresh run)
     done = logger.logged_steps("train_loss") if reopened else set()
     logger.log_once({"trainable_params": trainable, "total_params": total,
@@ -166,7 +182,7 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
         _end_after_error(logger, "FAILED")
         raise
     record = _record(spec, minfo, (trainable, total), len(train), result, logger.run_id, info,
-                     pretrain_dir, out)
+                     pretrain_dir, out, stages)
     logger.log_metrics({k: record[k] for k in ("wall_time_s", "train_time_s", "images_per_s",
                                                "peak_memory_mb")})
     if rank == 0:
