@@ -119,6 +119,12 @@ def process_started() -> float | None:
     return btime + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def seconds_since_start() -> float | None:
+    """Seconds since this job's process started (:func:`process_started`), or None."""
+    started = process_started()
+    return None if started is None else time.time() - started
+
+
 def _identity() -> dict[str, str]:
     """What must match between a client and the server: the interpreter and this package."""
     return {"python": os.path.realpath(sys.executable), "prefix": os.path.realpath(sys.prefix),

@@ -23,7 +23,7 @@ from torch import nn
 
 from geopeft.data.dataset import Split
 from geopeft.errors import GeopeftError
-from geopeft.jobserver import process_started
+from geopeft.jobserver import seconds_since_start
 from geopeft.models.inference import forward
 from geopeft.models.runtime import (
     MEMORY_KIND,
@@ -395,8 +395,7 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     bar = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step",
                disable=not args.progress, mininterval=0.5 if sys.stderr.isatty() else 10,
                file=sys.stderr)
-    started = process_started()
-    startup_s = time.time() - started if started is not None else None
+    startup_s = seconds_since_start()
     first = state.epoch
     for epoch in range(first, args.epochs):
         _train_epoch(run, data, state, epoch, epoch == first, bar)

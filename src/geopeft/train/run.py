@@ -13,7 +13,7 @@ from typing import Any
 
 from geopeft.data.dataset import StoreInfo, load_split, store_info
 from geopeft.io import atomic_dir, canonical_json, read_json, write_json
-from geopeft.jobserver import process_started
+from geopeft.jobserver import seconds_since_start
 from geopeft.models.build import build_model
 from geopeft.models.classifier import build_classifier
 from geopeft.models.runtime import seed_everything
@@ -52,12 +52,6 @@ class _QuietLogger:
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
-
-
-def _since_start() -> float | None:
-    """Seconds since this job's process started (its client's, under the job server)."""
-    started = process_started()
-    return None if started is None else round(time.time() - started, 3)
 
 
 def _end_after_error(logger: Any, status: str) -> None:
@@ -142,26 +136,26 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     Returns:
         The run record written to ``out/run.json``.
     """
-    stages = {"imports": _since_start()}
+    stages = {"imports": seconds_since_start()}
     rank, _ = dist_info()
     row = spec.row
     info = store_info(store)
     train = load_split(store, "train", subset, row.temporal)
     val = load_split(store, "val", temporal=row.temporal)
-    stages["data"] = _since_start()
+    stages["data"] = seconds_since_start()
     args = spec.train_args()
     ckpt = (Checkpointer(Path(state_dir), args.checkpoint_every, args.checkpoint_minutes)
             if state_dir else None)
     resume = ckpt.latest() if ckpt else None
     seed_everything(args.seed, args.threads)
     model, minfo = build_model(spec, info, pretrain_dir)
-    stages["model"] = _since_start()
+    stages["model"] = seconds_since_start()
     trainable, total = count_parameters(model)
     logger: Any = _QuietLogger()
     reopened = False
     if rank == 0:
         logger, reopened = _open_run(experiment, spec, info.fingerprint, state_dir)
-    stages["mlflow_run"] = _since_start()
+    stages["mlflow_run"] = seconds_since_start()
     # steps an interrupted earlier attempt of this run already logged (none for a fresh run)
     done = logger.logged_steps("train_loss") if reopened else set()
     logger.log_once({"trainable_params": trainable, "total_params": total,
