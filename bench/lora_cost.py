@@ -5,11 +5,11 @@ timm's ViT-B/16 at 224 px, 3 bands, 10 classes; random weights, offline), once p
 full fine-tuning, LoRA (r 8, alpha 16, dropout 0.1 on q/k/v, the study's adapter), the same
 LoRA with q, k and v called as three layers (``lora_unfused``: geopeft before
 :func:`geopeft.models.backbones.fused_lora_qkv`) and a linear probe.
-Each training step is the training loop's (AdamW over the strategy's parameter groups,
-cross-entropy, backward, optimiser step). The variants run interleaved in one process, a step of
-each in turn, so that a slower or busier machine moves all of them alike; after ``--warmup`` steps
-each, ``--steps`` steps each are timed and the medians reported, with the ratios LoRA / full
-and linear / full.
+Each training step is the training loop's (AdamW over the strategy's parameter groups, fused
+on CUDA, cross-entropy, backward, optimiser step; bf16 autocast on CUDA). The variants run
+interleaved in one process, a step of each in turn, so that a slower or busier machine moves
+all of them alike; after ``--warmup`` steps each, ``--steps`` steps each are timed and the
+medians reported, with the ratios LoRA / full and linear / full.
 
 Memory is geopeft's own accounting of the training tensors (what the runs table reports): on a
 GPU the allocator's maximum allocated over one step of the variant alone; on the CPU (where
@@ -67,14 +67,18 @@ class Trainer:
         from geopeft.models.strategies import count_parameters, param_groups
 
         self.variant, self.model = variant, model
-        self.opt = torch.optim.AdamW(param_groups(model, lr), lr=lr, weight_decay=0.05)
+        cuda = next(model.parameters()).device.type == "cuda"
+        self.opt = torch.optim.AdamW(param_groups(model, lr), lr=lr, weight_decay=0.05,
+                                     fused=True if cuda else None)
         self.trainable, self.total = count_parameters(model)
         self.times: list[float] = []
 
     def step(self, x: torch.Tensor, y: torch.Tensor, saved=None) -> None:
         from contextlib import nullcontext
 
-        with saved if saved is not None else nullcontext():
+        from geopeft.models.runtime import autocast
+
+        with saved if saved is not None else nullcontext(), autocast(x.device, True):
             loss = torch.nn.functional.cross_entropy(self.model(x), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -4,9 +4,10 @@ The UPerNet + L-TAE model runs its encoder on all B x T frames of a batch. Witho
 trained encoder keeps the activations of every frame for the backward pass, so memory grows with
 the sequence length; with ``encoder_chunk`` frames at a time and activation checkpointing, only
 one chunk's activations live at once. Measured side by side in one run, each configuration in a
-fresh process (peak RSS on the CPU, CUDA max allocated on a GPU): end-to-end training steps of a
-ViT-S/16-sized encoder (the SSL4EO-S12 architecture, random weights) at 64 px, batch 2, for
-several sequence lengths, chunk = all frames vs chunk = 8. Reports the ratio chunked / unchunked.
+fresh process (peak RSS on the CPU; CUDA max allocated and bf16 autocast on a GPU): end-to-end
+training steps of a ViT-S/16-sized encoder (the SSL4EO-S12 architecture, random weights) at
+64 px, batch 2, for several sequence lengths, chunk = all frames vs chunk = 8. Reports the
+ratio chunked / unchunked.
 
     uv run python bench/segmentation_memory.py [--lengths 6 15 35] [--size 64] [--device cpu]
 """
@@ -26,6 +27,7 @@ def step(length: int, chunk: int, size: int, device: str) -> dict[str, float]:
     import torch
 
     from geopeft.data.dataset import StoreInfo
+    from geopeft.models.runtime import autocast
     from geopeft.models.segmentation import build_segmenter
     from geopeft.models.strategies import apply_strategy
 
@@ -44,7 +46,8 @@ def step(length: int, chunk: int, size: int, device: str) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(2):
-        loss = torch.nn.functional.cross_entropy(model(x, days), y)
+        with autocast(torch.device(device), True):  # bf16 on CUDA, as training runs
+            loss = torch.nn.functional.cross_entropy(model(x, days), y)
         loss.backward()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -60,6 +63,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -67,6 +71,7 @@ def main() -> None:
         return
     print(f"{'T':>3} {'frames':>6} {'unchunked MiB':>14} {'chunk=' + str(a.chunk) + ' MiB':>13} "
           f"{'ratio':>6} {'time ratio':>10}")
+    results = []
     for t in a.lengths:
         res = {}
         for chunk in (2 * t, a.chunk):  # all frames of the batch at once, then chunks
@@ -77,6 +82,12 @@ def main() -> None:
         full, part = res[2 * t], res[a.chunk]
         print(f"{t:>3} {2 * t:>6} {full['peak_mb']:>14.0f} {part['peak_mb']:>13.0f} "
               f"{part['peak_mb'] / full['peak_mb']:>6.2f} {part['step_s'] / full['step_s']:>10.2f}")
+        results.append({"length": t, "frames": 2 * t, "chunk": a.chunk, "unchunked": full,
+                        "chunked": part, "memory_ratio": part["peak_mb"] / full["peak_mb"],
+                        "time_ratio": part["step_s"] / full["step_s"]})
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"size": a.size, "device": a.device, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

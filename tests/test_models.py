@@ -92,6 +92,23 @@ def test_lora_qkv_runs_fused_with_the_outputs_and_gradients_of_three_layers():
     assert torch.allclose(m(xb), fast, atol=1e-5) and len(calls) == 2
 
 
+def test_lora_vit_keeps_pytorch_fused_attention(monkeypatch):
+    """Splitting timm's ``qkv`` for LoRA leaves each block's attention on PyTorch's
+    scaled-dot-product kernel (timm's ``fused_attn``), in training as in evaluation."""
+    import torch.nn.functional as F
+
+    m, _ = _lora_qkv()
+    blocks = [mod for mod in m.modules() if hasattr(mod, "fused_attn") and hasattr(mod, "qkv")]
+    assert len(blocks) == 2 and all(b.fused_attn for b in blocks)
+    assert all(isinstance(b.qkv, SplitQKV) for b in blocks)
+    sdpa, calls = F.scaled_dot_product_attention, []
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    m.train()
+    m(torch.rand(2, 3, 32, 32) * 255).sum().backward()
+    assert len(calls) == 2
+
+
 def test_fused_lora_qkv_shares_one_dropout_of_the_input_and_falls_back_when_it_must():
     """In training, one dropout mask of the shared input for the three adapters (as LoRA's
     reference MergedLinear); merged adapters, disabled adapters and DoRA use the layers one by

@@ -82,6 +82,12 @@ def test_a_rehearsal_changes_only_sizes_and_sources(study, tmp_path):
         if values:
             assert {r[axis] for r in got} == {values[0], values[-1]}, axis
     assert reh["resources"]["gpus"] == 0 and reh["threads"] == 1
+    on_gpu = gcfg.resolve([REAL[study]], {"rehearsal": str(folder), "rehearsal_gpus": 1})
+    assert on_gpu["resources"]["gpus"] == 1 and on_gpu["threads"] == real["threads"]
+    def but_threads(c):  # the same jobs, only the CPU threads of each differ
+        return [{k: v for k, v in s.raw.items() if k != "threads"} for s in gcfg.job_specs(c)]
+
+    assert but_threads(on_gpu) == but_threads(reh)
     # sources: every file from the fixture server, checked against the manifest's checksum
     for r in reh["data"]["remotes"]:
         fx = next(f for f in manifest["datasets"][r["dataset"]] if f["name"] == r["name"])
@@ -108,6 +114,27 @@ def test_a_rehearsal_without_fixtures_says_what_to_start(tmp_path):
     with pytest.raises(gcfg.ConfigError, match=r"rehearsal: data\.source is 'synthetic'"):
         _fake_fixtures(tmp_path / "fx")
         gcfg.resolve([ROOT / "config/config.yaml"], {"rehearsal": str(tmp_path / "fx")})
+
+
+def test_rehearse_takes_its_options_anywhere_and_passes_what_follows_the_dashes(monkeypatch):
+    """``geopeft rehearse STUDY --dir D -- -n``: --dir is the rehearsal's (argparse's
+    remainder once swallowed it, and Snakemake read it as its own --directory); only what
+    follows ``--`` goes to Snakemake; other commands take nothing there."""
+    from geopeft import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_rehearse", seen.append)
+    monkeypatch.setattr("geopeft.jobserver.run_remote", lambda *a: None)
+    assert cli.main(["rehearse", "config/studies/eurosat_lora.yaml", "--dir", "/tmp/fx",
+                     "--cores", "3", "--", "-n", "--dir", "x"]) == 0
+    args = seen[0]
+    assert (args.study, args.dir, args.cores) == ("config/studies/eurosat_lora.yaml", "/tmp/fx",
+                                                  "3")
+    assert args.snakemake_args == ["-n", "--dir", "x"] and args.gpus == 0
+    cli.main(["rehearse", "config/studies/eurosat_lora.yaml"])
+    assert seen[1].snakemake_args == [] and seen[1].dir == ".rehearsal"
+    with pytest.raises(SystemExit):
+        cli.main(["backbones", "--", "-n"])
 
 
 def test_snakemake_switch_strings_are_booleans(tmp_path):

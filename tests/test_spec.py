@@ -122,6 +122,23 @@ def test_a_missing_key_is_named_not_filled():
         JobSpec.from_dict(broken)
 
 
+def test_a_spec_saved_before_the_execution_settings_loads_with_them_off():
+    """``train.compile`` and ``train.channels_last`` came later: a run.json spec without them
+    (every older run) loads with both off, as it trained; a result-changing setting missing is
+    still an error."""
+    cfg = gcfg.resolve([ROOT / "config" / "config.yaml"])
+    spec = gcfg.job_spec(cfg, gcfg.study_rows(cfg)[0])
+    assert {"compile", "channels_last"} <= set(spec["row"]["train"])
+    old = copy.deepcopy(spec)
+    for key in ("compile", "channels_last"):
+        del old["row"]["train"][key]
+    args = JobSpec.from_dict(old).train_args()
+    assert (args.compile, args.channels_last) == (False, False)
+    del old["row"]["train"]["lr"]
+    with pytest.raises(ConfigError, match="job spec.row.train: missing lr"):
+        JobSpec.from_dict(old)
+
+
 def test_the_cli_names_a_bad_spec(tmp_path, capsys):
     from geopeft.cli import main
 

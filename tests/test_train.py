@@ -138,3 +138,92 @@ def test_training_memory_is_the_training_tensors_and_peft_holds_less(rgb_store):
         assert mem[method]["activations"] > 0
         assert res["memory_kind"].startswith("training tensors")
     assert mem["linear"]["total"] < mem["lora"]["total"] < mem["full"]["total"]
+
+
+def test_prefetching_the_next_batch_changes_nothing(rgb_store, monkeypatch):
+    """The CUDA feeder's prefetch (the next batch gathered and copied while a step runs), made to
+    run on CPU: every batch after an epoch's first comes from a prefetch, and the run ends
+    bitwise identical (augmentation draws its transforms at its own step)."""
+    import functools
+
+    from geopeft.train import loop
+
+    a, ra = _fit(rgb_store)
+    feeders = []
+
+    class Ahead(loop._Feeder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "ahead": True})
+            feeders.append(self)
+
+    monkeypatch.setattr(loop, "_Feeder", functools.partial(Ahead))
+    b, rb = _fit(rgb_store)
+    steps_per_epoch = -(-len(load_split(rgb_store, "train")) // 16)
+    assert feeders[0].hits == 2 * (steps_per_epoch - 1)
+    assert ra["history"] == rb["history"]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                  b.state_dict().values(), strict=True))
+
+
+def test_channels_last_trains_the_same_model(rgb_store):
+    """``train.channels_last``: convolution weights in channels-last format, the same run up to
+    rounding."""
+    info = store_info(rgb_store)
+    runs = []
+    for cl in (False, True):
+        torch.manual_seed(0)
+        m, _ = build_classifier(backbone_cfg(), info, len(info.classes))
+        m = apply_strategy(m, "full")
+        args = TrainArgs(epochs=1, batch_size=16, seed=0, progress=False, channels_last=cl)
+        runs.append((m, fit(m, load_split(rgb_store, "train"), None, args)))
+    (m0, r0), (m1, r1) = runs
+    conv = m1.backbone.patch_embed.proj.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert r1["history"][0]["train_loss"] == pytest.approx(r0["history"][0]["train_loss"],
+                                                           rel=1e-4)
+    for (n, p0), p1 in zip(m0.state_dict().items(), m1.state_dict().values(), strict=True):
+        assert torch.allclose(p0, p1, atol=1e-4), n
+
+
+def test_channels_last_runs_the_time_series_models():
+    """U-TAE's convolutions run on dates flattened into the batch: with channels-last weights
+    the maps and gradients are those of the default format."""
+    from geopeft.models.utae import UTAE
+
+    x = torch.randn(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    days = torch.tensor([[1, 40, 80, 120], [5, 50, 90, 130]])
+    outs = []
+    for cl in (False, True):
+        torch.manual_seed(0)
+        m = UTAE(3, 5, [0.0] * 3, [1.0] * 3, 1.0, encoder_widths=(8, 16), decoder_widths=(8, 16),
+                 ltae={"d_model": 16, "heads": 4, "d_k": 4})
+        if cl:
+            m.to(memory_format=torch.channels_last)
+        out = m(x, days)
+        out.square().mean().backward()
+        conv = next(c for c in m.in_conv.modules() if isinstance(c, torch.nn.Conv2d))
+        outs.append((out.detach(), conv.weight.grad))
+    for a, b in zip(*outs, strict=True):  # float32 rounding of other kernels, nothing more
+        assert float((a - b).abs().max()) < 1e-3 * float(a.abs().max())
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_model(rgb_store):
+    """``train.compile``: the steps run a ``torch.compile`` of the model (inductor, here on
+    CPU); the trained weights are those of the eager run up to rounding, and the model saved
+    is the one built (no ``_orig_mod`` in its keys)."""
+    info = store_info(rgb_store)
+    runs = []
+    for comp in (False, True):
+        torch.manual_seed(0)
+        m, _ = build_classifier(backbone_cfg(), info, len(info.classes))
+        m = apply_strategy(m, "lora", LoraSpec(r=4, alpha=8, dropout=0.0))
+        args = TrainArgs(epochs=1, batch_size=16, seed=0, progress=False, compile=comp,
+                         augment=False)
+        runs.append((m, fit(m, load_split(rgb_store, "train"), None, args)))
+    (m0, r0), (m1, r1) = runs
+    assert list(m0.state_dict()) == list(m1.state_dict())
+    assert r1["history"][0]["train_loss"] == pytest.approx(r0["history"][0]["train_loss"],
+                                                           rel=1e-4)
+    for (n, p0), p1 in zip(m0.state_dict().items(), m1.state_dict().values(), strict=True):
+        assert torch.allclose(p0, p1, atol=1e-4), n

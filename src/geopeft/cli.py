@@ -113,11 +113,12 @@ def cmd_rehearse(args: argparse.Namespace) -> None:
     from geopeft.rehearsal import FixtureServer, prepare_study
 
     folder = Path(args.dir)
-    extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    extra = args.snakemake_args
     prepare_study([args.study], folder)
     switch = "rehearsal=true" if args.dir == ".rehearsal" else f"rehearsal={args.dir}"
+    switches = [switch, f"rehearsal_gpus={args.gpus}"] if args.gpus else [switch]
     cmd = [sys.executable, "-m", "snakemake", "--cores", args.cores, "--configfile", args.study,
-           "--config", switch, *extra]
+           "--config", *switches, *extra]
     # url weights download into a torch hub cache of the rehearsal's own, not the user's
     # and the jobs find this environment's geopeft, however this command was started
     env = dict(os.environ, TORCH_HOME=str((folder / "torch").resolve()),
@@ -437,12 +438,14 @@ def _study_commands(sub: Any) -> None:
                     "formats) into --dir, serve them on 127.0.0.1 and run `snakemake --cores all "
                     "--configfile STUDY --config rehearsal=true`: the whole DAG through the real "
                     "download and weight-loading paths, 1 epoch, a couple of cells per grid axis. "
-                    "Results go to results/<study>_rehearsal; every output says rehearsal.")
+                    "Results go to results/<study>_rehearsal; every output says rehearsal. "
+                    "Further Snakemake arguments follow `--` (e.g. `-- -n`).")
     s.add_argument("study", help="the study file, e.g. config/studies/eurosat_lora.yaml")
     s.add_argument("--dir", default=".rehearsal", help="fixture folder (default .rehearsal)")
     s.add_argument("--cores", default="all", help="snakemake --cores (default all)")
-    s.add_argument("snakemake_args", nargs=argparse.REMAINDER,
-                   help="further snakemake arguments, after --")
+    s.add_argument("--gpus", type=int, default=0,
+                   help="GPUs per training job (default 0: CPU jobs of one thread; 1 on a GPU "
+                        "machine rehearses the CUDA path)")
     s.set_defaults(func=cmd_rehearse)
 
     s = sub.add_parser("rehearsal-server",
@@ -612,8 +615,15 @@ def main(argv: list[str] | None = None) -> int:
     from geopeft.errors import GeopeftError
     from geopeft.train.resume import Preempted
 
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    # what follows `--` goes to Snakemake (geopeft rehearse), whatever the options' order
+    cut = given.index("--") if "--" in given else len(given)
+    parser = build_parser()
+    args = parser.parse_args(given[:cut])
+    args.snakemake_args = given[cut + 1 :]
+    if args.snakemake_args and args.command != "rehearse":
+        parser.error(f"geopeft {args.command} takes no arguments after --")
+    args.argv = given
     if argv is None:  # a process of its own: a local run's job server may run it warm
         from geopeft.jobserver import run_remote
 

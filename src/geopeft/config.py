@@ -293,7 +293,8 @@ def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     first and last value of each other grid axis (dataset, label fraction, sequence length: at
     most :data:`REHEARSAL_MAX_DATES`)
     alternating over the strategies, the first seed; at most :data:`REHEARSAL_LIMITS` of
-    training; CPU jobs of one thread. Fixtures: ``geopeft rehearsal-server``.
+    training; CPU jobs of one thread (``rehearsal_gpus``: that many GPUs per job instead).
+    Fixtures: ``geopeft rehearsal-server``.
 
     Args:
         cfg: the validated study (left unchanged).
@@ -325,9 +326,11 @@ def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     _rehearsal_data(cfg, manifest, url, where)
     _rehearsal_weights(cfg, manifest, url, folder, where)
     _rehearsal_rows(cfg)
-    # CPU jobs, one thread each: as many run at once as there are cores
-    cfg["resources"]["gpus"] = 0
-    cfg["threads"] = 1
+    # CPU jobs, one thread each: as many run at once as there are cores; or, on a GPU machine,
+    # the study's CUDA path with rehearsal_gpus per job
+    cfg["resources"]["gpus"] = cfg["rehearsal_gpus"]
+    if not cfg["rehearsal_gpus"]:
+        cfg["threads"] = 1
     for part in [cfg["train"], *cfg["strategies"].values(), *cfg["runs"]]:
         for k, most in REHEARSAL_LIMITS.items():
             if k in part:

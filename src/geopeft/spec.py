@@ -81,6 +81,13 @@ class TrainArgs:
     loss: str = "ce"
     """``ce`` (cross-entropy; BCE for multi-label) or ``weighted_ce`` (classes weighted by inverse
     frequency in the training (sub)set, so rare classes count as much as common ones)."""
+    compile: bool = False
+    """Run the training forward and backward through ``torch.compile`` (worth it on a GPU for
+    runs of many steps; the first steps compile). Saving, validation and evaluation use the
+    model as built."""
+    channels_last: bool = False
+    """Keep convolution weights and 4-D image batches in channels-last memory format (faster
+    convolutions with bf16 on recent GPUs; no effect on the results beyond rounding)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **extra: Any) -> TrainArgs:
@@ -92,6 +99,9 @@ class TrainArgs:
 
 #: What the job adds to a row's training settings (not in the study's ``train``).
 _JOB_TRAIN_KEYS = ("seed", "threads", "progress")
+#: How a run executes, not what it computes; absent from the specs saved before they existed
+#: (``run.json`` of older runs), which load with them off, as those runs trained.
+_EXECUTION_TRAIN_KEYS = ("compile", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -183,7 +193,8 @@ class RowSpec:
     def from_dict(cls, d: dict[str, Any], where: str = "row") -> RowSpec:
         optional = ("lora", "fusion", "sequence_length", "temporal", "segmentation")
         v = _take(cls, d, where, optional)
-        _take(TrainArgs, v["train"], f"{where}.train", _JOB_TRAIN_KEYS)  # every setting there
+        _take(TrainArgs, v["train"], f"{where}.train",  # every setting there
+              _JOB_TRAIN_KEYS + _EXECUTION_TRAIN_KEYS)
         if v["method"] not in STRATEGIES:
             raise ConfigError(f"{where}.method: {v['method']!r} is not one of {STRATEGIES}")
         if v["method"] == "lora":

@@ -1,10 +1,15 @@
 """One training loop for all strategies.
 
-AdamW over the trainable parameters, linear warmup then cosine decay (per step), bf16 autocast
-on CUDA, seeded python/numpy/torch and deterministic algorithms on CPU, random flips and
-90-degree rotations as augmentation, a progress bar, and the cost figures each run reports:
-trainable/total parameters, wall time, images/s and peak memory (CUDA max allocated, else the
-process's peak RSS).
+AdamW over the trainable parameters (fused on CUDA), linear warmup then cosine decay (per
+step), bf16 autocast on CUDA, seeded python/numpy/torch and deterministic algorithms on CPU,
+random flips and 90-degree rotations as augmentation (on the device), a progress bar, and the
+cost figures each run reports: trainable/total parameters, wall time, images/s and peak memory
+(CUDA max allocated, else the training tensors of one step).
+
+On CUDA the batches are gathered into pinned memory and copied asynchronously, the next batch's
+copy issued while the current step runs (:class:`_Feeder`), so the GPU does not wait for the
+data; ``train.compile`` runs the training forward through ``torch.compile`` and
+``train.channels_last`` puts convolutions and image batches in channels-last format.
 """
 
 from __future__ import annotations
@@ -159,6 +164,8 @@ class _Run:
     total_steps: int
     trainable: list[torch.Tensor]
     """The parameters that train (their gradients are averaged over ranks under DDP)."""
+    forward_model: nn.Module
+    """What the training steps call: the model, or its ``torch.compile`` (``train.compile``)."""
     checkpointer: Checkpointer | None
     extra_state: dict[str, Any]
     weight: torch.Tensor | None = None
@@ -206,12 +213,17 @@ def _start(model: nn.Module, train: Split, args: TrainArgs, name: str,
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)  # 4-D (convolution) weights only
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("no trainable parameters: check the strategy")
+    # fused: one kernel for the whole update on CUDA; on CPU the default (foreach) keeps the
+    # bitwise-reproducible results of earlier versions
     opt = torch.optim.AdamW(param_groups(model, args.lr, args.encoder_lr_factor),
-                            lr=args.lr, weight_decay=args.weight_decay)
+                            lr=args.lr, weight_decay=args.weight_decay,
+                            fused=True if device.type == "cuda" else None)
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     total = steps_per_epoch * args.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -219,7 +231,9 @@ def _start(model: nn.Module, train: Split, args: TrainArgs, name: str,
     gen = torch.Generator().manual_seed(args.seed)
     return _Run(model, args, name, device, rank, world, opt, sched, gen,
                 gen if world == 1 else torch.Generator(), total,
-                [p for p in model.parameters() if p.requires_grad], checkpointer, extra_state or {})
+                [p for p in model.parameters() if p.requires_grad],
+                torch.compile(model) if args.compile else model, checkpointer,
+                extra_state or {})
 
 
 def _restore(run: _Run, saved: dict[str, Any]) -> TrainState:
@@ -238,32 +252,88 @@ def _restore(run: _Run, saved: dict[str, Any]) -> TrainState:
     return TrainState.restore(saved)
 
 
-def _step(run: _Run, data: _Tensors, idx: torch.Tensor, state: TrainState,
-          epoch: int) -> bool:
-    """One optimiser step on the samples ``idx`` (this rank's shard under DDP); updates the
-    running sums; returns whether a stop (SIGTERM) was requested on any rank."""
+def _shard(run: _Run, idx: torch.Tensor) -> torch.Tensor:
+    """This rank's part of the global batch ``idx`` (all of it without DDP)."""
+    return idx.tensor_split(run.world)[run.rank] if run.world > 1 else idx
+
+
+class _Feeder:
+    """Puts training batches on the device. On CPU a batch is indexed from the tensors in
+    memory. On CUDA it is gathered into pinned (page-locked) memory and copied asynchronously,
+    and :meth:`prefetch` issues the next batch's gather and copy while the current step's
+    kernels run, so the GPU does not wait for the host. Only the deterministic gather and copy
+    run ahead: augmentation draws its random transforms at its step, on the device, so a state
+    saved between steps resumes the same random stream."""
+
+    def __init__(self, data: _Tensors, device: torch.device, channels_last: bool,
+                 ahead: bool | None = None):
+        self.data, self.device = data, device
+        self.cuda = device.type == "cuda"
+        self.channels_last = channels_last
+        self.ahead = self.cuda if ahead is None else ahead
+        """Prefetch the next batch (default: on CUDA)."""
+        self.pending: tuple[torch.Tensor, tuple[Any, ...]] | None = None
+        self.hits = 0
+        """Batches served from a prefetch."""
+
+    def _gather(self, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if not self.cuda:
+            return t[idx]
+        host = torch.empty((len(idx), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+        torch.index_select(t, 0, idx, out=host)
+        return host.to(self.device, non_blocking=True)
+
+    def _load(self, idx: torch.Tensor) -> tuple[Any, ...]:
+        d = self.data
+        return (self._gather(d.x, idx), self._gather(d.y, idx),
+                self._gather(d.dates, idx).to(self.device) if d.dates is not None else None)
+
+    def prefetch(self, idx: torch.Tensor | None) -> None:
+        """Start the next batch's transfer (None: no next batch in this epoch)."""
+        if self.ahead and idx is not None:
+            self.pending = (idx, self._load(idx))
+
+    def batch(self, idx: torch.Tensor) -> tuple[Any, ...]:
+        """The batch ``idx`` on the device: (images, targets, dates or None)."""
+        pending, self.pending = self.pending, None
+        if pending is not None and torch.equal(pending[0], idx):
+            xb, yb, db = pending[1]
+            self.hits += 1
+        else:
+            xb, yb, db = self._load(idx)
+        if self.channels_last and xb.ndim == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, yb, db
+
+
+def _step(run: _Run, feeder: _Feeder, idx: torch.Tensor, state: TrainState, epoch: int,
+          next_idx: torch.Tensor | None = None) -> bool:
+    """One optimiser step on the samples ``idx`` (this rank's shard under DDP; ``next_idx``:
+    the next step's, prefetched on CUDA); updates the running sums; returns whether a stop
+    (SIGTERM) was requested on any rank."""
     args, device, world = run.args, run.device, run.world
-    if world > 1:  # this rank's shard of the global batch, its streams for this step
-        idx = idx.tensor_split(world)[run.rank]
+    data = feeder.data
+    idx = _shard(run, idx)
+    if world > 1:  # this rank's streams for this step
         rank_seed = step_seed(args.seed, run.rank, state.step)
         run.aug_gen.manual_seed(rank_seed)
         torch.manual_seed(rank_seed)
-    xb, yb = data.x[idx], data.y[idx]
-    db = data.dates[idx].to(device) if data.dates is not None else None
+    xb, yb, db = feeder.batch(idx)
     if args.augment and data.segmentation:
         xb, yb = augment(xb, run.aug_gen, yb)
     elif args.augment:
         xb = augment(xb, run.aug_gen)
-    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
     measure = not state.tensors_mb  # the run's first step: what its tensors hold
     with autocast(device, args.amp), SavedTensors() if measure else nullcontext() as saved:
-        logits = forward(run.model, xb, db)
+        logits = forward(run.forward_model, xb, db)
         if data.weighted and run.weight is None:
             run.weight = torch.from_numpy(
                 class_weights(data.labels, logits.shape[1], data.ignore)).to(device)
         loss = loss_fn(logits, yb, run.weight, data.ignore)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
+    # the next batch's copy overlaps this step's kernels (the loss read below waits for them)
+    feeder.prefetch(_shard(run, next_idx) if next_idx is not None else None)
     stop = stop_requested()
     n_right = int((logits.argmax(1) == yb).sum()) if yb.ndim == 1 else 0
     if world == 1:
@@ -314,7 +384,7 @@ class _Tensors:
                    args.loss == "weighted_ce" and not is_multilabel(train))
 
 
-def _train_epoch(run: _Run, data: _Tensors, state: TrainState, epoch: int, resumed: bool,
+def _train_epoch(run: _Run, feeder: _Feeder, state: TrainState, epoch: int, resumed: bool,
                  bar: Any) -> None:
     """The training steps of one epoch (from where a resumed state stood); saves the state when
     due and on SIGTERM (then raises :class:`Preempted`)."""
@@ -324,13 +394,14 @@ def _train_epoch(run: _Run, data: _Tensors, state: TrainState, epoch: int, resum
     if resumed and state.order is not None:
         order, start = state.order, state.start
     else:
-        order, start = torch.randperm(len(data.x), generator=run.gen), 0
+        order, start = torch.randperm(len(feeder.data.x), generator=run.gen), 0
         state.loss_sum, state.correct = 0.0, 0
     state.epoch, state.order = epoch, order
     for i in range(start, len(order), args.batch_size):
-        stop = _step(run, data, order[i : i + args.batch_size], state, epoch)
-        bar.update(1)
         last = i + args.batch_size >= len(order)
+        stop = _step(run, feeder, order[i : i + args.batch_size], state, epoch,
+                     None if last else order[i + args.batch_size : i + 2 * args.batch_size])
+        bar.update(1)
         if ckpt is not None and not last and (stop or ckpt.due(state.step)):
             state.train_time_s += time.perf_counter() - te
             te = time.perf_counter()
@@ -385,7 +456,7 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     from tqdm.auto import tqdm
 
     run = _start(model, train, args, name, checkpointer, extra_state)
-    data = _Tensors.of(train, args)
+    feeder = _Feeder(_Tensors.of(train, args), run.device, args.channels_last)
     state = _restore(run, resume) if resume is not None else TrainState()
     if resume is not None:
         state.attempts += 1
@@ -398,7 +469,7 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     startup_s = seconds_since_start()
     first = state.epoch
     for epoch in range(first, args.epochs):
-        _train_epoch(run, data, state, epoch, epoch == first, bar)
+        _train_epoch(run, feeder, state, epoch, epoch == first, bar)
         m = _epoch_metrics(run, state, train, val)
         state.history.append(m)
         state.epoch, state.start, state.order = epoch + 1, 0, None

@@ -1,0 +1,80 @@
+"""The benchmarks of issue 18 stay runnable: the GPU suite in its CPU smoke mode, and the
+trainer-vs-timm comparison's own arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_mfu_peaks_are_the_cards_dense_bf16_figures():
+    tvt = _bench("trainer_vs_timm")
+    assert tvt.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert tvt.peak_flops("NVIDIA H100 PCIe") == 756e12  # not the SXM figure
+    assert tvt.peak_flops("NVIDIA H200") == 989e12
+    assert tvt.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert tvt.peak_flops("Tesla T4") is None
+
+
+def test_trainer_vs_timm_times_both_loops_on_the_same_model():
+    """Tiny run: every variant trained, the step's FLOPs counted (a ViT's forward and backward:
+    about 3x the forward's), the ratio against timm's loop computed from the medians."""
+    tvt = _bench("trainer_vs_timm")
+    out = tvt.run("vit_tiny_patch16_224", 32, 4, steps=2, warmup=1, repeats=1,
+                  device=torch.device("cpu"), threads=1)
+    assert set(out["images_per_s"]) == {"timm", "fit", "fit_augment"}
+    assert all(v > 0 for v in out["images_per_s"].values())
+    assert out["vs_timm"]["fit"] == pytest.approx(
+        out["images_per_s"]["fit"] / out["images_per_s"]["timm"], rel=1e-2)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tvt.build("vit_tiny_patch16_224", 32, 10, torch.device("cpu"))
+    with FlopCounterMode(display=False) as fwd:
+        model(torch.randn(4, 3, 32, 32))
+    assert out["gflop_per_step"] * 1e9 == pytest.approx(3 * fwd.get_total_flops(), rel=0.1)
+    assert out["mfu"]["fit"] is None  # no peak known for a CPU
+    assert out["adamw_step_s"]["fused"] > 0 and "| fit_augment |" in tvt.report(out)
+
+
+def test_gpu_suite_smoke_covers_every_part_of_the_gpu_run():
+    suite = _bench("gpu_suite")
+    full = [name for name, _, _ in suite.parts(Path("out"), smoke=False)]
+    smoke = [name for name, _, _ in suite.parts(Path("out"), smoke=True)]
+    assert full == smoke == ["trainer_vs_timm", "lora_cost", "conv_layout",
+                             "segmentation_memory", "rehearsal"]
+    assert sum(limit for _, _, limit in suite.parts(Path("out"), smoke=False)) <= 8 * 60
+    rehearsal = dict((n, c) for n, c, _ in suite.parts(Path("out"), smoke=False))["rehearsal"]
+    assert rehearsal[rehearsal.index("--gpus") + 1] == "1"  # the CUDA path, not CPU jobs
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_in_smoke_mode(tmp_path):
+    """``python bench/gpu_suite.py --smoke OUT`` (the CI guard of the GPU suite): every part
+    runs and leaves its results."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_suite.py"), "--smoke",
+                        str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    assert suite["smoke"] is True and all(p["rc"] == 0 for p in suite["parts"].values())
+    parts = suite["parts"]
+    assert parts["trainer_vs_timm"]["results"]["images_per_s"]["fit"] > 0
+    assert set(parts["lora_cost"]["results"]["variants"]) >= {"full", "lora", "linear"}
+    assert parts["conv_layout"]["results"]["step_s"]["channels_last"] > 0
+    assert parts["segmentation_memory"]["results"]["results"][0]["chunk"] == 2
+    assert "Building DAG of jobs" in parts["rehearsal"]["report"]
+    assert "SMOKE" in (tmp_path / "suite.md").read_text()
