@@ -78,3 +78,22 @@ def test_gpu_suite_runs_in_smoke_mode(tmp_path):
     assert parts["segmentation_memory"]["results"]["results"][0]["chunk"] == 2
     assert "Building DAG of jobs" in parts["rehearsal"]["report"]
     assert "SMOKE" in (tmp_path / "suite.md").read_text()
+
+
+def test_loader_benchmark_times_the_store_path_against_memory(tmp_path):
+    """bench/loader.py (toy size): an epoch from the store (load + fit) and in memory, the
+    load's median timed on its own, and both ratios computed from the medians."""
+    loader = _bench("loader")
+    store = loader.make_store(tmp_path, 120, 32)
+    backbone = {**loader.DEFAULT_BACKBONE, "kwargs": {**loader.DEFAULT_BACKBONE["kwargs"],
+                                                      "img_size": 32}}
+    out = loader.run(store, backbone, 32, repeats=2)
+    from geopeft.data.dataset import load_split
+
+    assert out["samples"] == len(load_split(store, "train"))
+    med = out["epoch_s"]
+    assert out["store_vs_memory"] == pytest.approx(med["memory"] / med["store"], abs=1e-3)
+    assert 0 < out["load_s"] < med["store"]
+    assert out["store_vs_memory_from_load"] == pytest.approx(
+        med["memory"] / (med["memory"] + out["load_s"]), abs=1e-3)
+    assert "ratio from its parts" in loader.report(out)

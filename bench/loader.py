@@ -1,0 +1,134 @@
+"""Benchmark: a training epoch fed from the zarr store through geopeft's data path vs the same
+tensors already in memory, side by side.
+
+The store is the default study's (the embedded EuroSAT-RGB world at 64 px, prepared by
+``geopeft prepare``; ``--samples`` scenes, 60 % of them in the training split). ``store``: what a
+training job does, :func:`geopeft.data.dataset.load_split` of the training split from the store,
+then one epoch of :func:`geopeft.train.loop.fit`; ``memory``: the same epoch on the split loaded
+beforehand. The model is the default study's shrunk ViT (or ``--arch`` at ``--size``), full
+fine-tuning, batch ``--batch``, one CPU thread. The two run interleaved (in ABBA order),
+``--repeats`` times; the medians give images/s and the ratio store / memory (target >= 0.97):
+what reading the data costs a job on top of training. Where the epochs vary more than the load
+costs (a shared 2-core machine), the ratio is also given from its parts: the median epoch in
+memory over itself plus the median time of loading the split.
+
+    uv run python bench/loader.py [--samples 1000] [--repeats 3] [--batch 64]
+    uv run python bench/loader.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_BACKBONE = {"name": "vit_tiny_patch16_224", "weights": "none",
+                    "kwargs": {"img_size": 64, "patch_size": 8, "depth": 4, "embed_dim": 96,
+                               "num_heads": 3}}
+
+
+def make_store(tmp: Path, samples: int, size: int) -> Path:
+    """The default study's store: the embedded EuroSAT-RGB world, prepared."""
+    from geopeft.data.prepare import prepare
+    from geopeft.data.synthetic import WorldSpec, generate_eurosat
+
+    generate_eurosat(WorldSpec(seed=0, n_samples=samples, source_samples=0, size=size), None,
+                     tmp / "rgb")
+    prepare("eurosat_rgb", tmp / "rgb", ["B04", "B03", "B02"], tmp / "rgb.zarr")
+    return tmp / "rgb.zarr"
+
+
+def epoch(store: Path, backbone: dict, batch: int,
+          loaded: object | None) -> tuple[float, float]:
+    """Seconds of loading the training split (0 when ``loaded``) and of one training epoch."""
+    from geopeft.data.dataset import load_split, store_info
+    from geopeft.models.classifier import build_classifier
+    from geopeft.models.strategies import apply_strategy
+    from geopeft.spec import TrainArgs
+    from geopeft.train.loop import fit
+
+    info = store_info(store)
+    torch.manual_seed(0)
+    model, _ = build_classifier(backbone, info, len(info.classes))
+    model = apply_strategy(model, "full")
+    args = TrainArgs(epochs=1, batch_size=batch, warmup_epochs=0, progress=False, threads=1)
+    t0 = time.perf_counter()
+    train = loaded if loaded is not None else load_split(store, "train")
+    t1 = time.perf_counter()
+    fit(model, train, None, args)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def run(store: Path, backbone: dict, batch: int, repeats: int) -> dict:
+    from geopeft.data.dataset import load_split
+
+    t0 = time.perf_counter()
+    loaded = load_split(store, "train")
+    load_s = time.perf_counter() - t0
+    times: dict[str, list[float]] = {"store": [], "memory": []}
+    loads: list[float] = []
+    n = len(loaded)
+    epoch(store, backbone, batch, loaded)  # warm-up: allocator, thread pools
+    for i in range(repeats):  # ABBA: a drift of the machine moves both alike
+        for v in ("store", "memory") if i % 2 == 0 else ("memory", "store"):
+            load, train = epoch(store, backbone, batch, loaded if v == "memory" else None)
+            times[v].append(load + train)
+            if v == "store":
+                loads.append(load)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    load_med = statistics.median(loads)
+    return {"samples": n, "batch": batch, "backbone": backbone, "repeats": repeats,
+            "first_load_s": round(load_s, 3), "load_s": round(load_med, 4), "epoch_s": med,
+            "images_per_s": {k: round(n / v, 1) for k, v in med.items()},
+            "store_vs_memory": round(med["memory"] / med["store"], 3),
+            # the same ratio from its parts: the load's share, free of the epochs' noise
+            "store_vs_memory_from_load": round(med["memory"] / (med["memory"] + load_med), 4),
+            "epoch_spread": round((max(times["memory"]) - min(times["memory"]))
+                                  / med["memory"], 3)}
+
+
+def report(out: dict) -> str:
+    return (f"{out['samples']} training samples, batch {out['batch']}, "
+            f"{out['backbone']['name']} {out['backbone'].get('kwargs', {})}: epoch from the store "
+            f"{out['epoch_s']['store']:.2f} s ({out['images_per_s']['store']} img/s), in memory "
+            f"{out['epoch_s']['memory']:.2f} s ({out['images_per_s']['memory']} img/s); ratio "
+            f"{out['store_vs_memory']:.3f} (median of {out['repeats']} interleaved rounds; the "
+            f"in-memory epochs spread over {out['epoch_spread']:.0%} of their median). Loading "
+            f"the split: {out['load_s']:.3f} s (median; {out['first_load_s']:.2f} s the first "
+            f"time in the process), so the ratio from its parts is "
+            f"{out['store_vs_memory_from_load']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=1000, help="scenes in the store (default "
+                                                             "study: 1000)")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--arch", help="a timm ViT instead of the default study's shrunk one")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="200 scenes at 32 px, 1 round")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.samples, a.size, a.repeats = 200, 32, 1
+    backbone = ({"name": a.arch, "weights": "none", "kwargs": {"img_size": a.size}} if a.arch
+                else {**DEFAULT_BACKBONE, "kwargs": {**DEFAULT_BACKBONE["kwargs"],
+                                                     "img_size": a.size}})
+    with tempfile.TemporaryDirectory() as tmp:
+        store = make_store(Path(tmp), a.samples, a.size)
+        out = run(store, backbone, a.batch, a.repeats)
+    print(report(out))
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
