@@ -76,6 +76,36 @@ def cmd_validate(args: argparse.Namespace) -> None:
         print(f"  {r['name']}: {r['method']}, fraction {r['label_fraction']:g}, seed {r['seed']}")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    """``geopeft plan``: jobs per rule, GPU-hours, wall time, runtime flags and SLURM overhead of
+    a study, from measured step times (:mod:`geopeft.plan`).
+
+    Args:
+        args: ``configfile``, ``config``, ``measured``, ``measured_kind``, ``gpu_kind``, ``gpus``,
+            ``profile``, ``slurm_overhead``.
+    """
+    from geopeft.plan import format_plan, make_plan
+
+    plan = make_plan(args.configfile, _config_overrides(args.config), args.measured,
+                     args.measured_kind, args.gpu_kind, args.gpus,
+                     None if args.profile == "none" else args.profile, args.slurm_overhead)
+    print(format_plan(plan))
+
+
+def cmd_steptimes(args: argparse.Namespace) -> None:
+    """``geopeft steptimes``: the step times finished runs measured, as a step-time file for
+    ``geopeft plan --measured``.
+
+    Args:
+        args: ``runs`` (run.json files or folders), ``kind``, ``note``, ``out``.
+    """
+    from geopeft.plan import load_measurements, write_steptimes
+
+    steps = load_measurements(args.runs, args.kind)
+    write_steptimes(steps, args.out, args.note)
+    print(f"{args.out}: {len(steps)} step times measured on {', '.join(sorted({s.kind for s in steps}))}")
+
+
 def cmd_rehearsal_server(args: argparse.Namespace) -> None:
     """``geopeft rehearsal-server``: write the fixtures of studies and serve them on 127.0.0.1.
 
@@ -414,7 +444,8 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 
 def _study_commands(sub: Any) -> None:
-    """Commands about a study: validate it, rehearse it, serve rehearsal fixtures, list the zoo."""
+    """Commands about a study: validate it, plan it, rehearse it, serve rehearsal fixtures, list
+    the zoo."""
     s = sub.add_parser(
         "validate", help="resolve a study exactly as snakemake --configfile does; list its rows",
         description="Resolve and validate a study as `snakemake --configfile FILE [--config K=V]` "
@@ -430,6 +461,44 @@ def _study_commands(sub: Any) -> None:
                         "dataset, bands, label fraction, sequence length")
     s.add_argument("--json", action="store_true", help="the resolved rows as JSON")
     s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser(
+        "plan", help="jobs, GPU-hours and wall time of a study before it is launched",
+        description="Plan a study before launching it: jobs per rule (as Snakemake expands the "
+                    "study), GPU-hours from measured step times x the datasets' real split sizes "
+                    "x label fraction x epochs x dates, the wall time on --gpus GPUs of "
+                    "--gpu-kind, the jobs that exceed the study's runtime per GPU job, and the "
+                    "SLURM overhead one by one vs as job arrays. Without a measurement on the GPU "
+                    "kind it gives no hours and says so.")
+    s.add_argument("--configfile", nargs="+", action="extend", default=[],
+                   help="study file(s), as snakemake --configfile (none: config/config.yaml)")
+    s.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides, as snakemake --config (values read as YAML)")
+    s.add_argument("--measured", nargs="+", action="extend", default=[], metavar="PATH",
+                   help="measured step times: run.json files, folders of runs (e.g. a "
+                        "rehearsal's results/<study>_rehearsal/runs), step-time files "
+                        "(geopeft steptimes)")
+    s.add_argument("--measured-kind", help="the GPU kind the run.json files among --measured "
+                                           "ran on (CPU runs are cpu)")
+    s.add_argument("--gpu-kind", help="the GPU kind to plan for (default: the one measured)")
+    s.add_argument("--gpus", type=int, default=1, help="GPUs of that kind (default 1)")
+    s.add_argument("--profile", default="profiles/slurm",
+                   help="Snakemake cluster profile: retries, job arrays (default profiles/slurm; "
+                        "none: no profile)")
+    s.add_argument("--slurm-overhead", help="per-job SLURM overhead measured by "
+                                            "bench/slurm_overhead.py (default "
+                                            "config/measurements/slurm_overhead.json)")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("steptimes", help="step times of finished runs, for geopeft plan",
+                       description="Read the step times that finished runs (or a rehearsal) "
+                                   "measured out of their run.json and write a step-time file "
+                                   "for geopeft plan --measured.")
+    s.add_argument("runs", nargs="+", help="run.json files or folders of runs")
+    s.add_argument("--kind", help="the GPU kind they ran on (CPU runs: cpu)")
+    s.add_argument("--note", required=True, help="how they were measured: machine, threads, date")
+    s.add_argument("--out", required=True, help="the step-time file (YAML) to write")
+    s.set_defaults(func=cmd_steptimes)
 
     s = sub.add_parser(
         "rehearse", help="rehearse a real study on this CPU before spending GPU hours",

@@ -64,6 +64,21 @@ class Source:
     #: ``f(out: Path, spec: WorldSpec) -> dict`` (None: EuroSAT, whose world and source sets
     #: one rule writes together)
     world: str | None = None
+    #: samples per split (train, val, test) of the published dataset under its default split
+    #: (None: not declared); :meth:`split_sizes` gives them for the source options of a study
+    published_splits: dict[str, int] | None = None
+    #: where :attr:`published_splits` come from (said by ``geopeft plan``)
+    published_splits_source: str = ""
+
+    def split_sizes(self, options: dict[str, Any]) -> dict[str, int] | None:
+        """Samples per split (train, val, test) of the published dataset as the study's source
+        options (``data.options``) split it, for planning (``geopeft plan``); None when not known.
+        The prepared store holds the real counts.
+
+        Args:
+            options: the study's ``data.options``.
+        """
+        return dict(self.published_splits) if self.published_splits else None
 
     @property
     def time_series(self) -> bool:

@@ -44,6 +44,11 @@ SPLIT_REMOTES = (
     Remote("eurosat-test.txt", (f"{_HF}/eurosat-test.txt",), md5="7ae5ab94471417b6e315763121e67c5f"),
 )
 
+#: Samples per split of the standard split files (60 / 20 / 20 % of the 27,000 patches).
+SPLIT_SIZES: dict[str, int] = {"train": 16_200, "val": 5_400, "test": 5_400}
+SPLIT_SIZES_SOURCE = ("the standard split files eurosat-{train,val,test}.txt (16,200 / 5,400 / "
+                      "5,400 lines; torchgeo/eurosat on Hugging Face)")
+
 
 class EuroSAT(Source):
     """One EuroSAT-style dataset: sub-folder, extension, band order, dtype, classes."""
@@ -58,6 +63,9 @@ class EuroSAT(Source):
         self.remotes = remotes
         self.layout = subdir
         self.native_size = 64
+        if study_dataset:  # the synthetic source sets have no published split
+            self.published_splits = dict(SPLIT_SIZES)
+            self.published_splits_source = SPLIT_SIZES_SOURCE
 
     def read_file(self, path: Path) -> np.ndarray:
         """Read one file as (bands, H, W) in file band order, checking count and dtype."""
