@@ -9,7 +9,7 @@ import xarray as xr
 
 from geopeft.bands import EUROSAT_MS_FILE_ORDER, BandError, band_indices
 from geopeft.data.dataset import load_split, store_info
-from geopeft.data.prepare import prepare
+from geopeft.data.prepare import open_store, prepare
 from geopeft.data.sources import DataError
 
 
@@ -64,7 +64,11 @@ def test_rgb_store_and_loading(rgb_store):
     info = store_info(rgb_store)
     assert info.bands == ["B04", "B03", "B02"] and info.value_scale == pytest.approx(1 / 255)
     tr = load_split(rgb_store, "train")
-    assert tr.x.dtype == np.float32 and tr.x.shape[1:] == (3, 32, 32)
+    # the store's dtype in memory (a quarter of float32's), the split's samples only
+    assert tr.x.dtype == np.uint8 and tr.x.shape[1:] == (3, 32, 32)
+    ds = open_store(rgb_store)
+    train_idx = np.flatnonzero(ds["split"].values == "train")
+    assert np.array_equal(tr.x, ds["image"].values[train_idx])
     assert len(info.fingerprint) == 64
 
 

@@ -19,8 +19,9 @@ from geopeft.spec import Temporal
 class Split:
     """Raw images and labels of one split or subset.
 
-    Images: (N, C, H, W) float32, or for time series (N, T, C, H, W) in the store's dtype (int16,
-    converted per batch) with ``dates`` (N, T) in days since the reference date. Labels: (N,)
+    Images: (N, C, H, W), or for time series (N, T, C, H, W) with ``dates`` (N, T) in days since
+    the reference date, in the store's dtype (uint8, uint16, int16: a quarter or half of float32's
+    memory), converted to float32 per batch, on the device (training, prediction). Labels: (N,)
     class, (N, K) multi-hot, or (N, H, W) class maps.
     """
 
@@ -89,11 +90,23 @@ def load_split(path: Path, split: str, subset_file: Path | None = None,
         raise DataError(f"{path}: the {split} split is empty")
     if "time" in ds["image"].dims:
         return _load_series(ds, path, idx, temporal)
-    x = ds["image"].values[idx].astype(np.float32)
+    x = _read_samples(ds["image"], idx)
     label = ds["label"].values[idx]
     # multi-hot labels (multi-label tasks) train with BCE on float targets
     y = label.astype(np.float32) if label.ndim == 2 else label.astype(np.int64)
     return Split(x, y)
+
+
+def _read_samples(image: Any, idx: np.ndarray) -> np.ndarray:
+    """The samples ``idx`` of a store's image array, in the store's dtype, read a chunk's worth
+    of samples at a time: memory holds the selected samples and one block, never the array of
+    every split."""
+    chunks = image.encoding.get("chunks")  # the writer's: samples x whole images, ~16 MB
+    block = int(chunks[0]) if chunks else 256
+    x = np.empty((len(idx), *image.shape[1:]), dtype=image.dtype)
+    for start in range(0, len(idx), block):
+        x[start : start + block] = image.isel(sample=idx[start : start + block]).values
+    return x
 
 
 def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None) -> Split:

@@ -56,6 +56,8 @@ def predict_batches(model: nn.Module, x: np.ndarray, batch_size: int = 256,
     model.eval()
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device)
+        if not xb.is_floating_point():  # a store's integers: float32 on the device
+            xb = xb.float()
         db = None if dates is None else torch.from_numpy(dates[i : i + batch_size]).to(device)
         with autocast(device, amp):
             out = forward(model, xb, db)

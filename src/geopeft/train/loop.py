@@ -301,6 +301,8 @@ class _Feeder:
             self.hits += 1
         else:
             xb, yb, db = self._load(idx)
+        if not xb.is_floating_point():  # the store's integers travel; float32 on the device
+            xb = xb.float()
         if self.channels_last and xb.ndim == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         return xb, yb, db
