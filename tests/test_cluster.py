@@ -176,3 +176,35 @@ def test_profiles_parse_and_dry_run(profile, tmp_path):
         assert cfg["executor"] == "slurm" and cfg["slurm-requeue"] and cfg["retries"] >= 1
     else:
         assert cfg["resources"]["gpu"] >= 1  # GPU workstations: one job per device
+
+
+def test_a_site_profile_s_account_and_partition_reach_every_slurm_job(tmp_path):
+    """``--workflow-profile profiles/slurm --profile <site>`` as the README says: a workflow
+    profile overrides a --profile key by key, so profiles/slurm sets no default-resources and
+    the site's (profiles/slurm/site-example.yaml) reach every cluster job, GPU and CPU rules
+    alike, next to the runtime and memory the rules declare."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "config.yaml").write_text((ROOT / "profiles/slurm/site-example.yaml").read_text())
+    assert "default-resources" not in yaml.safe_load(
+        (ROOT / "profiles/slurm/config.yaml").read_text())
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d",
+                        str(tmp_path / "w"), "--configfile",
+                        str(ROOT / "config" / ".test" / "config.yaml"),
+                        "--workflow-profile", str(ROOT / "profiles" / "slurm"),
+                        "--profile", str(site), "-n"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", r.stdout, re.S | re.M)
+    local = {"mlflow_init", "download", "fetch", "aggregate", "table", "all"}  # login node
+    seen = set()
+    for rule, block in blocks:
+        if rule in local:
+            continue
+        res = re.search(r"resources: (.*)", block)
+        assert res, (rule, block)
+        assert "slurm_account=proj123" in res[1] and "slurm_partition=gpu" in res[1], (rule, res[1])
+        assert "runtime=" in res[1] and "mem_mb=" in res[1], (rule, res[1])
+        seen.add(rule)
+    assert {"synthesize", "prepare", "subset", "pretrain", "train", "evaluate", "figures"} <= seen, seen

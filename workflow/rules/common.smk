@@ -69,6 +69,13 @@ GPU_RESOURCES = {
 }
 
 
+# Resources of the CPU rules that run as cluster jobs (prepare, subset, figures; the other CPU
+# rules are local rules). Declared here and not as the SLURM profile's default-resources: a
+# --workflow-profile overrides the same key of the user's --profile whole, so a site profile's
+# default-resources (account, partition) would be dropped for every job.
+CPU_RESOURCES = {"runtime": 30, "mem_mb": 4000}
+
+
 wildcard_constraints:
     dataset="[a-z0-9_]+",
     bands="[A-Z0-9-]+",

@@ -9,6 +9,8 @@ if DATA["source"] == "synthetic":
             rgb_source=directory(f"{RAW}/eurosat_rgb_source"),
         params:
             spec=canonical_json(DATA["synthetic"]),
+        resources:
+            **CPU_RESOURCES,
         log:
             f"{DATA['root']}/logs/synthesize.log",
         conda:
@@ -26,6 +28,8 @@ if DATA["source"] == "synthetic":
             layout="|".join(study_config.WORLD_DATASETS),
         params:
             spec=canonical_json(DATA["synthetic"]),
+        resources:
+            **CPU_RESOURCES,
         log:
             f"{DATA['root']}/logs/synthesize_{{layout}}.log",
         conda:
@@ -82,6 +86,8 @@ rule prepare:
         bands=lambda wildcards: wildcards.bands.replace("-", ","),
         options=canonical_json(DATA["options"]),
     threads: 2
+    resources:
+        **CPU_RESOURCES,
     log:
         f"{DATA['root']}/logs/prepare/{{dataset}}-{{bands}}.log",
     conda:
@@ -97,6 +103,8 @@ rule subset:
         f"{PREP}/{{dataset}}/{{bands}}.zarr",
     output:
         f"{PREP}/{{dataset}}/{{bands}}.subsets/{{method}}-f{{fraction}}-s{{seed}}.json",
+    resources:
+        **CPU_RESOURCES,
     log:
         f"{DATA['root']}/logs/subset/{{dataset}}-{{bands}}-{{method}}-f{{fraction}}-s{{seed}}.log",
     conda:

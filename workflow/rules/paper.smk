@@ -35,6 +35,8 @@ rule figures:
     params:
         outdir=lambda wildcards, output: os.path.dirname(output.pdf[0]),
         runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.metrics[0])),
+    resources:
+        **CPU_RESOURCES,
     log:
         f"{RES}/logs/figures.log",
     conda:
