@@ -15,7 +15,8 @@ echo "== study $STUDY through SLURM (work dir $WORK/slurm)"
 ( cd "$WORK/slurm" && timeout 3600 python -m snakemake -s "$REPO/Snakefile" \
     --configfile "$STUDY" "$HERE/ci-site/resources.yaml" \
     --workflow-profile "$REPO/profiles/slurm" --profile "$HERE/ci-site" \
-    --slurm-init-seconds-before-status-checks 5 --latency-wait 5 > snakemake.log 2>&1 ) \
+    --slurm-init-seconds-before-status-checks 5 --latency-wait 5 --set-threads prepare="$(nproc)" \
+    > snakemake.log 2>&1 ) \
   || { tail -40 "$WORK/slurm/snakemake.log"; exit 1; }
 echo "== the same study locally (work dir $WORK/local)"
 ( cd "$WORK/local" && timeout 3600 python -m snakemake -s "$REPO/Snakefile" \

@@ -47,6 +47,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MinJobAge=600
 ReturnToService=2
+# a job asking more than the node has is refused at submission (an error Snakemake reports),
+# instead of pending forever (PartitionConfig)
+EnforcePartLimits=ALL
 GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
