@@ -6,9 +6,12 @@ The store is the default study's (the embedded EuroSAT-RGB world at 64 px, prepa
 training job does, :func:`geopeft.data.dataset.load_split` of the training split from the store,
 then one epoch of :func:`geopeft.train.loop.fit`; ``memory``: the same epoch on the split loaded
 beforehand. The model is the default study's shrunk ViT (or ``--arch`` at ``--size``), full
-fine-tuning, batch ``--batch``, one CPU thread. The two run interleaved (in ABBA order),
-``--repeats`` times; the medians give images/s and the ratio store / memory (target >= 0.97):
-what reading the data costs a job on top of training. Where the epochs vary more than the load
+fine-tuning, batch ``--batch``, one CPU thread. A third variant, ``stream``, leaves the
+images in the store and reads them chunk by chunk in the epoch's chunk order, as a job does
+with a split too large for its memory (:mod:`geopeft.data.stream`). The variants run
+interleaved (each round in another order), ``--repeats`` times; the medians give images/s and
+the ratios store / memory and stream / memory (target >= 0.97): what reading the data costs a
+job on top of training. Where the epochs vary more than the load
 costs (a shared 2-core machine), the ratio is also given from its parts: the median epoch in
 memory over itself plus the median time of loading the split.
 
@@ -44,9 +47,10 @@ def make_store(tmp: Path, samples: int, size: int) -> Path:
     return tmp / "rgb.zarr"
 
 
-def epoch(store: Path, backbone: dict, batch: int,
-          loaded: object | None) -> tuple[float, float]:
-    """Seconds of loading the training split (0 when ``loaded``) and of one training epoch."""
+def epoch(store: Path, backbone: dict, batch: int, loaded: object | None,
+          stream: bool = False) -> tuple[float, float]:
+    """Seconds of loading the training split (0 when ``loaded``) and of one training epoch
+    (``stream``: the images left in the store, read chunk by chunk in the epoch's chunk order)."""
     from geopeft.data.dataset import load_split, store_info
     from geopeft.models.classifier import build_classifier
     from geopeft.models.strategies import apply_strategy
@@ -59,7 +63,7 @@ def epoch(store: Path, backbone: dict, batch: int,
     model = apply_strategy(model, "full")
     args = TrainArgs(epochs=1, batch_size=batch, warmup_epochs=0, progress=False, threads=1)
     t0 = time.perf_counter()
-    train = loaded if loaded is not None else load_split(store, "train")
+    train = loaded if loaded is not None else load_split(store, "train", stream=stream)
     t1 = time.perf_counter()
     fit(model, train, None, args)
     return t1 - t0, time.perf_counter() - t1
@@ -71,13 +75,15 @@ def run(store: Path, backbone: dict, batch: int, repeats: int) -> dict:
     t0 = time.perf_counter()
     loaded = load_split(store, "train")
     load_s = time.perf_counter() - t0
-    times: dict[str, list[float]] = {"store": [], "memory": []}
+    variants = ["store", "stream", "memory"]
+    times: dict[str, list[float]] = {v: [] for v in variants}
     loads: list[float] = []
     n = len(loaded)
     epoch(store, backbone, batch, loaded)  # warm-up: allocator, thread pools
-    for i in range(repeats):  # ABBA: a drift of the machine moves both alike
-        for v in ("store", "memory") if i % 2 == 0 else ("memory", "store"):
-            load, train = epoch(store, backbone, batch, loaded if v == "memory" else None)
+    for i in range(repeats):  # each round in another order: a drift moves all alike
+        for v in variants[i % 3 :] + variants[: i % 3]:
+            load, train = epoch(store, backbone, batch, loaded if v == "memory" else None,
+                                stream=v == "stream")
             times[v].append(load + train)
             if v == "store":
                 loads.append(load)
@@ -87,6 +93,7 @@ def run(store: Path, backbone: dict, batch: int, repeats: int) -> dict:
             "first_load_s": round(load_s, 3), "load_s": round(load_med, 4), "epoch_s": med,
             "images_per_s": {k: round(n / v, 1) for k, v in med.items()},
             "store_vs_memory": round(med["memory"] / med["store"], 3),
+            "stream_vs_memory": round(med["memory"] / med["stream"], 3),
             # the same ratio from its parts: the load's share, free of the epochs' noise
             "store_vs_memory_from_load": round(med["memory"] / (med["memory"] + load_med), 4),
             "epoch_spread": round((max(times["memory"]) - min(times["memory"]))
@@ -97,7 +104,9 @@ def report(out: dict) -> str:
     return (f"{out['samples']} training samples, batch {out['batch']}, "
             f"{out['backbone']['name']} {out['backbone'].get('kwargs', {})}: epoch from the store "
             f"{out['epoch_s']['store']:.2f} s ({out['images_per_s']['store']} img/s), in memory "
-            f"{out['epoch_s']['memory']:.2f} s ({out['images_per_s']['memory']} img/s); ratio "
+            f"{out['epoch_s']['memory']:.2f} s ({out['images_per_s']['memory']} img/s), streamed "
+            f"chunk by chunk {out['epoch_s']['stream']:.2f} s (ratio "
+            f"{out['stream_vs_memory']:.3f}); loaded whole / in memory: ratio "
             f"{out['store_vs_memory']:.3f} (median of {out['repeats']} interleaved rounds; the "
             f"in-memory epochs spread over {out['epoch_spread']:.0%} of their median). Loading "
             f"the split: {out['load_s']:.3f} s (median; {out['first_load_s']:.2f} s the first "

@@ -96,4 +96,21 @@ def test_loader_benchmark_times_the_store_path_against_memory(tmp_path):
     assert 0 < out["load_s"] < med["store"]
     assert out["store_vs_memory_from_load"] == pytest.approx(
         med["memory"] / (med["memory"] + out["load_s"]), abs=1e-3)
-    assert "ratio from its parts" in loader.report(out)
+    assert out["stream_vs_memory"] == pytest.approx(med["memory"] / med["stream"], abs=1e-3)
+    assert "ratio from its parts" in loader.report(out) and "streamed" in loader.report(out)
+
+
+@pytest.mark.slow
+def test_stream_memory_benchmark_trains_an_epoch_both_ways(tmp_path, capsys):
+    """bench/stream_memory.py on a small BigEarthNet-shaped store: the store has the writer's
+    ~16 MB chunks and the real shape, and an epoch runs streamed and loaded whole."""
+    bench = _bench("stream_memory")
+    assert bench.main(["--sizes", "300", "--dir", str(tmp_path), "--json",
+                       str(tmp_path / "out.json")]) == 0
+    import zarr
+
+    arr = zarr.open_array(tmp_path / "ben300.zarr" / "image", mode="r")
+    assert arr.shape == (300, 6, 120, 120) and arr.dtype == "uint16" and arr.chunks[0] == 97
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert [r["mode"] for r in out] == ["stream", "whole"]
+    assert all(r["peak_rss_mb"] > 0 and r["train_samples"] > 200 for r in out)

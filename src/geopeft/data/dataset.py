@@ -1,4 +1,5 @@
-"""In-memory access to a prepared store for training and evaluation."""
+"""A prepared store's splits for training and evaluation: loaded whole, or read from the store
+batch by batch (:mod:`geopeft.data.stream`)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ class Split:
 
     Images: (N, C, H, W), or for time series (N, T, C, H, W) with ``dates`` (N, T) in days since
     the reference date, in the store's dtype (uint8, uint16, int16: a quarter or half of float32's
-    memory), converted to float32 per batch, on the device (training, prediction). Labels: (N,)
-    class, (N, K) multi-hot, or (N, H, W) class maps.
+    memory), converted to float32 per batch, on the device (training, prediction); in memory, or
+    left in the store and read chunk by chunk when indexed
+    (:class:`~geopeft.data.stream.StoreImages`). Labels: (N,) class, (N, K) multi-hot, or
+    (N, H, W) class maps.
     """
 
-    x: np.ndarray
+    x: Any
     y: np.ndarray
     dates: np.ndarray | None = None
     ignore_index: int | None = None
@@ -61,7 +64,7 @@ def store_info(path: Path) -> StoreInfo:
 
 
 def load_split(path: Path, split: str, subset_file: Path | None = None,
-               temporal: Temporal | None = None) -> Split:
+               temporal: Temporal | None = None, stream: bool = False) -> Split:
     """Load one split into memory; with ``subset_file``, only the samples it lists.
 
     Args:
@@ -71,6 +74,8 @@ def load_split(path: Path, split: str, subset_file: Path | None = None,
         temporal: how a time-series store's series are cut (see
             :func:`geopeft.data.temporal.temporal_indices`): each to its ``length``-date subset
             while loading, block by block, so memory holds the selected dates only.
+        stream: leave the images in the store (:class:`~geopeft.data.stream.StoreImages`, read
+            chunk by chunk when indexed); labels and dates are loaded.
 
     Raises:
         DataError: the split is empty, the subset lists samples outside the split, or a series is
@@ -89,27 +94,51 @@ def load_split(path: Path, split: str, subset_file: Path | None = None,
     if len(idx) == 0:
         raise DataError(f"{path}: the {split} split is empty")
     if "time" in ds["image"].dims:
-        return _load_series(ds, path, idx, temporal)
-    x = _read_samples(ds["image"], idx)
+        return _load_series(ds, path, idx, temporal, stream)
+    if stream:
+        from geopeft.data.stream import StoreImages
+
+        x: Any = StoreImages(Path(path), idx)
+    else:
+        x = _read_samples(Path(path), idx)
     label = ds["label"].values[idx]
     # multi-hot labels (multi-label tasks) train with BCE on float targets
     y = label.astype(np.float32) if label.ndim == 2 else label.astype(np.int64)
     return Split(x, y)
 
 
-def _read_samples(image: Any, idx: np.ndarray) -> np.ndarray:
-    """The samples ``idx`` of a store's image array, in the store's dtype, read a chunk's worth
-    of samples at a time: memory holds the selected samples and one block, never the array of
-    every split."""
-    chunks = image.encoding.get("chunks")  # the writer's: samples x whole images, ~16 MB
-    block = int(chunks[0]) if chunks else 256
-    x = np.empty((len(idx), *image.shape[1:]), dtype=image.dtype)
-    for start in range(0, len(idx), block):
-        x[start : start + block] = image.isel(sample=idx[start : start + block]).values
-    return x
+def load_splits(path: Path, requests: list[tuple[str, Path | None]],
+                temporal: Temporal | None = None,
+                budget: tuple[float, str] | None = None) -> list[Split]:
+    """A job's splits, loaded whole when their images fit in a share of the job's memory, else
+    left in the store and read batch by batch (one decision for the job, logged:
+    :func:`geopeft.data.stream.stream_decision`).
+
+    Args:
+        path: the zarr store.
+        requests: (split, label-fraction subset file or None) of each split the job uses.
+        temporal: how a time-series store's series are cut.
+        budget: (MB, source) of the job's memory (default: measured).
+    """
+    from geopeft.data.stream import stream_decision
+
+    lazy = [load_split(path, split, sub, temporal, stream=True) for split, sub in requests]
+    if stream_decision(sum(sp.x.nbytes for sp in lazy), str(path), budget):
+        return lazy
+    return [load_split(path, split, sub, temporal) for split, sub in requests]
 
 
-def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None) -> Split:
+def _read_samples(path: Path, idx: np.ndarray) -> np.ndarray:
+    """The samples ``idx`` of a store's image array, in the store's dtype, read whole chunks at a
+    time (each once): memory holds the selected samples and one chunk, never the array of every
+    split."""
+    from geopeft.data.stream import StoreImages
+
+    return StoreImages(Path(path), idx, cache_chunks=1)[slice(None)]
+
+
+def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None,
+                 stream: bool = False) -> Split:
     if temporal is None:
         raise DataError(f"{path}: a time-series store; the run needs a sequence length")
     length, ladder, pad = temporal.length, temporal.ladder, temporal.pad
@@ -121,6 +150,22 @@ def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None
     except ShortSeriesError as err:
         raise DataError(str(err)) from None
     image = ds["image"]
+    if stream:
+        from geopeft.data.stream import StoreImages
+
+        x: Any = StoreImages(Path(path), idx, sel)
+    else:
+        x = _read_series(image, idx, sel, length)
+    all_dates = ds["dates"].values
+    dates = np.stack([np.where(s == PAD, 0, all_dates[i, s]) for i, s in zip(idx, sel, strict=True)])
+    y = ds["label"].values[idx].astype(np.int64)
+    void = ds.attrs.get("void_class")
+    return Split(x, y, days_since(dates, temporal.reference),
+                 None if void is None else int(void))
+
+
+def _read_series(image: Any, idx: np.ndarray, sel: list[np.ndarray], length: int) -> np.ndarray:
+    """The series ``idx`` cut to their dates ``sel``, read a block of samples at a time."""
     x = np.empty((len(idx), length, *image.shape[2:]), dtype=image.dtype)
     block = 32  # samples read at a time: memory holds one block of full series
     for start in range(0, len(idx), block):
@@ -130,9 +175,4 @@ def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None
             real = s != PAD  # padded dates (pad: mask) are empty images
             x[start + k, real] = data[k, s[real]]
             x[start + k, ~real] = 0
-    all_dates = ds["dates"].values
-    dates = np.stack([np.where(s == PAD, 0, all_dates[i, s]) for i, s in zip(idx, sel, strict=True)])
-    y = ds["label"].values[idx].astype(np.int64)
-    void = ds.attrs.get("void_class")
-    return Split(x, y, days_since(dates, temporal.reference),
-                 None if void is None else int(void))
+    return x

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from geopeft.data.dataset import load_split, store_info
+from geopeft.data.dataset import load_splits, store_info
 from geopeft.io import atomic_file, read_json, write_json
 from geopeft.metrics.classification import classification_metrics
 from geopeft.metrics.multilabel import multilabel_metrics, sigmoid
@@ -73,7 +73,7 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
     args = row.train_args(threads)
     device = resolve_device(args.device)
     model.to(device)
-    test = load_split(store, "test", temporal=row.temporal)
+    (test,) = load_splits(store, [("test", None)], row.temporal)  # whole, or streamed when large
     batch = args.eval_batch_size
     outputs = (row.name, record["mlflow_run_id"], len(test), out_metrics, out_confusion, experiment)
     if test.y.ndim == 3:  # segmentation: whole patches, confusion streamed batch by batch

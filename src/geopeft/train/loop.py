@@ -23,10 +23,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from geopeft.data.dataset import Split
+from geopeft.data.stream import chunk_order
 from geopeft.errors import GeopeftError
 from geopeft.jobserver import seconds_since_start
 from geopeft.models.inference import forward
@@ -276,7 +278,10 @@ class _Feeder:
         self.hits = 0
         """Batches served from a prefetch."""
 
-    def _gather(self, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _gather(self, t: Any, idx: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor):  # images left in the store: read their chunks
+            batch = torch.from_numpy(t[idx.numpy()])
+            return batch.pin_memory().to(self.device, non_blocking=True) if self.cuda else batch
         if not self.cuda:
             return t[idx]
         host = torch.empty((len(idx), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
@@ -369,7 +374,8 @@ def _step(run: _Run, feeder: _Feeder, idx: torch.Tensor, state: TrainState, epoc
 class _Tensors:
     """The training split as tensors, and how its targets are scored."""
 
-    x: torch.Tensor
+    x: Any
+    """The images: a tensor, or a :class:`~geopeft.data.stream.StoreImages` read by batch."""
     y: torch.Tensor
     dates: torch.Tensor | None
     labels: Any
@@ -380,7 +386,8 @@ class _Tensors:
 
     @classmethod
     def of(cls, train: Split, args: TrainArgs) -> _Tensors:
-        return cls(torch.from_numpy(train.x), torch.from_numpy(train.y),
+        x = torch.from_numpy(train.x) if isinstance(train.x, np.ndarray) else train.x
+        return cls(x, torch.from_numpy(train.y),
                    torch.from_numpy(train.dates) if train.dates is not None else None, train.y,
                    is_segmentation(train), train.ignore_index,
                    args.loss == "weighted_ce" and not is_multilabel(train))
@@ -396,7 +403,11 @@ def _train_epoch(run: _Run, feeder: _Feeder, state: TrainState, epoch: int, resu
     if resumed and state.order is not None:
         order, start = state.order, state.start
     else:
-        order, start = torch.randperm(len(feeder.data.x), generator=run.gen), 0
+        x = feeder.data.x
+        # streamed images: an order that reads chunk by chunk (geopeft.data.stream.chunk_order)
+        order = (torch.randperm(len(x), generator=run.gen) if isinstance(x, torch.Tensor)
+                 else chunk_order(x.chunk_of(), run.gen))
+        start = 0
         state.loss_sum, state.correct = 0.0, 0
     state.epoch, state.order = epoch, order
     for i in range(start, len(order), args.batch_size):

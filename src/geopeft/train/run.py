@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from geopeft.data.dataset import StoreInfo, load_split, store_info
+from geopeft.data.dataset import StoreInfo, load_splits, store_info
 from geopeft.io import atomic_dir, canonical_json, read_json, write_json
 from geopeft.jobserver import seconds_since_start
 from geopeft.models.build import build_model
@@ -140,8 +140,8 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     rank, _ = dist_info()
     row = spec.row
     info = store_info(store)
-    train = load_split(store, "train", subset, row.temporal)
-    val = load_split(store, "val", temporal=row.temporal)
+    # in memory, or read from the store batch by batch when too large (one decision, logged)
+    train, val = load_splits(store, [("train", subset), ("val", None)], row.temporal)
     stages["data"] = seconds_since_start()
     args = spec.train_args()
     ckpt = (Checkpointer(Path(state_dir), args.checkpoint_every, args.checkpoint_minutes)
@@ -208,8 +208,7 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path) -> di
     from safetensors.torch import save_file
 
     info = store_info(store)
-    train = load_split(store, "train")
-    val = load_split(store, "val")
+    train, val = load_splits(store, [("train", None), ("val", None)])
     args = spec.train
     seed_everything(args.seed, args.threads)
     bb = dict(spec.backbone, weights="none", normalize="dataset")
