@@ -3,7 +3,7 @@ batch by batch (:mod:`geopeft.data.stream`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,16 +125,18 @@ def load_splits(path: Path, requests: list[tuple[str, Path | None]],
     lazy = [load_split(path, split, sub, temporal, stream=True) for split, sub in requests]
     if stream_decision(sum(sp.x.nbytes for sp in lazy), str(path), budget):
         return lazy
-    return [load_split(path, split, sub, temporal) for split, sub in requests]
+    # whole: read each split's chunks once (labels and dates are already loaded)
+    return [replace(sp, x=sp.x[slice(None)]) for sp in lazy]
 
 
-def _read_samples(path: Path, idx: np.ndarray) -> np.ndarray:
-    """The samples ``idx`` of a store's image array, in the store's dtype, read whole chunks at a
-    time (each once): memory holds the selected samples and one chunk, never the array of every
-    split."""
+def _read_samples(path: Path, idx: np.ndarray,
+                  select: list[np.ndarray] | None = None) -> np.ndarray:
+    """The samples ``idx`` of a store's image array (series cut to their dates ``select``), in
+    the store's dtype, read whole chunks at a time (each once): memory holds the selected samples
+    and one chunk, never the array of every split."""
     from geopeft.data.stream import StoreImages
 
-    return StoreImages(Path(path), idx, cache_chunks=1)[slice(None)]
+    return StoreImages(Path(path), idx, select, cache_chunks=1)[slice(None)]
 
 
 def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None,
@@ -149,30 +151,15 @@ def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None
                for n, name in zip(n_dates, names, strict=True)]
     except ShortSeriesError as err:
         raise DataError(str(err)) from None
-    image = ds["image"]
     if stream:
         from geopeft.data.stream import StoreImages
 
         x: Any = StoreImages(Path(path), idx, sel)
     else:
-        x = _read_series(image, idx, sel, length)
+        x = _read_samples(Path(path), idx, sel)
     all_dates = ds["dates"].values
     dates = np.stack([np.where(s == PAD, 0, all_dates[i, s]) for i, s in zip(idx, sel, strict=True)])
     y = ds["label"].values[idx].astype(np.int64)
     void = ds.attrs.get("void_class")
     return Split(x, y, days_since(dates, temporal.reference),
                  None if void is None else int(void))
-
-
-def _read_series(image: Any, idx: np.ndarray, sel: list[np.ndarray], length: int) -> np.ndarray:
-    """The series ``idx`` cut to their dates ``sel``, read a block of samples at a time."""
-    x = np.empty((len(idx), length, *image.shape[2:]), dtype=image.dtype)
-    block = 32  # samples read at a time: memory holds one block of full series
-    for start in range(0, len(idx), block):
-        data = image.isel(sample=idx[start : start + block]).values
-        for k in range(len(data)):
-            s = sel[start + k]
-            real = s != PAD  # padded dates (pad: mask) are empty images
-            x[start + k, real] = data[k, s[real]]
-            x[start + k, ~real] = 0
-    return x

@@ -291,7 +291,7 @@ class _Feeder:
     def _load(self, idx: torch.Tensor) -> tuple[Any, ...]:
         d = self.data
         return (self._gather(d.x, idx), self._gather(d.y, idx),
-                self._gather(d.dates, idx).to(self.device) if d.dates is not None else None)
+                self._gather(d.dates, idx) if d.dates is not None else None)
 
     def prefetch(self, idx: torch.Tensor | None) -> None:
         """Start the next batch's transfer (None: no next batch in this epoch)."""
