@@ -6,10 +6,12 @@ Writes the stores (``--sizes``; 6 bands x 120 x 120 uint16, 19-class multi-hot l
 then, each in a fresh process, trains one epoch of a small ViT (linear memory cost negligible
 next to the data: 120 px, patch 24, depth 2) with the job's data path
 (:func:`geopeft.data.dataset.load_splits`), forced to stream or to load whole, and records the
-process's peak resident set. Streaming must stay flat from 2,000 to 20,000 samples; loading whole
-grows with the store.
+process's peak resident set, and that of its largest reader process (``--workers``, the
+``train.workers`` that decompress chunks ahead). Streaming must stay flat from 2,000 to 20,000
+samples; loading whole grows with the store.
 
-    uv run python bench/stream_memory.py [--sizes 2000 20000] [--dir /tmp/stream-bench] [--json out.json]
+    uv run python bench/stream_memory.py [--sizes 2000 20000] [--workers 2] [--dir /tmp/stream-bench]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ def make_store(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def epoch(store: Path, stream: bool) -> dict:
-    """One training epoch through the job's data path; peak RSS and time (in this process)."""
+def epoch(store: Path, stream: bool, workers: int = 0) -> dict:
+    """One training epoch through the job's data path; peak RSS and time (in this process), and
+    the peak RSS of its largest reader process (``workers`` of them when streaming; their RSS
+    counts the pages they share with this process once more)."""
     import resource
     import time
 
@@ -64,7 +68,8 @@ def epoch(store: Path, stream: bool) -> dict:
     info = store_info(store)
     budget = (0.0, "forced: stream") if stream else (1e9, "forced: whole")
     t0 = time.perf_counter()
-    train, val = load_splits(store, [("train", None), ("val", None)], budget=budget)
+    train, val = load_splits(store, [("train", None), ("val", None)], budget=budget,
+                             workers=workers)
     torch.manual_seed(0)
     model, _ = build_classifier({"name": "vit_tiny_patch16_224", "weights": "none",
                                  "kwargs": {"img_size": 120, "patch_size": 24, "depth": 2,
@@ -74,6 +79,8 @@ def epoch(store: Path, stream: bool) -> dict:
     fit(model, train, val, TrainArgs(epochs=1, batch_size=64, warmup_epochs=0, progress=False,
                                      threads=1, augment=True))
     return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "reader_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "workers": workers if stream else 0,
             "seconds": time.perf_counter() - t0, "train_samples": len(train),
             "images_mb": (train.x.nbytes + val.x.nbytes) / 2**20}
 
@@ -83,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     ap.add_argument("--dir", type=Path, help="where the stores are written (default: a temp dir)")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=2,
+                    help="reader processes of the streamed epochs (train.workers)")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print(json.dumps(epoch(Path(a.child[0]), a.child[1] == "stream")))
+        print(json.dumps(epoch(Path(a.child[0]), a.child[1] == "stream", int(a.child[2]))))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         root = a.dir or Path(tmp)
@@ -94,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in a.sizes:
             store = make_store(root / f"ben{n}.zarr", n)
             for mode in ("stream", "whole"):
-                r = subprocess.run([sys.executable, __file__, "--child", str(store), mode],
+                r = subprocess.run([sys.executable, __file__, "--child", str(store), mode,
+                                    str(a.workers)],
                                    capture_output=True, text=True, check=True)
                 out = json.loads(r.stdout.strip().splitlines()[-1])
                 results.append({"samples": n, "mode": mode, **out})
-                print(f"{n:>6} samples, {mode:>6}: peak RSS {out['peak_rss_mb']:.0f} MB "
+                readers = (f", largest of {out['workers']} reader processes "
+                           f"{out['reader_peak_rss_mb']:.0f} MB" if out["workers"] else "")
+                print(f"{n:>6} samples, {mode:>6}: peak RSS {out['peak_rss_mb']:.0f} MB{readers} "
                       f"(images {out['images_mb']:.0f} MB), {out['seconds']:.0f} s", flush=True)
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))

@@ -84,10 +84,11 @@ def test_loader_benchmark_times_the_store_path_against_memory(tmp_path):
     """bench/loader.py (toy size): an epoch from the store (load + fit) and in memory, the
     load's median timed on its own, and both ratios computed from the medians."""
     loader = _bench("loader")
-    store = loader.make_store(tmp_path, 120, 32)
+    store = loader.make_store(tmp_path, 120, 32, chunk=16)
     backbone = {**loader.DEFAULT_BACKBONE, "kwargs": {**loader.DEFAULT_BACKBONE["kwargs"],
                                                       "img_size": 32}}
-    out = loader.run(store, backbone, 32, repeats=2)
+    out = loader.run(store, backbone, 32, repeats=2, workers=2)
+    assert out["chunks"] >= 4 and out["workers"] == 2  # streamed through reader processes
     from geopeft.data.dataset import load_split
 
     assert out["samples"] == len(load_split(store, "train"))
@@ -114,3 +115,4 @@ def test_stream_memory_benchmark_trains_an_epoch_both_ways(tmp_path, capsys):
     out = json.loads((tmp_path / "out.json").read_text())
     assert [r["mode"] for r in out] == ["stream", "whole"]
     assert all(r["peak_rss_mb"] > 0 and r["train_samples"] > 200 for r in out)
+    assert [r["workers"] for r in out] == [2, 0] and out[0]["reader_peak_rss_mb"] > 0

@@ -181,3 +181,49 @@ def test_resolved_json_of_the_real_studies():
     assert [r["backbone"]["depth"] for r in rows] == [12, 12]
     rows = [describe_spec(s) for s in gcfg.job_specs(gcfg.load(studies / "shaping_ft.yaml"))]
     assert {r["segmentation"] for r in rows} == {"utae", "upernet_ltae"} and len(rows) == 360
+
+
+#: What each real study file's header says its jobs do with their data.
+HOLDS = {"eurosat_lora": {"eurosat_rgb": "loaded whole"},
+         "fusion_lora": {"bigearthnet_s2": "streamed from the store", "eurosat_ms": "loaded whole"},
+         "shaping_ft": {"pastis": "loaded whole"}}
+
+
+@pytest.mark.parametrize("study", sorted(HOLDS))
+def test_a_real_study_declares_the_resources_its_jobs_need(study, capsys):
+    """The header's ``geopeft validate ... --resolved`` command, run as written, prints the
+    study's declared CPUs and memory, no CPU shortfall, and whether each dataset loads whole or
+    streams, as the header says."""
+    import os
+    import re
+    import shlex
+
+    from geopeft.cli import main
+
+    path = ROOT / "config" / "studies" / f"{study}.yaml"
+    header = [ln.lstrip("#").strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+    cmds = [m.group(1) for ln in header
+            if (m := re.search(r"`uv run (geopeft validate \S+ --resolved)`", ln))]
+    assert cmds, f"{path}: no validate --resolved command in its header"
+    declared = yaml.safe_load(path.read_text())["resources"]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert main(shlex.split(cmds[0])[1:]) == 0
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr().out
+    assert f"cpus_per_gpu {declared['cpus_per_gpu']} " in out
+    assert f"mem_mb {declared['mem_mb']}," in out and "warning" not in out
+    for ds, how in HOLDS[study].items():
+        assert re.search(rf"^  {ds}: train \+ val images .*: {how}$", out, re.M), (ds, out)
+
+
+def test_resources_short_of_threads_and_readers_are_flagged():
+    from geopeft.plan import job_resources
+
+    cfg = gcfg.resolve([str(ROOT / "config" / "studies" / "fusion_lora.yaml")],
+                       {"resources": {"cpus_per_gpu": 8, "mem_mb": 200000}})
+    lines = job_resources(cfg)
+    assert any("threads + train.workers = 10 > resources.cpus_per_gpu 8" in ln for ln in lines)
+    assert any(ln.startswith("  bigearthnet_s2:") and ln.endswith("loaded whole") for ln in lines)

@@ -35,12 +35,23 @@ def _run(tmp_path, store, exp, name, *extra):
     return r
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, rgb_store):
+@pytest.mark.parametrize("stream", [False, True], ids=["loaded", "streamed"])
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, rgb_store, stream):
+    """Two processes, each its shard of every global batch; streamed (a job memory too small
+    for the splits: --mem-mb), each rank reads its shard of the same chunk order through its
+    reader processes."""
     exp = tmp_path / "exp.json"
     init_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", "ddp", tmp_path / "art", exp)
-    _run(tmp_path, rgb_store, exp, "one")
-    r = _run(tmp_path, rgb_store, exp, "two", "--nproc", "2")
+    mem = ("--mem-mb", "0.01") if stream else ()
+    r1 = _run(tmp_path, rgb_store, exp, "one", *mem)
+    r = _run(tmp_path, rgb_store, exp, "two", "--nproc", "2", *mem)
     assert "running 2 processes under torchrun" in r.stderr
+    if stream:
+        assert "streaming batches from the store" in r1.stderr
+        assert r.stderr.count("streaming batches from the store") == 2  # each rank
+        assert "shared by 2 processes" in r.stderr
+    else:
+        assert "loading the splits whole" in r.stderr
     a = load_file(str(tmp_path / "one" / "trainable.safetensors"))
     b = load_file(str(tmp_path / "two" / "trainable.safetensors"))
     assert a.keys() == b.keys()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -101,15 +102,23 @@ def test_training_from_the_store_reads_each_chunk_about_once_an_epoch(chunked_st
         res["history"][0]["train_loss"], rel=0.2)  # the same task, another sample order
 
 
-def test_a_streamed_run_resumes_bitwise(chunked_store, tmp_path, monkeypatch):
+def _streamed(store, split="train", workers=0):
+    sp = load_split(store, split, stream=True)
+    sp.x.workers = workers
+    return sp
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_streamed_run_resumes_bitwise(chunked_store, tmp_path, monkeypatch, workers):
     """Stopped (as on SIGTERM) after step 5 of 2 epochs x 6 steps and resumed from its state:
-    the weights and history of the uninterrupted run; the epoch's chunk order is in the state."""
+    the weights and history of the uninterrupted run (read in the training process); the
+    epoch's chunk order is in the state. With reader processes, the same."""
     from geopeft.train import loop
 
     args = TrainArgs(epochs=2, batch_size=8, seed=0, progress=False, checkpoint_every=1,
                      checkpoint_minutes=0)
     ref_model = _model(chunked_store)
-    ref = fit(ref_model, load_split(chunked_store, "train", stream=True), None, args)
+    ref = fit(ref_model, _streamed(chunked_store), None, args)
     calls = {"n": 0}
 
     def stop_at_five() -> bool:
@@ -120,13 +129,13 @@ def test_a_streamed_run_resumes_bitwise(chunked_store, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "install_sigterm_handler", lambda: None)
     ckpt = Checkpointer(tmp_path / "state", 1, 0)
     with pytest.raises(Preempted):
-        fit(_model(chunked_store), load_split(chunked_store, "train", stream=True), None, args,
+        fit(_model(chunked_store), _streamed(chunked_store, workers=workers), None, args,
             checkpointer=ckpt)
     monkeypatch.setattr(loop, "stop_requested", lambda: False)
     saved = ckpt.latest()
     assert saved["step"] == 5 and saved["order"] is not None
     resumed_model = _model(chunked_store)
-    res = fit(resumed_model, load_split(chunked_store, "train", stream=True), None, args,
+    res = fit(resumed_model, _streamed(chunked_store, workers=workers), None, args,
               checkpointer=ckpt, resume=saved)
     assert res["history"] == ref["history"]
     for (n, a), b in zip(ref_model.state_dict().items(), resumed_model.state_dict().values(),
@@ -158,3 +167,107 @@ def test_a_corrupt_chunk_names_the_store_and_the_samples(chunked_store, tmp_path
     lazy = load_split(broken, "train", stream=True)
     with pytest.raises(DataError, match=r"broken\.zarr: cannot read image chunk \d+ \(samples"):
         np.asarray(lazy.x)
+
+
+def test_reader_processes_give_the_batches_of_the_training_process(chunked_store):
+    """Batches read by 2 reader processes (DataLoader workers decompressing chunks ahead) are
+    those read in the training process, and each chunk a batch needs is read once while it is
+    kept (the plan of reads follows the cache)."""
+    x = load_split(chunked_store, "train", stream=True).x
+    order = chunk_order(x.chunk_of(), torch.Generator().manual_seed(3)).numpy()
+    batches = [order[i : i + 8] for i in range(0, len(order), 8)]
+    local = list(x.batches(batches, workers=0))
+    reads = x.reads
+    x.reads = 0
+    ahead = list(x.batches(batches, workers=2))
+    assert x.reads <= reads  # no more chunk reads than one process with the same cache
+    assert x.reads == len(np.unique(x.chunk_of()))  # a window of 4 chunks, 8 kept: each once
+    assert len(ahead) == len(local) == len(batches)
+    for a, b, p in zip(ahead, local, batches, strict=True):
+        assert a.dtype == x.dtype and np.array_equal(a, b) and np.array_equal(b, x[p])
+    stopped = x.batches(batches, workers=2)
+    next(stopped)
+    stopped.close()  # an epoch stopped early (SIGTERM) stops its readers
+
+
+def test_training_with_reader_processes_is_bitwise_the_same(chunked_store):
+    args = TrainArgs(epochs=2, batch_size=8, seed=0, progress=False)
+    models, results = [], []
+    for workers in (0, 2):
+        models.append(_model(chunked_store))
+        results.append(fit(models[-1], _streamed(chunked_store, workers=workers),
+                           _streamed(chunked_store, "val", workers=workers), args))
+    assert results[0]["history"] == results[1]["history"]
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_corrupt_chunk_read_by_a_reader_process_names_store_and_samples(chunked_store,
+                                                                          tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(chunked_store, broken)
+    chunk_files = sorted(p for p in (broken / "image").rglob("*") if p.is_file()
+                         and p.name != "zarr.json")
+    chunk_files[1].write_bytes(b"not a chunk")
+    x = load_split(broken, "train", stream=True).x
+    with pytest.raises(DataError) as err:
+        list(x.batches([slice(i, i + 8) for i in range(0, len(x), 8)], workers=2))
+    msg = str(err.value)
+    assert re.match(r".*broken\.zarr: cannot read image chunk \d+ \(samples \d+-\d+\)", msg)
+    assert "Traceback" not in msg and "worker" not in msg
+
+
+def test_a_killed_reader_process_stops_the_job_with_a_clear_error(chunked_store, monkeypatch):
+    """A reader process killed (as by the kernel out of memory) fails the read at once with an
+    error naming the store, not a hang."""
+    import os
+    import signal
+    import time
+
+    parent = os.getpid()
+    read = StoreImages._read
+
+    def killed_in_a_child(self, c):
+        if os.getpid() != parent and c >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read(self, c)
+
+    monkeypatch.setattr(StoreImages, "_read", killed_in_a_child)
+    x = load_split(chunked_store, "train", stream=True).x
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=r"ms\.zarr: a reader process of the image chunks failed"
+                                        r" \(.*(killed|exited unexpectedly)"):
+        list(x.batches([np.arange(i, min(i + 8, len(x))) for i in range(0, len(x), 8)],
+                       workers=2))
+    assert time.monotonic() - t0 < 60
+
+
+def test_a_source_s_planned_sample_size_is_the_store_s(chunked_store):
+    """What ``geopeft validate --resolved`` counts per sample is what a job holds per sample."""
+    from geopeft.data.sources import REGISTRY
+
+    x = load_split(chunked_store, "train", stream=True).x
+    assert REGISTRY["eurosat_ms"].sample_bytes(4, {"size": x.shape[-1]}) == x.nbytes // len(x)
+    assert REGISTRY["eurosat_ms"].sample_bytes(4, {}) == 4 * 64 * 64 * 2  # the published side
+    assert REGISTRY["eurosat_rgb"].sample_bytes(3, {}) == 3 * 64 * 64
+    assert REGISTRY["bigearthnet_s2"].sample_bytes(6, {"size": 60}) == 6 * 60 * 60 * 2
+    assert REGISTRY["pastis"].sample_bytes(10, {}, length=35) == 35 * 10 * 128 * 128 * 2
+
+
+def test_the_job_memory_is_the_least_of_its_limits_and_shared_by_its_ranks(monkeypatch):
+    from geopeft.data import stream
+
+    monkeypatch.setattr(stream, "_machine_memory_mb", lambda: (20_000.0, "available memory"))
+    for var in ("SLURM_MEM_PER_NODE", "SLURM_MEM_PER_CPU", "SLURM_MEM_PER_GPU"):
+        monkeypatch.delenv(var, raising=False)
+    cgroup = stream.memory_budget_mb()[1].startswith("cgroup")  # a limited test machine
+    if not cgroup:
+        assert stream.memory_budget_mb() == (20_000.0, "available memory")
+        assert stream.memory_budget_mb(8000) == (8000.0, "the job's resources.mem_mb")
+        monkeypatch.setenv("SLURM_MEM_PER_NODE", "6000")
+        assert stream.memory_budget_mb(8000) == (6000.0, "SLURM allocation (SLURM_MEM_PER_NODE)")
+    mb, source = stream.memory_budget_mb(4000, ranks=2)
+    assert mb <= 2000 and source.endswith("shared by 2 processes")

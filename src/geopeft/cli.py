@@ -68,7 +68,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
     print(f"{where}: valid; study {cfg['study']!r} with {len(rows)} runs")
     if args.resolved:
         from geopeft.models.summary import describe_spec, format_row
+        from geopeft.plan import job_resources
 
+        print("\n".join(job_resources(cfg)))
         for s in config.job_specs(cfg):
             print(format_row(describe_spec(s)))
         return
@@ -297,7 +299,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     _claim_gpus("auto", args.gpus)
     pretrain(PretrainSpec.from_dict(_spec(args.spec), "--spec"), Path(args.store), Path(args.experiment),
-             Path(args.out))
+             Path(args.out), args.mem_mb)
 
 
 def _torchrun(args: argparse.Namespace, device: str) -> int | None:
@@ -345,7 +347,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise SystemExit(rc)
         return
     rec = train_row(spec, Path(args.store), _opt_path(args.subset), Path(args.experiment),
-                    Path(args.out), _opt_path(args.pretrain), _opt_path(args.state))
+                    Path(args.out), _opt_path(args.pretrain), _opt_path(args.state), args.mem_mb)
     from geopeft.train.distributed import leave_process_group
 
     leave_process_group()
@@ -360,13 +362,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     Args:
         args: ``model``, ``store``, ``pretrain``, ``experiment``, ``metrics``, ``confusion``,
-            ``threads``, ``gpus``.
+            ``threads``, ``gpus``, ``mem_mb``.
     """
     from geopeft.evaluate.run import evaluate
 
     _claim_gpus("auto", args.gpus)
     m = evaluate(Path(args.model), Path(args.store), _opt_path(args.experiment), Path(args.metrics),
-                 Path(args.confusion), _opt_path(args.pretrain), args.threads)
+                 Path(args.confusion), _opt_path(args.pretrain), args.threads, args.mem_mb)
     log.info("%s: test %s %.4f", m["run"], m["primary_metric"], m["primary"])
 
 
@@ -599,6 +601,9 @@ def _training_commands(sub: Any) -> None:
     s.add_argument("--experiment", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--gpus", type=int, default=1, help="GPUs to claim when CUDA is used (0: none)")
+    s.add_argument("--mem-mb", type=float,
+                   help="the job's memory (resources.mem_mb): splits that would take over half "
+                        "of it (or of the cgroup/SLURM limit, or available memory) stream")
     s.set_defaults(func=cmd_pretrain)
 
     s = sub.add_parser("train", help="train one study row")
@@ -612,6 +617,9 @@ def _training_commands(sub: Any) -> None:
     s.add_argument("--nproc", type=int, default=0,
                    help="processes (DDP under torchrun); default: --gpus when above 1 on CUDA")
     s.add_argument("--gpus", type=int, default=1, help="GPUs to claim when CUDA is used (0: none)")
+    s.add_argument("--mem-mb", type=float,
+                   help="the job's memory (resources.mem_mb): splits that would take over half "
+                        "of it (or of the cgroup/SLURM limit, or available memory) stream")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="test-split metrics of a trained run")
@@ -623,6 +631,9 @@ def _training_commands(sub: Any) -> None:
     s.add_argument("--confusion", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--gpus", type=int, default=1, help="GPUs to claim when CUDA is used (0: none)")
+    s.add_argument("--mem-mb", type=float,
+                   help="the job's memory (resources.mem_mb): splits that would take over half "
+                        "of it (or of the cgroup/SLURM limit, or available memory) stream")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("jobserver", help="fork pretrain/train/evaluate jobs from one warm process")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from geopeft.config import (
@@ -68,6 +69,55 @@ DEFAULT_PROFILE = Path("profiles/slurm")
 
 class PlanError(GeopeftError, ValueError):
     """A plan input is missing or malformed; the message names the file and key."""
+
+
+# --------------------------------------------------------------------------- job resources
+
+
+def job_resources(cfg: dict[str, Any]) -> list[str]:
+    """What each GPU job of a resolved study asks for (``resources``, ``threads``,
+    ``train.workers``) and how its training job will hold each dataset's images: loaded whole
+    when the train (at the study's largest label fraction) and val splits take at most
+    :data:`~geopeft.data.stream.WHOLE_SHARE` of ``mem_mb``, else streamed from the store
+    (:func:`~geopeft.data.stream.stream_decision` makes the job's own decision by the store, also
+    under a smaller cgroup or SLURM limit, and logs it). Printed by ``geopeft validate
+    --resolved`` and ``geopeft plan``.
+
+    Args:
+        cfg: the resolved study.
+    """
+    from geopeft.data.stream import WHOLE_SHARE
+
+    res, threads, workers = cfg["resources"], int(cfg["threads"]), int(cfg["train"]["workers"])
+    cpus = threads + workers
+    out = [f"Resources of each GPU job (pretrain, train, evaluate): gpus {res['gpus']}, "
+           f"cpus_per_gpu {res['cpus_per_gpu']} (threads {threads} + train.workers {workers} "
+           f"reader processes when the splits stream), mem_mb {res['mem_mb']}, runtime "
+           f"{res['runtime']} min"]
+    if res["gpus"] != 0 and cpus > res["cpus_per_gpu"]:
+        out.append(f"  warning: threads + train.workers = {cpus} > resources.cpus_per_gpu "
+                   f"{res['cpus_per_gpu']}: a cluster job gets fewer CPUs than it runs; raise "
+                   f"cpus_per_gpu or lower them")
+    data, rows = cfg["data"], study_rows(cfg)
+    half = WHOLE_SHARE * res["mem_mb"]
+    for ds in sorted({r["dataset"] for r in rows}):
+        mine = [r for r in rows if r["dataset"] == ds]
+        sizes = None if data["source"] == "synthetic" else SOURCES[ds].split_sizes(data["options"])
+        length = max((r.get("sequence_length") or 0 for r in mine), default=0) or None
+        per = SOURCES[ds].sample_bytes(len(data["bands"]), data["options"], length)
+        if not sizes or not per:
+            out.append(f"  {ds}: size unknown before its store is prepared (embedded world, or "
+                       f"no published split for these options); each job decides by its store "
+                       f"(logged)")
+            continue
+        n = _train_samples(sizes, max(r["label_fraction"] for r in mine)) + sizes["val"]
+        mb = n * per / 2**20
+        how = "streamed from the store" if mb > half else "loaded whole"
+        out.append(f"  {ds}: train + val images {mb:,.0f} MB ({n:,} samples x {per / 2**10:,.0f} "
+                   f"KB, {np.dtype(SOURCES[ds].dtype)}{f', {length} dates' if length else ''})"
+                   f" {'>' if mb > half else '<='} {WHOLE_SHARE:.0%} of mem_mb ({half:,.0f} "
+                   f"MB): {how}")
+    return out
 
 
 # --------------------------------------------------------------------------- jobs per rule
@@ -499,6 +549,8 @@ class Plan:
     unmeasured: list[tuple[str, str]] = field(default_factory=list)
     runs: list[RunCost] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    resources: list[str] = field(default_factory=list)
+    """What each GPU job asks for and how it holds its data (:func:`job_resources`)."""
     runtime_min: float = 0.0
     profile: Profile = field(default_factory=lambda: Profile(None))
     overhead: dict[str, Any] | None = None
@@ -626,6 +678,7 @@ def make_plan(configfiles: Sequence[str] = (), overrides: dict[str, Any] | None 
     if gpu_kind is None and len(kinds) > 1:
         raise PlanError(f"--gpu-kind: the measurements hold several kinds ({', '.join(kinds)}); "
                         f"say which one to plan for")
+    plan.resources = job_resources(cfg)
     plan.kind = gpu_kind
     plan.measured = curves(steps, gpu_kind) if gpu_kind else {}
     _estimate(plan, cfg, rows)

@@ -88,6 +88,10 @@ class TrainArgs:
     channels_last: bool = False
     """Keep convolution weights and 4-D image batches in channels-last memory format (faster
     convolutions with bf16 on recent GPUs; no effect on the results beyond rounding)."""
+    workers: int = 2
+    """Reader processes that decompress store chunks ahead of the batches when the splits stream
+    from the store (:meth:`~geopeft.data.stream.StoreImages.batches`; 0: read in the training
+    process). The batches, and so the results, are the same with any number."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **extra: Any) -> TrainArgs:
@@ -100,8 +104,9 @@ class TrainArgs:
 #: What the job adds to a row's training settings (not in the study's ``train``).
 _JOB_TRAIN_KEYS = ("seed", "threads", "progress")
 #: How a run executes, not what it computes; absent from the specs saved before they existed
-#: (``run.json`` of older runs), which load with them off, as those runs trained.
-_EXECUTION_TRAIN_KEYS = ("compile", "channels_last")
+#: (``run.json`` of older runs), which load with their defaults (compile and channels-last
+#: off, as those runs trained).
+_EXECUTION_TRAIN_KEYS = ("compile", "channels_last", "workers")
 
 
 @dataclass(frozen=True)

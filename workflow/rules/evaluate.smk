@@ -20,4 +20,4 @@ rule evaluate:
     shell:
         "geopeft evaluate --model {input.model} --store {input.store} {params.pretrain}"
         " --experiment {input.experiment} --metrics {output.metrics}"
-        " --confusion {output.confusion} --threads {threads} --gpus {resources.gpu} > {log} 2>&1"
+        " --confusion {output.confusion} --threads {threads} --gpus {resources.gpu} --mem-mb {resources.mem_mb} > {log} 2>&1"

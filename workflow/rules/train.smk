@@ -35,7 +35,7 @@ rule pretrain:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft pretrain --spec {params.spec:q} --store {input.store}"
-        " --experiment {input.experiment} --out {output} --gpus {resources.gpu} > {log} 2>&1"
+        " --experiment {input.experiment} --out {output} --gpus {resources.gpu} --mem-mb {resources.mem_mb} > {log} 2>&1"
 
 
 rule train:
@@ -68,4 +68,4 @@ rule train:
         " echo \"=== $(date -Iseconds) $(hostname): geopeft train {wildcards.run}\" >> {params.history};"
         " geopeft train --spec {params.spec:q} --store {input.store} {params.subset}"
         " {params.pretrain} --experiment {input.experiment} --out {output}"
-        " --state {params.state} --gpus {resources.gpu} >> {params.history} 2>&1"
+        " --state {params.state} --gpus {resources.gpu} --mem-mb {resources.mem_mb} >> {params.history} 2>&1"

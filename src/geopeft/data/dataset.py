@@ -109,7 +109,7 @@ def load_split(path: Path, split: str, subset_file: Path | None = None,
 
 def load_splits(path: Path, requests: list[tuple[str, Path | None]],
                 temporal: Temporal | None = None,
-                budget: tuple[float, str] | None = None) -> list[Split]:
+                budget: tuple[float, str] | None = None, workers: int = 0) -> list[Split]:
     """A job's splits, loaded whole when their images fit in a share of the job's memory, else
     left in the store and read batch by batch (one decision for the job, logged:
     :func:`geopeft.data.stream.stream_decision`).
@@ -118,12 +118,17 @@ def load_splits(path: Path, requests: list[tuple[str, Path | None]],
         path: the zarr store.
         requests: (split, label-fraction subset file or None) of each split the job uses.
         temporal: how a time-series store's series are cut.
-        budget: (MB, source) of the job's memory (default: measured).
+        budget: (MB, source) of the job's memory (default:
+            :func:`~geopeft.data.stream.memory_budget_mb`).
+        workers: reader processes of streamed splits (``train.workers``).
     """
     from geopeft.data.stream import stream_decision
 
     lazy = [load_split(path, split, sub, temporal, stream=True) for split, sub in requests]
     if stream_decision(sum(sp.x.nbytes for sp in lazy), str(path), budget):
+        for sp in lazy:  # the reader processes start now, before the job builds its model
+            sp.x.workers = workers
+            sp.x.start_readers()
         return lazy
     # whole: read each split's chunks once (labels and dates are already loaded)
     return [replace(sp, x=sp.x[slice(None)]) for sp in lazy]

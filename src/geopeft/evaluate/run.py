@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from geopeft.data.dataset import load_splits, store_info
+from geopeft.data.stream import memory_budget_mb
 from geopeft.io import atomic_file, read_json, write_json
 from geopeft.metrics.classification import classification_metrics
 from geopeft.metrics.multilabel import multilabel_metrics, sigmoid
@@ -53,7 +54,7 @@ def multilabel_confusion_csv(y: np.ndarray, pred: np.ndarray, classes: list[str]
 
 def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics: Path,
              out_confusion: Path, pretrain_dir: Path | None = None, threads: int = 1,
-             ) -> dict[str, Any]:
+             mem_mb: float | None = None) -> dict[str, Any]:
     """Predict the test split with the saved model in ``model_dir``; write and log the metrics.
 
     Args:
@@ -64,16 +65,21 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
         out_confusion: the confusion table (CSV) to write.
         pretrain_dir: the embedded pretrained backbone, when the run used it.
         threads: CPU threads.
+        mem_mb: the job's memory (``resources.mem_mb``): a test split larger than half of it
+            (or of a smaller cgroup/SLURM limit or the available memory) streams from the store.
     """
     seed_everything(0, threads)
     record = read_json(Path(model_dir) / "run.json")
     row = JobSpec.from_dict(record["spec"], f"{Path(model_dir) / 'run.json'}: spec").row
     info = store_info(store)
-    model = load_model(model_dir, store, pretrain_dir)
     args = row.train_args(threads)
+    # whole, or streamed when large (one decision, logged; reader processes start before the
+    # model is loaded)
+    (test,) = load_splits(store, [("test", None)], row.temporal, memory_budget_mb(mem_mb),
+                          args.workers)
+    model = load_model(model_dir, store, pretrain_dir)
     device = resolve_device(args.device)
     model.to(device)
-    (test,) = load_splits(store, [("test", None)], row.temporal)  # whole, or streamed when large
     batch = args.eval_batch_size
     outputs = (row.name, record["mlflow_run_id"], len(test), out_metrics, out_confusion, experiment)
     if test.y.ndim == 3:  # segmentation: whole patches, confusion streamed batch by batch

@@ -54,8 +54,12 @@ def predict_batches(model: nn.Module, x: np.ndarray, batch_size: int = 256,
     """
     device = device or next(model.parameters()).device
     model.eval()
-    for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device)
+    starts = range(0, len(x), batch_size)
+    # images left in the store (geopeft.data.stream.StoreImages): read ahead by its readers
+    batches = (x.batches([slice(i, i + batch_size) for i in starts]) if hasattr(x, "batches")
+               else (x[i : i + batch_size] for i in starts))
+    for i, raw in zip(starts, batches, strict=True):
+        xb = torch.from_numpy(np.ascontiguousarray(raw)).to(device)
         if not xb.is_floating_point():  # a store's integers: float32 on the device
             xb = xb.float()
         db = None if dates is None else torch.from_numpy(dates[i : i + batch_size]).to(device)

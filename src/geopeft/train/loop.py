@@ -275,12 +275,33 @@ class _Feeder:
         self.ahead = self.cuda if ahead is None else ahead
         """Prefetch the next batch (default: on CUDA)."""
         self.pending: tuple[torch.Tensor, tuple[Any, ...]] | None = None
+        self.stream: Any = None
+        """The epoch's streamed image batches (:meth:`plan`)."""
+        self.planned: Any = None
         self.hits = 0
         """Batches served from a prefetch."""
 
+    def plan(self, batches: list[torch.Tensor]) -> None:
+        """The batches the epoch (from where it stands) will ask for, in order: images left in
+        the store are read ahead by the reader processes
+        (:meth:`~geopeft.data.stream.StoreImages.batches`)."""
+        x = self.data.x
+        if not isinstance(x, torch.Tensor):
+            self.close()
+            self.stream = x.batches([b.numpy() for b in batches])
+            self.planned = iter(batches)
+
+    def close(self) -> None:
+        """End the epoch's pass of streamed batches (the reader processes stay for the next)."""
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
     def _gather(self, t: Any, idx: torch.Tensor) -> torch.Tensor:
-        if not isinstance(t, torch.Tensor):  # images left in the store: read their chunks
-            batch = torch.from_numpy(t[idx.numpy()])
+        if not isinstance(t, torch.Tensor):  # images left in the store: the planned batch
+            if self.stream is None or not torch.equal(next(self.planned), idx):
+                raise RuntimeError("a streamed batch out of the epoch's plan")
+            batch = torch.from_numpy(next(self.stream))
             return batch.pin_memory().to(self.device, non_blocking=True) if self.cuda else batch
         if not self.cuda:
             return t[idx]
@@ -410,6 +431,8 @@ def _train_epoch(run: _Run, feeder: _Feeder, state: TrainState, epoch: int, resu
         start = 0
         state.loss_sum, state.correct = 0.0, 0
     state.epoch, state.order = epoch, order
+    feeder.plan([_shard(run, order[i : i + args.batch_size])
+                 for i in range(start, len(order), args.batch_size)])
     for i in range(start, len(order), args.batch_size):
         last = i + args.batch_size >= len(order)
         stop = _step(run, feeder, order[i : i + args.batch_size], state, epoch,
@@ -424,6 +447,7 @@ def _train_epoch(run: _Run, feeder: _Feeder, state: TrainState, epoch: int, resu
                 bar.close()
                 raise Preempted(f"stopped by SIGTERM after step {state.step}; state saved in "
                                 f"{ckpt.directory}, rerun to resume")
+    feeder.close()
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     state.train_time_s += time.perf_counter() - te

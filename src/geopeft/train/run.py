@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.data.dataset import StoreInfo, load_splits, store_info
+from geopeft.data.stream import memory_budget_mb
 from geopeft.io import atomic_dir, canonical_json, read_json, write_json
 from geopeft.jobserver import seconds_since_start
 from geopeft.models.build import build_model
@@ -119,7 +120,7 @@ def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_tra
 
 def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
               out: Path, pretrain_dir: Path | None = None,
-              state_dir: Path | None = None) -> dict[str, Any]:
+              state_dir: Path | None = None, mem_mb: float | None = None) -> dict[str, Any]:
     """Train one study row and write its saved model ``out``.
 
     Args:
@@ -132,18 +133,21 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
         state_dir: where the training state is saved (periodically, per epoch and on SIGTERM);
             a rerun resumes from it, in the same MLflow run, with one value per metric step; the
             folder is removed once ``out`` is written.
+        mem_mb: the job's memory (``resources.mem_mb``): splits larger than half of it (or of
+            a smaller cgroup/SLURM limit or the available memory) stream from the store.
 
     Returns:
         The run record written to ``out/run.json``.
     """
     stages = {"imports": seconds_since_start()}
-    rank, _ = dist_info()
+    rank, world = dist_info()
     row = spec.row
     info = store_info(store)
-    # in memory, or read from the store batch by batch when too large (one decision, logged)
-    train, val = load_splits(store, [("train", subset), ("val", None)], row.temporal)
-    stages["data"] = seconds_since_start()
     args = spec.train_args()
+    # in memory, or read from the store batch by batch when too large (one decision, logged)
+    train, val = load_splits(store, [("train", subset), ("val", None)], row.temporal,
+                             memory_budget_mb(mem_mb, world), args.workers)
+    stages["data"] = seconds_since_start()
     ckpt = (Checkpointer(Path(state_dir), args.checkpoint_every, args.checkpoint_minutes)
             if state_dir else None)
     resume = ckpt.latest() if ckpt else None
@@ -188,7 +192,8 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     return record
 
 
-def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path) -> dict[str, Any]:
+def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
+             mem_mb: float | None = None) -> dict[str, Any]:
     """Supervised pretraining of the embedded backbone on the synthetic source set.
 
     The source set holds scenes disjoint from the target task, labelled with five coarse
@@ -201,6 +206,7 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path) -> di
         out: the folder to write: ``backbone.safetensors`` (timm state dict without head) and
             ``backbone.json`` (architecture, bands, the normalisation it was trained with,
             sha256).
+        mem_mb: the job's memory (``resources.mem_mb``), as for :func:`train_row`.
 
     Returns:
         What :func:`~geopeft.train.loop.fit` returns.
@@ -208,8 +214,9 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path) -> di
     from safetensors.torch import save_file
 
     info = store_info(store)
-    train, val = load_splits(store, [("train", None), ("val", None)])
     args = spec.train
+    train, val = load_splits(store, [("train", None), ("val", None)], None,
+                             memory_budget_mb(mem_mb), args.workers)
     seed_everything(args.seed, args.threads)
     bb = dict(spec.backbone, weights="none", normalize="dataset")
     model, minfo = build_classifier(bb, info, len(info.classes), split=False)

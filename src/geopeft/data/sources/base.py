@@ -56,6 +56,8 @@ class Source:
     layout: str = ""
     #: side in pixels of every sample of the published dataset (None: not fixed)
     native_size: int | None = None
+    #: the data type of its pixels, kept in the prepared store
+    dtype: Any = "uint16"
     #: whether a study may train on it (False: the embedded pretraining source sets)
     study_dataset: bool = True
     #: whether the embedded synthetic world holds it (``data.source: synthetic``)
@@ -79,6 +81,23 @@ class Source:
             options: the study's ``data.options``.
         """
         return dict(self.published_splits) if self.published_splits else None
+
+    def sample_bytes(self, bands: int, options: dict[str, Any],
+                     length: int | None = None) -> int | None:
+        """Bytes of one sample's image as a job holds it (the store's dtype), for planning: the
+        prepared side (``data.options.size``, else the published one) x bands (x ``length``
+        dates of a time series); None when the side is not fixed.
+
+        Args:
+            bands: the study's bands.
+            options: the study's ``data.options``.
+            length: the dates a time-series job keeps (its sequence length).
+        """
+        size = int(options.get("size") or self.native_size or 0)
+        if not size:
+            return None
+        dates = (length or 1) if self.time_series else 1
+        return np.dtype(self.dtype).itemsize * bands * size * size * dates
 
     @property
     def time_series(self) -> bool:

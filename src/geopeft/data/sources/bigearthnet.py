@@ -162,6 +162,7 @@ class _BigEarthNet(Source):
     task = "multilabel"
     file_bands = BANDS
     label_dims = ("class",)
+    native_size = 120  # the 10 m bands; the 20 m and 60 m ones are resampled to it
 
     def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
         if not item.path.is_dir():
