@@ -237,3 +237,37 @@ def test_time_series_segmentation_study(tmp_path):
     db = sqlite3.connect(tmp_path / "results" / "mlflow.db")
     keys = {k for (k,) in db.execute("select distinct key from metrics")}
     assert {"test_miou", "val_miou", "test_iou_Fruits_ vegetables_ flowers"} <= keys
+
+
+def test_a_run_rebuilds_from_its_mlflow_artifacts_alone(done, tmp_path):
+    """A LoRA run on the study's pretrained encoder: its MLflow 'model' artifacts and the
+    pretrain run's 'backbone' artifacts (weights logged by the pretrain job) rebuild the model,
+    with no file of results/ read; it predicts as the model in results/ does."""
+    import json
+    import os
+
+    import numpy as np
+
+    from geopeft.data.dataset import load_split
+    from geopeft.models.inference import predict
+    from geopeft.models.saved import load_model
+    from geopeft.tracking import download_model
+
+    res = done / "results" / "ci_tiny"
+    run = next(p for p in sorted((res / "runs").glob("lora-*")) if (p / "model").is_dir())
+    rec = json.loads((run / "model" / "run.json").read_text())
+    assert rec["spec"]["backbone"]["weights"] == "pretrain" and rec["pretrain_run_id"]
+    exp = json.loads((res / "mlflow_experiment.json").read_text())
+    cwd = os.getcwd()
+    os.chdir(done)  # the study's tracking URI is relative to its working directory
+    try:
+        model_dir, pretrain_dir = download_model(exp["tracking_uri"], rec["mlflow_run_id"],
+                                                 tmp_path / "dl")
+    finally:
+        os.chdir(cwd)
+    assert model_dir.is_relative_to(tmp_path) and pretrain_dir.is_relative_to(tmp_path)
+    assert {p.name for p in pretrain_dir.iterdir()} >= {"backbone.safetensors", "backbone.json"}
+    rebuilt = load_model(model_dir, pretrain_dir=pretrain_dir)
+    original = load_model(run / "model")
+    x = load_split(done / rec["store"]["path"], "test").x[:16]  # (a relative path: from done)
+    assert np.array_equal(predict(rebuilt, x), predict(original, x))

@@ -137,6 +137,46 @@ def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path
     return info
 
 
+def download_model(tracking_uri: str, run_id: str, dest: Path) -> tuple[Path, Path | None]:
+    """Download what rebuilds a training run's model from MLflow alone: the run's ``model``
+    artifacts and, for an encoder pretrained by the study (``weights: pretrain``), the
+    ``backbone`` artifacts of the pretrain run it names (``pretrain_run_id`` in its run.json).
+    Rebuild with ``geopeft.models.saved.load_model(model_dir, pretrain_dir=pretrain_dir)``.
+
+    Args:
+        tracking_uri: the study's tracking URI (its SQLite file or server).
+        run_id: the training run.
+        dest: an empty folder to download into.
+
+    Returns:
+        (model folder, pretrained backbone folder or None).
+
+    Raises:
+        TrackingError: the run has no model artifacts, or its pretrain run no backbone.
+    """
+    import json
+
+    client = _client(tracking_uri)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        model_dir = Path(client.download_artifacts(run_id, "model", str(dest)))
+        record = json.loads((model_dir / "run.json").read_text())
+    except Exception as err:
+        raise TrackingError(f"{tracking_uri}: run {run_id} has no readable model artifacts "
+                            f"({type(err).__name__}: {err})") from None
+    pre = record.get("pretrain_run_id")
+    if not pre:
+        return model_dir, None
+    try:
+        pretrain_dir = Path(client.download_artifacts(pre, "backbone", str(dest)))
+    except Exception as err:
+        raise TrackingError(f"{tracking_uri}: run {run_id} was trained on the backbone of "
+                            f"pretrain run {pre}, which has no 'backbone' artifacts "
+                            f"({type(err).__name__}: {err})") from None
+    return model_dir, pretrain_dir
+
+
 #: The tag that names a run's study row and job spec: an interrupted attempt's run is found by
 #: it and reused, so a row has one run whatever its attempts.
 RUN_KEY_TAG = "geopeft.run_key"

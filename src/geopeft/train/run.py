@@ -113,6 +113,10 @@ def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_tra
         # relative to the model folder: a results/ folder moved or copied still loads
         "pretrain_dir": os.path.relpath(Path(pretrain_dir).resolve(), Path(out).resolve())
         if pretrain_dir else None,
+        # the MLflow run whose "backbone" artifacts hold the pretrained encoder: with this run's
+        # "model" artifacts, all a rebuild needs (geopeft.tracking.download_model)
+        "pretrain_run_id": read_json(Path(pretrain_dir) / "backbone.json").get("mlflow_run_id")
+        if pretrain_dir else None,
         **costs,
         "startup_stages": {**stages, "first_step": result["startup_s"]},
     }
@@ -244,7 +248,7 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
             "wall_time_s": time.perf_counter() - t0,
             "mlflow_run_id": logger.run_id,
         })
-    logger.log_artifact(out / "backbone.json")
+    logger.log_artifact(out, "backbone")  # weights and description: runs rebuild from them
     logger.end()
     return result
 
