@@ -271,3 +271,21 @@ def test_the_job_memory_is_the_least_of_its_limits_and_shared_by_its_ranks(monke
         assert stream.memory_budget_mb(8000) == (6000.0, "SLURM allocation (SLURM_MEM_PER_NODE)")
     mb, source = stream.memory_budget_mb(4000, ranks=2)
     assert mb <= 2000 and source.endswith("shared by 2 processes")
+
+
+def test_a_whole_read_holds_one_chunk_beside_its_output(chunked_store):
+    """Reading a split whole (as a job that loads it does) takes its chunks one at a time: the
+    peak of memory is the output and a few chunks, not every chunk of the split at once."""
+    import tracemalloc
+
+    lazy = load_split(chunked_store, "train", stream=True).x
+    x = StoreImages(chunked_store, lazy.idx, cache_chunks=1)
+    chunk_bytes = x.chunk * x.nbytes // len(x)
+    n_chunks = len(np.unique(x.chunk_of()))
+    assert n_chunks >= 10
+    tracemalloc.start()
+    out = x[slice(None)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # (zarr's buffers take a few chunks more; holding all of them took 13)
+    assert peak < out.nbytes + 8 * chunk_bytes, (peak, out.nbytes, chunk_bytes)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,17 +176,20 @@ class StoreImages:
         pos = self._positions(key)
         if pos.ndim == 0:
             return self[pos[None]][0]
-        return self._assemble(pos, {c: self._chunk(c) for c in self._needs(pos)})
+        return self._assemble(pos, self._needs(pos), self._chunk)
 
-    def _assemble(self, pos: np.ndarray, chunks: dict[int, np.ndarray]) -> np.ndarray:
-        """The samples at ``pos`` taken from their decompressed store ``chunks``."""
+    def _assemble(self, pos: np.ndarray, needs: list[int],
+                  chunk: Callable[[int], np.ndarray]) -> np.ndarray:
+        """The samples at ``pos``, taken from their store chunks ``needs`` one chunk at a time
+        (``chunk(c)``: the decompressed chunk ``c``), so a large read holds one chunk beside
+        its output, not every chunk it needs."""
         store = self.idx[pos]
         out = np.empty((len(pos), *self.shape[1:]), dtype=self.dtype)
-        for c, data in chunks.items():
+        for c in needs:
             rows = np.flatnonzero(store // self.chunk == c)
             if not len(rows):
                 continue
-            data = data[store[rows] - c * self.chunk]
+            data = chunk(c)[store[rows] - c * self.chunk]
             if self.select is None:
                 out[rows] = data
                 continue
@@ -231,7 +234,7 @@ class StoreImages:
             got = {c: self._next_read(reads, c) for c in need if c not in cache}
             have = {c: got[c] if c in got else cache[c] for c in need}
             self._keep(cache, got, need)  # (a batch may need more chunks than are kept)
-            yield self._assemble(p, have)
+            yield self._assemble(p, need, have.__getitem__)
 
     def start_readers(self, workers: int | None = None) -> None:
         """Start the reader processes of :meth:`batches` now, if not yet started. They last as
