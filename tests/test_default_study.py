@@ -84,7 +84,7 @@ def run(tmp_path_factory):
 def test_the_outputs_the_readme_lists(run):
     work, _ = run
     res = work / "results" / STUDY
-    for f in ("runs.csv", "table.tex", "figures"):
+    for f in ("runs.csv", "runs.html", "table.tex", "figures"):
         assert (res / f).exists(), f
     assert (work / "results" / "mlflow.db").is_file()
     runs = sorted(p.parent.name for p in res.glob("runs/*/metrics.json"))
@@ -109,6 +109,38 @@ def test_the_readme_table_is_what_the_run_measures(run):
                    if float(r["label_fraction"]) == fraction]
             assert len(acc) == 2
             assert cell == f"{statistics.mean(acc):.1f} ± {statistics.stdev(acc):.1f}", (strategy, fraction)
+
+
+def test_the_readme_s_report_command_builds_the_report_it_describes(run):
+    """``snakemake --report report.html``, as the README writes it, on the default study's
+    results: a workflow description of the study, every figure with its own caption worded for
+    a classification study, and the runs table as a table (one row per run)."""
+    import base64
+
+    from geopeft.paper.figures import FIGURES
+
+    work, _ = run
+    cmd = re.search(r"`uv run (snakemake --report \S+)`", (ROOT / "README.md").read_text())
+    assert cmd, "the README lost its report command"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run(shlex.split(cmd.group(1)), cwd=work, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    html = (work / "report.html").read_text()
+    assert f"geopeft study <strong>{STUDY}</strong>" in html
+    assert "<strong>Synthetic data</strong>" in html and "strategies: full, lora, linear" in html
+    for name in FIGURES:  # each figure its caption (the first words of its caption file)
+        first = (ROOT / "workflow" / "report" / "figures" / f"{name}.rst").read_text().split()
+        assert f'"{name}.png"' in html and " ".join(first[:3]) in html, name
+    assert "validation overall accuracy per" in html  # the caption speaks of this study's metric
+    assert "mIoU" not in html.split("Training curves per strategy")[1][:400]
+    b64 = re.search(r"filename=runs\.html;base64,([A-Za-z0-9+/=]+)", html)
+    assert b64, "the runs table is not in the report"
+    table = base64.b64decode(b64.group(1)).decode()
+    with open(work / "results" / STUDY / "runs.csv") as fh:
+        runs = [row["run"] for row in csv.DictReader(fh)]
+    assert table.count("<tr>") == len(runs) and all(f"<td>{x}</td>" in table for x in runs)
+    assert "synthetic data" in table
 
 
 def test_cpu_jobs_run_side_by_side_through_the_job_server(run):

@@ -130,3 +130,63 @@ def test_confusion_is_summed_over_seeds_not_the_best_test_run(runs):
     m, n = summed_confusion(df, runs.parent / "runs", "eurosat_rgb", "lora", 1.0)
     assert n == 2  # both seeds, whatever their test scores
     assert m["confusion_matrix"].tolist() == [[10, 0], [0, 10]]
+
+
+def test_training_curves_show_the_mean_and_range_of_the_largest_fraction_s_seeds(runs, tmp_path,
+                                                                                 monkeypatch):
+    """The curves figure draws, per strategy, the mean over seeds of each epoch's val score at
+    the largest label fraction (runs of 10 % never pooled in) with their range as a band, and
+    says what the band is and over how many seeds."""
+    import numpy as np
+    import pandas as pd
+
+    from geopeft.paper import figures
+
+    df = pd.read_csv(runs)
+    assert set(figures.curve_runs(df).label_fraction) == {1.0}
+    figs = {}
+
+    def keep(fig, outdir, name, note):
+        figs[name] = fig
+        return []
+
+    monkeypatch.setattr(figures, "_save", keep)
+    figures.make_figures(runs, tmp_path / "fig", runs.parent / "runs")
+    fig = figs["curves"]
+    score_ax = fig.axes[1]  # 2 rows x 1 dataset: loss, then the val score
+    lines = {ln.get_label(): ln for ln in score_ax.get_lines()}
+    # each strategy's two seeds: val_score 0.5 then acc - 0.1 (0.7 and 0.8): mean 50 %, 75 %
+    assert np.allclose(lines["lora"].get_ydata(), [50, 75])
+    assert np.allclose(lines["full"].get_ydata(), [50, 75])
+    band = score_ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert np.isclose(band.max(), 80) and np.isclose(band.min(), 50)  # the range over seeds
+    title = fig._suptitle.get_text()
+    assert "band: range over 2 seeds" in title and "n < 3" in title
+    bars = figs["trainable_params"].axes[0]
+    assert sorted(p.get_height() for p in bars.patches) == [4000, 100_000]
+    assert {t.get_text() for t in bars.texts} == {"4 k\n4 %", "0.1 M\nall"}
+
+
+def test_the_runs_table_page_has_a_row_per_run_and_says_where_they_come_from(runs, tmp_path):
+    import pandas as pd
+
+    from geopeft.paper.aggregate import write_html_table
+
+    df = pd.read_csv(runs)
+    df.loc[0, "run"] = "<script>x</script>"  # any value is escaped
+    df.to_csv(tmp_path / "r.csv", index=False)
+    write_html_table(tmp_path / "r.csv", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<tr>") == len(df) and "<script>" not in page
+    assert "&lt;script&gt;" in page and SYNTHETIC_NOTE in page and f"{len(df)} runs" in page
+    header = page.split("<th>")[1:4]
+    assert [h.split("</th>")[0] for h in header] == ["run", "dataset", "strategy"]
+
+
+def test_the_report_words_each_study_s_task_and_metric():
+    from geopeft.config import report_task
+
+    assert report_task([{"dataset": "eurosat_rgb"}]) == ("multiclass", "overall accuracy")
+    assert report_task([{"dataset": "pastis"}]) == ("segmentation", "mIoU (void excluded)")
+    assert report_task([{"dataset": "bigearthnet_s2"}, {"dataset": "eurosat_ms"}]) == (
+        "multiclass+multilabel", "macro mAP (bigearthnet_s2), overall accuracy (eurosat_ms)")

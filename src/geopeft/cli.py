@@ -415,12 +415,13 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     """``geopeft aggregate``: one CSV row per run of a study.
 
     Args:
-        args: ``runs`` (run folders), ``out``.
+        args: ``runs`` (run folders), ``out``, ``html``.
     """
     from geopeft.paper.aggregate import aggregate
 
     runs = [Path(r) for r in args.runs]
-    aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs], Path(args.out))
+    aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs], Path(args.out),
+              _opt_path(args.html))
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -654,6 +655,7 @@ def _results_commands(sub: Any) -> None:
     s = sub.add_parser("aggregate", help="one CSV of all runs")
     s.add_argument("--runs", nargs="+", required=True, help="run folders")
     s.add_argument("--out", required=True)
+    s.add_argument("--html", help="also write the table as an HTML page (the Snakemake report)")
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("figures", help="paper figures (PDF + PNG)")

@@ -429,6 +429,25 @@ def study_datasets(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+#: How the report and the paper name each task's primary test metric.
+TASK_METRIC = {"multiclass": "overall accuracy", "multilabel": "macro mAP",
+               "segmentation": "mIoU (void excluded)"}
+
+
+def report_task(rows: Any) -> tuple[str, str]:
+    """The task of a study's rows (``multiclass``, ``multilabel``, ``segmentation``, or the
+    tasks joined by ``+``) and its primary metric in words (per dataset when they differ).
+
+    Args:
+        rows: the study's rows (each with its ``dataset``).
+    """
+    by_ds = {r["dataset"]: SOURCES[r["dataset"]].task for r in rows}
+    tasks = sorted(set(by_ds.values()))
+    if len(tasks) == 1:
+        return tasks[0], TASK_METRIC[tasks[0]]
+    return "+".join(tasks), ", ".join(f"{TASK_METRIC[t]} ({ds})" for ds, t in by_ds.items())
+
+
 def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Expand the grid and explicit rows into resolved run configurations, one per job.
 

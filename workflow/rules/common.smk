@@ -24,6 +24,8 @@ BANDS = study_config.bands_id(DATA["bands"])
 ROWS = {row["name"]: row for row in study_config.study_rows(config)}
 # a time-series segmentation study gets its own figures (label fraction x sequence length)
 FIGURES = figure_names(any(r["dataset"] in study_config.TIME_SERIES_DATASETS for r in ROWS.values()))
+# The study's task and primary metric, as the report's captions word them.
+REPORT_TASK, REPORT_METRIC = study_config.report_task(ROWS.values())
 EXPERIMENT = f"{RES}/mlflow_experiment.json"
 # The tracking store and experiment that mlflow_init creates
 MLFLOW = {

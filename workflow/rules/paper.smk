@@ -9,15 +9,18 @@ rule aggregate:
         models=expand(f"{RES}/runs/{{run}}/model", run=ROWS),
         metrics=expand(f"{RES}/runs/{{run}}/metrics.json", run=ROWS),
     output:
-        report(f"{RES}/runs.csv", caption="../report/runs.rst", category="Tables"),
+        csv=f"{RES}/runs.csv",
+        html=report(f"{RES}/runs.html", caption="../report/runs.rst", category="Tables"),
     params:
         runs=lambda wildcards, input: [os.path.dirname(m) for m in input.metrics],
+        metric=REPORT_METRIC,
     log:
         f"{RES}/logs/aggregate.log",
     conda:
         "../../envs/geopeft.yaml"
     shell:
-        "geopeft aggregate --runs {params.runs} --out {output} > {log} 2>&1"
+        "geopeft aggregate --runs {params.runs} --out {output.csv} --html {output.html}"
+        " > {log} 2>&1"
 
 
 rule figures:
@@ -27,12 +30,19 @@ rule figures:
         metrics=expand(f"{RES}/runs/{{run}}/metrics.json", run=ROWS),
     output:
         pdf=expand(f"{RES}/figures/{{name}}.pdf", name=FIGURES),
-        png=report(
-            expand(f"{RES}/figures/{{name}}.png", name=FIGURES),
-            caption="../report/figures.rst",
-            category="Figures",
-        ),
+        # each figure its own caption, worded for the study's task (params.task, .metric)
+        png=[
+            report(
+                f"{RES}/figures/{name}.png",
+                caption=f"../report/figures/{name}.rst",
+                category="Figures",
+                labels={"figure": name},
+            )
+            for name in FIGURES
+        ],
     params:
+        task=REPORT_TASK,
+        metric=REPORT_METRIC,
         outdir=lambda wildcards, output: os.path.dirname(output.pdf[0]),
         runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.metrics[0])),
     resources:

@@ -16,9 +16,14 @@ SYNTHETIC_NOTE = "synthetic data: embedded Sentinel-2 world"
 REHEARSAL_NOTE = "REHEARSAL: fixture data and random weights, not a result"
 METRIC_LABEL = {"overall_accuracy": "test overall accuracy (%)", "map_macro": "test macro mAP (%)",
                 "miou": "test mIoU (%, void excluded)"}
-FIGURES = ("accuracy_vs_params", "accuracy_vs_fraction", "cost", "confusion")
+FIGURES = ("accuracy_vs_params", "accuracy_vs_fraction", "cost", "confusion", "curves",
+           "trainable_params")
 #: Figures of a time-series segmentation study (label fraction x sequence length).
-SEGMENTATION_FIGURES = ("miou_vs_fraction", "fraction_length_heatmap", "cost", "confusion")
+SEGMENTATION_FIGURES = ("miou_vs_fraction", "fraction_length_heatmap", "cost", "confusion",
+                        "curves", "trainable_params")
+#: The validation score of each task, as the per-epoch history names it (``val_score``).
+VAL_LABEL = {"overall_accuracy": "val accuracy (%)", "map_macro": "val macro mAP (%)",
+             "miou": "val mIoU (%, void excluded)"}
 
 
 def seeds_phrase(df: pd.DataFrame, keys: tuple[str, ...] = ("dataset", "strategy",
@@ -146,9 +151,111 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
         written += _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdir,
                                             note)
     written += _cost(plt, df, strategies, datasets, col, outdir, note)
+    written += _trainable_params(plt, df, strategies, datasets, col, outdir, note)
     if confusion_dir is not None:
         written += _confusion(plt, df, datasets, strategies, fmax, confusion_dir, outdir, note)
+        written += _curves(plt, df, strategies, datasets, col, confusion_dir, outdir, note)
     return written
+
+
+def curve_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs the training curves show: per dataset, the largest label fraction and, for time
+    series, the longest sequence length (runs of other sizes are never pooled with them)."""
+    keep = df[df.label_fraction == df.groupby("dataset").label_fraction.transform("max")]
+    if "sequence_length" in keep and keep["sequence_length"].notna().any():
+        longest = keep.groupby("dataset").sequence_length.transform("max")
+        keep = keep[keep.sequence_length == longest]
+    return keep
+
+
+def histories(df: pd.DataFrame, runs_dir: Path) -> dict[str, list[dict[str, float]]]:
+    """Each run's per-epoch metrics (its run.json ``history``), by run name."""
+    return {r: read_json(Path(runs_dir) / r / "model" / "run.json")["history"] for r in df["run"]}
+
+
+def _curves(plt, df, strategies, datasets, col, runs_dir, outdir, note):  # type: ignore[no-untyped-def]
+    """Per dataset: train (solid) and val (dashed) loss, and the val score, per epoch and
+    strategy: the mean over seeds, the band their range."""
+    import numpy as np
+
+    runs = curve_runs(df)
+    hist = histories(runs, runs_dir)
+    fig, axes = plt.subplots(2, len(datasets), figsize=(3.6 * len(datasets), 5.0), squeeze=False)
+    for j, ds in enumerate(datasets):
+        sub = runs[runs.dataset == ds]
+        metric = str(sub["primary_metric"].iloc[0])
+        for s in strategies:
+            names = list(sub[sub.strategy == s]["run"])
+            if not names:
+                continue
+            for ax, key, style, pct in ((axes[0, j], "train_loss", "-", 1),
+                                        (axes[0, j], "val_loss", "--", 1),
+                                        (axes[1, j], "val_score", "-", 100)):
+                ys = [[h.get(key, np.nan) for h in hist[r]] for r in names]
+                n_ep = min(len(y) for y in ys)
+                y = pct * np.array([v[:n_ep] for v in ys], float)
+                if np.isnan(y).all():  # not in these runs' histories
+                    continue
+                ep = np.arange(1, n_ep + 1)
+                ax.plot(ep, np.nanmean(y, 0), style, color=col[s], lw=1.2, marker="o",
+                        markersize=2.5, label=s if key != "val_loss" else None)
+                if len(names) > 1:
+                    ax.fill_between(ep, np.nanmin(y, 0), np.nanmax(y, 0), color=col[s], alpha=0.15,
+                                    lw=0)
+        frac = sub.label_fraction.iloc[0]
+        length = (f", T = {int(sub.sequence_length.iloc[0])}"
+                  if "sequence_length" in sub and sub.sequence_length.notna().any() else "")
+        axes[0, j].set_title(f"{ds}: {100 * frac:g} % labels{length}", fontsize=8)
+        axes[0, j].set_ylabel("loss (solid: train, dashed: val)")
+        axes[1, j].set_ylabel(VAL_LABEL.get(metric, f"val {metric} (%)"))
+        axes[1, j].set_xlabel("epoch")
+        epochs = max(len(hist[r]) for r in sub["run"])
+        for a in axes[:, j]:
+            a.set_xlim(0.5, epochs + 0.5)
+            a.set_xticks(range(1, epochs + 1, -(-epochs // 8)))  # whole epochs, 8 at most
+    axes[1, 0].legend(frameon=False, fontsize=7)
+    n = runs.groupby(["dataset", "strategy"]).size()
+    spread = (f"line: mean, band: range over {int(n.min())}"
+              f"{'' if n.min() == n.max() else f'-{int(n.max())}'} seeds" if n.max() > 1
+              else "one seed: no band")
+    fig.suptitle(f"Training curves ({spread}{'; n < 3' if 1 < n.max() < 3 else ''}; model "
+                 f"selection: the last epoch, no test data seen)", fontsize=8)
+    fig.tight_layout()
+    paths = _save(fig, outdir, "curves", note)
+    plt.close(fig)
+    return paths
+
+
+def _trainable_params(plt, df, strategies, datasets, col, outdir, note):  # type: ignore[no-untyped-def]
+    """Trainable parameters per strategy (log scale), each bar labelled with its count and its
+    share of the model's parameters."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.4 * len(datasets), 2.8), squeeze=False)
+    for j, ds in enumerate(datasets):
+        sub = df[df.dataset == ds].groupby("strategy", sort=False).agg(
+            t=("trainable_params", "first"), total=("total_params", "first")).reindex(strategies)
+        sub = sub.dropna()
+        ax = axes[0, j]
+        x = np.arange(len(sub))
+        ax.bar(x, sub.t, color=[col[s] for s in sub.index])
+        ax.set_yscale("log")
+        for xi, (t, total) in zip(x, zip(sub.t, sub.total, strict=True), strict=True):
+            count = f"{t / 1e6:.3g} M" if t >= 1e5 else f"{t / 1e3:.3g} k"
+            ax.text(xi, t, f"{count}\n{100 * t / total:.2g} %" if t < total else f"{count}\nall",
+                    ha="center", va="bottom", fontsize=6)
+        # every bar from the same decade below the smallest (a log axis has no zero)
+        ax.set_ylim(bottom=10 ** (np.floor(np.log10(max(sub.t.min(), 1))) - 1))
+        ax.set_xticks(x, list(sub.index), rotation=30 if len(sub) > 3 else 0, fontsize=7)
+        ax.set_ylabel("trainable parameters (log)")
+        ax.set_title(ds if len(datasets) > 1 else "", fontsize=8)
+        ax.margins(y=0.25)
+    fig.suptitle("Trainable parameters per strategy (label: count, share of all parameters)",
+                 fontsize=8)
+    fig.tight_layout()
+    paths = _save(fig, outdir, "trainable_params", note)
+    plt.close(fig)
+    return paths
 
 
 def _segmentation_figures(plt, df, strategies, outdir, note):  # type: ignore[no-untyped-def]
