@@ -143,6 +143,32 @@ def test_the_readme_s_report_command_builds_the_report_it_describes(run):
     assert "synthetic data" in table
 
 
+def test_the_readme_s_paper_command_builds_the_paper_of_the_study(run):
+    """``snakemake paper``, as the README writes it, on the default study: paper/main.pdf with
+    the study's section, setup, table and figures (its text read back)."""
+    import shutil
+
+    if shutil.which("latexmk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have TeX for the paper (.ci/run installs it)")
+        pytest.skip("no TeX (latexmk) on this machine")
+    work, _ = run
+    cmd = re.search(r"`uv run (snakemake paper)`", (ROOT / "README.md").read_text())
+    assert cmd, "the README lost its paper command"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run(shlex.split(cmd.group(1)), cwd=work, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = subprocess.run(["pdftotext", str(work / "paper" / "main.pdf"), "-"],
+                          capture_output=True, text=True, check=True).stdout
+    flat = re.sub(r"\s+", " ", text)
+    name = STUDY.replace("_", " ")  # (pdflatex draws \_ as a rule: pdftotext reads a space)
+    assert f"1 {name}" in flat and f"Table 1: {name}: test overall accuracy" in flat
+    assert "Strategies: full (full; " in flat and "lora (lora r 8, alpha 16;" in flat
+    assert "Synthetic data: these results come from" in flat
+    assert len(re.findall(rf"Figure \d+: {name}: ", flat)) == 6  # its figures, each captioned
+
+
 def test_cpu_jobs_run_side_by_side_through_the_job_server(run):
     from geopeft.gpus import device_count
 

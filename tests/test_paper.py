@@ -170,7 +170,7 @@ def test_training_curves_show_the_mean_and_range_of_the_largest_fraction_s_seeds
 def test_the_runs_table_page_has_a_row_per_run_and_says_where_they_come_from(runs, tmp_path):
     import pandas as pd
 
-    from geopeft.paper.aggregate import write_html_table
+    from geopeft.paper.tables import write_html_table
 
     df = pd.read_csv(runs)
     df.loc[0, "run"] = "<script>x</script>"  # any value is escaped
@@ -190,3 +190,46 @@ def test_the_report_words_each_study_s_task_and_metric():
     assert report_task([{"dataset": "pastis"}]) == ("segmentation", "mIoU (void excluded)")
     assert report_task([{"dataset": "bigearthnet_s2"}, {"dataset": "eurosat_ms"}]) == (
         "multiclass+multilabel", "macro mAP (bigearthnet_s2), overall accuracy (eurosat_ms)")
+
+
+def test_the_paper_without_tex_says_what_to_install(runs, monkeypatch, tmp_path):
+    import shutil
+
+    from geopeft.paper import document
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(document.PaperError, match=r"latexmk/pdflatex not found on PATH: install "
+                       r"TeX: on Debian/Ubuntu `sudo apt-get install latexmk "
+                       r"texlive-latex-recommended texlive-latex-extra`"):
+        document.build_paper([runs.parent], tmp_path / "main.pdf")
+    assert not (tmp_path / "main.pdf").exists()
+
+
+def test_a_study_section_is_generated_from_its_results(runs, tmp_path):
+    """The section names the study, says its data are synthetic, states its setup from the job
+    specs, inputs its table and includes each figure it has with a caption; LaTeX specials in
+    names are escaped."""
+    from geopeft.paper.document import study_section, tex_escape
+    from geopeft.paper.tables import make_table
+
+    results = runs.parent
+    make_table(runs, results / "table.tex", results.name)
+    make_figures(runs, results / "figures", results / "runs")
+    build = tmp_path / "build"
+    tex = study_section(results, build)
+    assert f"\\section{{{tex_escape(results.name)}}}" in tex
+    assert "\\textbf{Synthetic data:}" in tex
+    assert "Strategies: full (full; 2 epochs" in tex and "Label fractions: 10, 100\\,\\%" in tex
+    assert "seeds: 0, 1 (8 runs on cpu)" in tex
+    assert "\\input{../table.tex}" in tex
+    assert tex.count("\\begin{figure}") == len(figure_names(False))
+    assert "Training curves at the largest label fraction" in tex
+    assert "mean $\\pm$ sd over 2 seeds" in tex
+    assert tex_escape("a_b & c%") == "a\\_b \\& c\\%"
+
+
+def test_a_paper_of_a_study_without_results_names_the_missing_file(tmp_path):
+    from geopeft.paper.document import PaperError, study_section
+
+    with pytest.raises(PaperError, match=r"nope/runs\.csv: missing; run the study first"):
+        study_section(tmp_path / "nope", tmp_path)

@@ -59,6 +59,41 @@ def test_mlflow_runs_in_study_experiment_not_default(done):
     assert {r[2] for r in rows} == {"FINISHED"}
 
 
+def test_a_run_rebuilds_from_its_mlflow_artifacts_alone(done, tmp_path):
+    """A LoRA run on the study's pretrained encoder: its MLflow 'model' artifacts and the
+    pretrain run's 'backbone' artifacts (weights logged by the pretrain job) rebuild the model,
+    with no file of results/ read; it predicts as the model in results/ does. (Before the test
+    that deletes the MLflow store.)"""
+    import json
+    import os
+
+    import numpy as np
+
+    from geopeft.data.dataset import load_split
+    from geopeft.models.inference import predict
+    from geopeft.models.saved import load_model
+    from geopeft.tracking import download_model
+
+    res = done / "results" / "ci_tiny"
+    run = next(p for p in sorted((res / "runs").glob("lora-*")) if (p / "model").is_dir())
+    rec = json.loads((run / "model" / "run.json").read_text())
+    assert rec["spec"]["backbone"]["weights"] == "pretrain" and rec["pretrain_run_id"]
+    exp = json.loads((res / "mlflow_experiment.json").read_text())
+    cwd = os.getcwd()
+    os.chdir(done)  # the study's tracking URI is relative to its working directory
+    try:
+        model_dir, pretrain_dir = download_model(exp["tracking_uri"], rec["mlflow_run_id"],
+                                                 tmp_path / "dl")
+    finally:
+        os.chdir(cwd)
+    assert model_dir.is_relative_to(tmp_path) and pretrain_dir.is_relative_to(tmp_path)
+    assert {p.name for p in pretrain_dir.iterdir()} >= {"backbone.safetensors", "backbone.json"}
+    rebuilt = load_model(model_dir, pretrain_dir=pretrain_dir)
+    original = load_model(run / "model")
+    x = load_split(done / rec["store"]["path"], "test").x[:16]  # (a relative path: from done)
+    assert np.array_equal(predict(rebuilt, x), predict(original, x))
+
+
 def test_rerun_does_nothing(done):
     r = snakemake(done, "-n")
     assert r.returncode == 0
@@ -157,10 +192,12 @@ def test_bad_config_clear_error(done, tmp_path):
     assert "data.bands[1]: 'B3' is not one of" in r.stdout + r.stderr
 
 
-def test_multilabel_study_end_to_end(tmp_path):
-    """The embedded BigEarthNet world through pretrain, LoRA/linear, evaluation and paper outputs."""
+def test_multilabel_study_end_to_end(done):
+    """The embedded BigEarthNet world through pretrain, LoRA/linear, evaluation and paper outputs
+    (in the CI study's folder: the paper test builds a paper of both)."""
     import csv
 
+    tmp_path = done
     cfg = ROOT / "config" / ".test" / "bigearthnet.yaml"
     r = snakemake(tmp_path, config=cfg)
     assert r.returncode == 0, r.stderr[-5000:]
@@ -202,12 +239,14 @@ def test_fusion_study_over_two_datasets(tmp_path):
     assert pre["bands"] == ["B04", "B03", "B02"]  # the encoder was pretrained on RGB
 
 
-def test_time_series_segmentation_study(tmp_path):
+def test_time_series_segmentation_study(done):
     """PASTIS-layout world -> temporal subsets + label subsets -> UPerNet+L-TAE (decoder-only,
-    LoRA) and U-TAE -> whole-patch mIoU without void -> label fraction x length figures."""
+    LoRA) and U-TAE -> whole-patch mIoU without void -> label fraction x length figures (in the
+    CI study's folder: the paper test builds a paper of it)."""
     import csv
     import json
 
+    tmp_path = done
     r = snakemake(tmp_path, config=ROOT / "config" / ".test" / "pastis.yaml")
     assert r.returncode == 0, r.stderr[-5000:]
     res = tmp_path / "results" / "ci_pastis"
@@ -239,35 +278,45 @@ def test_time_series_segmentation_study(tmp_path):
     assert {"test_miou", "val_miou", "test_iou_Fruits_ vegetables_ flowers"} <= keys
 
 
-def test_a_run_rebuilds_from_its_mlflow_artifacts_alone(done, tmp_path):
-    """A LoRA run on the study's pretrained encoder: its MLflow 'model' artifacts and the
-    pretrain run's 'backbone' artifacts (weights logged by the pretrain job) rebuild the model,
-    with no file of results/ read; it predicts as the model in results/ does."""
-    import json
-    import os
 
-    import numpy as np
+def _tex_or_skip():
+    import shutil
 
-    from geopeft.data.dataset import load_split
-    from geopeft.models.inference import predict
-    from geopeft.models.saved import load_model
-    from geopeft.tracking import download_model
+    if shutil.which("latexmk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have TeX for the paper (.ci/run installs it)")
+        pytest.skip("no TeX (latexmk) on this machine")
 
-    res = done / "results" / "ci_tiny"
-    run = next(p for p in sorted((res / "runs").glob("lora-*")) if (p / "model").is_dir())
-    rec = json.loads((run / "model" / "run.json").read_text())
-    assert rec["spec"]["backbone"]["weights"] == "pretrain" and rec["pretrain_run_id"]
-    exp = json.loads((res / "mlflow_experiment.json").read_text())
-    cwd = os.getcwd()
-    os.chdir(done)  # the study's tracking URI is relative to its working directory
-    try:
-        model_dir, pretrain_dir = download_model(exp["tracking_uri"], rec["mlflow_run_id"],
-                                                 tmp_path / "dl")
-    finally:
-        os.chdir(cwd)
-    assert model_dir.is_relative_to(tmp_path) and pretrain_dir.is_relative_to(tmp_path)
-    assert {p.name for p in pretrain_dir.iterdir()} >= {"backbone.safetensors", "backbone.json"}
-    rebuilt = load_model(model_dir, pretrain_dir=pretrain_dir)
-    original = load_model(run / "model")
-    x = load_split(done / rec["store"]["path"], "test").x[:16]  # (a relative path: from done)
-    assert np.array_equal(predict(rebuilt, x), predict(original, x))
+
+def test_snakemake_paper_builds_a_section_per_study(done):
+    """`snakemake paper` with paper.studies naming three CI studies (classification,
+    multi-label, segmentation) in one folder: paper/main.pdf, a section per study with its
+    setup, table and figures, each said to be synthetic; the PDF's text checked."""
+    _tex_or_skip()
+    studies = {"ci_tiny": TINY, "ci_bigearthnet": ROOT / "config" / ".test" / "bigearthnet.yaml",
+               "ci_pastis": ROOT / "config" / ".test" / "pastis.yaml"}
+    for name, cfg in studies.items():  # nothing to do when the tests above ran
+        r = snakemake(done, config=cfg)
+        assert r.returncode == 0, (name, r.stderr[-3000:])
+    missing = snakemake(done, "paper", "--config", "paper={studies: [ci_tiny, nope]}")
+    assert missing.returncode != 0
+    assert "results/nope/runs.csv is missing; run that study first" in missing.stdout + missing.stderr
+    r = snakemake(done, "paper", "--config", f"paper={{studies: [{', '.join(studies)}]}}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    pdf = done / "paper" / "main.pdf"
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    # (pdflatex draws \_ as a rule, which pdftotext reads as a space)
+    flat = re.sub(r"\s+", " ", text)
+    pages = int(re.search(r"Pages:\s+(\d+)", subprocess.run(
+        ["pdfinfo", str(pdf)], capture_output=True, text=True).stdout).group(1))
+    assert pages >= 3
+    for i, name in enumerate(s.replace("_", " ") for s in studies):
+        assert f"{i + 1} {name}" in flat, name  # the section heading
+        assert re.search(rf"Table \d+: {name}: test", flat), name
+        assert re.search(rf"Figure \d+: {name}: Training curves", flat), name
+        assert re.search(rf"Figure \d+: {name}: Trainable parameters", flat), name
+    assert flat.count("Synthetic data: these results come from") == 3
+    assert "test overall accuracy" in flat and "macro mAP" in flat and "mIoU (void excluded)" in flat
+    assert "Strategies: lora (lora r 4, alpha 8;" in flat  # the setup, from the job specs
+    assert "sequence lengths: 1, 3" in flat

@@ -420,8 +420,23 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     from geopeft.paper.aggregate import aggregate
 
     runs = [Path(r) for r in args.runs]
-    aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs], Path(args.out),
-              _opt_path(args.html))
+    aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs], Path(args.out))
+    if args.html:
+        from geopeft.paper.tables import write_html_table
+
+        write_html_table(Path(args.out), Path(args.html))
+
+
+def cmd_paper(args: argparse.Namespace) -> None:
+    """``geopeft paper``: the paper of several studies, compiled with latexmk.
+
+    Args:
+        args: ``results`` (each study's results folder, in order), ``out`` (the PDF).
+    """
+    from geopeft.paper.document import build_paper
+
+    out = build_paper([Path(r) for r in args.results], Path(args.out))
+    log.info("%s: %d studies", out, len(args.results))
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -657,6 +672,12 @@ def _results_commands(sub: Any) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--html", help="also write the table as an HTML page (the Snakemake report)")
     s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("paper", help="the paper: a section per study from its results (latexmk)")
+    s.add_argument("--results", nargs="+", required=True,
+                   help="each study's results folder (results/<study>), in paper order")
+    s.add_argument("--out", required=True, help="the PDF to write (paper/main.pdf)")
+    s.set_defaults(func=cmd_paper)
 
     s = sub.add_parser("figures", help="paper figures (PDF + PNG)")
     s.add_argument("--runs-csv", required=True)

@@ -52,11 +52,11 @@ from geopeft.io import read_json
 GPU_RULES = ("pretrain", "train", "evaluate")
 #: Rules that run where Snakemake runs (``localrules:`` in ``workflow/rules/*.smk``; ``all``
 #: is a target only). ``tests/test_plan.py`` reads the rule files to keep this list true.
-LOCAL_RULES = ("mlflow_init", "download", "fetch", "aggregate", "table", "all")
+LOCAL_RULES = ("mlflow_init", "download", "fetch", "aggregate", "table", "paper", "all")
 #: The order rules are listed in (the DAG's order).
 RULE_ORDER = ("synthesize", "synthesize_layout", "download", "fetch", "prepare", "subset",
               "mlflow_init", "pretrain", "train", "evaluate", "aggregate", "figures", "table",
-              "all")
+              "paper", "all")
 #: Datasets the ``synthesize`` rule writes in one job (the rest: ``synthesize_layout``).
 _SYNTHESIZE_OUTPUTS = ("eurosat_ms", "eurosat_rgb", "eurosat_ms_source", "eurosat_rgb_source")
 #: The overhead share of GPU time the study aims at (issue 18: < 2 %).

@@ -1,6 +1,7 @@
 import os
 import re
 
+from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from geopeft import config as study_config
@@ -149,6 +150,28 @@ def get_train_spec(wildcards):
 def optional_flag(flag, paths):
     """`--flag path` for an optional input, '' when absent."""
     return f"{flag} {paths}" if paths else ""
+
+
+# The studies of `snakemake paper` (paper.studies; default: this one), as results folders.
+PAPER_STUDIES = [f"{config['results_dir']}/{name}" for name in config["paper"]["studies"]] or [RES]
+
+
+def get_paper_inputs(wildcards):
+    """What the paper needs: this study's outputs when it is in the paper (built here), the
+    runs table and LaTeX table of every other study (built by running that study; a missing
+    one is named with what to run)."""
+    inputs = []
+    for results in PAPER_STUDIES:
+        if results == RES:
+            inputs += get_final_outputs()
+            continue
+        for f in ("runs.csv", "table.tex"):
+            if not os.path.exists(f"{results}/{f}"):
+                raise WorkflowError(
+                    f"paper.studies: {results}/{f} is missing; run that study first "
+                    f"(snakemake --configfile <its study file>), then `snakemake paper`")
+            inputs.append(ancient(f"{results}/{f}"))
+    return inputs
 
 
 def get_final_outputs():

@@ -1,6 +1,7 @@
 localrules:
     aggregate,
     table,
+    paper,
 
 
 rule aggregate:
@@ -70,3 +71,20 @@ rule table:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft table --runs-csv {input} --study {params.study} --out {output} > {log} 2>&1"
+
+
+rule paper:
+    """paper/main.pdf: a section per study of paper.studies (default: this one), generated from
+    its results, compiled with latexmk (`snakemake paper`)."""
+    input:
+        get_paper_inputs,
+    output:
+        "paper/main.pdf",
+    params:
+        results=PAPER_STUDIES,
+    log:
+        f"{RES}/logs/paper.log",
+    conda:
+        "../../envs/paper.yaml"
+    shell:
+        "geopeft paper --results {params.results} --out {output} > {log} 2>&1"

@@ -52,15 +52,13 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
     }
 
 
-def aggregate(model_dirs: list[Path], metrics_files: list[Path], out: Path,
-              html: Path | None = None) -> list[dict[str, Any]]:
+def aggregate(model_dirs: list[Path], metrics_files: list[Path], out: Path) -> list[dict[str, Any]]:
     """Write ``out`` (CSV, one row per run, in the study's order: tables and legends follow it).
 
     Args:
         model_dirs: the runs' saved models, in study order.
         metrics_files: their test metrics, in the same order.
         out: the CSV to write.
-        html: also the same table as an HTML page (the Snakemake report shows it as a table).
     """
     if len(model_dirs) != len(metrics_files):
         raise ValueError("aggregate needs one metrics file per model folder")
@@ -69,34 +67,5 @@ def aggregate(model_dirs: list[Path], metrics_files: list[Path], out: Path,
         w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    if html is not None:
-        write_html_table(out, html)
     return rows
 
-
-def write_html_table(runs_csv: Path, out: Path) -> None:
-    """runs.csv as an HTML page: one row per run, the columns a reader compares first, every
-    value escaped, and where the runs come from (synthetic data, a rehearsal) said above it."""
-    import pandas as pd
-
-    from geopeft.paper.figures import provenance_note
-
-    df = pd.read_csv(runs_csv)
-    first = [c for c in ("run", "dataset", "strategy", "label_fraction", "sequence_length", "seed",
-                         "primary_metric", "test_primary", "val_score", "trainable_params",
-                         "trainable_pct", "wall_time_s", "images_per_s", "peak_memory_mb")
-             if c in df]
-    df = df[first + [c for c in df if c not in first]]
-    note = provenance_note(df)
-    body = df.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4g}",
-                      border=0, classes="runs")
-    with atomic_file(out) as fh:
-        fh.write("<!doctype html><html><head><meta charset='utf-8'><title>runs</title><style>"
-                 "table.runs{border-collapse:collapse;font:12px sans-serif}"
-                 "table.runs td,table.runs th{padding:2px 6px;border-bottom:1px solid #ddd}"
-                 "</style></head><body>")
-        fh.write(f"<p><b>{len(df)} runs</b> (one row per run; test_primary is each run's "
-                 f"primary test metric, model selection on val only)"
-                 f"{f'. <i>{note}</i>' if note else ''}</p>")
-        fh.write(body)
-        fh.write("</body></html>\n")

@@ -112,3 +112,28 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
     with atomic_file(out) as fh:
         fh.write(text)
     return text
+
+
+def write_html_table(runs_csv: Path, out: Path) -> None:
+    """runs.csv as an HTML page (the Snakemake report shows it as a table): one row per run, the
+    columns a reader compares first, every value escaped, and where the runs come from
+    (synthetic data, a rehearsal) said above it."""
+    df = pd.read_csv(runs_csv)
+    first = [c for c in ("run", "dataset", "strategy", "label_fraction", "sequence_length", "seed",
+                         "primary_metric", "test_primary", "val_score", "trainable_params",
+                         "trainable_pct", "wall_time_s", "images_per_s", "peak_memory_mb")
+             if c in df]
+    df = df[first + [c for c in df if c not in first]]
+    note = provenance_note(df)
+    body = df.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4g}",
+                      border=0, classes="runs")
+    with atomic_file(out) as fh:
+        fh.write("<!doctype html><html><head><meta charset='utf-8'><title>runs</title><style>"
+                 "table.runs{border-collapse:collapse;font:12px sans-serif}"
+                 "table.runs td,table.runs th{padding:2px 6px;border-bottom:1px solid #ddd}"
+                 "</style></head><body>")
+        fh.write(f"<p><b>{len(df)} runs</b> (one row per run; test_primary is each run's "
+                 f"primary test metric, model selection on val only)"
+                 f"{f'. <i>{note}</i>' if note else ''}</p>")
+        fh.write(body)
+        fh.write("</body></html>\n")

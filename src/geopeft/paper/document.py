@@ -1,0 +1,240 @@
+"""The paper: one LaTeX document over the results of several studies, compiled with latexmk.
+
+Each study is a section generated from its results folder (``results/<study>``) and the
+templates in ``geopeft/paper/templates`` (never hand-edited per study): its setup read from the
+runs' job specs (data, bands, encoder and weights, strategies, epochs, label fractions, sequence
+lengths, seeds), a sentence saying "synthetic" or "rehearsal" where that applies, its table
+(``table.tex``) and every figure it has, each with a caption. ``snakemake paper`` runs
+:func:`build_paper` for the studies of ``paper.studies``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import string
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from geopeft.errors import GeopeftError
+from geopeft.io import read_json
+from geopeft.paper.figures import (
+    REHEARSAL_NOTE,
+    SYNTHETIC_NOTE,
+    figure_names,
+    provenance_note,
+    seeds_phrase,
+)
+
+TEMPLATES = Path(__file__).parent / "templates"
+#: What to install when no TeX engine is found.
+TEX_INSTALL = ("install TeX: on Debian/Ubuntu `sudo apt-get install latexmk "
+               "texlive-latex-recommended texlive-latex-extra`; or run Snakemake with "
+               "--sdm conda (envs/paper.yaml)")
+#: The caption of each figure in the paper ({metric}: the study's primary metric in words).
+FIGURE_CAPTIONS = {
+    "accuracy_vs_params": "Test {metric} against trainable parameters (log scale), per strategy "
+                          "and label fraction; {spread}.",
+    "accuracy_vs_fraction": "Test {metric} against the share of labelled training data, a line "
+                            "per strategy; {spread}.",
+    "miou_vs_fraction": "Test mIoU (void excluded) against the label fraction, a panel per "
+                        "strategy and a line per sequence length; {spread}.",
+    "fraction_length_heatmap": "Mean test mIoU (void excluded) of each label fraction x sequence "
+                               "length cell, per strategy.",
+    "cost": "Training cost per strategy and label fraction: wall time per run, images/s and "
+            "training memory (the axis says what it measures); {spread}.",
+    "confusion": "Test confusion matrices (per-class AP for multi-label data) summed over every "
+                 "seed at the largest label fraction, rows normalised (recall); no run is picked "
+                 "by its test score.",
+    "curves": "Training curves at the largest label fraction: train (solid) and validation "
+              "(dashed) loss and the validation {metric} per epoch; line: mean, band: range "
+              "over seeds.",
+    "trainable_params": "Trainable parameters per strategy (log scale): count and share of the "
+                        "model's parameters.",
+}
+_WIDE = {"confusion", "cost", "curves"}
+
+
+class PaperError(GeopeftError, RuntimeError):
+    """The paper cannot be built: a study's results are missing, or TeX is missing or failed;
+    the message names the file or what to install."""
+
+
+class _Template(string.Template):
+    delimiter = "@"  # LaTeX uses $ and { }; @name never appears in the templates otherwise
+
+
+def _template(template: str, **values: str) -> str:
+    return _Template((TEMPLATES / template).read_text()).substitute(**values)
+
+
+_TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                 "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: Any) -> str:
+    """``text`` as literal LaTeX (every special character escaped)."""
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _TEX_SPECIALS[m.group()], str(text))
+
+
+def _spread(df: Any) -> str:
+    return seeds_phrase(df).replace("±", r"$\pm$").replace("<", "$<$")
+
+
+def _numbers(values: list[Any], fmt: str = "{:g}") -> str:
+    return ", ".join(fmt.format(v) for v in values)
+
+
+def _setup(df: Any, results: Path) -> str:
+    """The study's setup in words, from its runs' job specs and runs.csv."""
+    specs = {r: read_json(results / "runs" / r / "model" / "run.json")["spec"] for r in df["run"]}
+    first = next(iter(specs.values()))
+    data, backbone = first["data"], first.get("backbone")
+    datasets = list(dict.fromkeys(df["dataset"]))
+    parts = [f"Data: {tex_escape(', '.join(datasets))} ({tex_escape(data['source'])}), bands "
+             f"{tex_escape(' '.join(data['bands']))}."]
+    if backbone:
+        parts.append(f"Encoder: {tex_escape(backbone['name'])}, weights "
+                     f"{tex_escape(backbone.get('weights') or 'none')}.")
+    strategies = []
+    for s in dict.fromkeys(df["strategy"]):
+        row = next(sp["row"] for r, sp in specs.items() if df.set_index("run").loc[r, "strategy"] == s)
+        words = row["method"]
+        if row.get("lora"):
+            lo = row["lora"]
+            words = f"{lo.get('method', 'lora')} r {lo['r']}, alpha {lo['alpha']}"
+        t = row["train"]
+        strategies.append(f"{tex_escape(s)} ({tex_escape(words)}; {t['epochs']} epochs, batch "
+                          f"{t['batch_size']}, lr {t['lr']:g})")
+    parts.append(f"Strategies: {'; '.join(strategies)}.")
+    fractions = _numbers([100 * f for f in sorted(df.label_fraction.unique())])
+    lengths = ""
+    if "sequence_length" in df and df.sequence_length.notna().any():
+        lengths = "; sequence lengths: " + _numbers(
+            sorted(df.sequence_length.dropna().unique().astype(int)), "{:d}")
+    devices = tex_escape(", ".join(dict.fromkeys(df["device"].astype(str))))
+    parts.append(f"Label fractions: {fractions}\\,\\%{lengths}; seeds: "
+                 f"{_numbers(sorted(df.seed.unique()), '{:d}')} ({len(df)} runs on {devices}).")
+    parts.append("Model selection uses the validation split only (every run keeps its last "
+                 "epoch); no test score chooses anything.")
+    return " ".join(parts)
+
+
+def _provenance(note: str | None) -> str:
+    if note == REHEARSAL_NOTE:
+        return (r"\noindent\textbf{Rehearsal:} fixture data and random weights in the "
+                r"publishers' formats; these numbers are not results.")
+    if note == SYNTHETIC_NOTE:
+        return (r"\noindent\textbf{Synthetic data:} these results come from geopeft's embedded "
+                r"synthetic Sentinel-2 world, not from the real dataset.")
+    return ""
+
+
+def study_section(results: Path, build: Path) -> str:
+    """The LaTeX section of one study from its results folder (paths relative to ``build``,
+    where main.tex is compiled).
+
+    Raises:
+        PaperError: runs.csv or table.tex is missing.
+    """
+    import pandas as pd
+
+    from geopeft.config import TASK_METRIC, report_task
+
+    results = Path(results)
+    for f in ("runs.csv", "table.tex"):
+        if not (results / f).is_file():
+            raise PaperError(f"{results / f}: missing; run the study first (snakemake "
+                             f"--configfile <its study file>), then build the paper")
+    df = pd.read_csv(results / "runs.csv")
+    name = str(results.name)
+    task, metric = report_task([{"dataset": d} for d in dict.fromkeys(df["dataset"])])
+    if "+" in task:  # several datasets, several metrics: name each in words
+        metric = " / ".join(TASK_METRIC[t] for t in task.split("+"))
+    segmentation = bool((df["primary_metric"] == "miou").all())
+    figures = []
+    for fig in figure_names(segmentation):
+        pdf = results / "figures" / f"{fig}.pdf"
+        if not pdf.is_file():
+            continue
+        caption = FIGURE_CAPTIONS[fig].format(metric=metric, spread=_spread(df))
+        figures.append(_template(
+            "figure.tex", width="1.0" if fig in _WIDE else "0.75",
+            path=os.path.relpath(pdf.resolve(), build.resolve()).replace(os.sep, "/"),
+            caption=f"{tex_escape(name)}: {caption}", label=f"{name}-{fig}"))
+    table = os.path.relpath((results / "table.tex").resolve(), build.resolve()).replace(os.sep, "/")
+    return _template("study.tex", name=name, results=str(results), title=tex_escape(name),
+                     label=name, provenance=_provenance(provenance_note(df)),
+                     setup=_setup(df, results), table=f"\\input{{{table}}}",
+                     figures="\n".join(figures))
+
+
+def write_tex(results_dirs: list[Path], build: Path) -> Path:
+    """Write ``build/main.tex``: a section per study."""
+    import pandas as pd
+
+    build.mkdir(parents=True, exist_ok=True)
+    sections, summary, notes = [], [], set()
+    for results in results_dirs:
+        sections.append(study_section(Path(results), build))
+        df = pd.read_csv(Path(results) / "runs.csv")
+        summary.append(f"{tex_escape(Path(results).name)} ({len(df)} runs)")
+        if note := provenance_note(df):
+            notes.add(note)
+    abstract = (f"Parameter-efficient fine-tuning of vision and geospatial foundation models on "
+                f"Sentinel-2 imagery, regenerated by geopeft from the results of "
+                f"{len(results_dirs)} {'study' if len(results_dirs) == 1 else 'studies'}: "
+                f"{', '.join(summary)}. Every $\\pm$ and error bar states what it is and over how "
+                f"many seeds.")
+    if REHEARSAL_NOTE in notes:
+        abstract += r" \textbf{Some sections are rehearsals: their numbers are not results.}"
+    elif SYNTHETIC_NOTE in notes:
+        abstract += r" \textbf{Some sections report synthetic data, not the real datasets.}"
+    tex = _template("main.tex", title="Parameter-efficient fine-tuning on Sentinel-2",
+                    date=dt.date.today().isoformat(), abstract=abstract,
+                    sections="\n".join(sections))
+    out = build / "main.tex"
+    out.write_text(tex)
+    return out
+
+
+def build_paper(results_dirs: list[Path], out_pdf: Path, build: Path | None = None) -> Path:
+    """Generate the paper of the studies in ``results_dirs`` and compile it with latexmk into
+    ``out_pdf`` (written whole or not at all).
+
+    Args:
+        results_dirs: each study's results folder (``results/<study>``), in paper order.
+        out_pdf: the PDF to write.
+        build: where main.tex and LaTeX's build files go (default: ``generated/`` beside the
+            PDF).
+
+    Raises:
+        PaperError: a study's results are missing, latexmk is not installed (the message says
+            what to install) or LaTeX failed (the message quotes its error and names its log).
+    """
+    out_pdf = Path(out_pdf)
+    build = Path(build) if build else out_pdf.parent / "generated"
+    if shutil.which("latexmk") is None or shutil.which("pdflatex") is None:
+        raise PaperError(f"latexmk/pdflatex not found on PATH: {TEX_INSTALL}")
+    tex = write_tex([Path(r) for r in results_dirs], build)
+    r = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error",
+                        "-file-line-error", tex.name], cwd=build, capture_output=True, text=True)
+    log = build / "main.log"
+    if r.returncode != 0 or not (build / "main.pdf").is_file():
+        text = log.read_text(errors="replace") if log.is_file() else r.stdout + r.stderr
+        errors = [ln for ln in text.splitlines() if ln.startswith("!") or ":" in ln and
+                  "error" in ln.lower()][:5]
+        raise PaperError(f"{tex}: LaTeX failed ({'; '.join(errors) or 'see the log'}); log: {log}")
+    out_pdf.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_pdf.with_name(f".{out_pdf.name}.tmp")
+    shutil.copyfile(build / "main.pdf", tmp)
+    tmp.replace(out_pdf)
+    return out_pdf
+
+
+__all__ = ["FIGURE_CAPTIONS", "PaperError", "TEX_INSTALL", "build_paper", "study_section",
+           "tex_escape", "write_tex"]
