@@ -84,7 +84,7 @@ def run(tmp_path_factory):
 def test_the_outputs_the_readme_lists(run):
     work, _ = run
     res = work / "results" / STUDY
-    for f in ("runs.csv", "runs.html", "table.tex", "figures"):
+    for f in ("runs.csv", "runs.html", "table.tex", "per_class.tex", "per_class.csv", "figures"):
         assert (res / f).exists(), f
     assert (work / "results" / "mlflow.db").is_file()
     runs = sorted(p.parent.name for p in res.glob("runs/*/metrics.json"))
@@ -166,6 +166,7 @@ def test_the_readme_s_paper_command_builds_the_paper_of_the_study(run):
     assert f"1 {name}" in flat and f"Table 1: {name}: test overall accuracy" in flat
     assert "Strategies: full (full; " in flat and "lora (lora r 8, alpha 16;" in flat
     assert "Synthetic data: these results come from" in flat
+    assert "per-class test F1 (%) of each strategy at 100 % of labels" in flat
     assert len(re.findall(rf"Figure \d+: {name}: ", flat)) == 6  # its figures, each captioned
 
 

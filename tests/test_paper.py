@@ -4,6 +4,7 @@ figures, with their provenance."""
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from conftest import full_spec
@@ -233,3 +234,48 @@ def test_a_paper_of_a_study_without_results_names_the_missing_file(tmp_path):
 
     with pytest.raises(PaperError, match=r"nope/runs\.csv: missing; run the study first"):
         study_section(tmp_path / "nope", tmp_path)
+
+
+def test_confusion_matrices_sum_the_largest_fraction_and_longest_series_only(runs, tmp_path,
+                                                                            monkeypatch):
+    import pandas as pd
+
+    from geopeft.paper import figures
+
+    seen = {}
+    monkeypatch.setattr(figures, "_confusion",
+                        lambda plt, df, *a: seen.setdefault("df", df) is None or [])
+    figures.make_figures(runs, tmp_path / "fig", runs.parent / "runs")
+    assert set(seen["df"].label_fraction) == {1.0}  # the 10 % runs are not summed in
+    series = pd.DataFrame({"dataset": ["p"] * 6, "label_fraction": [1.0, 1.0, 1.0, 1.0, 0.5, 0.5],
+                           "sequence_length": [3, 3, 1, 1, 3, 3], "run": list("abcdef")})
+    assert list(figures.curve_runs(series).run) == ["a", "b"]
+
+
+def test_the_per_class_report_sums_the_seeds_and_agrees_with_scikit_learn(runs, tmp_path):
+    import numpy as np
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from geopeft.paper.tables import per_class_report, write_per_class
+
+    root = runs.parent / "runs"
+    # seed 1 of lora at 100 %: another confusion matrix, a class never predicted
+    m = json.loads((root / "lora-f1-s1" / "metrics.json").read_text())
+    m["confusion_matrix"] = [[3, 2], [0, 0]]
+    (root / "lora-f1-s1" / "metrics.json").write_text(json.dumps(m))
+    rep = per_class_report(runs, root)
+    assert set(rep.label_fraction) == {1.0} and set(rep.seeds) == {2}
+    lora = rep[rep.strategy == "lora"].set_index("class")
+    cm = np.array([[5, 0], [0, 5]]) + np.array([[3, 2], [0, 0]])  # summed over the seeds
+    y_true = np.repeat([0, 0, 1, 1], [cm[0, 0], cm[0, 1], cm[1, 0], cm[1, 1]])
+    y_pred = np.repeat([0, 1, 0, 1], [cm[0, 0], cm[0, 1], cm[1, 0], cm[1, 1]])
+    p, r, f, sup = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    assert np.allclose(lora.precision, p) and np.allclose(lora.recall, r)
+    assert np.allclose(lora.f1, f) and list(lora.support) == list(sup) == [10, 5]
+    tex = write_per_class(runs, root, tmp_path / "pc.tex", tmp_path / "pc.csv")
+    text = (tmp_path / "pc.tex").read_text()
+    assert "per-class test F1 (\\%) of each strategy at 100\\,\\% of labels" in text
+    assert "summed over 2 seeds" in text and "synthetic data" in text
+    assert "class & support & full & lora \\\\" in text
+    assert "a & 10 & 100.0 & " in text  # full: F1 1.0 on class a
+    assert len(tex) == 4 and (tmp_path / "pc.csv").read_text().startswith("dataset,strategy")

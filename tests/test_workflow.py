@@ -319,4 +319,6 @@ def test_snakemake_paper_builds_a_section_per_study(done):
     assert flat.count("Synthetic data: these results come from") == 3
     assert "test overall accuracy" in flat and "macro mAP" in flat and "mIoU (void excluded)" in flat
     assert "Strategies: lora (lora r 4, alpha 8;" in flat  # the setup, from the job specs
+    for score in ("F1", "AP", "IoU"):  # each study's per-class report
+        assert re.search(rf"Table \d+: \S+ ?\S*: per-class test {score} \(%\)", flat), score
     assert "sequence lengths: 1, 3" in flat

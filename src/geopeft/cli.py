@@ -454,11 +454,15 @@ def cmd_table(args: argparse.Namespace) -> None:
     """``geopeft table``: the study's LaTeX booktabs table.
 
     Args:
-        args: ``runs_csv``, ``study``, ``out``.
+        args: ``runs_csv``, ``study``, ``out``, and with ``runs_dir`` the per-class report
+            (``per_class_tex``, ``per_class_csv``).
     """
-    from geopeft.paper.tables import make_table
+    from geopeft.paper.tables import make_table, write_per_class
 
     make_table(Path(args.runs_csv), Path(args.out), args.study)
+    if args.runs_dir:
+        write_per_class(Path(args.runs_csv), Path(args.runs_dir), Path(args.per_class_tex),
+                        Path(args.per_class_csv))
 
 
 def _study_commands(sub: Any) -> None:
@@ -689,6 +693,9 @@ def _results_commands(sub: Any) -> None:
     s.add_argument("--runs-csv", required=True)
     s.add_argument("--study", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--runs-dir", help="the runs folder: also write the per-class report")
+    s.add_argument("--per-class-tex", help="the per-class report as LaTeX")
+    s.add_argument("--per-class-csv", help="the per-class report as CSV")
     s.set_defaults(func=cmd_table)
 
 

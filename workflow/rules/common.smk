@@ -181,6 +181,7 @@ def get_final_outputs():
     return [
         f"{RES}/runs.csv",
         f"{RES}/table.tex",
+        f"{RES}/per_class.tex",
         *expand(f"{RES}/figures/{{name}}.{{ext}}", name=FIGURES, ext=["pdf", "png"]),
     ]
 

@@ -58,19 +58,25 @@ rule figures:
 
 
 rule table:
-    """LaTeX booktabs table for the paper."""
+    """LaTeX booktabs table for the paper, and the per-class report (CSV and LaTeX)."""
     input:
-        f"{RES}/runs.csv",
+        csv=f"{RES}/runs.csv",
+        metrics=expand(f"{RES}/runs/{{run}}/metrics.json", run=ROWS),
     output:
-        report(f"{RES}/table.tex", caption="../report/table.rst", category="Tables"),
+        table=report(f"{RES}/table.tex", caption="../report/table.rst", category="Tables"),
+        per_class_tex=f"{RES}/per_class.tex",
+        per_class_csv=f"{RES}/per_class.csv",
     params:
         study=STUDY,
+        runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.metrics[0])),
     log:
         f"{RES}/logs/table.log",
     conda:
         "../../envs/geopeft.yaml"
     shell:
-        "geopeft table --runs-csv {input} --study {params.study} --out {output} > {log} 2>&1"
+        "geopeft table --runs-csv {input.csv} --study {params.study} --out {output.table}"
+        " --runs-dir {params.runs} --per-class-tex {output.per_class_tex}"
+        " --per-class-csv {output.per_class_csv} > {log} 2>&1"
 
 
 rule paper:

@@ -3,8 +3,9 @@
 Each study is a section generated from its results folder (``results/<study>``) and the
 templates in ``geopeft/paper/templates`` (never hand-edited per study): its setup read from the
 runs' job specs (data, bands, encoder and weights, strategies, epochs, label fractions, sequence
-lengths, seeds), a sentence saying "synthetic" or "rehearsal" where that applies, its table
-(``table.tex``) and every figure it has, each with a caption. ``snakemake paper`` runs
+lengths, seeds), a sentence saying "synthetic" or "rehearsal" where that applies, its tables
+(``table.tex``, the per-class report ``per_class.tex``) and every figure it has, each with a
+caption. ``snakemake paper`` runs
 :func:`build_paper` for the studies of ``paper.studies``.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import shutil
 import string
 import subprocess
@@ -28,6 +28,7 @@ from geopeft.paper.figures import (
     provenance_note,
     seeds_phrase,
 )
+from geopeft.paper.tables import tex_escape
 
 TEMPLATES = Path(__file__).parent / "templates"
 #: What to install when no TeX engine is found.
@@ -69,16 +70,6 @@ class _Template(string.Template):
 
 def _template(template: str, **values: str) -> str:
     return _Template((TEMPLATES / template).read_text()).substitute(**values)
-
-
-_TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                 "^": r"\textasciicircum{}"}
-
-
-def tex_escape(text: Any) -> str:
-    """``text`` as literal LaTeX (every special character escaped)."""
-    return re.sub(r"[\\&%$#_{}~^]", lambda m: _TEX_SPECIALS[m.group()], str(text))
 
 
 def _spread(df: Any) -> str:
@@ -166,10 +157,12 @@ def study_section(results: Path, build: Path) -> str:
             "figure.tex", width="1.0" if fig in _WIDE else "0.75",
             path=os.path.relpath(pdf.resolve(), build.resolve()).replace(os.sep, "/"),
             caption=f"{tex_escape(name)}: {caption}", label=f"{name}-{fig}"))
-    table = os.path.relpath((results / "table.tex").resolve(), build.resolve()).replace(os.sep, "/")
+    tables = [f"\\input{{{os.path.relpath((results / t).resolve(), build.resolve())}}}"
+              .replace(os.sep, "/") for t in ("table.tex", "per_class.tex")
+              if (results / t).is_file()]
     return _template("study.tex", name=name, results=str(results), title=tex_escape(name),
                      label=name, provenance=_provenance(provenance_note(df)),
-                     setup=_setup(df, results), table=f"\\input{{{table}}}",
+                     setup=_setup(df, results), table="\n".join(tables),
                      figures="\n".join(figures))
 
 

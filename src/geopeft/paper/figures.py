@@ -153,7 +153,10 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
     written += _cost(plt, df, strategies, datasets, col, outdir, note)
     written += _trainable_params(plt, df, strategies, datasets, col, outdir, note)
     if confusion_dir is not None:
-        written += _confusion(plt, df, datasets, strategies, fmax, confusion_dir, outdir, note)
+        # the largest label fraction and, for time series, the longest series only: runs of
+        # other sizes are never summed in
+        written += _confusion(plt, curve_runs(df), datasets, strategies, fmax, confusion_dir,
+                              outdir, note)
         written += _curves(plt, df, strategies, datasets, col, confusion_dir, outdir, note)
     return written
 
@@ -442,7 +445,10 @@ def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, note):  # 
             ax.set_yticks(range(k), classes if ax is row[0] else [""] * k, fontsize=fs)
             if ax is row[0] and "confusion_matrix" in m:
                 ax.set_ylabel("true")
-            ax.set_title(f"{s} ({ds}, {100 * fmax:g} % labels)\n{title}, {n_runs} seed"
+            length = df[(df.dataset == ds) & (df.strategy == s)].get("sequence_length")
+            length = (f", T = {int(length.max())}" if length is not None and length.notna().any()
+                      else "")
+            ax.set_title(f"{s} ({ds}, {100 * fmax:g} % labels{length})\n{title}, {n_runs} seed"
                          f"{'s' if n_runs > 1 else ''}", fontsize=7)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7,

@@ -1,4 +1,5 @@
-"""LaTeX booktabs table of a study: accuracy per strategy and label fraction, with costs."""
+"""The tables of a study: the LaTeX booktabs table (accuracy per strategy and label fraction, with
+costs), the per-class report (CSV and LaTeX) and the runs table as an HTML page."""
 
 from __future__ import annotations
 
@@ -6,8 +7,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from geopeft.io import atomic_file
+from geopeft.io import atomic_file, read_json
 from geopeft.paper.figures import memory_kind, provenance_note, seeds_phrase
+
+_TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                 "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: object) -> str:
+    """``text`` as literal LaTeX (every special character escaped)."""
+    import re
+
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _TEX_SPECIALS[m.group()], str(text))
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -137,3 +149,101 @@ def write_html_table(runs_csv: Path, out: Path) -> None:
                  f"{f'. <i>{note}</i>' if note else ''}</p>")
         fh.write(body)
         fh.write("</body></html>\n")
+
+
+#: The per-class score each task's table shows for every strategy.
+PER_CLASS_SCORE = {"multiclass": ("f1", "F1"), "segmentation": ("iou", "IoU"),
+                   "multilabel": ("ap", "AP")}
+
+
+def per_class_report(runs_csv: Path, runs_dir: Path) -> pd.DataFrame:
+    """Per dataset, strategy and class, over every seed at the largest label fraction (and the
+    longest series): precision, recall, F1 and support from the test confusion matrices summed
+    over the seeds (IoU too for segmentation); for multi-label data the test AP and F1, mean
+    over the seeds, and the positives as support. No run is picked by its test score.
+
+    Args:
+        runs_csv: the study's runs.csv.
+        runs_dir: its runs folder (each run's metrics.json).
+    """
+    import numpy as np
+
+    from geopeft.paper.figures import curve_runs, summed_confusion
+
+    df = curve_runs(pd.read_csv(runs_csv))
+    rows = []
+    for ds in dict.fromkeys(df["dataset"]):
+        fmax = df[df.dataset == ds].label_fraction.max()
+        for s in dict.fromkeys(df[df.dataset == ds]["strategy"]):
+            m, n = summed_confusion(df, runs_dir, ds, s, fmax)
+            if not n:
+                continue
+            base = {"dataset": ds, "strategy": s, "label_fraction": fmax, "seeds": n}
+            if "confusion_matrix" in m:
+                cm = np.asarray(m["confusion_matrix"], float)
+                tp, pred, true = np.diag(cm), cm.sum(0), cm.sum(1)
+                # as scikit-learn's zero_division=0: a class never predicted has precision 0,
+                # and F1 0 when it is present; a class absent from the test split has no recall
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    prec = np.where(pred > 0, tp / pred, 0.0)
+                    rec = np.where(true > 0, tp / true, np.nan)
+                    f1 = np.where(true > 0, np.where(prec + rec > 0,
+                                                     2 * prec * rec / (prec + rec), 0.0), np.nan)
+                    iou = np.where(pred + true > 0, tp / (pred + true - tp), np.nan)
+                for c, name in enumerate(m["classes"]):
+                    rows.append({**base, "class": name, "support": int(true[c]),
+                                 "precision": prec[c], "recall": rec[c], "f1": f1[c],
+                                 **({"iou": iou[c]} if m.get("task") == "segmentation" else {}),
+                                 "task": m.get("task", "multiclass")})
+            else:  # multi-label: per-class AP (and F1 at the threshold) per seed
+                aps = np.asarray(m["per_class_ap_runs"], float)
+                ms = [read_json(Path(runs_dir) / r / "metrics.json") for r in
+                      df[(df.dataset == ds) & (df.strategy == s) & (df.label_fraction == fmax)].run]
+                f1s = np.asarray([x["per_class_f1"] for x in ms], float)
+                for c, name in enumerate(m["classes"]):
+                    rows.append({**base, "class": name, "support": int(m["support"][c]),
+                                 "ap": np.nanmean(aps[:, c]), "f1": np.nanmean(f1s[:, c]),
+                                 "task": "multilabel"})
+    return pd.DataFrame(rows)
+
+
+def write_per_class(runs_csv: Path, runs_dir: Path, out_tex: Path, out_csv: Path) -> pd.DataFrame:
+    """Write the per-class report as CSV (every column) and as LaTeX (per dataset: a row per
+    class, its test support and each strategy's per-class score, in %; pandas Styler, every
+    name escaped)."""
+    report = per_class_report(runs_csv, runs_dir)
+    with atomic_file(out_csv) as fh:
+        report.to_csv(fh, index=False, float_format="%.6g")
+    note = provenance_note(pd.read_csv(runs_csv))
+    parts = ["% generated by geopeft; do not edit"]
+    for ds in dict.fromkeys(report["dataset"]):
+        sub = report[report.dataset == ds]
+        task = str(sub.task.iloc[0])
+        key, head = PER_CLASS_SCORE[task]
+        classes, strategies = list(dict.fromkeys(sub["class"])), list(dict.fromkeys(sub.strategy))
+        wide = sub.pivot(index="class", columns="strategy", values=key).reindex(
+            index=classes, columns=strategies) * 100
+        wide.insert(0, "support", sub.drop_duplicates("class").set_index("class")["support"]
+                    .reindex(classes))
+        wide = wide.reset_index()
+        wide.columns.name = None
+        n = sorted(set(sub.seeds))
+        how = ("mean over" if task == "multilabel"
+               else "from the test confusion matrices summed over")
+        caption = (f"{tex_escape(ds)}: per-class test {head} (\\%) of each strategy at "
+                   f"{100 * sub.label_fraction.iloc[0]:g}\\,\\% of labels, {how} "
+                   f"{'/'.join(map(str, n))} seed{'s' if max(n) > 1 else ''}; support: test "
+                   f"{'pixels' if task == 'segmentation' else 'samples'} of the class"
+                   + (f" ({note})" if note else "") + ".")
+        styler = wide.style.format(precision=1, na_rep="--", escape="latex") \
+            .format("{:d}", subset=["support"]).format_index(escape="latex", axis=1) \
+            .hide(axis="index")
+        parts.append(styler.to_latex(
+            hrules=True, position="H", position_float="centering", caption=caption,
+            label=f"tab:{ds}-per-class", environment="table",
+            column_format="l" + "r" * (len(wide.columns) - 1)))
+    text = "\n".join(parts).replace("\\begin{table}[H]", "\\begin{table}[H]\n\\small")
+    with atomic_file(out_tex) as fh:
+        fh.write(text)
+    return report
+
