@@ -45,6 +45,17 @@ def readme_table() -> dict[str, list[str]]:
     return rows
 
 
+def readme_command(pattern: str, work: Path) -> None:
+    """Run the README's command that ``pattern`` finds (its ``uv run``: this environment) in
+    ``work``, as written; it must succeed."""
+    cmd = re.search(pattern, (ROOT / "README.md").read_text())
+    assert cmd, f"the README lost its command {pattern}"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run(shlex.split(cmd.group(1)), cwd=work, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
 def job_spans(log: str) -> list[tuple[str, float, float, str]]:
     """(rule, start, end, resources line) of every job in a Snakemake log (1 s resolution)."""
     stamp, started, spans = 0.0, {}, []
@@ -120,12 +131,7 @@ def test_the_readme_s_report_command_builds_the_report_it_describes(run):
     from geopeft.paper.figures import FIGURES
 
     work, _ = run
-    cmd = re.search(r"`uv run (snakemake --report \S+)`", (ROOT / "README.md").read_text())
-    assert cmd, "the README lost its report command"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    r = subprocess.run(shlex.split(cmd.group(1)), cwd=work, env=env, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    readme_command(r"`uv run (snakemake --report \S+)`", work)
     html = (work / "report.html").read_text()
     assert f"geopeft study <strong>{STUDY}</strong>" in html
     assert "<strong>Synthetic data</strong>" in html and "strategies: full, lora, linear" in html
@@ -153,12 +159,7 @@ def test_the_readme_s_paper_command_builds_the_paper_of_the_study(run):
             pytest.fail("CI must have TeX for the paper (.ci/run installs it)")
         pytest.skip("no TeX (latexmk) on this machine")
     work, _ = run
-    cmd = re.search(r"`uv run (snakemake paper)`", (ROOT / "README.md").read_text())
-    assert cmd, "the README lost its paper command"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    r = subprocess.run(shlex.split(cmd.group(1)), cwd=work, env=env, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    readme_command(r"`uv run (snakemake paper)`", work)
     text = subprocess.run(["pdftotext", str(work / "paper" / "main.pdf"), "-"],
                           capture_output=True, text=True, check=True).stdout
     flat = re.sub(r"\s+", " ", text)

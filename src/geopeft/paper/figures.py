@@ -109,6 +109,14 @@ def _save(fig, outdir: Path, name: str, note: str | None) -> list[Path]:  # type
     return paths
 
 
+def _finish(plt, fig, outdir: Path, name: str, note: str | None) -> list[Path]:  # type: ignore[no-untyped-def]
+    """Lay out, save (PDF and PNG, with the provenance note) and close a figure."""
+    fig.tight_layout()
+    paths = _save(fig, outdir, name, note)
+    plt.close(fig)
+    return paths
+
+
 def _colors(strategies: list[str]) -> dict[str, str]:
     palette = ["#1b6ca8", "#d1495b", "#2a9d8f", "#edae49", "#6a4c93", "#8d8d8d"]
     return {s: palette[i % len(palette)] for i, s in enumerate(strategies)}
@@ -223,10 +231,7 @@ def _curves(plt, df, strategies, datasets, col, runs_dir, outdir, note):  # type
               else "one seed: no band")
     fig.suptitle(f"Training curves ({spread}{'; n < 3' if 1 < n.max() < 3 else ''}; model "
                  f"selection: the last epoch, no test data seen)", fontsize=8)
-    fig.tight_layout()
-    paths = _save(fig, outdir, "curves", note)
-    plt.close(fig)
-    return paths
+    return _finish(plt, fig, outdir, "curves", note)
 
 
 def _trainable_params(plt, df, strategies, datasets, col, outdir, note):  # type: ignore[no-untyped-def]
@@ -255,10 +260,7 @@ def _trainable_params(plt, df, strategies, datasets, col, outdir, note):  # type
         ax.margins(y=0.25)
     fig.suptitle("Trainable parameters per strategy (label: count, share of all parameters)",
                  fontsize=8)
-    fig.tight_layout()
-    paths = _save(fig, outdir, "trainable_params", note)
-    plt.close(fig)
-    return paths
+    return _finish(plt, fig, outdir, "trainable_params", note)
 
 
 def _segmentation_figures(plt, df, strategies, outdir, note):  # type: ignore[no-untyped-def]
@@ -401,10 +403,7 @@ def _cost(plt, df, strategies, datasets, col, outdir, note):  # type: ignore[no-
     axes[2].legend(frameon=False, fontsize=6)
     fig.suptitle(f"Cost per strategy and label fraction (device: {device}; bars: "
                  f"{seeds_phrase(df)})", fontsize=8)
-    fig.tight_layout()
-    paths = _save(fig, outdir, "cost", note)
-    plt.close(fig)
-    return paths
+    return _finish(plt, fig, outdir, "cost", note)
 
 
 def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, note):  # type: ignore[no-untyped-def]
