@@ -135,9 +135,16 @@ def test_the_readme_s_report_command_builds_the_report_it_describes(run):
     html = (work / "report.html").read_text()
     assert f"geopeft study <strong>{STUDY}</strong>" in html
     assert "<strong>Synthetic data</strong>" in html and "strategies: full, lora, linear" in html
-    for name in FIGURES:  # each figure its caption (the first words of its caption file)
-        first = (ROOT / "workflow" / "report" / "figures" / f"{name}.rst").read_text().split()
-        assert f'"{name}.png"' in html and " ".join(first[:3]) in html, name
+    captions = {  # each figure its own caption, as rendered for a classification study
+        "accuracy_vs_params": "Test overall accuracy against trainable parameters",
+        "accuracy_vs_fraction": "Test overall accuracy against the label fraction",
+        "cost": "Training cost per strategy",
+        "confusion": "Test confusion matrices (per strategy and dataset",
+        "curves": "Training curves per strategy",
+        "trainable_params": "Trainable parameters of each strategy"}
+    assert set(captions) == set(FIGURES)
+    for name, caption in captions.items():
+        assert f'"{name}.png"' in html and caption in html, name
     assert "validation overall accuracy per" in html  # the caption speaks of this study's metric
     assert "mIoU" not in html.split("Training curves per strategy")[1][:400]
     b64 = re.search(r"filename=runs\.html;base64,([A-Za-z0-9+/=]+)", html)
@@ -160,7 +167,7 @@ def test_the_readme_s_paper_command_builds_the_paper_of_the_study(run):
         pytest.skip("no TeX (latexmk) on this machine")
     work, _ = run
     readme_command(r"`uv run (snakemake paper)`", work)
-    text = subprocess.run(["pdftotext", str(work / "paper" / "main.pdf"), "-"],
+    text = subprocess.run(["pdftotext", "-layout", str(work / "paper" / "main.pdf"), "-"],
                           capture_output=True, text=True, check=True).stdout
     flat = re.sub(r"\s+", " ", text)
     name = STUDY.replace("_", " ")  # (pdflatex draws \_ as a rule: pdftotext reads a space)
