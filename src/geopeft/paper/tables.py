@@ -3,6 +3,7 @@ costs), the per-class report (CSV and LaTeX) and the runs table as an HTML page.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -200,9 +201,12 @@ def per_class_report(runs_csv: Path, runs_dir: Path) -> pd.DataFrame:
                 ms = [read_json(Path(runs_dir) / r / "metrics.json") for r in
                       df[(df.dataset == ds) & (df.strategy == s) & (df.label_fraction == fmax)].run]
                 f1s = np.asarray([x["per_class_f1"] for x in ms], float)
+                with warnings.catch_warnings():  # a class absent from the test split: no AP
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    ap, f1 = np.nanmean(aps, 0), np.nanmean(f1s, 0)
                 for c, name in enumerate(m["classes"]):
                     rows.append({**base, "class": name, "support": int(m["support"][c]),
-                                 "ap": np.nanmean(aps[:, c]), "f1": np.nanmean(f1s[:, c]),
+                                 "ap": ap[c], "f1": f1[c],
                                  "task": "multilabel"})
     return pd.DataFrame(rows)
 
@@ -241,7 +245,9 @@ def write_per_class(runs_csv: Path, runs_dir: Path, out_tex: Path, out_csv: Path
         parts.append(styler.to_latex(
             hrules=True, position="H", position_float="centering", caption=caption,
             label=f"tab:{ds}-per-class", environment="table",
-            column_format="l" + "r" * (len(wide.columns) - 1)))
+            # long class names (BigEarthNet's) wrap within the page
+            column_format=("p{0.4\\linewidth}" if wide["class"].str.len().max() > 28 else "l")
+            + "r" * (len(wide.columns) - 1)))
     text = "\n".join(parts).replace("\\begin{table}[H]", "\\begin{table}[H]\n\\small")
     with atomic_file(out_tex) as fh:
         fh.write(text)
