@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from conftest import full_spec
@@ -14,6 +15,7 @@ from geopeft.paper.aggregate import COLUMNS, aggregate
 from geopeft.paper.figures import SYNTHETIC_NOTE, figure_names, make_figures, provenance_note
 from geopeft.paper.tables import make_table
 
+ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["a", "b"]
 
 
@@ -279,3 +281,28 @@ def test_the_per_class_report_sums_the_seeds_and_agrees_with_scikit_learn(runs, 
     assert "class & support & full & lora \\\\" in text
     assert "a & 10 & 100.0 & " in text  # full: F1 1.0 on class a
     assert len(tex) == 4 and (tmp_path / "pc.csv").read_text().startswith("dataset,strategy")
+
+
+@pytest.mark.parametrize(("task", "metric", "words"), [
+    ("multiclass", "overall accuracy", ["validation overall accuracy", "confusion matrices"]),
+    ("multilabel", "macro mAP", ["validation macro mAP", "Per-class test average precision"]),
+    ("segmentation", "mIoU (void excluded)", ["validation mIoU (void excluded)",
+                                              "Pixel confusion matrices", "longest sequence"])])
+def test_the_report_captions_fit_the_study_s_task(task, metric, words):
+    """Each figure's caption file, rendered as Snakemake renders it (Jinja, with the rule's
+    params), speaks of the study's task and metric."""
+    from types import SimpleNamespace
+
+    import jinja2
+
+    from geopeft.paper.figures import figure_names
+
+    sm = SimpleNamespace(params=SimpleNamespace(task=task, metric=metric),
+                         config={"study": "s", "grid": {}})
+    text = " ".join(
+        " ".join(jinja2.Template((ROOT / "workflow" / "report" / "figures" / f"{name}.rst")
+                                 .read_text()).render(snakemake=sm).split())
+        for name in figure_names(task == "segmentation"))
+    assert all(w in text for w in words), text
+    others = {"multiclass": "mIoU", "multilabel": "mIoU", "segmentation": "mAP"}
+    assert others[task] not in text
