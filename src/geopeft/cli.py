@@ -390,25 +390,86 @@ def cmd_jobserver(args: argparse.Namespace) -> None:
     serve(args.socket, args.parent, run=main, warm=JOBSERVER_PRELOAD)
 
 
+def _series_dates(args: argparse.Namespace) -> list[list[int] | None]:
+    """Each file's dates: ``--dates`` (one comma-separated list per file, in order) or, for a
+    PASTIS ``S2_<ID>.npy``, its ``dates-S2`` in ``--metadata``."""
+    from geopeft.data.sources import DataError
+    from geopeft.data.sources.pastis import read_geojson
+
+    if args.dates:
+        if len(args.dates) != len(args.files):
+            raise DataError(f"--dates: {len(args.dates)} lists for {len(args.files)} files "
+                            f"(one comma-separated list of YYYYMMDD per file)")
+        try:
+            return [[int(d) for d in text.replace(" ", "").split(",") if d] for text in args.dates]
+        except ValueError as err:
+            raise DataError(f"--dates: {err}; give YYYYMMDD numbers separated by commas") from None
+    if args.metadata:
+        by_id = {str(m["id"]): m["dates"] for m in read_geojson(Path(args.metadata))}
+        out = []
+        for f in args.files:
+            pid = Path(f).stem.removeprefix("S2_")
+            if pid not in by_id:
+                raise DataError(f"{f}: patch {pid} is not in {args.metadata}")
+            out.append(by_id[pid])
+        return out
+    return [None] * len(args.files)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
-    """``geopeft predict``: classify image files with a saved model; CSV of the top-k classes.
+    """``geopeft predict``: a trained run applied to files in its dataset's format; CSV.
 
     Args:
-        args: ``model``, ``files``, ``top_k``, ``out`` (default standard output).
+        args: ``model``, ``files``, ``top_k``, ``out`` (default standard output), ``dates`` /
+            ``metadata`` (time series), ``maps`` (segmentation: a folder for the class maps).
     """
     import csv
 
-    from geopeft.evaluate.predict import predict_files
+    import numpy as np
 
-    rows = predict_files(Path(args.model), [Path(f) for f in args.files], args.top_k)
+    from geopeft.evaluate.predict import Predictor
+    from geopeft.io import atomic_file
+
+    predictor = Predictor(Path(args.model))
+    preds = predictor.predict_files([Path(f) for f in args.files], _series_dates(args))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["file", "prediction", "probability", f"top{args.top_k}"])
-    for r in rows:
-        w.writerow([r["file"], r["prediction"], f"{r['probability']:.4f}",
-                    " ".join(f"{c}:{p:.3f}" for c, p in r["top"])])
+    top = f"top{args.top_k}"
+    if predictor.task == "multiclass":
+        w.writerow(["file", "prediction", "probability", top])
+    elif predictor.task == "multilabel":
+        w.writerow(["file", "labels", top])
+    else:
+        w.writerow(["file", "classes", "map"])
+    for p in preds:
+        shown = " ".join(f"{c}:{s:.3f}" for c, s in p.top(args.top_k))
+        if p.task == "multiclass":
+            w.writerow([p.file, p.labels[0], f"{p.top(1)[0][1]:.4f}", shown])
+        elif p.task == "multilabel":
+            w.writerow([p.file, ";".join(p.labels), shown])
+        else:
+            where = ""
+            if args.maps:
+                Path(args.maps).mkdir(parents=True, exist_ok=True)
+                where = str(Path(args.maps) / f"{Path(p.file).stem}.npy")
+                with atomic_file(where, "wb") as fh:
+                    np.save(fh, p.label_map.astype(np.uint8))
+            w.writerow([p.file, " ".join(f"{c}:{s:.3f}" for c, s in p.top(len(p.classes))
+                                         if s > 0), where])
     if args.out:
         out.close()
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    """``geopeft app``: the inference app (Gradio) of a study's results folder.
+
+    Args:
+        args: ``results``, ``host``, ``port``, ``raw`` (the raw dataset for examples).
+    """
+    from geopeft.app import serve
+
+    serve(Path(args.results), host=args.host, port=args.port,
+          raw=Path(args.raw) if args.raw else None)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -664,12 +725,38 @@ def _training_commands(sub: Any) -> None:
 
 def _results_commands(sub: Any) -> None:
     """Result commands: inference, the runs table, figures and the LaTeX table."""
-    s = sub.add_parser("predict", help="inference app: classify image files with a trained run")
-    s.add_argument("--model", required=True, help="a run's model folder")
-    s.add_argument("--top-k", type=int, default=3)
+    s = sub.add_parser(
+        "predict", help="a trained run on files in its dataset's format: CSV of the predictions",
+        description="Apply a trained run to samples in its dataset's format (EuroSAT-MS 13-band "
+        "GeoTIFF; EuroSAT-RGB JPEG/PNG; a BigEarthNet patch folder or .zip; a PASTIS S2_<ID>.npy "
+        "with its dates). CSV columns: multi-class file, prediction, probability, top-k; "
+        "multi-label file, labels (every class with probability >= 0.5), top-k; segmentation "
+        "file, classes (share of the map's pixels), map (the .npy written with --maps).")
+    s.add_argument("--model", required=True, help="a run's model folder (results/<study>/runs/"
+                   "<run>/model)")
+    s.add_argument("--top-k", type=int, default=3, help="classes listed per file with their "
+                   "probabilities (default 3)")
     s.add_argument("--out", help="CSV file (default: standard output)")
-    s.add_argument("files", nargs="+", help="GeoTIFF / JPEG scenes in the run's dataset format")
+    s.add_argument("--dates", action="append", help="time series: the file's acquisition dates, "
+                   "YYYYMMDD separated by commas; once per file, in order")
+    s.add_argument("--metadata", help="time series: PASTIS metadata.geojson, whose dates-S2 give "
+                   "each S2_<ID>.npy's dates")
+    s.add_argument("--maps", help="segmentation: write each file's class map (uint8 class "
+                   "indices, H x W) as <name>.npy into this folder")
+    s.add_argument("files", nargs="+", help="samples in the run's dataset format")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("app", help="the inference app (Gradio) of a study's results folder",
+                       description="Serve the inference app of a study's results folder: pick a "
+                       "run (default: the best on validation), upload a sample in the dataset's "
+                       "format, see its preview and the predicted classes or map.")
+    s.add_argument("results", help="the study's results folder (results/<study>)")
+    s.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, "
+                   "this machine only; 0.0.0.0 opens it to the network, with no login)")
+    s.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
+    s.add_argument("--raw", help="the study's raw dataset folder, for the example images of its "
+                   "test split (default: found from the runs' job specs under data/raw)")
+    s.set_defaults(func=cmd_app)
 
     s = sub.add_parser("aggregate", help="one CSV of all runs")
     s.add_argument("--runs", nargs="+", required=True, help="run folders")

@@ -1,35 +1,173 @@
-"""Inference app: classify image files with a trained run, no prepared data needed.
+"""Inference on files: a trained run applied to samples as users hold them, no prepared data.
 
-``geopeft predict --model results/<study>/runs/<run>/model scene1.tif scene2.tif`` reads each file
-with the reader of the dataset the run was trained on (EuroSAT-MS GeoTIFF: bands picked by name,
-B8A last in the file; EuroSAT-RGB JPEG), applies the model (normalisation is inside it) and
-prints the top-k classes with their probabilities as CSV.
+One path serves ``geopeft predict`` (CSV), the app (``geopeft app``) and the MLflow pyfunc model
+(``mlflow models predict``): :class:`Predictor` reads a file with the reader of the dataset the
+run was trained on (:meth:`~geopeft.data.sources.base.Source.read_input`: EuroSAT-MS GeoTIFF with
+bands picked by name, B8A last in the file; EuroSAT-RGB JPEG or PNG; a BigEarthNet patch folder or
+zip; a PASTIS ``.npy`` with its dates), checks it against what the model takes, cuts a time series
+as the run's evaluation does, applies the model (normalisation is inside it) and returns a
+:class:`Prediction`: class probabilities (softmax), every class above the threshold (multi-label,
+sigmoid), or a class map (segmentation).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geopeft.bands import band_indices
+from geopeft.data.dataset import StoreInfo
 from geopeft.data.sources import DataError, get_source
+from geopeft.data.temporal import PAD, ShortSeriesError, days_since, temporal_indices
 from geopeft.io import read_json
+from geopeft.metrics.multilabel import sigmoid
 from geopeft.models.inference import predict
 from geopeft.models.saved import load_model
+from geopeft.spec import JobSpec
+
+#: The decision threshold of multi-label predictions (as the evaluation's F1).
+THRESHOLD = 0.5
 
 
-def _expected_size(model: Any) -> int | None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base.input_size:
-        return None  # inputs are resized
-    size = base.backbone.patch_embed.img_size
-    return int(size[0])
+@dataclass
+class Prediction:
+    """What a run predicts for one sample."""
+
+    file: str
+    """The sample's file (or a name given to an array)."""
+    task: str
+    """``multiclass``, ``multilabel`` or ``segmentation``."""
+    classes: list[str]
+    """The classes the model predicts."""
+    scores: np.ndarray
+    """Per class: the probability (multiclass: softmax; multi-label: sigmoid) or, for
+    segmentation, the share of the map's pixels."""
+    label_map: np.ndarray | None = None
+    """Segmentation: the class index of each pixel (H, W)."""
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` classes of highest score, with their scores."""
+        order = np.argsort(-self.scores, kind="stable")[:k]
+        return [(self.classes[i], float(self.scores[i])) for i in order]
+
+    @property
+    def labels(self) -> list[str]:
+        """The prediction: the top class; multi-label: every class at or above
+        :data:`THRESHOLD`, highest first; segmentation: the classes of the map, most pixels
+        first."""
+        if self.task == "multiclass":
+            return [self.top(1)[0][0]]
+        if self.task == "multilabel":
+            return [c for c, p in self.top(len(self.classes)) if p >= THRESHOLD]
+        return [c for c, p in self.top(len(self.classes)) if p > 0]
+
+
+class Predictor:
+    """A trained run, ready to predict on files or arrays (CPU, eval mode).
+
+    Args:
+        model_dir: the run's saved model folder (``results/<study>/runs/<run>/model``).
+        pretrain_dir: the embedded pretrained backbone (default: the one the run recorded).
+    """
+
+    def __init__(self, model_dir: Path, pretrain_dir: Path | None = None):
+        self.model_dir = Path(model_dir)
+        self.record = read_json(self.model_dir / "run.json")
+        spec = JobSpec.from_dict(self.record["spec"], f"{self.model_dir / 'run.json'}: spec")
+        self.row = spec.row
+        self.info = StoreInfo(**{**self.record["store"], "path": Path(self.record["store"]["path"])})
+        # what a reader needs of the study's data.options: the side the store was prepared at
+        self.options: dict[str, Any] = ({"size": int(self.info.image_size[0])}
+                                        if self.info.image_size else {})
+        self.source = get_source(self.info.dataset)
+        self.task = self.source.task
+        void = self.info.void_class
+        self.classes = [c for i, c in enumerate(self.info.classes) if i != void]
+        self.model = load_model(self.model_dir, pretrain_dir=pretrain_dir)
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        resized = getattr(base, "input_size", None)
+        self.size = None if resized else tuple(self.info.image_size or ()) or None
+
+    @property
+    def input_types(self) -> tuple[str, ...]:
+        """The file types the run's dataset comes in."""
+        return self.source.input_types
+
+    def read(self, path: Path, dates: list[int] | None = None,
+             ) -> tuple[np.ndarray, list[int] | None]:
+        """A file as the model takes it: the run's bands, in its order, checked for size.
+
+        Raises:
+            DataError: naming the file and what is wrong with it.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"{path}: no such file")
+        image, dates = self.source.read_input(path, list(self.info.bands), self.options, dates)
+        if self.size is not None and image.shape[-2:] != self.size:
+            raise DataError(f"{path}: size {image.shape[-2]}x{image.shape[-1]}, the model takes "
+                            f"{self.size[0]}x{self.size[1]} ({self.info.dataset})")
+        return image, dates
+
+    def predict_files(self, files: list[Path],
+                      dates: list[list[int] | None] | None = None) -> list[Prediction]:
+        """Predictions of files (``dates``: each time series' acquisition dates)."""
+        dates = dates or [None] * len(files)
+        read = [self.read(Path(f), d) for f, d in zip(files, dates, strict=True)]
+        return self.predict_arrays([x for x, _ in read], [d for _, d in read],
+                                   [str(f) for f in files])
+
+    def predict_arrays(self, images: list[np.ndarray], dates: list[list[int] | None] | None = None,
+                       names: list[str] | None = None) -> list[Prediction]:
+        """Predictions of samples already read: each (bands, H, W) in the run's band order, or
+        (time, bands, H, W) with its dates (YYYYMMDD); a time series is cut to the run's
+        sequence length as its evaluation cuts the test split."""
+        if not images:
+            return []
+        names = names or [f"sample {i}" for i in range(len(images))]
+        days = None
+        if self.source.time_series:
+            images, days = self._series(images, dates or [None] * len(images), names)
+        x = np.stack([np.asarray(im) for im in images]).astype(np.float32)
+        logits = predict(self.model, x, dates=days)
+        out = []
+        for name, lg in zip(names, logits, strict=True):
+            if self.task == "segmentation":
+                label_map = lg.argmax(0).astype(np.int64)
+                share = np.bincount(label_map.ravel(), minlength=len(self.classes)) / label_map.size
+                out.append(Prediction(name, self.task, self.classes, share, label_map))
+            elif self.task == "multilabel":
+                out.append(Prediction(name, self.task, self.classes, sigmoid(lg)))
+            else:
+                p = np.exp(lg - lg.max())
+                out.append(Prediction(name, self.task, self.classes, p / p.sum()))
+        return out
+
+    def _series(self, images: list[np.ndarray], dates: list[list[int] | None],
+                names: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        temporal = self.row.temporal
+        if temporal is None:
+            raise DataError(f"{self.model_dir}: a time-series run without a sequence length")
+        cut, kept = [], []
+        for im, d, name in zip(images, dates, names, strict=True):
+            if d is None or len(d) != len(im):
+                raise DataError(f"{name}: {len(im)} images need as many dates (YYYYMMDD)")
+            try:
+                sel = temporal_indices(len(im), temporal.length, temporal.ladder, temporal.pad,
+                                       where=name)
+            except ShortSeriesError as err:
+                raise DataError(str(err)) from None
+            x = np.zeros((len(sel), *im.shape[1:]), im.dtype)
+            x[sel != PAD] = np.asarray(im)[sel[sel != PAD]]
+            cut.append(x)
+            kept.append(np.where(sel == PAD, 0, np.asarray(d, np.int64)[np.maximum(sel, 0)]))
+        return cut, days_since(np.stack(kept), temporal.reference)
 
 
 def predict_files(model_dir: Path, files: list[Path], top_k: int = 3) -> list[dict[str, Any]]:
-    """Top-k predictions for each file.
+    """Top-k predictions for each file (classification), as ``geopeft predict`` prints them.
 
     Args:
         model_dir: the run's saved model.
@@ -39,29 +177,9 @@ def predict_files(model_dir: Path, files: list[Path], top_k: int = 3) -> list[di
     Raises:
         DataError: a file cannot be read, lacks a band, or has another size than the model takes.
     """
-    record = read_json(Path(model_dir) / "run.json")
-    store = record["store"]
-    fmt = get_source(store["dataset"])
-    if not hasattr(fmt, "read_file"):
-        raise DataError(f"predict reads single-file scenes; {fmt.name} is not such a dataset")
-    idx = band_indices(store["bands"], fmt.file_bands, where=fmt.name)
-    model = load_model(Path(model_dir))
-    size = _expected_size(model)
-    images = []
-    for f in files:
-        arr = fmt.read_file(Path(f))
-        if size is not None and arr.shape[1:] != (size, size):
-            raise DataError(f"{f}: size {arr.shape[1]}x{arr.shape[2]}, the model takes {size}x{size}")
-        images.append(arr[idx].astype(np.float32))
-    if not images:
-        return []
-    logits = predict(model, np.stack(images))
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    classes = store["classes"]
-    out = []
-    for f, p in zip(files, probs, strict=True):
-        order = np.argsort(-p)[:top_k]
-        out.append({"file": str(f), "prediction": classes[order[0]], "probability": float(p[order[0]]),
-                    "top": [(classes[i], float(p[i])) for i in order]})
-    return out
+    return [{"file": p.file, "prediction": p.labels[0] if p.labels else "",
+             "probability": p.top(1)[0][1], "top": p.top(top_k)}
+            for p in Predictor(model_dir).predict_files([Path(f) for f in files])]
+
+
+__all__ = ["THRESHOLD", "Prediction", "Predictor", "predict_files"]

@@ -71,6 +71,11 @@ class Source:
     published_splits: dict[str, int] | None = None
     #: where :attr:`published_splits` come from (said by ``geopeft plan``)
     published_splits_source: str = ""
+    #: the file types :meth:`read_input` takes (``geopeft predict``, the app's upload filter);
+    #: empty: the dataset has no single-sample files
+    input_types: tuple[str, ...] = ()
+    #: whether :meth:`read_input` needs the sample's acquisition dates (time series)
+    input_needs_dates: bool = False
 
     def split_sizes(self, options: dict[str, Any]) -> dict[str, int] | None:
         """Samples per split (train, val, test) of the published dataset as the study's source
@@ -118,6 +123,25 @@ class Source:
             except (ValueError, KeyError, TypeError) as err:
                 raise DataError(f"{marker}: no readable 'size' ({err})") from None
         return self.native_size
+
+    def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
+                   dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
+        """One sample as a user holds it (``geopeft predict``, the app): a file or folder in
+        the published format, read and checked as preparation reads it.
+
+        Args:
+            path: the sample's file (one of :attr:`input_types`) or folder.
+            bands: the bands to return, in this order (the run's store's).
+            options: the study's ``data.options`` (e.g. the side BigEarthNet is resampled to).
+            dates: the acquisition dates (YYYYMMDD) of a time series, one per image.
+
+        Returns:
+            The image (bands, H, W), or (time, bands, H, W) with its dates.
+
+        Raises:
+            DataError: naming ``path`` and what is wrong with it.
+        """
+        raise DataError(f"{path}: {self.name} has no single-sample files to predict on")
 
     def check_bands(self, bands: list[str]) -> list[int]:
         return band_indices(bands, self.file_bands, where=self.name)

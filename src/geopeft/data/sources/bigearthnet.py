@@ -155,6 +155,38 @@ def read_bands(folder: Path, stem: str, bands: list[str], size: int, resampling:
     return out
 
 
+def patch_stem(folder: Path) -> str:
+    """The patch id of a folder of band files ``<patch_id>_<band>.tif`` (one patch only)."""
+    import re
+
+    pattern = re.compile(r"^(.+)_(" + "|".join(BANDS) + r")\.tif$")
+    stems = {m.group(1) for f in folder.iterdir() if (m := pattern.match(f.name))}
+    if len(stems) != 1:
+        found = f"patches {sorted(stems)[:3]}" if stems else "no <patch>_<band>.tif file"
+        raise DataError(f"{folder}: a BigEarthNet patch is one folder of <patch>_<band>.tif "
+                        f"files ({', '.join(BANDS)}); found {found}")
+    return stems.pop()
+
+
+def unpack_patch(archive: Path, dest: Path) -> Path:
+    """The band files of a zipped patch, extracted flat into ``dest`` (member paths dropped, so
+    nothing lands outside it); returns ``dest``."""
+    import shutil
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                name = Path(info.filename).name
+                if info.is_dir() or not name.endswith(".tif"):
+                    continue
+                with z.open(info) as src, open(dest / name, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"{archive}: cannot be read as a zip archive ({err})") from None
+    return dest
+
+
 class _BigEarthNet(Source):
     """What v1 and v2 share: classes, bands, multi-hot labels, per-band files of a patch."""
 
@@ -163,6 +195,28 @@ class _BigEarthNet(Source):
     file_bands = BANDS
     label_dims = ("class",)
     native_size = 120  # the 10 m bands; the 20 m and 60 m ones are resampled to it
+    input_types = (".zip",)
+
+    def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
+                   dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
+        """A patch as published: its folder of per-band GeoTIFFs, or that folder zipped; the
+        bands resampled to the study's side (``data.options.size``) as preparation does."""
+        import tempfile
+
+        path = Path(path)
+        size, resampling = int(options.get("size", 120)), options.get("resampling", "bilinear")
+        self.check_bands(bands)
+        if path.is_dir():
+            return read_bands(path, patch_stem(path), bands, size, resampling), None
+        if path.suffix.lower() != ".zip":
+            raise DataError(f"{path}: a BigEarthNet patch is a folder of per-band GeoTIFFs or "
+                            f"that folder as a .zip")
+        with tempfile.TemporaryDirectory(prefix="geopeft-patch-") as tmp:
+            folder = unpack_patch(path, Path(tmp))
+            try:
+                return read_bands(folder, patch_stem(folder), bands, size, resampling), None
+            except DataError as err:  # name the archive, not the temporary folder
+                raise DataError(str(err).replace(str(folder), str(path))) from None
 
     def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
         if not item.path.is_dir():

@@ -63,6 +63,7 @@ class EuroSAT(Source):
         self.remotes = remotes
         self.layout = subdir
         self.native_size = 64
+        self.input_types = (".tif", ".tiff") if ext == ".tif" else (".jpg", ".jpeg", ".png")
         if study_dataset:  # the synthetic source sets have no published split
             self.published_splits = dict(SPLIT_SIZES)
             self.published_splits_source = SPLIT_SIZES_SOURCE
@@ -70,6 +71,12 @@ class EuroSAT(Source):
     def read_file(self, path: Path) -> np.ndarray:
         """Read one file as (bands, H, W) in file band order, checking count and dtype."""
         return read_tif(path, self) if self.ext == ".tif" else read_jpg(path, self)
+
+    def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
+                   dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
+        """A EuroSAT file (MS: the 13-band GeoTIFF, B8A last; RGB: a JPEG or PNG), bands picked
+        by name."""
+        return self.read_file(Path(path))[self.check_bands(bands)], None
 
     def scan(self, raw: Path, options: dict[str, Any]) -> list[Item]:
         size = self.declared_size(raw)
@@ -123,7 +130,7 @@ def read_tif(path: Path, fmt: EuroSAT) -> np.ndarray:
 
 
 def read_jpg(path: Path, fmt: EuroSAT) -> np.ndarray:
-    """One EuroSAT-RGB JPEG as (3, H, W) uint8, bands R, G, B."""
+    """One EuroSAT-RGB JPEG (or PNG) as (3, H, W) uint8, bands R, G, B."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -132,7 +139,7 @@ def read_jpg(path: Path, fmt: EuroSAT) -> np.ndarray:
                 raise DataError(f"{path}: image mode {im.mode}, {fmt.name} needs RGB")
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{path}: cannot be read as JPEG ({err})") from None
+        raise DataError(f"{path}: cannot be read as a JPEG or PNG image ({err})") from None
     return arr.transpose(2, 0, 1).copy()
 
 

@@ -108,6 +108,37 @@ class Pastis(Source):
                 raise DataError(f"{base}: fold(s) {folds[part]} of the {part} split hold no patch")
         return items
 
+    input_types = (".npy",)
+    input_needs_dates = True
+
+    def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
+                   dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
+        """A patch's ``S2_<ID>.npy`` (T x 10 x H x W, int16) with its T dates (YYYYMMDD, as
+        ``dates-S2`` of metadata.geojson lists them)."""
+        path = Path(path)
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise DataError(f"{path}: cannot be read as .npy ({err})") from None
+        if data.ndim != 4 or data.shape[1] != len(BANDS):
+            raise DataError(f"{path}: shape {data.shape}, a PASTIS patch is T x {len(BANDS)} x H x "
+                            f"W ({' '.join(BANDS)})")
+        if data.dtype != self.dtype:
+            raise DataError(f"{path}: dtype {data.dtype}, PASTIS DATA_S2 is int16 (reflectance "
+                            f"x 10000); convert it explicitly, nothing is cast")
+        if not dates:
+            raise DataError(f"{path}: a time series needs its {data.shape[0]} acquisition dates "
+                            f"(YYYYMMDD, as metadata.geojson's dates-S2)")
+        dates = [int(d) for d in dates]
+        if len(dates) != data.shape[0]:
+            raise DataError(f"{path}: {data.shape[0]} images but {len(dates)} dates")
+        for d in dates:
+            if not (19000101 <= d <= 21001231 and 1 <= d // 100 % 100 <= 12 and 1 <= d % 100 <= 31):
+                raise DataError(f"{path}: date {d} is not YYYYMMDD")
+        if any(b <= a for a, b in zip(dates, dates[1:], strict=False)):
+            raise DataError(f"{path}: the dates are not strictly increasing")
+        return np.asarray(data[:, self.check_bands(bands)]), dates
+
     def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
         sid = item.name
         data_path = item.path / "DATA_S2" / f"S2_{sid}.npy"

@@ -1,0 +1,321 @@
+"""The inference app (``geopeft app results/<study>``): a Gradio page over a study's runs.
+
+Pick a run (default: the best on **validation** of the study's first dataset; test scores are
+shown, never used to choose), upload a sample in the run's dataset format or click one of the
+examples from the test split, and see a true-colour preview with the top classes and their
+probabilities (multi-label: every class at or above 0.5; segmentation: the class map over the
+image, with a legend). Prediction goes through :class:`geopeft.evaluate.predict.Predictor`, the
+code of ``geopeft predict``. A file the run cannot take gives a message in the page naming the
+file and what is wrong; the app keeps serving.
+
+It serves on 127.0.0.1 (this machine) unless ``--host`` says otherwise; Gradio's analytics are
+off and nothing is fetched from the internet.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geopeft.errors import GeopeftError
+from geopeft.io import read_json
+
+#: Examples offered per dataset, from its test split.
+EXAMPLES = 6
+#: How the page names each dataset's files.
+FORMATS = {
+    "eurosat_ms": "a EuroSAT-MS 13-band GeoTIFF (`.tif`, B8A last)",
+    "eurosat_rgb": "a EuroSAT-RGB JPEG or PNG",
+    "bigearthnet_s2": "a BigEarthNet-S2 patch: its per-band GeoTIFFs in a `.zip`",
+    "bigearthnet_s2_v1": "a BigEarthNet-S2 v1 patch: its per-band GeoTIFFs in a `.zip`",
+    "pastis": "a PASTIS `S2_<ID>.npy` (T x 10 x H x W, int16) and its T dates",
+}
+
+
+def _escape(text: str) -> str:
+    """Text shown as is in Markdown (file names hold ``_``, messages ``<patch>``)."""
+    import html
+    import re
+
+    return re.sub(r"([\\`*_\[\]#|])", r"\\\1", html.escape(text, quote=False))
+
+
+@dataclass
+class RunEntry:
+    """One trained run of the results folder, as the run menu shows it."""
+
+    name: str
+    label: str
+    model_dir: Path
+    dataset: str
+    val_score: float | None
+    synthetic: bool
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def find_runs(results: Path) -> list[RunEntry]:
+    """The trained runs under ``results/runs``, in name order.
+
+    Raises:
+        GeopeftError: the folder holds no trained run.
+    """
+    runs = []
+    for record_file in sorted(Path(results).glob("runs/*/model/run.json")):
+        rec = read_json(record_file)
+        row, data = rec["spec"]["row"], rec["spec"]["data"]
+        val = rec["history"][-1].get("val_score") if rec.get("history") else None
+        metrics_file = record_file.parent.parent / "metrics.json"
+        test = read_json(metrics_file) if metrics_file.is_file() else {}
+        parts = [row["strategy"], f"{100 * row['label_fraction']:g} % labels"]
+        if row.get("sequence_length"):
+            parts.append(f"T {row['sequence_length']}")
+        parts.append(f"seed {row['seed']}")
+        metric = test.get("primary_metric", "score").replace("_", " ")
+        label = (f"{data['dataset']} · " + " · ".join(parts) + f" — val {_pct(val)}, test "
+                 f"{metric} {_pct(test.get('primary'))}")
+        runs.append(RunEntry(row["name"], label, record_file.parent, data["dataset"], val,
+                             data.get("source") == "synthetic"))
+    if not runs:
+        raise GeopeftError(f"{results}: no trained run (runs/<run>/model/run.json); run the "
+                           f"study first, or give its results folder (results/<study>)")
+    return runs
+
+
+def best_on_val(runs: list[RunEntry]) -> RunEntry:
+    """The run of the first dataset with the highest validation score (ties: the first)."""
+    first = [r for r in runs if r.dataset == runs[0].dataset]
+    scored = [r for r in first if r.val_score is not None]
+    return max(scored, key=lambda r: r.val_score) if scored else first[0]  # type: ignore[arg-type, return-value]
+
+
+def true_colour(image: np.ndarray, bands: list[str], value_scale: float) -> np.ndarray:
+    """A uint8 (H, W, 3) preview: B04, B03, B02 (else the first band as grey), each stretched
+    between its 2nd and 98th percentile. A time series shows its middle date."""
+    x = np.asarray(image, np.float32)
+    if x.ndim == 4:
+        x = x[(len(x) - 1) // 2]
+    idx = [bands.index(b) for b in ("B04", "B03", "B02") if b in bands]
+    rgb = x[idx] if len(idx) == 3 else np.repeat(x[:1], 3, 0)
+    rgb = rgb * value_scale
+    lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
+    out = np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
+    return (out.transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+def upscale(img: np.ndarray, side: int = 256) -> np.ndarray:
+    """Nearest-neighbour enlargement of a small image (EuroSAT is 64 px), so pixels stay pixels."""
+    k = max(1, side // max(img.shape[:2]))
+    return np.repeat(np.repeat(img, k, 0), k, 1)
+
+
+def colour(i: int) -> str:
+    """A distinct colour per class index (matplotlib's tab20)."""
+    import matplotlib
+
+    r, g, b, _ = matplotlib.colormaps["tab20"](i % 20)
+    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+
+
+def examples(runs: list[RunEntry], raw_root: Path, cache: Path,
+             n: int = EXAMPLES) -> tuple[list[list[Any]], list[str]]:
+    """Example rows ``[run label, file, dates]`` from each dataset's test split (one per class
+    first), and notes on the datasets whose raw folder could not be read."""
+    import shutil
+
+    from geopeft.data.sources import DataError, get_source
+
+    rows: list[list[Any]] = []
+    notes: list[str] = []
+    for dataset in dict.fromkeys(r.dataset for r in runs):
+        source = get_source(dataset)
+        best = best_on_val([r for r in runs if r.dataset == dataset])
+        raw = raw_root / dataset
+        try:
+            items = [i for i in source.scan(raw, {}) if i.split == "test"]
+        except (DataError, OSError) as err:
+            notes.append(f"No examples of {dataset}: {err}")
+            continue
+        picked, seen = [], set()
+        for item in items:  # one per class first (multi-label: per first class)
+            key = str(np.asarray(item.label).tolist())
+            if key not in seen:
+                seen.add(key)
+                picked.append(item)
+            if len(picked) == n:
+                break
+        picked += [i for i in items if i not in picked][: n - len(picked)]
+        for item in picked:
+            path = item.path
+            if source.input_needs_dates:  # PASTIS: the patch's series in the dataset folder
+                path = item.path / "DATA_S2" / f"S2_{item.name}.npy"
+            elif path.is_dir():  # a BigEarthNet patch folder: uploads are files, so zip it
+                path = Path(shutil.make_archive(str(cache / item.name), "zip", item.path))
+            dates = ",".join(map(str, item.extra.get("dates", [])))
+            rows.append([best.label, str(path), dates])
+    return rows, notes
+
+
+class App:
+    """The app's state: the runs of a results folder and their loaded predictors (cached)."""
+
+    def __init__(self, results: Path, raw: Path | None = None):
+        self.results = Path(results)
+        self.runs = find_runs(self.results)
+        self.by_label = {r.label: r for r in self.runs}
+        self.default = best_on_val(self.runs)
+        rec = read_json(self.default.model_dir / "run.json")
+        self.raw = raw if raw is not None else Path("data/raw") / rec["spec"]["data"]["source"]
+        self._predictors: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def predictor(self, label: str) -> Any:
+        from geopeft.evaluate.predict import Predictor
+
+        run = self.by_label.get(label)
+        if run is None:
+            raise GeopeftError(f"no run {label!r} in {self.results}")
+        with self._lock:  # one model load at a time; the two last used stay loaded
+            if run.name not in self._predictors:
+                if len(self._predictors) >= 2:
+                    self._predictors.pop(next(iter(self._predictors)))
+                self._predictors[run.name] = Predictor(run.model_dir)
+            return self._predictors[run.name]
+
+    def describe(self, label: str) -> str:
+        """The markdown under the run menu: what the run is and what it takes."""
+        run = self.by_label[label]
+        rec = read_json(run.model_dir / "run.json")
+        row = rec["spec"]["row"]
+        size = rec["store"].get("image_size")
+        text = (f"**{run.name}**: {row['strategy']} ({row['method']}), "
+                f"{rec['trainable_params']:,} of {rec['total_params']:,} parameters trained; "
+                f"bands {' '.join(rec['store']['bands'])}. Upload "
+                f"{FORMATS.get(run.dataset, run.dataset)}"
+                + (f", {size[0]}x{size[1]} px" if size else "") + ".")
+        if run.synthetic:
+            text += ("\n\n*Synthetic data: this run was trained on the embedded synthetic "
+                     "Sentinel-2 world, not on the real dataset.*")
+        return text
+
+    def predict(self, label: str, file: str | None, dates_text: str, top_k: int,
+                ) -> tuple[Any, Any, Any, str]:
+        """(preview, classes, map, message) for the page; every failure becomes the message."""
+        if not file:
+            return None, None, None, "Upload a file or click an example first."
+        name = Path(file).name
+        try:
+            predictor = self.predictor(label)
+            dates = None
+            if (dates_text or "").strip():
+                try:
+                    dates = [int(d) for d in dates_text.replace(" ", "").split(",") if d]
+                except ValueError:
+                    raise GeopeftError(f"{name}: dates {dates_text!r} are not YYYYMMDD numbers "
+                                       f"separated by commas") from None
+            image, dates = predictor.read(Path(file), dates)
+            (pred,) = predictor.predict_arrays([image], [dates], [name])
+        except (GeopeftError, ValueError, OSError) as err:
+            msg = str(err).replace(str(Path(file).parent) + os.sep, "").removeprefix(f"{name}: ")
+            return None, None, None, f"**Cannot use {_escape(name)}**: {_escape(msg)}"
+        info = predictor.info
+        preview = upscale(true_colour(image, list(info.bands), info.value_scale))
+        if pred.task == "segmentation":
+            shown = [(float(s), i) for i, s in enumerate(pred.scores) if s > 0]
+            k = preview.shape[0] // pred.label_map.shape[0]
+            big = np.repeat(np.repeat(pred.label_map, k, 0), k, 1)
+            masks = [((big == i).astype(np.float32), pred.classes[i]) for _, i in sorted(shown,
+                                                                                         reverse=True)]
+            classes = {c: s for c, s in pred.top(top_k) if s > 0}
+            return preview, classes, (preview, masks), (
+                f"{_escape(name)}: class map of {pred.label_map.shape[0]}x{pred.label_map.shape[1]} "
+                f"pixels; the list gives each class's share of them.")
+        if pred.task == "multilabel":
+            above = {c: s for c, s in pred.top(len(pred.classes)) if s >= 0.5}
+            msg = (f"{_escape(name)}: {len(above)} classes at or above 0.5." if above else
+                   f"{_escape(name)}: no class at or above 0.5; the most likely: "
+                   + ", ".join(f"{c} ({s:.2f})" for c, s in pred.top(3)))
+            return preview, above or dict(pred.top(top_k)), None, msg
+        return preview, dict(pred.top(top_k)), None, f"{_escape(name)}: {pred.labels[0]}."
+
+
+def build(app: App, cache: Path) -> Any:
+    """The Gradio page of ``app`` (``cache``: where zipped example patches go)."""
+    import gradio as gr
+
+    rows, notes = examples(app.runs, app.raw, cache)
+    multilabel = any(r.dataset.startswith("bigearthnet") for r in app.runs)
+    series = any(r.dataset == "pastis" for r in app.runs)
+    study = app.results.name
+    with gr.Blocks(title=f"geopeft · {study}") as page:
+        gr.Markdown(f"# geopeft · {study}\nA trained run of this study applied to a sample you "
+                    f"upload. The menu lists every run; it starts at the best on validation.")
+        with gr.Row():
+            with gr.Column():
+                run = gr.Dropdown([r.label for r in app.runs], value=app.default.label,
+                                  label="Run", elem_id="run")
+                about = gr.Markdown(app.describe(app.default.label), elem_id="about")
+                file = gr.File(label="Sample", elem_id="upload")
+                dates = gr.Textbox(label="Dates (YYYYMMDD, comma-separated; time series)",
+                                   visible=series, elem_id="dates")
+                top_k = gr.Slider(1, 10, value=3, step=1, label="Classes shown (top k)")
+                go = gr.Button("Predict", variant="primary", elem_id="predict")
+            with gr.Column():
+                message = gr.Markdown(elem_id="message")
+                preview = gr.Image(label="True colour (B04 B03 B02, 2-98 % stretch)",
+                                   elem_id="preview", interactive=False)
+                classes = gr.Label(label="Classes at or above 0.5" if multilabel else "Classes",
+                                   elem_id="classes", show_heading=not multilabel)
+                seg = gr.AnnotatedImage(label="Predicted map", visible=series, elem_id="map", height=320,
+                                        color_map={c: colour(i) for i, c in enumerate(
+                                            _all_classes(app))})
+        outputs = [preview, classes, seg, message]
+        if rows:
+            inputs = [run, file, dates] if series else [run, file]
+            gr.Examples([r[: len(inputs)] for r in rows], inputs,
+                        label="Examples from the test split: click one, then Predict",
+                        elem_id="examples")
+        for note in notes:
+            gr.Markdown(f"*{note}*")
+        run.change(app.describe, run, about)
+        go.click(app.predict, [run, file, dates, top_k], outputs)
+    return page
+
+
+def _all_classes(app: App) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in app.runs:
+        rec = read_json(r.model_dir / "run.json")
+        void = rec["store"].get("void_class")
+        seen.update(dict.fromkeys(c for i, c in enumerate(rec["store"]["classes"]) if i != void))
+    return list(seen)
+
+
+def serve(results: Path, host: str = "127.0.0.1", port: int | None = None,
+          raw: Path | None = None) -> None:
+    """Serve the app of ``results`` until interrupted (``port``: default $GRADIO_SERVER_PORT,
+    else 7860)."""
+    import tempfile
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    app = App(results, raw)
+    with tempfile.TemporaryDirectory(prefix="geopeft-app-") as tmp:
+        page = build(app, Path(tmp))
+        port = port or int(os.environ.get("GRADIO_SERVER_PORT", 7860))
+        print(f"geopeft app: {len(app.runs)} runs of {results}; serving on http://{host}:{port}",
+              flush=True)
+        page.launch(server_name=host, server_port=port, ssr_mode=False, show_error=True,
+                    allowed_paths=[str(Path(app.raw).resolve()), tmp], footer_links=[],
+                    theme=gr.themes.Default(font=["sans-serif"], font_mono=["monospace"]))
+
+
+__all__ = ["App", "best_on_val", "build", "examples", "find_runs", "serve", "true_colour"]

@@ -1,0 +1,109 @@
+"""The inference app's logic without a browser (the browser test runs the README's command on the
+default study: tests/test_default_study.py): which run it starts at, what it answers for a good
+and a bad file, and its examples from the test split."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import backbone_cfg, full_spec
+
+from geopeft.app import App, best_on_val, examples, find_runs, true_colour
+from geopeft.data.dataset import store_info
+from geopeft.errors import GeopeftError
+from geopeft.evaluate.predict import predict_files
+from geopeft.models.classifier import build_classifier
+from geopeft.models.saved import save_model
+from geopeft.models.strategies import apply_strategy
+
+
+@pytest.fixture(scope="module")
+def results(rgb_store, tmp_path_factory):
+    """A results folder of three linear-probe runs: val scores 0.7, 0.9, 0.8 and test scores
+    0.95, 0.5, 0.6 (the best on test is not the best on validation)."""
+    info = store_info(rgb_store)
+    root = tmp_path_factory.mktemp("results") / "study"
+    for seed, (val, test) in enumerate([(0.7, 0.95), (0.9, 0.5), (0.8, 0.6)]):
+        torch.manual_seed(seed)
+        m, minfo = build_classifier(backbone_cfg(), info, len(info.classes))
+        m = apply_strategy(m, "linear")
+        with torch.no_grad():
+            m.backbone.head.bias.copy_(torch.linspace(-1, 1, len(info.classes)) * (seed + 1))
+        name = f"linear-f1-s{seed}"
+        spec = full_spec({"backbone": backbone_cfg(), "data": {"dataset": "eurosat_rgb"},
+                          "row": {"method": "linear", "name": name, "seed": seed}})
+        save_model(m, root / "runs" / name / "model", {
+            "spec": spec, "model": minfo, "mlflow_run_id": None, "trainable_params": 10,
+            "total_params": 100, "history": [{"epoch": 1, "val_score": val}],
+            "store": {**asdict(info), "path": str(info.path)}})
+        (root / "runs" / name / "metrics.json").write_text(json.dumps(
+            {"primary_metric": "overall_accuracy", "primary": test}))
+    return root
+
+
+def test_the_app_starts_at_the_best_run_on_validation(results):
+    runs = find_runs(results)
+    assert [r.name for r in runs] == ["linear-f1-s0", "linear-f1-s1", "linear-f1-s2"]
+    assert best_on_val(runs).name == "linear-f1-s1"  # val 0.9, though its test score is lowest
+    assert "val 90.0 %, test overall accuracy 50.0 %" in best_on_val(runs).label
+    with pytest.raises(GeopeftError, match="no trained run"):
+        find_runs(results / "runs")
+
+
+def test_the_app_answers_as_predict_and_names_a_bad_file(results, world, tmp_path):
+    app = App(results, raw=world["root"])
+    label = app.default.label
+    files = sorted(Path(world["rgb"]).rglob("*.jpg"))[:3]
+    for f in files:
+        preview, classes, seg, message = app.predict(label, str(f), "", 3)
+        (expected,) = predict_files(app.default.model_dir, [f], top_k=3)
+        assert list(classes) == [c for c, _ in expected["top"]]
+        assert classes[expected["prediction"]] == pytest.approx(expected["probability"])
+        assert seg is None and message.endswith(f": {expected['prediction']}.")
+        assert preview.dtype == np.uint8 and preview.shape[2] == 3 and preview.shape[0] >= 256
+    bad = tmp_path / "scene_1.tif"
+    bad.write_bytes(b"not an image")
+    preview, classes, seg, message = app.predict(label, str(bad), "", 3)
+    assert (preview, classes, seg) == (None, None, None)
+    assert message.startswith(r"**Cannot use scene\_1.tif**: cannot be read as a JPEG or PNG")
+    assert str(tmp_path) not in message  # the upload's temporary folder is not shown
+    big = tmp_path / "big.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(big)
+    assert "size 40x40, the model takes 32x32" in app.predict(label, str(big), "", 3)[3]
+    # it keeps answering after the errors
+    assert app.predict(label, str(files[0]), "", 3)[3].endswith(".")
+    assert "Synthetic data" in app.describe(label) and "JPEG or PNG" in app.describe(label)
+
+
+def test_examples_come_from_the_test_split_one_per_class_first(results, world, tmp_path):
+    runs = find_runs(results)
+    rows, notes = examples(runs, world["root"], tmp_path, n=4)
+    assert notes == [] and len(rows) == 4
+    test = set((Path(world["rgb"]) / "eurosat-test.txt").read_text().split())
+    assert all(Path(f).name in test for _, f, _ in rows)
+    assert len({Path(f).parent.name for _, f, _ in rows}) == 4  # four classes
+    assert {r for r, _, _ in rows} == {best_on_val(runs).label}
+    rows, notes = examples(runs, tmp_path / "nowhere", tmp_path)
+    assert rows == [] and "No examples of eurosat_rgb" in notes[0]
+
+
+def test_true_colour_takes_b04_b03_b02_of_any_band_order():
+    x = np.zeros((4, 2, 2), np.uint16)
+    x[1], x[2], x[3] = 1000, 2000, 3000  # B02, B03, B04 in a B08-first store
+    x[1, 0, 0] = 0
+    img = true_colour(x, ["B08", "B02", "B03", "B04"], 1e-4)
+    assert img.shape == (2, 2, 3) and img[1, 1, 0] > img[1, 1, 1] > img[1, 1, 2]
+
+
+def test_the_app_module_is_where_the_cli_points(results):
+    from geopeft.cli import build_parser
+
+    args = build_parser().parse_args(["app", str(results)])
+    assert args.host == "127.0.0.1" and args.port is None and args.func.__name__ == "cmd_app"
