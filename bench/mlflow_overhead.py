@@ -54,8 +54,7 @@ def _model_and_batch():
     return step
 
 
-METRICS = {"train_loss": 0.5, "train_acc": 0.8, "lr": 1e-3, "val_loss": 0.6, "val_acc": 0.7,
-           "val_score": 0.7}
+METRICS = {"train_loss": 0.5, "train_acc": 0.8, "lr": 1e-3, "val_loss": 0.6, "val_score": 0.7}
 
 
 def step_time(steps: int) -> float:

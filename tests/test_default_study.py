@@ -224,3 +224,139 @@ def test_a_moved_results_folder_still_predicts(run):
         shutil.move(elsewhere / "results", work / "results")
     record = work / "results" / STUDY / "runs" / "lora-f1-s0" / "model" / "run.json"
     assert json.loads(record.read_text())["pretrain_dir"] == "../../../pretrain"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def _chromium() -> str:
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian's chromium for the browser test (.ci/run installs it)")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    return found
+
+
+def _predict_csv(work: Path, model: Path, files: list[Path]) -> list[dict[str, str]]:
+    r = subprocess.run(["geopeft", "predict", "--model", str(model), *map(str, files)], cwd=work,
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return list(csv.DictReader(r.stdout.splitlines()))
+
+
+def test_the_readme_s_app_in_a_real_browser(run, tmp_path):
+    """``geopeft app``, as the README writes it, driven in headless Chromium: the page starts at
+    the best run on validation, a test image uploaded gives the classes ``geopeft predict``
+    gives (same order), a bad file gives a message naming it and the app keeps answering (an
+    example from the test split, one click away). The screenshot goes to test-artifacts/."""
+    from playwright.sync_api import sync_playwright
+
+    from geopeft.app import best_on_val, find_runs
+
+    chromium = _chromium()
+    work, _ = run
+    cmd = re.search(r"\nuv run (geopeft app \S+)", (ROOT / "README.md").read_text())
+    assert cmd, "the README lost its app command"
+    port = _free_port()
+    raw = work / "data" / "raw" / "synthetic" / "eurosat_rgb"
+    name = (raw / "eurosat-test.txt").read_text().split()[0]
+    image = raw / "EuroSAT_RGB" / name.rsplit("_", 1)[0] / name
+    best = best_on_val(find_runs(work / "results" / STUDY))
+    (expected,) = _predict_csv(work, best.model_dir, [image])
+    top = [pair.rsplit(":", 1)[0] for pair in expected["top3"].split()]
+    bad = tmp_path / "scene.jpg"
+    bad.write_text("this is not an image")
+    log = open(tmp_path / "app.log", "w")
+    app = subprocess.Popen(shlex.split(cmd.group(1)), cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                           env=dict(_env(), GRADIO_SERVER_PORT=str(port)))
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        import time
+        import urllib.request
+
+        deadline = time.time() + 180
+        while True:
+            assert app.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(url, timeout=5):
+                    break
+            except OSError:
+                assert time.time() < deadline, "the app did not answer in 180 s"
+                time.sleep(1)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url, wait_until="networkidle")
+            assert best.label in page.locator("#run input").input_value()
+            assert "Synthetic data" in page.locator("#about").inner_text()
+
+            def predict(path: Path) -> str:
+                page.locator("#upload input[type=file]").set_input_files(str(path))
+                page.wait_for_timeout(500)
+                page.locator("#predict").click()
+                page.wait_for_function(
+                    "n => document.querySelector('#message').innerText.includes(n)", arg=path.name,
+                    timeout=120_000)
+                return page.locator("#message").inner_text()
+
+            message = predict(image)
+            assert message.strip() == f"{name}: {expected['prediction']}."
+            shown = page.locator("#classes").inner_text().split("\n")
+            assert [line for line in shown if line in top] [-3:] == top  # the top 3, in order
+            (ROOT / "test-artifacts").mkdir(exist_ok=True)
+            page.screenshot(path=str(ROOT / "test-artifacts" / "app.png"), full_page=True)
+
+            page.locator("#upload button[aria-label='Clear']").click()
+            message = predict(bad)
+            assert message.startswith("Cannot use scene.jpg: cannot be read as a JPEG or PNG")
+            assert app.poll() is None  # still serving: an example, one click away, predicts
+            example = page.locator("#examples tbody tr").first
+            example_name = example.inner_text().split("\t")[-1].strip()
+            example.click()
+            page.wait_for_timeout(500)
+            page.locator("#predict").click()
+            page.wait_for_function(
+                "n => document.querySelector('#message').innerText.includes(n + ':')",
+                arg=example_name, timeout=120_000)
+            browser.close()
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+        log.close()
+
+
+def test_the_readme_s_predict_and_mlflow_model_commands(run, tmp_path):
+    """The README's ``geopeft predict`` command, and its ``mlflow models predict`` block, run as
+    written (``uv run``: this environment) in the default study's folder: the MLflow model of
+    the run gives the class ``geopeft predict`` gives."""
+    work, _ = run
+    text = (ROOT / "README.md").read_text()
+    cmd = re.search(r"\nuv run (geopeft predict --model \S+ \S+)\n", text)
+    assert cmd, "the README lost its predict command"
+    r = subprocess.run(shlex.split(cmd.group(1)), cwd=work, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = list(csv.DictReader(r.stdout.splitlines()))
+    assert row["file"].endswith("Forest_1.jpg") and len(row["top3"].split()) == 3
+    block = re.search(r"```bash\n(export MLFLOW_TRACKING_URI=.*?)```", text, re.S)
+    assert block, "the README lost its mlflow models predict block"
+    script = block.group(1).replace("uv run ", "")
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    (pred,) = out["predictions"]
+    assert pred["prediction"] == row["prediction"]
+    assert pred[row["prediction"]] == pytest.approx(float(row["probability"]), abs=1e-4)

@@ -113,7 +113,7 @@ def test_killed_run_resumes_bitwise_in_one_mlflow_run(sig, tmp_path, rgb_store):
     runs = db.execute("select run_uuid, status from runs where name = 'killed'").fetchall()
     assert len(runs) == 1 and runs[0][1] == "FINISHED"
     assert runs[0][0] == b["mlflow_run_id"]
-    for key in ("train_loss", "val_acc", "trainable_params"):
+    for key in ("train_loss", "val_score", "trainable_params"):
         steps = [s for (s,) in db.execute("select step from metrics where run_uuid = ? and key = ?",
                                           (runs[0][0], key))]
         assert sorted(steps) == (list(range(epochs)) if key != "trainable_params" else [0]), key

@@ -2,7 +2,9 @@ import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import backbone_cfg, full_spec
 from mlflow.tracking import MlflowClient
@@ -71,7 +73,9 @@ def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, 
     """A train + evaluate job pair through the CLI, as the workflow runs them."""
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/m.db"
-    init_experiment(uri, "s", tmp_path / "art", tmp_path / "exp.json")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where MLflow looks up logged models
+    init_experiment(uri, "s", tmp_path / "art", tmp_path / "exp.json",
+                    metrics=["test_overall_accuracy"])
     row = {"name": "lora-f1-s0", "strategy": "lora", "method": "lora", "label_fraction": 1.0,
            "seed": 0, "dataset": "eurosat_rgb",
            "lora": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1,
@@ -95,8 +99,8 @@ def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, 
     assert {"git_commit", "dataset_fingerprint"} <= set(run.data.tags)
     m = run.data.metrics
     assert {"trainable_params", "total_params", "wall_time_s", "images_per_s", "peak_memory_mb",
-            "val_acc", "train_loss", "test_overall_accuracy", "test_macro_f1"} <= set(m)
-    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2
+            "val_score", "train_loss", "test_overall_accuracy", "test_macro_f1"} <= set(m)
+    assert len(client.get_metric_history(run.info.run_id, "val_score")) == 2
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "evaluation", "config.json"} <= arts
     model_arts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
@@ -116,6 +120,53 @@ def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, 
     bad = subprocess.run([*cli, "predict", "--model", "run/model", str(tmp_path / "nope.jpg")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "nope.jpg" in bad.stderr
+
+    # MLflow at a glance: the run says what it is, which store it read (train and test, the
+    # store's fingerprint as digest), its confusion matrix as an image, each metric once
+    tags = run.data.tags
+    assert tags["mlflow.source.name"] == "geopeft train"
+    assert tags["mlflow.note.content"].startswith("lora (lora) on eurosat_rgb, 100 % of the "
+                                                  "training labels, seed 0")
+    fingerprint = tags["dataset_fingerprint"]
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "test"}
+    for context, ds in inputs.items():
+        assert ds.name == f"eurosat_rgb B04 B03 B02 · {context}" and ds.digest == fingerprint[:16]
+        assert json.loads(ds.profile)["fingerprint"] == fingerprint
+    assert "val_acc" not in m and "val_map_macro" not in m
+    png = client.download_artifacts(run.info.run_id, "evaluation/confusion.png", str(tmp_path))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # the run's model is an MLflow model (pyfunc) that gives geopeft predict's classes, on files
+    # (a table with a path column) and on an array of samples already read (the README's
+    # `mlflow models predict` command is run by tests/test_default_study.py)
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from geopeft.data.sources import get_source
+    from geopeft.evaluate.predict import Predictor
+
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    got = model.predict(pd.DataFrame({"path": paths}))
+    assert got["prediction"].tolist() == [line.split(",")[1] for line in out[1:]]
+    assert got["file"].tolist() == paths
+    x = np.stack([get_source("eurosat_rgb").read_file(Path(f)) for f in paths[:2]])
+    got = model.predict(x)
+    expected = Predictor(tmp_path / "run" / "model").predict_arrays(list(x))
+    assert got["prediction"].tolist() == [e.labels[0] for e in expected]
+    for (_, g), e in zip(got.iterrows(), expected, strict=True):
+        assert [g[c] for c in e.classes] == pytest.approx(e.scores.tolist(), abs=1e-5)
+    with pytest.raises(ValueError, match=r"an array input is \(N, bands, H, W\)"):
+        model.predict(np.zeros((2, 2)))
+
+    # the experiment: a study view (its columns) and a description; pretraining kept apart
+    exp = client.get_experiment(exp.experiment_id)
+    view = json.loads(exp.tags["mlflow.sharedViewState.geopeft"])
+    assert view["selectedColumns"][:3] == ["params.`row.strategy`", "params.`row.label_fraction`",
+                                           "params.`row.seed`"]
+    assert "metrics.`test_overall_accuracy`" in view["selectedColumns"]
+    assert "viewStateShareKey=geopeft" in exp.tags["mlflow.note.content"]
+    assert client.get_experiment_by_name("s (pretraining)") is not None
 
 
 # ------------------------------------------------------------- a store that is lost or rebuilt

@@ -33,7 +33,7 @@ def test_deterministic_on_cpu(rgb_store):
 
 def test_records_costs_and_history(rgb_store):
     m, res = _fit(rgb_store, method="linear")
-    assert len(res["history"]) == 2 and {"train_loss", "val_acc", "lr"} <= set(res["history"][0])
+    assert len(res["history"]) == 2 and {"train_loss", "val_score", "lr"} <= set(res["history"][0])
     assert res["images_per_s"] > 0 and res["device"] == "cpu"
     assert res["peak_memory_mb"] == res["tensors_mb"]["total"] > 0  # training tensors, not RSS
     assert res["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine reaches zero
@@ -85,7 +85,7 @@ def test_multilabel_training_uses_bce_and_map(tmp_path):
     res = fit(m, tr, load_split(store, "val"),
               TrainArgs(epochs=3, batch_size=8, lr=3e-3, progress=False, augment=False))
     h = res["history"]
-    assert {"val_map_macro", "val_map_micro", "val_score"} <= set(h[-1]) and "train_acc" not in h[-1]
+    assert {"val_map_micro", "val_score"} <= set(h[-1]) and "train_acc" not in h[-1]
     assert h[-1]["train_loss"] < h[0]["train_loss"]
     assert 0 <= h[-1]["val_score"] <= 1
 

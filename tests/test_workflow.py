@@ -210,7 +210,7 @@ def test_multilabel_study_end_to_end(done):
     assert header == "class,tp,fp,fn,tn"
     db = sqlite3.connect(tmp_path / "results" / "mlflow.db")
     keys = {k for (k,) in db.execute("select distinct key from metrics")}
-    assert {"test_map_macro", "test_f1_micro", "val_map_macro"} <= keys
+    assert {"test_map_macro", "test_f1_micro", "val_score", "val_map_micro"} <= keys
 
 
 def test_fusion_study_over_two_datasets(tmp_path):
@@ -275,7 +275,7 @@ def test_time_series_segmentation_study(done):
     assert len(sub["class_counts"]) == 19  # pixels per real class, void not counted
     db = sqlite3.connect(tmp_path / "results" / "mlflow.db")
     keys = {k for (k,) in db.execute("select distinct key from metrics")}
-    assert {"test_miou", "val_miou", "test_iou_Fruits_ vegetables_ flowers"} <= keys
+    assert {"test_miou", "val_score", "val_oa", "test_iou_Fruits_ vegetables_ flowers"} <= keys
 
 
 

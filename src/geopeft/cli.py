@@ -259,11 +259,17 @@ def cmd_mlflow_init(args: argparse.Namespace) -> None:
     """``geopeft mlflow-init``: create the MLflow store and the study's experiment once.
 
     Args:
-        args: ``tracking_uri``, ``experiment``, ``artifact_root``, ``out`` (the experiment file).
+        args: ``tracking_uri``, ``experiment``, ``artifact_root``, ``out`` (the experiment file),
+            ``datasets`` (the study's: its primary test metrics are the study view's columns).
     """
+    from geopeft.data.sources import get_source
+    from geopeft.evaluate.run import PRIMARY_METRIC
     from geopeft.tracking import init_experiment
 
-    info = init_experiment(args.tracking_uri, args.experiment, Path(args.artifact_root), Path(args.out))
+    sources = [get_source(d) for d in args.datasets or []]
+    metrics = list(dict.fromkeys(f"test_{PRIMARY_METRIC[s.task]}" for s in sources))
+    info = init_experiment(args.tracking_uri, args.experiment, Path(args.artifact_root),
+                           Path(args.out), metrics, any(s.time_series for s in sources))
     log.info("MLflow experiment %s (id %s) at %s", args.experiment, info["experiment_id"],
              args.tracking_uri)
 
@@ -375,7 +381,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 #: What the job server imports once for the jobs it forks (pretrain, train, evaluate).
 JOBSERVER_PRELOAD = (
     "torch", "timm", "peft", "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
-    "zarr", "xarray", "geopeft.train.run", "geopeft.evaluate.run",
+    "zarr", "xarray", "geopeft.train.run", "geopeft.evaluate.run", "mlflow.pyfunc",
+    "geopeft.evaluate.pyfunc",
 )
 
 
@@ -476,12 +483,19 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     """``geopeft aggregate``: one CSV row per run of a study.
 
     Args:
-        args: ``runs`` (run folders), ``out``, ``html``.
+        args: ``runs`` (run folders), ``out``, ``html``, ``experiment`` (the MLflow experiment
+            file: its description gets the summary table).
     """
     from geopeft.paper.aggregate import aggregate
 
     runs = [Path(r) for r in args.runs]
-    aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs], Path(args.out))
+    rows = aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs],
+                     Path(args.out))
+    if args.experiment:
+        from geopeft.paper.aggregate import summary_markdown
+        from geopeft.tracking import describe_experiment
+
+        describe_experiment(Path(args.experiment), summary_markdown(rows))
     if args.html:
         from geopeft.paper.tables import write_html_table
 
@@ -664,6 +678,8 @@ def _training_commands(sub: Any) -> None:
     s.add_argument("--tracking-uri", required=True)
     s.add_argument("--experiment", required=True)
     s.add_argument("--artifact-root", required=True)
+    s.add_argument("--datasets", nargs="*", help="the study's datasets: the study view shows "
+                   "their primary test metrics")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_mlflow_init)
 
@@ -762,6 +778,8 @@ def _results_commands(sub: Any) -> None:
     s.add_argument("--runs", nargs="+", required=True, help="run folders")
     s.add_argument("--out", required=True)
     s.add_argument("--html", help="also write the table as an HTML page (the Snakemake report)")
+    s.add_argument("--experiment", help="the study's MLflow experiment file: write the summary "
+                   "table into the experiment's description")
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("paper", help="the paper: a section per study from its results (latexmk)")

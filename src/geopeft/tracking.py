@@ -108,33 +108,107 @@ def _ensure_sqlite_parent(uri: str) -> None:
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
 
 
-def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path) -> dict[str, str]:
-    """Create (or find) experiment ``name`` and write ``{experiment_id, ...}`` to ``out``.
+#: The study's pretraining run goes to an experiment of its own, named after the study's.
+PRETRAIN_SUFFIX = " (pretraining)"
+#: The key of the study's shared view of its runs table (``?viewStateShareKey=geopeft``).
+VIEW_KEY = "geopeft"
+#: What a run's table shows in the study view, besides the primary test metric(s).
+VIEW_PARAMS = ("row.strategy", "row.label_fraction", "row.seed")
+VIEW_METRICS = ("trainable_params", "wall_time_s")
+
+
+def view_url(experiment_id: str) -> str:
+    """The path (after the UI's address) of a study's runs table with its columns."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+
+
+def study_view(metrics: list[str], time_series: bool = False) -> dict[str, Any]:
+    """The shared view state of a study's runs table (MLflow's ``mlflow.sharedViewState.<key>``
+    experiment tag): strategy, label fraction, seed (and sequence length), the primary test
+    metric(s), trainable parameters and wall time as columns, best first."""
+    params = (*VIEW_PARAMS, "row.sequence_length") if time_series else VIEW_PARAMS
+    columns = ([f"params.`{p}`" for p in params]
+               + [f"metrics.`{m}`" for m in (*metrics, *VIEW_METRICS)])
+    return {"selectedColumns": columns, "orderByKey": f"metrics.`{metrics[0]}`",
+            "orderByAsc": False} if metrics else {"selectedColumns": columns}
+
+
+def _create(client: Any, tracking_uri: str, name: str, artifact_root: Path) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None and is_http(tracking_uri):  # artifacts go through the server's store
+        return str(client.create_experiment(name))
+    if exp is None:
+        artifact_root = Path(artifact_root).resolve()
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        return str(client.create_experiment(name, artifact_location=artifact_root.as_uri()))
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return str(exp.experiment_id)
+
+
+def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path,
+                    metrics: list[str] | None = None, time_series: bool = False) -> dict[str, str]:
+    """Create (or find) experiment ``name`` and its pretraining experiment, set the study's view
+    and description, and write ``{experiment_id, ...}`` to ``out``.
 
     Args:
         tracking_uri: SQLite file or MLflow server.
         name: the experiment.
         artifact_root: where runs' artifacts go.
-        out: the experiment file the jobs read (id, URI).
+        out: the experiment file the jobs read (ids, URI).
+        metrics: the study's primary test metrics (``test_overall_accuracy``, ...): the view's
+            columns and order.
+        time_series: whether runs differ by sequence length (a column of the view).
     """
+    import json
+
     if is_http(tracking_uri):
         check_server(tracking_uri)
     _ensure_sqlite_parent(tracking_uri)
     client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is None and is_http(tracking_uri):  # artifacts go through the server's store
-        exp_id = client.create_experiment(name)
-    elif exp is None:
-        artifact_root = Path(artifact_root).resolve()
-        artifact_root.mkdir(parents=True, exist_ok=True)
-        exp_id = client.create_experiment(name, artifact_location=artifact_root.as_uri())
-    else:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        exp_id = exp.experiment_id
-    info = {"experiment_id": str(exp_id), "experiment": name, "tracking_uri": tracking_uri}
+    exp_id = _create(client, tracking_uri, name, artifact_root)
+    pre_id = _create(client, tracking_uri, name + PRETRAIN_SUFFIX, artifact_root)
+    client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW_KEY}",
+                              json.dumps(study_view(list(metrics or []), time_series)))
+    if not client.get_experiment(exp_id).tags.get(NOTE_TAG):
+        client.set_experiment_tag(exp_id, NOTE_TAG, _description(name, exp_id, pre_id, None))
+    client.set_experiment_tag(pre_id, NOTE_TAG, (
+        f"The pretraining run of study **{name}**: the embedded backbone trained on the "
+        f"synthetic source set, kept apart from the study's runs, which start from it "
+        f"(their run.json names this run)."))
+    info = {"experiment_id": exp_id, "experiment": name, "tracking_uri": tracking_uri,
+            "pretrain_experiment_id": pre_id, "pretrain_experiment": name + PRETRAIN_SUFFIX}
     write_json(out, info)
     return info
+
+
+def store_name(info: Any) -> str:
+    """How MLflow's Dataset column names a prepared store: dataset and bands."""
+    return f"{info.dataset} {' '.join(info.bands)}"
+
+
+#: The tag MLflow shows as an experiment's (or run's) description.
+NOTE_TAG = "mlflow.note.content"
+
+
+def _description(name: str, exp_id: str, pre_id: str | None, summary: str | None) -> str:
+    lines = [f"**Study {name}** · [open the study view: strategy, label fraction, seed, test "
+             f"score, trainable parameters, time]({view_url(exp_id)})", ""]
+    lines.append(summary or "The summary table appears here once the study's runs.csv is made.")
+    if pre_id is not None:
+        lines += ["", f"The pretraining run is in the experiment "
+                      f"[{name}{PRETRAIN_SUFFIX}](#/experiments/{pre_id}/runs)."]
+    return "\n".join(lines)
+
+
+def describe_experiment(experiment_file: Path, summary: str) -> None:
+    """Write the study's summary (Markdown) into its experiment's description, under the link to
+    its view (the ``aggregate`` rule, once every run is evaluated)."""
+    info = read_json(experiment_file)
+    check_experiment(experiment_file, info)
+    client = _client(info["tracking_uri"])
+    client.set_experiment_tag(info["experiment_id"], NOTE_TAG, _description(
+        info["experiment"], info["experiment_id"], info.get("pretrain_experiment_id"), summary))
 
 
 def download_model(tracking_uri: str, run_id: str, dest: Path) -> tuple[Path, Path | None]:
@@ -156,6 +230,11 @@ def download_model(tracking_uri: str, run_id: str, dest: Path) -> tuple[Path, Pa
     """
     import json
 
+    import mlflow
+
+    # a run's "model" is also its logged MLflow model, which MLflow looks up in the global
+    # tracking store: point that at this one
+    mlflow.set_tracking_uri(tracking_uri)
     client = _client(tracking_uri)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -300,7 +379,7 @@ class RunLogger:
     def __init__(self, experiment_file: Path, run_name: str | None = None,
                  params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
                  run_id: str | None = None, asynchronous: bool | None = None,
-                 run_key: str | None = None):
+                 run_key: str | None = None, pretraining: bool = False):
         """Open run ``run_id``, or create one named ``run_name``, in the experiment of
         ``experiment_file``; ``asynchronous`` (default: for an HTTP tracking URI) makes
         :meth:`log_metrics` return without waiting for the server.
@@ -309,6 +388,8 @@ class RunLogger:
         run, said in the log (:attr:`replaced`). With ``run_key`` and no ``run_id``, an
         unfinished run with that key (:data:`RUN_KEY_TAG`, left by an attempt killed before it
         could record its id) is reused (:attr:`reused`) instead of opening a second one.
+        ``pretraining``: the run goes to the study's pretraining experiment (the study's own
+        with an experiment file written before it had one).
 
         Raises:
             TrackingError: the store or the experiment is gone (nothing is created), or the
@@ -327,6 +408,8 @@ class RunLogger:
             check_server(self.tracking_uri)
         check_experiment(experiment_file, info)  # before the client: it would create an empty store
         self.experiment_id = info["experiment_id"]
+        if pretraining and info.get("pretrain_experiment_id"):
+            self.experiment_id = info["pretrain_experiment_id"]
         self.client = _client(self.tracking_uri)
         self.replaced: str | None = None
         self.reused = False
@@ -444,6 +527,23 @@ class RunLogger:
             self._guard(self.client.log_artifacts, self.run_id, str(path), artifact_path)
         else:
             self._guard(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, name: str, fingerprint: str, path: Path, context: str,
+                    profile: dict[str, Any]) -> None:
+        """Record the prepared store a run read (MLflow's dataset input: the runs table's Dataset
+        column): ``name`` and ``context`` (``train``, ``test``; named ``<name> · <context>``), the
+        store's fingerprint as digest, its path as source and a ``profile`` (samples, label
+        fraction, ...)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        # one dataset per split: MLflow keeps a run's first input of a (name, digest) only
+        ds = Dataset(name=f"{name} · {context}", digest=fingerprint[:16], source_type="local",
+                     source=json.dumps({"uri": Path(path).resolve().as_uri()}),
+                     profile=json.dumps({"fingerprint": fingerprint, **profile}))
+        self._guard(self.client.log_inputs, self.run_id,
+                    datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
 
     def log_dict(self, obj: dict[str, Any], artifact_file: str) -> None:
         """Store a dict (e.g. the resolved config) as a JSON artifact."""

@@ -9,6 +9,7 @@ rule aggregate:
     input:
         models=expand(f"{RES}/runs/{{run}}/model", run=ROWS),
         metrics=expand(f"{RES}/runs/{{run}}/metrics.json", run=ROWS),
+        experiment=ancient(EXPERIMENT),
     output:
         csv=f"{RES}/runs.csv",
         html=report(f"{RES}/runs.html", caption="../report/runs.rst", category="Tables"),
@@ -21,7 +22,7 @@ rule aggregate:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft aggregate --runs {params.runs} --out {output.csv} --html {output.html}"
-        " > {log} 2>&1"
+        " --experiment {input.experiment} > {log} 2>&1"
 
 
 rule figures:

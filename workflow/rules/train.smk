@@ -8,13 +8,15 @@ rule mlflow_init:
         EXPERIMENT,
     params:
         **MLFLOW,
+        datasets=sorted({row["dataset"] for row in ROWS.values()}),
     log:
         f"{RES}/logs/mlflow_init.log",
     conda:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft mlflow-init --tracking-uri {params.uri:q} --experiment {params.experiment:q}"
-        " --artifact-root {params.artifacts} --out {output} > {log} 2>&1"
+        " --artifact-root {params.artifacts} --datasets {params.datasets} --out {output}"
+        " > {log} 2>&1"
 
 
 rule pretrain:

@@ -20,7 +20,12 @@ from geopeft.models.inference import predict, segmentation_scores
 from geopeft.models.runtime import resolve_device, seed_everything
 from geopeft.models.saved import load_model
 from geopeft.spec import JobSpec
-from geopeft.tracking import RunLogger
+from geopeft.tracking import RunLogger, store_name
+
+#: The primary test metric of each task (``primary_metric`` in metrics.json; MLflow logs it as
+#: ``test_<name>``).
+PRIMARY_METRIC = {"multiclass": "overall_accuracy", "multilabel": "map_macro",
+                  "segmentation": "miou"}
 
 
 def confusion_csv(cm: list[list[int]], classes: list[str]) -> str:
@@ -81,12 +86,14 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
     device = resolve_device(args.device)
     model.to(device)
     batch = args.eval_batch_size
-    outputs = (row.name, record["mlflow_run_id"], len(test), out_metrics, out_confusion, experiment)
+    outputs = (row.name, record["mlflow_run_id"], len(test), out_metrics, out_confusion, experiment,
+               Path(model_dir), pretrain_dir)
     if test.y.ndim == 3:  # segmentation: whole patches, confusion streamed batch by batch
         classes = info.classes[: num_outputs(info)]
         cm, _ = segmentation_scores(model, test, batch, device)
         m = segmentation_metrics(cm)
-        m.update(task="segmentation", primary_metric="miou", primary=m["miou"],
+        m.update(task="segmentation", primary_metric=PRIMARY_METRIC["segmentation"],
+                 primary=m["miou"],
                  void_class=info.void_class, sequence_length=row.sequence_length,
                  classes=classes)
         table = confusion_csv(m["confusion_matrix"], classes)
@@ -98,14 +105,16 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
     if test.y.ndim == 2:  # multi-label: sigmoid scores, mAP, F1 at 0.5
         scores = sigmoid(logits)
         m = multilabel_metrics(test.y, scores)
-        m.update(task="multilabel", primary_metric="map_macro", primary=m["map_macro"])
+        m.update(task="multilabel", primary_metric=PRIMARY_METRIC["multilabel"],
+                 primary=m["map_macro"])
         table = multilabel_confusion_csv(test.y, scores >= m["threshold"], info.classes)
         flat = {f"test_{k}": m[k] for k in ("map_macro", "map_micro", "f1_macro", "f1_micro")}
         flat.update({f"test_ap_{c}": a for c, a in zip(info.classes, m["per_class_ap"], strict=True)
                      if a is not None})
     else:
         m = classification_metrics(test.y, logits.argmax(1), len(info.classes))
-        m.update(task="multiclass", primary_metric="overall_accuracy", primary=m["overall_accuracy"])
+        m.update(task="multiclass", primary_metric=PRIMARY_METRIC["multiclass"],
+                 primary=m["overall_accuracy"])
         table = confusion_csv(m["confusion_matrix"], info.classes)
         flat = {"test_overall_accuracy": m["overall_accuracy"], "test_macro_f1": m["macro_f1"]}
         flat.update({f"test_f1_{c}": f for c, f in zip(info.classes, m["per_class_f1"], strict=True)})
@@ -114,19 +123,44 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
 
 def _finish(m: dict[str, Any], table: str, flat: dict[str, float], info: Any,
             run: str, run_id: str | None, n_test: int, out_metrics: Path, out_confusion: Path,
-            experiment: Path | None) -> dict[str, Any]:
-    """Write the metrics and the confusion table atomically and log them to the run."""
+            experiment: Path | None, model_dir: Path, pretrain_dir: Path | None,
+            ) -> dict[str, Any]:
+    """Write the metrics and the confusion table atomically and log them to the run, with the
+    confusion matrix as an image, the test store as its dataset and the model as an MLflow
+    model."""
     m.setdefault("classes", info.classes)
     m.update({"run": run, "test_samples": n_test})
     with atomic_file(out_confusion) as fh:
         fh.write(table)
     write_json(out_metrics, m)
     if experiment is not None:
+        import tempfile
+
+        from geopeft.evaluate.plots import confusion_image
+        from geopeft.evaluate.pyfunc import log_pyfunc
+
         # the training run; a new run of this name if the store lost it (said in the log)
         logger = RunLogger(experiment, run_name=run, run_id=run_id)
         logger.log_metrics(flat)
         logger.log_artifact(out_confusion, "evaluation")
         logger.log_artifact(out_metrics, "evaluation")
+        logger.log_dataset(store_name(info), info.fingerprint, info.path, "test",
+                           {"samples": n_test, "bands": info.bands})
+        title = f"{run}: test {m['primary_metric'].replace('_', ' ')} {100 * m['primary']:.1f} %"
+        with tempfile.TemporaryDirectory() as tmp:
+            if "confusion_matrix" in m:
+                png = confusion_image(Path(tmp) / "confusion.png", np.asarray(m["confusion_matrix"]),
+                                      m["classes"], title)
+            else:  # multi-label: the per-class tp, fp, fn, tn of the CSV
+                rows = list(csv.reader(io.StringIO(table)))[1:]
+                png = confusion_image(Path(tmp) / "confusion.png",
+                                      np.array([[int(v) for v in r[1:]] for r in rows]),
+                                      [r[0] for r in rows], title, ["tp", "fp", "fn", "tn"])
+            logger.log_artifact(png, "evaluation")
+        record = read_json(model_dir / "run.json")
+        if pretrain_dir is None and record.get("pretrain_dir"):
+            pretrain_dir = model_dir / record["pretrain_dir"]
+        log_pyfunc(logger.tracking_uri, logger.run_id, model_dir, pretrain_dir)
     return m
 
 

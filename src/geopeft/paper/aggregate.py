@@ -69,3 +69,29 @@ def aggregate(model_dirs: list[Path], metrics_files: list[Path], out: Path) -> l
         w.writerows(rows)
     return rows
 
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    """The study at a glance, as Markdown (the MLflow experiment's description): per dataset,
+    strategy, label fraction (and sequence length), the primary test score as mean ± sd over the
+    seeds (n said), trainable parameters and the mean wall time."""
+    import pandas as pd
+
+    if not rows:
+        return "No run yet."
+    df = pd.DataFrame(rows)
+    keys = ["dataset", "strategy", "label_fraction"]
+    if df["sequence_length"].notna().any():
+        keys.append("sequence_length")
+    lines = [f"| {' | '.join(k.replace('_', ' ') for k in keys)} | test score (%) | seeds | "
+             f"trainable params | wall time (s) |", "|" + "---|" * (len(keys) + 4)]
+    for key, g in df.groupby(keys, sort=False, dropna=False):
+        score = 100 * g["test_primary"].astype(float)
+        sd = f" ± {score.std(ddof=1):.1f}" if len(g) > 1 else ""
+        cells = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
+        cells[2] = f"{100 * float(cells[2]):g} %"
+        lines.append(f"| {' | '.join(cells)} | {g['primary_metric'].iloc[0].replace('_', ' ')} "
+                     f"{score.mean():.1f}{sd} | {len(g)} | {int(g['trainable_params'].iloc[0]):,} "
+                     f"| {g['wall_time_s'].astype(float).mean():.0f} |")
+    synthetic = " Synthetic data: the embedded Sentinel-2 world." if df["synthetic"].all() else ""
+    return ("\n".join(lines) + f"\n\nScores: mean ± sd over the seeds (n in the seeds column; "
+            f"no ± for one seed); wall time: mean over the seeds.{synthetic}")

@@ -412,6 +412,8 @@ def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, note):  # 
     mean and sd over seeds. No run is picked: nothing is selected on the test set."""
     import numpy as np
 
+    from geopeft.evaluate.plots import plot_matrix
+
     fig, axes = plt.subplots(len(datasets), len(strategies),
                              figsize=(3.6 * len(strategies), 3.8 * len(datasets)), squeeze=False)
     image = None
@@ -426,10 +428,7 @@ def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, note):  # 
             fs = 7 if k <= 12 else 6
             if "confusion_matrix" in m:
                 cm = m["confusion_matrix"]
-                image = ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues",
-                                  vmin=0, vmax=1)
-                ax.set_xticks(range(k), classes, rotation=90, fontsize=fs)
-                ax.set_xlabel("predicted")
+                image = plot_matrix(ax, cm, classes, fs)
                 score = np.trace(cm) / max(cm.sum(), 1)
                 title = f"OA of the summed matrix {100 * score:.1f} %"
             else:  # multi-label: per-class AP over seeds

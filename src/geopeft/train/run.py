@@ -22,7 +22,7 @@ from geopeft.models.saved import save_model
 from geopeft.models.strategies import count_parameters
 from geopeft.models.weights import sha256_file
 from geopeft.spec import DataSpec, JobSpec, PretrainSpec
-from geopeft.tracking import RunLogger, git_commit
+from geopeft.tracking import NOTE_TAG, RunLogger, git_commit, store_name
 from geopeft.train.distributed import dist_info
 from geopeft.train.loop import fit
 from geopeft.train.resume import Checkpointer, Preempted
@@ -32,8 +32,14 @@ log = logging.getLogger(__name__)
 
 def _tags(study: str, data: DataSpec, rehearsal: bool, fingerprint: str,
           role: str) -> dict[str, str]:
+    commit = git_commit()
     return {
-        "git_commit": git_commit(),
+        "git_commit": commit,
+        # what the runs table's Source column shows
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": f"geopeft {'pretrain' if role == 'pretrain' else 'train'}",
+        **({"mlflow.source.git.commit": commit.removesuffix("-dirty")}
+           if commit != "unknown" else {}),
         "dataset_fingerprint": fingerprint,
         "dataset": data.dataset,
         "synthetic": str(data.source == "synthetic"),
@@ -72,8 +78,15 @@ def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
     run_id = read_json(run_file)["run_id"] if run_file and run_file.is_file() else None
     digest = hashlib.sha256(canonical_json(spec.raw).encode()).hexdigest()[:16]
     key = f"{spec.study}/{spec.row.name}/{digest}"
+    row = spec.row
+    what = (f"{row.strategy} ({row.method}) on {spec.data.dataset}, "
+            f"{100 * row.label_fraction:g} % of the training labels"
+            + (f", {row.sequence_length} dates" if row.sequence_length else "")
+            + f", seed {row.seed}" + (" · synthetic data" if spec.data.source == "synthetic" else "")
+            + (" · rehearsal: fixture data and random weights" if spec.rehearsal else ""))
     logger = RunLogger(experiment, run_name=spec.row.name, params=spec.raw,
-                       tags=_tags(spec.study, spec.data, spec.rehearsal, fingerprint, "finetune"),
+                       tags={**_tags(spec.study, spec.data, spec.rehearsal, fingerprint,
+                                     "finetune"), NOTE_TAG: what},
                        run_id=run_id, run_key=key)
     if run_file is not None:
         write_json(run_file, {"run_id": logger.run_id})
@@ -163,6 +176,10 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     reopened = False
     if rank == 0:
         logger, reopened = _open_run(experiment, spec, info.fingerprint, state_dir)
+        if not reopened:
+            logger.log_dataset(store_name(info), info.fingerprint, store, "train",
+                               {"samples": len(train), "label_fraction": row.label_fraction,
+                                "bands": info.bands})
     stages["mlflow_run"] = seconds_since_start()
     # steps an interrupted earlier attempt of this run already logged (none for a fresh run)
     done = logger.logged_steps("train_loss") if reopened else set()
@@ -226,8 +243,10 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
     model, minfo = build_classifier(bb, info, len(info.classes), split=False)
     logger = RunLogger(experiment, run_name="pretrain", params=spec.raw,
                        tags=_tags(spec.study, spec.data, spec.rehearsal, info.fingerprint,
-                                  "pretrain"))
+                                  "pretrain"), pretraining=True)
     logger.log_dict(spec.raw, "config.json")
+    logger.log_dataset(store_name(info), info.fingerprint, store, "train",
+                       {"samples": len(train), "bands": info.bands})
     t0 = time.perf_counter()
     result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_metrics(m, e))
     vit = model.backbone
@@ -244,7 +263,7 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
             "source_dataset": info.dataset,
             "source_classes": info.classes,
             "source_fingerprint": info.fingerprint,
-            "final_val_acc": result["history"][-1].get("val_acc"),
+            "final_val_acc": result["history"][-1].get("val_score"),
             "wall_time_s": time.perf_counter() - t0,
             "mlflow_run_id": logger.run_id,
         })

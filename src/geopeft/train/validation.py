@@ -1,5 +1,7 @@
 """The validation metrics of each epoch: loss and the primary score (``val_score``) that
-the run's history keeps: accuracy, macro mAP (multi-label) or mIoU (segmentation)."""
+the run's history keeps: accuracy, macro mAP (multi-label) or mIoU (segmentation), under that
+one name only (MLflow shows each metric once), with the secondary ones (``val_map_micro``,
+``val_oa``)."""
 
 from __future__ import annotations
 
@@ -29,17 +31,15 @@ def val_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
     loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y)))
     if y.ndim == 2:
         m = multilabel_metrics(y, sigmoid(logits))
-        return {"val_loss": loss, "val_map_macro": m["map_macro"], "val_map_micro": m["map_micro"],
-                "val_score": m["map_macro"]}
+        return {"val_loss": loss, "val_score": m["map_macro"], "val_map_micro": m["map_micro"]}
     acc = float((logits.argmax(1) == y).mean())
-    return {"val_loss": loss, "val_acc": acc, "val_score": acc}
+    return {"val_loss": loss, "val_score": acc}
 
 
 def segmentation_val_metrics(cm: np.ndarray, loss: float) -> dict[str, float]:
     """Validation loss, mIoU (the score) and overall accuracy of a pixel confusion matrix."""
     m = segmentation_metrics(cm)
-    return {"val_loss": loss, "val_miou": m["miou"], "val_oa": m["overall_accuracy"],
-            "val_score": m["miou"]}
+    return {"val_loss": loss, "val_score": m["miou"], "val_oa": m["overall_accuracy"]}
 
 
 def validate(model: nn.Module, val: Split, batch_size: int, device: torch.device,
