@@ -75,9 +75,9 @@ def log_pyfunc(tracking_uri: str, run_id: str, model_dir: Path,
                pretrain_dir: Path | None = None) -> str:
     """Log the run's saved model as the MLflow model ``model`` of run ``run_id``; returns the
     logged model's URI."""
-    import mlflow
-
     import warnings
+
+    import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
