@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"data"},                       # sources, synthetic world, zarr store, splits
     {"models"},                     # zoo, backbones, heads, build, saved model, inference
     {"config", "train", "evaluate"},  # the study's resolution; training; evaluation
-    {"paper", "rehearsal", "plan"},  # figures and tables; rehearsal fixtures; the study's plan
+    {"paper", "rehearsal", "plan", "app"},  # figures, tables; rehearsal fixtures; the plan; the app
     {"cli"},                        # the command line
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
