@@ -286,8 +286,13 @@ def test_weights_file_sha256(tmp_path):
 
 
 def test_timm_hub_offline_is_a_clear_error(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
+    # huggingface_hub read the environment when imported: offline for this test, as a user's
+    # HF_HUB_OFFLINE=1 makes it (else it waits for network timeouts: 47 s in CI)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightsError, match=r"not in the Hugging Face cache.*file:<path>"):
         load_weights(backbone_cfg("timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", kwargs={}))
 

@@ -95,7 +95,17 @@ def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, 
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.run_name == "lora-f1-s0" and run.info.status == "FINISHED"
     p = run.data.params
-    assert p["row.lora.r"] == "4" and p["row.train.lr"] == "0.003" and p["backbone.weights"] == "none"
+    # a few params, the same keys for every row (the whole spec is config.json)
+    assert p == {"strategy": "lora", "method": "lora", "dataset": "eurosat_rgb",
+                 "bands": "B04 B03 B02", "label_fraction": "1.0", "seed": "0",
+                 "sequence_length": "none", "model": "classifier", "encoder": p["encoder"],
+                 "weights": "none", "adapter": "lora r 4 alpha 8 dropout 0.1 on q,v",
+                 "epochs": "2", "batch_size": "16", "lr": "0.003", "encoder_lr_factor": "1.0",
+                 "weight_decay": p["weight_decay"], "warmup_epochs": p["warmup_epochs"],
+                 "loss": p["loss"], "augment": p["augment"], "rehearsal": "False"}
+    config = json.loads(open(client.download_artifacts(run.info.run_id, "config.json",
+                                                       str(tmp_path))).read())
+    assert config["row"]["lora"]["r"] == 4 and config["row"]["train"]["lr"] == 0.003
     assert {"git_commit", "dataset_fingerprint"} <= set(run.data.tags)
     m = run.data.metrics
     assert {"trainable_params", "total_params", "wall_time_s", "images_per_s", "peak_memory_mb",
@@ -162,8 +172,8 @@ def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, 
     # the experiment: a study view (its columns) and a description; pretraining kept apart
     exp = client.get_experiment(exp.experiment_id)
     view = json.loads(exp.tags["mlflow.sharedViewState.geopeft"])
-    assert view["selectedColumns"][:3] == ["params.`row.strategy`", "params.`row.label_fraction`",
-                                           "params.`row.seed`"]
+    assert view["selectedColumns"][:3] == ["params.`strategy`", "params.`label_fraction`",
+                                           "params.`seed`"]
     assert "metrics.`test_overall_accuracy`" in view["selectedColumns"]
     assert "viewStateShareKey=geopeft" in exp.tags["mlflow.note.content"]
     assert client.get_experiment_by_name("s (pretraining)") is not None

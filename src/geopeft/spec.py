@@ -277,6 +277,34 @@ class JobSpec(_Job):
         """The row's training settings with its seed and the job's threads."""
         return self.row.train_args(self.threads)
 
+    def tracked_params(self) -> dict[str, Any]:
+        """The params of the job's MLflow run: what tells the rows of a study apart, under the
+        same keys for every row (``none`` where a row has no such thing, e.g. the adapter of a
+        full fine-tuning), so MLflow's tables and comparison plots line up row by row. The whole
+        spec is the run's ``config.json`` artifact."""
+        row, train, enc = self.row, self.row.train, self.encoder
+        if row.lora is not None:
+            targets = ",".join(row.lora.target_modules) if row.lora.target_modules else "default"
+            adapter = (f"{row.lora.method} r {row.lora.r} alpha {row.lora.alpha:g} "
+                       f"dropout {row.lora.dropout:g} on {targets}")
+        else:
+            adapter = "none"
+        if row.fusion:
+            adapter += " + fusion " + " ".join(f"{k} {v}" for k, v in sorted(row.fusion.items()))
+        model = ((row.segmentation or {}).get("model", "upernet_ltae")
+                 if row.segmentation is not None else "classifier")
+        return {
+            "strategy": row.strategy, "method": row.method, "dataset": self.data.dataset,
+            "bands": " ".join(self.data.bands), "label_fraction": row.label_fraction,
+            "seed": row.seed, "sequence_length": row.sequence_length or "none",
+            "model": model, "encoder": enc["name"] if enc else "none",
+            "weights": enc["weights"] if enc else "none", "adapter": adapter,
+            **{k: train[k] for k in ("epochs", "batch_size", "lr", "encoder_lr_factor",
+                                     "weight_decay", "warmup_epochs", "loss", "augment")
+               if k in train},
+            "rehearsal": self.rehearsal,
+        }
+
 
 @dataclass(frozen=True)
 class PretrainSpec(_Job):

@@ -113,7 +113,7 @@ PRETRAIN_SUFFIX = " (pretraining)"
 #: The key of the study's shared view of its runs table (``?viewStateShareKey=geopeft``).
 VIEW_KEY = "geopeft"
 #: What a run's table shows in the study view, besides the primary test metric(s).
-VIEW_PARAMS = ("row.strategy", "row.label_fraction", "row.seed")
+VIEW_PARAMS = ("strategy", "label_fraction", "seed")
 VIEW_METRICS = ("trainable_params", "wall_time_s")
 
 
@@ -126,7 +126,7 @@ def study_view(metrics: list[str], time_series: bool = False) -> dict[str, Any]:
     """The shared view state of a study's runs table (MLflow's ``mlflow.sharedViewState.<key>``
     experiment tag): strategy, label fraction, seed (and sequence length), the primary test
     metric(s), trainable parameters and wall time as columns, best first."""
-    params = (*VIEW_PARAMS, "row.sequence_length") if time_series else VIEW_PARAMS
+    params = (*VIEW_PARAMS, "sequence_length") if time_series else VIEW_PARAMS
     columns = ([f"params.`{p}`" for p in params]
                + [f"metrics.`{m}`" for m in (*metrics, *VIEW_METRICS)])
     return {"selectedColumns": columns, "orderByKey": f"metrics.`{metrics[0]}`",

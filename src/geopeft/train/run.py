@@ -84,7 +84,7 @@ def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
             + (f", {row.sequence_length} dates" if row.sequence_length else "")
             + f", seed {row.seed}" + (" · synthetic data" if spec.data.source == "synthetic" else "")
             + (" · rehearsal: fixture data and random weights" if spec.rehearsal else ""))
-    logger = RunLogger(experiment, run_name=spec.row.name, params=spec.raw,
+    logger = RunLogger(experiment, run_name=spec.row.name, params=spec.tracked_params(),
                        tags={**_tags(spec.study, spec.data, spec.rehearsal, fingerprint,
                                      "finetune"), NOTE_TAG: what},
                        run_id=run_id, run_key=key)
