@@ -289,3 +289,19 @@ def test_a_whole_read_holds_one_chunk_beside_its_output(chunked_store):
     tracemalloc.stop()
     # (zarr's buffers take a few chunks more; holding all of them took 13)
     assert peak < out.nbytes + 8 * chunk_bytes, (peak, out.nbytes, chunk_bytes)
+
+
+def test_a_pickled_copy_reads_the_same_without_the_readers(chunked_store):
+    """Where worker processes are spawned (macOS, Windows), DataLoader pickles what it sends
+    them: a copy of streamed images holds no reader processes, open array or cache, and reads
+    the same samples."""
+    import pickle
+
+    x = load_split(chunked_store, "train", stream=True).x
+    order = chunk_order(x.chunk_of(), torch.Generator().manual_seed(1)).numpy()
+    batches = [order[i : i + 8] for i in range(0, 24, 8)]
+    first = next(x.batches(batches, workers=2))  # readers started, array open, cache filled
+    copy = pickle.loads(pickle.dumps(x))
+    assert copy._loader is None and copy._arr is None and copy._cache == {}
+    assert np.array_equal(copy[batches[0]], first) and np.array_equal(copy[5:9], x[5:9])
+    x.close()
