@@ -77,6 +77,13 @@ def test_the_app_answers_as_predict_and_names_a_bad_file(results, world, tmp_pat
 
     Image.new("RGB", (40, 40)).save(big)
     assert "size 40x40, the model takes 32x32" in app.predict(label, str(big), "", 3)[3]
+    # an unexpected failure is said in the page too
+    real = app.predictor(label).predict_arrays
+    app.predictor(label).predict_arrays = lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
+    message = app.predict(label, str(files[0]), "", 3)[3]
+    assert message.startswith(f"**Cannot use {files[0].name.replace('_', chr(92) + '_')}**: "
+                              "RuntimeError: boom")
+    app.predictor(label).predict_arrays = real
     # it keeps answering after the errors
     assert app.predict(label, str(files[0]), "", 3)[3].endswith(".")
     assert "Synthetic data" in app.describe(label) and "JPEG or PNG" in app.describe(label)

@@ -222,8 +222,13 @@ class App:
                                        f"separated by commas") from None
             image, dates = predictor.read(Path(file), dates)
             (pred,) = predictor.predict_arrays([image], [dates], [name])
-        except (GeopeftError, ValueError, OSError) as err:
+        except Exception as err:  # in the page, whatever it is: the app keeps serving
             msg = str(err).replace(str(Path(file).parent) + os.sep, "").removeprefix(f"{name}: ")
+            if not isinstance(err, (GeopeftError, ValueError, OSError)):  # not a known input error
+                import logging
+
+                logging.getLogger(__name__).exception("predicting %s", file)
+                msg = f"{type(err).__name__}: {msg} (the app's console has the traceback)"
             return None, None, None, f"**Cannot use {_escape(name)}**: {_escape(msg)}"
         info = predictor.info
         preview = upscale(true_colour(image, list(info.bands), info.value_scale))
