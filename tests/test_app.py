@@ -16,7 +16,7 @@ from conftest import backbone_cfg, full_spec
 from geopeft.app import App, best_on_val, examples, find_runs, true_colour
 from geopeft.data.dataset import store_info
 from geopeft.errors import GeopeftError
-from geopeft.evaluate.predict import predict_files
+from geopeft.evaluate.predict import Predictor
 from geopeft.models.classifier import build_classifier
 from geopeft.models.saved import save_model
 from geopeft.models.strategies import apply_strategy
@@ -61,10 +61,10 @@ def test_the_app_answers_as_predict_and_names_a_bad_file(results, world, tmp_pat
     files = sorted(Path(world["rgb"]).rglob("*.jpg"))[:3]
     for f in files:
         preview, classes, seg, message = app.predict(label, str(f), "", 3)
-        (expected,) = predict_files(app.default.model_dir, [f], top_k=3)
-        assert list(classes) == [c for c, _ in expected["top"]]
-        assert classes[expected["prediction"]] == pytest.approx(expected["probability"])
-        assert seg is None and message.endswith(f": {expected['prediction']}.")
+        (expected,) = Predictor(app.default.model_dir).predict_files([f])
+        assert list(classes) == [c for c, _ in expected.top(3)]
+        assert classes[expected.labels[0]] == pytest.approx(expected.top(1)[0][1])
+        assert seg is None and message.endswith(f": {expected.labels[0]}.")
         assert preview.dtype == np.uint8 and preview.shape[2] == 3 and preview.shape[0] >= 256
     bad = tmp_path / "scene_1.tif"
     bad.write_bytes(b"not an image")

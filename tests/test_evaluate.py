@@ -12,7 +12,7 @@ import torch
 from conftest import backbone_cfg, full_spec
 
 from geopeft.data.dataset import Split, load_split, store_info
-from geopeft.evaluate.predict import predict_files
+from geopeft.evaluate.predict import Predictor, parse_dates
 from geopeft.evaluate.run import confusion_csv, evaluate, multilabel_confusion_csv
 from geopeft.io import read_json
 from geopeft.metrics.segmentation import pixel_confusion
@@ -72,17 +72,17 @@ def test_confusion_tables():
 def test_predict_files_classifies_the_world_images(saved, world):
     model_dir, model, info = saved
     files = sorted(Path(world["rgb"]).rglob("*.jpg"))[:5]
-    out = predict_files(model_dir, files, top_k=2)
-    assert [r["file"] for r in out] == [str(f) for f in files]
+    out = Predictor(model_dir).predict_files(files)
+    assert [r.file for r in out] == [str(f) for f in files]
     from geopeft.data.sources import get_source
 
     x = np.stack([get_source("eurosat_rgb").read_file(f).astype(np.float32) for f in files])
     logits = predict(model, x)
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     for r, p in zip(out, probs, strict=True):
-        assert r["prediction"] == info.classes[int(p.argmax())]
-        assert r["probability"] == pytest.approx(float(p.max()), abs=1e-5)
-        assert len(r["top"]) == 2 and r["top"][0][0] == r["prediction"]
+        assert r.labels == [info.classes[int(p.argmax())]]
+        assert r.top(1)[0][1] == pytest.approx(float(p.max()), abs=1e-5)
+        assert len(r.top(2)) == 2 and r.top(2)[0][0] == r.labels[0]
 
 
 def test_predict_files_names_a_bad_file(saved, tmp_path):
@@ -91,7 +91,15 @@ def test_predict_files_names_a_bad_file(saved, tmp_path):
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match="x.jpg"):
-        predict_files(saved[0], [bad])
+        Predictor(saved[0]).predict_files([bad])
+
+
+def test_dates_written_as_text():
+    from geopeft.data.sources import DataError
+
+    assert parse_dates("20190101, 20190105,", "s.npy") == [20190101, 20190105]
+    with pytest.raises(DataError, match=r"s.npy: dates '2019-01-01' are not YYYYMMDD numbers"):
+        parse_dates("2019-01-01", "s.npy")
 
 
 class _Const(torch.nn.Module):

@@ -23,18 +23,11 @@ from typing import Any
 import numpy as np
 
 from geopeft.errors import GeopeftError
+from geopeft.evaluate.predict import THRESHOLD, Predictor, parse_dates
 from geopeft.io import read_json
 
 #: Examples offered per dataset, from its test split.
 EXAMPLES = 6
-#: How the page names each dataset's files.
-FORMATS = {
-    "eurosat_ms": "a EuroSAT-MS 13-band GeoTIFF (`.tif`, B8A last)",
-    "eurosat_rgb": "a EuroSAT-RGB JPEG or PNG",
-    "bigearthnet_s2": "a BigEarthNet-S2 patch: its per-band GeoTIFFs in a `.zip`",
-    "bigearthnet_s2_v1": "a BigEarthNet-S2 v1 patch: its per-band GeoTIFFs in a `.zip`",
-    "pastis": "a PASTIS `S2_<ID>.npy` (T x 10 x H x W, int16) and its T dates",
-}
 
 
 def _escape(text: str) -> str:
@@ -173,12 +166,10 @@ class App:
         self.default = best_on_val(self.runs)
         rec = read_json(self.default.model_dir / "run.json")
         self.raw = raw if raw is not None else Path("data/raw") / rec["spec"]["data"]["source"]
-        self._predictors: dict[str, Any] = {}
+        self._predictors: dict[str, Predictor] = {}
         self._lock = threading.Lock()
 
-    def predictor(self, label: str) -> Any:
-        from geopeft.evaluate.predict import Predictor
-
+    def predictor(self, label: str) -> Predictor:
         run = self.by_label.get(label)
         if run is None:
             raise GeopeftError(f"no run {label!r} in {self.results}")
@@ -191,6 +182,8 @@ class App:
 
     def describe(self, label: str) -> str:
         """The markdown under the run menu: what the run is and what it takes."""
+        from geopeft.data.sources import get_source
+
         run = self.by_label[label]
         rec = read_json(run.model_dir / "run.json")
         row = rec["spec"]["row"]
@@ -198,7 +191,7 @@ class App:
         text = (f"**{run.name}**: {row['strategy']} ({row['method']}), "
                 f"{rec['trainable_params']:,} of {rec['total_params']:,} parameters trained; "
                 f"bands {' '.join(rec['store']['bands'])}. Upload "
-                f"{FORMATS.get(run.dataset, run.dataset)}"
+                f"{get_source(run.dataset).input_format}"
                 + (f", {size[0]}x{size[1]} px" if size else "") + ".")
         if run.synthetic:
             text += ("\n\n*Synthetic data: this run was trained on the embedded synthetic "
@@ -213,13 +206,7 @@ class App:
         name = Path(file).name
         try:
             predictor = self.predictor(label)
-            dates = None
-            if (dates_text or "").strip():
-                try:
-                    dates = [int(d) for d in dates_text.replace(" ", "").split(",") if d]
-                except ValueError:
-                    raise GeopeftError(f"{name}: dates {dates_text!r} are not YYYYMMDD numbers "
-                                       f"separated by commas") from None
+            dates = parse_dates(dates_text, name) if (dates_text or "").strip() else None
             image, dates = predictor.read(Path(file), dates)
             (pred,) = predictor.predict_arrays([image], [dates], [name])
         except Exception as err:  # in the page, whatever it is: the app keeps serving
@@ -243,9 +230,9 @@ class App:
                 f"{_escape(name)}: class map of {pred.label_map.shape[0]}x{pred.label_map.shape[1]} "
                 f"pixels; the list gives each class's share of them.")
         if pred.task == "multilabel":
-            above = {c: s for c, s in pred.top(len(pred.classes)) if s >= 0.5}
-            msg = (f"{_escape(name)}: {len(above)} classes at or above 0.5." if above else
-                   f"{_escape(name)}: no class at or above 0.5; the most likely: "
+            above = {c: s for c, s in pred.top(len(pred.labels))}
+            msg = (f"{_escape(name)}: {len(above)} classes at or above {THRESHOLD}." if above else
+                   f"{_escape(name)}: no class at or above {THRESHOLD}; the most likely: "
                    + ", ".join(f"{c} ({s:.2f})" for c, s in pred.top(3)))
             return preview, above or dict(pred.top(top_k)), None, msg
         return preview, dict(pred.top(top_k)), None, f"{_escape(name)}: {pred.labels[0]}."
@@ -276,7 +263,8 @@ def build(app: App, cache: Path) -> Any:
                 message = gr.Markdown(elem_id="message")
                 preview = gr.Image(label="True colour (B04 B03 B02, 2-98 % stretch)",
                                    elem_id="preview", interactive=False)
-                classes = gr.Label(label="Classes at or above 0.5" if multilabel else "Classes",
+                classes = gr.Label(label=f"Classes at or above {THRESHOLD}" if multilabel
+                                   else "Classes",
                                    elem_id="classes", show_heading=not multilabel)
                 seg = gr.AnnotatedImage(label="Predicted map", visible=series, elem_id="map", height=320,
                                         color_map={c: colour(i) for i, c in enumerate(

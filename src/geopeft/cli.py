@@ -402,15 +402,14 @@ def _series_dates(args: argparse.Namespace) -> list[list[int] | None]:
     PASTIS ``S2_<ID>.npy``, its ``dates-S2`` in ``--metadata``."""
     from geopeft.data.sources import DataError
     from geopeft.data.sources.pastis import read_geojson
+    from geopeft.evaluate.predict import parse_dates
 
     if args.dates:
         if len(args.dates) != len(args.files):
             raise DataError(f"--dates: {len(args.dates)} lists for {len(args.files)} files "
                             f"(one comma-separated list of YYYYMMDD per file)")
-        try:
-            return [[int(d) for d in text.replace(" ", "").split(",") if d] for text in args.dates]
-        except ValueError as err:
-            raise DataError(f"--dates: {err}; give YYYYMMDD numbers separated by commas") from None
+        return [parse_dates(text, f"--dates for {f}") for text, f in zip(args.dates, args.files,
+                                                                          strict=True)]
     if args.metadata:
         by_id = {str(m["id"]): m["dates"] for m in read_geojson(Path(args.metadata))}
         out = []

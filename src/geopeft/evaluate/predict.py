@@ -31,6 +31,20 @@ from geopeft.spec import JobSpec
 THRESHOLD = 0.5
 
 
+def parse_dates(text: str, where: str) -> list[int]:
+    """A series' dates written as text, YYYYMMDD separated by commas (``geopeft predict
+    --dates``, the app's dates box, the MLflow model's ``dates`` column); the source checks them.
+
+    Raises:
+        DataError: ``where``, and that the text is not such numbers.
+    """
+    try:
+        return [int(d) for d in text.replace(" ", "").split(",") if d]
+    except ValueError:
+        raise DataError(f"{where}: dates {text!r} are not YYYYMMDD numbers separated by "
+                        f"commas") from None
+
+
 @dataclass
 class Prediction:
     """What a run predicts for one sample."""
@@ -89,11 +103,6 @@ class Predictor:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         resized = getattr(base, "input_size", None)
         self.size = None if resized else tuple(self.info.image_size or ()) or None
-
-    @property
-    def input_types(self) -> tuple[str, ...]:
-        """The file types the run's dataset comes in."""
-        return self.source.input_types
 
     def read(self, path: Path, dates: list[int] | None = None,
              ) -> tuple[np.ndarray, list[int] | None]:
@@ -166,20 +175,4 @@ class Predictor:
         return cut, days_since(np.stack(kept), temporal.reference)
 
 
-def predict_files(model_dir: Path, files: list[Path], top_k: int = 3) -> list[dict[str, Any]]:
-    """Top-k predictions for each file (classification), as ``geopeft predict`` prints them.
-
-    Args:
-        model_dir: the run's saved model.
-        files: image files in the format of the run's dataset.
-        top_k: classes reported per file.
-
-    Raises:
-        DataError: a file cannot be read, lacks a band, or has another size than the model takes.
-    """
-    return [{"file": p.file, "prediction": p.labels[0] if p.labels else "",
-             "probability": p.top(1)[0][1], "top": p.top(top_k)}
-            for p in Predictor(model_dir).predict_files([Path(f) for f in files])]
-
-
-__all__ = ["THRESHOLD", "Prediction", "Predictor", "predict_files"]
+__all__ = ["THRESHOLD", "Prediction", "Predictor", "parse_dates"]

@@ -47,9 +47,11 @@ class GeopeftModel(mlflow.pyfunc.PythonModel):
 
         p = self.predictor
         if isinstance(model_input, pd.DataFrame) and "path" in model_input.columns:
-            dates = [[int(d) for d in str(v).replace(" ", "").split(",") if d]
-                     if isinstance(v, str) and v.strip() else None
-                     for v in model_input.get("dates", pd.Series([None] * len(model_input)))]
+            from geopeft.evaluate.predict import parse_dates
+
+            dates = [parse_dates(v, f) if isinstance(v, str) and v.strip() else None
+                     for f, v in zip(model_input["path"], model_input.get(
+                         "dates", pd.Series([None] * len(model_input))), strict=True)]
             preds = p.predict_files([Path(f) for f in model_input["path"]], dates)
         else:
             x = np.asarray(model_input.to_numpy() if hasattr(model_input, "to_numpy")

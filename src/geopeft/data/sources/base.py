@@ -71,9 +71,8 @@ class Source:
     published_splits: dict[str, int] | None = None
     #: where :attr:`published_splits` come from (said by ``geopeft plan``)
     published_splits_source: str = ""
-    #: the file types :meth:`read_input` takes (``geopeft predict``, the app's upload filter);
-    #: empty: the dataset has no single-sample files
-    input_types: tuple[str, ...] = ()
+    #: what :meth:`read_input` takes, in words (the app says it under the run menu)
+    input_format: str = "no single-sample files"
     #: whether :meth:`read_input` needs the sample's acquisition dates (time series)
     input_needs_dates: bool = False
 
@@ -130,7 +129,7 @@ class Source:
         the published format, read and checked as preparation reads it.
 
         Args:
-            path: the sample's file (one of :attr:`input_types`) or folder.
+            path: the sample's file or folder (:attr:`input_format`).
             bands: the bands to return, in this order (the run's store's).
             options: the study's ``data.options`` (e.g. the side BigEarthNet is resampled to).
             dates: the acquisition dates (YYYYMMDD) of a time series, one per image.

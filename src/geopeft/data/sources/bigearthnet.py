@@ -195,7 +195,7 @@ class _BigEarthNet(Source):
     file_bands = BANDS
     label_dims = ("class",)
     native_size = 120  # the 10 m bands; the 20 m and 60 m ones are resampled to it
-    input_types = (".zip",)
+    input_format = "a BigEarthNet-S2 patch: its per-band GeoTIFFs in a `.zip`"
 
     def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
                    dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
@@ -270,6 +270,7 @@ class BigEarthNetV2(_BigEarthNet):
 
 class BigEarthNetV1(_BigEarthNet):
     name = "bigearthnet_s2_v1"
+    input_format = "a BigEarthNet-S2 v1 patch: its per-band GeoTIFFs in a `.zip`"
     layout = "BigEarthNet-v1.0"
     remotes = (
         Remote("BigEarthNet-S2-v1.0.tar.gz",

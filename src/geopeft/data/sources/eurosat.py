@@ -63,7 +63,8 @@ class EuroSAT(Source):
         self.remotes = remotes
         self.layout = subdir
         self.native_size = 64
-        self.input_types = (".tif", ".tiff") if ext == ".tif" else (".jpg", ".jpeg", ".png")
+        self.input_format = ("a EuroSAT-MS 13-band GeoTIFF (`.tif`, B8A last)" if ext == ".tif"
+                             else "a EuroSAT-RGB JPEG or PNG")
         if study_dataset:  # the synthetic source sets have no published split
             self.published_splits = dict(SPLIT_SIZES)
             self.published_splits_source = SPLIT_SIZES_SOURCE

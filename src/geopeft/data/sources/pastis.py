@@ -108,7 +108,7 @@ class Pastis(Source):
                 raise DataError(f"{base}: fold(s) {folds[part]} of the {part} split hold no patch")
         return items
 
-    input_types = (".npy",)
+    input_format = "a PASTIS `S2_<ID>.npy` (T x 10 x H x W, int16) and its T dates"
     input_needs_dates = True
 
     def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
