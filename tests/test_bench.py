@@ -1,12 +1,14 @@
-"""The benchmarks of issue 18 stay runnable: the GPU suite in its CPU smoke mode, and the
-trainer-vs-timm comparison's own arithmetic."""
+"""The benchmarks of issue 18 stay runnable: the GPU check (scripts/gpu/check.sh) rehearsed on the
+CPU in a look-alike of the GPU machine, and the trainer-vs-timm comparison's own arithmetic."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,28 +58,84 @@ def test_gpu_suite_smoke_covers_every_part_of_the_gpu_run():
     full = [name for name, _, _ in suite.parts(Path("out"), smoke=False)]
     smoke = [name for name, _, _ in suite.parts(Path("out"), smoke=True)]
     assert full == smoke == ["trainer_vs_timm", "lora_cost", "conv_layout",
-                             "segmentation_memory", "rehearsal"]
+                             "segmentation_memory", "rehearsal", "ddp"]
     assert sum(limit for _, _, limit in suite.parts(Path("out"), smoke=False)) <= 8 * 60
-    rehearsal = dict((n, c) for n, c, _ in suite.parts(Path("out"), smoke=False))["rehearsal"]
+    commands = {n: c for n, c, _ in suite.parts(Path("out"), smoke=False)}
+    rehearsal = commands["rehearsal"]
     assert rehearsal[rehearsal.index("--gpus") + 1] == "1"  # the CUDA path, not CPU jobs
+    ddp = commands["ddp"]
+    assert ddp[ddp.index("--device") + 1] == "cuda" and ddp[ddp.index("--nproc") + 1] == "1"
+    dry = {n: c for n, c, _ in suite.parts(Path("out"), smoke=True)}["rehearsal"]
+    jobs = {n: c for n, c, _ in suite.parts(Path("out"), smoke=True, jobs=True)}["rehearsal"]
+    assert "-n" in dry and "-n" not in jobs
+
+
+def _wheels():
+    spec = importlib.util.spec_from_file_location("wheels", ROOT / "scripts" / "gpu" / "wheels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_carried_wheels_are_what_the_gpu_machine_lacks():
+    """scripts/gpu/wheels.py: geopeft's locked closure on CPython 3.12, less the machine's own
+    packages (torch and its CUDA libraries among them) and the large wheels the check does
+    without; the look-alike's requirements pin the machine's known versions."""
+    w = _wheels()
+    machine = w.machine_packages()
+    assert machine["torch"] == "2.11.0" and "zarr" not in machine and "mlflow" not in machine
+    closure = w.locked_closure()
+    need = w.missing(closure, machine)
+    assert {"zarr", "mlflow-skinny", "snakemake", "jsonschema", "zstandard", "sqlalchemy"} <= set(need)
+    assert not {"torch", "torchvision", "gradio", "timm", "numpy", "mlflow", "pulp",
+                "rasterio"} & set(need)
+    assert not [n for n in need if n.startswith(("nvidia-", "cuda-"))]
+    assert all(v for v in need.values())  # each at uv.lock's version
+    reqs = w.machine_requirements(w.locked_closure(prune=()), machine)
+    assert "torch==2.11.0" in reqs and "numpy==2.5.2" in reqs and "timm==" + closure["timm"] in reqs
+    assert not [r for r in reqs if r.startswith(("nvidia-", "cuda-", "setuptools==", "zarr"))]
 
 
 @pytest.mark.slow
-def test_gpu_suite_runs_in_smoke_mode(tmp_path):
-    """``python bench/gpu_suite.py --smoke OUT`` (the CI guard of the GPU suite): every part
-    runs and leaves its results."""
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_suite.py"), "--smoke",
-                        str(tmp_path)], capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout + r.stderr
-    suite = json.loads((tmp_path / "suite.json").read_text())
-    assert suite["smoke"] is True and all(p["rc"] == 0 for p in suite["parts"].values())
+def test_the_gpu_check_passes_its_cpu_rehearsal_in_a_lookalike_of_the_gpu_machine(tmp_path):
+    """``scripts/gpu/check.sh --smoke --jobs OUT`` in a Python 3.12 venv holding only the GPU
+    machine's packages (scripts/gpu/lookalike.sh) plus the wheels scripts/gpu/wheels.sh carries:
+    every module imports, every part of the suite runs (the rehearsal's jobs and DDP on the
+    CPU), and the wheels fit the device tool's 64 MiB with the working tree."""
+    venv = Path(tempfile.gettempdir()) / "geopeft-gpu-lookalike"  # made again when stale
+    # the README's `bash scripts/gpu/wheels.sh`, as written
+    for cmd in (["bash", "scripts/gpu/lookalike.sh", str(venv)], ["bash", "scripts/gpu/wheels.sh"]):
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = re.search(r"with the working tree ([\d.]+) of 64 MiB", r.stdout)
+    assert m and float(m.group(1)) <= 64, r.stdout
+    python = dict(os.environ, PYTHON=str(venv / "bin" / "python"))
+    # the README's command for the GPU machine, as written: on a CPU it says what to do instead
+    r = subprocess.run(["bash", "scripts/gpu/check.sh", str(tmp_path / "gpu")], cwd=ROOT, env=python,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "no CUDA device is visible; on a CPU run it with --smoke" in r.stderr
+    assert "torch 2.11.0" in (tmp_path / "gpu" / "env.txt").read_text()
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", "scripts/gpu/check.sh", "--smoke", "--jobs", str(out)], cwd=ROOT,
+                       env=python, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    env = (out / "env.txt").read_text()
+    assert env.startswith("python 3.12.") and "torch 2.11.0" in env
+    assert f"zarr {_wheels().locked_closure()['zarr']} " in env  # the carried wheel, not ours
+    suite = json.loads((out / "suite.json").read_text())
+    assert suite["smoke"] is True and suite["torch"].startswith("2.11.0")
+    assert all(p["rc"] == 0 for p in suite["parts"].values())
     parts = suite["parts"]
     assert parts["trainer_vs_timm"]["results"]["images_per_s"]["fit"] > 0
     assert set(parts["lora_cost"]["results"]["variants"]) >= {"full", "lora", "linear"}
     assert parts["conv_layout"]["results"]["step_s"]["channels_last"] > 0
     assert parts["segmentation_memory"]["results"]["results"][0]["chunk"] == 2
-    assert "Building DAG of jobs" in parts["rehearsal"]["report"]
-    assert "SMOKE" in (tmp_path / "suite.md").read_text()
+    runs = parts["rehearsal"]["runs"]  # the rehearsal's jobs ran, on the CPU
+    assert len(runs) >= 2 and all(r["device"] == "cpu" for r in runs)
+    ddp = parts["ddp"]["results"]
+    assert ddp["backend"] == "gloo" and ddp["world_size"] == 1
+    assert ddp["train_loss"][-1] < ddp["train_loss"][0]
+    assert "SMOKE" in (out / "suite.md").read_text()
 
 
 def test_loader_benchmark_times_the_store_path_against_memory(tmp_path):

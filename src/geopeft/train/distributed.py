@@ -75,6 +75,8 @@ def join_process_group(device: str) -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo")
+    log.info("joined the process group: backend %s, rank %d of %d", dist.get_backend(),
+             dist.get_rank(), dist.get_world_size())
 
 
 def leave_process_group() -> None:
