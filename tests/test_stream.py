@@ -258,19 +258,40 @@ def test_a_source_s_planned_sample_size_is_the_store_s(chunked_store):
 
 
 def test_the_job_memory_is_the_least_of_its_limits_and_shared_by_its_ranks(monkeypatch):
+    """The machine's own memory and cgroup are replaced, so that the figures hold on any test
+    machine (a laptop with 8 GB, a container with a cgroup limit)."""
     from geopeft.data import stream
 
     monkeypatch.setattr(stream, "_machine_memory_mb", lambda: (20_000.0, "available memory"))
+    monkeypatch.setattr(stream, "_cgroup_limit_mb", lambda: None)
     for var in ("SLURM_MEM_PER_NODE", "SLURM_MEM_PER_CPU", "SLURM_MEM_PER_GPU"):
         monkeypatch.delenv(var, raising=False)
-    cgroup = stream.memory_budget_mb()[1].startswith("cgroup")  # a limited test machine
-    if not cgroup:
-        assert stream.memory_budget_mb() == (20_000.0, "available memory")
-        assert stream.memory_budget_mb(8000) == (8000.0, "the job's resources.mem_mb")
-        monkeypatch.setenv("SLURM_MEM_PER_NODE", "6000")
-        assert stream.memory_budget_mb(8000) == (6000.0, "SLURM allocation (SLURM_MEM_PER_NODE)")
-    mb, source = stream.memory_budget_mb(4000, ranks=2)
-    assert mb <= 2000 and source.endswith("shared by 2 processes")
+    assert stream.memory_budget_mb() == (20_000.0, "available memory")
+    assert stream.memory_budget_mb(8000) == (8000.0, "the job's resources.mem_mb")
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "6000")
+    assert stream.memory_budget_mb(8000) == (6000.0, "SLURM allocation (SLURM_MEM_PER_NODE)")
+    monkeypatch.setattr(stream, "_cgroup_limit_mb", lambda: (3000.0, "cgroup limit (memory.max)"))
+    assert stream.memory_budget_mb(8000) == (3000.0, "cgroup limit (memory.max)")
+    assert stream.memory_budget_mb(4000, ranks=2) == (1500.0, "cgroup limit (memory.max), "
+                                                              "shared by 2 processes")
+
+
+def test_the_cgroup_limit_is_read_from_v2_else_v1(tmp_path):
+    """memory.max (v2) first, then memory.limit_in_bytes (v1); 'max' and v1's huge 'unlimited'
+    figure are no limit."""
+    from geopeft.data import stream
+
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    files = (str(v2), str(v1))
+    assert stream._cgroup_limit_mb(files) is None  # neither file
+    v1.write_text("9223372036854771712\n")  # v1 without a limit
+    assert stream._cgroup_limit_mb(files) is None
+    v1.write_text("2147483648\n")
+    assert stream._cgroup_limit_mb(files) == (2048.0, f"cgroup limit ({v1})")
+    v2.write_text("max\n")  # v2 says no limit: v1's figure is not v2's
+    assert stream._cgroup_limit_mb(files) == (2048.0, f"cgroup limit ({v1})")
+    v2.write_text("4294967296\n")
+    assert stream._cgroup_limit_mb(files) == (4096.0, f"cgroup limit ({v2})")
 
 
 def test_a_whole_read_holds_one_chunk_beside_its_output(chunked_store):

@@ -327,15 +327,7 @@ def memory_budget_mb(configured_mb: float | None = None, ranks: int = 1) -> tupl
         configured_mb: the job's ``resources.mem_mb`` (``geopeft train --mem-mb``), or None.
         ranks: processes of the job that each hold their splits.
     """
-    limits: list[tuple[float, str]] = []
-    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            raw = Path(f).read_text().strip()
-        except OSError:
-            continue
-        if raw.isdigit() and int(raw) < 1 << 60:
-            limits.append((int(raw) / 2**20, f"cgroup limit ({f})"))
-            break
+    limits: list[tuple[float, str]] = [c] if (c := _cgroup_limit_mb()) else []
     for var in ("SLURM_MEM_PER_NODE", "SLURM_MEM_PER_CPU", "SLURM_MEM_PER_GPU"):
         if os.environ.get(var, "").isdigit():
             limits.append((float(os.environ[var]), f"SLURM allocation ({var})"))
@@ -346,6 +338,21 @@ def memory_budget_mb(configured_mb: float | None = None, ranks: int = 1) -> tupl
     if ranks > 1:
         return mb / ranks, f"{source}, shared by {ranks} processes"
     return mb, source
+
+
+CGROUP_MEMORY = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def _cgroup_limit_mb(files: tuple[str, ...] = CGROUP_MEMORY) -> tuple[float, str] | None:
+    """The memory limit of this process's cgroup (v2, else v1), in MB, if it has one."""
+    for f in files:
+        try:
+            raw = Path(f).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:
+            return int(raw) / 2**20, f"cgroup limit ({f})"
+    return None
 
 
 def _machine_memory_mb() -> tuple[float, str]:
