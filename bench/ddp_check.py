@@ -36,10 +36,13 @@ def make_store(tmp: Path) -> Path:
 
 def job_spec(device: str, epochs: int) -> dict:
     """A LoRA row of the default study's kind on a tiny ViT (adapter and head train)."""
-    train = {"epochs": epochs, "batch_size": 16, "lr": 0.003, "weight_decay": 0.05,
-             "warmup_epochs": 1, "augment": True, "device": device, "amp": True,
-             "eval_batch_size": 64, "encoder_lr_factor": 1.0, "checkpoint_every": 1,
-             "checkpoint_minutes": 0, "loss": "ce"}
+    from dataclasses import fields
+
+    from geopeft.spec import TrainArgs
+
+    train = {f.name: f.default for f in fields(TrainArgs)  # the schema's training defaults
+             if f.name not in ("seed", "threads", "progress")}
+    train.update(epochs=epochs, batch_size=16, device=device)
     row = {"name": "ddp", "strategy": "lora", "method": "lora", "label_fraction": 1.0, "seed": 0,
            "dataset": "eurosat_rgb", "train": train,
            "lora": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.1,
