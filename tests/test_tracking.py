@@ -267,3 +267,67 @@ def test_a_store_deleted_while_a_job_runs_is_said_plainly(tmp_path):
                  "try:\n    log.log_metrics({'loss': 0.5}, 1)\n"
                  "except TrackingError as e:\n    print(e)", tmp_path)
     assert "m.db is gone while this job ran" in out and "resumes from its saved training state" in out
+
+
+def test_a_dataset_logged_by_another_job_first_is_linked_not_an_error(tmp_path):
+    """Two jobs log the same dataset at the same moment: the store creates its record for one,
+    the other's insert fails on the unique (experiment, name, digest), as SQLite says it. The
+    loser logs again and is linked to the record (before: the job failed, and only Snakemake's
+    retry rescued it)."""
+    from mlflow.exceptions import MlflowException
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    init_experiment(uri, "race", tmp_path / "art", tmp_path / "exp.json")
+    a, b = RunLogger(tmp_path / "exp.json", "a"), RunLogger(tmp_path / "exp.json", "b")
+    profile = {"samples": 10}
+    real, calls = b.client.log_inputs, []
+
+    def first_loses(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # the other job's insert lands between this one's check and insert
+            a.log_dataset("eurosat_rgb", "f" * 64, tmp_path, "train", profile)
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                  "datasets.experiment_id, datasets.name, datasets.digest")
+        return real(*args, **kwargs)
+
+    b.client.log_inputs = first_loses
+    b.log_dataset("eurosat_rgb", "f" * 64, tmp_path, "train", profile)
+    assert len(calls) == 2
+    client = MlflowClient(uri)
+    for log in (a, b):
+        inputs = client.get_run(log.run_id).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("eurosat_rgb · train", "f" * 16)]
+    other = MlflowException("database is locked")  # any other failure is not retried
+    b.client.log_inputs = lambda *a, **k: (calls.append(1), (_ for _ in ()).throw(other))
+    with pytest.raises(MlflowException, match="locked"):
+        b.log_dataset("eurosat_rgb", "e" * 64, tmp_path, "test", profile)
+    assert len(calls) == 3
+
+
+def _log_same_dataset(exp: str, i: int, barrier) -> None:
+    log = RunLogger(Path(exp), f"job{i}")
+    barrier.wait(60)
+    log.log_dataset("eurosat_rgb", "a" * 64, Path(exp).parent, "train", {"samples": 10})
+    log.end()
+
+
+def test_eight_jobs_log_the_same_dataset_at_once(tmp_path):
+    """Eight processes released together log the same dataset into one SQLite store, with no
+    retry around them: every one succeeds and is linked to one dataset record."""
+    import multiprocessing as mp
+    import sqlite3
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    init_experiment(uri, "race", tmp_path / "art", tmp_path / "exp.json")
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(8)
+    procs = [ctx.Process(target=_log_same_dataset, args=(str(tmp_path / "exp.json"), i, barrier))
+             for i in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 8
+    db = sqlite3.connect(tmp_path / "m.db")
+    assert db.execute("select count(*) from datasets").fetchone()[0] == 1
+    assert db.execute("select count(*) from inputs").fetchone()[0] == 8

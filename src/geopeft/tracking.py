@@ -373,6 +373,17 @@ class _Sender:
         return errors
 
 
+DATASET_ATTEMPTS = 3
+
+
+def _duplicate_record(err: BaseException) -> bool:
+    """``err`` is a tracking store's refusal of a record that another writer created first
+    (SQLite's, PostgreSQL's or MySQL's unique constraint, directly or as MLflow's message)."""
+    text = f"{type(err).__name__}: {err}"
+    return any(s in text for s in ("UNIQUE constraint failed", "IntegrityError",
+                                   "duplicate key value", "Duplicate entry"))
+
+
 class RunLogger:
     """One MLflow run inside a pre-created experiment (by id); batched logging."""
 
@@ -542,8 +553,17 @@ class RunLogger:
         ds = Dataset(name=f"{name} · {context}", digest=fingerprint[:16], source_type="local",
                      source=json.dumps({"uri": Path(path).resolve().as_uri()}),
                      profile=json.dumps({"fingerprint": fingerprint, **profile}))
-        self._guard(self.client.log_inputs, self.run_id,
-                    datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(ds, [InputTag("mlflow.data.context", context)])]
+        # Jobs started together (a job array, two CPU jobs of a study) log the same dataset at
+        # the same moment: the store creates its record once and the loser's insert fails on the
+        # unique (experiment, name, digest). The record is then there, and logging again links
+        # this run to it.
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                return self._guard(self.client.log_inputs, self.run_id, datasets=inputs)
+            except Exception as err:
+                if attempt == DATASET_ATTEMPTS - 1 or not _duplicate_record(err):
+                    raise
 
     def log_dict(self, obj: dict[str, Any], artifact_file: str) -> None:
         """Store a dict (e.g. the resolved config) as a JSON artifact."""
