@@ -10,27 +10,34 @@ from geopeft.data.prepare import prepare
 from geopeft.data.synthetic import WorldSpec, generate_eurosat, generate_source
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-# The test modules by their time in one process on the 2-core CI machine, slowest first (seconds,
-# 2026-12-07). Under pytest-xdist (pyproject's addopts) each module goes whole to one worker in
-# this order, so the long ones start first and both cores finish together; modules not named
-# here follow in file order.
-SLOWEST_FIRST = (
-    "test_rehearsal.py",       # 563: the three real studies' rehearsals
-    "test_workflow.py",        # 428: the CI studies end to end, the paper
-    "test_default_study.py",   # 367: the README's first command, app, report, paper
-    "test_bench.py",           # 310: the GPU check rehearsed in a Python 3.12 look-alike
-    "test_ddp.py",             # 223: torchrun, killed and resumed
-    "test_resume.py", "test_fetch_workflow.py", "test_mlflow_server.py", "test_tracking.py",
-    "test_jobserver.py", "test_train.py", "test_studies.py", "test_stream.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slowest modules first (:data:`SLOWEST_FIRST`), each module's tests in file order."""
-    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
+
+# Seconds in one process on the 2-core CI machine (2026-12-07) of the slow units of work. Under
+# pytest-xdist (pyproject's addopts: --dist loadgroup) a module's tests go together to one worker
+# (their module fixtures, e.g. one run of a study that several tests check, run once), except the
+# real studies' rehearsals, each a unit of its own; the slowest units start first, so that both
+# cores finish together. Units not named here follow in file order.
+MODULE_SECONDS = {"test_workflow.py": 428, "test_default_study.py": 367, "test_bench.py": 310,
+                  "test_ddp.py": 223, "test_resume.py": 107, "test_fetch_workflow.py": 86,
+                  "test_mlflow_server.py": 77, "test_tracking.py": 72, "test_jobserver.py": 52,
+                  "test_train.py": 51, "test_studies.py": 48, "test_stream.py": 48}
+ALONE = ("test_documented_rehearsal_runs_the_real_study_end_to_end",
+         {"shaping_ft": 205, "fusion_lora": 187, "eurosat_lora": 165})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test's unit of work (:data:`MODULE_SECONDS`, :data:`ALONE`), slowest first."""
+    name, alone = ALONE
+
+    def seconds(item: pytest.Item) -> float:
+        if getattr(item, "originalname", None) == name:
+            return next((s for study, s in alone.items() if f"/{study}.yaml" in item.nodeid), 1)
+        item.add_marker(pytest.mark.xdist_group(item.path.name))
+        return MODULE_SECONDS.get(item.path.name, 0)
+
+    weight = {id(item): seconds(item) for item in items}
+    items.sort(key=lambda item: -weight[id(item)])
 
 
 def backbone_cfg(weights: str = "none", **kw: object) -> dict:

@@ -331,3 +331,28 @@ def test_eight_jobs_log_the_same_dataset_at_once(tmp_path):
     db = sqlite3.connect(tmp_path / "m.db")
     assert db.execute("select count(*) from datasets").fetchone()[0] == 1
     assert db.execute("select count(*) from inputs").fetchone()[0] == 8
+
+
+def test_mlflow_s_global_tracking_uri_is_as_it_was_after_a_block(tmp_path, monkeypatch):
+    """download_model and log_pyfunc point MLflow's global tracking URI at their store only
+    while they need it: afterwards the process's URI and MLFLOW_TRACKING_URI are as they were
+    (a later MLflow call in the same process, e.g. the next test under pytest-xdist, found the
+    store of an earlier one, by then deleted)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    from geopeft.tracking import global_tracking_uri
+
+    mine = f"sqlite:///{tmp_path}/mine.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mine)
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    with global_tracking_uri(f"sqlite:///{tmp_path}/other.db"):
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/other.db"
+    assert utils._tracking_uri is None and mlflow.get_tracking_uri() == mine
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(mine)
+    with pytest.raises(RuntimeError), global_tracking_uri(f"sqlite:///{tmp_path}/other.db"):
+        raise RuntimeError("a failed download")
+    assert mlflow.get_tracking_uri() == mine
+    mlflow.set_tracking_uri(None)
+    assert "MLFLOW_TRACKING_URI" not in __import__("os").environ

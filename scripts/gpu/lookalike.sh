@@ -10,8 +10,10 @@ set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: bash scripts/gpu/lookalike.sh VENV" >&2; exit 2; }
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 VENV=$1
-UV=(python3 -m uv)
-command -v uv > /dev/null && UV=(uv)
+# uv: the one `uv run` names in $UV, else uv on PATH, else the README's `python3 -m uv`
+if [ -n "${UV:-}" ] && [ -x "$UV" ]; then UV=("$UV")
+elif command -v uv > /dev/null; then UV=(uv)
+else UV=(python3 -m uv); fi
 stamp=$(cat "$REPO/scripts/gpu/machine.txt" "$REPO/uv.lock" "$0" | sha256sum | cut -c1-16)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.lookalike" 2>/dev/null)" = "$stamp" ]; then
   echo "lookalike: $VENV is up to date"; exit 0
@@ -27,6 +29,7 @@ rm -rf "$VENV"
 req=$(mktemp)
 trap 'rm -f "$req"' EXIT
 (cd "$REPO" && "${UV[@]}" run --locked python scripts/gpu/wheels.py --machine-requirements) > "$req"
-"${UV[@]}" pip install -q --python "$VENV/bin/python" -r "$req"
+# no byte-compiling of all 20,000 files: Python compiles the few the check imports
+UV_COMPILE_BYTECODE=0 "${UV[@]}" pip install -q --python "$VENV/bin/python" -r "$req"
 echo "$stamp" > "$VENV/.lookalike"
 echo "lookalike: $VENV ($("$VENV/bin/python" --version), $(wc -l < "$req") packages of the GPU machine)"

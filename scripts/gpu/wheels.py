@@ -56,7 +56,12 @@ def machine_packages(path: Path = MACHINE) -> dict[str, str | None]:
 
 
 def uv() -> list[str]:
-    """The uv command: on PATH, or the one the README's `python3 -m pip install uv` gave."""
+    """The uv command: the one ``uv run`` names in ``$UV``, else uv on PATH, else the one the
+    README's ``python3 -m pip install uv`` gave."""
+    import os
+
+    if os.environ.get("UV") and os.access(os.environ["UV"], os.X_OK):
+        return [os.environ["UV"]]
     return [found] if (found := shutil.which("uv")) else ["python3", "-m", "uv"]
 
 
@@ -132,8 +137,13 @@ def tree_mb() -> float:
     """What travels besides the carried folder: tracked and untracked-not-ignored files."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                            cwd=ROOT, check=True, capture_output=True).stdout.split(b"\0")
-    return sum((ROOT / f.decode()).stat().st_size for f in files
-               if f and (ROOT / f.decode()).is_file()) / 2**20
+    total = 0
+    for f in filter(None, files):
+        try:
+            total += (ROOT / f.decode()).stat().st_size
+        except FileNotFoundError:  # written and removed meanwhile (a test's scratch file)
+            continue
+    return total / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,4 +5,8 @@
 #     bash scripts/gpu/wheels.sh            (needs the registry: run it here, not there)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec python3 -m uv run --locked --with pip python scripts/gpu/wheels.py "$@"
+# uv: the one `uv run` names in $UV, else uv on PATH, else the README's `python3 -m uv`
+if [ -n "${UV:-}" ] && [ -x "$UV" ]; then UV=("$UV")
+elif command -v uv > /dev/null; then UV=(uv)
+else UV=(python3 -m uv); fi
+exec "${UV[@]}" run --locked --with pip python scripts/gpu/wheels.py "$@"

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,28 @@ def describe_experiment(experiment_file: Path, summary: str) -> None:
         info["experiment"], info["experiment_id"], info.get("pretrain_experiment_id"), summary))
 
 
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI (and the ``MLFLOW_TRACKING_URI`` that MLflow sets with it)
+    is ``uri`` inside the block and as it was after it: the process keeps no trace of a store
+    it used (a later MLflow call in it, or a later test, would otherwise go to that store)."""
+    import os
+
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    old, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def download_model(tracking_uri: str, run_id: str, dest: Path) -> tuple[Path, Path | None]:
     """Download what rebuilds a training run's model from MLflow alone: the run's ``model``
     artifacts and, for an encoder pretrained by the study (``weights: pretrain``), the
@@ -230,16 +253,14 @@ def download_model(tracking_uri: str, run_id: str, dest: Path) -> tuple[Path, Pa
     """
     import json
 
-    import mlflow
-
-    # a run's "model" is also its logged MLflow model, which MLflow looks up in the global
-    # tracking store: point that at this one
-    mlflow.set_tracking_uri(tracking_uri)
     client = _client(tracking_uri)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        model_dir = Path(client.download_artifacts(run_id, "model", str(dest)))
+        # a run's "model" is also its logged MLflow model, which MLflow looks up in the global
+        # tracking store: point that at this one for the download
+        with global_tracking_uri(tracking_uri):
+            model_dir = Path(client.download_artifacts(run_id, "model", str(dest)))
         record = json.loads((model_dir / "run.json").read_text())
     except Exception as err:
         raise TrackingError(f"{tracking_uri}: run {run_id} has no readable model artifacts "

@@ -26,6 +26,8 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from geopeft.tracking import global_tracking_uri
+
 #: What the model's environment needs besides geopeft itself (``--env-manager local`` uses the
 #: environment it runs in).
 REQUIREMENTS = ["torch", "torchvision", "timm", "peft", "safetensors", "numpy", "pandas",
@@ -81,13 +83,13 @@ def log_pyfunc(tracking_uri: str, run_id: str, model_dir: Path,
 
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     before = client.get_run(run_id).info
     artifacts = {"model": str(Path(model_dir).resolve())}
     if pretrain_dir is not None:
         artifacts["backbone"] = str(Path(pretrain_dir).resolve())
-    with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
+    with (warnings.catch_warnings(), global_tracking_uri(tracking_uri),
+          mlflow.start_run(run_id=run_id)):
         warnings.simplefilter("ignore", UserWarning)  # no type hints to infer a signature from
         info = mlflow.pyfunc.log_model(name="model", python_model=GeopeftModel(),
                                        artifacts=artifacts, pip_requirements=REQUIREMENTS)
