@@ -3,8 +3,9 @@ embedded EuroSAT-RGB store, on NCCL where CUDA is there (gloo on a CPU).
 
 On a one-GPU machine this is world size 1: it tests the NCCL path (process group, device
 claim, gradient sync calls, rank-0 saving, the MLflow run), not the scaling. The run must end
-with status 0, say which backend it joined, and save its weights; ``--json`` writes the
-backend, the world size, the wall time and the final losses.
+with status 0, say which backend it joined, and save its weights; then ``geopeft evaluate``
+scores it as the workflow does (test metrics, the MLflow model). ``--json`` writes the backend,
+the world size, the wall time, the losses and the test accuracy.
 
     uv run python bench/ddp_check.py --device cuda --nproc 1 --json OUT/ddp.json   # GPU
     uv run python bench/ddp_check.py --smoke --json OUT/ddp.json                   # any CPU
@@ -82,16 +83,29 @@ def run(device: str, nproc: int, epochs: int) -> dict:
         if not (tmp / "out" / "trainable.safetensors").is_file():
             raise SystemExit("ddp_check: the run saved no trainable.safetensors")
         history = json.loads((tmp / "out" / "run.json").read_text())["history"]
+        # the evaluation job of the same row, as the workflow runs it (the MLflow model too)
+        r = subprocess.run([sys.executable, "-m", "geopeft.cli", "evaluate", "--model",
+                            str(tmp / "out"), "--store", str(store), "--experiment", str(exp),
+                            "--metrics", str(tmp / "metrics.json"), "--confusion",
+                            str(tmp / "confusion.csv")], capture_output=True, text=True,
+                           timeout=600)
+        if r.returncode != 0:
+            raise SystemExit(f"ddp_check: geopeft evaluate ended with status {r.returncode}\n"
+                             f"{r.stderr[-4000:]}")
+        metrics = json.loads((tmp / "metrics.json").read_text())
     return {"device": device, "backend": joined[0][0], "world_size": int(joined[0][2]),
             "epochs": epochs, "seconds": round(took, 1),
             "train_loss": [round(h["train_loss"], 4) for h in history],
-            "val_loss": [round(h["val_loss"], 4) for h in history]}
+            "val_loss": [round(h["val_loss"], 4) for h in history],
+            "test_overall_accuracy": metrics["overall_accuracy"],
+            "test_samples": metrics["test_samples"]}
 
 
 def report(out: dict) -> str:
     return (f"DDP through geopeft train under torchrun: backend {out['backend']}, world size "
             f"{out['world_size']} on {out['device']}, {out['epochs']} epochs in {out['seconds']} s; "
-            f"train loss {out['train_loss'][0]} -> {out['train_loss'][-1]}")
+            f"train loss {out['train_loss'][0]} -> {out['train_loss'][-1]}; test overall accuracy "
+            f"{out['test_overall_accuracy']:.3f} on {out['test_samples']} images")
 
 
 def main(argv: list[str] | None = None) -> int:

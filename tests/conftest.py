@@ -12,32 +12,21 @@ from geopeft.data.synthetic import WorldSpec, generate_eurosat, generate_source
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
 
-# Seconds in one process on the 2-core CI machine (2026-12-07) of the slow units of work. Under
-# pytest-xdist (pyproject's addopts: --dist loadgroup) a module's tests go together to one worker
-# (their module fixtures, e.g. one run of a study that several tests check, run once), except the
-# real studies' rehearsals, each a unit of its own; the slowest units start first, so that both
-# cores finish together. Units not named here follow in file order.
-MODULE_SECONDS = {"test_workflow.py": 428, "test_default_study.py": 367, "test_bench.py": 310,
-                  "test_ddp.py": 223, "test_resume.py": 107, "test_fetch_workflow.py": 86,
-                  "test_mlflow_server.py": 77, "test_tracking.py": 72, "test_jobserver.py": 52,
-                  "test_train.py": 51, "test_studies.py": 48, "test_stream.py": 48}
-ALONE = ("test_documented_rehearsal_runs_the_real_study_end_to_end",
-         {"shaping_ft": 205, "fusion_lora": 187, "eurosat_lora": 165})
+# Seconds in one process on the 2-core CI machine (2026-12-07) of the slowest test modules. Under
+# pytest-xdist (pyproject's addopts: --dist loadfile) a module's tests go together to one worker
+# (their module fixtures, e.g. one run of a study that several tests check, run once); the
+# slowest modules start first, so that both cores finish together. Modules not named here follow
+# in file order.
+MODULE_SECONDS = {"test_rehearsal.py": 563, "test_workflow.py": 428, "test_default_study.py": 367,
+                  "test_bench.py": 310, "test_ddp.py": 223, "test_resume.py": 107,
+                  "test_fetch_workflow.py": 86, "test_mlflow_server.py": 77,
+                  "test_tracking.py": 72, "test_jobserver.py": 52, "test_train.py": 51,
+                  "test_studies.py": 48, "test_stream.py": 48}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each test's unit of work (:data:`MODULE_SECONDS`, :data:`ALONE`), slowest first."""
-    name, alone = ALONE
-
-    def seconds(item: pytest.Item) -> float:
-        if getattr(item, "originalname", None) == name:
-            return next((s for study, s in alone.items() if f"/{study}.yaml" in item.nodeid), 1)
-        item.add_marker(pytest.mark.xdist_group(item.path.name))
-        return MODULE_SECONDS.get(item.path.name, 0)
-
-    weight = {id(item): seconds(item) for item in items}
-    items.sort(key=lambda item: -weight[id(item)])
+    """The slowest modules first (:data:`MODULE_SECONDS`), each module's tests in file order."""
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, 0))
 
 
 def backbone_cfg(weights: str = "none", **kw: object) -> dict:

@@ -271,7 +271,7 @@ def test_time_series_segmentation_study(done):
         assert (res / "figures" / f"{name}.png").stat().st_size > 1000
     table = (res / "table.tex").read_text()
     assert "mIoU 50\\,\\%" in table and "decoder\\_only, T=3" in table and "synthetic" in table
-    sub = json.loads(next((tmp_path / "data" / "prepared" / "synthetic" / "pastis").glob(
+    sub = json.loads(next((tmp_path / "data" / "ci_pastis" / "prepared" / "synthetic" / "pastis").glob(
         "*.subsets/stratified-f0.5-s0.json")).read_text())
     assert len(sub["class_counts"]) == 19  # pixels per real class, void not counted
     db = sqlite3.connect(tmp_path / "results" / "mlflow.db")
@@ -296,8 +296,8 @@ def test_snakemake_paper_builds_a_section_per_study(done):
     _tex_or_skip()
     studies = {"ci_tiny": TINY, "ci_bigearthnet": ROOT / "config" / ".test" / "bigearthnet.yaml",
                "ci_pastis": ROOT / "config" / ".test" / "pastis.yaml"}
-    for name, cfg in studies.items():  # nothing to do when the tests above ran
-        r = snakemake(done, config=cfg)
+    for name, cfg in studies.items():  # nothing to do: the tests above ran them, each study
+        r = snakemake(done, config=cfg)  # with its own data folder
         assert r.returncode == 0, (name, r.stderr[-3000:])
     missing = snakemake(done, "paper", "--config", "paper={studies: [ci_tiny, nope]}")
     assert missing.returncode != 0
