@@ -15,8 +15,8 @@ of its own with a time limit, under 8 minutes on one H100:
 5. ``rehearsal``: the EuroSAT LoRA study's rehearsal with its training jobs on the GPU
    (``geopeft rehearse config/studies/eurosat_lora.yaml --gpus 1``: bf16 autocast, the CUDA
    memory path, the device claim); its runs table is checked for the device and memory kind.
-6. ``ddp``: ``geopeft train`` under torchrun on NCCL, world size 1 on a one-GPU machine: the
-   NCCL path, not the scaling (``bench/ddp_check.py``).
+6. ``ddp``: ``geopeft train`` under torchrun on NCCL, world size 1 on a one-GPU machine (the
+   NCCL path, not the scaling), then ``geopeft evaluate`` of that run (``bench/ddp_check.py``).
 
 Results: ``OUT/suite.json`` (every part's command, exit status, seconds and results) and
 ``OUT/suite.md`` (the parts' reports). The exit status is 1 when a part failed.
