@@ -10,10 +10,7 @@ set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: bash scripts/gpu/lookalike.sh VENV" >&2; exit 2; }
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 VENV=$1
-# uv: the one `uv run` names in $UV, else uv on PATH, else the README's `python3 -m uv`
-if [ -n "${UV:-}" ] && [ -x "$UV" ]; then UV=("$UV")
-elif command -v uv > /dev/null; then UV=(uv)
-else UV=(python3 -m uv); fi
+source "$REPO/scripts/gpu/uv.sh"
 stamp=$(cat "$REPO/scripts/gpu/machine.txt" "$REPO/uv.lock" "$0" | sha256sum | cut -c1-16)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.lookalike" 2>/dev/null)" = "$stamp" ]; then
   echo "lookalike: $VENV is up to date"; exit 0

@@ -154,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="print the GPU machine's packages that geopeft uses, as requirements "
                          "(for the look-alike environment of the CPU rehearsal)")
     a = ap.parse_args(argv)
-    closure, machine = locked_closure(), machine_packages()
+    machine = machine_packages()
     if a.machine_requirements:
         print("\n".join(machine_requirements(locked_closure(prune=()), machine)))
         return 0
-    need = missing(closure, machine)
+    need = missing(locked_closure(), machine)
     if a.list:
         print("\n".join(f"{n}=={v}" for n, v in need.items()))
         return 0
