@@ -65,8 +65,8 @@ def epoch(store: Path, backbone: dict, batch: int, loaded: object | None,
     by ``workers`` reader processes)."""
     from geopeft.data.dataset import load_split, store_info
     from geopeft.models.classifier import build_classifier
-    from geopeft.models.strategies import apply_strategy
     from geopeft.spec import TrainArgs
+    from geopeft.strategies import apply_strategy
     from geopeft.train.loop import fit
 
     info = store_info(store)

@@ -42,8 +42,8 @@ def build(variant: str, arch: str, size: int, device: torch.device) -> torch.nn.
     from geopeft.data.dataset import StoreInfo
     from geopeft.models.backbones import SplitQKV
     from geopeft.models.classifier import build_classifier
-    from geopeft.models.strategies import apply_strategy
     from geopeft.spec import LoraSpec
+    from geopeft.strategies import apply_strategy
 
     info = StoreInfo(Path("bench"), "eurosat_rgb", [str(i) for i in range(10)],
                      ["B04", "B03", "B02"], 1.0, [0.4] * 3, [0.2] * 3, "bench", (size, size))
@@ -64,7 +64,7 @@ class Trainer:
     """One variant's model, optimiser and step (the training loop's, without its bookkeeping)."""
 
     def __init__(self, variant: str, model: torch.nn.Module, lr: float):
-        from geopeft.models.strategies import count_parameters, param_groups
+        from geopeft.strategies import count_parameters, param_groups
 
         self.variant, self.model = variant, model
         cuda = next(model.parameters()).device.type == "cuda"

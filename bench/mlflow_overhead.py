@@ -29,8 +29,8 @@ import torch
 
 from geopeft.data.dataset import StoreInfo
 from geopeft.models.classifier import build_classifier
-from geopeft.models.strategies import apply_strategy
 from geopeft.spec import LoraSpec
+from geopeft.strategies import apply_strategy
 from geopeft.tracking import RunLogger, init_experiment
 
 

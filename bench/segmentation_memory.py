@@ -29,7 +29,7 @@ def step(length: int, chunk: int, size: int, device: str) -> dict[str, float]:
     from geopeft.data.dataset import StoreInfo
     from geopeft.models.runtime import autocast
     from geopeft.models.segmentation import build_segmenter
-    from geopeft.models.strategies import apply_strategy
+    from geopeft.strategies import apply_strategy
 
     torch.manual_seed(0)
     bands = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]

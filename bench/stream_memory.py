@@ -61,8 +61,8 @@ def epoch(store: Path, stream: bool, workers: int = 0) -> dict:
 
     from geopeft.data.dataset import load_splits, store_info
     from geopeft.models.classifier import build_classifier
-    from geopeft.models.strategies import apply_strategy
     from geopeft.spec import TrainArgs
+    from geopeft.strategies import apply_strategy
     from geopeft.train.loop import fit
 
     info = store_info(store)

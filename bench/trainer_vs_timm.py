@@ -62,7 +62,7 @@ def build(arch: str, size: int, classes: int, device: torch.device) -> torch.nn.
 
     torch.manual_seed(0)
     model = timm.create_model(arch, pretrained=False, num_classes=classes, img_size=size)
-    model.new_modules = lambda: ["head"]  # what geopeft.models.strategies.param_groups reads
+    model.new_modules = lambda: ["head"]  # what geopeft.strategies.param_groups reads
     return model.to(device)
 
 

@@ -43,6 +43,7 @@ def full_spec(spec: dict) -> dict:
     from dataclasses import asdict, fields
 
     from geopeft.spec import LoraSpec, TrainArgs
+    from geopeft.strategies import get as get_strategy
 
     row = dict(spec["row"])
     row.setdefault("name", "r")
@@ -54,7 +55,7 @@ def full_spec(spec: dict) -> dict:
     defaults = {f.name: f.default for f in fields(TrainArgs)
                 if f.name not in ("seed", "threads", "progress")}
     row["train"] = {**defaults, **row.get("train", {})}
-    if row["method"] == "lora":
+    if get_strategy(row["method"]).uses_adapter:
         row["lora"] = asdict(LoraSpec(**(row.get("lora") or {})))
     data = {"dataset": row["dataset"], "bands": ["B04", "B03", "B02"], "source": "synthetic",
             **(spec.get("data") or {})}

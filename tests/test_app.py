@@ -19,7 +19,7 @@ from geopeft.errors import GeopeftError
 from geopeft.evaluate.predict import Predictor
 from geopeft.models.classifier import build_classifier
 from geopeft.models.saved import save_model
-from geopeft.models.strategies import apply_strategy
+from geopeft.strategies import apply_strategy
 
 
 @pytest.fixture(scope="module")

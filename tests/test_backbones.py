@@ -11,9 +11,9 @@ from fileserver import FaultServer
 from geopeft.data.dataset import StoreInfo
 from geopeft.models import backbones
 from geopeft.models.classifier import build_classifier
-from geopeft.models.strategies import apply_strategy, count_parameters, param_groups
 from geopeft.models.weights import WeightsError, hub_cache_path, load_weights
 from geopeft.spec import LoraSpec
+from geopeft.strategies import apply_strategy, count_parameters, param_groups
 
 TINY_SWIN = {"img_size": 32, "window_size": 4, "embed_dim": 24, "depths": (1, 1), "num_heads": (2, 4)}
 MS_BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]

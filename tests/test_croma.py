@@ -25,9 +25,9 @@ from geopeft.data.sources.pastis import BANDS as PASTIS_BANDS
 from geopeft.models import backbones, zoo
 from geopeft.models.classifier import build_classifier, check_input_size, resolve_norm
 from geopeft.models.croma import CROMAOptical, alibi_2d, alibi_slopes, from_publisher, to_publisher
-from geopeft.models.strategies import apply_strategy
 from geopeft.models.weights import Normalization, WeightsError, expected_sha256, load_weights
 from geopeft.spec import ConfigError, LoraSpec
+from geopeft.strategies import apply_strategy
 
 #: PANGAEA-bench's CROMA_OPTICAL_Encoder, 12 bands, 120 px, counted with its own code.
 PANGAEA_PARAMS = {"croma_optical_base": 85_618_944, "croma_optical_large": 303_025_152}

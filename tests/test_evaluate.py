@@ -19,7 +19,7 @@ from geopeft.metrics.segmentation import pixel_confusion
 from geopeft.models.classifier import build_classifier
 from geopeft.models.inference import predict, predict_batches, segmentation_scores
 from geopeft.models.saved import save_model
-from geopeft.models.strategies import apply_strategy
+from geopeft.strategies import apply_strategy
 from geopeft.train.losses import loss_fn
 from geopeft.train.validation import segmentation_val_metrics, val_metrics, validate
 

@@ -13,9 +13,9 @@ from geopeft.models import backbones
 from geopeft.models.build import build_model
 from geopeft.models.fusion import build_fusion
 from geopeft.models.saved import load_model, save_model
-from geopeft.models.strategies import apply_strategy, count_parameters
 from geopeft.models.weights import Normalization
 from geopeft.spec import LoraSpec
+from geopeft.strategies import apply_strategy, count_parameters
 
 BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
 LADDER = {

@@ -19,7 +19,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "geopeft"
 #: evaluate do not import each other).
 LAYERS: list[set[str]] = [
     {"errors"},                     # the base of geopeft's one-line errors
-    {"io", "bands", "gpus", "jobserver"},  # files, band names, GPU claims, the job server
+    {"io", "bands", "gpus", "jobserver", "strategies"},  # files, band names, GPU claims, the job
+    # server; the fine-tuning strategies and peft methods
     {"spec", "metrics", "tracking"},  # the typed job spec; numpy metrics; MLflow
     {"data"},                       # sources, synthetic world, zarr store, splits
     {"models"},                     # zoo, backbones, heads, build, saved model, inference

@@ -10,9 +10,9 @@ from geopeft.data.dataset import StoreInfo
 from geopeft.models.backbones import SplitQKV, create_model, split_qkv
 from geopeft.models.classifier import build_classifier
 from geopeft.models.saved import load_model, save_model
-from geopeft.models.strategies import apply_strategy, count_parameters
 from geopeft.models.weights import WeightsError, adapt_patch_embed, load_weights
 from geopeft.spec import LoraSpec
+from geopeft.strategies import apply_strategy, count_parameters
 
 BANDS = ["B04", "B03", "B02"]
 
@@ -182,7 +182,7 @@ def _train_a_bit(m, steps=3):
     return m.eval()
 
 
-@pytest.mark.parametrize("method", ["lora", "linear", "full"])
+@pytest.mark.parametrize("method", ["lora", "linear", "full", "bitfit"])
 def test_save_load_identical_outputs(method, tmp_path, monkeypatch, rgb_store):
     monkeypatch.chdir(tmp_path)
     from geopeft.data.dataset import store_info
@@ -312,7 +312,7 @@ def test_normalisation_matches_pretrained_weights_and_applied_once(tmp_path):
 
 
 def test_e2e_encoder_learning_rate_factor():
-    from geopeft.models.strategies import param_groups
+    from geopeft.strategies import param_groups
 
     m = model("e2e")
     assert trainable(m) == {n for n, _ in m.named_parameters()}

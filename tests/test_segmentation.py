@@ -9,8 +9,8 @@ from geopeft.data.dataset import StoreInfo
 from geopeft.data.subsets import class_presence, label_fraction_subset
 from geopeft.metrics.segmentation import pixel_confusion, segmentation_metrics
 from geopeft.models.segmentation import build_segmenter
-from geopeft.models.strategies import apply_strategy
 from geopeft.spec import LoraSpec
+from geopeft.strategies import apply_strategy
 
 PASTIS_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
 

@@ -18,8 +18,8 @@ from geopeft.data.dataset import load_split, load_splits, store_info
 from geopeft.data.sources import DataError
 from geopeft.data.stream import StoreImages, chunk_order, stream_decision
 from geopeft.models.classifier import build_classifier
-from geopeft.models.strategies import apply_strategy
 from geopeft.spec import LoraSpec, Temporal, TrainArgs
+from geopeft.strategies import apply_strategy
 from geopeft.train.loop import fit
 from geopeft.train.resume import Checkpointer, Preempted
 

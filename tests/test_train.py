@@ -5,8 +5,8 @@ from conftest import backbone_cfg
 
 from geopeft.data.dataset import load_split, store_info
 from geopeft.models.classifier import build_classifier
-from geopeft.models.strategies import apply_strategy
 from geopeft.spec import LoraSpec, TrainArgs
+from geopeft.strategies import apply_strategy
 from geopeft.train.loop import augment, fit, warmup_cosine
 
 

@@ -17,6 +17,7 @@ import yaml
 from geopeft.data.sources import REGISTRY as SOURCES
 from geopeft.models.zoo import check_name, entry_for
 from geopeft.spec import TRAIN_KEYS, ConfigError, JobSpec
+from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 
 # What the study may use of each dataset, asked of its source (geopeft.data.sources).
 #: Datasets a study may train on (the schema's ``dataset`` enum, checked by tests/test_spec.py).
@@ -143,9 +144,10 @@ def _check_strategies(cfg: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: strategies.{key}.segmentation.model: U-TAE segments "
                               f"image time series ({', '.join(TIME_SERIES_DATASETS)}); the study's "
                               f"datasets are images")
-        if not uses_backbone(strat) and strat["strategy"] not in ("full", "scratch"):
+        if not uses_backbone(strat) and not STRATEGY_REGISTRY[strat["strategy"]].without_encoder:
+            allowed = " or ".join(n for n, s in STRATEGY_REGISTRY.items() if s.without_encoder)
             raise ConfigError(f"{source}: strategies.{key}.strategy: U-TAE is trained from scratch "
-                              f"(strategy full or scratch), not {strat['strategy']!r}")
+                              f"(strategy {allowed}), not {strat['strategy']!r}")
         fusion = strat.get("fusion")
         if fusion is not None and fusion["glf"] and not fusion["caf"]:
             raise ConfigError(f"{source}: strategies.{key}.fusion.glf: gated late fusion mixes the "
@@ -452,8 +454,8 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Expand the grid and explicit rows into resolved run configurations, one per job.
 
     Each row holds everything a training job needs: ``name``, ``dataset``, ``strategy`` (the
-    key), ``method`` (full/lora/linear/e2e/scratch), ``label_fraction``, ``seed``, ``train``
-    (defaults <- strategy <- row overrides), ``lora`` for LoRA rows, ``fusion`` for
+    key), ``method`` (a strategy of :data:`geopeft.strategies.REGISTRY`), ``label_fraction``,
+    ``seed``, ``train`` (defaults <- strategy <- row overrides), ``lora`` for LoRA rows, ``fusion`` for
     Fusion-LoRA rows, ``backbone`` when the strategy names its own encoder, and for time-series
     datasets ``sequence_length``, ``temporal`` (length, the study's ladder of lengths, pad rule,
     reference date) and ``segmentation`` (the model). With several datasets in ``grid.dataset``,
@@ -490,8 +492,9 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         length = int(r.get("sequence_length") or temporal["length"])
         train = {k: v for k, v in cfg["train"].items()}
         train.update({k: strat[k] for k in TRAIN_KEYS if k in strat})
-        if strat["strategy"] == "e2e":
-            train["encoder_lr_factor"] = strat.get("encoder_lr_factor", 0.1)
+        strategy = STRATEGY_REGISTRY[strat["strategy"]]
+        if strategy.encoder_lr_factor is not None:
+            train["encoder_lr_factor"] = strat.get("encoder_lr_factor", strategy.encoder_lr_factor)
         train.update({k: r[k] for k in TRAIN_KEYS if k in r})
         t = f"-t{length}" if series else ""
         row = {
@@ -503,7 +506,7 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             "seed": seed,
             "train": train,
         }
-        if strat["strategy"] == "lora":
+        if strategy.uses_adapter:
             row["lora"] = dict(strat["lora"])
         if strat.get("fusion") is not None:
             row["fusion"] = dict(strat["fusion"])

@@ -38,6 +38,7 @@ from typing import Any
 from geopeft import config as study_config
 from geopeft.io import atomic_dir
 from geopeft.spec import ConfigError
+from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 
 log = logging.getLogger(__name__)
 #: Bump when fixtures change: older ones in the folder are made again.
@@ -197,7 +198,8 @@ def study_needs(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     weights = set()
     for row in study_config.study_rows(cfg):
         bb = study_config.row_backbone(cfg, row)
-        if bb is not None and row["method"] != "scratch" and bb["weights"].startswith(("timm:", "url:")):
+        if (bb is not None and STRATEGY_REGISTRY[row["method"]].loads_weights
+                and bb["weights"].startswith(("timm:", "url:"))):
             weights.add(bb["weights"])
     return datasets, sorted(weights)
 

@@ -21,19 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from geopeft.errors import GeopeftError
+from geopeft.errors import ConfigError
+from geopeft.strategies import PEFT_METHODS, STRATEGIES, LoraSpec, Strategy
+from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
+from geopeft.strategies import get as get_strategy
 
-#: What trains: every weight, adapters, the new modules only, end to end with a slower
-#: encoder, or every weight from a random initialisation (:mod:`geopeft.models.strategies`).
-STRATEGIES = ("full", "lora", "linear", "e2e", "scratch")
-#: HF peft methods of ``strategy: lora`` rows.
-PEFT_METHODS = ("lora", "dora", "loha", "lokr")
 #: Training settings a strategy or a row may override.
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment", "loss")
-
-
-class ConfigError(GeopeftError, ValueError):
-    """The configuration (or a study row) is invalid; the message names file, key and value."""
 
 
 def _take(cls: Any, d: dict[str, Any], where: str, optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -110,29 +104,6 @@ _EXECUTION_TRAIN_KEYS = ("compile", "channels_last", "workers")
 
 
 @dataclass(frozen=True)
-class LoraSpec:
-    """The adapter of a ``lora`` row."""
-
-    method: str = "lora"
-    """The peft method: one of :data:`PEFT_METHODS`."""
-    r: int = 8
-    """Rank of the adapter."""
-    alpha: float = 16
-    """Scaling numerator (LoRA scales the update by alpha / r)."""
-    dropout: float = 0.1
-    """Dropout on the adapter's input (rank dropout for LoHa and LoKr)."""
-    target_modules: tuple[str, ...] | None = None
-    """Encoder module name suffixes to adapt (None: the backbone's declared targets)."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "lora") -> LoraSpec:
-        """The adapter of a resolved ``lora`` mapping (every key present)."""
-        v = _take(cls, d, where)
-        t = v["target_modules"]
-        return cls(**{**v, "target_modules": tuple(t) if t is not None else None})
-
-
-@dataclass(frozen=True)
 class Temporal:
     """How a time-series row cuts its series (:func:`geopeft.data.temporal.temporal_indices`)."""
 
@@ -200,15 +171,21 @@ class RowSpec:
         v = _take(cls, d, where, optional)
         _take(TrainArgs, v["train"], f"{where}.train",  # every setting there
               _JOB_TRAIN_KEYS + _EXECUTION_TRAIN_KEYS)
-        if v["method"] not in STRATEGIES:
-            raise ConfigError(f"{where}.method: {v['method']!r} is not one of {STRATEGIES}")
-        if v["method"] == "lora":
+        if v["method"] not in STRATEGY_REGISTRY:
+            raise ConfigError(f"{where}.method: {v['method']!r} is not one of "
+                              f"{tuple(STRATEGY_REGISTRY)}")
+        if get_strategy(v["method"]).uses_adapter:
             v["lora"] = LoraSpec.from_dict(d.get("lora") or {}, f"{where}.lora")
         else:
             v.pop("lora", None)
         if v.get("temporal") is not None:
             v["temporal"] = Temporal.from_dict(v["temporal"], f"{where}.temporal")
         return cls(**v)
+
+    @property
+    def strategy_object(self) -> Strategy:
+        """The :class:`~geopeft.strategies.Strategy` of :attr:`method`."""
+        return get_strategy(self.method)
 
     def train_args(self, threads: int) -> TrainArgs:
         """The training settings (every one checked at :meth:`from_dict`) with the row's seed and
@@ -271,7 +248,9 @@ class JobSpec(_Job):
         initialisation); None for U-TAE (no encoder)."""
         if self.backbone is None:
             return None
-        return dict(self.backbone, weights="none") if self.row.method == "scratch" else self.backbone
+        if not self.row.strategy_object.loads_weights:
+            return dict(self.backbone, weights="none")
+        return self.backbone
 
     def train_args(self) -> TrainArgs:
         """The row's training settings with its seed and the job's threads."""
@@ -283,12 +262,7 @@ class JobSpec(_Job):
         full fine-tuning), so MLflow's tables and comparison plots line up row by row. The whole
         spec is the run's ``config.json`` artifact."""
         row, train, enc = self.row, self.row.train, self.encoder
-        if row.lora is not None:
-            targets = ",".join(row.lora.target_modules) if row.lora.target_modules else "default"
-            adapter = (f"{row.lora.method} r {row.lora.r} alpha {row.lora.alpha:g} "
-                       f"dropout {row.lora.dropout:g} on {targets}")
-        else:
-            adapter = "none"
+        adapter = row.strategy_object.words(row.lora) if row.lora is not None else "none"
         if row.fusion:
             adapter += " + fusion " + " ".join(f"{k} {v}" for k, v in sorted(row.fusion.items()))
         model = ((row.segmentation or {}).get("model", "upernet_ltae")

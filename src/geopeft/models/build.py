@@ -13,8 +13,8 @@ from geopeft.models.backbones import resolve
 from geopeft.models.classifier import build_classifier
 from geopeft.models.fusion import build_fusion
 from geopeft.models.segmentation import build_segmenter
-from geopeft.models.strategies import apply_strategy
 from geopeft.spec import ConfigError, JobSpec
+from geopeft.strategies import apply_strategy
 
 
 def num_outputs(info: StoreInfo) -> int:

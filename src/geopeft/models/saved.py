@@ -73,8 +73,7 @@ def save_model(model: nn.Module, out: Path, record: dict[str, Any]) -> None:
     with atomic_dir(out) as tmp:
         save_file(trainable_state(model, record["model"]["weights"]),
                   str(tmp / "trainable.safetensors"))
-        if spec.row.method == "lora":
-            model.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
+        spec.row.strategy_object.save(model, tmp)
         write_json(tmp / "run.json", record)
 
 

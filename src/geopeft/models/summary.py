@@ -15,6 +15,8 @@ from typing import Any
 from geopeft.io import canonical_json
 from geopeft.models.zoo import resolve
 from geopeft.spec import JobSpec
+from geopeft.strategies import LoraSpec
+from geopeft.strategies import get as get_strategy
 
 
 @functools.lru_cache(maxsize=32)
@@ -60,7 +62,7 @@ def describe_spec(spec: JobSpec) -> dict[str, Any]:
         out["weights"] = "none (U-TAE, trained from scratch)"
         return out
     r = resolve(spec.encoder)
-    weights = "none (from scratch)" if row.method == "scratch" else r["weights"]
+    weights = r["weights"] if row.strategy_object.loads_weights else "none (from scratch)"
     n_in = 3 if row.fusion is not None else len(spec.data.bands)
     struct = _structure(canonical_json({k: bb[k] for k in ("name", "kwargs") if k in bb}), n_in)
     out["backbone"] = {"name": bb["name"], **struct, "input_size": r["input_size"] or struct["img_size"]}
@@ -84,11 +86,10 @@ def format_row(d: dict[str, Any]) -> str:
     if d["lora"]:
         lo = d["lora"]
         targets = lo.get("target_modules") or (bb or {}).get("lora_targets")
-        parts.append(f"{lo['method']} r {lo['r']} alpha {lo['alpha']:g} dropout "
-                     f"{lo['dropout']:g} on {','.join(targets or [])}")
+        parts.append(get_strategy(d["method"]).words(LoraSpec(**lo), targets))
     if d["fusion"]:
         parts.append("fusion " + " ".join(f"{k}={v}" for k, v in sorted(d["fusion"].items())))
-    if d["encoder_lr_factor"] and d["method"] == "e2e":
+    if d["encoder_lr_factor"] != 1.0:
         parts.append(f"encoder lr x{d['encoder_lr_factor']:g}")
     seq = f", T {d['sequence_length']}" if d["sequence_length"] else ""
     return (f"  {d['name']}: {model}\n"

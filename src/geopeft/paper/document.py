@@ -29,6 +29,11 @@ from geopeft.paper.figures import (
     seeds_phrase,
 )
 from geopeft.paper.tables import tex_escape
+from geopeft.strategies import LoraSpec
+from geopeft.strategies import get as get_strategy
+
+#: The adapter settings a saved run's spec may hold.
+LORA_KEYS = frozenset(LoraSpec.__dataclass_fields__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 #: What to install when no TeX engine is found.
@@ -94,10 +99,10 @@ def _setup(df: Any, results: Path) -> str:
     strategies = []
     for s in dict.fromkeys(df["strategy"]):
         row = next(sp["row"] for r, sp in specs.items() if df.set_index("run").loc[r, "strategy"] == s)
-        words = row["method"]
-        if row.get("lora"):
-            lo = row["lora"]
-            words = f"{lo.get('method', 'lora')} r {lo['r']}, alpha {lo['alpha']}"
+        # runs saved before a setting existed have its default
+        lora = LoraSpec(**{k: v for k, v in row["lora"].items() if k in LORA_KEYS}) \
+            if row.get("lora") else None
+        words = get_strategy(row["method"]).words(lora)
         t = row["train"]
         strategies.append(f"{tex_escape(s)} ({tex_escape(words)}; {t['epochs']} epochs, batch "
                           f"{t['batch_size']}, lr {t['lr']:g})")

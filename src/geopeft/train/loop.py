@@ -42,8 +42,8 @@ from geopeft.models.runtime import (
     training_tensors_mb,
 )
 from geopeft.models.saved import trained_tensors
-from geopeft.models.strategies import param_groups
 from geopeft.spec import TrainArgs
+from geopeft.strategies import param_groups
 from geopeft.train.distributed import any_rank, dist_info, step_seed, sum_over_ranks, sync_gradients
 from geopeft.train.losses import class_weights, loss_fn
 from geopeft.train.resume import (

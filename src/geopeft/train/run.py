@@ -19,9 +19,9 @@ from geopeft.models.build import build_model
 from geopeft.models.classifier import build_classifier
 from geopeft.models.runtime import seed_everything
 from geopeft.models.saved import save_model
-from geopeft.models.strategies import count_parameters
 from geopeft.models.weights import sha256_file
 from geopeft.spec import DataSpec, JobSpec, PretrainSpec
+from geopeft.strategies import count_parameters
 from geopeft.tracking import NOTE_TAG, RunLogger, git_commit, store_name
 from geopeft.train.distributed import dist_info
 from geopeft.train.loop import fit

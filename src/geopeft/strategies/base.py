@@ -1,0 +1,159 @@
+"""The :class:`Strategy` object, its registry, and the parameter helpers every strategy uses.
+
+A model a strategy prepares has ``new_modules()``: the qualified names of the modules created
+for the task (head, fusion blocks), which train under every strategy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from geopeft.strategies.peft import LoraSpec
+
+#: The attribute of a prepared model that names its head-rate parameters (see
+#: :meth:`Strategy.added_parameters`).
+_HEAD_ATTR = "geopeft_head_parameters"
+
+
+def new_module_names(model: nn.Module) -> list[str]:
+    """Qualified names of the modules created for the task (head, fusion blocks).
+
+    peft selects ``modules_to_save`` by name suffix, so each name must not also end another
+    module's name (``norm`` would catch the encoder's ``encoder.norm``): checked here.
+    """
+    names = list(model.new_modules())  # type: ignore[operator]
+    if not names:
+        raise ValueError("the model has no head module")
+    for n in names:
+        clash = [k for k, _ in model.named_modules() if k != n and k.endswith(n)]
+        if clash:
+            raise ValueError(f"new module {n!r} would also select {clash[:3]} as a module to save")
+    return names
+
+
+def is_new(name: str, new: list[str]) -> bool:
+    """Whether the parameter or module ``name`` belongs to one of the new modules ``new``."""
+    return any(name == m or name.startswith(m + ".") for m in new)
+
+
+def encoder_targets(model: nn.Module, suffixes: list[str]) -> list[str]:
+    """Full names of the encoder's linear layers whose names end in one of ``suffixes``.
+
+    Args:
+        model: the model (its new modules are never targets).
+        suffixes: module name suffixes, e.g. q, k, v.
+    """
+    from torch import nn
+
+    new = new_module_names(model)
+    out = [name for name, mod in model.named_modules()
+           if isinstance(mod, nn.Linear) and not is_new(name, new)
+           and any(name == s or name.endswith("." + s) for s in suffixes)]
+    if not out:
+        raise ValueError(f"lora.target_modules {suffixes}: no linear layer of the encoder matches")
+    return out
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; peft's saved copies of new modules count once."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for n, p in model.named_parameters() if ".original_module." not in n)
+    return trainable, total
+
+
+class Strategy:
+    """What trains, and everything that follows from it.
+
+    Subclasses set the class attributes and override :meth:`mark` (and, for strategies that
+    wrap the model, :meth:`prepare`); one instance of each is registered with :func:`register`.
+    """
+
+    name: ClassVar[str]
+    """The value of ``strategies.<key>.strategy`` that selects it."""
+    summary: ClassVar[str]
+    """What trains, in words (the schema's description, the docs)."""
+    loads_weights: ClassVar[bool] = True
+    """Whether the encoder starts from the backbone's weights (``scratch``: a random
+    initialisation)."""
+    without_encoder: ClassVar[bool] = False
+    """Whether it applies to a model without an encoder (U-TAE, trained from scratch): only
+    strategies that train every weight."""
+    encoder_lr_factor: ClassVar[float | None] = None
+    """The encoder learning-rate factor its rows get unless the strategy sets
+    ``encoder_lr_factor`` (None: the study's ``train.encoder_lr_factor``)."""
+    uses_adapter: ClassVar[bool] = False
+    """Whether its rows carry adapter settings (``lora``), saved with the model as a peft
+    adapter."""
+
+    def mark(self, model: nn.Module, new: list[str]) -> None:
+        """Set ``requires_grad`` of every parameter of ``model``; ``new``: its new modules."""
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, lora: LoraSpec | None = None,
+                default_targets: list[str] | None = None) -> nn.Module:
+        """The model to train: parameters marked (:meth:`mark`) and the head-rate parameters
+        recorded for :func:`~geopeft.strategies.param_groups`.
+
+        Args:
+            model: the model with its new modules (``new_modules()``).
+            lora: the adapter settings (adapter strategies).
+            default_targets: the backbone's declared adapter targets.
+        """
+        new = new_module_names(model)
+        self.mark(model, new)
+        self.record(model, {n for n, _ in model.named_parameters() if is_new(n, new)})
+        return model
+
+    @staticmethod
+    def record(model: nn.Module, names: set[str]) -> None:
+        """Remember which parameters of ``model`` learn at the head's rate."""
+        object.__setattr__(model, _HEAD_ATTR, frozenset(names))
+
+    @staticmethod
+    def added_parameters(model: nn.Module) -> frozenset[str]:
+        """The parameters of a prepared model that learn at the head's rate: its new modules'
+        and those the strategy added (adapters); for a model no strategy prepared, its new
+        modules'."""
+        names = getattr(model, _HEAD_ATTR, None)
+        if names is None:
+            new = new_module_names(model)
+            names = frozenset(n for n, _ in model.named_parameters() if is_new(n, new))
+        return names
+
+    def words(self, lora: LoraSpec | None = None, targets: list[str] | None = None) -> str:
+        """The strategy of a row in words (summary, paper, MLflow): its name, and for an
+        adapter strategy the adapter."""
+        return self.name
+
+    def save(self, model: nn.Module, folder: Any) -> None:
+        """Write what the saved model needs beyond its trained tensors into ``folder``."""
+
+    def __repr__(self) -> str:
+        return f"<strategy {self.name}>"
+
+
+#: The strategies, by name, in the order they were registered.
+REGISTRY: dict[str, Strategy] = {}
+
+
+def register(strategy: Strategy) -> Strategy:
+    """Add ``strategy`` to :data:`REGISTRY` under its name (a name is registered once)."""
+    if strategy.name in REGISTRY:
+        raise ValueError(f"strategy {strategy.name!r} is registered twice")
+    REGISTRY[strategy.name] = strategy
+    return strategy
+
+
+def get(name: str) -> Strategy:
+    """The strategy called ``name``.
+
+    Raises:
+        ValueError: no strategy has that name (the message lists them).
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"strategy {name!r} is not one of {tuple(REGISTRY)}") from None

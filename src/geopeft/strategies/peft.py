@@ -1,0 +1,107 @@
+"""The HF peft methods of adapter rows (``lora.method``), one entry each, and their settings.
+
+Adding a method is one :class:`PeftMethod` in :data:`PEFT_REGISTRY`: its name and the peft
+config it builds from the row's :class:`LoraSpec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from geopeft.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The adapter of a ``lora`` row."""
+
+    method: str = "lora"
+    """The peft method: one of :data:`PEFT_REGISTRY`."""
+    r: int = 8
+    """Rank of the adapter."""
+    alpha: float = 16
+    """Scaling numerator (LoRA scales the update by alpha / r)."""
+    dropout: float = 0.1
+    """Dropout on the adapter's input (rank dropout for LoHa and LoKr)."""
+    target_modules: tuple[str, ...] | None = None
+    """Encoder module name suffixes to adapt (None: the backbone's declared targets)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "lora") -> LoraSpec:
+        """The adapter of a resolved ``lora`` mapping (every key present).
+
+        Raises:
+            ConfigError: a key is missing (named with ``where``).
+        """
+        missing = [f.name for f in fields(cls) if f.name not in d]
+        if missing:
+            raise ConfigError(f"{where}: missing {', '.join(missing)}")
+        t = d["target_modules"]
+        return cls(**{**{f.name: d[f.name] for f in fields(cls)},
+                      "target_modules": tuple(t) if t is not None else None})
+
+
+@dataclass(frozen=True)
+class PeftMethod:
+    """One peft method."""
+
+    name: str
+    """The value of ``lora.method`` that selects it."""
+    summary: str
+    """The method in words."""
+    config: Callable[[LoraSpec, dict[str, Any]], Any]
+    """Its peft config from the adapter's settings and the common keywords (``r``,
+    ``target_modules``, ``modules_to_save``)."""
+
+
+def _lora(lora: LoraSpec, common: dict[str, Any]) -> Any:
+    import peft
+
+    return peft.LoraConfig(lora_alpha=float(lora.alpha), lora_dropout=float(lora.dropout),
+                           bias="none", use_dora=lora.method == "dora", **common)
+
+
+def _loha(lora: LoraSpec, common: dict[str, Any]) -> Any:
+    import peft
+
+    return peft.LoHaConfig(alpha=float(lora.alpha), rank_dropout=float(lora.dropout), **common)
+
+
+def _lokr(lora: LoraSpec, common: dict[str, Any]) -> Any:
+    import peft
+
+    return peft.LoKrConfig(alpha=float(lora.alpha), rank_dropout=float(lora.dropout), **common)
+
+
+#: The peft methods, by name.
+PEFT_REGISTRY: dict[str, PeftMethod] = {m.name: m for m in (
+    PeftMethod("lora", "low-rank adaptation (Hu et al. 2022)", _lora),
+    PeftMethod("dora", "weight-decomposed low-rank adaptation (Liu et al. 2024)", _lora),
+    PeftMethod("loha", "low-rank Hadamard product (Hyeon-Woo et al. 2022)", _loha),
+    PeftMethod("lokr", "low-rank Kronecker product (Edalati et al. 2022)", _lokr),
+)}
+
+
+def peft_config(lora: LoraSpec, targets: list[str], modules_to_save: list[str]) -> Any:
+    """The peft config of ``lora.method``.
+
+    Args:
+        lora: the adapter's settings.
+        targets: full names of the encoder's modules to adapt.
+        modules_to_save: the new modules (trained and saved with the adapter).
+    """
+    method = PEFT_REGISTRY.get(lora.method)
+    if method is None:
+        raise ValueError(f"lora.method: {lora.method!r} is not one of {tuple(PEFT_REGISTRY)}")
+    common = {"r": int(lora.r), "target_modules": targets, "modules_to_save": modules_to_save}
+    return method.config(lora, common)
+
+
+def adapter_words(lora: LoraSpec, targets: list[str] | tuple[str, ...] | None = None) -> str:
+    """The adapter in words: method, rank, alpha, dropout and target modules (``targets``, else
+    the row's, else ``default``: the backbone's declared ones)."""
+    on = targets or lora.target_modules
+    where = ",".join(on) if on else "default"
+    return f"{lora.method} r {lora.r} alpha {lora.alpha:g} dropout {lora.dropout:g} on {where}"

@@ -1,0 +1,172 @@
+"""The strategy registry (geopeft.strategies): each strategy is one object that every part of
+geopeft asks, and BitFit arrived as one such object."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import backbone_cfg
+
+from geopeft import config as gcfg
+from geopeft.data.dataset import StoreInfo
+from geopeft.models.classifier import build_classifier
+from geopeft.spec import ConfigError, LoraSpec
+from geopeft.strategies import (
+    PEFT_METHODS,
+    REGISTRY,
+    STRATEGIES,
+    Strategy,
+    apply_strategy,
+    count_parameters,
+    get,
+    param_groups,
+    register,
+)
+from geopeft.strategies.builtin import is_bias
+
+
+def _store(n_classes: int = 4) -> StoreInfo:
+    return StoreInfo(Path("x"), "eurosat_rgb", [f"c{i}" for i in range(n_classes)],
+                     ["B04", "B03", "B02"], 1 / 255, [100.0] * 3, [50.0] * 3, "f" * 64)
+
+
+def _model(method: str, lora: LoraSpec | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m, _ = build_classifier(backbone_cfg(), _store(), 4)
+    return apply_strategy(m, method, lora)
+
+
+def test_the_registry_holds_the_strategies_in_the_schemas_order():
+    assert STRATEGIES == ("full", "lora", "linear", "e2e", "scratch", "bitfit")
+    assert PEFT_METHODS == ("lora", "dora", "loha", "lokr")
+    assert [n for n, s in REGISTRY.items() if not s.loads_weights] == ["scratch"]
+    assert [n for n, s in REGISTRY.items() if s.without_encoder] == ["full", "scratch"]
+    assert {n: s.encoder_lr_factor for n, s in REGISTRY.items() if s.encoder_lr_factor} == {"e2e": 0.1}
+    assert [n for n, s in REGISTRY.items() if s.uses_adapter] == ["lora"]
+    with pytest.raises(ValueError, match=r"strategy 'prompt' is not one of \('full'"):
+        get("prompt")
+    with pytest.raises(ValueError, match="registered twice"):
+        register(REGISTRY["full"])
+
+
+def test_bias_terms_are_named_bias_or_something_bias():
+    assert is_bias("blocks.0.attn.qkv.bias") and is_bias("layers.0.blocks.1.attn.q_bias")
+    assert not is_bias("layers.0.blocks.0.attn.relative_position_bias_table")
+    assert not is_bias("blocks.0.norm1.weight") and not is_bias("bias_table")
+
+
+def test_bitfit_trains_the_bias_terms_and_the_head_only():
+    m = _model("bitfit")
+    names = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert names == {n for n, _ in m.named_parameters()
+                     if n.endswith(".bias") or n.startswith("backbone.head.")}
+    assert "backbone.head.weight" in names and "backbone.blocks.0.attn.qkv.q.bias" in names
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    opt = torch.optim.AdamW(param_groups(m, 1e-2), lr=1e-2)
+    x = torch.rand(8, 3, 32, 32) * 255
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(m(x), torch.arange(8) % 4)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == names  # every bias and the head moved; nothing else did
+
+
+def test_bitfit_on_vit_b16_trains_0_11_million_parameters():
+    """ViT-B/16 (timm vit_base_patch16_224) with a 10-class head: the bias terms of the patch
+    embedding, of 12 blocks (two LayerNorms, qkv, the attention projection, two MLP layers) and
+    of the final LayerNorm, plus the head: 110,602 of 85.8 M (BitFit's 0.1 M on ViT-B, e.g.
+    the VTAB tables of Jia et al. 2022, counts the encoder's bias terms: 102,912 here)."""
+    bb = {"name": "vit_base_patch16_224", "kwargs": {}, "weights": "none", "sha256": None,
+          "input_size": None, "normalize": "auto"}
+    with torch.device("meta"):
+        m, _ = build_classifier(bb, _store(10), 10)
+    m = apply_strategy(m, "bitfit")
+    per_block = 768 + (3 * 768) + 768 + 768 + 3072 + 768  # norm1, qkv, proj, norm2, fc1, fc2
+    encoder_biases = 768 + 12 * per_block + 768
+    head = 768 * 10 + 10
+    trainable, total = count_parameters(m)
+    assert encoder_biases == 102_912
+    assert trainable == encoder_biases + head == 110_602
+    assert total == 85_806_346
+
+
+def test_param_groups_put_adapters_and_new_modules_at_the_heads_rate():
+    """What the strategy added is recorded when it prepares the model, not guessed from names:
+    the groups are those of the names peft gives its adapters (lora_, hada_, lokr_)."""
+    for method in PEFT_METHODS:
+        m = _model("lora", LoraSpec(method=method, r=2, alpha=4, dropout=0.0))
+        groups = param_groups(m, 1e-3, 0.1)
+        head = {id(p) for g in groups[:1] for p in g["params"]}
+        by_name = {id(p) for n, p in m.named_parameters() if p.requires_grad and (
+            ".modules_to_save." in n or "lora_" in n or "hada_" in n or "lokr_" in n)}
+        assert head == by_name and len(groups) == 1, method  # nothing of the encoder trains
+    m = _model("bitfit")
+    groups = param_groups(m, 1e-3, 0.1)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in m.backbone.head.parameters()}
+    assert all(p.ndim == 1 for p in groups[1]["params"])  # the encoder's bias terms
+    assert len(param_groups(m, 1e-3, 1.0)) == 1
+
+
+def test_every_site_asks_the_strategy_object():
+    """A strategy registered at run time is at once a study's strategy: it resolves, its rows
+    get its encoder learning-rate factor, the spec loads (or not) its weights, and U-TAE's
+    check and the words follow its attributes."""
+
+    class Probe(Strategy):
+        name = "probe_test"
+        summary = "the head only, the encoder at a slower rate"
+        encoder_lr_factor = 0.5
+        loads_weights = False
+
+        def mark(self, model, new):
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith(tuple(new)))
+
+    register(Probe())
+    try:
+        cfg = {"study": "s", "data": {"dataset": "eurosat_rgb", "bands": ["B04", "B03", "B02"]},
+               "backbone": {"name": "vit_tiny_patch16_224"},
+               "strategies": {"p": {"strategy": "probe_test"}}, "grid": {"strategy": ["p"]}}
+        import copy
+
+        from geopeft.config import load_schema
+
+        schema = load_schema()
+        schema["$defs"]["strategy"]["properties"]["strategy"]["enum"].append("probe_test")
+        real = gcfg.load_schema
+        gcfg.load_schema = lambda name="config.schema.yaml": schema
+        try:
+            resolved = gcfg.validate(copy.deepcopy(cfg))
+        finally:
+            gcfg.load_schema = real
+        (spec,) = gcfg.job_specs(resolved)
+        assert spec.row.method == "probe_test" and spec.row.lora is None
+        assert spec.row.train["encoder_lr_factor"] == 0.5
+        assert spec.encoder["weights"] == "none"
+        assert spec.tracked_params()["adapter"] == "none"
+        m = _model("probe_test")
+        assert {n for n, p in m.named_parameters() if p.requires_grad} == {
+            "backbone.head.weight", "backbone.head.bias"}
+    finally:
+        del REGISTRY["probe_test"]
+
+
+def test_u_tae_takes_the_strategies_that_train_every_weight():
+    cfg = gcfg.read_yaml("config/.test/pastis.yaml")
+    key = next(k for k, s in cfg["strategies"].items()
+               if (s.get("segmentation") or {}).get("model") == "utae")
+    cfg["strategies"][key]["strategy"] = "bitfit"
+    with pytest.raises(ConfigError, match=rf"strategies\.{key}\.strategy: U-TAE is trained from "
+                                          r"scratch \(strategy full or scratch\), not 'bitfit'"):
+        gcfg.validate(cfg, "pastis.yaml")
+
+
+def test_the_adapter_in_words_is_written_once():
+    lora = LoraSpec(method="dora", r=4, alpha=8, dropout=0.05)
+    words = "dora r 4 alpha 8 dropout 0.05 on default"
+    assert get("lora").words(lora) == words
+    assert get("lora").words(lora, ["q", "v"]) == words.replace("default", "q,v")
+    assert get("bitfit").words() == "bitfit"
