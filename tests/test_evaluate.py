@@ -13,13 +13,14 @@ from conftest import backbone_cfg, full_spec
 
 from geopeft.data.dataset import Split, load_split, store_info
 from geopeft.evaluate.predict import Predictor, parse_dates
-from geopeft.evaluate.run import confusion_csv, evaluate, multilabel_confusion_csv
+from geopeft.evaluate.run import evaluate
 from geopeft.io import read_json
 from geopeft.metrics.segmentation import pixel_confusion
 from geopeft.models.classifier import build_classifier
 from geopeft.models.inference import predict, predict_batches, segmentation_scores
 from geopeft.models.saved import save_model
 from geopeft.strategies import apply_strategy
+from geopeft.tasks import confusion_csv, multilabel_confusion_csv
 from geopeft.train.losses import loss_fn
 from geopeft.train.validation import segmentation_val_metrics, val_metrics, validate
 

@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"io", "bands", "gpus", "jobserver", "strategies"},  # files, band names, GPU claims, the job
     # server; the fine-tuning strategies and peft methods
     {"spec", "metrics", "tracking"},  # the typed job spec; numpy metrics; MLflow
+    {"tasks"},                      # the learning tasks: scores, metrics, tables, predictions
     {"data"},                       # sources, synthetic world, zarr store, splits
     {"models"},                     # zoo, backbones, heads, build, saved model, inference
     {"config", "train", "evaluate"},  # the study's resolution; training; evaluation
@@ -143,11 +144,12 @@ def test_the_checks_catch_an_upward_import_and_a_cycle():
         "geopeft.train.ok": "from geopeft.data import x\nfrom geopeft.io import atomic_dir\n",
     }
     g = graph(sources)
-    assert upward(g) == ["geopeft.models.a (layer 4) -> geopeft.train.loop (layer 5)"]
+    models, train = RANK["models"], RANK["train"]
+    assert upward(g) == [f"geopeft.models.a (layer {models}) -> geopeft.train.loop (layer {train})"]
     assert sorted(cycles(g)) == [["geopeft.data.x", "geopeft.data.y"],
                                  ["geopeft.models.a", "geopeft.train.loop"]]
     assert upward({"geopeft.train.x": {"geopeft.evaluate.run"}}) == [
-        "geopeft.train.x (layer 5) -> geopeft.evaluate.run (layer 5)"]
+        f"geopeft.train.x (layer {train}) -> geopeft.evaluate.run (layer {train})"]
 
 
 def test_commands_that_do_not_train_do_not_import_torch(tmp_path):

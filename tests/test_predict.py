@@ -200,7 +200,7 @@ def test_a_time_series_predicts_as_its_evaluation(seg_run, pastis):
     expected = predict(model, test.x, dates=test.dates).argmax(1)
     assert len(preds) == len(names) >= 1
     for p, e in zip(preds, expected, strict=True):
-        assert p.task == "segmentation" and np.array_equal(p.label_map, e)
+        assert p.task.name == "segmentation" and np.array_equal(p.label_map, e)
         assert p.scores.sum() == pytest.approx(1.0) and len(p.classes) == 19  # void left out
         assert p.labels[0] == p.classes[int(np.bincount(e.ravel()).argmax())]
 

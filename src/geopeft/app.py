@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from geopeft.errors import GeopeftError
-from geopeft.evaluate.predict import THRESHOLD, Predictor, parse_dates
+from geopeft.evaluate.predict import Predictor, parse_dates
 from geopeft.io import read_json
 
 #: Examples offered per dataset, from its test split.
@@ -219,7 +219,7 @@ class App:
             return None, None, None, f"**Cannot use {_escape(name)}**: {_escape(msg)}"
         info = predictor.info
         preview = upscale(true_colour(image, list(info.bands), info.value_scale))
-        if pred.task == "segmentation":
+        if pred.task.dense:
             shown = [(float(s), i) for i, s in enumerate(pred.scores) if s > 0]
             k = preview.shape[0] // pred.label_map.shape[0]
             big = np.repeat(np.repeat(pred.label_map, k, 0), k, 1)
@@ -229,10 +229,11 @@ class App:
             return preview, classes, (preview, masks), (
                 f"{_escape(name)}: class map of {pred.label_map.shape[0]}x{pred.label_map.shape[1]} "
                 f"pixels; the list gives each class's share of them.")
-        if pred.task == "multilabel":
+        if pred.task.threshold is not None:
             above = {c: s for c, s in pred.top(len(pred.labels))}
-            msg = (f"{_escape(name)}: {len(above)} classes at or above {THRESHOLD}." if above else
-                   f"{_escape(name)}: no class at or above {THRESHOLD}; the most likely: "
+            t = pred.task.threshold
+            msg = (f"{_escape(name)}: {len(above)} classes at or above {t}." if above else
+                   f"{_escape(name)}: no class at or above {t}; the most likely: "
                    + ", ".join(f"{c} ({s:.2f})" for c, s in pred.top(3)))
             return preview, above or dict(pred.top(top_k)), None, msg
         return preview, dict(pred.top(top_k)), None, f"{_escape(name)}: {pred.labels[0]}."
@@ -242,9 +243,16 @@ def build(app: App, cache: Path) -> Any:
     """The Gradio page of ``app`` (``cache``: where zipped example patches go)."""
     import gradio as gr
 
+    from geopeft.data.sources import get_source
+    from geopeft.tasks import get as get_task
+
     rows, notes = examples(app.runs, app.raw, cache)
-    multilabel = any(r.dataset.startswith("bigearthnet") for r in app.runs)
-    series = any(r.dataset == "pastis" for r in app.runs)
+    # what the page shows follows the tasks and inputs of the runs' datasets
+    sources = [get_source(d) for d in dict.fromkeys(r.dataset for r in app.runs)]
+    tasks = [get_task(s.task) for s in sources]
+    threshold = next((t.threshold for t in tasks if t.threshold is not None), None)
+    series = any(s.input_needs_dates for s in sources)
+    maps = any(t.dense for t in tasks)
     study = app.results.name
     with gr.Blocks(title=f"geopeft · {study}") as page:
         gr.Markdown(f"# geopeft · {study}\nA trained run of this study applied to a sample you "
@@ -263,10 +271,10 @@ def build(app: App, cache: Path) -> Any:
                 message = gr.Markdown(elem_id="message")
                 preview = gr.Image(label="True colour (B04 B03 B02, 2-98 % stretch)",
                                    elem_id="preview", interactive=False)
-                classes = gr.Label(label=f"Classes at or above {THRESHOLD}" if multilabel
+                classes = gr.Label(label=f"Classes at or above {threshold}" if threshold is not None
                                    else "Classes",
-                                   elem_id="classes", show_heading=not multilabel)
-                seg = gr.AnnotatedImage(label="Predicted map", visible=series, elem_id="map", height=320,
+                                   elem_id="classes", show_heading=threshold is None)
+                seg = gr.AnnotatedImage(label="Predicted map", visible=maps, elem_id="map", height=320,
                                         color_map={c: colour(i) for i, c in enumerate(
                                             _all_classes(app))})
         outputs = [preview, classes, seg, message]

@@ -263,11 +263,11 @@ def cmd_mlflow_init(args: argparse.Namespace) -> None:
             ``datasets`` (the study's: its primary test metrics are the study view's columns).
     """
     from geopeft.data.sources import get_source
-    from geopeft.evaluate.run import PRIMARY_METRIC
+    from geopeft.tasks import TASKS
     from geopeft.tracking import init_experiment
 
     sources = [get_source(d) for d in args.datasets or []]
-    metrics = list(dict.fromkeys(f"test_{PRIMARY_METRIC[s.task]}" for s in sources))
+    metrics = list(dict.fromkeys(f"test_{TASKS[s.task].primary_metric}" for s in sources))
     info = init_experiment(args.tracking_uri, args.experiment, Path(args.artifact_root),
                            Path(args.out), metrics, any(s.time_series for s in sources))
     log.info("MLflow experiment %s (id %s) at %s", args.experiment, info["experiment_id"],
@@ -440,28 +440,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
     preds = predictor.predict_files([Path(f) for f in args.files], _series_dates(args))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     w = csv.writer(out, lineterminator="\n")
-    top = f"top{args.top_k}"
-    if predictor.task == "multiclass":
-        w.writerow(["file", "prediction", "probability", top])
-    elif predictor.task == "multilabel":
-        w.writerow(["file", "labels", top])
-    else:
-        w.writerow(["file", "classes", "map"])
+    w.writerow(predictor.task.csv_header(f"top{args.top_k}"))
     for p in preds:
-        shown = " ".join(f"{c}:{s:.3f}" for c, s in p.top(args.top_k))
-        if p.task == "multiclass":
-            w.writerow([p.file, p.labels[0], f"{p.top(1)[0][1]:.4f}", shown])
-        elif p.task == "multilabel":
-            w.writerow([p.file, ";".join(p.labels), shown])
-        else:
-            where = ""
-            if args.maps:
-                Path(args.maps).mkdir(parents=True, exist_ok=True)
-                where = str(Path(args.maps) / f"{Path(p.file).stem}.npy")
-                with atomic_file(where, "wb") as fh:
-                    np.save(fh, p.label_map.astype(np.uint8))
-            w.writerow([p.file, " ".join(f"{c}:{s:.3f}" for c, s in p.top(len(p.classes))
-                                         if s > 0), where])
+        where = ""
+        if p.label_map is not None and args.maps:
+            Path(args.maps).mkdir(parents=True, exist_ok=True)
+            where = str(Path(args.maps) / f"{Path(p.file).stem}.npy")
+            with atomic_file(where, "wb") as fh:
+                np.save(fh, p.label_map.astype(np.uint8))
+        w.writerow(predictor.task.csv_row(p, args.top_k, where))
     if args.out:
         out.close()
 

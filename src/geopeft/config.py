@@ -18,6 +18,7 @@ from geopeft.data.sources import REGISTRY as SOURCES
 from geopeft.models.zoo import check_name, entry_for
 from geopeft.spec import TRAIN_KEYS, ConfigError, JobSpec
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
+from geopeft.tasks import TASKS
 
 # What the study may use of each dataset, asked of its source (geopeft.data.sources).
 #: Datasets a study may train on (the schema's ``dataset`` enum, checked by tests/test_spec.py).
@@ -431,11 +432,6 @@ def study_datasets(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-#: How the report and the paper name each task's primary test metric.
-TASK_METRIC = {"multiclass": "overall accuracy", "multilabel": "macro mAP",
-               "segmentation": "mIoU (void excluded)"}
-
-
 def report_task(rows: Any) -> tuple[str, str]:
     """The task of a study's rows (``multiclass``, ``multilabel``, ``segmentation``, or the
     tasks joined by ``+``) and its primary metric in words (per dataset when they differ).
@@ -446,8 +442,8 @@ def report_task(rows: Any) -> tuple[str, str]:
     by_ds = {r["dataset"]: SOURCES[r["dataset"]].task for r in rows}
     tasks = sorted(set(by_ds.values()))
     if len(tasks) == 1:
-        return tasks[0], TASK_METRIC[tasks[0]]
-    return "+".join(tasks), ", ".join(f"{TASK_METRIC[t]} ({ds})" for ds, t in by_ds.items())
+        return tasks[0], TASKS[tasks[0]].metric_words
+    return "+".join(tasks), ", ".join(f"{TASKS[t].metric_words} ({ds})" for ds, t in by_ds.items())
 
 
 def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:

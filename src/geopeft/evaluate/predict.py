@@ -22,13 +22,11 @@ from geopeft.data.dataset import StoreInfo
 from geopeft.data.sources import DataError, get_source
 from geopeft.data.temporal import PAD, ShortSeriesError, days_since, temporal_indices
 from geopeft.io import read_json
-from geopeft.metrics.multilabel import sigmoid
 from geopeft.models.inference import predict
 from geopeft.models.saved import load_model
 from geopeft.spec import JobSpec
-
-#: The decision threshold of multi-label predictions (as the evaluation's F1).
-THRESHOLD = 0.5
+from geopeft.tasks import Task
+from geopeft.tasks import get as get_task
 
 
 def parse_dates(text: str, where: str) -> list[int]:
@@ -51,8 +49,8 @@ class Prediction:
 
     file: str
     """The sample's file (or a name given to an array)."""
-    task: str
-    """``multiclass``, ``multilabel`` or ``segmentation``."""
+    task: Task
+    """The task of the run's dataset (:data:`geopeft.tasks.TASKS`)."""
     classes: list[str]
     """The classes the model predicts."""
     scores: np.ndarray
@@ -68,14 +66,10 @@ class Prediction:
 
     @property
     def labels(self) -> list[str]:
-        """The prediction: the top class; multi-label: every class at or above
-        :data:`THRESHOLD`, highest first; segmentation: the classes of the map, most pixels
-        first."""
-        if self.task == "multiclass":
-            return [self.top(1)[0][0]]
-        if self.task == "multilabel":
-            return [c for c, p in self.top(len(self.classes)) if p >= THRESHOLD]
-        return [c for c, p in self.top(len(self.classes)) if p > 0]
+        """The prediction (:meth:`geopeft.tasks.Task.labels`): the top class; multi-label: every
+        class at or above the task's threshold, highest first; segmentation: the classes of the
+        map, most pixels first."""
+        return self.task.labels(self.top(len(self.classes)))
 
 
 class Predictor:
@@ -96,7 +90,7 @@ class Predictor:
         self.options: dict[str, Any] = ({"size": int(self.info.image_size[0])}
                                         if self.info.image_size else {})
         self.source = get_source(self.info.dataset)
-        self.task = self.source.task
+        self.task = get_task(self.source.task)
         void = self.info.void_class
         self.classes = [c for i, c in enumerate(self.info.classes) if i != void]
         self.model = load_model(self.model_dir, pretrain_dir=pretrain_dir)
@@ -143,15 +137,8 @@ class Predictor:
         logits = predict(self.model, x, dates=days)
         out = []
         for name, lg in zip(names, logits, strict=True):
-            if self.task == "segmentation":
-                label_map = lg.argmax(0).astype(np.int64)
-                share = np.bincount(label_map.ravel(), minlength=len(self.classes)) / label_map.size
-                out.append(Prediction(name, self.task, self.classes, share, label_map))
-            elif self.task == "multilabel":
-                out.append(Prediction(name, self.task, self.classes, sigmoid(lg)))
-            else:
-                p = np.exp(lg - lg.max())
-                out.append(Prediction(name, self.task, self.classes, p / p.sum()))
+            scores, label_map = self.task.scores(lg)
+            out.append(Prediction(name, self.task, self.classes, scores, label_map))
         return out
 
     def _series(self, images: list[np.ndarray], dates: list[list[int] | None],
@@ -175,4 +162,4 @@ class Predictor:
         return cut, days_since(np.stack(kept), temporal.reference)
 
 
-__all__ = ["THRESHOLD", "Prediction", "Predictor", "parse_dates"]
+__all__ = ["Prediction", "Predictor", "parse_dates"]

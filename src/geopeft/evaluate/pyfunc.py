@@ -65,9 +65,9 @@ class GeopeftModel(mlflow.pyfunc.PythonModel):
             preds = p.predict_arrays(list(x))
         rows = []
         for q in preds:
-            row: dict[str, Any] = {"file": q.file, "prediction": ";".join(q.labels[:1] if
-                                                                           q.task != "multilabel"
-                                                                           else q.labels)}
+            # independent class scores (multi-label): every label; else the first
+            labels = q.labels if q.task.threshold is not None else q.labels[:1]
+            row: dict[str, Any] = {"file": q.file, "prediction": ";".join(labels)}
             row.update({c: float(s) for c, s in zip(q.classes, q.scores, strict=True)})
             if q.label_map is not None:
                 row["map"] = q.label_map.tolist()

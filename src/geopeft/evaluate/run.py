@@ -10,51 +10,16 @@ from typing import Any
 import numpy as np
 
 from geopeft.data.dataset import load_splits, store_info
+from geopeft.data.sources import get_source
 from geopeft.data.stream import memory_budget_mb
 from geopeft.io import atomic_file, read_json, write_json
-from geopeft.metrics.classification import classification_metrics
-from geopeft.metrics.multilabel import multilabel_metrics, sigmoid
-from geopeft.metrics.segmentation import segmentation_metrics
 from geopeft.models.build import num_outputs
 from geopeft.models.inference import predict, segmentation_scores
 from geopeft.models.runtime import resolve_device, seed_everything
 from geopeft.models.saved import load_model
 from geopeft.spec import JobSpec
+from geopeft.tasks import get as get_task
 from geopeft.tracking import RunLogger, store_name
-
-#: The primary test metric of each task (``primary_metric`` in metrics.json; MLflow logs it as
-#: ``test_<name>``).
-PRIMARY_METRIC = {"multiclass": "overall_accuracy", "multilabel": "map_macro",
-                  "segmentation": "miou"}
-
-
-def confusion_csv(cm: list[list[int]], classes: list[str]) -> str:
-    """A confusion matrix as CSV: a header of predicted classes, a row per true class."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["true\\pred", *classes])
-    for name, row in zip(classes, cm, strict=True):
-        w.writerow([name, *row])
-    return buf.getvalue()
-
-
-def multilabel_confusion_csv(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str:
-    """Per-class binary confusion (tp, fp, fn, tn) of a multi-label prediction.
-
-    Args:
-        y: multi-hot targets (N, C).
-        pred: multi-hot predictions (N, C).
-        classes: the class names.
-    """
-    y, pred = y.astype(bool), pred.astype(bool)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["class", "tp", "fp", "fn", "tn"])
-    for c, name in enumerate(classes):
-        a, b = y[:, c], pred[:, c]
-        w.writerow([name, int((a & b).sum()), int((~a & b).sum()), int((a & ~b).sum()),
-                    int((~a & ~b).sum())])
-    return buf.getvalue()
 
 
 def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics: Path,
@@ -88,36 +53,15 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
     batch = args.eval_batch_size
     outputs = (row.name, record["mlflow_run_id"], len(test), out_metrics, out_confusion, experiment,
                Path(model_dir), pretrain_dir)
-    if test.y.ndim == 3:  # segmentation: whole patches, confusion streamed batch by batch
+    task = get_task(get_source(info.dataset).task)
+    if task.dense:  # whole patches, the confusion streamed batch by batch
         classes = info.classes[: num_outputs(info)]
         cm, _ = segmentation_scores(model, test, batch, device)
-        m = segmentation_metrics(cm)
-        m.update(task="segmentation", primary_metric=PRIMARY_METRIC["segmentation"],
-                 primary=m["miou"],
-                 void_class=info.void_class, sequence_length=row.sequence_length,
-                 classes=classes)
-        table = confusion_csv(m["confusion_matrix"], classes)
-        flat = {f"test_{k}": m[k] for k in ("miou", "mf1", "overall_accuracy")}
-        flat.update({f"test_iou_{c}": v for c, v in zip(classes, m["per_class_iou"], strict=True)
-                     if v is not None})
-        return _finish(m, table, flat, info, *outputs)
-    logits = predict(model, test.x, batch, device)
-    if test.y.ndim == 2:  # multi-label: sigmoid scores, mAP, F1 at 0.5
-        scores = sigmoid(logits)
-        m = multilabel_metrics(test.y, scores)
-        m.update(task="multilabel", primary_metric=PRIMARY_METRIC["multilabel"],
-                 primary=m["map_macro"])
-        table = multilabel_confusion_csv(test.y, scores >= m["threshold"], info.classes)
-        flat = {f"test_{k}": m[k] for k in ("map_macro", "map_micro", "f1_macro", "f1_micro")}
-        flat.update({f"test_ap_{c}": a for c, a in zip(info.classes, m["per_class_ap"], strict=True)
-                     if a is not None})
+        m, table, flat = task.test_metrics(None, cm, classes)
+        m.update(void_class=info.void_class, sequence_length=row.sequence_length, classes=classes)
     else:
-        m = classification_metrics(test.y, logits.argmax(1), len(info.classes))
-        m.update(task="multiclass", primary_metric=PRIMARY_METRIC["multiclass"],
-                 primary=m["overall_accuracy"])
-        table = confusion_csv(m["confusion_matrix"], info.classes)
-        flat = {"test_overall_accuracy": m["overall_accuracy"], "test_macro_f1": m["macro_f1"]}
-        flat.update({f"test_f1_{c}": f for c, f in zip(info.classes, m["per_class_f1"], strict=True)})
+        m, table, flat = task.test_metrics(test.y, predict(model, test.x, batch, device),
+                                           info.classes)
     return _finish(m, table, flat, info, *outputs)
 
 
@@ -164,4 +108,4 @@ def _finish(m: dict[str, Any], table: str, flat: dict[str, float], info: Any,
     return m
 
 
-__all__ = ["confusion_csv", "evaluate"]
+__all__ = ["evaluate"]

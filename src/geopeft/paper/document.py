@@ -31,6 +31,7 @@ from geopeft.paper.figures import (
 from geopeft.paper.tables import tex_escape
 from geopeft.strategies import LoraSpec
 from geopeft.strategies import get as get_strategy
+from geopeft.tasks import TASKS
 
 #: The adapter settings a saved run's spec may hold.
 LORA_KEYS = frozenset(LoraSpec.__dataclass_fields__)
@@ -139,7 +140,7 @@ def study_section(results: Path, build: Path) -> str:
     """
     import pandas as pd
 
-    from geopeft.config import TASK_METRIC, report_task
+    from geopeft.config import report_task
 
     results = Path(results)
     for f in ("runs.csv", "table.tex"):
@@ -150,7 +151,7 @@ def study_section(results: Path, build: Path) -> str:
     name = str(results.name)
     task, metric = report_task([{"dataset": d} for d in dict.fromkeys(df["dataset"])])
     if "+" in task:  # several datasets, several metrics: name each in words
-        metric = " / ".join(TASK_METRIC[t] for t in task.split("+"))
+        metric = " / ".join(TASKS[t].metric_words for t in task.split("+"))
     segmentation = bool((df["primary_metric"] == "miou").all())
     figures = []
     for fig in figure_names(segmentation):

@@ -1,0 +1,229 @@
+"""The learning tasks, one object each: what a model's outputs mean and how they are scored,
+tabulated, predicted and described.
+
+A dataset's source names its task (``Source.task``: ``multiclass``, ``multilabel`` or
+``segmentation``; time series are a property of the source, not a task); evaluation, ``geopeft
+predict``, the app, the report and the paper ask the :class:`Task` of :data:`TASKS`, never the
+dataset's name. Adding a task is one :class:`Task` subclass registered here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any, ClassVar
+
+import numpy as np
+
+from geopeft.metrics.classification import classification_metrics
+from geopeft.metrics.multilabel import multilabel_metrics, sigmoid
+from geopeft.metrics.segmentation import segmentation_metrics
+
+
+def confusion_csv(cm: list[list[int]], classes: list[str]) -> str:
+    """A confusion matrix as CSV: a header of predicted classes, a row per true class."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["true\\pred", *classes])
+    for name, row in zip(classes, cm, strict=True):
+        w.writerow([name, *row])
+    return buf.getvalue()
+
+
+def multilabel_confusion_csv(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str:
+    """Per-class binary confusion (tp, fp, fn, tn) of a multi-label prediction.
+
+    Args:
+        y: multi-hot targets (N, C).
+        pred: multi-hot predictions (N, C).
+        classes: the class names.
+    """
+    y, pred = y.astype(bool), pred.astype(bool)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "tp", "fp", "fn", "tn"])
+    for c, name in enumerate(classes):
+        a, b = y[:, c], pred[:, c]
+        w.writerow([name, int((a & b).sum()), int((~a & b).sum()), int((a & ~b).sum()),
+                    int((~a & ~b).sum())])
+    return buf.getvalue()
+
+
+class Task:
+    """One task. Subclasses set the class attributes and the scoring methods."""
+
+    name: ClassVar[str]
+    """The value of a source's ``task``."""
+    primary_metric: ClassVar[str]
+    """The key of the primary test metric in ``metrics.json`` (MLflow: ``test_<key>``)."""
+    metric_words: ClassVar[str]
+    """The primary metric as the report and the paper word it."""
+    per_class: ClassVar[tuple[str, str]]
+    """The per-class score the paper's per-class table shows: its column and its heading."""
+    per_class_how: ClassVar[str] = "from the test confusion matrices summed over"
+    """How the per-class table combines the seeds, in words (before "<n> seeds")."""
+    support: ClassVar[str] = "samples"
+    """What the per-class support counts."""
+    dense: ClassVar[bool] = False
+    """Whether the model predicts every pixel (a class map per sample)."""
+    threshold: ClassVar[float | None] = None
+    """The decision threshold of independent class scores (multi-label); None: the classes
+    compete."""
+
+    def scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One sample's class scores from its logits (C,) or (C, H, W), and its class map
+        (dense tasks)."""
+        raise NotImplementedError
+
+    def labels(self, ranked: list[tuple[str, float]]) -> list[str]:
+        """The prediction from the classes ranked by score, highest first."""
+        raise NotImplementedError
+
+    def test_metrics(self, y: np.ndarray | None, out: np.ndarray, classes: list[str],
+                     ) -> tuple[dict[str, Any], str, dict[str, float]]:
+        """The test split's metrics (``metrics.json``), its confusion table (CSV) and what MLflow
+        logs, from the targets ``y`` and the logits ``out`` (dense tasks: ``y`` None and ``out``
+        the pixel confusion matrix, accumulated batch by batch)."""
+        raise NotImplementedError
+
+    def csv_header(self, top: str) -> list[str]:
+        """The columns of ``geopeft predict``'s CSV (``top``: the top-k column's name)."""
+        raise NotImplementedError
+
+    def csv_row(self, pred: Any, k: int, map_file: str) -> list[str]:
+        """One sample's row of ``geopeft predict``'s CSV (``map_file``: where its class map
+        went, dense tasks)."""
+        raise NotImplementedError
+
+    def _metrics(self, m: dict[str, Any]) -> dict[str, Any]:
+        m.update(task=self.name, primary_metric=self.primary_metric, primary=m[self.primary_metric])
+        return m
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+
+def _shown(pred: Any, k: int) -> str:
+    return " ".join(f"{c}:{s:.3f}" for c, s in pred.top(k))
+
+
+class Multiclass(Task):
+    name = "multiclass"
+    primary_metric = "overall_accuracy"
+    metric_words = "overall accuracy"
+    per_class = ("f1", "F1")
+
+    def scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        p = np.exp(logits - logits.max())
+        return p / p.sum(), None
+
+    def labels(self, ranked: list[tuple[str, float]]) -> list[str]:
+        return [ranked[0][0]]
+
+    def test_metrics(self, y: np.ndarray | None, out: np.ndarray, classes: list[str],
+                     ) -> tuple[dict[str, Any], str, dict[str, float]]:
+        assert y is not None
+        m = self._metrics(classification_metrics(y, out.argmax(1), len(classes)))
+        flat = {"test_overall_accuracy": m["overall_accuracy"], "test_macro_f1": m["macro_f1"]}
+        flat.update({f"test_f1_{c}": f for c, f in zip(classes, m["per_class_f1"], strict=True)})
+        return m, confusion_csv(m["confusion_matrix"], classes), flat
+
+    def csv_header(self, top: str) -> list[str]:
+        return ["file", "prediction", "probability", top]
+
+    def csv_row(self, pred: Any, k: int, map_file: str) -> list[str]:
+        return [pred.file, pred.labels[0], f"{pred.top(1)[0][1]:.4f}", _shown(pred, k)]
+
+
+class Multilabel(Task):
+    name = "multilabel"
+    primary_metric = "map_macro"
+    metric_words = "macro mAP"
+    per_class = ("ap", "AP")
+    per_class_how = "mean over"
+    threshold = 0.5
+
+    def scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return sigmoid(logits), None
+
+    def labels(self, ranked: list[tuple[str, float]]) -> list[str]:
+        assert self.threshold is not None
+        return [c for c, p in ranked if p >= self.threshold]
+
+    def test_metrics(self, y: np.ndarray | None, out: np.ndarray, classes: list[str],
+                     ) -> tuple[dict[str, Any], str, dict[str, float]]:
+        assert y is not None and self.threshold is not None
+        scores = sigmoid(out)
+        m = self._metrics(multilabel_metrics(y, scores, self.threshold))
+        table = multilabel_confusion_csv(y, scores >= m["threshold"], classes)
+        flat = {f"test_{k}": m[k] for k in ("map_macro", "map_micro", "f1_macro", "f1_micro")}
+        flat.update({f"test_ap_{c}": a for c, a in zip(classes, m["per_class_ap"], strict=True)
+                     if a is not None})
+        return m, table, flat
+
+    def csv_header(self, top: str) -> list[str]:
+        return ["file", "labels", top]
+
+    def csv_row(self, pred: Any, k: int, map_file: str) -> list[str]:
+        return [pred.file, ";".join(pred.labels), _shown(pred, k)]
+
+
+class Segmentation(Task):
+    name = "segmentation"
+    primary_metric = "miou"
+    metric_words = "mIoU (void excluded)"
+    per_class = ("iou", "IoU")
+    support = "pixels"
+    dense = True
+
+    def scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        label_map = logits.argmax(0).astype(np.int64)
+        share = np.bincount(label_map.ravel(), minlength=logits.shape[0]) / label_map.size
+        return share, label_map
+
+    def labels(self, ranked: list[tuple[str, float]]) -> list[str]:
+        return [c for c, p in ranked if p > 0]
+
+    def test_metrics(self, y: np.ndarray | None, out: np.ndarray, classes: list[str],
+                     ) -> tuple[dict[str, Any], str, dict[str, float]]:
+        m = self._metrics(segmentation_metrics(out))
+        flat = {f"test_{k}": m[k] for k in ("miou", "mf1", "overall_accuracy")}
+        flat.update({f"test_iou_{c}": v for c, v in zip(classes, m["per_class_iou"], strict=True)
+                     if v is not None})
+        return m, confusion_csv(m["confusion_matrix"], classes), flat
+
+    def csv_header(self, top: str) -> list[str]:
+        return ["file", "classes", "map"]
+
+    def csv_row(self, pred: Any, k: int, map_file: str) -> list[str]:
+        shares = " ".join(f"{c}:{s:.3f}" for c, s in pred.top(len(pred.classes)) if s > 0)
+        return [pred.file, shares, map_file]
+
+
+#: The tasks, by name.
+TASKS: dict[str, Task] = {t.name: t for t in (Multiclass(), Multilabel(), Segmentation())}
+
+
+def get(name: str) -> Task:
+    """The task called ``name``.
+
+    Raises:
+        ValueError: no task has that name (the message lists them).
+    """
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"task {name!r} is not one of {tuple(TASKS)}") from None
+
+
+def of_metrics(m: dict[str, Any]) -> Task:
+    """The task of a run's test metrics (``metrics.json``): its ``task``, or for metrics written
+    before they named it, the task whose metrics they hold."""
+    if "task" in m:
+        return get(m["task"])
+    return TASKS["segmentation" if "per_class_iou" in m else
+                 "multilabel" if "per_class_ap" in m else "multiclass"]
+
+
+__all__ = ["TASKS", "Multiclass", "Multilabel", "Segmentation", "Task", "confusion_csv", "get",
+           "multilabel_confusion_csv", "of_metrics"]
