@@ -7,8 +7,9 @@ cost figures each run reports: trainable/total parameters, wall time, images/s a
 (CUDA max allocated, else the training tensors of one step).
 
 On CUDA the batches are gathered into pinned memory and copied asynchronously, the next batch's
-copy issued while the current step runs (:class:`_Feeder`), so the GPU does not wait for the
-data; ``train.compile`` runs the training forward through ``torch.compile`` and
+copy issued while the current step runs (:class:`~geopeft.train.feed._Feeder`, with the
+augmentation in :mod:`geopeft.train.feed`), so the GPU does not wait for the data;
+``train.compile`` runs the training forward through ``torch.compile`` and
 ``train.channels_last`` puts convolutions and image batches in channels-last format.
 """
 
@@ -23,7 +24,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -45,6 +45,7 @@ from geopeft.models.saved import trained_tensors
 from geopeft.spec import TrainArgs
 from geopeft.strategies import param_groups
 from geopeft.train.distributed import any_rank, dist_info, step_seed, sum_over_ranks, sync_gradients
+from geopeft.train.feed import _Feeder, _Tensors, augment
 from geopeft.train.losses import class_weights, loss_fn
 from geopeft.train.resume import (
     Checkpointer,
@@ -54,34 +55,7 @@ from geopeft.train.resume import (
     set_rng_state,
     stop_requested,
 )
-from geopeft.train.validation import is_multilabel, is_segmentation, validate
-
-
-def augment(x: torch.Tensor, gen: torch.Generator, y: torch.Tensor | None = None) -> Any:
-    """Apply one of the 8 dihedral transforms (flips x rotations) to each sample (the last two
-    axes are y, x: images and time series alike); with label maps ``y`` (B, H, W), the same
-    transform to each map, and ``(x, y)`` is returned.
-
-    Args:
-        x: a batch (..., H, W).
-        gen: the generator of the transforms.
-        y: label maps (B, H, W) transformed alike, or None.
-    """
-    t = torch.randint(0, 8, (x.shape[0],), generator=gen)
-    out = x.clone()
-    out_y = y.clone() if y is not None and y.ndim == 3 else None
-    for k in range(8):
-        idx = (t == k).nonzero(as_tuple=True)[0]
-        if len(idx) == 0:
-            continue
-        for src, dst in ((x, out), (y, out_y)):
-            if dst is None or src is None:
-                continue
-            r = torch.rot90(src[idx], k % 4, dims=(-2, -1))
-            dst[idx] = torch.flip(r, dims=(-1,)) if k >= 4 else r
-    if y is None:
-        return out
-    return out, (out_y if out_y is not None else y)
+from geopeft.train.validation import validate
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -259,81 +233,6 @@ def _shard(run: _Run, idx: torch.Tensor) -> torch.Tensor:
     return idx.tensor_split(run.world)[run.rank] if run.world > 1 else idx
 
 
-class _Feeder:
-    """Puts training batches on the device. On CPU a batch is indexed from the tensors in
-    memory. On CUDA it is gathered into pinned (page-locked) memory and copied asynchronously,
-    and :meth:`prefetch` issues the next batch's gather and copy while the current step's
-    kernels run, so the GPU does not wait for the host. Only the deterministic gather and copy
-    run ahead: augmentation draws its random transforms at its step, on the device, so a state
-    saved between steps resumes the same random stream."""
-
-    def __init__(self, data: _Tensors, device: torch.device, channels_last: bool,
-                 ahead: bool | None = None):
-        self.data, self.device = data, device
-        self.cuda = device.type == "cuda"
-        self.channels_last = channels_last
-        self.ahead = self.cuda if ahead is None else ahead
-        """Prefetch the next batch (default: on CUDA)."""
-        self.pending: tuple[torch.Tensor, tuple[Any, ...]] | None = None
-        self.stream: Any = None
-        """The epoch's streamed image batches (:meth:`plan`)."""
-        self.planned: Any = None
-        self.hits = 0
-        """Batches served from a prefetch."""
-
-    def plan(self, batches: list[torch.Tensor]) -> None:
-        """The batches the epoch (from where it stands) will ask for, in order: images left in
-        the store are read ahead by the reader processes
-        (:meth:`~geopeft.data.stream.StoreImages.batches`)."""
-        x = self.data.x
-        if not isinstance(x, torch.Tensor):
-            self.close()
-            self.stream = x.batches([b.numpy() for b in batches])
-            self.planned = iter(batches)
-
-    def close(self) -> None:
-        """End the epoch's pass of streamed batches (the reader processes stay for the next)."""
-        if self.stream is not None:
-            self.stream.close()
-            self.stream = None
-
-    def _gather(self, t: Any, idx: torch.Tensor) -> torch.Tensor:
-        if not isinstance(t, torch.Tensor):  # images left in the store: the planned batch
-            if self.stream is None or not torch.equal(next(self.planned), idx):
-                raise RuntimeError("a streamed batch out of the epoch's plan")
-            batch = torch.from_numpy(next(self.stream))
-            return batch.pin_memory().to(self.device, non_blocking=True) if self.cuda else batch
-        if not self.cuda:
-            return t[idx]
-        host = torch.empty((len(idx), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
-        torch.index_select(t, 0, idx, out=host)
-        return host.to(self.device, non_blocking=True)
-
-    def _load(self, idx: torch.Tensor) -> tuple[Any, ...]:
-        d = self.data
-        return (self._gather(d.x, idx), self._gather(d.y, idx),
-                self._gather(d.dates, idx) if d.dates is not None else None)
-
-    def prefetch(self, idx: torch.Tensor | None) -> None:
-        """Start the next batch's transfer (None: no next batch in this epoch)."""
-        if self.ahead and idx is not None:
-            self.pending = (idx, self._load(idx))
-
-    def batch(self, idx: torch.Tensor) -> tuple[Any, ...]:
-        """The batch ``idx`` on the device: (images, targets, dates or None)."""
-        pending, self.pending = self.pending, None
-        if pending is not None and torch.equal(pending[0], idx):
-            xb, yb, db = pending[1]
-            self.hits += 1
-        else:
-            xb, yb, db = self._load(idx)
-        if not xb.is_floating_point():  # the store's integers travel; float32 on the device
-            xb = xb.float()
-        if self.channels_last and xb.ndim == 4:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        return xb, yb, db
-
-
 def _step(run: _Run, feeder: _Feeder, idx: torch.Tensor, state: TrainState, epoch: int,
           next_idx: torch.Tensor | None = None) -> bool:
     """One optimiser step on the samples ``idx`` (this rank's shard under DDP; ``next_idx``:
@@ -389,29 +288,6 @@ def _step(run: _Run, feeder: _Feeder, idx: torch.Tensor, state: TrainState, epoc
     if measure:
         state.tensors_mb = training_tensors_mb(run.model, run.opt, saved)
     return stop
-
-
-@dataclass
-class _Tensors:
-    """The training split as tensors, and how its targets are scored."""
-
-    x: Any
-    """The images: a tensor, or a :class:`~geopeft.data.stream.StoreImages` read by batch."""
-    y: torch.Tensor
-    dates: torch.Tensor | None
-    labels: Any
-    """The targets as numpy (for class weights)."""
-    segmentation: bool
-    ignore: int | None
-    weighted: bool
-
-    @classmethod
-    def of(cls, train: Split, args: TrainArgs) -> _Tensors:
-        x = torch.from_numpy(train.x) if isinstance(train.x, np.ndarray) else train.x
-        return cls(x, torch.from_numpy(train.y),
-                   torch.from_numpy(train.dates) if train.dates is not None else None, train.y,
-                   is_segmentation(train), train.ignore_index,
-                   args.loss == "weighted_ce" and not is_multilabel(train))
 
 
 def _train_epoch(run: _Run, feeder: _Feeder, state: TrainState, epoch: int, resumed: bool,

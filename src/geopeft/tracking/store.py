@@ -1,0 +1,83 @@
+"""The tracking store: a SQLite file or an MLflow server (its health check, ``geopeft
+mlflow-server``), and the MLflow client of either."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from geopeft.errors import GeopeftError
+
+#: Bounded retries of MLflow's HTTP client: 5 tries with backoff 1, 2, 4, 8 s, 30 s per request.
+HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+class TrackingError(GeopeftError, RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def is_http(uri: str) -> bool:
+    """Whether a tracking URI is an MLflow server (HTTP), not a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
+def check_server(uri: str, attempts: int = 3, timeout: float = 5.0) -> None:
+    """Fail fast, with a message saying how to start it, when the tracking server is down."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    last: Exception | None = None
+    for i in range(attempts):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as err:
+            last = err
+        time.sleep(min(2**i, 4))
+    raise TrackingError(
+        f"mlflow.tracking_uri: the MLflow server at {uri} does not answer ({last}); start it with "
+        f"`geopeft mlflow-server --backend-store-uri sqlite:///results/mlflow.db "
+        f"--artifacts-destination results/mlartifacts --port {uri.rsplit(':', 1)[-1].strip('/')}`"
+    )
+
+
+def serve(backend_store_uri: str, artifacts_destination: Path, host: str = "127.0.0.1",
+          port: int = 5000, workers: int = 2) -> int:
+    """Run ``mlflow server`` in the foreground (until stopped); returns its exit code."""
+    import os
+    import subprocess
+    import sys
+
+    _ensure_sqlite_parent(backend_store_uri)
+    Path(artifacts_destination).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+           "--serve-artifacts", "--artifacts-destination", Path(artifacts_destination).resolve().as_uri(),
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    return subprocess.call(cmd, env=env)
+
+
+def _client(tracking_uri: str) -> Any:
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    if is_http(tracking_uri):
+        for k, v in HTTP_RETRY_ENV.items():
+            os.environ.setdefault(k, v)
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _ensure_sqlite_parent(uri: str) -> None:
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for a server)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
