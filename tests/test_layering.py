@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"io", "bands", "gpus", "jobserver"},  # files, band names, GPU claims, the job server
     {"spec", "metrics", "tracking"},  # the typed job spec; numpy metrics; MLflow
     {"data"},                       # sources, synthetic world, zarr store, splits
-    {"models"},                     # zoo, backbones, heads, build, saved model, inference
+    {"models", "settings"},         # zoo, ..., inference; the study settings (typed, the schema)
     {"config", "train", "evaluate"},  # the study's resolution; training; evaluation
     {"paper", "rehearsal", "plan", "app"},  # figures, tables; rehearsal fixtures; the plan; the app
     {"cli"},                        # the command line
