@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"spec", "metrics", "tracking"},  # the typed job spec; numpy metrics; MLflow
     {"tasks"},                      # the learning tasks: scores, metrics, tables, predictions
     {"data"},                       # sources, synthetic world, zarr store, splits
-    {"models"},                     # zoo, backbones, heads, build, saved model, inference
+    {"models", "settings"},         # zoo, ..., inference; the study settings (typed, the schema)
     {"config", "train", "evaluate"},  # the study's resolution; training; evaluation
     {"paper", "rehearsal", "plan", "app"},  # figures, tables; rehearsal fixtures; the plan; the app
     {"cli"},                        # the command line

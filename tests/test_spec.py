@@ -1,4 +1,5 @@
-"""The typed job spec, and each default and enum written once: the schema's equal the code's."""
+"""The typed job spec, and each default and enum written once: the schema is generated from the
+code's settings."""
 
 from __future__ import annotations
 
@@ -8,16 +9,13 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import yaml
 
 from geopeft import config as gcfg
-from geopeft.config import load_schema
-from geopeft.data.subsets import METHODS as SUBSET_METHODS
-from geopeft.data.temporal import PAD_RULES
-from geopeft.models.fusion import FusionConfig
-from geopeft.models.segmentation import MODELS as SEGMENTATION_MODELS
+from geopeft import settings
 from geopeft.models.segmentation import SegConfig
+from geopeft.settings import schema as settings_schema
 from geopeft.spec import (
-    PEFT_METHODS,
     STRATEGIES,
     TRAIN_KEYS,
     ConfigError,
@@ -28,50 +26,48 @@ from geopeft.spec import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = load_schema()
-DEFS = SCHEMA["$defs"]
 STUDIES = sorted((ROOT / "config" / "studies").glob("*.yaml")) + [
     ROOT / "config" / "config.yaml", ROOT / "config" / ".test" / "config.yaml"]
 
 
-def _defaults(props: dict) -> dict:
-    return {k: v["default"] for k, v in props.items() if "default" in v}
+def test_the_schema_and_the_defaults_file_are_generated():
+    """Each default, constraint, enum and description is written once, in geopeft.settings (and
+    the job's dataclasses it reuses); the committed schema and defaults file are generated."""
+    fix = f"regenerate them: {settings_schema.COMMAND}"
+    committed = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert committed == yaml.safe_load(settings_schema.schema_yaml()), f"schema is stale; {fix}"
+    assert committed == settings_schema.json_schema()
+    defaults = (ROOT / "config" / "defaults.yaml").read_text()
+    assert defaults == settings_schema.defaults_yaml(), f"config/defaults.yaml is stale; {fix}"
 
 
-def test_train_defaults_are_the_schemas():
-    schema = _defaults(DEFS["train"]["properties"])
-    code = {f.name: f.default for f in fields(TrainArgs)}
-    assert set(schema) <= set(code)
-    assert {k: code[k] for k in schema} == schema
-    # what the code has beyond the schema is the job's, not the study's
-    assert set(code) - set(schema) == {"seed", "threads", "progress"}
+def test_the_defaults_file_holds_what_validation_fills_in():
+    defaults = yaml.safe_load((ROOT / "config" / "defaults.yaml").read_text())
+    cfg = gcfg.validate({"study": "s", "data": {"dataset": "eurosat_rgb", "bands": ["B04"]},
+                         "backbone": {"name": "embedded"},
+                         "strategies": {"f": {"strategy": "full"}}, "runs": [{"strategy": "f"}]})
+    assert defaults.pop("strategies") is None and defaults.pop("runs") == []
+    defaults["backbone"]["weights"] = cfg["backbone"]["weights"]  # the zoo entry's
+    assert {k: cfg[k] for k in defaults} == dict(defaults, data=dict(
+        defaults["data"], dataset="eurosat_rgb", bands=["B04"]), backbone=dict(
+        defaults["backbone"], name="embedded"))
 
 
-def test_lora_defaults_and_methods_are_the_schemas():
-    lora = DEFS["strategy"]["properties"]["lora"]["properties"]
-    assert {f.name: f.default for f in fields(LoraSpec)} == _defaults(lora)
-    assert tuple(lora["method"]["enum"]) == PEFT_METHODS
+def test_what_strategies_and_rows_override_are_training_settings():
+    for cls in (settings.Strategy, settings.Row, TrainArgs):
+        assert set(TRAIN_KEYS) <= {f.name for f in fields(cls)}, cls
+    # what the code's training settings have beyond the study's are the job's
+    job = {f.name for f in fields(TrainArgs) if f.metadata.get("job")}
+    assert job == {"seed", "threads", "progress"}
+    assert set(settings_schema.json_schema()["$defs"]["train"]["properties"]) == (
+        {f.name for f in fields(TrainArgs)} - job)
 
 
-def test_enums_are_the_codes():
-    strategy = DEFS["strategy"]["properties"]
-    assert tuple(strategy["strategy"]["enum"]) == STRATEGIES
-    assert tuple(strategy["segmentation"]["properties"]["model"]["enum"]) == SEGMENTATION_MODELS
-    assert tuple(DEFS["dataset"]["enum"]) == gcfg.TRAINABLE_DATASETS
-    assert tuple(SCHEMA["properties"]["subsets"]["properties"]["method"]["enum"]) == SUBSET_METHODS
-    assert tuple(SCHEMA["properties"]["temporal"]["properties"]["pad"]["enum"]) == PAD_RULES
-    assert tuple(DEFS["train"]["properties"]["loss"]["enum"]) == ("ce", "weighted_ce")
-    # every key a strategy or a row may override is a training setting of both
-    for where in ("strategy", "row"):
-        assert set(TRAIN_KEYS) <= set(DEFS[where]["properties"]), where
-    assert set(TRAIN_KEYS) <= set(DEFS["train"]["properties"])
-
-
-def test_model_settings_defaults_are_the_schemas():
-    fusion = DEFS["strategy"]["properties"]["fusion"]["properties"]
-    assert {f.name: f.default for f in fields(FusionConfig)} == _defaults(fusion)
-    seg = DEFS["strategy"]["properties"]["segmentation"]["properties"]
-    assert SegConfig().model == seg["model"]["default"]
+def test_the_enums_are_the_codes():
+    defs = settings_schema.json_schema()["$defs"]
+    assert tuple(defs["dataset"]["enum"]) == gcfg.TRAINABLE_DATASETS
+    assert tuple(defs["strategy"]["properties"]["strategy"]["enum"]) == STRATEGIES
+    assert SegConfig().model == settings.Segmentation().model
 
 
 @pytest.mark.parametrize("study", STUDIES, ids=lambda p: p.name)

@@ -6,10 +6,11 @@ spec as JSON (the ``--spec`` of the train rule, and ``spec`` in the saved model'
 evaluation) takes them, not dicts. A key the spec lacks is an error naming it, never a silent
 fallback.
 
-Each default of the study is written once, in the JSON-Schema
-(``workflow/schemas/config.schema.yaml``); the few defaults here (:class:`TrainArgs`,
-:class:`LoraSpec`) serve direct use from Python, and ``tests/test_spec.py`` holds them equal to
-the schema's, as it holds the enums below equal to the schema's enums.
+Each default, constraint and enum of the study is written once, in Python: the settings here
+(:class:`TrainArgs`, :class:`LoraSpec`, :class:`FusionConfig`, with their JSON-Schema constraints
+in each field's metadata) and the study's sections in :mod:`geopeft.settings`, which generates
+the JSON-Schema ``workflow/schemas/config.schema.yaml`` from them
+(``uv run python -m geopeft.settings``).
 
 Names: a row's ``strategy`` is the key of the study's ``strategies`` table it uses (e.g.
 ``lora_r4``); its ``method`` is what trains (one of :data:`STRATEGIES`); a LoRA row's
@@ -18,7 +19,7 @@ Names: a row's ``strategy`` is the key of the study's ``strategies`` table it us
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from geopeft.errors import ConfigError
@@ -26,6 +27,15 @@ from geopeft.strategies import PEFT_METHODS, STRATEGIES, LoraSpec, Strategy
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 from geopeft.strategies import get as get_strategy
 
+#: Training losses (``train.loss``).
+LOSSES = ("ce", "weighted_ce")
+#: Where a job trains (``train.device``): CUDA when available, or as named.
+DEVICES = ("auto", "cpu", "cuda")
+#: Time-series segmentation models (``strategies.<name>.segmentation.model``,
+#: :mod:`geopeft.models.segmentation`).
+SEGMENTATION_MODELS = ("upernet_ltae", "utae")
+#: U-TAE encoder norms (:mod:`geopeft.models.utae`).
+ENCODER_NORMS = ("group", "batch")
 #: Training settings a strategy or a row may override.
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment", "loss")
 
@@ -40,52 +50,54 @@ def _take(cls: Any, d: dict[str, Any], where: str, optional: tuple[str, ...] = (
 
 @dataclass
 class TrainArgs:
-    """Settings of one training run."""
+    """Training settings; strategies and rows may override any of them."""
 
-    epochs: int = 5
+    epochs: int = field(default=5, metadata={"minimum": 1})
     """Passes over the training (sub)set."""
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata={"minimum": 1})
     """Samples per optimisation step."""
-    lr: float = 1e-3
-    """Peak learning rate of AdamW."""
-    weight_decay: float = 0.05
+    lr: float = field(default=0.001, metadata={"exclusiveMinimum": 0})
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = field(default=0.05, metadata={"minimum": 0})
     """AdamW decoupled weight decay."""
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = field(default=1, metadata={"minimum": 0})
     """Linear warmup length in epochs, then cosine decay to zero."""
     augment: bool = True
-    """Random horizontal/vertical flips and 90-degree rotations."""
-    device: str = "auto"
+    """Random horizontal/vertical flips and 90 degree rotations."""
+    device: str = field(default="auto", metadata={"enum": DEVICES})
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
-    eval_batch_size: int = 256
+    eval_batch_size: int = field(default=256, metadata={"minimum": 1})
     """Batch size for validation and prediction."""
-    encoder_lr_factor: float = 1.0
-    """Encoder learning rate = factor x ``lr`` (the head keeps ``lr``); the ``e2e`` strategy."""
-    seed: int = 0
+    encoder_lr_factor: float = field(default=1.0, metadata={"exclusiveMinimum": 0})
+    """Encoder lr = factor x lr (the head keeps lr); the ``e2e`` strategy."""
+    seed: int = field(default=0, metadata={"job": True})
     """Seed of python, numpy and torch (initialisation, data order, augmentation, dropout)."""
-    threads: int = 1
+    threads: int = field(default=1, metadata={"job": True})
     """CPU threads for torch."""
-    progress: bool = True
+    progress: bool = field(default=True, metadata={"job": True})
     """Show a progress bar on stderr."""
-    checkpoint_every: int = 0
-    """Save the full training state every this many steps (0: by time, at epoch ends, on SIGTERM)."""
-    checkpoint_minutes: float = 10.0
+    checkpoint_every: int = field(default=0, metadata={"minimum": 0})
+    """Save the full training state every N steps (0 = by time, at epoch ends and on SIGTERM);
+    a rerun resumes."""
+    checkpoint_minutes: float = field(default=10, metadata={"minimum": 0})
     """Save the full training state when this many minutes passed since the last save."""
-    loss: str = "ce"
-    """``ce`` (cross-entropy; BCE for multi-label) or ``weighted_ce`` (classes weighted by inverse
-    frequency in the training (sub)set, so rare classes count as much as common ones)."""
+    loss: str = field(default="ce", metadata={"enum": LOSSES})
+    """``ce`` = cross-entropy (BCE for multi-label); ``weighted_ce`` = classes weighted by inverse
+    frequency in the training (sub)set, so rare classes count as much as common ones.
+    Segmentation ignores void pixels either way."""
     compile: bool = False
-    """Run the training forward and backward through ``torch.compile`` (worth it on a GPU for
-    runs of many steps; the first steps compile). Saving, validation and evaluation use the
-    model as built."""
+    """``torch.compile`` the training forward and backward (GPU runs of many steps; the first
+    steps compile). Saving, validation and evaluation use the model as built."""
     channels_last: bool = False
-    """Keep convolution weights and 4-D image batches in channels-last memory format (faster
-    convolutions with bf16 on recent GPUs; no effect on the results beyond rounding)."""
-    workers: int = 2
-    """Reader processes that decompress store chunks ahead of the batches when the splits stream
-    from the store (:meth:`~geopeft.data.stream.StoreImages.batches`; 0: read in the training
-    process). The batches, and so the results, are the same with any number."""
+    """Channels-last memory format for convolution weights and 4-D image batches (faster bf16
+    convolutions on recent GPUs; no effect on the results beyond rounding)."""
+    workers: int = field(default=2, metadata={"minimum": 0})
+    """Reader processes that decompress store chunks ahead of the batches when a job's splits
+    stream from the store (larger than half its memory;
+    :meth:`~geopeft.data.stream.StoreImages.batches`); 0: read in the training process. Same
+    batches, same results with any number. Count them in resources.cpus_per_gpu."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **extra: Any) -> TrainArgs:
@@ -101,6 +113,33 @@ _JOB_TRAIN_KEYS = ("seed", "threads", "progress")
 #: (``run.json`` of older runs), which load with their defaults (compile and channels-last
 #: off, as those runs trained).
 _EXECUTION_TRAIN_KEYS = ("compile", "channels_last", "workers")
+
+
+@dataclass
+class FusionConfig:
+    """Fusion-LoRA (:mod:`geopeft.models.fusion`): which fusion blocks a model has, and their
+    sizes."""
+
+    tokenizer: bool = True
+    """Learn the bands -> pseudo-RGB mapping (false = fixed true colour B04/B03/B02)."""
+    caf: bool = True
+    """Spectral token stream + cross-attention fusion."""
+    glf: bool = True
+    """Gated late fusion of fused and visual tokens (needs caf)."""
+    heads: int = field(default=4, metadata={"minimum": 1})
+    """Cross-attention heads (must divide the encoder width)."""
+    ffn_ratio: float = field(default=2, metadata={"exclusiveMinimum": 0})
+    """Fusion feed-forward width / encoder width."""
+    tokenizer_hidden: int = field(default=16, metadata={"minimum": 0})
+    """Hidden channels of the tokenizer's non-linear branch (0: linear mapping only)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> FusionConfig:
+        cfg = cls(**(d or {}))
+        if cfg.glf and not cfg.caf:
+            raise ConfigError("fusion.glf: gated late fusion mixes the cross-attention output "
+                             "with the visual tokens, so it needs fusion.caf: true")
+        return cfg
 
 
 @dataclass(frozen=True)
@@ -157,7 +196,7 @@ class RowSpec:
     lora: LoraSpec | None = None
     """The adapter (``lora`` rows)."""
     fusion: dict[str, Any] | None = None
-    """Fusion-LoRA settings (:class:`geopeft.models.fusion.FusionConfig`)."""
+    """Fusion-LoRA settings (:class:`FusionConfig`)."""
     sequence_length: int | None = None
     """Dates per series (time-series rows)."""
     temporal: Temporal | None = None
@@ -303,5 +342,6 @@ class PretrainSpec(_Job):
                    train=TrainArgs.from_dict(d["pretrain"], augment=True, threads=threads))
 
 
-__all__ = ["PEFT_METHODS", "STRATEGIES", "TRAIN_KEYS", "ConfigError", "DataSpec", "JobSpec",
+__all__ = ["DEVICES", "ENCODER_NORMS", "LOSSES", "PEFT_METHODS", "SEGMENTATION_MODELS",
+           "STRATEGIES", "TRAIN_KEYS", "ConfigError", "DataSpec", "FusionConfig", "JobSpec",
            "LoraSpec", "PretrainSpec", "RowSpec", "Temporal", "TrainArgs"]

@@ -25,7 +25,6 @@ caf: false, glf: false``), tokenizer only (``tokenizer: true``), + CAF (``caf: t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,33 +36,7 @@ from geopeft.bands import RGB
 from geopeft.data.dataset import StoreInfo
 from geopeft.models import backbones
 from geopeft.models.weights import Normalization, load_into, load_weights
-from geopeft.spec import ConfigError
-
-
-@dataclass
-class FusionConfig:
-    """Which fusion blocks a model has, and their sizes."""
-
-    tokenizer: bool = True
-    """Learn the 6 -> 3 pseudo-RGB mapping (false: fixed true-colour B04/B03/B02)."""
-    caf: bool = True
-    """Spectral token stream + cross-attention fusion."""
-    glf: bool = True
-    """Gated late fusion of fused and visual tokens (needs ``caf``)."""
-    heads: int = 4
-    """Attention heads of the cross-attention (must divide the encoder width)."""
-    ffn_ratio: float = 2.0
-    """Hidden width of the fusion feed-forward block, as a multiple of the encoder width."""
-    tokenizer_hidden: int = 16
-    """Hidden channels of the tokenizer's non-linear branch (0: linear mapping only)."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> FusionConfig:
-        cfg = cls(**(d or {}))
-        if cfg.glf and not cfg.caf:
-            raise ConfigError("fusion.glf: gated late fusion mixes the cross-attention output "
-                             "with the visual tokens, so it needs fusion.caf: true")
-        return cfg
+from geopeft.spec import ConfigError, FusionConfig
 
 
 class SpectralTokenizer(nn.Module):

@@ -45,9 +45,9 @@ from geopeft.models.classifier import check_input_size, normalize_input, resolve
 from geopeft.models.ltae import LTAE2d
 from geopeft.models.utae import ENCODER_NORMS, UTAE, pad_mask_of, shared_over_dates
 from geopeft.models.weights import Normalization, load_into, load_weights
+from geopeft.spec import SEGMENTATION_MODELS as MODELS
 from geopeft.spec import ConfigError
 
-MODELS = ("upernet_ltae", "utae")
 #: L-TAE settings of each model (``segmentation.ltae`` overrides them key by key): the U-TAE
 #: reference's, and PANGAEA's shared L-TAE (``d_model: null`` = the encoder's width).
 LTAE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -60,7 +60,7 @@ LTAE_DEFAULTS: dict[str, dict[str, Any]] = {
 class SegConfig:
     """Settings of a time-series segmentation model (``strategies.<name>.segmentation``)."""
 
-    model: str = "upernet_ltae"
+    model: str = MODELS[0]
     """``upernet_ltae`` (encoder of the zoo + PANGAEA's UPerNet + L-TAE) or ``utae``."""
     channels: int = 512
     """UPerNet channels (PANGAEA: 512)."""
@@ -90,7 +90,7 @@ class SegConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"segmentation: unknown key(s) {sorted(unknown)}")
-        model = d.get("model", "upernet_ltae")
+        model = d.get("model", MODELS[0])
         if model not in MODELS:
             raise ValueError(f"segmentation.model: {model!r} is not one of {MODELS}")
         if d.get("encoder_norm", "group") not in ENCODER_NORMS:

@@ -37,8 +37,7 @@ import torch
 from torch import nn
 
 from geopeft.models.ltae import LTAE2d, aggregate_by_attention
-
-ENCODER_NORMS = ("group", "batch")
+from geopeft.spec import ENCODER_NORMS
 
 
 def _norm(kind: str, c: int) -> nn.Module:

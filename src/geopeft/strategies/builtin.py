@@ -51,7 +51,7 @@ class E2E(Full):
 
 class Linear(Strategy):
     name = "linear"
-    summary = "frozen encoder; the new modules (head, fusion blocks) train"
+    summary = "frozen encoder, the new modules (head, fusion blocks) train"
 
     def mark(self, model: nn.Module, new: list[str]) -> None:
         for name, p in model.named_parameters():
@@ -77,7 +77,7 @@ class BitFit(Strategy):
 
 class PeftAdapter(Strategy):
     name = "lora"
-    summary = ("HF peft adapters (lora.method) in the frozen encoder; the new modules train and "
+    summary = ("HF peft adapters (lora.method) in the frozen encoder, the new modules train and "
                "are saved with the adapter")
     uses_adapter = True
 

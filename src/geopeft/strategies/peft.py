@@ -7,40 +7,10 @@ config it builds from the row's :class:`LoraSpec`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from geopeft.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """The adapter of a ``lora`` row."""
-
-    method: str = "lora"
-    """The peft method: one of :data:`PEFT_REGISTRY`."""
-    r: int = 8
-    """Rank of the adapter."""
-    alpha: float = 16
-    """Scaling numerator (LoRA scales the update by alpha / r)."""
-    dropout: float = 0.1
-    """Dropout on the adapter's input (rank dropout for LoHa and LoKr)."""
-    target_modules: tuple[str, ...] | None = None
-    """Encoder module name suffixes to adapt (None: the backbone's declared targets)."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "lora") -> LoraSpec:
-        """The adapter of a resolved ``lora`` mapping (every key present).
-
-        Raises:
-            ConfigError: a key is missing (named with ``where``).
-        """
-        missing = [f.name for f in fields(cls) if f.name not in d]
-        if missing:
-            raise ConfigError(f"{where}: missing {', '.join(missing)}")
-        t = d["target_modules"]
-        return cls(**{**{f.name: d[f.name] for f in fields(cls)},
-                      "target_modules": tuple(t) if t is not None else None})
 
 
 @dataclass(frozen=True)
@@ -82,6 +52,37 @@ PEFT_REGISTRY: dict[str, PeftMethod] = {m.name: m for m in (
     PeftMethod("loha", "low-rank Hadamard product (Hyeon-Woo et al. 2022)", _loha),
     PeftMethod("lokr", "low-rank Kronecker product (Edalati et al. 2022)", _lokr),
 )}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The adapter of a ``lora`` row."""
+
+    method: str = field(default="lora", metadata={"enum": tuple(PEFT_REGISTRY)})
+    """HF peft method on the target modules (dora = weight-decomposed LoRA)."""
+    r: int = field(default=8, metadata={"minimum": 1})
+    """Rank of the adapter."""
+    alpha: float = field(default=16, metadata={"exclusiveMinimum": 0})
+    """Scaling numerator (LoRA scales the update by alpha / r)."""
+    dropout: float = field(default=0.1, metadata={"minimum": 0, "maximum": 1})
+    """Dropout on the adapter's input (rank dropout for LoHa and LoKr)."""
+    target_modules: tuple[str, ...] | None = field(default=None, metadata={"minItems": 1})
+    """Encoder module name suffixes (null = the backbone's declared targets, q/k/v for the zoo's
+    ViT and Swin-V2, whose fused attention is exposed as separate q, k, v)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "lora") -> LoraSpec:
+        """The adapter of a resolved ``lora`` mapping (every key present).
+
+        Raises:
+            ConfigError: a key is missing (named with ``where``).
+        """
+        missing = [f.name for f in fields(cls) if f.name not in d]
+        if missing:
+            raise ConfigError(f"{where}: missing {', '.join(missing)}")
+        t = d["target_modules"]
+        return cls(**{**{f.name: d[f.name] for f in fields(cls)},
+                      "target_modules": tuple(t) if t is not None else None})
 
 
 def peft_config(lora: LoraSpec, targets: list[str], modules_to_save: list[str]) -> Any:

@@ -1,0 +1,474 @@
+"""The study configuration as typed dataclasses: each setting's type, default, constraints and
+description, written once.
+
+One dataclass per section of a study file; each field's type is its annotation, its default the
+dataclass default, its description the docstring under it, and its JSON-Schema constraints
+(``enum``, ``minimum``, ``pattern``, ...) the field's ``metadata``. Enums come from the code's
+own constants (band names, strategies, peft methods, datasets of the source registry, subset
+methods, pad rules, segmentation models). The training, adapter and Fusion-LoRA sections are the
+job's own dataclasses (:class:`~geopeft.spec.TrainArgs`, :class:`~geopeft.spec.LoraSpec`,
+:class:`~geopeft.spec.FusionConfig`).
+
+:mod:`geopeft.settings.schema` generates from them the JSON-Schema that
+:func:`geopeft.config.validate` validates and fills defaults with
+(``workflow/schemas/config.schema.yaml``) and the commented defaults file
+(``config/defaults.yaml``): ``uv run python -m geopeft.settings --write``.
+
+Field metadata, besides JSON-Schema keywords copied as they are:
+
+* ``optional``: the key may be left out and gets no default (the dataclass default is None);
+* ``nullable``: an optional key may also be null (a filled ``X | None`` key always may);
+* ``ref``: the value (or each item of a list) is the named ``$defs`` entry;
+* ``items``: keywords added to the item schema of a list;
+* ``schema``: the value's schema, instead of the one of the annotation;
+* ``like``: a class whose same-named field gives type, constraints and description;
+* ``job``: the job's setting, not the study's: left out of the schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+from typing import Any
+
+from geopeft.bands import S2_BANDS
+from geopeft.data.sources import REGISTRY
+from geopeft.data.subsets import METHODS as SUBSET_METHODS
+from geopeft.data.temporal import PAD_RULES
+from geopeft.spec import (
+    ENCODER_NORMS,
+    SEGMENTATION_MODELS,
+    STRATEGIES,
+    FusionConfig,
+    LoraSpec,
+    TrainArgs,
+)
+from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
+
+#: Datasets a study may train on (the schema's ``dataset``), asked of the source registry.
+DATASETS = tuple(n for n, s in REGISTRY.items() if s.study_dataset)
+#: Where the raw data come from (``data.source``).
+DATA_SOURCES = ("synthetic", "local", "download")
+#: How BigEarthNet's 20/60 m bands reach the 10 m grid (``data.options.resampling``).
+RESAMPLINGS = ("nearest", "bilinear", "cubic")
+#: Input normalisation of a backbone (``backbone.normalize``).
+NORMALIZATIONS = ("auto", "backbone", "dataset")
+#: Study, run and paper-study names.
+NAME_PATTERN = "^[A-Za-z0-9_.-]+$"
+SHA256_PATTERN = "^[0-9a-f]{64}$"
+MD5_PATTERN = "^[0-9a-f]{32}$"
+
+
+def setting(default: Any = MISSING, **schema: Any) -> Any:
+    """A key with a default (a list, mapping or section class is copied per instance)."""
+    if isinstance(default, type):
+        return field(default_factory=default, metadata=schema)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=schema)
+    return field(default=default, metadata=schema)
+
+
+def optional(**schema: Any) -> Any:
+    """A key that may be left out; no default is filled in."""
+    return field(default=None, metadata={**schema, "optional": True})
+
+
+def required(**schema: Any) -> Any:
+    """A key every study sets."""
+    return field(metadata=schema)
+
+
+def train_override() -> Any:
+    """A training setting a strategy or row may override (as :class:`TrainArgs`')."""
+    return optional(like=TrainArgs)
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+@dataclass(kw_only=True)
+class RemoteFile:
+    """A file to download, replacing the registry's of that name."""
+
+    name: str = required(pattern="^[^/]+$")
+    """The file's name (its archive name on the mirrors)."""
+    dataset: str | None = optional(ref="dataset")
+    """Only for this dataset of the study (default: every dataset)."""
+    urls: list[str] = required(minItems=1)
+    """Where to download it, tried in order."""
+    md5: str | None = optional(nullable=True, pattern=MD5_PATTERN)
+    """Its MD5 checksum."""
+    sha256: str | None = optional(nullable=True, pattern=SHA256_PATTERN)
+    """Its SHA-256 checksum."""
+    size: int | None = optional(nullable=True, minimum=0)
+    """Its size in bytes."""
+
+
+@dataclass(kw_only=True)
+class Folds:
+    """PASTIS: folds per split (default train 1-3, val 4, test 5)."""
+
+    train: list[int] | None = optional(items={"minimum": 1, "maximum": 5})
+    """Folds of the training split."""
+    val: list[int] | None = optional(items={"minimum": 1, "maximum": 5})
+    """Folds of the validation split."""
+    test: list[int] | None = optional(items={"minimum": 1, "maximum": 5})
+    """Folds of the test split."""
+
+
+@dataclass(kw_only=True)
+class Options:
+    """Source options for prepare."""
+
+    resampling: str | None = optional(enum=RESAMPLINGS)
+    """BigEarthNet: how 20/60 m bands reach the 10 m grid (default bilinear)."""
+    size: int | None = optional(minimum=8)
+    """BigEarthNet: output side in pixels (default 120)."""
+    skip_corrupt: bool | None = optional()
+    """Skip unreadable samples (counted and listed in the store) instead of failing."""
+    v2_metadata: str | None = optional()
+    """BigEarthNet v1: metadata.parquet of v2 for the official split."""
+    folds: Folds | None = optional()
+
+
+@dataclass(kw_only=True)
+class Synthetic:
+    """Parameters of the embedded synthetic world."""
+
+    seed: int = setting(0, minimum=0)
+    """Master seed of the world."""
+    n_samples: int = setting(1000, minimum=30)
+    """Target scenes (EuroSAT class proportions)."""
+    source_samples: int = setting(1000, minimum=30)
+    """Scenes in the pretraining source set."""
+    size: int = setting(64, minimum=16, maximum=256)
+    """Scene side in pixels."""
+    cloud_fraction: float = setting(0.05, minimum=0, maximum=1)
+    """Share of cloudy scenes."""
+    noise: float = setting(0.004, minimum=0)
+    """Sensor noise (reflectance units)."""
+
+
+@dataclass(kw_only=True)
+class Data:
+    """The dataset, its source and bands."""
+
+    dataset: str = required(ref="dataset")
+    """Dataset (its published layout decides the reader). Training covers the multi-class EuroSAT
+    datasets; BigEarthNet (multi-label) and PASTIS (segmentation) are fetched and prepared, and
+    trained by the Fusion-LoRA and time-series studies."""
+    source: str = setting("synthetic", enum=DATA_SOURCES)
+    """synthetic = generate the embedded synthetic Sentinel-2 world; download = fetch the real
+    archives (checksummed, resumable), extract and prepare them; local = the real dataset already
+    unpacked in its published layout at raw_dir."""
+    raw_dir: str | None = None
+    """Folder holding the unpacked dataset (source local); default <root>/raw/<source>/<dataset>."""
+    mirrors: list[str] = setting([])
+    """Base URLs tried before the publisher's (each serves files under their archive name)."""
+    remotes: list[RemoteFile] = setting([])
+    """Replace the registry's files to download (name, urls, md5/sha256, size)."""
+    options: Options = setting(Options)
+    root: str = "data"
+    """Data root; raw files go to <root>/raw/<source>/, prepared stores to <root>/prepared/."""
+    bands: list[str] = required(minItems=1, uniqueItems=True, items={"enum": S2_BANDS})
+    """Sentinel-2 band names to select, in model input order."""
+    synthetic: Synthetic = setting(Synthetic)
+
+
+@dataclass(kw_only=True)
+class Subsets:
+    """Label-fraction subsets of the training split."""
+
+    method: str = setting(SUBSET_METHODS[0], enum=SUBSET_METHODS)
+    """How label-fraction subsets of the train split are drawn (nested, seeded by the run seed)."""
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+@dataclass(kw_only=True)
+class Backbone:
+    """An encoder: a zoo entry or a timm architecture, and its weights."""
+
+    name: str = required()
+    """A backbone of the zoo (`geopeft backbones` lists them: vit_b16_in21k, swinv2_tiny,
+    ssl4eo_s12_vits16_dino/moco/mae, croma_optical_base/large, embedded, ...) or any timm ViT /
+    Swin-V2 architecture name, e.g. vit_base_patch16_224."""
+    kwargs: dict[str, Any] = setting({})
+    """Extra keyword arguments for timm.create_model (img_size, patch_size, depth, ...), over the
+    zoo entry's."""
+    weights: str | None = setting(None, pattern="^(pretrain|none|timm:.+|url:.+|file:.+)$")
+    """null = the zoo entry's published weights (pretrain for a plain timm name); pretrain = the
+    checkpoint of this study's pretrain rule; none = random initialisation; timm:<tag> = timm hub
+    weights (needs the HF cache or network); url:<https://...> = a published checkpoint in the
+    torch hub cache (downloaded when online, sha256-checked); file:<path> = a local
+    .safetensors/.pth checked against sha256."""
+    sha256: str | None = setting(None, pattern=SHA256_PATTERN)
+    """Checksum of file weights, of url weights (instead of the hash in the file name) and of
+    `file`."""
+    file: str | None = None
+    """A local copy of the weights file of timm:<tag> weights (e.g. on an offline cluster, or the
+    rehearsal's fixture), loaded by timm with the tag's pretrained configuration; needs sha256."""
+    input_size: int | None = None
+    """Resize inputs to this side before the backbone (null = backbone img_size)."""
+    normalize: str = setting("auto", enum=NORMALIZATIONS)
+    """backbone = the normalisation the weights were trained with (recorded in the checkpoint or
+    timm's pretrained cfg); dataset = train-split statistics; auto = backbone when known."""
+
+
+@dataclass(kw_only=True)
+class Pretrain:
+    """Supervised pretraining of the embedded backbone on the synthetic source set (coarse
+    labels)."""
+
+    epochs: int = setting(10, like=TrainArgs)
+    batch_size: int = setting(64, like=TrainArgs)
+    lr: float = setting(0.001, like=TrainArgs)
+    weight_decay: float = setting(0.05, like=TrainArgs)
+    warmup_epochs: float = setting(1, like=TrainArgs)
+    seed: int = setting(0, minimum=0)
+    """Seed of the pretraining run."""
+    bands: list[str] | None = setting(None, items={"enum": S2_BANDS})
+    """Bands the embedded backbone is pretrained on (null = data.bands); Fusion-LoRA studies
+    pretrain an RGB encoder ([B04, B03, B02]) and feed it pseudo-RGB."""
+
+
+@dataclass(kw_only=True)
+class Ltae:
+    """L-TAE settings. upernet_ltae (PANGAEA): d_model null (= the encoder's width), heads 16,
+    d_k 4, positional_encoding false; utae (utae-paps): d_model 256, heads 16, d_k 4,
+    positional_encoding true."""
+
+    d_model: int | None = optional(nullable=True, minimum=1)
+    """Width of the attention (null = the encoder's width)."""
+    heads: int | None = optional(minimum=1)
+    """Attention heads."""
+    d_k: int | None = optional(minimum=1)
+    """Key width per head."""
+    positional_encoding: bool | None = optional()
+    """Add the encoding of days since temporal.reference_date (period 1000)."""
+
+
+@dataclass(kw_only=True)
+class Segmentation:
+    """Time-series segmentation model (time-series datasets, e.g. PASTIS;
+    geopeft.models.segmentation). upernet_ltae = PANGAEA-bench's seg_upernet_mt_ltae: the
+    backbone on every date, four tapped levels, one L-TAE shared by all levels, a Feature2Pyramid
+    neck and a UPerNet head; utae = the supervised U-TAE baseline of utae-paps (no backbone;
+    strategy full or scratch)."""
+
+    model: str = setting(SEGMENTATION_MODELS[0], enum=SEGMENTATION_MODELS)
+    """upernet_ltae (an encoder of the zoo + PANGAEA's UPerNet + L-TAE) or utae."""
+    channels: int | None = optional(minimum=4)
+    """UPerNet channels (default 512, as PANGAEA)."""
+    out_indices: list[int] | None = optional(items={"minimum": 0}, minItems=4, maxItems=4)
+    """ViT blocks feeding the decoder (default: the encoder's declared taps, e.g. 3 5 7 11 for
+    SSL4EO-S12 ViT-S/16 and CROMA as PANGAEA; else four evenly spaced)."""
+    ltae: Ltae | None = optional()
+    encoder_chunk: int | None = optional(minimum=1)
+    """Frames the encoder processes at once (default 64): bounds memory."""
+    checkpoint: bool | None = optional()
+    """Recompute a trained encoder's activations per chunk in the backward pass (default true)."""
+    encoder_widths: list[int] | None = optional(items={"minimum": 1}, minItems=2)
+    """U-TAE encoder channels per level (default 64 64 64 128)."""
+    decoder_widths: list[int] | None = optional(items={"minimum": 1}, minItems=2)
+    """U-TAE decoder channels per level (default 32 32 64 128; the last equals the encoder's
+    last)."""
+    out_conv: int | None = optional(minimum=1)
+    """U-TAE output block's first width (default 32)."""
+    encoder_norm: str | None = optional(enum=ENCODER_NORMS)
+    """U-TAE encoder norm: group (GroupNorm(4), the reference's default) or batch (the
+    reference's option)."""
+
+
+@dataclass(kw_only=True)
+class Strategy:
+    """A named strategy: what trains, and the training settings of its rows."""
+
+    # what trains, each strategy in its own words (geopeft.strategies)
+    strategy: str = required(enum=STRATEGIES, description="; ".join(
+        f"{name} = {s.summary}" for name, s in STRATEGY_REGISTRY.items()) + ".")
+    lora: LoraSpec = setting(LoraSpec)
+    fusion: FusionConfig | None = optional()
+    """Fusion-LoRA (geopeft.models.fusion): a learned spectral tokenizer to pseudo-RGB for the
+    frozen encoder, a spectral token stream with cross-attention fusion (caf) and gated late
+    fusion (glf). Ablation ladder: RGB-only {tokenizer: false, caf: false, glf: false},
+    {tokenizer: true, caf: false, glf: false}, + caf, + glf. Needs B04, B03, B02 in
+    data.bands."""
+    backbone: Backbone | None = optional()
+    """The encoder of this strategy's rows, replacing the study's backbone (a study can compare
+    encoders); only the study's own backbone can use weights: pretrain."""
+    segmentation: Segmentation = setting(Segmentation)
+    epochs: int | None = train_override()
+    batch_size: int | None = train_override()
+    lr: float | None = train_override()
+    weight_decay: float | None = train_override()
+    warmup_epochs: float | None = train_override()
+    augment: bool | None = train_override()
+    loss: str | None = train_override()
+    encoder_lr_factor: float | None = train_override()
+    """Encoder lr = factor x lr (e2e, the ft_rate of the time-series study; default 0.1)."""
+
+
+# ---------------------------------------------------------------------------------- study table
+
+
+@dataclass(kw_only=True)
+class Grid:
+    """Study table as a grid; every combination becomes one row (one training job)."""
+
+    strategy: list[str] = setting([])
+    """Keys of strategies."""
+    dataset: list[str] = setting([], ref="dataset")
+    """Datasets the study covers (empty = data.dataset); run names then start with the
+    dataset."""
+    label_fraction: list[float] = setting([1.0], ref="fraction")
+    """Shares of the training labels used."""
+    sequence_length: list[int] = setting([], items={"minimum": 1}, uniqueItems=True)
+    """Dates per series (time-series datasets; empty = temporal.length); run names then hold
+    -t<length>."""
+    seed: list[int] = setting([0], items={"minimum": 0})
+    """Seeds of the rows."""
+
+
+@dataclass(kw_only=True)
+class Row:
+    """An explicit study row."""
+
+    name: str | None = optional(pattern=NAME_PATTERN)
+    """The run's name (default <strategy>-f<fraction>[-t<length>]-s<seed>)."""
+    strategy: str = required()
+    """A key of strategies."""
+    dataset: str | None = optional(ref="dataset")
+    """Dataset of the row (default data.dataset)."""
+    label_fraction: float = setting(1.0, ref="fraction")
+    """Share of the training labels used."""
+    sequence_length: int | None = optional(minimum=1)
+    """Dates per series (time-series datasets; default temporal.length)."""
+    seed: int = setting(0, minimum=0)
+    """The row's seed (initialisation, subset, data order)."""
+    loss: str | None = train_override()
+    epochs: int | None = train_override()
+    batch_size: int | None = train_override()
+    lr: float | None = train_override()
+    weight_decay: float | None = train_override()
+    warmup_epochs: float | None = train_override()
+    augment: bool | None = train_override()
+
+
+@dataclass(kw_only=True)
+class Temporal:
+    """Temporal subsampling of time-series datasets (geopeft.data.temporal): each length is drawn
+    evenly spaced from the next longer one of the study's lengths, so selections are nested and
+    in date order; T = 1 is the median date of the next longer selection."""
+
+    length: int = setting(35, minimum=1)
+    """Dates per series when the grid or row names none."""
+    pad: str = setting(PAD_RULES[0], enum=PAD_RULES)
+    """A series shorter than the length: mask = all its dates, then empty (all-zero) dates that
+    the models mask out of attention and aggregation, as the reference implementations;
+    repeat = evenly spaced dates with repetition (every date kept, date order); error = stop,
+    naming the patch."""
+    reference_date: str = setting("2018-09-01", pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+    """The temporal encodings count days from this date."""
+
+
+@dataclass(kw_only=True)
+class Paper:
+    """`snakemake paper`: paper/main.pdf, a section per study generated from its results
+    (geopeft.paper.document)."""
+
+    studies: list[str] = setting([], items={"pattern": NAME_PATTERN})
+    """Studies of the paper, in order, by name (their results in <results_dir>/<study>: run each
+    study first); empty = this study alone."""
+
+
+@dataclass(kw_only=True)
+class Mlflow:
+    """Experiment tracking (MLflow)."""
+
+    tracking_uri: str | None = None
+    """MLflow tracking URI; null = sqlite:///<results_dir>/mlflow.db."""
+    experiment: str | None = None
+    """Experiment name; null = study name."""
+
+
+@dataclass(kw_only=True)
+class Resources:
+    """Resources of the GPU jobs (pretrain, train, evaluate), read by Snakemake (--resources
+    gpu=N on a workstation, profiles/default) and the SLURM executor (profiles/slurm). Light
+    rules are local rules or use the profile's CPU defaults."""
+
+    gpus: int | str = setting("auto", schema={
+        "oneOf": [{"type": "integer", "minimum": 0}, {"const": "auto"}]})
+    """GPUs per job (Snakemake resource gpu; SLURM --gpus); 0 = CPU jobs. auto: 1 on a cluster
+    executor and on a local machine with NVIDIA GPUs (nvidia-smi), 0 on a local machine without,
+    so that CPU jobs run as many at once as cores allow (geopeft.gpus.per_job). Each job claims
+    its own device(s)."""
+    cpus_per_gpu: int = setting(8, minimum=1)
+    """CPU cores per GPU (SLURM --cpus-per-gpu)."""
+    mem_mb: int = setting(32000, minimum=100)
+    """Memory per job in MB."""
+    runtime: int = setting(120, minimum=1)
+    """Minutes for a job's first attempt; attempt n gets n x this (retries after a time-out)."""
+
+
+@dataclass(kw_only=True)
+class Study:
+    """One study: a dataset (embedded synthetic world or a real source), a backbone, a
+    pretraining step when the backbone is the embedded one, training defaults, named strategies
+    and a study table (grid and/or explicit rows). Every key is documented here; defaults are
+    filled in."""
+
+    study: str = required(pattern=NAME_PATTERN)
+    """Study name; outputs go to results/<study>/ and the MLflow experiment gets this name."""
+    results_dir: str = "results"
+    """Root folder of generated results."""
+    data: Data = required()
+    subsets: Subsets = setting(Subsets)
+    backbone: Backbone = required()
+    """The study's encoder."""
+    pretrain: Pretrain = setting(Pretrain)
+    train: TrainArgs = setting(TrainArgs)
+    strategies: dict[str, Strategy] = required(minProperties=1)
+    """Named strategy configurations that study rows refer to."""
+    grid: Grid = setting(Grid)
+    runs: list[Row] = setting([])
+    """Explicit study rows, added to the grid's."""
+    temporal: Temporal = setting(Temporal)
+    paper: Paper = setting(Paper)
+    mlflow: Mlflow = setting(Mlflow)
+    threads: int = setting(1, minimum=1)
+    """CPU threads per training job."""
+    jobserver: bool = True
+    """Local runs (no cluster executor, no conda/apptainer): fork the pretrain, train and evaluate
+    jobs from one warm process that has imported torch, timm, peft, MLflow and zarr once
+    (geopeft.jobserver; about 10 s saved per job). Results are identical; false = every job a
+    fresh process."""
+    rehearsal: bool | str = False
+    """Rehearse a real study on a CPU before spending GPU hours (`uv run geopeft rehearse FILE`,
+    or `--config rehearsal=true` while `geopeft rehearsal-server` runs): the same DAG, the real
+    download, prepare and weight-loading paths, only smaller. Data: fixture archives in the
+    publishers' layouts (a few dozen samples), downloaded from the fixture server on 127.0.0.1;
+    weights: random values in the publishers' checkpoint formats, sha256 pinned; every strategy
+    once, the first and last value of each other grid axis alternating over them, the first
+    seed, 1 epoch, batch <= 8, CPU jobs of one thread; explicit runs are kept. Outputs go to
+    results/<study>_rehearsal and every figure, table and MLflow run says "rehearsal". true =
+    fixtures in .rehearsal/; a string names another fixture folder."""
+    rehearsal_gpus: int = setting(0, minimum=0)
+    """GPUs per training job of a rehearsal (`geopeft rehearse --gpus N`): 0 = CPU jobs of one
+    thread (the default: rehearse on a laptop); 1 = the study's CUDA path (bf16 autocast, CUDA
+    memory accounting, the device claim) on a GPU machine, still with fixture data."""
+    resources: Resources = setting(Resources)
+
+
+#: The schema's ``$defs``, in order: named sections (referred to by every use) and value types.
+DEFS: dict[str, Any] = {
+    "backbone": Backbone,
+    "dataset": {"type": "string", "enum": DATASETS},
+    "fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "train": TrainArgs,
+    "strategy": Strategy,
+    "row": Row,
+}
+
+__all__ = ["DATASETS", "DEFS", "Backbone", "Data", "Grid", "Row", "Strategy", "Study"]
