@@ -356,23 +356,23 @@ def test_a_job_through_the_server_equals_a_fresh_process_bitwise(tmp_path, rgb_s
 def test_watch_process_sees_exit_zombies_and_recycled_pids(monkeypatch):
     """One liveness check for the server's parent and a job's Snakemake: a process that exited
     (even one not reaped yet) is gone, and so is a PID that now names another process."""
-    from geopeft import jobserver
+    from geopeft import process
 
     child = subprocess.Popen(["sleep", "60"])
-    alive = jobserver.watch_process(child.pid)
+    alive = process.watch_process(child.pid)
     assert alive()
     child.kill()
     deadline = time.monotonic() + 10
-    while (jobserver.proc_stat(child.pid) or ["Z"])[0] != "Z" and time.monotonic() < deadline:
+    while (process.proc_stat(child.pid) or ["Z"])[0] != "Z" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not alive()  # a zombie: killed, its parent (this test) has not reaped it yet
     child.wait()
     assert not alive()
-    assert not jobserver.watch_process(child.pid)()  # no such process when the watch starts
+    assert not process.watch_process(child.pid)()  # no such process when the watch starts
 
-    me = jobserver.watch_process(os.getpid())
+    me = process.watch_process(os.getpid())
     assert me()
-    real = jobserver.proc_stat
+    real = process.proc_stat
     recycled = lambda pid="self": [*real(pid)[:19], "1", *real(pid)[20:]]  # noqa: E731
-    monkeypatch.setattr(jobserver, "proc_stat", recycled)
+    monkeypatch.setattr(process, "proc_stat", recycled)
     assert not me()  # same PID, another start time: another process

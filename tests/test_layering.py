@@ -19,14 +19,15 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "geopeft"
 #: evaluate do not import each other).
 LAYERS: list[set[str]] = [
     {"errors"},                     # the base of geopeft's one-line errors
-    {"io", "bands", "gpus", "jobserver", "strategies"},  # files, band names, GPU claims, the job
-    # server; the fine-tuning strategies and peft methods
+    # files, band names, GPU claims, /proc, messages; the fine-tuning strategies and peft methods
+    {"io", "bands", "gpus", "process", "wire", "strategies"},
     {"spec", "metrics", "tracking"},  # the typed job spec; numpy metrics; MLflow
     {"tasks"},                      # the learning tasks: scores, metrics, tables, predictions
     {"data"},                       # sources, synthetic world, zarr store, splits
     {"models", "settings"},         # zoo, ..., inference; the study settings (typed, the schema)
     {"config", "train", "evaluate"},  # the study's resolution; training; evaluation
-    {"paper", "rehearsal", "plan", "app"},  # figures, tables; rehearsal fixtures; the plan; the app
+    # figures, tables; rehearsal fixtures; the plan; the app; the job server (only cli imports it)
+    {"paper", "rehearsal", "plan", "app", "jobserver"},
     {"cli"},                        # the command line
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
@@ -131,6 +132,14 @@ def test_imports_go_downward_only():
 def test_no_import_cycles():
     found = cycles(graph(package_sources()))
     assert not found, "import cycles:\n  " + "\n  ".join(" <-> ".join(c) for c in found)
+
+
+def test_only_the_command_line_imports_the_job_server():
+    """The job server is a leaf: the command line starts and serves it (the workflow, outside the
+    package, starts it too); a job that needs a process's facts imports geopeft.process."""
+    g = graph(package_sources())
+    users = sorted(m for m, targets in g.items() if "geopeft.jobserver" in targets)
+    assert users == ["geopeft.cli"], users
 
 
 def test_the_checks_catch_an_upward_import_and_a_cycle():

@@ -34,10 +34,8 @@ conda/apptainer runs never use it.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import importlib
-import json
 import logging
 import os
 import random
@@ -55,6 +53,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from geopeft import wire
+from geopeft.process import START_ENV, process_started, signal_process, wait_gone, watch_process
+
 #: The environment variable that names the server's socket for the jobs of a run.
 ENV = "GEOPEFT_JOBSERVER"
 #: The commands that go through the server (the ones that import torch).
@@ -64,65 +65,6 @@ COMMANDS = frozenset({"pretrain", "train", "evaluate"})
 SERVER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 log = logging.getLogger(__name__)
-_HEADER = struct.Struct("!I")
-
-
-#: Set in a forked job: when its client process started (epoch seconds).
-START_ENV = "GEOPEFT_PROCESS_START"
-
-
-def proc_stat(pid: int | str = "self") -> list[str] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name (0: state, 1: parent PID,
-    19: start time in clock ticks since boot), or None when there is no such process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def watch_process(pid: int) -> Callable[[], bool]:
-    """A check that process ``pid`` still runs: False once it has exited (a zombie included), or
-    once its PID belongs to another process (its start time in ``/proc`` differs from now's).
-
-    The job server watches Snakemake with it, and so does a job that runs without the server
-    (:func:`geopeft.train.resume.stop_when_snakemake_is_gone`): a recycled PID fools neither.
-    """
-    first = proc_stat(pid)
-    started = first[19] if first is not None and len(first) > 19 else None
-
-    def alive() -> bool:
-        if started is None:
-            return False
-        fields = proc_stat(pid)
-        return fields is not None and fields[19] == started and fields[0] not in ("Z", "X")
-
-    return alive
-
-
-def process_started() -> float | None:
-    """When this job's process started (epoch seconds), for the start-up time a job reports.
-
-    A job the server forked counts from its client's start (``$GEOPEFT_PROCESS_START``), any
-    other process from the kernel's record (``/proc``); None where neither is known.
-    """
-    if START_ENV in os.environ:
-        return float(os.environ[START_ENV])
-    fields = proc_stat()
-    if fields is None:
-        return None
-    try:
-        ticks = int(fields[19])
-        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                     if line.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-    return btime + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def seconds_since_start() -> float | None:
-    """Seconds since this job's process started (:func:`process_started`), or None."""
-    started = process_started()
-    return None if started is None else time.time() - started
 
 
 def _identity() -> dict[str, str]:
@@ -130,37 +72,6 @@ def _identity() -> dict[str, str]:
     return {"python": os.path.realpath(sys.executable), "prefix": os.path.realpath(sys.prefix),
             "package": os.path.realpath(__file__)}
 
-
-def _send(sock: socket.socket, obj: dict, fds: Sequence[int] = ()) -> None:
-    data = json.dumps(obj).encode()
-    payload = _HEADER.pack(len(data)) + data
-    if fds:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-        sent = sock.sendmsg([payload], anc)
-        payload = payload[sent:]
-    if payload:
-        sock.sendall(payload)
-
-
-def _recv_exact(sock: socket.socket, n: int, fds: list[int] | None = None) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        if fds is not None:
-            chunk, anc, _, _ = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(16 * 4))
-            for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(array.array("i", data[: len(data) - len(data) % 4]))
-        else:
-            chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed")
-        buf += chunk
-    return buf
-
-
-def _recv(sock: socket.socket, fds: list[int] | None = None) -> dict:
-    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, fds))
-    return json.loads(_recv_exact(sock, size, fds))
 
 
 # ----------------------------------------------------------------------------------- client
@@ -194,7 +105,7 @@ def run_remote(command: str, argv: Sequence[str]) -> int | None:
 
     def forward(signum: int, frame: object) -> None:
         if child:
-            _kill(child[0], signum)
+            signal_process(child[0], signum)
         else:
             pending.append(signum)
 
@@ -206,10 +117,10 @@ def run_remote(command: str, argv: Sequence[str]) -> int | None:
         started = process_started()
         if started is not None:
             env[START_ENV] = repr(started)
-        _send(sock, {"argv": list(argv), "cwd": os.getcwd(), "env": env, **_identity()},
+        wire.send(sock, {"argv": list(argv), "cwd": os.getcwd(), "env": env, **_identity()},
               fds=(0, 1, 2))
         sock.settimeout(REPLY_TIMEOUT_S)
-        reply = _recv(sock)
+        reply = wire.recv(sock)
         sock.settimeout(None)
     except (OSError, ConnectionError, ValueError) as err:
         reply = {"refused": f"not usable: {err}"}
@@ -224,28 +135,20 @@ def run_remote(command: str, argv: Sequence[str]) -> int | None:
         return None
     child.append(int(reply["pid"]))
     for sig in pending:
-        _kill(child[0], sig)
+        signal_process(child[0], sig)
     try:
-        status = int(_recv(sock)["status"])
+        status = int(wire.recv(sock)["status"])
     except (OSError, ConnectionError, ValueError) as err:
         # the server is gone: its child must not train on unseen (it saves its state on SIGTERM)
         print(f"geopeft {command}: job server {path} lost the job (pid {child[0]}): {err}; "
               "stopping it", file=sys.stderr, flush=True)
-        _kill(child[0], signal.SIGTERM)
-        _wait_gone(child[0], 120.0)
+        signal_process(child[0], signal.SIGTERM)
+        wait_gone(child[0], 120.0)
         status = 1
     finally:
         sock.close()
     return status
 
-
-def _wait_gone(pid: int, timeout_s: float) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        fields = proc_stat(pid)
-        if fields is None or fields[0] == "Z":
-            return
-        time.sleep(0.1)
 
 
 # ------------------------------------------------------------------------- start and stop
@@ -322,7 +225,7 @@ class _Job:
         """SIGTERM the job once (it checkpoints and exits, as on preemption)."""
         if not self.stopped:
             self.stopped = True
-            _kill(self.pid, signal.SIGTERM)
+            signal_process(self.pid, signal.SIGTERM)
 
 
 def _child(conn: socket.socket, listener: socket.socket, others: list[socket.socket], req: dict,
@@ -468,7 +371,7 @@ def _accept(conn: socket.socket, sel: selectors.BaseSelector, jobs: dict[int, _J
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _, peer_uid, _ = struct.unpack("3i", creds)
         conn.settimeout(30)
-        req = _recv(conn, fds)
+        req = wire.recv(conn, fds)
         conn.settimeout(None)
         refused = None
         if peer_uid != uid:
@@ -484,7 +387,7 @@ def _accept(conn: socket.socket, sel: selectors.BaseSelector, jobs: dict[int, _J
             if threading.active_count() > 1:
                 refused = "the server has threads: forking it is unsafe"
         if refused:
-            _send(conn, {"refused": refused})
+            wire.send(conn, {"refused": refused})
             conn.close()
             return
         sys.stdout.flush()
@@ -506,7 +409,7 @@ def _accept(conn: socket.socket, sel: selectors.BaseSelector, jobs: dict[int, _J
         sel.register(conn, selectors.EVENT_READ, job)
         log.info("job %d: geopeft %s", pid, " ".join(req["argv"][:1]))
         try:
-            _send(conn, {"pid": pid})
+            wire.send(conn, {"pid": pid})
         except OSError:
             log.warning("client of job %d is gone before it started: stopping the job", pid)
             job.stop()
@@ -537,15 +440,7 @@ def _reap(jobs: dict[int, _Job], sel: selectors.BaseSelector) -> None:
         except (KeyError, ValueError):
             pass
         try:
-            _send(job.conn, {"status": code})
+            wire.send(job.conn, {"status": code})
         except OSError:
             pass
         job.conn.close()
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-

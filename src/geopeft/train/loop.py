@@ -30,7 +30,6 @@ from torch import nn
 from geopeft.data.dataset import Split
 from geopeft.data.stream import chunk_order
 from geopeft.errors import GeopeftError
-from geopeft.jobserver import seconds_since_start
 from geopeft.models.inference import forward
 from geopeft.models.runtime import (
     MEMORY_KIND,
@@ -42,6 +41,7 @@ from geopeft.models.runtime import (
     training_tensors_mb,
 )
 from geopeft.models.saved import trained_tensors
+from geopeft.process import seconds_since_start
 from geopeft.spec import TrainArgs
 from geopeft.strategies import param_groups
 from geopeft.train.distributed import any_rank, dist_info, step_seed, sum_over_ranks, sync_gradients

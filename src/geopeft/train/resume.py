@@ -32,7 +32,7 @@ from typing import Any
 
 from geopeft.errors import GeopeftError
 from geopeft.io import read_json, write_json
-from geopeft.jobserver import proc_stat, watch_process
+from geopeft.process import proc_stat, watch_process
 
 log = logging.getLogger(__name__)
 _STEP = re.compile(r"^step-(\d{8})\.pt$")

@@ -14,12 +14,12 @@ from typing import Any
 from geopeft.data.dataset import StoreInfo, load_splits, store_info
 from geopeft.data.stream import memory_budget_mb
 from geopeft.io import atomic_dir, canonical_json, read_json, write_json
-from geopeft.jobserver import seconds_since_start
 from geopeft.models.build import build_model
 from geopeft.models.classifier import build_classifier
 from geopeft.models.runtime import seed_everything
 from geopeft.models.saved import save_model
 from geopeft.models.weights import sha256_file
+from geopeft.process import seconds_since_start
 from geopeft.spec import DataSpec, JobSpec, PretrainSpec
 from geopeft.strategies import count_parameters
 from geopeft.tracking import NOTE_TAG, RunLogger, git_commit, store_name
