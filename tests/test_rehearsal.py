@@ -123,7 +123,7 @@ def test_rehearse_takes_its_options_anywhere_and_passes_what_follows_the_dashes(
     from geopeft import cli
 
     seen = []
-    monkeypatch.setattr(cli, "cmd_rehearse", seen.append)
+    monkeypatch.setattr(cli.study, "cmd_rehearse", seen.append)  # where the parser finds it
     monkeypatch.setattr("geopeft.jobserver.run_remote", lambda *a: None)
     assert cli.main(["rehearse", "config/studies/eurosat_lora.yaml", "--dir", "/tmp/fx",
                      "--cores", "3", "--", "-n", "--dir", "x"]) == 0

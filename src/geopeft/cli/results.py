@@ -1,0 +1,205 @@
+"""Result commands: ``predict``, ``app``, ``aggregate``, ``paper``, ``figures`` and ``table``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from geopeft.cli.common import _opt_path, log
+
+
+def _series_dates(args: argparse.Namespace) -> list[list[int] | None]:
+    """Each file's dates: ``--dates`` (one comma-separated list per file, in order) or, for a
+    PASTIS ``S2_<ID>.npy``, its ``dates-S2`` in ``--metadata``."""
+    from geopeft.data.sources import DataError
+    from geopeft.data.sources.pastis import read_geojson
+    from geopeft.evaluate.predict import parse_dates
+
+    if args.dates:
+        if len(args.dates) != len(args.files):
+            raise DataError(f"--dates: {len(args.dates)} lists for {len(args.files)} files "
+                            f"(one comma-separated list of YYYYMMDD per file)")
+        return [parse_dates(text, f"--dates for {f}") for text, f in zip(args.dates, args.files,
+                                                                          strict=True)]
+    if args.metadata:
+        by_id = {str(m["id"]): m["dates"] for m in read_geojson(Path(args.metadata))}
+        out = []
+        for f in args.files:
+            pid = Path(f).stem.removeprefix("S2_")
+            if pid not in by_id:
+                raise DataError(f"{f}: patch {pid} is not in {args.metadata}")
+            out.append(by_id[pid])
+        return out
+    return [None] * len(args.files)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    """``geopeft predict``: a trained run applied to files in its dataset's format; CSV.
+
+    Args:
+        args: ``model``, ``files``, ``top_k``, ``out`` (default standard output), ``dates`` /
+            ``metadata`` (time series), ``maps`` (segmentation: a folder for the class maps).
+    """
+    import csv
+
+    import numpy as np
+
+    from geopeft.evaluate.predict import Predictor
+    from geopeft.io import atomic_file
+
+    predictor = Predictor(Path(args.model))
+    preds = predictor.predict_files([Path(f) for f in args.files], _series_dates(args))
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(predictor.task.csv_header(f"top{args.top_k}"))
+    for p in preds:
+        where = ""
+        if p.label_map is not None and args.maps:
+            Path(args.maps).mkdir(parents=True, exist_ok=True)
+            where = str(Path(args.maps) / f"{Path(p.file).stem}.npy")
+            with atomic_file(where, "wb") as fh:
+                np.save(fh, p.label_map.astype(np.uint8))
+        w.writerow(predictor.task.csv_row(p, args.top_k, where))
+    if args.out:
+        out.close()
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    """``geopeft app``: the inference app (Gradio) of a study's results folder.
+
+    Args:
+        args: ``results``, ``host``, ``port``, ``raw`` (the raw dataset for examples).
+    """
+    from geopeft.app import serve
+
+    serve(Path(args.results), host=args.host, port=args.port,
+          raw=Path(args.raw) if args.raw else None)
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    """``geopeft aggregate``: one CSV row per run of a study.
+
+    Args:
+        args: ``runs`` (run folders), ``out``, ``html``, ``experiment`` (the MLflow experiment
+            file: its description gets the summary table).
+    """
+    from geopeft.paper.aggregate import aggregate
+
+    runs = [Path(r) for r in args.runs]
+    rows = aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs],
+                     Path(args.out))
+    if args.experiment:
+        from geopeft.paper.aggregate import summary_markdown
+        from geopeft.tracking import describe_experiment
+
+        describe_experiment(Path(args.experiment), summary_markdown(rows))
+    if args.html:
+        from geopeft.paper.tables import write_html_table
+
+        write_html_table(Path(args.out), Path(args.html))
+
+
+def cmd_paper(args: argparse.Namespace) -> None:
+    """``geopeft paper``: the paper of several studies, compiled with latexmk.
+
+    Args:
+        args: ``results`` (each study's results folder, in order), ``out`` (the PDF).
+    """
+    from geopeft.paper.document import build_paper
+
+    out = build_paper([Path(r) for r in args.results], Path(args.out))
+    log.info("%s: %d studies", out, len(args.results))
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    """``geopeft figures``: the study's figures (PDF + PNG).
+
+    Args:
+        args: ``runs_csv``, ``runs_dir``, ``outdir``.
+    """
+    from geopeft.paper.figures import make_figures
+
+    make_figures(Path(args.runs_csv), Path(args.outdir), _opt_path(args.runs_dir))
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    """``geopeft table``: the study's LaTeX booktabs table.
+
+    Args:
+        args: ``runs_csv``, ``study``, ``out``, and with ``runs_dir`` the per-class report
+            (``per_class_tex``, ``per_class_csv``).
+    """
+    from geopeft.paper.tables import make_table, write_per_class
+
+    make_table(Path(args.runs_csv), Path(args.out), args.study)
+    if args.runs_dir:
+        write_per_class(Path(args.runs_csv), Path(args.runs_dir), Path(args.per_class_tex),
+                        Path(args.per_class_csv))
+
+
+def add_commands(sub: Any) -> None:
+    """Result commands: inference, the runs table, figures and the LaTeX table."""
+    s = sub.add_parser(
+        "predict", help="a trained run on files in its dataset's format: CSV of the predictions",
+        description="Apply a trained run to samples in its dataset's format (EuroSAT-MS 13-band "
+        "GeoTIFF; EuroSAT-RGB JPEG/PNG; a BigEarthNet patch folder or .zip; a PASTIS S2_<ID>.npy "
+        "with its dates). CSV columns: multi-class file, prediction, probability, top-k; "
+        "multi-label file, labels (every class with probability >= 0.5), top-k; segmentation "
+        "file, classes (share of the map's pixels), map (the .npy written with --maps).")
+    s.add_argument("--model", required=True, help="a run's model folder (results/<study>/runs/"
+                   "<run>/model)")
+    s.add_argument("--top-k", type=int, default=3, help="classes listed per file with their "
+                   "probabilities (default 3)")
+    s.add_argument("--out", help="CSV file (default: standard output)")
+    s.add_argument("--dates", action="append", help="time series: the file's acquisition dates, "
+                   "YYYYMMDD separated by commas; once per file, in order")
+    s.add_argument("--metadata", help="time series: PASTIS metadata.geojson, whose dates-S2 give "
+                   "each S2_<ID>.npy's dates")
+    s.add_argument("--maps", help="segmentation: write each file's class map (uint8 class "
+                   "indices, H x W) as <name>.npy into this folder")
+    s.add_argument("files", nargs="+", help="samples in the run's dataset format")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("app", help="the inference app (Gradio) of a study's results folder",
+                       description="Serve the inference app of a study's results folder: pick a "
+                       "run (default: the best on validation), upload a sample in the dataset's "
+                       "format, see its preview and the predicted classes or map.")
+    s.add_argument("results", help="the study's results folder (results/<study>)")
+    s.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, "
+                   "this machine only; 0.0.0.0 opens it to the network, with no login)")
+    s.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
+    s.add_argument("--raw", help="the study's raw dataset folder, for the example images of its "
+                   "test split (default: found from the runs' job specs under data/raw)")
+    s.set_defaults(func=cmd_app)
+
+    s = sub.add_parser("aggregate", help="one CSV of all runs")
+    s.add_argument("--runs", nargs="+", required=True, help="run folders")
+    s.add_argument("--out", required=True)
+    s.add_argument("--html", help="also write the table as an HTML page (the Snakemake report)")
+    s.add_argument("--experiment", help="the study's MLflow experiment file: write the summary "
+                   "table into the experiment's description")
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("paper", help="the paper: a section per study from its results (latexmk)")
+    s.add_argument("--results", nargs="+", required=True,
+                   help="each study's results folder (results/<study>), in paper order")
+    s.add_argument("--out", required=True, help="the PDF to write (paper/main.pdf)")
+    s.set_defaults(func=cmd_paper)
+
+    s = sub.add_parser("figures", help="paper figures (PDF + PNG)")
+    s.add_argument("--runs-csv", required=True)
+    s.add_argument("--runs-dir")
+    s.add_argument("--outdir", required=True)
+    s.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser("table", help="LaTeX booktabs table")
+    s.add_argument("--runs-csv", required=True)
+    s.add_argument("--study", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--runs-dir", help="the runs folder: also write the per-class report")
+    s.add_argument("--per-class-tex", help="the per-class report as LaTeX")
+    s.add_argument("--per-class-csv", help="the per-class report as CSV")
+    s.set_defaults(func=cmd_table)
+
