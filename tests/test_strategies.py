@@ -110,7 +110,7 @@ def test_param_groups_put_adapters_and_new_modules_at_the_heads_rate():
     assert len(param_groups(m, 1e-3, 1.0)) == 1
 
 
-def test_every_site_asks_the_strategy_object():
+def test_every_site_asks_the_strategy_object(monkeypatch):
     """A strategy registered at run time is at once a study's strategy: it resolves, its rows
     get its encoder learning-rate factor, the spec loads (or not) its weights, and U-TAE's
     check and the words follow its attributes."""
@@ -136,12 +136,8 @@ def test_every_site_asks_the_strategy_object():
 
         schema = load_schema()
         schema["$defs"]["strategy"]["properties"]["strategy"]["enum"].append("probe_test")
-        real = gcfg.load_schema
-        gcfg.load_schema = lambda name="config.schema.yaml": schema
-        try:
-            resolved = gcfg.validate(copy.deepcopy(cfg))
-        finally:
-            gcfg.load_schema = real
+        monkeypatch.setattr("geopeft.config.checks.load_schema", lambda name="": schema)
+        resolved = gcfg.validate(copy.deepcopy(cfg))
         (spec,) = gcfg.job_specs(resolved)
         assert spec.row.method == "probe_test" and spec.row.lora is None
         assert spec.row.train["encoder_lr_factor"] == 0.5
