@@ -140,7 +140,7 @@ def test_every_site_asks_the_strategy_object(monkeypatch):
         resolved = gcfg.validate(copy.deepcopy(cfg))
         (spec,) = gcfg.job_specs(resolved)
         assert spec.row.method == "probe_test" and spec.row.lora is None
-        assert spec.row.train["encoder_lr_factor"] == 0.5
+        assert spec.row.train.encoder_lr_factor == 0.5
         assert spec.encoder["weights"] == "none"
         assert spec.tracked_params()["adapter"] == "none"
         m = _model("probe_test")

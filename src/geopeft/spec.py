@@ -19,7 +19,7 @@ Names: a row's ``strategy`` is the key of the study's ``strategies`` table it us
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from geopeft.errors import ConfigError
@@ -134,8 +134,13 @@ class FusionConfig:
     """Hidden channels of the tokenizer's non-linear branch (0: linear mapping only)."""
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> FusionConfig:
-        cfg = cls(**(d or {}))
+    def from_dict(cls, d: dict[str, Any] | FusionConfig | None) -> FusionConfig:
+        """The settings of a row's ``fusion`` mapping (a missing key: its default).
+
+        Raises:
+            ConfigError: gated late fusion without cross-attention fusion.
+        """
+        cfg = d if isinstance(d, FusionConfig) else cls(**(d or {}))
         if cfg.glf and not cfg.caf:
             raise ConfigError("fusion.glf: gated late fusion mixes the cross-attention output "
                              "with the visual tokens, so it needs fusion.caf: true")
@@ -190,13 +195,13 @@ class RowSpec:
     """Share of the training labels used (a stratified, nested, seeded subset below 1)."""
     seed: int
     """The row's seed (initialisation, subset, data order)."""
-    train: dict[str, Any]
-    """The resolved training settings (defaults <- strategy <- row), every key of the schema's
-    ``train``; see :meth:`train_args`."""
+    train: TrainArgs
+    """The resolved training settings (defaults <- strategy <- row; every key of the study's
+    ``train`` is required in the spec), with the row's seed; see :meth:`train_args`."""
     lora: LoraSpec | None = None
     """The adapter (``lora`` rows)."""
-    fusion: dict[str, Any] | None = None
-    """Fusion-LoRA settings (:class:`FusionConfig`)."""
+    fusion: FusionConfig | None = None
+    """Fusion-LoRA settings."""
     sequence_length: int | None = None
     """Dates per series (time-series rows)."""
     temporal: Temporal | None = None
@@ -219,6 +224,9 @@ class RowSpec:
             v.pop("lora", None)
         if v.get("temporal") is not None:
             v["temporal"] = Temporal.from_dict(v["temporal"], f"{where}.temporal")
+        if v.get("fusion") is not None:
+            v["fusion"] = FusionConfig.from_dict(v["fusion"])
+        v["train"] = TrainArgs.from_dict(v["train"], seed=v["seed"])
         return cls(**v)
 
     @property
@@ -229,7 +237,7 @@ class RowSpec:
     def train_args(self, threads: int) -> TrainArgs:
         """The training settings (every one checked at :meth:`from_dict`) with the row's seed and
         the job's CPU threads."""
-        return TrainArgs.from_dict(self.train, seed=self.seed, threads=threads)
+        return replace(self.train, threads=threads)
 
 
 def _job_parts(d: dict[str, Any], part: str, where: str) -> tuple[str, DataSpec, int, bool]:
@@ -303,7 +311,8 @@ class JobSpec(_Job):
         row, train, enc = self.row, self.row.train, self.encoder
         adapter = row.strategy_object.words(row.lora) if row.lora is not None else "none"
         if row.fusion:
-            adapter += " + fusion " + " ".join(f"{k} {v}" for k, v in sorted(row.fusion.items()))
+            adapter += " + fusion " + " ".join(f"{k} {v}"
+                                               for k, v in sorted(asdict(row.fusion).items()))
         model = ((row.segmentation or {}).get("model", "upernet_ltae")
                  if row.segmentation is not None else "classifier")
         return {
@@ -312,9 +321,8 @@ class JobSpec(_Job):
             "seed": row.seed, "sequence_length": row.sequence_length or "none",
             "model": model, "encoder": enc["name"] if enc else "none",
             "weights": enc["weights"] if enc else "none", "adapter": adapter,
-            **{k: train[k] for k in ("epochs", "batch_size", "lr", "encoder_lr_factor",
-                                     "weight_decay", "warmup_epochs", "loss", "augment")
-               if k in train},
+            **{k: getattr(train, k) for k in ("epochs", "batch_size", "lr", "encoder_lr_factor",
+                                              "weight_decay", "warmup_epochs", "loss", "augment")},
             "rehearsal": self.rehearsal,
         }
 

@@ -54,7 +54,7 @@ def describe_spec(spec: JobSpec) -> dict[str, Any]:
         "sequence_length": row.sequence_length,
         "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "encoder_lr_factor": args.encoder_lr_factor,
-        "lora": lora, "fusion": row.fusion,
+        "lora": lora, "fusion": asdict(row.fusion) if row.fusion is not None else None,
         "segmentation": row.segmentation["model"] if row.segmentation is not None else None,
     }
     if bb is None:
