@@ -3,8 +3,9 @@
 Every import counts: module level, inside functions and under ``TYPE_CHECKING``, because a
 function-level import hides a cycle without removing it. (A source names the writer of its
 embedded world as a ``module:function`` string, ``Source.world``, loaded only by
-:func:`geopeft.data.synthetic.write_world`: the writer depends on the source's facts, never the
-other way round.)
+:func:`geopeft.data.synthetic.write_world`, and the writer of its rehearsal fixture likewise,
+``Source.fixtures``, loaded by ``Source.write_fixtures``: the writer depends on the source's
+facts, never the other way round.)
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ A rehearsal (``rehearsal: true``, see :func:`geopeft.config.rehearse`) runs a re
 DAG on a CPU, through the real download, extraction, preparation and weight-loading code, with
 only the sizes changed. This module writes what it downloads:
 
-* **data**: for each dataset, the files its source downloads, under their published names and in
-  the publisher's layout (EuroSAT_RGB.zip / EuroSAT_MS.zip with ``EuroSAT_*/<Class>/...`` plus the
-  split files; BigEarthNet-S2.tar.zst with ``BigEarthNet-S2/<tile>/<patch>/<patch>_<band>.tif``
-  plus the two metadata parquets; PASTIS.zip with ``PASTIS/DATA_S2``, ``ANNOTATIONS`` and
-  ``metadata.geojson``), a few dozen samples of the embedded world at the real sizes;
+* **data**: for each dataset, the files its source downloads (``Source.remotes``), under their
+  published names and in the publisher's layout, a few dozen samples of the embedded world at
+  the real sizes (``Source.fixture_samples``), written by the source's fixture writer
+  (:meth:`geopeft.data.sources.base.Source.write_fixtures`; a new dataset brings its own, this
+  module names none);
 * **weights**: random values in the publisher's checkpoint format: ``timm:<tag>`` as the timm
   hub's ``model.safetensors`` (timm's key names and shapes, the head the tag's pretrained
   configuration has), ``url:`` weights of the zoo as the published ``.pth`` (bands of the
@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import io
 import json
 import logging
 import os
 import shutil
-import tarfile
 import threading
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +40,6 @@ from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 log = logging.getLogger(__name__)
 #: Bump when fixtures change: older ones in the folder are made again.
 FIXTURE_VERSION = 2
-#: Samples of each fixture dataset (PASTIS: patches, two per fold).
-SAMPLES = {"eurosat_rgb": 40, "eurosat_ms": 40, "bigearthnet_s2": 24, "pastis": 10}
 
 
 def _digest(path: Path, algo: str) -> str:
@@ -55,68 +50,25 @@ def _digest(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
-def _zip(folder: Path, arcroot: str, out: Path) -> None:
-    """A zip of ``folder`` as ``arcroot/...`` (sorted entries, fixed times: reproducible)."""
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                info = zipfile.ZipInfo(f"{arcroot}/{p.relative_to(folder)}", (2020, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, p.read_bytes())
+def fixture_datasets() -> list[str]:
+    """The datasets the rehearsal can write fixtures of: those whose source declares a fixture
+    size (``Source.fixture_samples``; its ``Source.write_fixtures`` writes the files)."""
+    from geopeft.data.sources import REGISTRY
 
-
-def _tar_zst(folder: Path, arcroot: str, out: Path) -> None:
-    import zstandard
-
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tf:
-        for p in sorted([folder, *folder.rglob("*")]):
-            ti = tf.gettarinfo(str(p), f"{arcroot}/{p.relative_to(folder)}" if p != folder else arcroot)
-            ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 1577836800, 0, 0, "", ""
-            if p.is_file():
-                with open(p, "rb") as fh:
-                    tf.addfile(ti, fh)
-            else:
-                tf.addfile(ti)
-    out.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    return sorted(name for name, src in REGISTRY.items() if src.fixture_samples)
 
 
 def _dataset_files(dataset: str, work: Path, out: Path) -> list[str]:
-    """Write the downloadable files of ``dataset`` into ``out``; their names."""
+    """Write the downloadable files of ``dataset`` into ``out`` (its source's fixture writer,
+    ``work`` its scratch folder); their names, the source's remotes."""
     from geopeft.data.sources import get_source
 
-    names = [r.name for r in get_source(dataset).remotes]
-    n = SAMPLES.get(dataset)
-    if dataset in ("eurosat_rgb", "eurosat_ms"):
-        from geopeft.data.synthetic import WorldSpec, generate_eurosat
-
-        world = work / dataset
-        spec = WorldSpec(seed=7, n_samples=n, source_samples=30, size=64)
-        generate_eurosat(spec, world if dataset == "eurosat_ms" else None,
-                         world if dataset == "eurosat_rgb" else None)
-        sub = "EuroSAT_MS" if dataset == "eurosat_ms" else "EuroSAT_RGB"
-        _zip(world / sub, sub, out / f"{sub}.zip")
-        for part in ("train", "val", "test"):
-            shutil.copy(world / f"eurosat-{part}.txt", out / f"eurosat-{part}.txt")
-    elif dataset == "bigearthnet_s2":
-        from geopeft.data.synthetic_bigearthnet import generate_bigearthnet
-
-        world = work / dataset
-        generate_bigearthnet(world, n_patches=n, seed=7, cloudy_share=0.1)
-        _tar_zst(world / "BigEarthNet-S2", "BigEarthNet-S2", out / "BigEarthNet-S2.tar.zst")
-        for meta in ("metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet"):
-            shutil.copy(world / meta, out / meta)
-    elif dataset == "pastis":
-        from geopeft.data.sources import SYNTHETIC_MARKER
-        from geopeft.data.synthetic_pastis import generate_pastis
-
-        world = work / "PASTIS"
-        generate_pastis(world, n_patches=n, size=128, seed=7)  # the real 128 x 128 patches
-        (world / SYNTHETIC_MARKER).unlink()
-        _zip(world, "PASTIS", out / "PASTIS.zip")
-    else:
+    source = get_source(dataset)
+    if dataset not in fixture_datasets():
         raise ConfigError(f"rehearsal: no fixtures for dataset {dataset!r} "
-                          f"(have {', '.join(SAMPLES)})")
+                          f"(have {', '.join(fixture_datasets())})")
+    source.write_fixtures(out, work)
+    names = [r.name for r in source.remotes]
     missing = [x for x in names if not (out / x).is_file()]
     if missing:  # the source's remotes and the fixture must name the same files
         raise RuntimeError(f"{dataset}: fixture lacks {missing}")
@@ -333,4 +285,5 @@ def prepare_study(files: list[str], folder: Path) -> dict[str, Any]:
     return make_fixtures(folder, sorted(datasets), sorted(weights))
 
 
-__all__ = ["FIXTURE_VERSION", "FixtureServer", "make_fixtures", "prepare_study", "study_needs"]
+__all__ = ["FIXTURE_VERSION", "FixtureServer", "fixture_datasets", "make_fixtures", "prepare_study",
+           "study_needs"]

@@ -28,7 +28,9 @@ Everything is a pure function of the seed: the same seed gives byte-identical fi
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +38,8 @@ import numpy as np
 from scipy import ndimage
 
 from geopeft.bands import EUROSAT_MS_FILE_ORDER, NATIVE_RES_M, S2_BANDS
-from geopeft.data.sources import DataError, get_source
+from geopeft.data.fixtures import zip_tree
+from geopeft.data.sources import DataError, Source, get_source
 from geopeft.data.sources.base import SYNTHETIC_MARKER
 from geopeft.data.sources.eurosat import EUROSAT_CLASSES, EUROSAT_COUNTS, SOURCE_GROUPS
 from geopeft.io import atomic_dir
@@ -428,17 +431,22 @@ def generate_source(spec: WorldSpec, ms_dir: Path | None, rgb_dir: Path | None) 
             "split": {k: len(v) for k, v in splits.items()}}
 
 
-class _atomic_dir_or_none:
+def _atomic_dir_or_none(path: Path | None) -> AbstractContextManager[Path | None]:
     """``atomic_dir`` when a path is given, else a no-op yielding None."""
+    return atomic_dir(path) if path is not None else nullcontext()
 
-    def __init__(self, path: Path | None):
-        self._cm = atomic_dir(path) if path is not None else None
 
-    def __enter__(self) -> Path | None:
-        return self._cm.__enter__() if self._cm else None
-
-    def __exit__(self, *exc: object) -> bool | None:
-        return self._cm.__exit__(*exc) if self._cm else None
+def write_fixtures(source: Source, out: Path, work: Path) -> None:
+    """A EuroSAT dataset's rehearsal fixture (``Source.fixtures``): ``EuroSAT_MS.zip`` or
+    ``EuroSAT_RGB.zip`` (``EuroSAT_*/<Class>/...``, 64 x 64 patches) and the split files, with
+    ``source.fixture_samples`` samples of the target world."""
+    world = work / source.name
+    spec = WorldSpec(seed=7, n_samples=source.fixture_samples, source_samples=30, size=64)
+    ms = source.layout == "EuroSAT_MS"
+    generate_eurosat(spec, world if ms else None, None if ms else world)
+    zip_tree(world / source.layout, source.layout, out / f"{source.layout}.zip")
+    for part in ("train", "val", "test"):
+        shutil.copy(world / f"eurosat-{part}.txt", out / f"eurosat-{part}.txt")
 
 
 def write_world(dataset: str, out: Path, spec: WorldSpec) -> dict:

@@ -11,11 +11,14 @@ excluded from preparation, as in the real set).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from geopeft.bands import S2_BANDS
+from geopeft.data.fixtures import tar_zst_tree
+from geopeft.data.sources.base import Source
 from geopeft.data.sources.bigearthnet import BANDS, CLASSES, SIZES
 from geopeft.data.synthetic import WorldSpec, _utm_profile, render
 from geopeft.io import atomic_dir
@@ -106,10 +109,21 @@ def generate_bigearthnet(out: Path, n_patches: int = 60, seed: int = 0, cloudy_s
     return {"patches": n_patches, "cloudy": int(meta.contains_cloud_or_shadow.sum())}
 
 
-__all__ = ["generate_bigearthnet", "render_patch", "write_world"]
+__all__ = ["generate_bigearthnet", "render_patch", "write_fixtures", "write_world"]
 
 
 def write_world(out: Path, spec: WorldSpec) -> dict:
     """The embedded BigEarthNet-S2 v2 world of ``data.synthetic`` (120 x 120 patches, as
     published; ``spec.size`` is EuroSAT's)."""
     return generate_bigearthnet(out, spec.n_samples, spec.seed, size=120)
+
+
+def write_fixtures(source: Source, out: Path, work: Path) -> None:
+    """BigEarthNet-S2 v2's rehearsal fixture (``Source.fixtures``): ``BigEarthNet-S2.tar.zst``
+    (``BigEarthNet-S2/<tile>/<patch>/<patch>_<band>.tif``) and the two metadata parquets, with
+    ``source.fixture_samples`` patches at the real 120 x 120."""
+    world = work / source.name
+    generate_bigearthnet(world, n_patches=source.fixture_samples, seed=7, cloudy_share=0.1)
+    tar_zst_tree(world / "BigEarthNet-S2", "BigEarthNet-S2", out / "BigEarthNet-S2.tar.zst")
+    for meta in ("metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet"):
+        shutil.copy(world / meta, out / meta)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from geopeft.data.fixtures import zip_tree
+from geopeft.data.sources.base import SYNTHETIC_MARKER, Source
 from geopeft.data.sources.pastis import BANDS, VOID
 from geopeft.data.synthetic import _L2A, ENDMEMBERS, WorldSpec, fractal, parcels, write_marker
 from geopeft.io import atomic_dir
@@ -137,9 +139,20 @@ def generate_pastis(out: Path, n_patches: int = 20, size: int = 32, seed: int = 
     return {"patches": n_patches}
 
 
-__all__ = ["acquisition_dates", "generate_pastis", "ndvi_curve", "render_series", "write_world"]
+__all__ = ["acquisition_dates", "generate_pastis", "ndvi_curve", "render_series", "write_fixtures",
+           "write_world"]
 
 
 def write_world(out: Path, spec: WorldSpec) -> dict:
     """The embedded PASTIS world of ``data.synthetic`` (``spec.size`` pixels a side)."""
     return generate_pastis(out, spec.n_samples, spec.size, spec.seed)
+
+
+def write_fixtures(source: Source, out: Path, work: Path) -> None:
+    """PASTIS's rehearsal fixture (``Source.fixtures``): ``PASTIS.zip`` (``PASTIS/DATA_S2``,
+    ``ANNOTATIONS``, ``metadata.geojson``) with ``source.fixture_samples`` patches at the real
+    128 x 128, without the embedded world's marker (the publisher's archive has none)."""
+    world = work / "PASTIS"
+    generate_pastis(world, n_patches=source.fixture_samples, size=128, seed=7)
+    (world / SYNTHETIC_MARKER).unlink()
+    zip_tree(world, "PASTIS", out / "PASTIS.zip")

@@ -75,6 +75,14 @@ class Source:
     input_format: str = "no single-sample files"
     #: whether :meth:`read_input` needs the sample's acquisition dates (time series)
     input_needs_dates: bool = False
+    #: samples of this dataset's rehearsal fixture (``geopeft rehearse``: a few dozen at the real
+    #: sizes; 0: the rehearsal has no fixture of it, else :meth:`write_fixtures` writes it)
+    fixture_samples: int = 0
+    #: ``module:function`` writing the files this source downloads (:attr:`remotes`), under
+    #: their published names and in the publisher's layout, ``f(source, out: Path, work: Path)``
+    #: (see :meth:`write_fixtures`; None: no fixture). A string, as :attr:`world`: the writer
+    #: depends on the source's facts, never the other way round.
+    fixtures: str | None = None
 
     def split_sizes(self, options: dict[str, Any]) -> dict[str, int] | None:
         """Samples per split (train, val, test) of the published dataset as the study's source
@@ -141,6 +149,31 @@ class Source:
             DataError: naming ``path`` and what is wrong with it.
         """
         raise DataError(f"{path}: {self.name} has no single-sample files to predict on")
+
+    def write_fixtures(self, out: Path, work: Path) -> None:
+        """Write this dataset's rehearsal fixture: the files of :attr:`remotes`, with
+        :attr:`fixture_samples` samples of the embedded world, into ``out`` (the declared
+        :attr:`fixtures` writer; a source may override this method instead).
+
+        Args:
+            out: the folder the downloadable files go to (exists, empty).
+            work: a scratch folder the writer may create and fill (removed afterwards).
+
+        Raises:
+            DataError: the source declares no fixture writer, or one that cannot be loaded.
+        """
+        if not self.fixtures:
+            raise DataError(f"{self.name}: no rehearsal fixture writer (fixtures=None, "
+                            f"fixture_samples={self.fixture_samples})")
+        module, _, func = self.fixtures.partition(":")
+        import importlib
+
+        try:
+            writer = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise DataError(f"{self.name}: fixtures={self.fixtures!r} cannot be loaded "
+                            f"({err})") from None
+        writer(self, Path(out), Path(work))
 
     def check_bands(self, bands: list[str]) -> list[int]:
         return band_indices(bands, self.file_bands, where=self.name)

@@ -231,6 +231,8 @@ class BigEarthNetV2(_BigEarthNet):
     layout = "BigEarthNet-S2"
     embedded = True
     world = "geopeft.data.synthetic_bigearthnet:write_world"
+    fixtures = "geopeft.data.synthetic_bigearthnet:write_fixtures"
+    fixture_samples = 24
     remotes = (
         Remote("BigEarthNet-S2.tar.zst", (f"{_Z2}/BigEarthNet-S2.tar.zst?download=1",),
                md5="2245ed2d1a93f6ce637d839bc856396e", size=63_251_710_377),

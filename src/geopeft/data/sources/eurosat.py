@@ -68,6 +68,8 @@ class EuroSAT(Source):
         if study_dataset:  # the synthetic source sets have no published split
             self.published_splits = dict(SPLIT_SIZES)
             self.published_splits_source = SPLIT_SIZES_SOURCE
+            self.fixtures = "geopeft.data.synthetic:write_fixtures"  # rehearsal downloads
+            self.fixture_samples = 40
 
     def read_file(self, path: Path) -> np.ndarray:
         """Read one file as (bands, H, W) in file band order, checking count and dtype."""

@@ -75,6 +75,8 @@ class Pastis(Source):
     layout = "PASTIS"
     embedded = True
     world = "geopeft.data.synthetic_pastis:write_world"
+    fixtures = "geopeft.data.synthetic_pastis:write_fixtures"
+    fixture_samples = 10  # two per fold
     native_size = 128
     dtype = np.dtype(np.int16)
     remotes = (
