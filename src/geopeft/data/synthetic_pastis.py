@@ -22,7 +22,8 @@ import numpy as np
 from geopeft.data.fixtures import zip_tree
 from geopeft.data.sources.base import SYNTHETIC_MARKER, Source
 from geopeft.data.sources.pastis import BANDS, VOID
-from geopeft.data.synthetic import _L2A, ENDMEMBERS, WorldSpec, fractal, parcels, write_marker
+from geopeft.data.surfaces import _L2A, ENDMEMBERS, fractal, parcels
+from geopeft.data.synthetic import WorldSpec, write_marker
 from geopeft.io import atomic_dir
 
 #: Range of a parcel's mean area in pixels (drawn per patch) up to 32-pixel patches; larger
