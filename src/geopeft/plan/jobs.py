@@ -26,8 +26,9 @@ LOCAL_RULES = ("mlflow_init", "download", "fetch", "aggregate", "table", "paper"
 RULE_ORDER = ("synthesize", "synthesize_layout", "download", "fetch", "prepare", "subset",
               "mlflow_init", "pretrain", "train", "evaluate", "aggregate", "figures", "table",
               "paper", "all")
-#: Datasets the ``synthesize`` rule writes in one job (the rest: ``synthesize_layout``).
-_SYNTHESIZE_OUTPUTS = ("eurosat_ms", "eurosat_rgb", "eurosat_ms_source", "eurosat_rgb_source")
+#: Datasets the ``synthesize`` rule writes in one job (EuroSAT and its source set); the embedded
+#: datasets whose source writes its world alone (``Source.world``) get a ``synthesize_layout``.
+_SYNTHESIZE_OUTPUTS = tuple(n for n, s in SOURCES.items() if s.embedded and not s.world)
 
 
 # --------------------------------------------------------------------------- job resources
