@@ -5,7 +5,8 @@ checkpoint and is the same in training, evaluation and the inference app. Inputs
 (DN or 8-bit), in the store's band order.
 
 A backbone whose weights expect a normalisation derived from the data (CROMA: each band's train
-mean +- 2 std mapped to [0, 1] and clipped) declares a rule; :func:`resolve_norm` derives the
+mean +- 2 std mapped to [0, 1] and clipped) declares a rule, which its encoder family defines
+(:attr:`geopeft.models.families.EncoderFamily.norm_rules`); :func:`resolve_norm` derives the
 mean, std and clip range from the store's statistics.
 """
 
@@ -19,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopeft.data.dataset import StoreInfo
-from geopeft.models.backbones import create_model, input_size, prepare_for_adapters, resolve
+from geopeft.models.backbones import create_model, resolve
+from geopeft.models.families import family_of, get_family, norm_rule
 from geopeft.models.weights import Normalization, load_into, load_weights
-from geopeft.models.zoo import NORM_RULES
 from geopeft.spec import ConfigError
 
 
@@ -71,7 +72,8 @@ def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo
     """Pick the normalisation: the weights' own (when they know every band, or derive it from the
     data by a rule) or train-split stats.
 
-    The rule ``croma_2sigma`` (CROMA): per band, min = m - 2 s and max = m + 2 s of the train
+    A rule is the encoder family's (:func:`geopeft.models.families.norm_rule`), e.g.
+    ``croma_2sigma`` (CROMA): per band, min = m - 2 s and max = m + 2 s of the train
     split (m, s: mean and std in scaled units), x -> clip((x - min) / (max - min), 0, 1); as a
     :class:`Normalization`: mean m - 2 s, std 4 s, clip (0, 1).
 
@@ -83,11 +85,8 @@ def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo
     bands = store.bands
     s = store.value_scale
     if mode in ("auto", "backbone") and weights_norm is not None and weights_norm.rule is not None:
-        if weights_norm.rule != "croma_2sigma":
-            raise ValueError(f"normalisation rule {weights_norm.rule!r} is not one of {NORM_RULES}")
-        mean = [(m - 2 * d) * s for m, d in zip(store.norm_mean, store.norm_std, strict=True)]
-        std = [4 * d * s for d in store.norm_std]
-        return Normalization(bands, mean, std, clip=(0.0, 1.0), rule=weights_norm.rule)
+        mean, std, clip = norm_rule(weights_norm.rule).derive(store.norm_mean, store.norm_std, s)
+        return Normalization(bands, mean, std, clip=clip, rule=weights_norm.rule)
     if mode in ("auto", "backbone") and weights_norm is not None and set(bands) <= set(weights_norm.bands):
         i = [weights_norm.bands.index(b) for b in bands]
         return Normalization(bands, [weights_norm.mean[j] for j in i], [weights_norm.std[j] for j in i])
@@ -101,16 +100,17 @@ def resolve_norm(mode: str, weights_norm: Normalization | None, store: StoreInfo
 def check_input_size(model: nn.Module, resize: int | None, store: StoreInfo) -> None:
     """A backbone with a fixed image size needs inputs of that size, or ``backbone.input_size``.
 
-    A backbone that takes any side that is a multiple of its patch (CROMA: ``size_multiple``)
-    must get one.
+    A backbone that takes any side that is a multiple of its patch (its family's
+    :meth:`~geopeft.models.families.EncoderFamily.size_multiple`; CROMA) must get one.
 
     Args:
         model: the backbone.
         resize: ``backbone.input_size``.
         store: the store's description.
     """
-    size = input_size(model)
-    multiple = getattr(model, "size_multiple", None)
+    family = family_of(model)
+    size = family.input_size(model)
+    multiple = family.size_multiple(model)
     if resize and multiple and resize % multiple:
         raise ConfigError(f"backbone.input_size: {resize} is not a multiple of {multiple}, the patch "
                           f"size of the {type(model).__name__} backbone")
@@ -145,7 +145,7 @@ def build_classifier(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes
     if weights is not None:
         load_into(vit, weights, store.bands)
     if split:
-        prepare_for_adapters(vit)
+        get_family(backbone_cfg["family"]).prepare_for_adapters(vit)
     check_input_size(vit, backbone_cfg.get("input_size"), store)
     norm = resolve_norm(backbone_cfg["normalize"], weights.norm if weights else None, store)
     model = Classifier(vit, norm, store.value_scale, backbone_cfg.get("input_size"))

@@ -24,10 +24,13 @@ base: width 768, depth 12; large: width 1024, depth 24; always 16 heads.
 ``grid_size``, ``patch_size``, ``proj``), ``blocks``, ``norm``, ``head``, ``num_features``,
 ``num_prefix_tokens`` (0), ``forward_features``, ``forward_head``, ``forward_intermediates``,
 ``get_classifier``. The fused projection is called ``qkv`` so that
-:func:`geopeft.models.backbones.split_qkv` exposes ``q``, ``k`` and ``v`` to LoRA. Classification
+:func:`geopeft.models.qkv.split_qkv` exposes ``q``, ``k`` and ``v`` to LoRA. Classification
 pools the mean of the final tokens (CROMA's global average pooling; the pretraining
 ``s2_GAP_FFN`` projection is not used). :func:`from_publisher` and :func:`to_publisher` convert
-between the published state dict and this module's.
+between the published state dict and this module's. :data:`CROMA` is the encoder family
+(:mod:`geopeft.models.families`): it builds :class:`CROMAOptical`, reads the published layout,
+takes any input side that is a multiple of the patch, and declares the normalisation rule
+``croma_2sigma`` (:func:`two_sigma`).
 """
 
 from __future__ import annotations
@@ -35,10 +38,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from geopeft.models.families import EncoderFamily, NormRule
+from geopeft.spec import ConfigError
 
 #: CROMA's patch side and attention heads (the same for base and large).
 PATCH_SIZE = 8
@@ -192,6 +199,10 @@ class CROMAOptical(nn.Module):
         num_heads: attention heads (CROMA: 16).
         mlp_ratio: MLP hidden width over the width.
     """
+
+    encoder_family = "croma"
+    """Its encoder family (:data:`CROMA`), as :func:`geopeft.models.backbones.create_model`
+    records it on the models it builds."""
 
     def __init__(self, img_size: int = 120, patch_size: int = PATCH_SIZE, in_chans: int = 12,
                  num_classes: int = 0, embed_dim: int = 768, depth: int = 12,
@@ -367,5 +378,51 @@ def to_publisher(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["NUM_HEADS", "PATCH_SIZE", "CROMAOptical", "alibi_2d", "alibi_slopes",
-           "from_publisher", "to_publisher"]
+def two_sigma(means: Sequence[float], stds: Sequence[float], scale: float,
+              ) -> tuple[list[float], list[float], tuple[float, float]]:
+    """CROMA's normalisation ``croma_2sigma`` from the train split's per-band means and stds
+    (raw units; ``scale`` the store's value scale): min = m - 2 s and max = m + 2 s, x ->
+    clip((x - min) / (max - min), 0, 1); i.e. mean (m - 2 s), std 4 s (scaled units), clip (0, 1)."""
+    mean = [(m - 2 * d) * scale for m, d in zip(means, stds, strict=True)]
+    std = [4 * d * scale for d in stds]
+    return mean, std, (0.0, 1.0)
+
+
+class CROMAFamily(EncoderFamily):
+    """The ``croma`` encoder family: :class:`CROMAOptical`, a plain ViT for everything else."""
+
+    name = "croma"
+    norm_rules = (NormRule("croma_2sigma", "data mean +- 2 std -> [0, 1]", two_sigma),)
+
+    def create(self, bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
+        """A :class:`CROMAOptical` of ``bb["kwargs"]``.
+
+        Raises:
+            ConfigError: ``backbone.kwargs`` a CROMA encoder cannot take (naming the key).
+        """
+        try:
+            return CROMAOptical(in_chans=in_chans, num_classes=num_classes, **bb["kwargs"])
+        except TypeError as err:  # an unknown keyword
+            raise ConfigError(f"backbone.kwargs: {bb['name']}: {err}") from None
+        except ValueError as err:  # "<key>: <value> ..."
+            raise ConfigError(f"backbone.kwargs.{err} ({bb['name']})") from None
+
+    def from_checkpoint(self, state: dict[str, torch.Tensor], bb: dict[str, Any],
+                        ) -> dict[str, torch.Tensor]:
+        """The published ``s2_encoder`` layout renamed (:func:`from_publisher`)."""
+        return from_publisher(state, int(bb["kwargs"].get("patch_size", PATCH_SIZE)))
+
+    def to_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The published ``s2_encoder`` layout (:func:`to_publisher`)."""
+        return to_publisher(state)
+
+    def size_multiple(self, model: nn.Module) -> int | None:
+        """The patch side: the attention bias follows any grid."""
+        return int(model.size_multiple)  # type: ignore[arg-type]
+
+
+#: The ``croma`` encoder family.
+CROMA = CROMAFamily()
+
+__all__ = ["CROMA", "NUM_HEADS", "PATCH_SIZE", "CROMAFamily", "CROMAOptical", "alibi_2d",
+           "alibi_slopes", "from_publisher", "to_publisher", "two_sigma"]

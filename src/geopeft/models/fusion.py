@@ -35,6 +35,7 @@ from torch import nn
 from geopeft.bands import RGB
 from geopeft.data.dataset import StoreInfo
 from geopeft.models import backbones
+from geopeft.models.families import family_of, get_family
 from geopeft.models.weights import Normalization, load_into, load_weights
 from geopeft.spec import ConfigError, FusionConfig
 
@@ -153,9 +154,10 @@ class FusionModel(nn.Module):
         self.input_size = int(input_size)
         self.register_buffer("mean", torch.tensor(in_norm.mean, dtype=torch.float32)[:, None, None])
         self.register_buffer("std", torch.tensor(in_norm.std, dtype=torch.float32)[:, None, None])
-        dim = backbones.width(encoder)
+        self.family = family_of(encoder)
+        dim = self.family.width(encoder)
         self.tokenizer = SpectralTokenizer(in_norm.bands, enc_norm, cfg.tokenizer, cfg.tokenizer_hidden)
-        self.spectral = (SpectralStream(len(in_norm.bands), dim, backbones.token_grid(encoder),
+        self.spectral = (SpectralStream(len(in_norm.bands), dim, self.family.token_grid(encoder),
                                         self.input_size) if cfg.caf else None)
         self.caf = CrossAttentionFusion(dim, cfg.heads, cfg.ffn_ratio) if cfg.caf else None
         self.glf = GatedLateFusion(dim) if cfg.glf else None
@@ -184,7 +186,7 @@ class FusionModel(nn.Module):
         """Intermediate tensors: ``rgb`` (encoder input), ``visual``, ``fused``, ``gates``, ``out``."""
         z = self.standardize(x)
         rgb = self.tokenizer(z)
-        visual = backbones.tokens(self.encoder, rgb)
+        visual = self.family.tokens(self.encoder, rgb)
         out = {"rgb": rgb, "visual": visual}
         tok = visual
         if self.caf is not None and self.spectral is not None:
@@ -219,15 +221,17 @@ def build_fusion(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes: in
     bb = backbones.resolve(backbone_cfg)
     weights = load_weights(bb, pretrain_dir)
     encoder = backbones.create_model(bb, 3, 0)
+    family = get_family(bb["family"])
     if weights is not None:
         load_into(encoder, weights, list(RGB))
-    backbones.prepare_for_adapters(encoder)
-    size = bb.get("input_size") or backbones.input_size(encoder)
+    family.prepare_for_adapters(encoder)
+    built = family.input_size(encoder)
+    size = bb.get("input_size") or built
     if size is None:
         raise ConfigError(f"backbone.input_size: {bb['name']} takes any size; set one for fusion")
-    if backbones.input_size(encoder) not in (None, size):
+    if built not in (None, size):
         raise ConfigError(f"backbone.input_size: {size} differs from the size {bb['name']} was "
-                          f"built for ({backbones.input_size(encoder)}); set backbone.kwargs.img_size")
+                          f"built for ({built}); set backbone.kwargs.img_size")
     s = store.value_scale
     in_norm = Normalization(list(store.bands), [m * s for m in store.norm_mean],
                             [d * s for d in store.norm_std])

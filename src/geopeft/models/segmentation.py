@@ -7,8 +7,10 @@
   of ``encoder_chunk`` frames so that memory stays bounded: a frozen encoder runs without
   autograd, a trained one with ``checkpoint`` recomputes each chunk's activations in the
   backward pass); four feature
-  levels are tapped: the encoder's declared taps (SSL4EO-S12 ViT-S/16 and CROMA: blocks
-  3, 5, 7, 11, as PANGAEA), ``out_indices``, or four evenly spaced blocks; a Swin's four stages;
+  levels are tapped, as the encoder's family says
+  (:meth:`geopeft.models.families.EncoderFamily.taps`): ``out_indices``, the encoder's declared
+  taps (SSL4EO-S12 ViT-S/16 and CROMA: blocks 3, 5, 7, 11, as PANGAEA), or four evenly spaced
+  blocks; a Swin's four stages;
 * **one L-TAE shared by all levels** collapses time at the token grid: d_model = the encoder's
   width, 16 heads, d_k 4, MLP [C, C], no positional encoding (PANGAEA's settings; the
   ``ltae`` keys change them); levels of different widths (a Swin's stages) first pass a 1x1-conv
@@ -42,6 +44,7 @@ from torch.utils.checkpoint import checkpoint
 from geopeft.data.dataset import StoreInfo
 from geopeft.models import backbones
 from geopeft.models.classifier import check_input_size, normalize_input, resolve_norm
+from geopeft.models.families import get_family
 from geopeft.models.ltae import LTAE2d
 from geopeft.models.utae import ENCODER_NORMS, UTAE, pad_mask_of, shared_over_dates
 from geopeft.models.weights import Normalization, load_into, load_weights
@@ -205,6 +208,7 @@ class UPerNetLTAE(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.family = family
+        self._family = get_family(family)
         self.value_scale = float(value_scale)
         self.input_size = input_size
         self.chunk = max(1, int(cfg.encoder_chunk))
@@ -212,20 +216,10 @@ class UPerNetLTAE(nn.Module):
         self.clip = norm.clip
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32)[:, None, None])
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32)[:, None, None])
-        if family == "swin":
-            self.indices = list(range(len(encoder.layers)))  # type: ignore[arg-type]
-            dims = [int(f["num_chs"]) for f in encoder.feature_info]  # type: ignore[union-attr]
-            rescales = [1.0] * len(dims)  # a Swin's stages are a pyramid already
-        else:
-            depth = len(encoder.blocks)  # type: ignore[arg-type]
-            # declared taps, else four evenly spaced blocks, the last included
-            self.indices = list(cfg.out_indices or taps or
-                                [max(0, round((i + 1) * depth / 4) - 1) for i in range(4)])
-            if len(self.indices) != 4 or max(self.indices) >= depth or min(self.indices) < 0:
-                raise ValueError(f"segmentation.out_indices: {self.indices}: four block indices "
-                                 f"of 0..{depth - 1} are needed")
-            dims = [backbones.width(encoder)] * 4
-            rescales = [4.0, 2.0, 1.0, 0.5]
+        # the family's levels: a ViT's taps (out_indices, else the declared ones, else four evenly
+        # spaced blocks) made a pyramid; a Swin's stages, a pyramid already
+        levels = self._family.taps(encoder, cfg.out_indices, taps)
+        self.indices, dims, rescales = levels.indices, levels.dims, levels.rescales
         width = max(dims)
         self.adaptor = ChannelAdaptor(dims, width) if min(dims) != width else None
         self.ltae = SharedTAE(width, cfg.ltae)
@@ -239,8 +233,7 @@ class UPerNetLTAE(nn.Module):
 
     def _encode(self, frames: torch.Tensor) -> list[torch.Tensor]:
         unique = sorted(set(self.indices))
-        feats = self.encoder.forward_intermediates(  # type: ignore[operator]
-            frames, indices=unique, intermediates_only=True)
+        feats = self._family.features(self.encoder, frames, unique)
         return [feats[unique.index(i)] for i in self.indices]
 
     def encode(self, z: torch.Tensor) -> list[torch.Tensor]:
@@ -313,7 +306,7 @@ def build_segmenter(backbone_cfg: dict[str, Any] | None, store: StoreInfo, num_c
     encoder = backbones.create_model(bb, len(store.bands), 0)
     if weights is not None:
         load_into(encoder, weights, store.bands)
-    backbones.prepare_for_adapters(encoder)
+    get_family(bb["family"]).prepare_for_adapters(encoder)
     check_input_size(encoder, bb.get("input_size"), store)
     norm = resolve_norm(bb["normalize"], weights.norm if weights else None, store)
     try:

@@ -23,19 +23,17 @@ from geopeft.strategies import get as get_strategy
 def _structure(backbone_json: str, in_chans: int) -> dict[str, Any]:
     import torch
 
-    from geopeft.models.backbones import create_model, input_size, resolve, token_grid, width
+    from geopeft.models.backbones import create_model, resolve
+    from geopeft.models.families import get_family
 
     bb = resolve(json.loads(backbone_json))
+    family = get_family(bb["family"])
     with torch.device("meta"):
         m = create_model(bb, in_chans, 0)
-    if hasattr(m, "layers"):  # Swin: blocks per stage
-        depth: Any = [len(stage.blocks) for stage in m.layers]
-    else:
-        depth = len(m.blocks)
-    patch = m.patch_embed.patch_size
-    return {"arch": bb["arch"], "family": bb["family"], "depth": depth, "width": width(m),
-            "embed_dim": int(getattr(m, "embed_dim", width(m))), "patch": int(patch[0]),
-            "img_size": input_size(m), "grid": list(token_grid(m)),
+    width = family.width(m)
+    return {"arch": bb["arch"], "family": bb["family"], "depth": family.depth(m), "width": width,
+            "embed_dim": int(getattr(m, "embed_dim", width)), "patch": family.patch(m),
+            "img_size": family.input_size(m), "grid": list(family.token_grid(m)),
             "params": sum(p.numel() for p in m.parameters()), "lora_targets": bb["lora_targets"]}
 
 

@@ -25,7 +25,9 @@ input produces the same response.
 
 **CROMA checkpoints** hold several encoders (``s1_encoder``, ``s2_encoder``, ``joint_encoder``,
 ...): the zoo entry's ``checkpoint_wrapper`` names the one to read, and its keys are renamed to
-:class:`~geopeft.models.croma.CROMAOptical`'s (:func:`geopeft.models.croma.from_publisher`),
+:class:`~geopeft.models.croma.CROMAOptical`'s by its encoder family
+(:meth:`geopeft.models.families.EncoderFamily.from_checkpoint`:
+:func:`geopeft.models.croma.from_publisher`),
 its linear patch embedding (columns ordered band, row, column) becoming the equivalent
 convolution kernel (D, bands, 8, 8), so that the band mapping above applies as it is.
 """
@@ -45,6 +47,7 @@ from torch import nn
 from geopeft.bands import RGB
 from geopeft.errors import GeopeftError
 from geopeft.io import read_json
+from geopeft.models.families import get_family
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +71,9 @@ class Normalization:
     """(low, high) the normalised values are clamped to (CROMA: (0, 1)); None: not clamped."""
     rule: str | None = None
     """How ``mean`` and ``std`` derive from the data's train-split statistics, when they do
-    (:data:`geopeft.models.zoo.NORM_RULES`). A weights' declared normalisation with a rule has no
-    values of its own (empty ``mean`` and ``std``):
-    :func:`geopeft.models.classifier.resolve_norm` derives them for each store."""
+    (a rule of an encoder family, :attr:`geopeft.models.families.EncoderFamily.norm_rules`). A
+    weights' declared normalisation with a rule has no values of its own (empty ``mean`` and
+    ``std``): :func:`geopeft.models.classifier.resolve_norm` derives them for each store."""
 
 
 @dataclass
@@ -147,11 +150,9 @@ def _declared(bb: dict[str, Any], n_in: int) -> tuple[list[str], Normalization |
 
 def _from_file(bb: dict[str, Any], path: Path, origin: str) -> Weights:
     state = _read_state(path, bb.get("checkpoint_wrapper"))
-    if bb.get("family") == "croma":
-        from geopeft.models.croma import from_publisher
-
+    if bb.get("family"):  # the published layout -> the model's (CROMA's renamed)
         try:
-            state = from_publisher(state, int(bb["kwargs"].get("patch_size", 8)))
+            state = get_family(bb["family"]).from_checkpoint(state, bb)
         except ValueError as err:
             raise WeightsError(f"{path}: {err}") from None
     pw = _patch_weight(state)

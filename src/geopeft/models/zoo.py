@@ -21,8 +21,6 @@ SSL4EO_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A"
 CROMA_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
                   "B12")
 _HF = "https://hf.co"
-#: Normalisation rules: mean and std derived from the data's train-split statistics.
-NORM_RULES = ("croma_2sigma",)
 
 
 @dataclass(frozen=True)
@@ -32,8 +30,10 @@ class BackboneEntry:
     key: str
     """Registry name used as ``backbone.name``."""
     family: str
-    """``vit``, ``swin`` (timm) or ``croma`` (:mod:`geopeft.models.croma`): decides how the model
-    is built, token extraction and the attention fix for adapters."""
+    """The encoder family's key: ``vit``, ``swin`` (timm) or ``croma``
+    (:mod:`geopeft.models.croma`); its :class:`geopeft.models.families.EncoderFamily` builds the
+    model and says what the task models need of it (token grid, taps, the attention fix for
+    adapters, normalisation rules)."""
     arch: str
     """timm architecture name (family ``croma``: the name of geopeft's CROMA variant)."""
     weights: str
@@ -48,8 +48,9 @@ class BackboneEntry:
     """Mean and std the weights expect, in scaled units (raw x the store's value scale, i.e.
     reflectance for Sentinel-2 DN); None: recorded with the weights (timm cfg, pretrain rule)."""
     norm_rule: str | None = None
-    """How the weights expect inputs normalised when not by a fixed ``norm``: a rule of
-    :data:`NORM_RULES` deriving mean and std from the train split's statistics. ``croma_2sigma``
+    """How the weights expect inputs normalised when not by a fixed ``norm``: a rule of the
+    encoder family (:attr:`geopeft.models.families.EncoderFamily.norm_rules`) deriving mean and
+    std from the train split's statistics. ``croma_2sigma``
     (CROMA): per band, min = mean - 2 std and max = mean + 2 std, x -> clip((x - min) / (max -
     min), 0, 1), i.e. mean' = mean - 2 std, std' = 4 std, clipped to [0, 1]
     (:func:`geopeft.models.classifier.resolve_norm` applies it)."""

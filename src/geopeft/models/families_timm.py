@@ -1,0 +1,90 @@
+"""The timm encoder families: plain ViTs (``vit``) and Swin-V2 (``swin``).
+
+Both are built by ``timm.create_model`` from the zoo entry's architecture name. A ViT is the
+:class:`~geopeft.models.families.EncoderFamily` default throughout. A Swin-V2 differs: its token
+grid is the last stage's (every stage after the first halves it), its depth is blocks per stage,
+its final features are a (B, H, W, C) map, a UPerNet reads its four stages (already a pyramid,
+each of its own width), and its attention applies ``qkv.weight`` with biases kept outside the
+layer, which adapters need switched to calling the layer
+(:func:`geopeft.models.qkv.separate_qkv_bias`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from geopeft.models.families import EncoderFamily, Taps
+from geopeft.models.qkv import separate_qkv_bias, split_qkv
+from geopeft.models.weights import WeightsError
+from geopeft.models.zoo import REGISTRY
+
+
+class TimmFamily(EncoderFamily):
+    """An encoder family whose models are timm architectures."""
+
+    def create(self, bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
+        """``timm.create_model(bb["arch"])`` without weights, with ``bb["kwargs"]``.
+
+        Raises:
+            WeightsError: the name is neither a zoo backbone nor a timm model.
+        """
+        import timm
+
+        try:
+            return timm.create_model(bb["arch"], pretrained=False, in_chans=in_chans,
+                                     num_classes=num_classes, **bb["kwargs"])
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                raise WeightsError(f"backbone.name: {bb['name']!r} is neither a registry "
+                                   f"backbone ({', '.join(REGISTRY)}) nor a timm model") from None
+            raise
+
+
+class VitFamily(TimmFamily):
+    """timm's plain ViTs (``vision_transformer.py``): the family defaults."""
+
+    name = "vit"
+
+
+class SwinFamily(TimmFamily):
+    """timm's Swin-V2 (``swin_transformer_v2.py``): four stages, a pyramid of feature maps."""
+
+    name = "swin"
+
+    def token_grid(self, model: nn.Module) -> tuple[int, int]:
+        """The last stage's grid: every stage after the first halves the patch grid."""
+        grid = super().token_grid(model)
+        k = 2 ** (len(model.layers) - 1)  # type: ignore[arg-type]
+        return grid[0] // k, grid[1] // k
+
+    def depth(self, model: nn.Module) -> list[int]:
+        """Blocks per stage."""
+        return [len(stage.blocks) for stage in model.layers]  # type: ignore[union-attr]
+
+    def tokens(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's (B, H, W, C) features as tokens (B, H x W, C)."""
+        return model.forward_features(x).flatten(1, 2)  # type: ignore[operator,no-any-return]
+
+    def prepare_for_adapters(self, model: nn.Module) -> int:
+        """Make every attention call its ``qkv`` layer (biases added after), then split it."""
+        separate_qkv_bias(model)
+        return split_qkv(model)
+
+    def taps(self, model: nn.Module, out_indices: Sequence[int] | None,
+             declared: Sequence[int] | None) -> Taps:
+        """Every stage (``out_indices`` and declared taps do not apply), each of its own width,
+        a pyramid already."""
+        dims = [int(f["num_chs"]) for f in model.feature_info]  # type: ignore[union-attr]
+        return Taps(list(range(len(model.layers))), dims, [1.0] * len(dims))  # type: ignore[arg-type]
+
+
+#: The ``vit`` family.
+VIT = VitFamily()
+#: The ``swin`` family.
+SWIN = SwinFamily()
+
+__all__ = ["SWIN", "VIT", "SwinFamily", "TimmFamily", "VitFamily"]
