@@ -182,3 +182,29 @@ print(sorted(m for m in ("torch", "timm", "peft", "mlflow") if m in sys.modules)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]", r.stdout
     assert r.stderr.count("error:") == 3 and "Traceback" not in r.stderr
+
+
+def readme_layers() -> list[set[str]]:
+    """The layers the README's architecture diagram draws, bottom first: the code block after
+    "The package is layered", one layer per entry (units at the start of a line, continued on
+    lines indented by two spaces), descriptions in the column after them."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("The package is layered", 1)[1].split("```", 2)[1]
+    layers: list[set[str]] = []
+    for line in block.splitlines()[1:]:
+        head = line.split("  ", 1)[0] if not line.startswith("  ") else (
+            line[2:].split("  ", 1)[0] if not line.startswith("   ") else "")
+        units = {u.strip().rstrip("/") for u in head.replace(",", " ").split() if u.strip()}
+        if not units:
+            continue
+        if line.startswith("  "):
+            layers[-1] |= units
+        else:
+            layers.append(units)
+    return layers
+
+
+def test_the_readme_draws_the_layers_of_the_code():
+    """The README's diagram of the package lists each layer's units, bottom first, as
+    :data:`LAYERS` (so a new unit, or a moved one, is drawn where it lives)."""
+    assert readme_layers() == LAYERS

@@ -12,8 +12,9 @@ only the sizes changed. This module writes what it downloads:
 * **weights**: random values in the publisher's checkpoint format: ``timm:<tag>`` as the timm
   hub's ``model.safetensors`` (timm's key names and shapes, the head the tag's pretrained
   configuration has), ``url:`` weights of the zoo as the published ``.pth`` (bands of the
-  weights as input channels, the entry's wrapper key; CROMA as its ``.pt`` of several encoders,
-  see :func:`_croma_checkpoint`);
+  weights as input channels, the entry's wrapper key), each family's own layout
+  (:meth:`geopeft.models.families.EncoderFamily.fixture_checkpoint`: CROMA's ``.pt`` of
+  several encoders);
 
 and ``manifest.json`` with every file's checksum (the pins the rehearsal checks downloads and
 weights against). :class:`FixtureServer` serves them on 127.0.0.1 and writes ``server.json``.
@@ -105,43 +106,15 @@ def _weights_file(weights: str, out: Path) -> Path:
         return path
     entry = _url_entry(weights)
     in_chans = len(entry.bands) if entry.bands else 3
-    obj: Any
-    if entry.family == "croma":
-        obj = _croma_checkpoint(entry, in_chans)
-    else:
-        model = timm.create_model(entry.arch, pretrained=False, num_classes=0, in_chans=in_chans,
-                                  **entry.kwargs)
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        obj = {entry.checkpoint_wrapper: state} if entry.checkpoint_wrapper else state
+    from geopeft.models.families import get_family
+
+    obj = get_family(entry.family).fixture_checkpoint(entry, in_chans)
     name = weights.rsplit("/", 1)[-1].split("?")[0]
     stem, ext = os.path.splitext(name)
     stem = stem.rsplit("-", 1)[0] if len(stem.rsplit("-", 1)[-1]) == 8 else stem  # no hub hash
     path = out / f"rehearsal-{stem}{ext}"
     torch.save(obj, path)
     return path
-
-
-def _croma_checkpoint(entry: Any, in_chans: int) -> dict[str, dict[str, Any]]:
-    """A CROMA checkpoint as published (``CROMA_base.pt``): a dict of encoders, the optical one
-    (the entry's wrapper, ``s2_encoder``) in the authors' key names and shapes, with the
-    optical and radar ``GAP_FFN`` projection heads (LayerNorm, Linear(D, 4D), GELU, Linear(4D,
-    D): keys ``0``, ``1``, ``3``). The radar and joint encoders (``s1_encoder``,
-    ``joint_encoder``), which geopeft never reads, are left out: with them a base fixture would
-    be as large as the real 778 MB file rather than the optical encoder's 343 MB."""
-    import torch
-
-    from geopeft.models.croma import CROMAOptical, to_publisher
-
-    model = CROMAOptical(in_chans=in_chans, num_classes=0, **entry.kwargs)
-    dim = model.embed_dim
-
-    def gap_ffn() -> dict[str, Any]:
-        ffn = torch.nn.Sequential(torch.nn.LayerNorm(dim), torch.nn.Linear(dim, 4 * dim),
-                                  torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
-        return {k: v.contiguous() for k, v in ffn.state_dict().items()}
-
-    return {entry.checkpoint_wrapper: to_publisher(model.state_dict()),
-            "s2_GAP_FFN": gap_ffn(), "s1_GAP_FFN": gap_ffn()}
 
 
 def study_needs(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -416,6 +416,24 @@ class CROMAFamily(EncoderFamily):
         """The published ``s2_encoder`` layout (:func:`to_publisher`)."""
         return to_publisher(state)
 
+    def fixture_checkpoint(self, entry: Any, in_chans: int) -> Any:
+        """A CROMA checkpoint as published (``CROMA_base.pt``): a dict of encoders, the optical
+        one (the entry's wrapper, ``s2_encoder``) in the authors' key names and shapes, with
+        the optical and radar ``GAP_FFN`` projection heads (LayerNorm, Linear(D, 4D), GELU,
+        Linear(4D, D): keys ``0``, ``1``, ``3``). The radar and joint encoders, which geopeft
+        never reads, are left out (a base fixture would be as large as the real 778 MB file
+        rather than the optical encoder's 343 MB)."""
+        model = CROMAOptical(in_chans=in_chans, num_classes=0, **entry.kwargs)
+        dim = model.embed_dim
+
+        def gap_ffn() -> dict[str, Any]:
+            ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
+                                nn.Linear(4 * dim, dim))
+            return {k: v.contiguous() for k, v in ffn.state_dict().items()}
+
+        return {entry.checkpoint_wrapper: to_publisher(model.state_dict()),
+                "s2_GAP_FFN": gap_ffn(), "s1_GAP_FFN": gap_ffn()}
+
     def size_multiple(self, model: nn.Module) -> int | None:
         """The patch side: the attention bias follows any grid."""
         return int(model.size_multiple)  # type: ignore[arg-type]

@@ -98,6 +98,17 @@ class EncoderFamily:
         :meth:`from_checkpoint`, for fixtures); by default the same."""
         return state
 
+    def fixture_checkpoint(self, entry: Any, in_chans: int) -> Any:
+        """What the rehearsal serves for a ``url:`` weight of zoo entry ``entry``: a checkpoint
+        with random values (torch's seed set by the caller) in the layout the family's weights
+        are published in; by default timm's model of ``entry.arch``, in the entry's wrapper."""
+        import timm
+
+        model = timm.create_model(entry.arch, pretrained=False, num_classes=0, in_chans=in_chans,
+                                  **entry.kwargs)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        return {entry.checkpoint_wrapper: state} if entry.checkpoint_wrapper else state
+
     def width(self, model: nn.Module) -> int:
         """Channels of the encoder's output tokens."""
         return int(model.num_features)  # type: ignore[arg-type]
