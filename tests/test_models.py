@@ -332,12 +332,12 @@ def test_scratch_ignores_backbone_weights(tmp_path):
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
     bb = backbone_cfg(f"file:{path}", sha256=hashlib.sha256(path.read_bytes()).hexdigest())
     spec = job_spec({"backbone": bb, "row": {"method": "scratch"}})
-    assert spec.encoder["weights"] == "none"
+    assert spec.encoder.weights == "none"
     torch.manual_seed(1)
-    m, info = build_classifier(spec.encoder, store(), 4)
+    m, info = build_classifier(spec.encoder.as_dict(), store(), 4)
     assert info["weights"] == "none"
     assert not torch.equal(m.backbone.pos_embed, vit.pos_embed)
-    assert job_spec({"backbone": bb, "row": {"method": "lora"}}).encoder["weights"].startswith("file:")
+    assert job_spec({"backbone": bb, "row": {"method": "lora"}}).encoder.weights.startswith("file:")
 
 
 def test_input_size_mismatch_is_a_clear_error():

@@ -141,7 +141,7 @@ def test_every_site_asks_the_strategy_object(monkeypatch):
         (spec,) = gcfg.job_specs(resolved)
         assert spec.row.method == "probe_test" and spec.row.lora is None
         assert spec.row.train.encoder_lr_factor == 0.5
-        assert spec.encoder["weights"] == "none"
+        assert spec.encoder.weights == "none"
         assert spec.tracked_params()["adapter"] == "none"
         m = _model("probe_test")
         assert {n for n, p in m.named_parameters() if p.requires_grad} == {

@@ -36,9 +36,9 @@ def build_model(spec: JobSpec, info: StoreInfo, pretrain_dir: Path | None = None
         segmenter when it has ``segmentation`` settings) and its description for the run record.
     """
     row = spec.row
-    encoder = resolve(spec.encoder) if spec.encoder is not None else None
+    encoder = resolve(spec.encoder.as_dict()) if spec.encoder is not None else None
     if row.segmentation is not None:  # U-TAE (no encoder) or UPerNet + L-TAE
-        model, minfo = build_segmenter(encoder, info, num_outputs(info), row.segmentation,
+        model, minfo = build_segmenter(encoder, info, num_outputs(info), row.segmentation.as_dict(),
                                        pretrain_dir)
     elif encoder is None:
         raise ConfigError(f"{row.name}: an image classifier needs a backbone")

@@ -98,7 +98,7 @@ def load_model(model_dir: Path, store: Path | None = None,
     record = read_json(model_dir / "run.json")
     spec = JobSpec.from_dict(record["spec"], f"{model_dir / 'run.json'}: spec")
     info = store_info(store) if store is not None else StoreInfo(**record["store"])
-    if pretrain_dir is None and (spec.encoder or {}).get("weights") == "pretrain":
+    if pretrain_dir is None and spec.encoder is not None and spec.encoder.weights == "pretrain":
         recorded = record.get("pretrain_dir")  # relative to the model folder (absolute before)
         pretrain_dir = (model_dir / recorded) if recorded else None
     model, minfo = build_model(spec, info, pretrain_dir)

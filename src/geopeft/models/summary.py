@@ -53,17 +53,17 @@ def describe_spec(spec: JobSpec) -> dict[str, Any]:
         "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "encoder_lr_factor": args.encoder_lr_factor,
         "lora": lora, "fusion": asdict(row.fusion) if row.fusion is not None else None,
-        "segmentation": row.segmentation["model"] if row.segmentation is not None else None,
+        "segmentation": row.segmentation.model if row.segmentation is not None else None,
     }
     if bb is None:
         out["backbone"] = None
         out["weights"] = "none (U-TAE, trained from scratch)"
         return out
-    r = resolve(spec.encoder)
+    r = resolve(spec.encoder.as_dict())
     weights = r["weights"] if row.strategy_object.loads_weights else "none (from scratch)"
     n_in = 3 if row.fusion is not None else len(spec.data.bands)
-    struct = _structure(canonical_json({k: bb[k] for k in ("name", "kwargs") if k in bb}), n_in)
-    out["backbone"] = {"name": bb["name"], **struct, "input_size": r["input_size"] or struct["img_size"]}
+    struct = _structure(canonical_json({"name": bb.name, "kwargs": bb.kwargs}), n_in)
+    out["backbone"] = {"name": bb.name, **struct, "input_size": r["input_size"] or struct["img_size"]}
     out["weights"] = weights
     return out
 

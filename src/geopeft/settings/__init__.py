@@ -37,54 +37,21 @@ from geopeft.settings.data import Data, Subsets
 from geopeft.settings.fields import (
     DATASETS,
     NAME_PATTERN,
-    NORMALIZATIONS,
-    SHA256_PATTERN,
     optional,
     required,
     setting,
     train_override,
 )
 from geopeft.spec import (
-    ENCODER_NORMS,
-    SEGMENTATION_MODELS,
     STRATEGIES,
     FusionConfig,
     LoraSpec,
     TrainArgs,
 )
+from geopeft.spec.sections import Backbone, Ltae, Segmentation  # noqa: F401  (sections)
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 
 # ---------------------------------------------------------------------------------- models
-
-
-@dataclass(kw_only=True)
-class Backbone:
-    """An encoder: a zoo entry or a timm architecture, and its weights."""
-
-    name: str = required()
-    """A backbone of the zoo (`geopeft backbones` lists them: vit_b16_in21k, swinv2_tiny,
-    ssl4eo_s12_vits16_dino/moco/mae, croma_optical_base/large, embedded, ...) or any timm ViT /
-    Swin-V2 architecture name, e.g. vit_base_patch16_224."""
-    kwargs: dict[str, Any] = setting({})
-    """Extra keyword arguments for timm.create_model (img_size, patch_size, depth, ...), over the
-    zoo entry's."""
-    weights: str | None = setting(None, pattern="^(pretrain|none|timm:.+|url:.+|file:.+)$")
-    """null = the zoo entry's published weights (pretrain for a plain timm name); pretrain = the
-    checkpoint of this study's pretrain rule; none = random initialisation; timm:<tag> = timm hub
-    weights (needs the HF cache or network); url:<https://...> = a published checkpoint in the
-    torch hub cache (downloaded when online, sha256-checked); file:<path> = a local
-    .safetensors/.pth checked against sha256."""
-    sha256: str | None = setting(None, pattern=SHA256_PATTERN)
-    """Checksum of file weights, of url weights (instead of the hash in the file name) and of
-    `file`."""
-    file: str | None = None
-    """A local copy of the weights file of timm:<tag> weights (e.g. on an offline cluster, or the
-    rehearsal's fixture), loaded by timm with the tag's pretrained configuration; needs sha256."""
-    input_size: int | None = None
-    """Resize inputs to this side before the backbone (null = backbone img_size)."""
-    normalize: str = setting("auto", enum=NORMALIZATIONS)
-    """backbone = the normalisation the weights were trained with (recorded in the checkpoint or
-    timm's pretrained cfg); dataset = train-split statistics; auto = backbone when known."""
 
 
 @dataclass(kw_only=True)
@@ -102,54 +69,6 @@ class Pretrain:
     bands: list[str] | None = setting(None, items={"enum": S2_BANDS})
     """Bands the embedded backbone is pretrained on (null = data.bands); Fusion-LoRA studies
     pretrain an RGB encoder ([B04, B03, B02]) and feed it pseudo-RGB."""
-
-
-@dataclass(kw_only=True)
-class Ltae:
-    """L-TAE settings. upernet_ltae (PANGAEA): d_model null (= the encoder's width), heads 16,
-    d_k 4, positional_encoding false; utae (utae-paps): d_model 256, heads 16, d_k 4,
-    positional_encoding true."""
-
-    d_model: int | None = optional(nullable=True, minimum=1)
-    """Width of the attention (null = the encoder's width)."""
-    heads: int | None = optional(minimum=1)
-    """Attention heads."""
-    d_k: int | None = optional(minimum=1)
-    """Key width per head."""
-    positional_encoding: bool | None = optional()
-    """Add the encoding of days since temporal.reference_date (period 1000)."""
-
-
-@dataclass(kw_only=True)
-class Segmentation:
-    """Time-series segmentation model (time-series datasets, e.g. PASTIS;
-    geopeft.models.segmentation). upernet_ltae = PANGAEA-bench's seg_upernet_mt_ltae: the
-    backbone on every date, four tapped levels, one L-TAE shared by all levels, a Feature2Pyramid
-    neck and a UPerNet head; utae = the supervised U-TAE baseline of utae-paps (no backbone;
-    strategy full or scratch)."""
-
-    model: str = setting(SEGMENTATION_MODELS[0], enum=SEGMENTATION_MODELS)
-    """upernet_ltae (an encoder of the zoo + PANGAEA's UPerNet + L-TAE) or utae."""
-    channels: int | None = optional(minimum=4)
-    """UPerNet channels (default 512, as PANGAEA)."""
-    out_indices: list[int] | None = optional(items={"minimum": 0}, minItems=4, maxItems=4)
-    """ViT blocks feeding the decoder (default: the encoder's declared taps, e.g. 3 5 7 11 for
-    SSL4EO-S12 ViT-S/16 and CROMA as PANGAEA; else four evenly spaced)."""
-    ltae: Ltae | None = optional()
-    encoder_chunk: int | None = optional(minimum=1)
-    """Frames the encoder processes at once (default 64): bounds memory."""
-    checkpoint: bool | None = optional()
-    """Recompute a trained encoder's activations per chunk in the backward pass (default true)."""
-    encoder_widths: list[int] | None = optional(items={"minimum": 1}, minItems=2)
-    """U-TAE encoder channels per level (default 64 64 64 128)."""
-    decoder_widths: list[int] | None = optional(items={"minimum": 1}, minItems=2)
-    """U-TAE decoder channels per level (default 32 32 64 128; the last equals the encoder's
-    last)."""
-    out_conv: int | None = optional(minimum=1)
-    """U-TAE output block's first width (default 32)."""
-    encoder_norm: str | None = optional(enum=ENCODER_NORMS)
-    """U-TAE encoder norm: group (GroupNorm(4), the reference's default) or batch (the
-    reference's option)."""
 
 
 @dataclass(kw_only=True)

@@ -239,7 +239,7 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
     train, val = load_splits(store, [("train", None), ("val", None)], None,
                              memory_budget_mb(mem_mb), args.workers)
     seed_everything(args.seed, args.threads)
-    bb = dict(spec.backbone, weights="none", normalize="dataset")
+    bb = dict(spec.backbone.as_dict(), weights="none", normalize="dataset")
     model, minfo = build_classifier(bb, info, len(info.classes), split=False)
     logger = RunLogger(experiment, run_name="pretrain", params=spec.raw,
                        tags=_tags(spec.study, spec.data, spec.rehearsal, info.fingerprint,
@@ -255,8 +255,8 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
     with atomic_dir(out) as tmp:
         save_file(state, str(tmp / "backbone.safetensors"))
         write_json(tmp / "backbone.json", {
-            "name": spec.backbone["name"],
-            "kwargs": spec.backbone["kwargs"],
+            "name": spec.backbone.name,
+            "kwargs": spec.backbone.kwargs,
             "bands": info.bands,
             "norm": {"bands": info.bands, "mean": minfo["norm_mean"], "std": minfo["norm_std"]},
             "sha256": sha256_file(tmp / "backbone.safetensors"),

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from geopeft.errors import ConfigError
+from geopeft.spec.sections import ENCODER_NORMS, SEGMENTATION_MODELS, Backbone, Segmentation
 from geopeft.strategies import PEFT_METHODS, STRATEGIES, LoraSpec, Strategy
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 from geopeft.strategies import get as get_strategy
@@ -31,11 +32,6 @@ from geopeft.strategies import get as get_strategy
 LOSSES = ("ce", "weighted_ce")
 #: Where a job trains (``train.device``): CUDA when available, or as named.
 DEVICES = ("auto", "cpu", "cuda")
-#: Time-series segmentation models (``strategies.<name>.segmentation.model``,
-#: :mod:`geopeft.models.segmentation`).
-SEGMENTATION_MODELS = ("upernet_ltae", "utae")
-#: U-TAE encoder norms (:mod:`geopeft.models.utae`).
-ENCODER_NORMS = ("group", "batch")
 #: Training settings a strategy or a row may override.
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment", "loss")
 
@@ -206,7 +202,7 @@ class RowSpec:
     """Dates per series (time-series rows)."""
     temporal: Temporal | None = None
     """How series are cut (time-series rows)."""
-    segmentation: dict[str, Any] | None = None
+    segmentation: Segmentation | None = None
     """The time-series segmentation model's settings (time-series rows)."""
 
     @classmethod
@@ -224,6 +220,8 @@ class RowSpec:
             v.pop("lora", None)
         if v.get("temporal") is not None:
             v["temporal"] = Temporal.from_dict(v["temporal"], f"{where}.temporal")
+        if v.get("segmentation") is not None:
+            v["segmentation"] = Segmentation.from_dict(v["segmentation"], f"{where}.segmentation")
         if v.get("fusion") is not None:
             v["fusion"] = FusionConfig.from_dict(v["fusion"])
         v["train"] = TrainArgs.from_dict(v["train"], seed=v["seed"])
@@ -273,7 +271,7 @@ class _Job:
 class JobSpec(_Job):
     """Everything one training job receives (``geopeft train --spec``)."""
 
-    backbone: dict[str, Any] | None
+    backbone: Backbone | None
     """The row's encoder config (its strategy's own, else the study's); None for U-TAE."""
     row: RowSpec
     """The study row."""
@@ -287,16 +285,18 @@ class JobSpec(_Job):
         """
         study, data, threads, rehearsal = _job_parts(d, "row", where)
         return cls(study=study, data=data, threads=threads, rehearsal=rehearsal, raw=d,
-                   backbone=d["backbone"], row=RowSpec.from_dict(d["row"], f"{where}.row"))
+                   backbone=None if d["backbone"] is None else
+                   Backbone.from_dict(d["backbone"], f"{where}.backbone"),
+                   row=RowSpec.from_dict(d["row"], f"{where}.row"))
 
     @property
-    def encoder(self) -> dict[str, Any] | None:
+    def encoder(self) -> Backbone | None:
         """The encoder to build: ``backbone``, without its weights for ``scratch`` rows (random
         initialisation); None for U-TAE (no encoder)."""
         if self.backbone is None:
             return None
         if not self.row.strategy_object.loads_weights:
-            return dict(self.backbone, weights="none")
+            return replace(self.backbone, weights="none")
         return self.backbone
 
     def train_args(self) -> TrainArgs:
@@ -313,14 +313,13 @@ class JobSpec(_Job):
         if row.fusion:
             adapter += " + fusion " + " ".join(f"{k} {v}"
                                                for k, v in sorted(asdict(row.fusion).items()))
-        model = ((row.segmentation or {}).get("model", "upernet_ltae")
-                 if row.segmentation is not None else "classifier")
+        model = row.segmentation.model if row.segmentation is not None else "classifier"
         return {
             "strategy": row.strategy, "method": row.method, "dataset": self.data.dataset,
             "bands": " ".join(self.data.bands), "label_fraction": row.label_fraction,
             "seed": row.seed, "sequence_length": row.sequence_length or "none",
-            "model": model, "encoder": enc["name"] if enc else "none",
-            "weights": enc["weights"] if enc else "none", "adapter": adapter,
+            "model": model, "encoder": enc.name if enc else "none",
+            "weights": enc.weights if enc else "none", "adapter": adapter,
             **{k: getattr(train, k) for k in ("epochs", "batch_size", "lr", "encoder_lr_factor",
                                               "weight_decay", "warmup_epochs", "loss", "augment")},
             "rehearsal": self.rehearsal,
@@ -331,8 +330,8 @@ class JobSpec(_Job):
 class PretrainSpec(_Job):
     """What the pretrain job receives: the embedded backbone, trained on the synthetic source set."""
 
-    backbone: dict[str, Any]
-    """The study's backbone config (built with random weights, then pretrained)."""
+    backbone: Backbone
+    """The study's backbone (built with random weights, then pretrained)."""
     train: TrainArgs
     """The ``pretrain`` settings (augmentation on)."""
 
@@ -346,10 +345,11 @@ class PretrainSpec(_Job):
         """
         study, data, threads, rehearsal = _job_parts(d, "pretrain", where)
         return cls(study=study, data=data, threads=threads, rehearsal=rehearsal, raw=d,
-                   backbone=d["backbone"],
+                   backbone=Backbone.from_dict(d["backbone"], f"{where}.backbone"),
                    train=TrainArgs.from_dict(d["pretrain"], augment=True, threads=threads))
 
 
 __all__ = ["DEVICES", "ENCODER_NORMS", "LOSSES", "PEFT_METHODS", "SEGMENTATION_MODELS",
-           "STRATEGIES", "TRAIN_KEYS", "ConfigError", "DataSpec", "FusionConfig", "JobSpec",
-           "LoraSpec", "PretrainSpec", "RowSpec", "Temporal", "TrainArgs"]
+           "STRATEGIES", "TRAIN_KEYS", "Backbone", "ConfigError", "DataSpec", "FusionConfig",
+           "JobSpec", "LoraSpec", "PretrainSpec", "RowSpec", "Segmentation", "Temporal",
+           "TrainArgs"]

@@ -1,0 +1,188 @@
+"""The typed sections of a job spec that are also study settings: the encoder (:class:`Backbone`)
+and the time-series segmentation model (:class:`Segmentation`, :class:`Ltae`), with the field
+helpers every settings dataclass uses (:func:`setting`, :func:`optional`, :func:`required`: a
+field's JSON-Schema constraints in its metadata, read by :mod:`geopeft.settings`).
+
+A section parsed from a spec remembers which keys the spec gave (:meth:`Segmentation.as_dict`
+returns exactly those), so a key left out stays out: the model fills its own default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+from geopeft.errors import ConfigError
+
+#: Segmentation models of time-series rows (``strategies.<name>.segmentation.model``,
+#: :mod:`geopeft.models.segmentation`).
+SEGMENTATION_MODELS = ("upernet_ltae", "utae")
+#: U-TAE encoder norms (:mod:`geopeft.models.utae`).
+ENCODER_NORMS = ("group", "batch")
+#: Input normalisation of a backbone (``backbone.normalize``).
+NORMALIZATIONS = ("auto", "backbone", "dataset")
+#: A SHA-256 checksum.
+SHA256_PATTERN = "^[0-9a-f]{64}$"
+
+
+def setting(default: Any = MISSING, **schema: Any) -> Any:
+    """A key with a default (a list, mapping or section class is copied per instance)."""
+    if isinstance(default, type):
+        return field(default_factory=default, metadata=schema)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=schema)
+    return field(default=default, metadata=schema)
+
+
+def optional(**schema: Any) -> Any:
+    """A key that may be left out; no default is filled in."""
+    return field(default=None, metadata={**schema, "optional": True})
+
+
+def required(**schema: Any) -> Any:
+    """A key every study sets."""
+    return field(metadata=schema)
+
+
+def _given(cls: Any, d: dict[str, Any], where: str) -> dict[str, Any]:
+    """The keys of ``d`` that are fields of ``cls``; another key is a ConfigError."""
+    names = {f.name for f in fields(cls) if not f.metadata.get("job")}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}")
+    return dict(d)
+
+
+@dataclass(kw_only=True)
+class Backbone:
+    """An encoder: a zoo entry or a timm architecture, and its weights."""
+
+    name: str = required()
+    """A backbone of the zoo (`geopeft backbones` lists them: vit_b16_in21k, swinv2_tiny,
+    ssl4eo_s12_vits16_dino/moco/mae, croma_optical_base/large, embedded, ...) or any timm ViT /
+    Swin-V2 architecture name, e.g. vit_base_patch16_224."""
+    kwargs: dict[str, Any] = setting({})
+    """Extra keyword arguments for timm.create_model (img_size, patch_size, depth, ...), over the
+    zoo entry's."""
+    weights: str | None = setting(None, pattern="^(pretrain|none|timm:.+|url:.+|file:.+)$")
+    """null = the zoo entry's published weights (pretrain for a plain timm name); pretrain = the
+    checkpoint of this study's pretrain rule; none = random initialisation; timm:<tag> = timm hub
+    weights (needs the HF cache or network); url:<https://...> = a published checkpoint in the
+    torch hub cache (downloaded when online, sha256-checked); file:<path> = a local
+    .safetensors/.pth checked against sha256."""
+    sha256: str | None = setting(None, pattern=SHA256_PATTERN)
+    """Checksum of file weights, of url weights (instead of the hash in the file name) and of
+    `file`."""
+    file: str | None = None
+    """A local copy of the weights file of timm:<tag> weights (e.g. on an offline cluster, or the
+    rehearsal's fixture), loaded by timm with the tag's pretrained configuration; needs sha256."""
+    input_size: int | None = None
+    """Resize inputs to this side before the backbone (null = backbone img_size)."""
+    normalize: str = setting("auto", enum=NORMALIZATIONS)
+    """backbone = the normalisation the weights were trained with (recorded in the checkpoint or
+    timm's pretrained cfg); dataset = train-split statistics; auto = backbone when known."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "backbone") -> Backbone:
+        """The encoder of a spec's ``backbone`` mapping (a key saved specs lack: its default).
+
+        Raises:
+            ConfigError: an unknown key, or no ``name`` (named with ``where``).
+        """
+        if "name" not in d:
+            raise ConfigError(f"{where}: missing name")
+        return cls(**_given(cls, d, where))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The encoder as the models take it (:func:`geopeft.models.zoo.resolve`)."""
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class Ltae:
+    """L-TAE settings. upernet_ltae (PANGAEA): d_model null (= the encoder's width), heads 16,
+    d_k 4, positional_encoding false; utae (utae-paps): d_model 256, heads 16, d_k 4,
+    positional_encoding true."""
+
+    d_model: int | None = optional(nullable=True, minimum=1)
+    """Width of the attention (null = the encoder's width)."""
+    heads: int | None = optional(minimum=1)
+    """Attention heads."""
+    d_k: int | None = optional(minimum=1)
+    """Key width per head."""
+    positional_encoding: bool | None = optional()
+    """Add the encoding of days since temporal.reference_date (period 1000)."""
+    given: tuple[str, ...] = field(default=(), repr=False, compare=False, metadata={"job": True})
+    """The keys the spec gave (the rest: the model's defaults)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str) -> Any:
+        """The section of a spec's mapping ``d``, remembering which keys it gave.
+
+        Raises:
+            ConfigError: an unknown key (named with ``where``).
+        """
+        v = _given(cls, d or {}, where)
+        if "ltae" in v and v["ltae"] is not None:
+            v["ltae"] = Ltae.from_dict(v["ltae"], f"{where}.ltae")
+        return cls(**v, given=tuple(v))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The keys the spec gave, as it gave them."""
+        return {k: getattr(self, k).as_dict() if isinstance(getattr(self, k), Ltae)
+                else getattr(self, k) for k in self.given}
+
+
+@dataclass(kw_only=True)
+class Segmentation:
+    """Time-series segmentation model (time-series datasets, e.g. PASTIS;
+    geopeft.models.segmentation). upernet_ltae = PANGAEA-bench's seg_upernet_mt_ltae: the
+    backbone on every date, four tapped levels, one L-TAE shared by all levels, a Feature2Pyramid
+    neck and a UPerNet head; utae = the supervised U-TAE baseline of utae-paps (no backbone;
+    strategy full or scratch)."""
+
+    model: str = setting(SEGMENTATION_MODELS[0], enum=SEGMENTATION_MODELS)
+    """upernet_ltae (an encoder of the zoo + PANGAEA's UPerNet + L-TAE) or utae."""
+    channels: int | None = optional(minimum=4)
+    """UPerNet channels (default 512, as PANGAEA)."""
+    out_indices: list[int] | None = optional(items={"minimum": 0}, minItems=4, maxItems=4)
+    """ViT blocks feeding the decoder (default: the encoder's declared taps, e.g. 3 5 7 11 for
+    SSL4EO-S12 ViT-S/16 and CROMA as PANGAEA; else four evenly spaced)."""
+    ltae: Ltae | None = optional()
+    encoder_chunk: int | None = optional(minimum=1)
+    """Frames the encoder processes at once (default 64): bounds memory."""
+    checkpoint: bool | None = optional()
+    """Recompute a trained encoder's activations per chunk in the backward pass (default true)."""
+    encoder_widths: list[int] | None = optional(items={"minimum": 1}, minItems=2)
+    """U-TAE encoder channels per level (default 64 64 64 128)."""
+    decoder_widths: list[int] | None = optional(items={"minimum": 1}, minItems=2)
+    """U-TAE decoder channels per level (default 32 32 64 128; the last equals the encoder's
+    last)."""
+    out_conv: int | None = optional(minimum=1)
+    """U-TAE output block's first width (default 32)."""
+    encoder_norm: str | None = optional(enum=ENCODER_NORMS)
+    """U-TAE encoder norm: group (GroupNorm(4), the reference's default) or batch (the
+    reference's option)."""
+    given: tuple[str, ...] = field(default=(), repr=False, compare=False, metadata={"job": True})
+    """The keys the spec gave (the rest: the model's defaults)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str) -> Any:
+        """The section of a spec's mapping ``d``, remembering which keys it gave.
+
+        Raises:
+            ConfigError: an unknown key (named with ``where``).
+        """
+        v = _given(cls, d or {}, where)
+        if "ltae" in v and v["ltae"] is not None:
+            v["ltae"] = Ltae.from_dict(v["ltae"], f"{where}.ltae")
+        return cls(**v, given=tuple(v))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The keys the spec gave, as it gave them."""
+        return {k: getattr(self, k).as_dict() if isinstance(getattr(self, k), Ltae)
+                else getattr(self, k) for k in self.given}
+
+
+__all__ = ["ENCODER_NORMS", "NORMALIZATIONS", "SEGMENTATION_MODELS", "SHA256_PATTERN", "Backbone",
+           "Ltae", "Segmentation", "optional", "required", "setting"]
