@@ -26,7 +26,8 @@ rules: Snakemake wildcards such as ``{run}`` are kept, ``expand`` fills them), a
         downloads/<dataset>/<file>         .download(dataset, file)
         logs/<rule>[/<name>].log           .logs, .log(rule, name)
         rehearsal/                         rehearsal_data(root): a rehearsal's data root
-    .rehearsal/                            FixtureLayout: manifest.json, server.json, files/
+    .rehearsal/                            FixtureLayout: manifest.json, server.json, files/,
+                                               torch/
     paper/main.pdf                         PAPER_PDF
 
 Nothing here imports beyond the standard library.
@@ -41,8 +42,8 @@ from typing import Generic, TypeVar
 #: A root and the paths under it: ``str`` (joined with ``/``, as the rules write them) or Path.
 P = TypeVar("P", str, Path)
 
-#: The default results folder (``results_dir``).
-RESULTS = "results"
+#: The default results folder (``results_dir``) and data root (``data.root``).
+RESULTS, DATA = "results", "data"
 #: A run's record in its model folder: the job spec, the history, the costs.
 RUN_RECORD = "run.json"
 #: The trained tensors of a model folder (the trainable ones only).
@@ -73,8 +74,8 @@ LOGS, LOG_SUFFIX = "logs", ".log"
 EXPERIMENT = "mlflow_experiment.json"
 #: The MLflow SQLite store and the artifact folder, in the results folder.
 MLFLOW_DB, MLARTIFACTS = "mlflow.db", "mlartifacts"
-#: The MLflow artifact path of a run's model folder.
-MODEL_ARTIFACT = "model"
+#: The MLflow artifact paths of a run's model folder and of a pretrain run's backbone folder.
+MODEL_ARTIFACT, PRETRAIN_ARTIFACT = "model", "backbone"
 #: The data tree's folders: raw datasets, prepared stores, downloaded files.
 RAW, PREPARED, DOWNLOADS = "raw", "prepared", "downloads"
 #: A prepared store's suffix, and its subsets folder's.
@@ -343,6 +344,11 @@ class FixtureLayout(Generic[P]):
         """The files the fixture server serves."""
         return join(self.root, "files")
 
+    @property
+    def torch_home(self) -> P:
+        """The rehearsal's own torch hub cache (``TORCH_HOME``), where url weights download."""
+        return join(self.root, "torch")
+
 
 def _log(logs: P, rule: str, name: str | None) -> P:
     return join(logs, f"{rule}{LOG_SUFFIX}") if name is None else join(
@@ -365,10 +371,10 @@ def rehearsal_data(root: P) -> P:
 
 
 __all__ = [
-    "ADAPTER", "CONFUSION", "DOWNLOADS", "EXPERIMENT", "FIGURES", "FIGURE_FORMATS", "FIXTURES",
+    "ADAPTER", "CONFUSION", "DATA", "DOWNLOADS", "EXPERIMENT", "FIGURES", "FIGURE_FORMATS", "FIXTURES",
     "LOGS", "LOG_SUFFIX", "METRICS", "MLARTIFACTS", "MLFLOW_DB", "MODEL", "MODEL_ARTIFACT",
     "PAPER_BUILD", "PAPER_PDF", "PER_CLASS_CSV", "PER_CLASS_TEX", "PREPARED", "PRETRAIN",
-    "PRETRAIN_RECORD", "PRETRAIN_WEIGHTS", "RAW", "REHEARSAL_DATA", "RESULTS", "RUNS",
+    "PRETRAIN_ARTIFACT", "PRETRAIN_RECORD", "PRETRAIN_WEIGHTS", "RAW", "REHEARSAL_DATA", "RESULTS", "RUNS",
     "RUNS_CSV", "RUNS_HTML", "RUN_RECORD", "RUN_RECORDS", "STATE", "STORE_SUFFIX",
     "SUBSETS_SUFFIX", "SUBSET_NAME", "TABLE", "TRAINABLE", "DataLayout", "FixtureLayout",
     "ModelLayout", "PretrainLayout", "RunLayout", "StudyLayout", "TrackingLayout", "figure_file",

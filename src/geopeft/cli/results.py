@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.cli.common import _opt_path, log
+from geopeft.layout import RunLayout
 
 
 def _series_dates(args: argparse.Namespace) -> list[list[int] | None]:
@@ -88,7 +89,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     from geopeft.paper.aggregate import aggregate
 
     runs = [Path(r) for r in args.runs]
-    rows = aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs],
+    rows = aggregate([RunLayout(r).model for r in runs], [RunLayout(r).metrics for r in runs],
                      Path(args.out))
     if args.experiment:
         from geopeft.paper.aggregate import summary_markdown

@@ -34,6 +34,7 @@ from geopeft.bands import S2_BANDS
 from geopeft.data.sources import REGISTRY
 from geopeft.data.subsets import METHODS as SUBSET_METHODS
 from geopeft.data.temporal import PAD_RULES
+from geopeft.layout import DATA, RESULTS
 from geopeft.spec import (
     ENCODER_NORMS,
     SEGMENTATION_MODELS,
@@ -167,7 +168,7 @@ class Data:
     remotes: list[RemoteFile] = setting([])
     """Replace the registry's files to download (name, urls, md5/sha256, size)."""
     options: Options = setting(Options)
-    root: str = "data"
+    root: str = DATA
     """Data root; raw files go to <root>/raw/<source>/, prepared stores to <root>/prepared/."""
     bands: list[str] = required(minItems=1, uniqueItems=True, items={"enum": S2_BANDS})
     """Sentinel-2 band names to select, in model input order."""
@@ -421,7 +422,7 @@ class Study:
 
     study: str = required(pattern=NAME_PATTERN)
     """Study name; outputs go to results/<study>/ and the MLflow experiment gets this name."""
-    results_dir: str = "results"
+    results_dir: str = RESULTS
     """Root folder of generated results."""
     data: Data = required()
     subsets: Subsets = setting(Subsets)
