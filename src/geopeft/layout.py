@@ -80,8 +80,9 @@ MODEL_ARTIFACT, PRETRAIN_ARTIFACT = "model", "backbone"
 RAW, PREPARED, DOWNLOADS = "raw", "prepared", "downloads"
 #: A prepared store's suffix, and its subsets folder's.
 STORE_SUFFIX, SUBSETS_SUFFIX = ".zarr", ".subsets"
-#: A label-fraction subset's file name (``str.format`` fields, or Snakemake wildcards).
-SUBSET_NAME = "{method}-f{fraction}-s{seed}.json"
+#: A label-fraction subset's key and file name (``str.format`` fields, or Snakemake wildcards).
+SUBSET_KEY = "{method}-f{fraction}-s{seed}"
+SUBSET_NAME = f"{SUBSET_KEY}.json"
 #: A rehearsal's data root under the study's data root.
 REHEARSAL_DATA = "rehearsal"
 #: The default fixture folder of ``geopeft rehearsal-server``.
@@ -376,7 +377,7 @@ __all__ = [
     "PAPER_BUILD", "PAPER_PDF", "PER_CLASS_CSV", "PER_CLASS_TEX", "PREPARED", "PRETRAIN",
     "PRETRAIN_ARTIFACT", "PRETRAIN_RECORD", "PRETRAIN_WEIGHTS", "RAW", "REHEARSAL_DATA", "RESULTS", "RUNS",
     "RUNS_CSV", "RUNS_HTML", "RUN_RECORD", "RUN_RECORDS", "STATE", "STORE_SUFFIX",
-    "SUBSETS_SUFFIX", "SUBSET_NAME", "TABLE", "TRAINABLE", "DataLayout", "FixtureLayout",
+    "SUBSETS_SUFFIX", "SUBSET_KEY", "SUBSET_NAME", "TABLE", "TRAINABLE", "DataLayout", "FixtureLayout",
     "ModelLayout", "PretrainLayout", "RunLayout", "StudyLayout", "TrackingLayout", "figure_file",
     "join", "rehearsal_data", "subset_name",
 ]
