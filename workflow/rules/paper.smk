@@ -45,8 +45,8 @@ rule figures:
     params:
         task=REPORT_TASK,
         metric=REPORT_METRIC,
-        outdir=LAYOUT.figures,
-        runs=LAYOUT.runs,
+        outdir=lambda wildcards, output: os.path.dirname(output.pdf[0]),
+        runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.metrics[0])),
     resources:
         **CPU_RESOURCES,
     log:
@@ -69,7 +69,7 @@ rule table:
         per_class_csv=LAYOUT.per_class_csv,
     params:
         study=STUDY,
-        runs=LAYOUT.runs,
+        runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.metrics[0])),
     log:
         LAYOUT.log("table"),
     conda:
