@@ -25,7 +25,7 @@ import numpy as np
 from geopeft.errors import GeopeftError
 from geopeft.evaluate.predict import Predictor, parse_dates
 from geopeft.io import read_json
-from geopeft.layout import DATA, RUN_RECORDS, DataLayout, ModelLayout, RunLayout
+from geopeft.layout import DATA, RUN_RECORDS, RUNS, DataLayout, ModelLayout, RunLayout
 
 #: Examples offered per dataset, from its test split.
 EXAMPLES = 6
@@ -78,7 +78,8 @@ def find_runs(results: Path) -> list[RunEntry]:
         runs.append(RunEntry(row["name"], label, record_file.parent, data["dataset"], val,
                              data.get("source") == "synthetic"))
     if not runs:
-        raise GeopeftError(f"{results}: no trained run (runs/<run>/model/run.json); run the "
+        pattern = RunLayout(f"{RUNS}/<run>").record
+        raise GeopeftError(f"{results}: no trained run ({pattern}); run the "
                            f"study first, or give its results folder (results/<study>)")
     return runs
 

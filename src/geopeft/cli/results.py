@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.cli.common import _opt_path, log
-from geopeft.layout import RunLayout
+from geopeft.layout import PAPER_PDF, RunLayout
 
 
 def _series_dates(args: argparse.Namespace) -> list[list[int] | None]:
@@ -186,7 +186,7 @@ def add_commands(sub: Any) -> None:
     s = sub.add_parser("paper", help="the paper: a section per study from its results (latexmk)")
     s.add_argument("--results", nargs="+", required=True,
                    help="each study's results folder (results/<study>), in paper order")
-    s.add_argument("--out", required=True, help="the PDF to write (paper/main.pdf)")
+    s.add_argument("--out", required=True, help=f"the PDF to write ({PAPER_PDF})")
     s.set_defaults(func=cmd_paper)
 
     s = sub.add_parser("figures", help="paper figures (PDF + PNG)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.cli.common import _config_overrides
-from geopeft.layout import FIXTURES, FixtureLayout
+from geopeft.layout import FIXTURES, RUN_RECORD, FixtureLayout
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -178,10 +178,10 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides, as snakemake --config (values read as YAML)")
     s.add_argument("--measured", nargs="+", action="extend", default=[], metavar="PATH",
-                   help="measured step times: run.json files, folders of runs (e.g. a "
+                   help=f"measured step times: {RUN_RECORD} files, folders of runs (e.g. a "
                         "rehearsal's results/<study>_rehearsal/runs), step-time files "
                         "(geopeft steptimes)")
-    s.add_argument("--measured-kind", help="the GPU kind the run.json files among --measured "
+    s.add_argument("--measured-kind", help=f"the GPU kind the {RUN_RECORD} files among --measured "
                                            "ran on (CPU runs are cpu)")
     s.add_argument("--gpu-kind", help="the GPU kind to plan for (default: the one measured)")
     s.add_argument("--gpus", type=int, default=1, help="GPUs of that kind (default 1)")
@@ -195,9 +195,9 @@ def add_commands(sub: Any) -> None:
 
     s = sub.add_parser("steptimes", help="step times of finished runs, for geopeft plan",
                        description="Read the step times that finished runs (or a rehearsal) "
-                                   "measured out of their run.json and write a step-time file "
+                                   f"measured out of their {RUN_RECORD} and write a step-time file "
                                    "for geopeft plan --measured.")
-    s.add_argument("runs", nargs="+", help="run.json files or folders of runs")
+    s.add_argument("runs", nargs="+", help=f"{RUN_RECORD} files or folders of runs")
     s.add_argument("--kind", help="the GPU kind they ran on (CPU runs: cpu)")
     s.add_argument("--note", required=True, help="how they were measured: machine, threads, date")
     s.add_argument("--out", required=True, help="the step-time file (YAML) to write")

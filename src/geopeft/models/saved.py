@@ -25,7 +25,7 @@ from torch import nn
 
 from geopeft.data.dataset import StoreInfo, store_info
 from geopeft.io import atomic_dir, read_json, write_json
-from geopeft.layout import ModelLayout
+from geopeft.layout import RUN_RECORD, ModelLayout
 from geopeft.models.build import build_model
 from geopeft.spec import JobSpec
 
@@ -70,7 +70,7 @@ def save_model(model: nn.Module, out: Path, record: dict[str, Any]) -> None:
     """
     from safetensors.torch import save_file
 
-    spec = JobSpec.from_dict(record["spec"], f"{out}: run.json spec")
+    spec = JobSpec.from_dict(record["spec"], f"{out}: {RUN_RECORD} spec")
     with atomic_dir(out) as tmp:
         save_file(trainable_state(model, record["model"]["weights"]),
                   str(ModelLayout(tmp).trainable))
@@ -109,7 +109,7 @@ def load_model(model_dir: Path, store: Path | None = None,
     state = load_file(str(ModelLayout(model_dir).trainable))
     expected = saved_names(model, minfo["weights"])
     if set(state) != expected:
-        raise ValueError(f"{model_dir / 'trainable.safetensors'}: tensors do not match the model: "
+        raise ValueError(f"{ModelLayout(model_dir).trainable}: tensors do not match the model: "
                          f"missing {sorted(expected - set(state))[:5]}, "
                          f"unexpected {sorted(set(state) - expected)[:5]}")
     model.load_state_dict(state, strict=False)

@@ -95,7 +95,7 @@ def steptime_from_run(path: str | Path, kind: str | None = None) -> StepTime:
     """
     path = Path(path)
     if not path.is_file():
-        raise PlanError(f"{path}: run.json not found")
+        raise PlanError(f"{path}: {RUN_RECORD} not found")
     rec = read_json(path)
     need = ("spec", "train_time_s", "train_samples", "history", "device")
     missing = [k for k in need if k not in rec]
