@@ -19,7 +19,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "geopeft"
 #: any unit of a lower layer; never a unit of its own layer or above (siblings such as train and
 #: evaluate do not import each other).
 LAYERS: list[set[str]] = [
-    {"errors"},                     # the base of geopeft's one-line errors
+    # the base of geopeft's one-line errors; the names of results/ and data/ (geopeft.layout)
+    {"errors", "layout"},
     # files, band names, GPU claims, /proc, messages; the fine-tuning strategies and peft methods
     {"io", "bands", "gpus", "process", "wire", "strategies"},
     {"spec", "metrics", "tracking"},  # the typed job spec; numpy metrics; MLflow

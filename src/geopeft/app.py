@@ -25,6 +25,7 @@ import numpy as np
 from geopeft.errors import GeopeftError
 from geopeft.evaluate.predict import Predictor, parse_dates
 from geopeft.io import read_json
+from geopeft.layout import DATA, RUN_RECORDS, RUNS, DataLayout, ModelLayout, RunLayout
 
 #: Examples offered per dataset, from its test split.
 EXAMPLES = 6
@@ -61,11 +62,11 @@ def find_runs(results: Path) -> list[RunEntry]:
         GeopeftError: the folder holds no trained run.
     """
     runs = []
-    for record_file in sorted(Path(results).glob("runs/*/model/run.json")):
+    for record_file in sorted(Path(results).glob(RUN_RECORDS)):
         rec = read_json(record_file)
         row, data = rec["spec"]["row"], rec["spec"]["data"]
         val = rec["history"][-1].get("val_score") if rec.get("history") else None
-        metrics_file = record_file.parent.parent / "metrics.json"
+        metrics_file = RunLayout(record_file.parent.parent).metrics
         test = read_json(metrics_file) if metrics_file.is_file() else {}
         parts = [row["strategy"], f"{100 * row['label_fraction']:g} % labels"]
         if row.get("sequence_length"):
@@ -77,7 +78,8 @@ def find_runs(results: Path) -> list[RunEntry]:
         runs.append(RunEntry(row["name"], label, record_file.parent, data["dataset"], val,
                              data.get("source") == "synthetic"))
     if not runs:
-        raise GeopeftError(f"{results}: no trained run (runs/<run>/model/run.json); run the "
+        pattern = RunLayout(f"{RUNS}/<run>").record
+        raise GeopeftError(f"{results}: no trained run ({pattern}); run the "
                            f"study first, or give its results folder (results/<study>)")
     return runs
 
@@ -164,8 +166,9 @@ class App:
         self.runs = find_runs(self.results)
         self.by_label = {r.label: r for r in self.runs}
         self.default = best_on_val(self.runs)
-        rec = read_json(self.default.model_dir / "run.json")
-        self.raw = raw if raw is not None else Path("data/raw") / rec["spec"]["data"]["source"]
+        rec = read_json(ModelLayout(self.default.model_dir).record)
+        self.raw = raw if raw is not None else DataLayout(Path(DATA),
+                                                          rec["spec"]["data"]["source"]).raw_root
         self._predictors: dict[str, Predictor] = {}
         self._lock = threading.Lock()
 
@@ -185,7 +188,7 @@ class App:
         from geopeft.data.sources import get_source
 
         run = self.by_label[label]
-        rec = read_json(run.model_dir / "run.json")
+        rec = read_json(ModelLayout(run.model_dir).record)
         row = rec["spec"]["row"]
         size = rec["store"].get("image_size")
         text = (f"**{run.name}**: {row['strategy']} ({row['method']}), "
@@ -293,7 +296,7 @@ def build(app: App, cache: Path) -> Any:
 def _all_classes(app: App) -> list[str]:
     seen: dict[str, None] = {}
     for r in app.runs:
-        rec = read_json(r.model_dir / "run.json")
+        rec = read_json(ModelLayout(r.model_dir).record)
         void = rec["store"].get("void_class")
         seen.update(dict.fromkeys(c for i, c in enumerate(rec["store"]["classes"]) if i != void))
     return list(seen)

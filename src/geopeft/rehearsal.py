@@ -35,6 +35,7 @@ from typing import Any
 
 from geopeft import config as study_config
 from geopeft.io import atomic_dir
+from geopeft.layout import FixtureLayout
 from geopeft.spec import ConfigError
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 
@@ -132,13 +133,13 @@ def study_needs(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
 def make_fixtures(folder: Path, datasets: list[str], weights: list[str]) -> dict[str, Any]:
     """Write the missing fixtures into ``folder`` and return the updated manifest."""
     folder = Path(folder)
-    mpath = folder / "manifest.json"
+    mpath = FixtureLayout(folder).manifest
     manifest: dict[str, Any] = {"version": FIXTURE_VERSION, "datasets": {}, "weights": {}}
     if mpath.is_file():
         old = json.loads(mpath.read_text())
         if old.get("version") == FIXTURE_VERSION:
             manifest = old
-    files = folder / "files"
+    files = FixtureLayout(folder).files
     for ds in datasets:
         if ds in manifest["datasets"] and all(
                 (files / ds / f["name"]).is_file() for f in manifest["datasets"][ds]):
@@ -182,7 +183,7 @@ class FixtureServer:
 
     def __init__(self, folder: Path, port: int = 0):
         self.folder = Path(folder)
-        root = (self.folder / "files").resolve()
+        root = FixtureLayout(self.folder).files.resolve()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, fmt: str, *args: Any) -> None:
@@ -232,14 +233,14 @@ class FixtureServer:
 
     def __enter__(self) -> FixtureServer:
         self.thread.start()
-        _write_json(self.folder / "server.json", {"url": self.url, "pid": os.getpid()})
+        _write_json(FixtureLayout(self.folder).server, {"url": self.url, "pid": os.getpid()})
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            info = json.loads((self.folder / "server.json").read_text())
+            info = json.loads(FixtureLayout(self.folder).server.read_text())
             if info.get("url") == self.url:
-                (self.folder / "server.json").unlink()
+                FixtureLayout(self.folder).server.unlink()
         except (OSError, ValueError):
             pass
         self.httpd.shutdown()

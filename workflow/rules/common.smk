@@ -7,6 +7,15 @@ from snakemake.logging import logger
 from geopeft import config as study_config
 from geopeft.io import canonical_json
 from geopeft.data.subsets import subset_file_name
+from geopeft.layout import (
+    FIGURE_FORMATS,
+    PAPER_PDF,
+    SUBSET_KEY,
+    SUBSET_NAME,
+    DataLayout,
+    StudyLayout,
+    TrackingLayout,
+)
 from geopeft.paper.figures import figure_names
 
 
@@ -17,22 +26,23 @@ config.clear()
 config.update(_study)
 
 STUDY = config["study"]
-RES = f"{config['results_dir']}/{STUDY}"
+# Every path of results/ and data/ comes from geopeft.layout: string roots give the strings
+# as written, with the rules' wildcards ("{run}", "{dataset}") kept for Snakemake.
+LAYOUT = StudyLayout.of(config["results_dir"], STUDY)
 DATA = config["data"]
-RAW = f"{DATA['root']}/raw/{DATA['source']}"
-PREP = f"{DATA['root']}/prepared/{DATA['source']}"
+DATA_LAYOUT = DataLayout(DATA["root"], DATA["source"])
 BANDS = study_config.bands_id(DATA["bands"])
 ROWS = {row["name"]: row for row in study_config.study_rows(config)}
 # a time-series segmentation study gets its own figures (label fraction x sequence length)
 FIGURES = figure_names(any(r["dataset"] in study_config.TIME_SERIES_DATASETS for r in ROWS.values()))
 # The study's task and primary metric, as the report's captions word them.
 REPORT_TASK, REPORT_METRIC = study_config.report_task(ROWS.values())
-EXPERIMENT = f"{RES}/mlflow_experiment.json"
+EXPERIMENT = LAYOUT.experiment
 # The tracking store and experiment that mlflow_init creates
 MLFLOW = {
     "uri": study_config.tracking_uri(config),
     "experiment": config["mlflow"]["experiment"] or STUDY,
-    "artifacts": f"{config['results_dir']}/mlartifacts",
+    "artifacts": TrackingLayout(config["results_dir"]).artifacts,
 }
 
 
@@ -90,7 +100,7 @@ wildcard_constraints:
 
 def get_store(dataset=None, bands=BANDS):
     """Prepared zarr store of a dataset (default: the study's) for a band selection."""
-    return f"{PREP}/{dataset or DATA['dataset']}/{bands}.zarr"
+    return DATA_LAYOUT.store(dataset or DATA["dataset"], bands)
 
 
 def get_run_store(wildcards):
@@ -102,7 +112,7 @@ def get_raw(wildcards):
     """Raw folder of a dataset: data.raw_dir for local data, else generated or downloaded."""
     if DATA["source"] == "local" and wildcards.dataset == DATA["dataset"]:
         return DATA["raw_dir"]
-    return f"{RAW}/{wildcards.dataset}"
+    return DATA_LAYOUT.raw(wildcards.dataset)
 
 
 def get_download_files(wildcards):
@@ -110,7 +120,7 @@ def get_download_files(wildcards):
     from geopeft.data.fetch import remotes_for
 
     files = remotes_for(wildcards.dataset, DATA["mirrors"], DATA["remotes"])
-    return [f"{DATA['root']}/downloads/{wildcards.dataset}/{r.name}" for r in files]
+    return [DATA_LAYOUT.download(wildcards.dataset, r.name) for r in files]
 
 
 def get_source_store():
@@ -126,7 +136,7 @@ def get_subset(wildcards):
     if row["label_fraction"] >= 1.0:
         return []
     name = subset_file_name(config["subsets"]["method"], row["label_fraction"], row["seed"])
-    return f"{PREP}/{row['dataset']}/{BANDS}.subsets/{name}"
+    return DATA_LAYOUT.subset(row["dataset"], BANDS, name)
 
 
 def get_pretrain(wildcards=None):
@@ -134,8 +144,8 @@ def get_pretrain(wildcards=None):
     run = getattr(wildcards, "run", None)
     if run is not None:
         bb = study_config.row_backbone(config, ROWS[run])
-        return f"{RES}/pretrain" if bb is not None and bb["weights"] == "pretrain" else []
-    return f"{RES}/pretrain" if config["backbone"]["weights"] == "pretrain" else []
+        return LAYOUT.pretrain if bb is not None and bb["weights"] == "pretrain" else []
+    return LAYOUT.pretrain if config["backbone"]["weights"] == "pretrain" else []
 
 
 def get_pretrain_spec(wildcards):
@@ -153,7 +163,8 @@ def optional_flag(flag, paths):
 
 
 # The studies of `snakemake paper` (paper.studies; default: this one), as results folders.
-PAPER_STUDIES = [f"{config['results_dir']}/{name}" for name in config["paper"]["studies"]] or [RES]
+PAPER_STUDIES = [StudyLayout.of(config["results_dir"], name).root
+                 for name in config["paper"]["studies"]] or [LAYOUT.root]
 
 
 def get_paper_inputs(wildcards):
@@ -162,15 +173,16 @@ def get_paper_inputs(wildcards):
     one is named with what to run)."""
     inputs = []
     for results in PAPER_STUDIES:
-        if results == RES:
+        if results == LAYOUT.root:
             inputs += get_final_outputs()
             continue
-        for f in ("runs.csv", "table.tex"):
-            if not os.path.exists(f"{results}/{f}"):
+        study = StudyLayout(results)
+        for f in (study.runs_csv, study.table):
+            if not os.path.exists(f):
                 raise WorkflowError(
-                    f"paper.studies: {results}/{f} is missing; run that study first "
+                    f"paper.studies: {f} is missing; run that study first "
                     f"(snakemake --configfile <its study file>), then `snakemake paper`")
-            inputs.append(ancient(f"{results}/{f}"))
+            inputs.append(ancient(f))
     return inputs
 
 
@@ -179,10 +191,10 @@ def get_final_outputs():
         # fetched and prepared here; trained by the Fusion-LoRA / time-series studies
         return [get_store()]
     return [
-        f"{RES}/runs.csv",
-        f"{RES}/table.tex",
-        f"{RES}/per_class.tex",
-        *expand(f"{RES}/figures/{{name}}.{{ext}}", name=FIGURES, ext=["pdf", "png"]),
+        LAYOUT.runs_csv,
+        LAYOUT.table,
+        LAYOUT.per_class_tex,
+        *expand(LAYOUT.figure("{name}", "{ext}"), name=FIGURES, ext=list(FIGURE_FORMATS)),
     ]
 
 
@@ -197,7 +209,7 @@ onstart:
     recreate_stale_experiment()
     if (config["jobserver"] and workflow.local_exec
             and not workflow.deployment_settings.deployment_method):
-        _JOBSERVER.append(jobserver.start(f"{RES}/logs/jobserver.log"))
+        _JOBSERVER.append(jobserver.start(LAYOUT.log("jobserver")))
 
 
 onsuccess:

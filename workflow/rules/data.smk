@@ -3,16 +3,16 @@ if DATA["source"] == "synthetic":
     rule synthesize:
         """The embedded synthetic Sentinel-2 world, in EuroSAT-MS/-RGB layouts, + source set."""
         output:
-            ms=directory(f"{RAW}/eurosat_ms"),
-            rgb=directory(f"{RAW}/eurosat_rgb"),
-            ms_source=directory(f"{RAW}/eurosat_ms_source"),
-            rgb_source=directory(f"{RAW}/eurosat_rgb_source"),
+            ms=directory(DATA_LAYOUT.raw("eurosat_ms")),
+            rgb=directory(DATA_LAYOUT.raw("eurosat_rgb")),
+            ms_source=directory(DATA_LAYOUT.raw("eurosat_ms_source")),
+            rgb_source=directory(DATA_LAYOUT.raw("eurosat_rgb_source")),
         params:
             spec=canonical_json(DATA["synthetic"]),
         resources:
             **CPU_RESOURCES,
         log:
-            f"{DATA['root']}/logs/synthesize.log",
+            DATA_LAYOUT.log("synthesize"),
         conda:
             "../../envs/geopeft.yaml"
         shell:
@@ -23,7 +23,7 @@ if DATA["source"] == "synthetic":
         """Embedded worlds of the datasets whose sources write one alone (BigEarthNet-S2 v2,
         PASTIS), in the publishers' layouts."""
         output:
-            directory(f"{RAW}/{{layout}}"),
+            directory(DATA_LAYOUT.raw("{layout}")),
         wildcard_constraints:
             layout="|".join(study_config.WORLD_DATASETS),
         params:
@@ -31,7 +31,7 @@ if DATA["source"] == "synthetic":
         resources:
             **CPU_RESOURCES,
         log:
-            f"{DATA['root']}/logs/synthesize_{{layout}}.log",
+            DATA_LAYOUT.log("synthesize_{layout}"),
         conda:
             "../../envs/geopeft.yaml"
         shell:
@@ -48,14 +48,14 @@ if DATA["source"] == "download":
     rule download:
         """One file of a real dataset: streamed, resumed, retried, checksum-verified."""
         output:
-            f"{DATA['root']}/downloads/{{dataset}}/{{file}}",
+            DATA_LAYOUT.download("{dataset}", "{file}"),
         wildcard_constraints:
             file="[^/]+",
         params:
             spec=canonical_json({k: DATA[k] for k in ("mirrors", "remotes")}),
         retries: 2
         log:
-            f"{DATA['root']}/logs/download/{{dataset}}-{{file}}.log",
+            DATA_LAYOUT.log("download", "{dataset}-{file}"),
         conda:
             "../../envs/geopeft.yaml"
         shell:
@@ -67,9 +67,9 @@ if DATA["source"] == "download":
         input:
             get_download_files,
         output:
-            directory(f"{RAW}/{{dataset}}"),
+            directory(DATA_LAYOUT.raw("{dataset}")),
         log:
-            f"{DATA['root']}/logs/fetch/{{dataset}}.log",
+            DATA_LAYOUT.log("fetch", "{dataset}"),
         conda:
             "../../envs/geopeft.yaml"
         shell:
@@ -81,7 +81,7 @@ rule prepare:
     input:
         raw=get_raw,
     output:
-        directory(f"{PREP}/{{dataset}}/{{bands}}.zarr"),
+        directory(DATA_LAYOUT.store("{dataset}", "{bands}")),
     params:
         bands=lambda wildcards: wildcards.bands.replace("-", ","),
         options=canonical_json(DATA["options"]),
@@ -89,7 +89,7 @@ rule prepare:
     resources:
         **CPU_RESOURCES,
     log:
-        f"{DATA['root']}/logs/prepare/{{dataset}}-{{bands}}.log",
+        DATA_LAYOUT.log("prepare", "{dataset}-{bands}"),
     conda:
         "../../envs/geopeft.yaml"
     shell:
@@ -100,13 +100,13 @@ rule prepare:
 rule subset:
     """Label-fraction subset of the train split, cached by (method, fraction, seed)."""
     input:
-        f"{PREP}/{{dataset}}/{{bands}}.zarr",
+        DATA_LAYOUT.store("{dataset}", "{bands}"),
     output:
-        f"{PREP}/{{dataset}}/{{bands}}.subsets/{{method}}-f{{fraction}}-s{{seed}}.json",
+        DATA_LAYOUT.subset("{dataset}", "{bands}", SUBSET_NAME),
     resources:
         **CPU_RESOURCES,
     log:
-        f"{DATA['root']}/logs/subset/{{dataset}}-{{bands}}-{{method}}-f{{fraction}}-s{{seed}}.log",
+        DATA_LAYOUT.log("subset", f"{{dataset}}-{{bands}}-{SUBSET_KEY}"),
     conda:
         "../../envs/geopeft.yaml"
     shell:

@@ -1,20 +1,20 @@
 rule evaluate:
     """Test-split metrics of one trained run, logged to its MLflow run."""
     input:
-        model=f"{RES}/runs/{{run}}/model",
+        model=LAYOUT.run("{run}").model,
         store=get_run_store,
         pretrain=get_pretrain,
         experiment=ancient(EXPERIMENT),
     output:
-        metrics=f"{RES}/runs/{{run}}/metrics.json",
-        confusion=f"{RES}/runs/{{run}}/confusion.csv",
+        metrics=LAYOUT.run("{run}").metrics,
+        confusion=LAYOUT.run("{run}").confusion,
     params:
         pretrain=lambda wildcards, input: optional_flag("--pretrain", input.pretrain),
     threads: config["threads"]
     resources:
         **GPU_RESOURCES,
     log:
-        f"{RES}/logs/evaluate/{{run}}.log",
+        LAYOUT.log("evaluate", "{run}"),
     conda:
         "../../envs/geopeft.yaml"
     shell:

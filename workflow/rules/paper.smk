@@ -7,17 +7,17 @@ localrules:
 rule aggregate:
     """One CSV with every run of the study."""
     input:
-        models=expand(f"{RES}/runs/{{run}}/model", run=ROWS),
-        metrics=expand(f"{RES}/runs/{{run}}/metrics.json", run=ROWS),
+        models=expand(LAYOUT.run("{run}").model, run=ROWS),
+        metrics=expand(LAYOUT.run("{run}").metrics, run=ROWS),
         experiment=ancient(EXPERIMENT),
     output:
-        csv=f"{RES}/runs.csv",
-        html=report(f"{RES}/runs.html", caption="../report/runs.rst", category="Tables"),
+        csv=LAYOUT.runs_csv,
+        html=report(LAYOUT.runs_html, caption="../report/runs.rst", category="Tables"),
     params:
         runs=lambda wildcards, input: [os.path.dirname(m) for m in input.metrics],
         metric=REPORT_METRIC,
     log:
-        f"{RES}/logs/aggregate.log",
+        LAYOUT.log("aggregate"),
     conda:
         "../../envs/geopeft.yaml"
     shell:
@@ -28,14 +28,14 @@ rule aggregate:
 rule figures:
     """Accuracy vs trainable parameters and label fraction, cost, confusion matrices."""
     input:
-        csv=f"{RES}/runs.csv",
-        metrics=expand(f"{RES}/runs/{{run}}/metrics.json", run=ROWS),
+        csv=LAYOUT.runs_csv,
+        metrics=expand(LAYOUT.run("{run}").metrics, run=ROWS),
     output:
-        pdf=expand(f"{RES}/figures/{{name}}.pdf", name=FIGURES),
+        pdf=[LAYOUT.figure(name, "pdf") for name in FIGURES],
         # each figure its own caption, worded for the study's task (params.task, .metric)
         png=[
             report(
-                f"{RES}/figures/{name}.png",
+                LAYOUT.figure(name, "png"),
                 caption=f"../report/figures/{name}.rst",
                 category="Figures",
                 labels={"figure": name},
@@ -50,7 +50,7 @@ rule figures:
     resources:
         **CPU_RESOURCES,
     log:
-        f"{RES}/logs/figures.log",
+        LAYOUT.log("figures"),
     conda:
         "../../envs/geopeft.yaml"
     shell:
@@ -61,17 +61,17 @@ rule figures:
 rule table:
     """LaTeX booktabs table for the paper, and the per-class report (CSV and LaTeX)."""
     input:
-        csv=f"{RES}/runs.csv",
-        metrics=expand(f"{RES}/runs/{{run}}/metrics.json", run=ROWS),
+        csv=LAYOUT.runs_csv,
+        metrics=expand(LAYOUT.run("{run}").metrics, run=ROWS),
     output:
-        table=report(f"{RES}/table.tex", caption="../report/table.rst", category="Tables"),
-        per_class_tex=f"{RES}/per_class.tex",
-        per_class_csv=f"{RES}/per_class.csv",
+        table=report(LAYOUT.table, caption="../report/table.rst", category="Tables"),
+        per_class_tex=LAYOUT.per_class_tex,
+        per_class_csv=LAYOUT.per_class_csv,
     params:
         study=STUDY,
         runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.metrics[0])),
     log:
-        f"{RES}/logs/table.log",
+        LAYOUT.log("table"),
     conda:
         "../../envs/geopeft.yaml"
     shell:
@@ -86,11 +86,11 @@ rule paper:
     input:
         get_paper_inputs,
     output:
-        "paper/main.pdf",
+        PAPER_PDF,
     params:
         results=PAPER_STUDIES,
     log:
-        f"{RES}/logs/paper.log",
+        LAYOUT.log("paper"),
     conda:
         "../../envs/paper.yaml"
     shell:

@@ -10,7 +10,7 @@ rule mlflow_init:
         **MLFLOW,
         datasets=sorted({row["dataset"] for row in ROWS.values()}),
     log:
-        f"{RES}/logs/mlflow_init.log",
+        LAYOUT.log("mlflow_init"),
     conda:
         "../../envs/geopeft.yaml"
     shell:
@@ -25,14 +25,14 @@ rule pretrain:
         store=get_source_store(),
         experiment=ancient(EXPERIMENT),
     output:
-        directory(f"{RES}/pretrain"),
+        directory(LAYOUT.pretrain),
     params:
         spec=get_pretrain_spec,
     threads: max(2, config["threads"])
     resources:
         **GPU_RESOURCES,
     log:
-        f"{RES}/logs/pretrain.log",
+        LAYOUT.log("pretrain"),
     conda:
         "../../envs/geopeft.yaml"
     shell:
@@ -48,21 +48,21 @@ rule train:
         pretrain=get_pretrain,
         experiment=ancient(EXPERIMENT),
     output:
-        directory(f"{RES}/runs/{{run}}/model"),
+        directory(LAYOUT.run("{run}").model),
     params:
         spec=get_train_spec,
         subset=lambda wildcards, input: optional_flag("--subset", input.subset),
         pretrain=lambda wildcards, input: optional_flag("--pretrain", input.pretrain),
-        state=lambda wildcards: f"{RES}/runs/{wildcards.run}/state",
+        state=lambda wildcards: LAYOUT.run(wildcards.run).state,
         # every attempt's output, appended; the job's log links to it (Snakemake empties a
         # log before each attempt, and the link shows the attempt in progress as it runs)
-        history=lambda wildcards: f"{RES}/logs/train/{wildcards.run}.history.log",
-        history_name=lambda wildcards: f"{wildcards.run}.history.log",
+        history=lambda wildcards: LAYOUT.train_history(wildcards.run),
+        history_name=lambda wildcards: os.path.basename(LAYOUT.train_history(wildcards.run)),
     threads: config["threads"]
     resources:
         **GPU_RESOURCES,
     log:
-        f"{RES}/logs/train/{{run}}.log",
+        LAYOUT.log("train", "{run}"),
     conda:
         "../../envs/geopeft.yaml"
     shell:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.cli.common import _opt_path, log
+from geopeft.layout import PAPER_PDF, RunLayout
 
 
 def _series_dates(args: argparse.Namespace) -> list[list[int] | None]:
@@ -88,7 +89,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     from geopeft.paper.aggregate import aggregate
 
     runs = [Path(r) for r in args.runs]
-    rows = aggregate([r / "model" for r in runs], [r / "metrics.json" for r in runs],
+    rows = aggregate([RunLayout(r).model for r in runs], [RunLayout(r).metrics for r in runs],
                      Path(args.out))
     if args.experiment:
         from geopeft.paper.aggregate import summary_markdown
@@ -185,7 +186,7 @@ def add_commands(sub: Any) -> None:
     s = sub.add_parser("paper", help="the paper: a section per study from its results (latexmk)")
     s.add_argument("--results", nargs="+", required=True,
                    help="each study's results folder (results/<study>), in paper order")
-    s.add_argument("--out", required=True, help="the PDF to write (paper/main.pdf)")
+    s.add_argument("--out", required=True, help=f"the PDF to write ({PAPER_PDF})")
     s.set_defaults(func=cmd_paper)
 
     s = sub.add_parser("figures", help="paper figures (PDF + PNG)")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.cli.common import _config_overrides
+from geopeft.layout import FIXTURES, RUN_RECORD, FixtureLayout
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -111,13 +112,13 @@ def cmd_rehearse(args: argparse.Namespace) -> None:
     folder = Path(args.dir)
     extra = args.snakemake_args
     prepare_study([args.study], folder)
-    switch = "rehearsal=true" if args.dir == ".rehearsal" else f"rehearsal={args.dir}"
+    switch = "rehearsal=true" if args.dir == FIXTURES else f"rehearsal={args.dir}"
     switches = [switch, f"rehearsal_gpus={args.gpus}"] if args.gpus else [switch]
     cmd = [sys.executable, "-m", "snakemake", "--cores", args.cores, "--configfile", args.study,
            "--config", *switches, *extra]
     # url weights download into a torch hub cache of the rehearsal's own, not the user's
     # and the jobs find this environment's geopeft, however this command was started
-    env = dict(os.environ, TORCH_HOME=str((folder / "torch").resolve()),
+    env = dict(os.environ, TORCH_HOME=str(FixtureLayout(folder).torch_home.resolve()),
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     with FixtureServer(folder):
         print("rehearsal:", " ".join(cmd), flush=True)
@@ -177,10 +178,10 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides, as snakemake --config (values read as YAML)")
     s.add_argument("--measured", nargs="+", action="extend", default=[], metavar="PATH",
-                   help="measured step times: run.json files, folders of runs (e.g. a "
+                   help=f"measured step times: {RUN_RECORD} files, folders of runs (e.g. a "
                         "rehearsal's results/<study>_rehearsal/runs), step-time files "
                         "(geopeft steptimes)")
-    s.add_argument("--measured-kind", help="the GPU kind the run.json files among --measured "
+    s.add_argument("--measured-kind", help=f"the GPU kind the {RUN_RECORD} files among --measured "
                                            "ran on (CPU runs are cpu)")
     s.add_argument("--gpu-kind", help="the GPU kind to plan for (default: the one measured)")
     s.add_argument("--gpus", type=int, default=1, help="GPUs of that kind (default 1)")
@@ -194,9 +195,9 @@ def add_commands(sub: Any) -> None:
 
     s = sub.add_parser("steptimes", help="step times of finished runs, for geopeft plan",
                        description="Read the step times that finished runs (or a rehearsal) "
-                                   "measured out of their run.json and write a step-time file "
+                                   f"measured out of their {RUN_RECORD} and write a step-time file "
                                    "for geopeft plan --measured.")
-    s.add_argument("runs", nargs="+", help="run.json files or folders of runs")
+    s.add_argument("runs", nargs="+", help=f"{RUN_RECORD} files or folders of runs")
     s.add_argument("--kind", help="the GPU kind they ran on (CPU runs: cpu)")
     s.add_argument("--note", required=True, help="how they were measured: machine, threads, date")
     s.add_argument("--out", required=True, help="the step-time file (YAML) to write")
@@ -212,7 +213,7 @@ def add_commands(sub: Any) -> None:
                     "Results go to results/<study>_rehearsal; every output says rehearsal. "
                     "Further Snakemake arguments follow `--` (e.g. `-- -n`).")
     s.add_argument("study", help="the study file, e.g. config/studies/eurosat_lora.yaml")
-    s.add_argument("--dir", default=".rehearsal", help="fixture folder (default .rehearsal)")
+    s.add_argument("--dir", default=FIXTURES, help=f"fixture folder (default {FIXTURES})")
     s.add_argument("--cores", default="all", help="snakemake --cores (default all)")
     s.add_argument("--gpus", type=int, default=0,
                    help="GPUs per training job (default 0: CPU jobs of one thread; 1 on a GPU "
@@ -223,7 +224,7 @@ def add_commands(sub: Any) -> None:
                        help="serve rehearsal fixtures on 127.0.0.1 until stopped")
     s.add_argument("--study", nargs="+", help="study files whose fixtures to write (default: "
                                               "the real studies in config/studies)")
-    s.add_argument("--dir", default=".rehearsal", help="fixture folder (default .rehearsal)")
+    s.add_argument("--dir", default=FIXTURES, help=f"fixture folder (default {FIXTURES})")
     s.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     s.set_defaults(func=cmd_rehearsal_server)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.cli.common import EXIT_PREEMPTED, _claim_gpus, _opt_path, _resource_arguments, _spec, log
+from geopeft.layout import RESULTS, TrackingLayout
 
 
 def cmd_mlflow_init(args: argparse.Namespace) -> None:
@@ -138,9 +139,9 @@ def add_commands(sub: Any) -> None:
     s.set_defaults(func=cmd_mlflow_init)
 
     s = sub.add_parser("mlflow-server", help="run an MLflow tracking server (jobs log over HTTP)")
-    s.add_argument("--backend-store-uri", default="sqlite:///results/mlflow.db",
+    s.add_argument("--backend-store-uri", default=TrackingLayout(RESULTS).uri,
                    help="sqlite:///path.db or postgresql://user@host/db")
-    s.add_argument("--artifacts-destination", default="results/mlartifacts")
+    s.add_argument("--artifacts-destination", default=TrackingLayout(RESULTS).artifacts)
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=5000)
     s.add_argument("--workers", type=int, default=2)

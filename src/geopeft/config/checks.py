@@ -19,6 +19,7 @@ from geopeft.config.rows import (
     uses_backbone,
 )
 from geopeft.data.sources import REGISTRY as SOURCES
+from geopeft.layout import DataLayout
 from geopeft.models.zoo import check_name, entry_for
 from geopeft.spec import ConfigError
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
@@ -165,7 +166,7 @@ def _check_datasets(cfg: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: grid.dataset: with data.source local the study takes one "
                           f"dataset (data.raw_dir); run one study per dataset")
     if data["source"] == "local" and not data.get("raw_dir"):
-        data["raw_dir"] = str(Path(data["root"]) / "raw" / "local" / data["dataset"])
+        data["raw_dir"] = str(DataLayout(Path(data["root"]), "local").raw(data["dataset"]))
 
 
 def _check_rows(cfg: dict[str, Any], source: str) -> None:

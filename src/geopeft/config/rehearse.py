@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.config.rows import _backbones, _fmt_fraction, study_datasets, uses_backbone
+from geopeft.layout import FIXTURES, FixtureLayout, rehearsal_data
 from geopeft.spec import ConfigError
 
 #: Where ``geopeft rehearsal-server`` writes fixtures, their manifest and its address.
-REHEARSAL_DIR = ".rehearsal"
+REHEARSAL_DIR = FIXTURES
 #: The most a rehearsal trains: epochs, batch, evaluation batch.
 REHEARSAL_LIMITS = {"epochs": 1, "batch_size": 8, "eval_batch_size": 16}
 #: The longest series a rehearsal trains on (see :func:`_rehearsal_rows`).
@@ -47,7 +48,7 @@ def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """
     cfg = copy.deepcopy(cfg)
     folder = rehearsal_dir(cfg)
-    manifest_path, server_path = folder / "manifest.json", folder / "server.json"
+    manifest_path, server_path = FixtureLayout(folder).manifest, FixtureLayout(folder).server
     for p in (manifest_path, server_path):
         if not p.is_file():
             raise ConfigError(
@@ -82,7 +83,7 @@ def rehearse(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
 def _rehearsal_data(cfg: dict[str, Any], manifest: dict[str, Any], url: str, where: str) -> None:
     """Every dataset of the study downloads from the fixture server, under ``<root>/rehearsal``."""
     data = cfg["data"]
-    data["root"] = str(Path(data["root"]) / "rehearsal")
+    data["root"] = str(rehearsal_data(Path(data["root"])))
     data["mirrors"] = []
     data["remotes"] = []
     for _, ds in study_datasets(cfg):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.data.sources import REGISTRY as SOURCES
+from geopeft.layout import TrackingLayout
 from geopeft.spec import TRAIN_KEYS, JobSpec
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 from geopeft.tasks import TASKS
@@ -201,4 +202,4 @@ def tracking_uri(cfg: dict[str, Any]) -> str:
     uri = cfg["mlflow"]["tracking_uri"]
     if uri:
         return str(uri)
-    return f"sqlite:///{Path(cfg['results_dir']) / 'mlflow.db'}"
+    return TrackingLayout(Path(cfg["results_dir"])).uri

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from geopeft.io import write_json
+from geopeft.layout import subset_name
 
 METHODS = ("stratified", "random")
 
@@ -81,7 +82,7 @@ def class_presence(maps: np.ndarray, n_classes: int, ignore: int | None = None,
 
 def subset_file_name(method: str, fraction: float, seed: int) -> str:
     """Cache file name keyed by (method, fraction, seed)."""
-    return f"{method}-f{fraction:g}-s{seed}.json"
+    return subset_name(method, fraction, seed)
 
 
 def write_subset(store: Path, fraction: float, seed: int, method: str, out: Path) -> dict[str, Any]:

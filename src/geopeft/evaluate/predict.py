@@ -22,6 +22,7 @@ from geopeft.data.dataset import StoreInfo
 from geopeft.data.sources import DataError, get_source
 from geopeft.data.temporal import PAD, ShortSeriesError, days_since, temporal_indices
 from geopeft.io import read_json
+from geopeft.layout import ModelLayout
 from geopeft.models.inference import predict
 from geopeft.models.saved import load_model
 from geopeft.spec import JobSpec
@@ -82,8 +83,9 @@ class Predictor:
 
     def __init__(self, model_dir: Path, pretrain_dir: Path | None = None):
         self.model_dir = Path(model_dir)
-        self.record = read_json(self.model_dir / "run.json")
-        spec = JobSpec.from_dict(self.record["spec"], f"{self.model_dir / 'run.json'}: spec")
+        record_file = ModelLayout(self.model_dir).record
+        self.record = read_json(record_file)
+        spec = JobSpec.from_dict(self.record["spec"], f"{record_file}: spec")
         self.row = spec.row
         self.info = StoreInfo(**{**self.record["store"], "path": Path(self.record["store"]["path"])})
         # what a reader needs of the study's data.options: the side the store was prepared at

@@ -26,6 +26,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from geopeft.layout import MODEL_ARTIFACT
 from geopeft.tracking import global_tracking_uri
 
 #: What the model's environment needs besides geopeft itself (``--env-manager local`` uses the
@@ -91,7 +92,7 @@ def log_pyfunc(tracking_uri: str, run_id: str, model_dir: Path,
     with (warnings.catch_warnings(), global_tracking_uri(tracking_uri),
           mlflow.start_run(run_id=run_id)):
         warnings.simplefilter("ignore", UserWarning)  # no type hints to infer a signature from
-        info = mlflow.pyfunc.log_model(name="model", python_model=GeopeftModel(),
+        info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=GeopeftModel(),
                                        artifacts=artifacts, pip_requirements=REQUIREMENTS)
     # start_run reopened the training's run: give it back its status and end time, so its
     # duration stays the training's

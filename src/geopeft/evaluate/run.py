@@ -13,6 +13,7 @@ from geopeft.data.dataset import load_splits, store_info
 from geopeft.data.sources import get_source
 from geopeft.data.stream import memory_budget_mb
 from geopeft.io import atomic_file, read_json, write_json
+from geopeft.layout import ModelLayout
 from geopeft.models.build import num_outputs
 from geopeft.models.inference import predict, segmentation_scores
 from geopeft.models.runtime import resolve_device, seed_everything
@@ -39,8 +40,9 @@ def evaluate(model_dir: Path, store: Path, experiment: Path | None, out_metrics:
             (or of a smaller cgroup/SLURM limit or the available memory) streams from the store.
     """
     seed_everything(0, threads)
-    record = read_json(Path(model_dir) / "run.json")
-    row = JobSpec.from_dict(record["spec"], f"{Path(model_dir) / 'run.json'}: spec").row
+    record_file = ModelLayout(Path(model_dir)).record
+    record = read_json(record_file)
+    row = JobSpec.from_dict(record["spec"], f"{record_file}: spec").row
     info = store_info(store)
     args = row.train_args(threads)
     # whole, or streamed when large (one decision, logged; reader processes start before the
@@ -101,7 +103,7 @@ def _finish(m: dict[str, Any], table: str, flat: dict[str, float], info: Any,
                                       np.array([[int(v) for v in r[1:]] for r in rows]),
                                       [r[0] for r in rows], title, ["tp", "fp", "fn", "tn"])
             logger.log_artifact(png, "evaluation")
-        record = read_json(model_dir / "run.json")
+        record = read_json(ModelLayout(model_dir).record)
         if pretrain_dir is None and record.get("pretrain_dir"):
             pretrain_dir = model_dir / record["pretrain_dir"]
         log_pyfunc(logger.tracking_uri, logger.run_id, model_dir, pretrain_dir)

@@ -25,6 +25,7 @@ from torch import nn
 
 from geopeft.data.dataset import StoreInfo, store_info
 from geopeft.io import atomic_dir, read_json, write_json
+from geopeft.layout import RUN_RECORD, ModelLayout
 from geopeft.models.build import build_model
 from geopeft.spec import JobSpec
 
@@ -69,12 +70,12 @@ def save_model(model: nn.Module, out: Path, record: dict[str, Any]) -> None:
     """
     from safetensors.torch import save_file
 
-    spec = JobSpec.from_dict(record["spec"], f"{out}: run.json spec")
+    spec = JobSpec.from_dict(record["spec"], f"{out}: {RUN_RECORD} spec")
     with atomic_dir(out) as tmp:
         save_file(trainable_state(model, record["model"]["weights"]),
-                  str(tmp / "trainable.safetensors"))
+                  str(ModelLayout(tmp).trainable))
         spec.row.strategy_object.save(model, tmp)
-        write_json(tmp / "run.json", record)
+        write_json(ModelLayout(tmp).record, record)
 
 
 def load_model(model_dir: Path, store: Path | None = None,
@@ -95,8 +96,8 @@ def load_model(model_dir: Path, store: Path | None = None,
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
-    record = read_json(model_dir / "run.json")
-    spec = JobSpec.from_dict(record["spec"], f"{model_dir / 'run.json'}: spec")
+    record = read_json(ModelLayout(model_dir).record)
+    spec = JobSpec.from_dict(record["spec"], f"{ModelLayout(model_dir).record}: spec")
     info = store_info(store) if store is not None else StoreInfo(**record["store"])
     if pretrain_dir is None and spec.encoder is not None and spec.encoder.weights == "pretrain":
         recorded = record.get("pretrain_dir")  # relative to the model folder (absolute before)
@@ -105,10 +106,10 @@ def load_model(model_dir: Path, store: Path | None = None,
     if minfo["weights"] != record["model"]["weights"]:
         raise ValueError(f"{model_dir}: trained on base weights {record['model']['weights']}, "
                          f"but {minfo['weights']} were found")
-    state = load_file(str(model_dir / "trainable.safetensors"))
+    state = load_file(str(ModelLayout(model_dir).trainable))
     expected = saved_names(model, minfo["weights"])
     if set(state) != expected:
-        raise ValueError(f"{model_dir / 'trainable.safetensors'}: tensors do not match the model: "
+        raise ValueError(f"{ModelLayout(model_dir).trainable}: tensors do not match the model: "
                          f"missing {sorted(expected - set(state))[:5]}, "
                          f"unexpected {sorted(set(state) - expected)[:5]}")
     model.load_state_dict(state, strict=False)

@@ -47,6 +47,7 @@ from torch import nn
 from geopeft.bands import RGB
 from geopeft.errors import GeopeftError
 from geopeft.io import read_json
+from geopeft.layout import PretrainLayout
 from geopeft.models.families import get_family
 
 log = logging.getLogger(__name__)
@@ -230,8 +231,8 @@ def load_weights(bb: dict[str, Any], pretrain_dir: Path | None = None) -> Weight
     if w == "pretrain":
         if pretrain_dir is None:
             raise WeightsError("backbone.weights is 'pretrain' but no pretrain checkpoint was given")
-        meta_path = Path(pretrain_dir) / "backbone.json"
-        st_path = Path(pretrain_dir) / "backbone.safetensors"
+        meta_path = PretrainLayout(Path(pretrain_dir)).record
+        st_path = PretrainLayout(Path(pretrain_dir)).weights
         for p in (meta_path, st_path):
             if not p.is_file():
                 raise WeightsError(f"{p}: pretrained backbone not found (run the pretrain rule)")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.io import atomic_file, read_json
+from geopeft.layout import ModelLayout
 
 #: What ``peak_memory_mb`` measured in runs recorded before ``memory_kind`` was kept.
 OLD_MEMORY_KIND = "process peak RSS"
@@ -23,7 +24,7 @@ COLUMNS = [
 
 def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
     """One runs.csv row: a run's record (``run.json``) with its test metrics."""
-    rec = read_json(Path(model_dir) / "run.json")
+    rec = read_json(ModelLayout(Path(model_dir)).record)
     met = read_json(metrics_file)
     row = rec["spec"]["row"]
     return {

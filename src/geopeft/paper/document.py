@@ -21,6 +21,7 @@ from typing import Any
 
 from geopeft.errors import GeopeftError
 from geopeft.io import read_json
+from geopeft.layout import PAPER_BUILD, StudyLayout
 from geopeft.paper.figures import (
     REHEARSAL_NOTE,
     SYNTHETIC_NOTE,
@@ -88,7 +89,7 @@ def _numbers(values: list[Any], fmt: str = "{:g}") -> str:
 
 def _setup(df: Any, results: Path) -> str:
     """The study's setup in words, from its runs' job specs and runs.csv."""
-    specs = {r: read_json(results / "runs" / r / "model" / "run.json")["spec"] for r in df["run"]}
+    specs = {r: read_json(StudyLayout(results).run(r).record)["spec"] for r in df["run"]}
     first = next(iter(specs.values()))
     data, backbone = first["data"], first.get("backbone")
     datasets = list(dict.fromkeys(df["dataset"]))
@@ -143,11 +144,12 @@ def study_section(results: Path, build: Path) -> str:
     from geopeft.config import report_task
 
     results = Path(results)
-    for f in ("runs.csv", "table.tex"):
-        if not (results / f).is_file():
-            raise PaperError(f"{results / f}: missing; run the study first (snakemake "
+    study = StudyLayout(results)
+    for f in (study.runs_csv, study.table):
+        if not f.is_file():
+            raise PaperError(f"{f}: missing; run the study first (snakemake "
                              f"--configfile <its study file>), then build the paper")
-    df = pd.read_csv(results / "runs.csv")
+    df = pd.read_csv(study.runs_csv)
     name = str(results.name)
     task, metric = report_task([{"dataset": d} for d in dict.fromkeys(df["dataset"])])
     if "+" in task:  # several datasets, several metrics: name each in words
@@ -155,7 +157,7 @@ def study_section(results: Path, build: Path) -> str:
     segmentation = bool((df["primary_metric"] == "miou").all())
     figures = []
     for fig in figure_names(segmentation):
-        pdf = results / "figures" / f"{fig}.pdf"
+        pdf = study.figure(fig, "pdf")
         if not pdf.is_file():
             continue
         caption = FIGURE_CAPTIONS[fig].format(metric=metric, spread=_spread(df))
@@ -163,9 +165,8 @@ def study_section(results: Path, build: Path) -> str:
             "figure.tex", width="1.0" if fig in _WIDE else "0.75",
             path=os.path.relpath(pdf.resolve(), build.resolve()).replace(os.sep, "/"),
             caption=f"{tex_escape(name)}: {caption}", label=f"{name}-{fig}"))
-    tables = [f"\\input{{{os.path.relpath((results / t).resolve(), build.resolve())}}}"
-              .replace(os.sep, "/") for t in ("table.tex", "per_class.tex")
-              if (results / t).is_file()]
+    tables = [f"\\input{{{os.path.relpath(t.resolve(), build.resolve())}}}"
+              .replace(os.sep, "/") for t in (study.table, study.per_class_tex) if t.is_file()]
     return _template("study.tex", name=name, results=str(results), title=tex_escape(name),
                      label=name, provenance=_provenance(provenance_note(df)),
                      setup=_setup(df, results), table="\n".join(tables),
@@ -180,7 +181,7 @@ def write_tex(results_dirs: list[Path], build: Path) -> Path:
     sections, summary, notes = [], [], set()
     for results in results_dirs:
         sections.append(study_section(Path(results), build))
-        df = pd.read_csv(Path(results) / "runs.csv")
+        df = pd.read_csv(StudyLayout(Path(results)).runs_csv)
         summary.append(f"{tex_escape(Path(results).name)} ({len(df)} runs)")
         if note := provenance_note(df):
             notes.add(note)
@@ -216,7 +217,7 @@ def build_paper(results_dirs: list[Path], out_pdf: Path, build: Path | None = No
             what to install) or LaTeX failed (the message quotes its error and names its log).
     """
     out_pdf = Path(out_pdf)
-    build = Path(build) if build else out_pdf.parent / "generated"
+    build = Path(build) if build else out_pdf.parent / PAPER_BUILD
     if shutil.which("latexmk") is None or shutil.which("pdflatex") is None:
         raise PaperError(f"latexmk/pdflatex not found on PATH: {TEX_INSTALL}")
     tex = write_tex([Path(r) for r in results_dirs], build)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geopeft.io import read_json
+from geopeft.layout import FIGURE_FORMATS, RunLayout, figure_file
 from geopeft.paper.aggregate import OLD_MEMORY_KIND
 
 if TYPE_CHECKING:  # pandas/numpy load lazily: the Snakefile imports FIGURES at every start
@@ -59,7 +60,7 @@ def summed_confusion(df: pd.DataFrame, runs_dir: Path, dataset: str, strategy: s
     import numpy as np
 
     runs = df[(df.dataset == dataset) & (df.strategy == strategy) & (df.label_fraction == fraction)]
-    ms = [read_json(Path(runs_dir) / r / "metrics.json") for r in runs["run"]]
+    ms = [read_json(RunLayout(Path(runs_dir) / r).metrics) for r in runs["run"]]
     if not ms:
         return {}, 0
     out = dict(ms[0])
@@ -99,8 +100,8 @@ def _save(fig, outdir: Path, name: str, note: str | None) -> list[Path]:  # type
         fig.text(0.5, -0.01, note, ha="center", va="top", fontsize=7,
                  color="#b03030", style="italic")
     paths = []
-    for ext in ("pdf", "png"):
-        p = outdir / f"{name}.{ext}"
+    for ext in FIGURE_FORMATS:
+        p = outdir / figure_file(name, ext)
         tmp = outdir / f".{name}.tmp.{ext}"
         meta = {"Description" if ext == "png" else "Subject": note} if note else {}
         fig.savefig(tmp, bbox_inches="tight", format=ext, metadata=meta)
@@ -181,7 +182,7 @@ def curve_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 def histories(df: pd.DataFrame, runs_dir: Path) -> dict[str, list[dict[str, float]]]:
     """Each run's per-epoch metrics (its run.json ``history``), by run name."""
-    return {r: read_json(Path(runs_dir) / r / "model" / "run.json")["history"] for r in df["run"]}
+    return {r: read_json(RunLayout(Path(runs_dir) / r).record)["history"] for r in df["run"]}
 
 
 def _curves(plt, df, strategies, datasets, col, runs_dir, outdir, note):  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from geopeft.io import atomic_file, read_json
+from geopeft.layout import RunLayout
 from geopeft.paper.figures import memory_kind, provenance_note, seeds_phrase
 from geopeft.tasks import TASKS, of_metrics
 
@@ -194,7 +195,7 @@ def per_class_report(runs_csv: Path, runs_dir: Path) -> pd.DataFrame:
                                  "task": of_metrics(m).name})
             else:  # multi-label: per-class AP (and F1 at the threshold) per seed
                 aps = np.asarray(m["per_class_ap_runs"], float)
-                ms = [read_json(Path(runs_dir) / r / "metrics.json") for r in
+                ms = [read_json(RunLayout(Path(runs_dir) / r).metrics) for r in
                       df[(df.dataset == ds) & (df.strategy == s) & (df.label_fraction == fmax)].run]
                 f1s = np.asarray([x["per_class_f1"] for x in ms], float)
                 with warnings.catch_warnings():  # a class absent from the test split: no AP

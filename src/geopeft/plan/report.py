@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from geopeft.layout import RUN_RECORD
 from geopeft.plan.cluster import DEFAULT_OVERHEAD, OVERHEAD_GOAL
 from geopeft.plan.estimate import Plan, RunCost
 from geopeft.plan.jobs import GPU_RULES, LOCAL_RULES
@@ -80,7 +81,7 @@ def _format_costs(plan: Plan) -> list[str]:
     out: list[str] = []
     if plan.kind is None:
         return ["Step time: none measured, so no GPU-hours or wall time. Pass --measured with a "
-                "finished run's run.json, a folder of runs or a step-time file (geopeft "
+                f"finished run's {RUN_RECORD}, a folder of runs or a step-time file (geopeft "
                 "steptimes), and --gpu-kind."]
     unit = _unit(plan)
     out.append(f"Step times measured on {plan.kind} (seconds per sample at the measured dates; "

@@ -12,6 +12,7 @@ import yaml
 
 from geopeft.config import row_backbone
 from geopeft.io import read_json
+from geopeft.layout import RUN_RECORD
 from geopeft.plan.errors import PlanError
 
 # --------------------------------------------------------------------------- measurements
@@ -94,7 +95,7 @@ def steptime_from_run(path: str | Path, kind: str | None = None) -> StepTime:
     """
     path = Path(path)
     if not path.is_file():
-        raise PlanError(f"{path}: run.json not found")
+        raise PlanError(f"{path}: {RUN_RECORD} not found")
     rec = read_json(path)
     need = ("spec", "train_time_s", "train_samples", "history", "device")
     missing = [k for k in need if k not in rec]
@@ -183,11 +184,11 @@ def load_measurements(paths: Sequence[str | Path], kind: str | None = None) -> l
     out: list[StepTime] = []
     for p in map(Path, paths):
         if p.is_dir():
-            runs = sorted(p.rglob("run.json"))
+            runs = sorted(p.rglob(RUN_RECORD))
             if not runs:
-                raise PlanError(f"{p}: no run.json below this folder")
+                raise PlanError(f"{p}: no {RUN_RECORD} below this folder")
             out += [steptime_from_run(r, kind) for r in runs]
-        elif p.name == "run.json" or (p.suffix == ".json" and p.is_file()
+        elif p.name == RUN_RECORD or (p.suffix == ".json" and p.is_file()
                                       and "spec" in read_json(p)):
             out.append(steptime_from_run(p, kind))
         else:

@@ -33,6 +33,7 @@ from typing import Any
 
 from geopeft.bands import S2_BANDS
 from geopeft.data.temporal import PAD_RULES
+from geopeft.layout import RESULTS
 from geopeft.settings.data import Data, Subsets
 from geopeft.settings.fields import (
     DATASETS,
@@ -212,7 +213,7 @@ class Study:
 
     study: str = required(pattern=NAME_PATTERN)
     """Study name; outputs go to results/<study>/ and the MLflow experiment gets this name."""
-    results_dir: str = "results"
+    results_dir: str = RESULTS
     """Root folder of generated results."""
     data: Data = required()
     subsets: Subsets = setting(Subsets)

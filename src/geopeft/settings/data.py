@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from geopeft.bands import S2_BANDS
 from geopeft.data.subsets import METHODS as SUBSET_METHODS
+from geopeft.layout import DATA
 from geopeft.settings.fields import (
     DATA_SOURCES,
     MD5_PATTERN,
@@ -100,7 +101,7 @@ class Data:
     remotes: list[RemoteFile] = setting([])
     """Replace the registry's files to download (name, urls, md5/sha256, size)."""
     options: Options = setting(Options)
-    root: str = "data"
+    root: str = DATA
     """Data root; raw files go to <root>/raw/<source>/, prepared stores to <root>/prepared/."""
     bands: list[str] = required(minItems=1, uniqueItems=True, items={"enum": S2_BANDS})
     """Sentinel-2 band names to select, in model input order."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geopeft.layout import ModelLayout
 from geopeft.strategies.base import Strategy, encoder_targets, is_new, new_module_names, register
 from geopeft.strategies.peft import LoraSpec, adapter_words, peft_config
 
@@ -102,7 +103,7 @@ class PeftAdapter(Strategy):
         return adapter_words(lora or LoraSpec(), targets)
 
     def save(self, model: nn.Module, folder: Any) -> None:
-        model.save_pretrained(str(Path(folder) / "adapter"))  # type: ignore[operator]
+        model.save_pretrained(str(ModelLayout(Path(folder)).adapter))  # type: ignore[operator]
 
 
 for _strategy in (Full(), PeftAdapter(), Linear(), E2E(), Scratch(), BitFit()):

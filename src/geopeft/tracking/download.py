@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from geopeft.layout import MODEL_ARTIFACT, PRETRAIN_ARTIFACT, ModelLayout
 from geopeft.tracking.store import TrackingError, _client
 
 
@@ -58,8 +59,8 @@ def download_model(tracking_uri: str, run_id: str, dest: Path) -> tuple[Path, Pa
         # a run's "model" is also its logged MLflow model, which MLflow looks up in the global
         # tracking store: point that at this one for the download
         with global_tracking_uri(tracking_uri):
-            model_dir = Path(client.download_artifacts(run_id, "model", str(dest)))
-        record = json.loads((model_dir / "run.json").read_text())
+            model_dir = Path(client.download_artifacts(run_id, MODEL_ARTIFACT, str(dest)))
+        record = json.loads(ModelLayout(model_dir).record.read_text())
     except Exception as err:
         raise TrackingError(f"{tracking_uri}: run {run_id} has no readable model artifacts "
                             f"({type(err).__name__}: {err})") from None
@@ -67,7 +68,7 @@ def download_model(tracking_uri: str, run_id: str, dest: Path) -> tuple[Path, Pa
     if not pre:
         return model_dir, None
     try:
-        pretrain_dir = Path(client.download_artifacts(pre, "backbone", str(dest)))
+        pretrain_dir = Path(client.download_artifacts(pre, PRETRAIN_ARTIFACT, str(dest)))
     except Exception as err:
         raise TrackingError(f"{tracking_uri}: run {run_id} was trained on the backbone of "
                             f"pretrain run {pre}, which has no 'backbone' artifacts "

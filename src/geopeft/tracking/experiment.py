@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.io import read_json, write_json
+from geopeft.layout import RUN_RECORD, RUNS_CSV
 from geopeft.tracking.store import (
     TrackingError,
     _client,
@@ -84,7 +85,7 @@ def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path
     client.set_experiment_tag(pre_id, NOTE_TAG, (
         f"The pretraining run of study **{name}**: the embedded backbone trained on the "
         f"synthetic source set, kept apart from the study's runs, which start from it "
-        f"(their run.json names this run)."))
+        f"(their {RUN_RECORD} names this run)."))
     info = {"experiment_id": exp_id, "experiment": name, "tracking_uri": tracking_uri,
             "pretrain_experiment_id": pre_id, "pretrain_experiment": name + PRETRAIN_SUFFIX}
     write_json(out, info)
@@ -103,7 +104,7 @@ NOTE_TAG = "mlflow.note.content"
 def _description(name: str, exp_id: str, pre_id: str | None, summary: str | None) -> str:
     lines = [f"**Study {name}** · [open the study view: strategy, label fraction, seed, test "
              f"score, trainable parameters, time]({view_url(exp_id)})", ""]
-    lines.append(summary or "The summary table appears here once the study's runs.csv is made.")
+    lines.append(summary or f"The summary table appears here once the study's {RUNS_CSV} is made.")
     if pre_id is not None:
         lines += ["", f"The pretraining run is in the experiment "
                       f"[{name}{PRETRAIN_SUFFIX}](#/experiments/{pre_id}/runs)."]

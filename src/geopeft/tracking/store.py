@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.errors import GeopeftError
+from geopeft.layout import RESULTS, TrackingLayout
 
 #: Bounded retries of MLflow's HTTP client: 5 tries with backoff 1, 2, 4, 8 s, 30 s per request.
 HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -39,8 +40,9 @@ def check_server(uri: str, attempts: int = 3, timeout: float = 5.0) -> None:
         time.sleep(min(2**i, 4))
     raise TrackingError(
         f"mlflow.tracking_uri: the MLflow server at {uri} does not answer ({last}); start it with "
-        f"`geopeft mlflow-server --backend-store-uri sqlite:///results/mlflow.db "
-        f"--artifacts-destination results/mlartifacts --port {uri.rsplit(':', 1)[-1].strip('/')}`"
+        f"`geopeft mlflow-server --backend-store-uri {TrackingLayout(RESULTS).uri} "
+        f"--artifacts-destination {TrackingLayout(RESULTS).artifacts} "
+        f"--port {uri.rsplit(':', 1)[-1].strip('/')}`"
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from geopeft.data.dataset import StoreInfo, load_splits, store_info
 from geopeft.data.stream import memory_budget_mb
 from geopeft.io import atomic_dir, canonical_json, read_json, write_json
+from geopeft.layout import MODEL_ARTIFACT, PRETRAIN_ARTIFACT, PretrainLayout
 from geopeft.models.build import build_model
 from geopeft.models.classifier import build_classifier
 from geopeft.models.runtime import seed_everything
@@ -128,7 +129,7 @@ def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_tra
         if pretrain_dir else None,
         # the MLflow run whose "backbone" artifacts hold the pretrained encoder: with this run's
         # "model" artifacts, all a rebuild needs (geopeft.tracking.download_model)
-        "pretrain_run_id": read_json(Path(pretrain_dir) / "backbone.json").get("mlflow_run_id")
+        "pretrain_run_id": read_json(PretrainLayout(Path(pretrain_dir)).record).get("mlflow_run_id")
         if pretrain_dir else None,
         **costs,
         "startup_stages": {**stages, "first_step": result["startup_s"]},
@@ -206,7 +207,7 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
                                                "peak_memory_mb")})
     if rank == 0:
         save_model(model, out, record)
-        logger.log_artifact(out, "model")
+        logger.log_artifact(out, MODEL_ARTIFACT)
         logger.end()
         if ckpt is not None:
             ckpt.clear()
@@ -253,13 +254,13 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
     state = {k: v.detach().contiguous().clone() for k, v in vit.state_dict().items()
              if not k.startswith("head.")}
     with atomic_dir(out) as tmp:
-        save_file(state, str(tmp / "backbone.safetensors"))
-        write_json(tmp / "backbone.json", {
+        save_file(state, str(PretrainLayout(tmp).weights))
+        write_json(PretrainLayout(tmp).record, {
             "name": spec.backbone.name,
             "kwargs": spec.backbone.kwargs,
             "bands": info.bands,
             "norm": {"bands": info.bands, "mean": minfo["norm_mean"], "std": minfo["norm_std"]},
-            "sha256": sha256_file(tmp / "backbone.safetensors"),
+            "sha256": sha256_file(PretrainLayout(tmp).weights),
             "source_dataset": info.dataset,
             "source_classes": info.classes,
             "source_fingerprint": info.fingerprint,
@@ -267,7 +268,7 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
             "wall_time_s": time.perf_counter() - t0,
             "mlflow_run_id": logger.run_id,
         })
-    logger.log_artifact(out, "backbone")  # weights and description: runs rebuild from them
+    logger.log_artifact(out, PRETRAIN_ARTIFACT)  # weights and description: runs rebuild from them
     logger.end()
     return result
 

@@ -1,0 +1,165 @@
+"""geopeft.layout names every file and folder of results/ and data/ once: no other module of
+src/geopeft spells them, and the rules' outputs and logs are the layout's paths."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from geopeft import config as study_config
+from geopeft import layout
+from geopeft.layout import (
+    FIGURE_FORMATS,
+    PAPER_PDF,
+    DataLayout,
+    FixtureLayout,
+    ModelLayout,
+    PretrainLayout,
+    StudyLayout,
+    TrackingLayout,
+    subset_name,
+)
+from geopeft.paper.figures import figure_names
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "geopeft"
+TINY = ROOT / "config" / ".test" / "config.yaml"
+
+#: File names: spelled nowhere else, not even inside a longer string (a message, a glob).
+FILES = [layout.RUN_RECORD, layout.TRAINABLE, layout.PRETRAIN_RECORD, layout.PRETRAIN_WEIGHTS,
+         layout.METRICS, layout.CONFUSION, layout.RUNS_CSV, layout.RUNS_HTML, layout.TABLE,
+         layout.PER_CLASS_TEX, layout.PER_CLASS_CSV, layout.EXPERIMENT, layout.MLFLOW_DB,
+         layout.MLARTIFACTS, layout.FIXTURES, PAPER_PDF, "manifest.json", "server.json"]
+FILE_RE = re.compile("|".join(rf"(?<![\w.-]){re.escape(f)}(?![\w-])" for f in FILES))
+#: Folder names: common words, so caught only as path segments (``x / "runs"``, ``"runs/..."``;
+#: the fixture folder's, also the fixture server's URL paths, only the first way).
+FOLDERS = {layout.RUNS, layout.PRETRAIN, layout.MODEL, layout.STATE, layout.ADAPTER,
+           layout.FIGURES, layout.LOGS, layout.RAW, layout.PREPARED, layout.DOWNLOADS,
+           layout.REHEARSAL_DATA, layout.PAPER_BUILD}
+FIXTURE_FOLDERS = {"files", "torch"}
+_FOLDERS_RE = "|".join(map(re.escape, sorted(FOLDERS)))
+SEGMENT_RE = re.compile(rf"(^|/)({_FOLDERS_RE})/|/({_FOLDERS_RE})$")
+#: MLflow artifact paths, caught as arguments of the calls that log or download them.
+ARTIFACTS = {layout.MODEL_ARTIFACT, layout.PRETRAIN_ARTIFACT}
+ARTIFACT_CALLS = {"log_artifact", "log_artifacts", "download_artifacts", "log_model"}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """Strings standing alone as statements: docstrings of modules, classes, functions and
+    attributes."""
+    return {id(node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+
+
+def spelled_names(source: str) -> list[tuple[int, str]]:
+    """(line, string) of every layout name a module spells outside its docstrings."""
+    tree = ast.parse(source)
+    docs, found = _docstrings(tree), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            s = node.value
+            if FILE_RE.search(s) or (not re.search(r"\s", s) and SEGMENT_RE.search(s)):
+                found.append((node.lineno, s))
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            found += [(n.lineno, n.value) for n in (node.left, node.right)
+                      if isinstance(n, ast.Constant) and n.value in FOLDERS | FIXTURE_FOLDERS]
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            args = [*node.args, *(k.value for k in node.keywords)]
+            if name == "joinpath":
+                found += [(a.lineno, a.value) for a in args
+                          if isinstance(a, ast.Constant) and a.value in FOLDERS | FIXTURE_FOLDERS]
+            if name in ARTIFACT_CALLS:
+                found += [(a.lineno, a.value) for a in args
+                          if isinstance(a, ast.Constant) and a.value in ARTIFACTS]
+    return found
+
+
+def test_the_check_catches_spelled_names():
+    src = ('"""Writes run.json."""\n'
+           'a = root / "runs" / name / "metrics.json"\n'
+           'b = f"sqlite:///{d}/mlflow.db"\n'
+           'c = p.glob("runs/*/model/x")\n'
+           'd = root / "state"\n'
+           'e = log.log_artifact(out, "model")\n'
+           'f = {"model": 1, "state": 2, "x": "mlflow_run.json", "y": "results/<study>/runs/ x"}\n')
+    assert sorted(line for line, _ in spelled_names(src)) == [2, 2, 3, 4, 5, 6]
+
+
+def test_only_layout_spells_the_names_of_results_and_data():
+    bad = [f"{p.relative_to(SRC)}:{line}: {s!r}" for p in sorted(SRC.rglob("*.py"))
+           if p != SRC / "layout.py" for line, s in spelled_names(p.read_text())]
+    assert not bad, "spell these through geopeft.layout:\n" + "\n".join(bad)
+
+
+def test_layout_imports_nothing_heavy():
+    code = ("import sys, geopeft.layout; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'torch', 'numpy', 'pandas', 'mlflow', 'zarr', 'snakemake'}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+
+
+def test_string_roots_keep_the_rules_strings_and_path_roots_give_paths():
+    s = StudyLayout.of("./out/", "ci")
+    assert s.run("{run}").metrics == "./out//ci/runs/{run}/metrics.json"  # as written, not normalised
+    assert s.log("train", "{run}") == "./out//ci/logs/train/{run}.log"
+    p = StudyLayout.of(Path("results"), "ci")
+    assert p.run("a").record == Path("results/ci/runs/a/model/run.json")
+    assert ModelLayout(p.run("a").model).record == p.run("a").record
+    assert ModelLayout(Path("m")).adapter == Path("m/adapter")
+    assert PretrainLayout(p.pretrain).record == Path("results/ci/pretrain/backbone.json")
+    assert p.train_history("a") == Path("results/ci/logs/train/a.history.log")
+    assert TrackingLayout("results").uri == TrackingLayout(Path("results")).uri == \
+        "sqlite:///results/mlflow.db"
+    d = DataLayout("data", "synthetic")
+    assert d.store("eurosat_ms", "B04") == "data/prepared/synthetic/eurosat_ms/B04.zarr"
+    assert d.subset("x", "B04", layout.SUBSET_NAME) == \
+        "data/prepared/synthetic/x/B04.subsets/{method}-f{fraction}-s{seed}.json"
+    assert subset_name("stratified", 0.5, 0) == "stratified-f0.5-s0.json"
+    assert layout.rehearsal_data(Path("data")) == Path("data/rehearsal")
+    assert FixtureLayout(Path(layout.FIXTURES)).manifest == Path(".rehearsal/manifest.json")
+
+
+def _expected(cfg: dict) -> set[str]:
+    """Every output and log of ``snakemake all paper`` on the tiny synthetic study, from the
+    layout."""
+    study = StudyLayout.of(cfg["results_dir"], cfg["study"])
+    data = DataLayout(cfg["data"]["root"], cfg["data"]["source"])
+    rows = study_config.study_rows(cfg)
+    bands = study_config.bands_id(cfg["data"]["bands"])
+    out = {study.experiment, study.pretrain, study.runs_csv, study.runs_html, study.table,
+           study.per_class_tex, study.per_class_csv, PAPER_PDF}
+    out |= {study.figure(n, e) for n in figure_names(False) for e in FIGURE_FORMATS}
+    out |= {study.log(r) for r in ("mlflow_init", "pretrain", "aggregate", "figures", "table",
+                                   "paper")}
+    for row in rows:
+        run = study.run(row["name"])
+        out |= {run.model, run.metrics, run.confusion, study.log("train", row["name"]),
+                study.log("evaluate", row["name"])}
+        if row["label_fraction"] < 1:
+            name = subset_name(cfg["subsets"]["method"], row["label_fraction"], row["seed"])
+            out |= {data.subset(row["dataset"], bands, name),
+                    data.log("subset", f"{row['dataset']}-{bands}-{name.removesuffix('.json')}")}
+    out |= {data.raw(ds) for ds in ("eurosat_ms", "eurosat_rgb", "eurosat_ms_source",
+                                    "eurosat_rgb_source")} | {data.log("synthesize")}
+    pbands = study_config.bands_id(cfg["pretrain"]["bands"] or cfg["data"]["bands"])
+    for ds, b in {(r["dataset"], bands) for r in rows} | {(study_config.pretrain_source(cfg), pbands)}:
+        out |= {data.store(ds, b), data.log("prepare", f"{ds}-{b}")}
+    return out
+
+
+def test_the_rules_outputs_and_logs_are_the_layouts_paths(tmp_path):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+                        "-d", str(tmp_path), "--configfile", str(TINY), "--cores", "1", "-n",
+                        "all", "paper"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    listed = {p for m in re.finditer(r"^    (?:output|log): (.*)$", r.stdout, re.M)
+              for p in m[1].split(", ")}
+    cfg = study_config.resolve([str(TINY)], {})
+    assert listed == _expected(cfg)
