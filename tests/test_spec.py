@@ -13,9 +13,9 @@ import yaml
 
 from geopeft import config as gcfg
 from geopeft import settings
-from geopeft.models.segmentation import SegConfig
 from geopeft.settings import schema as settings_schema
 from geopeft.spec import (
+    PEFT_METHODS,
     STRATEGIES,
     TRAIN_KEYS,
     ConfigError,
@@ -63,11 +63,19 @@ def test_what_strategies_and_rows_override_are_training_settings():
         {f.name for f in fields(TrainArgs)} - job)
 
 
-def test_the_enums_are_the_codes():
-    defs = settings_schema.json_schema()["$defs"]
-    assert tuple(defs["dataset"]["enum"]) == gcfg.TRAINABLE_DATASETS
-    assert tuple(defs["strategy"]["properties"]["strategy"]["enum"]) == STRATEGIES
-    assert SegConfig().model == settings.Segmentation().model
+def test_the_study_takes_the_registries_strategies_and_peft_methods_and_no_other():
+    """The schema the study is validated with (the committed file) lists the registries': a
+    registered strategy and peft method validate, a name outside them is refused by name."""
+    base = {"study": "s", "data": {"dataset": "eurosat_rgb", "bands": ["B04", "B03", "B02"]},
+            "backbone": {"name": "vit_tiny_patch16_224"}, "grid": {"strategy": ["x"]}}
+    for strategy in STRATEGIES:
+        for method in PEFT_METHODS:
+            cfg = {**base, "strategies": {"x": {"strategy": strategy, "lora": {"method": method}}}}
+            assert gcfg.validate(cfg)["strategies"]["x"]["strategy"] == strategy
+    for bad, key in (({"strategy": "prompt"}, "strategy"),
+                     ({"strategy": "lora", "lora": {"method": "ia3x"}}, "lora.method")):
+        with pytest.raises(gcfg.ConfigError, match=rf"strategies\.x\.{key}: '(prompt|ia3x)' is not one"):
+            gcfg.validate({**base, "strategies": {"x": bad}})
 
 
 @pytest.mark.parametrize("study", STUDIES, ids=lambda p: p.name)

@@ -166,3 +166,24 @@ def test_the_adapter_in_words_is_written_once():
     assert get("lora").words(lora) == words
     assert get("lora").words(lora, ["q", "v"]) == words.replace("default", "q,v")
     assert get("bitfit").words() == "bitfit"
+
+
+def test_bitfit_on_swin_v2_trains_its_separate_query_and_value_biases():
+    """Swin-V2's attention has no qkv bias but separate ``q_bias`` and ``v_bias`` (k has none):
+    BitFit trains them with every other bias term (the continuous position bias MLP's too), not
+    the position tables, the MLP's weights or the attention's logit scale. Swin-V2-T with a
+    10-class head: 60,298 trainable of 27.6 M."""
+    bb = {"name": "swinv2_tiny", "kwargs": {}, "weights": "none", "sha256": None,
+          "input_size": None, "normalize": "auto"}
+    with torch.device("meta"):
+        m, _ = build_classifier(bb, _store(10), 10)
+    m = apply_strategy(m, "bitfit")
+    trains = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert "backbone.layers.0.blocks.0.attn.q_bias" in trains
+    assert "backbone.layers.3.blocks.1.attn.v_bias" in trains
+    assert "backbone.layers.0.blocks.0.attn.cpb_mlp.0.bias" in trains
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    assert any(n.endswith("logit_scale") for n in frozen)
+    assert any(n.endswith("cpb_mlp.0.weight") for n in frozen)
+    assert not any("relative_position" in n or "logit_scale" in n for n in trains)
+    assert count_parameters(m) == (60_298, 27_585_844)

@@ -106,8 +106,10 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         train = {k: v for k, v in cfg["train"].items()}
         train.update({k: strat[k] for k in TRAIN_KEYS if k in strat})
         strategy = STRATEGY_REGISTRY[strat["strategy"]]
-        if strategy.encoder_lr_factor is not None:
-            train["encoder_lr_factor"] = strat.get("encoder_lr_factor", strategy.encoder_lr_factor)
+        if "encoder_lr_factor" in strat:  # the study's strategy sets it
+            train["encoder_lr_factor"] = strat["encoder_lr_factor"]
+        elif strategy.encoder_lr_factor is not None:  # the strategy's default (e2e)
+            train["encoder_lr_factor"] = strategy.encoder_lr_factor
         train.update({k: r[k] for k in TRAIN_KEYS if k in r})
         t = f"-t{length}" if series else ""
         row = {

@@ -50,13 +50,8 @@ from geopeft.models.utae import ENCODER_NORMS, UTAE, pad_mask_of, shared_over_da
 from geopeft.models.weights import Normalization, load_into, load_weights
 from geopeft.spec import SEGMENTATION_MODELS as MODELS
 from geopeft.spec import ConfigError
-
-#: L-TAE settings of each model (``segmentation.ltae`` overrides them key by key): the U-TAE
-#: reference's, and PANGAEA's shared L-TAE (``d_model: null`` = the encoder's width).
-LTAE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "utae": {"d_model": 256, "heads": 16, "d_k": 4, "positional_encoding": True},
-    "upernet_ltae": {"d_model": None, "heads": 16, "d_k": 4, "positional_encoding": False},
-}
+from geopeft.spec.sections import LTAE_DEFAULTS
+from geopeft.spec.sections import SEGMENTATION_DEFAULTS as _D
 
 
 @dataclass
@@ -65,7 +60,7 @@ class SegConfig:
 
     model: str = MODELS[0]
     """``upernet_ltae`` (encoder of the zoo + PANGAEA's UPerNet + L-TAE) or ``utae``."""
-    channels: int = 512
+    channels: int = _D["channels"]
     """UPerNet channels (PANGAEA: 512)."""
     out_indices: list[int] | None = None
     """ViT blocks whose tokens feed the decoder (None: the encoder's declared taps, else four
@@ -73,17 +68,17 @@ class SegConfig:
     ltae: dict[str, Any] = field(default_factory=dict)
     """L-TAE settings: ``d_model``, ``heads``, ``d_k``, ``positional_encoding`` (defaults per
     model: :data:`LTAE_DEFAULTS`)."""
-    encoder_chunk: int = 64
+    encoder_chunk: int = _D["encoder_chunk"]
     """Frames the encoder processes at once."""
-    checkpoint: bool = True
+    checkpoint: bool = _D["checkpoint"]
     """Recompute a trained encoder's activations per chunk in the backward pass (less memory)."""
-    encoder_widths: list[int] = field(default_factory=lambda: [64, 64, 64, 128])
+    encoder_widths: list[int] = field(default_factory=lambda: list(_D["encoder_widths"]))
     """U-TAE encoder channels per level."""
-    decoder_widths: list[int] = field(default_factory=lambda: [32, 32, 64, 128])
+    decoder_widths: list[int] = field(default_factory=lambda: list(_D["decoder_widths"]))
     """U-TAE decoder channels per level (the last equals the encoder's last)."""
-    out_conv: int = 32
+    out_conv: int = _D["out_conv"]
     """U-TAE output block's first width."""
-    encoder_norm: str = "group"
+    encoder_norm: str = _D["encoder_norm"]
     """U-TAE encoder norm: ``group`` (GroupNorm(4), the reference) or ``batch``."""
 
     @classmethod

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from geopeft.bands import S2_BANDS
-from geopeft.data.temporal import PAD_RULES
+from geopeft.data.temporal import PAD_RULES, REFERENCE_DATE
 from geopeft.layout import RESULTS
 from geopeft.settings.data import Data, Subsets
 from geopeft.settings.fields import (
@@ -97,8 +97,11 @@ class Strategy:
     warmup_epochs: float | None = train_override()
     augment: bool | None = train_override()
     loss: str | None = train_override()
-    encoder_lr_factor: float | None = train_override()
-    """Encoder lr = factor x lr (e2e, the ft_rate of the time-series study; default 0.1)."""
+    encoder_lr_factor: float | None = optional(like=TrainArgs, description=(
+        "Encoder lr = factor x lr (the ft_rate of the time-series study); default: the "
+        "strategy's own (" + ", ".join(f"{n} {s.encoder_lr_factor:g}" for n, s in
+                                      STRATEGY_REGISTRY.items() if s.encoder_lr_factor) +
+        "), else train.encoder_lr_factor."))
 
 
 # ---------------------------------------------------------------------------------- study table
@@ -160,7 +163,7 @@ class Temporal:
     the models mask out of attention and aggregation, as the reference implementations;
     repeat = evenly spaced dates with repetition (every date kept, date order); error = stop,
     naming the patch."""
-    reference_date: str = setting("2018-09-01", pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+    reference_date: str = setting(REFERENCE_DATE, pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
     """The temporal encodings count days from this date."""
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from geopeft.bands import S2_BANDS
 from geopeft.data.subsets import METHODS as SUBSET_METHODS
+from geopeft.data.synthetic import WorldSpec
 from geopeft.layout import DATA
 from geopeft.settings.fields import (
     DATA_SOURCES,
@@ -18,6 +19,8 @@ from geopeft.settings.fields import (
     setting,
 )
 
+#: The embedded world's defaults.
+_WORLD = WorldSpec()
 
 @dataclass(kw_only=True)
 class RemoteFile:
@@ -68,17 +71,18 @@ class Options:
 class Synthetic:
     """Parameters of the embedded synthetic world."""
 
-    seed: int = setting(0, minimum=0)
+    # the world's own defaults (geopeft.data.synthetic.WorldSpec), written once there
+    seed: int = setting(_WORLD.seed, minimum=0)
     """Master seed of the world."""
-    n_samples: int = setting(1000, minimum=30)
+    n_samples: int = setting(_WORLD.n_samples, minimum=30)
     """Target scenes (EuroSAT class proportions)."""
-    source_samples: int = setting(1000, minimum=30)
+    source_samples: int = setting(_WORLD.source_samples, minimum=30)
     """Scenes in the pretraining source set."""
-    size: int = setting(64, minimum=16, maximum=256)
+    size: int = setting(_WORLD.size, minimum=16, maximum=256)
     """Scene side in pixels."""
-    cloud_fraction: float = setting(0.05, minimum=0, maximum=1)
+    cloud_fraction: float = setting(_WORLD.cloud_fraction, minimum=0, maximum=1)
     """Share of cloudy scenes."""
-    noise: float = setting(0.004, minimum=0)
+    noise: float = setting(_WORLD.noise, minimum=0)
     """Sensor noise (reflectance units)."""
 
 

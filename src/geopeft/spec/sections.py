@@ -13,6 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from geopeft.errors import ConfigError
+from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 
 #: Segmentation models of time-series rows (``strategies.<name>.segmentation.model``,
 #: :mod:`geopeft.models.segmentation`).
@@ -23,6 +24,27 @@ ENCODER_NORMS = ("group", "batch")
 NORMALIZATIONS = ("auto", "backbone", "dataset")
 #: A SHA-256 checksum.
 SHA256_PATTERN = "^[0-9a-f]{64}$"
+#: What a segmentation model takes for the settings a study leaves out
+#: (:class:`geopeft.models.segmentation.SegConfig`; the schema's descriptions quote them).
+SEGMENTATION_DEFAULTS: dict[str, Any] = {
+    "channels": 512, "encoder_chunk": 64, "checkpoint": True, "encoder_widths": (64, 64, 64, 128),
+    "decoder_widths": (32, 32, 64, 128), "out_conv": 32, "encoder_norm": ENCODER_NORMS[0]}
+#: L-TAE settings of each model (``segmentation.ltae`` overrides them key by key): the U-TAE
+#: reference's, and PANGAEA's shared L-TAE (``d_model: null`` = the encoder's width).
+LTAE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "utae": {"d_model": 256, "heads": 16, "d_k": 4, "positional_encoding": True},
+    "upernet_ltae": {"d_model": None, "heads": 16, "d_k": 4, "positional_encoding": False},
+}
+
+
+def _words(v: Any) -> str:
+    """A default as the schema's descriptions write it (YAML's words)."""
+    if isinstance(v, bool) or v is None:
+        return {True: "true", False: "false", None: "null"}[v]
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+_D = {k: _words(v) for k, v in SEGMENTATION_DEFAULTS.items()}
 
 
 def setting(default: Any = MISSING, **schema: Any) -> Any:
@@ -100,9 +122,7 @@ class Backbone:
 
 @dataclass(kw_only=True)
 class Ltae:
-    """L-TAE settings. upernet_ltae (PANGAEA): d_model null (= the encoder's width), heads 16,
-    d_k 4, positional_encoding false; utae (utae-paps): d_model 256, heads 16, d_k 4,
-    positional_encoding true."""
+    """L-TAE settings (the defaults of each model: :data:`LTAE_DEFAULTS`)."""
 
     d_model: int | None = optional(nullable=True, minimum=1)
     """Width of the attention (null = the encoder's width)."""
@@ -143,26 +163,27 @@ class Segmentation:
 
     model: str = setting(SEGMENTATION_MODELS[0], enum=SEGMENTATION_MODELS)
     """upernet_ltae (an encoder of the zoo + PANGAEA's UPerNet + L-TAE) or utae."""
-    channels: int | None = optional(minimum=4)
-    """UPerNet channels (default 512, as PANGAEA)."""
+    channels: int | None = optional(minimum=4, description=(
+        f"UPerNet channels (default {_D['channels']}, as PANGAEA)."))
     out_indices: list[int] | None = optional(items={"minimum": 0}, minItems=4, maxItems=4)
     """ViT blocks feeding the decoder (default: the encoder's declared taps, e.g. 3 5 7 11 for
     SSL4EO-S12 ViT-S/16 and CROMA as PANGAEA; else four evenly spaced)."""
     ltae: Ltae | None = optional()
-    encoder_chunk: int | None = optional(minimum=1)
-    """Frames the encoder processes at once (default 64): bounds memory."""
-    checkpoint: bool | None = optional()
-    """Recompute a trained encoder's activations per chunk in the backward pass (default true)."""
-    encoder_widths: list[int] | None = optional(items={"minimum": 1}, minItems=2)
-    """U-TAE encoder channels per level (default 64 64 64 128)."""
-    decoder_widths: list[int] | None = optional(items={"minimum": 1}, minItems=2)
-    """U-TAE decoder channels per level (default 32 32 64 128; the last equals the encoder's
-    last)."""
-    out_conv: int | None = optional(minimum=1)
-    """U-TAE output block's first width (default 32)."""
-    encoder_norm: str | None = optional(enum=ENCODER_NORMS)
-    """U-TAE encoder norm: group (GroupNorm(4), the reference's default) or batch (the
-    reference's option)."""
+    encoder_chunk: int | None = optional(minimum=1, description=(
+        f"Frames the encoder processes at once (default {_D['encoder_chunk']}): bounds memory."))
+    checkpoint: bool | None = optional(description=(
+        f"Recompute a trained encoder's activations per chunk in the backward pass (default "
+        f"{_D['checkpoint']})."))
+    encoder_widths: list[int] | None = optional(items={"minimum": 1}, minItems=2, description=(
+        f"U-TAE encoder channels per level (default {_D['encoder_widths']})."))
+    decoder_widths: list[int] | None = optional(items={"minimum": 1}, minItems=2, description=(
+        f"U-TAE decoder channels per level (default {_D['decoder_widths']}; the last equals the "
+        f"encoder's last)."))
+    out_conv: int | None = optional(minimum=1, description=(
+        f"U-TAE output block's first width (default {_D['out_conv']})."))
+    encoder_norm: str | None = optional(enum=ENCODER_NORMS, description=(
+        f"U-TAE encoder norm (default {_D['encoder_norm']}): group = GroupNorm(4), the "
+        f"reference's default; batch = the reference's option."))
     given: tuple[str, ...] = field(default=(), repr=False, compare=False, metadata={"job": True})
     """The keys the spec gave (the rest: the model's defaults)."""
 
@@ -184,5 +205,14 @@ class Segmentation:
                 else getattr(self, k) for k in self.given}
 
 
-__all__ = ["ENCODER_NORMS", "NORMALIZATIONS", "SEGMENTATION_MODELS", "SHA256_PATTERN", "Backbone",
-           "Ltae", "Segmentation", "optional", "required", "setting"]
+Ltae.__doc__ = "L-TAE settings. " + "; ".join(
+    f"{model}: " + ", ".join(f"{k} {_words(v)}" for k, v in d.items())
+    for model, d in LTAE_DEFAULTS.items()) + " (d_model null = the encoder's width)."
+Segmentation.__doc__ = (Segmentation.__doc__ or "").replace(
+    "strategy full or scratch", "strategy " + " or ".join(
+        n for n, st in STRATEGY_REGISTRY.items() if st.without_encoder))
+
+
+__all__ = ["ENCODER_NORMS", "LTAE_DEFAULTS", "NORMALIZATIONS", "SEGMENTATION_DEFAULTS",
+           "SEGMENTATION_MODELS", "SHA256_PATTERN", "Backbone", "Ltae", "Segmentation", "optional",
+           "required", "setting"]

@@ -26,11 +26,15 @@ class PeftMethod:
     ``target_modules``, ``modules_to_save``)."""
 
 
-def _lora(lora: LoraSpec, common: dict[str, Any]) -> Any:
+def _lora(lora: LoraSpec, common: dict[str, Any], dora: bool = False) -> Any:
     import peft
 
     return peft.LoraConfig(lora_alpha=float(lora.alpha), lora_dropout=float(lora.dropout),
-                           bias="none", use_dora=lora.method == "dora", **common)
+                           bias="none", use_dora=dora, **common)
+
+
+def _dora(lora: LoraSpec, common: dict[str, Any]) -> Any:
+    return _lora(lora, common, dora=True)
 
 
 def _loha(lora: LoraSpec, common: dict[str, Any]) -> Any:
@@ -48,7 +52,7 @@ def _lokr(lora: LoraSpec, common: dict[str, Any]) -> Any:
 #: The peft methods, by name.
 PEFT_REGISTRY: dict[str, PeftMethod] = {m.name: m for m in (
     PeftMethod("lora", "low-rank adaptation (Hu et al. 2022)", _lora),
-    PeftMethod("dora", "weight-decomposed low-rank adaptation (Liu et al. 2024)", _lora),
+    PeftMethod("dora", "weight-decomposed low-rank adaptation (Liu et al. 2024)", _dora),
     PeftMethod("loha", "low-rank Hadamard product (Hyeon-Woo et al. 2022)", _loha),
     PeftMethod("lokr", "low-rank Kronecker product (Edalati et al. 2022)", _lokr),
 )}
