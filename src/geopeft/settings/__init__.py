@@ -38,10 +38,10 @@ from geopeft.settings.data import Data, Subsets
 from geopeft.settings.fields import (
     DATASETS,
     NAME_PATTERN,
+    TrainOverrides,
     optional,
     required,
     setting,
-    train_override,
 )
 from geopeft.spec import (
     STRATEGIES,
@@ -73,7 +73,7 @@ class Pretrain:
 
 
 @dataclass(kw_only=True)
-class Strategy:
+class Strategy(TrainOverrides):
     """A named strategy: what trains, and the training settings of its rows."""
 
     # what trains, each strategy in its own words (geopeft.strategies)
@@ -90,13 +90,6 @@ class Strategy:
     """The encoder of this strategy's rows, replacing the study's backbone (a study can compare
     encoders); only the study's own backbone can use weights: pretrain."""
     segmentation: Segmentation = setting(Segmentation)
-    epochs: int | None = train_override()
-    batch_size: int | None = train_override()
-    lr: float | None = train_override()
-    weight_decay: float | None = train_override()
-    warmup_epochs: float | None = train_override()
-    augment: bool | None = train_override()
-    loss: str | None = train_override()
     encoder_lr_factor: float | None = optional(like=TrainArgs, description=(
         "Encoder lr = factor x lr (the ft_rate of the time-series study); default: the "
         "strategy's own (" + ", ".join(f"{n} {s.encoder_lr_factor:g}" for n, s in
@@ -126,7 +119,7 @@ class Grid:
 
 
 @dataclass(kw_only=True)
-class Row:
+class Row(TrainOverrides):
     """An explicit study row."""
 
     name: str | None = optional(pattern=NAME_PATTERN)
@@ -141,13 +134,6 @@ class Row:
     """Dates per series (time-series datasets; default temporal.length)."""
     seed: int = setting(0, minimum=0)
     """The row's seed (initialisation, subset, data order)."""
-    loss: str | None = train_override()
-    epochs: int | None = train_override()
-    batch_size: int | None = train_override()
-    lr: float | None = train_override()
-    weight_decay: float | None = train_override()
-    warmup_epochs: float | None = train_override()
-    augment: bool | None = train_override()
 
 
 @dataclass(kw_only=True)

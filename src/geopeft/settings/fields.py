@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import make_dataclass
 from typing import Any
 
 from geopeft.data.sources import REGISTRY
-from geopeft.spec import TrainArgs
+from geopeft.spec import TRAIN_KEYS, TrainArgs
 from geopeft.spec.sections import (  # noqa: F401  (the settings' field helpers)
     NORMALIZATIONS,
     SHA256_PATTERN,
@@ -28,3 +29,9 @@ MD5_PATTERN = "^[0-9a-f]{32}$"
 def train_override() -> Any:
     """A training setting a strategy or row may override (as :class:`TrainArgs`')."""
     return optional(like=TrainArgs)
+
+
+#: The training settings a strategy or a row may override (:data:`geopeft.spec.TRAIN_KEYS`), each
+#: as :class:`TrainArgs` declares it: the base of both sections.
+TrainOverrides = make_dataclass(
+    "TrainOverrides", [(k, Any, train_override()) for k in TRAIN_KEYS], kw_only=True)

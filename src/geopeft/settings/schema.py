@@ -59,7 +59,11 @@ def plain(doc: str | None) -> str:
 
 
 def _fields(cls: type) -> list[Field]:
-    return [f for f in fields(cls) if not f.metadata.get("job")]
+    """The study's keys of section ``cls`` (not the job's): its own first, then those it
+    inherits (the training overrides of strategies and rows)."""
+    keys = [f for f in fields(cls) if not f.metadata.get("job")]
+    own = cls.__dict__.get("__annotations__", {})
+    return [f for f in keys if f.name in own] + [f for f in keys if f.name not in own]
 
 
 def _listed(v: Any) -> Any:

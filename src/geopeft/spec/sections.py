@@ -121,17 +121,10 @@ class Backbone:
 
 
 @dataclass(kw_only=True)
-class Ltae:
-    """L-TAE settings (the defaults of each model: :data:`LTAE_DEFAULTS`)."""
+class _GivenKeys:
+    """A section whose keys a study may leave out for the model to fill: it remembers the keys
+    the spec gave (:meth:`as_dict` returns exactly those, a nested section's too)."""
 
-    d_model: int | None = optional(nullable=True, minimum=1)
-    """Width of the attention (null = the encoder's width)."""
-    heads: int | None = optional(minimum=1)
-    """Attention heads."""
-    d_k: int | None = optional(minimum=1)
-    """Key width per head."""
-    positional_encoding: bool | None = optional()
-    """Add the encoding of days since temporal.reference_date (period 1000)."""
     given: tuple[str, ...] = field(default=(), repr=False, compare=False, metadata={"job": True})
     """The keys the spec gave (the rest: the model's defaults)."""
 
@@ -143,18 +136,33 @@ class Ltae:
             ConfigError: an unknown key (named with ``where``).
         """
         v = _given(cls, d or {}, where)
-        if "ltae" in v and v["ltae"] is not None:
-            v["ltae"] = Ltae.from_dict(v["ltae"], f"{where}.ltae")
+        for key, section in _NESTED.get(cls.__name__, {}).items():
+            if v.get(key) is not None:
+                v[key] = section.from_dict(v[key], f"{where}.{key}")
         return cls(**v, given=tuple(v))
 
     def as_dict(self) -> dict[str, Any]:
         """The keys the spec gave, as it gave them."""
-        return {k: getattr(self, k).as_dict() if isinstance(getattr(self, k), Ltae)
-                else getattr(self, k) for k in self.given}
+        return {k: v.as_dict() if isinstance(v, _GivenKeys) else v
+                for k in self.given for v in (getattr(self, k),)}
 
 
 @dataclass(kw_only=True)
-class Segmentation:
+class Ltae(_GivenKeys):
+    """L-TAE settings (the defaults of each model: :data:`LTAE_DEFAULTS`)."""
+
+    d_model: int | None = optional(nullable=True, minimum=1)
+    """Width of the attention (null = the encoder's width)."""
+    heads: int | None = optional(minimum=1)
+    """Attention heads."""
+    d_k: int | None = optional(minimum=1)
+    """Key width per head."""
+    positional_encoding: bool | None = optional()
+    """Add the encoding of days since temporal.reference_date (period 1000)."""
+
+
+@dataclass(kw_only=True)
+class Segmentation(_GivenKeys):
     """Time-series segmentation model (time-series datasets, e.g. PASTIS;
     geopeft.models.segmentation). upernet_ltae = PANGAEA-bench's seg_upernet_mt_ltae: the
     backbone on every date, four tapped levels, one L-TAE shared by all levels, a Feature2Pyramid
@@ -184,26 +192,10 @@ class Segmentation:
     encoder_norm: str | None = optional(enum=ENCODER_NORMS, description=(
         f"U-TAE encoder norm (default {_D['encoder_norm']}): group = GroupNorm(4), the "
         f"reference's default; batch = the reference's option."))
-    given: tuple[str, ...] = field(default=(), repr=False, compare=False, metadata={"job": True})
-    """The keys the spec gave (the rest: the model's defaults)."""
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str) -> Any:
-        """The section of a spec's mapping ``d``, remembering which keys it gave.
 
-        Raises:
-            ConfigError: an unknown key (named with ``where``).
-        """
-        v = _given(cls, d or {}, where)
-        if "ltae" in v and v["ltae"] is not None:
-            v["ltae"] = Ltae.from_dict(v["ltae"], f"{where}.ltae")
-        return cls(**v, given=tuple(v))
-
-    def as_dict(self) -> dict[str, Any]:
-        """The keys the spec gave, as it gave them."""
-        return {k: getattr(self, k).as_dict() if isinstance(getattr(self, k), Ltae)
-                else getattr(self, k) for k in self.given}
-
+#: The nested sections of each section (parsed by :meth:`_GivenKeys.from_dict`).
+_NESTED: dict[str, dict[str, type[_GivenKeys]]] = {"Segmentation": {"ltae": Ltae}}
 
 Ltae.__doc__ = "L-TAE settings. " + "; ".join(
     f"{model}: " + ", ".join(f"{k} {_words(v)}" for k, v in d.items())
