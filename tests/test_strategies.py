@@ -36,13 +36,19 @@ def _model(method: str, lora: LoraSpec | None = None) -> torch.nn.Module:
     return apply_strategy(m, method, lora)
 
 
+#: geopeft's own strategies and peft methods, first in their registries (more may follow).
+BUILTIN = ("full", "lora", "linear", "e2e", "scratch", "bitfit")
+BUILTIN_PEFT = ("lora", "dora", "loha", "lokr")
+
+
 def test_the_registry_holds_the_strategies_in_the_schemas_order():
-    assert STRATEGIES == ("full", "lora", "linear", "e2e", "scratch", "bitfit")
-    assert PEFT_METHODS == ("lora", "dora", "loha", "lokr")
-    assert [n for n, s in REGISTRY.items() if not s.loads_weights] == ["scratch"]
-    assert [n for n, s in REGISTRY.items() if s.without_encoder] == ["full", "scratch"]
-    assert {n: s.encoder_lr_factor for n, s in REGISTRY.items() if s.encoder_lr_factor} == {"e2e": 0.1}
-    assert [n for n, s in REGISTRY.items() if s.uses_adapter] == ["lora"]
+    assert STRATEGIES[:len(BUILTIN)] == BUILTIN
+    assert PEFT_METHODS[:len(BUILTIN_PEFT)] == BUILTIN_PEFT
+    own = {n: REGISTRY[n] for n in BUILTIN}
+    assert [n for n, s in own.items() if not s.loads_weights] == ["scratch"]
+    assert [n for n, s in own.items() if s.without_encoder] == ["full", "scratch"]
+    assert {n: s.encoder_lr_factor for n, s in own.items() if s.encoder_lr_factor} == {"e2e": 0.1}
+    assert [n for n, s in own.items() if s.uses_adapter] == ["lora"]
     with pytest.raises(ValueError, match=r"strategy 'prompt' is not one of \('full'"):
         get("prompt")
     with pytest.raises(ValueError, match="registered twice"):
@@ -94,8 +100,15 @@ def test_bitfit_on_vit_b16_trains_0_11_million_parameters():
 
 def test_param_groups_put_adapters_and_new_modules_at_the_heads_rate():
     """What the strategy added is recorded when it prepares the model, not guessed from names:
-    the groups are those of the names peft gives its adapters (lora_, hada_, lokr_)."""
+    the groups are those of the names peft gives geopeft's adapters (lora_, hada_, lokr_), and
+    for every method of the registry, everything that trains (adapters and new modules) is at
+    the head's rate, nothing of the frozen encoder."""
     for method in PEFT_METHODS:
+        m = _model("lora", LoraSpec(method=method, r=2, alpha=4, dropout=0.0))
+        groups = param_groups(m, 1e-3, 0.1)
+        trains = {id(p) for p in m.parameters() if p.requires_grad}
+        assert len(groups) == 1 and {id(p) for p in groups[0]["params"]} == trains, method
+    for method in BUILTIN_PEFT:
         m = _model("lora", LoraSpec(method=method, r=2, alpha=4, dropout=0.0))
         groups = param_groups(m, 1e-3, 0.1)
         head = {id(p) for g in groups[:1] for p in g["params"]}
@@ -166,6 +179,13 @@ def test_the_adapter_in_words_is_written_once():
     assert get("lora").words(lora) == words
     assert get("lora").words(lora, ["q", "v"]) == words.replace("default", "q,v")
     assert get("bitfit").words() == "bitfit"
+    from geopeft.strategies import PEFT_REGISTRY, PeftMethod
+
+    PEFT_REGISTRY["probe_test"] = PeftMethod("probe_test", "scales only", lambda lo, c: None, ())
+    try:  # a method that takes no rank, alpha or dropout is worded without them
+        assert get("lora").words(LoraSpec(method="probe_test"), ["q"]) == "probe_test on q"
+    finally:
+        del PEFT_REGISTRY["probe_test"]
 
 
 def test_bitfit_on_swin_v2_trains_its_separate_query_and_value_biases():

@@ -1,7 +1,10 @@
 """The HF peft methods of adapter rows (``lora.method``), one entry each, and their settings.
 
-Adding a method is one :class:`PeftMethod` in :data:`PEFT_REGISTRY`: its name and the peft
-config it builds from the row's :class:`LoraSpec`.
+Adding a method is one :class:`PeftMethod` in :data:`PEFT_REGISTRY`: its name, which of the
+row's :class:`LoraSpec` settings it takes (and so how the adapter is worded), and the peft config
+it builds from them. A method's config function receives the row's settings and the common
+keywords (``target_modules``, ``modules_to_save``) and passes on what its peft config takes (IA3,
+for instance, takes no rank).
 """
 
 from __future__ import annotations
@@ -22,15 +25,17 @@ class PeftMethod:
     summary: str
     """The method in words."""
     config: Callable[[LoraSpec, dict[str, Any]], Any]
-    """Its peft config from the adapter's settings and the common keywords (``r``,
-    ``target_modules``, ``modules_to_save``)."""
+    """Its peft config from the adapter's settings and the common keywords (``target_modules``,
+    ``modules_to_save``)."""
+    settings: tuple[str, ...] = ("r", "alpha", "dropout")
+    """The :class:`LoraSpec` settings it takes (the words of the adapter name these)."""
 
 
 def _lora(lora: LoraSpec, common: dict[str, Any], dora: bool = False) -> Any:
     import peft
 
-    return peft.LoraConfig(lora_alpha=float(lora.alpha), lora_dropout=float(lora.dropout),
-                           bias="none", use_dora=dora, **common)
+    return peft.LoraConfig(r=int(lora.r), lora_alpha=float(lora.alpha),
+                           lora_dropout=float(lora.dropout), bias="none", use_dora=dora, **common)
 
 
 def _dora(lora: LoraSpec, common: dict[str, Any]) -> Any:
@@ -40,13 +45,15 @@ def _dora(lora: LoraSpec, common: dict[str, Any]) -> Any:
 def _loha(lora: LoraSpec, common: dict[str, Any]) -> Any:
     import peft
 
-    return peft.LoHaConfig(alpha=float(lora.alpha), rank_dropout=float(lora.dropout), **common)
+    return peft.LoHaConfig(r=int(lora.r), alpha=float(lora.alpha),
+                           rank_dropout=float(lora.dropout), **common)
 
 
 def _lokr(lora: LoraSpec, common: dict[str, Any]) -> Any:
     import peft
 
-    return peft.LoKrConfig(alpha=float(lora.alpha), rank_dropout=float(lora.dropout), **common)
+    return peft.LoKrConfig(r=int(lora.r), alpha=float(lora.alpha),
+                           rank_dropout=float(lora.dropout), **common)
 
 
 #: The peft methods, by name.
@@ -100,13 +107,16 @@ def peft_config(lora: LoraSpec, targets: list[str], modules_to_save: list[str]) 
     method = PEFT_REGISTRY.get(lora.method)
     if method is None:
         raise ValueError(f"lora.method: {lora.method!r} is not one of {tuple(PEFT_REGISTRY)}")
-    common = {"r": int(lora.r), "target_modules": targets, "modules_to_save": modules_to_save}
+    common = {"target_modules": targets, "modules_to_save": modules_to_save}
     return method.config(lora, common)
 
 
 def adapter_words(lora: LoraSpec, targets: list[str] | tuple[str, ...] | None = None) -> str:
-    """The adapter in words: method, rank, alpha, dropout and target modules (``targets``, else
-    the row's, else ``default``: the backbone's declared ones)."""
+    """The adapter in words: method, the settings it takes (rank, alpha, dropout) and target
+    modules (``targets``, else the row's, else ``default``: the backbone's declared ones)."""
     on = targets or lora.target_modules
     where = ",".join(on) if on else "default"
-    return f"{lora.method} r {lora.r} alpha {lora.alpha:g} dropout {lora.dropout:g} on {where}"
+    method = PEFT_REGISTRY.get(lora.method)
+    taken = method.settings if method is not None else ("r", "alpha", "dropout")
+    values = " ".join(f"{k} {getattr(lora, k):g}" for k in taken)
+    return f"{lora.method} {values} on {where}" if values else f"{lora.method} on {where}"
