@@ -12,7 +12,13 @@ from conftest import full_spec
 
 from geopeft.io import write_json
 from geopeft.paper.aggregate import COLUMNS, aggregate
-from geopeft.paper.figures import SYNTHETIC_NOTE, figure_names, make_figures, provenance_note
+from geopeft.paper.figures import (
+    SYNTHETIC_NOTE,
+    figure_names,
+    make_figures,
+    provenance_note,
+    study_figures,
+)
 from geopeft.paper.tables import make_table
 from geopeft.tasks import TASKS
 
@@ -81,7 +87,9 @@ def test_figures_are_written_with_their_provenance(runs, tmp_path):
 
     out = make_figures(runs, tmp_path / "fig", runs.parent / "runs")
     names = {p.stem for p in out}
-    assert set(figure_names([TASKS["multiclass"]], False)) <= names
+    # the figures the rules expect of the study (common.smk), no more, no fewer
+    assert names == set(study_figures(pd.read_csv(runs)["dataset"]))
+    assert names == set(figure_names([TASKS["multiclass"]], False))
     assert all(p.stat().st_size > 1000 for p in out)
     assert provenance_note(pd.read_csv(runs)) == SYNTHETIC_NOTE
 
