@@ -20,9 +20,9 @@ from geopeft.models.classifier import build_classifier
 from geopeft.models.inference import predict, predict_batches, segmentation_scores
 from geopeft.models.saved import save_model
 from geopeft.strategies import apply_strategy
-from geopeft.tasks import confusion_csv, multilabel_confusion_csv
+from geopeft.tasks import confusion_csv, multilabel_confusion_csv, of_targets
 from geopeft.train.losses import loss_fn
-from geopeft.train.validation import segmentation_val_metrics, val_metrics, validate
+from geopeft.train.validation import dense_val_metrics, val_metrics, validate
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_inference_batches_and_streamed_confusion_equal_the_whole():
     assert np.array_equal(cm, pixel_confusion(y, whole.argmax(1), 4, 4))
     assert cm.sum() == int((y != 4).sum()) and loss == 0.0  # no loss asked for
     m = validate(model, split, 3, torch.device("cpu"), True)
-    assert m["val_score"] == segmentation_val_metrics(cm, 0.0)["val_score"] and "val_miou" not in m
+    assert m["val_score"] == dense_val_metrics(of_targets(y), cm, 0.0)["val_score"] and "val_miou" not in m
     # the loss streamed batch by batch is the mean over every non-void pixel of the split
     whole_loss = float(loss_fn(torch.from_numpy(whole), torch.from_numpy(y), None, 4))
     assert m["val_loss"] == pytest.approx(whole_loss, rel=1e-6) and whole_loss > 0

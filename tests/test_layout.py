@@ -23,7 +23,7 @@ from geopeft.layout import (
     TrackingLayout,
     subset_name,
 )
-from geopeft.paper.figures import figure_names
+from geopeft.paper.runs import study_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "geopeft"
@@ -134,7 +134,8 @@ def _expected(cfg: dict) -> set[str]:
     bands = study_config.bands_id(cfg["data"]["bands"])
     out = {study.experiment, study.pretrain, study.runs_csv, study.runs_html, study.table,
            study.per_class_tex, study.per_class_csv, PAPER_PDF}
-    out |= {study.figure(n, e) for n in figure_names(False) for e in FIGURE_FORMATS}
+    out |= {study.figure(n, e) for n in study_figures(r["dataset"] for r in rows)
+            for e in FIGURE_FORMATS}
     out |= {study.log(r) for r in ("mlflow_init", "pretrain", "aggregate", "figures", "table",
                                    "paper")}
     for row in rows:

@@ -20,14 +20,84 @@ def test_every_source_names_a_registered_task():
         get("regression")
 
 
-@pytest.mark.parametrize("module", ["evaluate/run.py", "evaluate/predict.py", "evaluate/pyfunc.py",
-                                    "app.py", "paper/tables.py", "paper/document.py"])
-def test_the_code_that_serves_a_task_never_names_a_dataset_or_a_task(module):
-    text = (SRC / module).read_text()
+#: The modules that serve, score, train, tabulate or draw a task: they ask the task (of the
+#: dataset's source, of the saved metrics, of the targets), never name it.
+TASK_FREE = ["evaluate/run.py", "evaluate/predict.py", "evaluate/pyfunc.py", "app.py",
+             "paper/figures.py", "paper/runs.py", "paper/tables.py", "paper/aggregate.py",
+             "paper/document.py", "train/validation.py", "train/losses.py"]
+#: Of these, the ones that once told the task from the targets' shape.
+SHAPE_FREE = ["train/validation.py", "train/losses.py"]
+
+
+def task_facts(module: str, text: str) -> list[str]:
+    """What ``text`` (the module ``module``) spells that only geopeft.tasks may: a dataset's or a
+    task's name, a primary metric's key (``"miou"``, ``"map_macro"``, ``"overall_accuracy"``),
+    and in the training modules a target shape (``.ndim``)."""
     code = re.sub(r'""".*?"""|#[^\n]*', "", text, flags=re.S)  # docstrings and comments aside
-    names = [n for n in [*SOURCES, *TASKS] if re.search(rf"['\"]{n}['\"]", code)]
-    names += [n for n in ("bigearthnet", "pastis", "eurosat") if f'"{n}' in code]
-    assert not names, f"{module} names {names}: ask the dataset's source for its task"
+    # a job spec row's sections (``row.get("segmentation")``: the segmentation model) name no task
+    code = re.sub(r"\brow(?:\.get\(|\[)\s*['\"]\w+['\"]", "", code)
+    keys = [t.primary_metric for t in TASKS.values()]
+    found = [n for n in [*SOURCES, *TASKS, *keys] if re.search(rf"['\"]{n}['\"]", code)]
+    found += [n for n in ("bigearthnet", "pastis", "eurosat") if f'"{n}' in code]
+    if module in SHAPE_FREE:
+        found += re.findall(r"\.ndim\b", code)
+    return found
+
+
+@pytest.mark.parametrize("module", TASK_FREE)
+def test_the_code_that_serves_a_task_never_names_a_dataset_a_task_or_its_metric(module):
+    found = task_facts(module, (SRC / module).read_text())
+    assert not found, (f"{module} spells {found}: ask the task (geopeft.tasks.get(get_source(ds)"
+                       f".task), tasks.of_metrics(m), tasks.of_targets(y)) what it declares")
+
+
+@pytest.mark.parametrize(("module", "before"), [
+    ("paper/figures.py", 'if (df["primary_metric"] == "miou").all():'),
+    ("paper/tables.py", 'SHORT = {"overall_accuracy": "OA", "map_macro": "mAP"}'),
+    ("paper/aggregate.py", '"test_miou": met.get("miou"),'),
+    ("paper/document.py", 'segmentation = bool((df["primary_metric"] == "miou").all())'),
+    ("train/validation.py", 'return {"val_loss": loss, "val_score": m["map_macro"]}'),
+    ("train/losses.py", "if y.ndim == 2 and y.dtype.is_floating_point:"),
+    ("app.py", 'if source.task == "segmentation":')])
+def test_the_guard_catches_a_task_fact_spelled_outside_the_tasks(module, before):
+    """What these modules once spelled (the metric keys, y.ndim) fails the guard."""
+    assert task_facts(module, before)
+
+
+def test_one_rule_picks_a_study_s_figures_for_the_rules_the_figures_and_the_paper():
+    """Time-series segmentation studies get the label fraction x sequence length figures, every
+    other study the classification ones, decided from the study's datasets alike by the
+    workflow (common.smk), make_figures and the paper section."""
+    from geopeft.paper.runs import FIGURES, SERIES_FIGURES, figure_names, study_figures
+
+    seg, mc, ml = TASKS["segmentation"], TASKS["multiclass"], TASKS["multilabel"]
+    assert study_figures(["pastis"]) == SERIES_FIGURES == figure_names([seg], True)
+    assert study_figures(["eurosat_rgb"]) == study_figures(["bigearthnet_s2", "eurosat_ms"]) == FIGURES
+    # a segmentation dataset that is no time series has no sequence lengths to draw
+    assert figure_names([seg], False) == figure_names([mc, ml], True) == FIGURES
+    rules = (SRC.parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    assert "FIGURES = study_figures(" in rules  # make_figures: tests/test_paper.py
+
+
+def test_each_task_declares_its_metrics_columns_loss_and_targets():
+    import torch
+
+    from geopeft.paper.aggregate import COLUMNS
+    from geopeft.tasks import RUN_COLUMNS, of_targets
+
+    mc, ml, seg = TASKS["multiclass"], TASKS["multilabel"], TASKS["segmentation"]
+    assert [t.short for t in TASKS.values()] == ["OA", "mAP", "mIoU"]
+    assert RUN_COLUMNS == ("test_overall_accuracy", "test_macro_f1", "test_map_macro",
+                           "test_map_micro", "test_f1_micro", "test_miou", "test_mf1")
+    assert set(RUN_COLUMNS) < set(COLUMNS)
+    assert [c for c, _ in seg.secondary] == ["test_mf1", "test_overall_accuracy"]
+    assert [t.loss for t in TASKS.values()] == ["cross_entropy", "bce", "cross_entropy"]
+    assert of_targets(np.zeros(4, np.int64)) is mc and of_targets(torch.zeros(4, 3)) is ml
+    assert of_targets(np.zeros((4, 3), np.float32)) is ml and of_targets(np.zeros((2, 5, 5))) is seg
+    with pytest.raises(ValueError, match="fit no task"):
+        of_targets(np.zeros((2, 2, 2, 2)))
+    assert mc.val_scores(np.array([0, 1]), np.array([[1.0, 0.0], [1.0, 0.0]])) == {"val_score": 0.5}
+    assert set(seg.val_scores(None, np.array([[3, 1], [0, 4]]))) == {"val_score", "val_oa"}
 
 
 def test_each_task_scores_and_words_its_outputs():

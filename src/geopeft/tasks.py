@@ -69,6 +69,37 @@ class Task:
     threshold: ClassVar[float | None] = None
     """The decision threshold of independent class scores (multi-label); None: the classes
     compete."""
+    short: ClassVar[str]
+    """The primary metric's short name (table headings, figure titles)."""
+    noun: ClassVar[str]
+    """The primary metric as a figure's title words it ("<noun> vs label fraction")."""
+    metric_label: ClassVar[str]
+    """The axis label of the primary test metric (in %)."""
+    val_label: ClassVar[str]
+    """The axis label of the validation score (``val_score`` of the per-epoch history, in %)."""
+    secondary: ClassVar[tuple[tuple[str, str], ...]]
+    """The secondary test metrics the study's table shows at the largest label fraction:
+    (runs.csv column, LaTeX heading)."""
+    run_columns: ClassVar[dict[str, str]]
+    """The test metrics runs.csv keeps: column ``test_<key>`` <- ``metrics.json`` key."""
+    series_figures: ClassVar[bool] = False
+    """Whether a time-series study of this task is shown by label fraction x sequence length
+    (its figures, and its table a row per strategy and sequence length)."""
+    per_class_bars: ClassVar[str | None] = None
+    """What the confusion figure draws instead of a confusion matrix (its test metrics hold
+    none), in words; None: the test confusion matrices."""
+    loss: ClassVar[str] = "cross_entropy"
+    """The training loss (a key of :data:`geopeft.train.losses.LOSSES`)."""
+
+    def fits(self, y: Any) -> bool:
+        """Whether ``y`` (numpy or torch) has the form of this task's targets."""
+        raise NotImplementedError
+
+    def val_scores(self, y: np.ndarray | None, out: np.ndarray) -> dict[str, float]:
+        """The validation score (``val_score``) and secondary validation metrics, from the
+        targets ``y`` and logits ``out`` (dense tasks: ``y`` None and ``out`` the pixel
+        confusion matrix)."""
+        raise NotImplementedError
 
     def scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """One sample's class scores from its logits (C,) or (C, H, W), and its class map
@@ -103,6 +134,12 @@ class Task:
         return f"<task {self.name}>"
 
 
+def _floating(y: Any) -> bool:
+    """Whether targets (numpy or torch) are floats."""
+    floating = getattr(y, "is_floating_point", None)
+    return bool(floating()) if callable(floating) else np.asarray(y).dtype.kind == "f"
+
+
 def _shown(pred: Any, k: int) -> str:
     return " ".join(f"{c}:{s:.3f}" for c, s in pred.top(k))
 
@@ -112,6 +149,18 @@ class Multiclass(Task):
     primary_metric = "overall_accuracy"
     metric_words = "overall accuracy"
     per_class = ("f1", "F1")
+    short = "OA"
+    noun = "accuracy"
+    metric_label = "test overall accuracy (%)"
+    val_label = "val accuracy (%)"
+    secondary = (("test_macro_f1", "F1$_{M}$"),)
+    run_columns = {"overall_accuracy": "overall_accuracy", "macro_f1": "macro_f1"}
+
+    def fits(self, y: Any) -> bool:
+        return y.ndim == 1
+
+    def val_scores(self, y: np.ndarray | None, out: np.ndarray) -> dict[str, float]:
+        return {"val_score": float((out.argmax(1) == y).mean())}
 
     def scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         p = np.exp(logits - logits.max())
@@ -142,6 +191,23 @@ class Multilabel(Task):
     per_class = ("ap", "AP")
     per_class_how = "mean over"
     threshold = 0.5
+    short = "mAP"
+    noun = "mAP"
+    metric_label = "test macro mAP (%)"
+    val_label = "val macro mAP (%)"
+    secondary = (("test_macro_f1", "F1$_{M}$"), ("test_map_micro", "mAP$_{\\mu}$"))
+    run_columns = {"macro_f1": "f1_macro", "map_macro": "map_macro", "map_micro": "map_micro",
+                   "f1_micro": "f1_micro"}
+    per_class_bars = "per-class test AP, mean ± sd over seeds"
+    loss = "bce"
+
+    def fits(self, y: Any) -> bool:
+        return y.ndim == 2 and _floating(y)
+
+    def val_scores(self, y: np.ndarray | None, out: np.ndarray) -> dict[str, float]:
+        assert y is not None
+        m = multilabel_metrics(y, sigmoid(out))
+        return {"val_score": m["map_macro"], "val_map_micro": m["map_micro"]}
 
     def scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return sigmoid(logits), None
@@ -175,6 +241,21 @@ class Segmentation(Task):
     per_class = ("iou", "IoU")
     support = "pixels"
     dense = True
+    short = "mIoU"
+    noun = "mIoU"
+    metric_label = "test mIoU (%, void excluded)"
+    val_label = "val mIoU (%, void excluded)"
+    secondary = (("test_mf1", "mF1"), ("test_overall_accuracy", "OA"))
+    run_columns = {"overall_accuracy": "overall_accuracy", "macro_f1": "mf1", "miou": "miou",
+                   "mf1": "mf1"}
+    series_figures = True
+
+    def fits(self, y: Any) -> bool:
+        return y.ndim == 3
+
+    def val_scores(self, y: np.ndarray | None, out: np.ndarray) -> dict[str, float]:
+        m = segmentation_metrics(out)
+        return {"val_score": m["miou"], "val_oa": m["overall_accuracy"]}
 
     def scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         label_map = logits.argmax(0).astype(np.int64)
@@ -225,5 +306,22 @@ def of_metrics(m: dict[str, Any]) -> Task:
                  "multilabel" if "per_class_ap" in m else "multiclass"]
 
 
-__all__ = ["TASKS", "Multiclass", "Multilabel", "Segmentation", "Task", "confusion_csv", "get",
-           "multilabel_confusion_csv", "of_metrics"]
+def of_targets(y: Any) -> Task:
+    """The task whose targets have the form of ``y`` (numpy or torch; :meth:`Task.fits`):
+    class indices (N,), multi-hot floats (N, C) or label maps (N, H, W).
+
+    Raises:
+        ValueError: no task takes such targets.
+    """
+    for task in TASKS.values():
+        if task.fits(y):
+            return task
+    raise ValueError(f"targets of shape {tuple(y.shape)} fit no task of {tuple(TASKS)}")
+
+
+#: The runs.csv columns of the test metrics (``test_<key>``), every task's in registry order.
+RUN_COLUMNS = tuple(dict.fromkeys(f"test_{c}" for t in TASKS.values() for c in t.run_columns))
+
+
+__all__ = ["RUN_COLUMNS", "TASKS", "Multiclass", "Multilabel", "Segmentation", "Task", "confusion_csv", "get",
+           "multilabel_confusion_csv", "of_metrics", "of_targets"]

@@ -16,7 +16,7 @@ from geopeft.layout import (
     StudyLayout,
     TrackingLayout,
 )
-from geopeft.paper.figures import figure_names
+from geopeft.paper.runs import study_figures
 
 
 # One resolution for snakemake and `geopeft validate`: the study file(s) or the default study,
@@ -33,8 +33,9 @@ DATA = config["data"]
 DATA_LAYOUT = DataLayout(DATA["root"], DATA["source"])
 BANDS = study_config.bands_id(DATA["bands"])
 ROWS = {row["name"]: row for row in study_config.study_rows(config)}
-# a time-series segmentation study gets its own figures (label fraction x sequence length)
-FIGURES = figure_names(any(r["dataset"] in study_config.TIME_SERIES_DATASETS for r in ROWS.values()))
+# the study's figures, decided from its datasets as make_figures and the paper decide them (a
+# time-series segmentation study: label fraction x sequence length)
+FIGURES = study_figures(r["dataset"] for r in ROWS.values())
 # The study's task and primary metric, as the report's captions word them.
 REPORT_TASK, REPORT_METRIC = study_config.report_task(ROWS.values())
 EXPERIMENT = LAYOUT.experiment

@@ -8,6 +8,7 @@ from typing import Any
 
 from geopeft.io import atomic_file, read_json
 from geopeft.layout import ModelLayout
+from geopeft.tasks import RUN_COLUMNS, of_metrics
 
 #: What ``peak_memory_mb`` measured in runs recorded before ``memory_kind`` was kept.
 OLD_MEMORY_KIND = "process peak RSS"
@@ -16,8 +17,8 @@ COLUMNS = [
     "run", "strategy", "method", "label_fraction", "seed", "trainable_params", "total_params",
     "trainable_pct", "train_samples", "epochs", "wall_time_s", "attempts", "images_per_s",
     "peak_memory_mb", "memory_kind",
-    "val_score", "primary_metric", "test_primary", "test_overall_accuracy", "test_macro_f1",
-    "test_map_macro", "test_map_micro", "test_f1_micro", "test_miou", "test_mf1",
+    # every task's test metrics (Task.run_columns), empty in the rows of the other tasks
+    "val_score", "primary_metric", "test_primary", *RUN_COLUMNS,
     "sequence_length", "model", "device", "dataset", "synthetic", "rehearsal", "mlflow_run_id",
 ]
 
@@ -27,6 +28,7 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
     rec = read_json(ModelLayout(Path(model_dir)).record)
     met = read_json(metrics_file)
     row = rec["spec"]["row"]
+    task = of_metrics(met)
     return {
         "run": row["name"], "strategy": row["strategy"], "method": row["method"],
         "label_fraction": row["label_fraction"], "seed": row["seed"],
@@ -39,11 +41,9 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
         "memory_kind": rec.get("memory_kind", OLD_MEMORY_KIND),
         "val_score": rec["history"][-1].get("val_score"),
         "primary_metric": met["primary_metric"], "test_primary": met["primary"],
-        "test_overall_accuracy": met.get("overall_accuracy"),
-        "test_macro_f1": met.get("macro_f1", met.get("f1_macro", met.get("mf1"))),
-        "test_map_macro": met.get("map_macro"), "test_map_micro": met.get("map_micro"),
-        "test_f1_micro": met.get("f1_micro"), "test_miou": met.get("miou"),
-        "test_mf1": met.get("mf1"), "sequence_length": row.get("sequence_length"),
+        **dict.fromkeys(RUN_COLUMNS),
+        **{f"test_{c}": met.get(key) for c, key in task.run_columns.items()},
+        "sequence_length": row.get("sequence_length"),
         "model": (row.get("segmentation") or {}).get("model", "upernet_ltae")
         if row.get("segmentation") is not None else "",
         "device": rec["device"], "dataset": rec["spec"]["data"]["dataset"],

@@ -22,12 +22,12 @@ from typing import Any
 from geopeft.errors import GeopeftError
 from geopeft.io import read_json
 from geopeft.layout import PAPER_BUILD, StudyLayout
-from geopeft.paper.figures import (
+from geopeft.paper.runs import (
     REHEARSAL_NOTE,
     SYNTHETIC_NOTE,
-    figure_names,
     provenance_note,
     seeds_phrase,
+    study_figures,
 )
 from geopeft.paper.tables import tex_escape
 from geopeft.strategies import LoraSpec
@@ -154,9 +154,8 @@ def study_section(results: Path, build: Path) -> str:
     task, metric = report_task([{"dataset": d} for d in dict.fromkeys(df["dataset"])])
     if "+" in task:  # several datasets, several metrics: name each in words
         metric = " / ".join(TASKS[t].metric_words for t in task.split("+"))
-    segmentation = bool((df["primary_metric"] == "miou").all())
     figures = []
-    for fig in figure_names(segmentation):
+    for fig in study_figures(df["dataset"]):  # as make_figures and the rules decide them
         pdf = study.figure(fig, "pdf")
         if not pdf.is_file():
             continue

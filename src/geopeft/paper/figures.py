@@ -4,77 +4,26 @@ rehearsal say so, in the figure and in its metadata (PNG Description, PDF Subjec
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from geopeft.io import read_json
-from geopeft.layout import FIGURE_FORMATS, RunLayout, figure_file
-from geopeft.paper.aggregate import OLD_MEMORY_KIND
-
-if TYPE_CHECKING:  # pandas/numpy load lazily: the Snakefile imports FIGURES at every start
-    import pandas as pd
-
-SYNTHETIC_NOTE = "synthetic data: embedded Sentinel-2 world"
-REHEARSAL_NOTE = "REHEARSAL: fixture data and random weights, not a result"
-METRIC_LABEL = {"overall_accuracy": "test overall accuracy (%)", "map_macro": "test macro mAP (%)",
-                "miou": "test mIoU (%, void excluded)"}
-FIGURES = ("accuracy_vs_params", "accuracy_vs_fraction", "cost", "confusion", "curves",
-           "trainable_params")
-#: Figures of a time-series segmentation study (label fraction x sequence length).
-SEGMENTATION_FIGURES = ("miou_vs_fraction", "fraction_length_heatmap", "cost", "confusion",
-                        "curves", "trainable_params")
-#: The validation score of each task, as the per-epoch history names it (``val_score``).
-VAL_LABEL = {"overall_accuracy": "val accuracy (%)", "map_macro": "val macro mAP (%)",
-             "miou": "val mIoU (%, void excluded)"}
-
-
-def seeds_phrase(df: pd.DataFrame, keys: tuple[str, ...] = ("dataset", "strategy",
-                                                                "label_fraction")) -> str:
-    """What a ± or an error bar of these runs is: ``mean ± sd over n seeds`` (n per cell, a range
-    when it varies; with n < 3 the sd is said to be a rough spread)."""
-    cols = [k for k in (*keys, "sequence_length") if k in df and df[k].notna().any()]
-    sizes = df.groupby(cols, dropna=False).size() if cols else [len(df)]
-    lo, hi = int(min(sizes)), int(max(sizes))
-    count = f"{lo}" if lo == hi else f"{lo}-{hi}"
-    words = f"mean ± sd over {count} seed{'s' if hi > 1 else ''}"
-    if hi < 3:
-        words += " (n < 3: a rough spread)" if hi > 1 else " (n = 1: no spread)"
-    return words
-
-
-def memory_kind(df: pd.DataFrame) -> str:
-    """What the runs' memory column measures (runs.csv ``memory_kind``; older runs: RSS)."""
-    if "memory_kind" in df and df["memory_kind"].notna().any():
-        return str(df["memory_kind"].dropna().iloc[0])
-    return OLD_MEMORY_KIND
-
-
-def summed_confusion(df: pd.DataFrame, runs_dir: Path, dataset: str, strategy: str,
-                     fraction: float) -> tuple[dict, int]:
-    """The test metrics of a strategy at one label fraction, over every seed (no run is picked,
-    least of all by its test score): confusion matrices summed, per-class AP as a list per seed.
-
-    Returns:
-        (metrics of the first run with ``confusion_matrix`` summed and ``per_class_ap_runs`` the
-        per-seed APs, number of runs).
-    """
-    import numpy as np
-
-    runs = df[(df.dataset == dataset) & (df.strategy == strategy) & (df.label_fraction == fraction)]
-    ms = [read_json(RunLayout(Path(runs_dir) / r).metrics) for r in runs["run"]]
-    if not ms:
-        return {}, 0
-    out = dict(ms[0])
-    if "confusion_matrix" in out:
-        out["confusion_matrix"] = np.sum([np.asarray(m["confusion_matrix"], float) for m in ms], 0)
-    if "per_class_ap" in out:
-        out["per_class_ap_runs"] = [[np.nan if a is None else a for a in m["per_class_ap"]]
-                                    for m in ms]
-    return out, len(ms)
-
-
-def figure_names(segmentation: bool) -> tuple[str, ...]:
-    """The figures a study gets."""
-    return SEGMENTATION_FIGURES if segmentation else FIGURES
+from geopeft.layout import FIGURE_FORMATS, figure_file
+from geopeft.paper.runs import (  # with the figures' names and notes, as callers import them
+    FIGURES,
+    REHEARSAL_NOTE,
+    SERIES_FIGURES,
+    SYNTHETIC_NOTE,
+    by_sequence_length,
+    cost_table,
+    curve_runs,
+    dataset_task,
+    figure_names,
+    histories,
+    memory_kind,
+    provenance_note,
+    seeds_phrase,
+    study_figures,
+    study_kind,
+    summed_confusion,
+)
 
 
 def _plt():  # type: ignore[no-untyped-def]
@@ -86,13 +35,6 @@ def _plt():  # type: ignore[no-untyped-def]
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "font.size": 9,
                          "axes.spines.top": False, "axes.spines.right": False})
     return plt
-
-
-def provenance_note(df: pd.DataFrame) -> str | None:
-    """What every figure and table of these runs must say about where they come from."""
-    if "rehearsal" in df and df["rehearsal"].fillna(False).astype(bool).any():
-        return REHEARSAL_NOTE
-    return SYNTHETIC_NOTE if df["synthetic"].fillna(False).astype(bool).any() else None
 
 
 def _save(fig, outdir: Path, name: str, note: str | None) -> list[Path]:  # type: ignore[no-untyped-def]
@@ -123,17 +65,13 @@ def _colors(strategies: list[str]) -> dict[str, str]:
     return {s: palette[i % len(palette)] for i, s in enumerate(strategies)}
 
 
-def _metric_label(df: pd.DataFrame) -> tuple[str, str]:
-    metric = str(df["primary_metric"].iloc[0])
-    return METRIC_LABEL.get(metric, f"test {metric} (%)"), ("accuracy" if metric == "overall_accuracy"
-                                                             else "mAP")
-
-
 def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None) -> list[Path]:
     """Draw all figures of a study into ``outdir``; returns the written paths.
 
-    A study over several datasets gets one panel per dataset (each with its own metric); a
-    time-series segmentation study gets the label fraction x sequence length figures instead.
+    A study over several datasets gets one panel per dataset (each with its task's metric); a
+    study shown by sequence length (:func:`~geopeft.paper.runs.by_sequence_length`: a time-series
+    segmentation study) gets the label fraction x sequence length figures instead: the figures
+    of :func:`~geopeft.paper.runs.study_figures`, as the rules expect them.
 
     Args:
         runs_csv: the study's runs.csv.
@@ -154,11 +92,11 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
         params=("trainable_params", "first")).reset_index()
     fmax = agg["label_fraction"].max()
     written: list[Path] = []
-    if (df["primary_metric"] == "miou").all():
-        written += _segmentation_figures(plt, df, strategies, outdir, note)
+    study_tasks, time_series = study_kind(datasets)
+    if by_sequence_length(study_tasks, time_series):
+        written += _series_figures(plt, df, study_tasks[0], strategies, outdir, note)
     else:
-        written += _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdir,
-                                            note)
+        written += _panel_figures(plt, df, agg, strategies, datasets, col, fmax, outdir, note)
     written += _cost(plt, df, strategies, datasets, col, outdir, note)
     written += _trainable_params(plt, df, strategies, datasets, col, outdir, note)
     if confusion_dir is not None:
@@ -168,21 +106,6 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
                               outdir, note)
         written += _curves(plt, df, strategies, datasets, col, confusion_dir, outdir, note)
     return written
-
-
-def curve_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """The runs the training curves show: per dataset, the largest label fraction and, for time
-    series, the longest sequence length (runs of other sizes are never pooled with them)."""
-    keep = df[df.label_fraction == df.groupby("dataset").label_fraction.transform("max")]
-    if "sequence_length" in keep and keep["sequence_length"].notna().any():
-        longest = keep.groupby("dataset").sequence_length.transform("max")
-        keep = keep[keep.sequence_length == longest]
-    return keep
-
-
-def histories(df: pd.DataFrame, runs_dir: Path) -> dict[str, list[dict[str, float]]]:
-    """Each run's per-epoch metrics (its run.json ``history``), by run name."""
-    return {r: read_json(RunLayout(Path(runs_dir) / r).record)["history"] for r in df["run"]}
 
 
 def _curves(plt, df, strategies, datasets, col, runs_dir, outdir, note):  # type: ignore[no-untyped-def]
@@ -195,7 +118,6 @@ def _curves(plt, df, strategies, datasets, col, runs_dir, outdir, note):  # type
     fig, axes = plt.subplots(2, len(datasets), figsize=(3.6 * len(datasets), 5.0), squeeze=False)
     for j, ds in enumerate(datasets):
         sub = runs[runs.dataset == ds]
-        metric = str(sub["primary_metric"].iloc[0])
         for s in strategies:
             names = list(sub[sub.strategy == s]["run"])
             if not names:
@@ -219,7 +141,7 @@ def _curves(plt, df, strategies, datasets, col, runs_dir, outdir, note):  # type
                   if "sequence_length" in sub and sub.sequence_length.notna().any() else "")
         axes[0, j].set_title(f"{ds}: {100 * frac:g} % labels{length}", fontsize=8)
         axes[0, j].set_ylabel("loss (solid: train, dashed: val)")
-        axes[1, j].set_ylabel(VAL_LABEL.get(metric, f"val {metric} (%)"))
+        axes[1, j].set_ylabel(dataset_task(ds).val_label)
         axes[1, j].set_xlabel("epoch")
         epochs = max(len(hist[r]) for r in sub["run"])
         for a in axes[:, j]:
@@ -264,9 +186,9 @@ def _trainable_params(plt, df, strategies, datasets, col, outdir, note):  # type
     return _finish(plt, fig, outdir, "trainable_params", note)
 
 
-def _segmentation_figures(plt, df, strategies, outdir, note):  # type: ignore[no-untyped-def]
-    """mIoU vs label fraction (a panel per strategy, a line per sequence length) and a label
-    fraction x sequence length heatmap of mean mIoU per strategy."""
+def _series_figures(plt, df, task, strategies, outdir, note):  # type: ignore[no-untyped-def]
+    """The primary metric (mIoU) vs label fraction (a panel per strategy, a line per sequence
+    length) and a label fraction x sequence length heatmap of its mean per strategy."""
     import numpy as np
 
     agg = df.groupby(["strategy", "sequence_length", "label_fraction"]).agg(
@@ -287,9 +209,9 @@ def _segmentation_figures(plt, df, strategies, outdir, note):  # type: ignore[no
         ax.set_xscale("log")
         ax.set_xlabel("labelled training patches (%)")
         ax.set_title(s, fontsize=8)
-    axes[0][0].set_ylabel(METRIC_LABEL["miou"])
+    axes[0][0].set_ylabel(task.metric_label)
     axes[0][-1].legend(frameon=False, fontsize=7, title="dates", title_fontsize=7)
-    fig.suptitle(f"mIoU vs label fraction per sequence length ({seeds_phrase(df)})", fontsize=9)
+    fig.suptitle(f"{task.short} vs label fraction per sequence length ({seeds_phrase(df)})", fontsize=9)
     fig.tight_layout()
     written += _save(fig, outdir, "miou_vs_fraction", note)
     plt.close(fig)
@@ -311,22 +233,21 @@ def _segmentation_figures(plt, df, strategies, outdir, note):  # type: ignore[no
         ax.set_xlabel("labelled patches (%)")
         ax.set_title(s, fontsize=8)
     axes[0][0].set_ylabel("dates per series (T)")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mIoU (%)")
-    fig.suptitle("mIoU: label fraction x sequence length ("
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"{task.short} (%)")
+    fig.suptitle(f"{task.short}: label fraction x sequence length ("
                  + seeds_phrase(df).replace("mean ± sd", "mean") + ")", fontsize=9)
     written += _save(fig, outdir, "fraction_length_heatmap", note)
     plt.close(fig)
     return written
 
 
-def _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdir,  # type: ignore[no-untyped-def]
-                            note):
+def _panel_figures(plt, df, agg, strategies, datasets, col, fmax, outdir, note):  # type: ignore[no-untyped-def]
     """Primary metric vs trainable parameters, and vs label fraction (a panel per dataset)."""
     nd = len(datasets)
     written = []
     fig, axes = plt.subplots(1, nd, figsize=(4.2 * nd, 3.2), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
-        ylabel, short = _metric_label(df[df.dataset == ds])
+        ylabel, short = dataset_task(ds).metric_label, dataset_task(ds).noun
         for s in strategies:
             a = agg[(agg.dataset == ds) & (agg.strategy == s) & (agg.label_fraction == fmax)]
             ax.errorbar(a["params"], 100 * a["acc"], yerr=100 * a["acc_sd"].fillna(0), fmt="o",
@@ -347,7 +268,7 @@ def _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdi
 
     fig, axes = plt.subplots(1, nd, figsize=(4.2 * nd, 3.2), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
-        ylabel, short = _metric_label(df[df.dataset == ds])
+        ylabel, short = dataset_task(ds).metric_label, dataset_task(ds).noun
         for s in strategies:
             a = agg[(agg.dataset == ds) & (agg.strategy == s)].sort_values("label_fraction")
             ax.errorbar(100 * a["label_fraction"], 100 * a["acc"], yerr=100 * a["acc_sd"].fillna(0),
@@ -362,17 +283,6 @@ def _classification_figures(plt, df, agg, strategies, datasets, col, fmax, outdi
     written += _save(fig, outdir, "accuracy_vs_fraction", note)
     plt.close(fig)
     return written
-
-
-def cost_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Cost per dataset, strategy **and** label fraction (runs of different fractions are never
-    pooled: their spread would show the data size, not seed noise): mean and sd of the wall
-    time, images/s and peak memory, and the number of runs."""
-    return df.groupby(["dataset", "strategy", "label_fraction"], sort=False).agg(
-        time=("wall_time_s", "mean"), time_sd=("wall_time_s", "std"),
-        ips=("images_per_s", "mean"), ips_sd=("images_per_s", "std"),
-        mem=("peak_memory_mb", "mean"), mem_sd=("peak_memory_mb", "std"),
-        n=("wall_time_s", "size")).reset_index()
 
 
 def _cost(plt, df, strategies, datasets, col, outdir, note):  # type: ignore[no-untyped-def]
@@ -455,9 +365,15 @@ def _confusion(plt, df, datasets, strategies, fmax, runs_dir, outdir, note):  # 
     kinds = []
     if image is not None:
         kinds.append("test confusion matrices summed over seeds, rows normalised (recall)")
-    if (df["primary_metric"] == "map_macro").any():
-        kinds.append("per-class test AP, mean ± sd over seeds")
+    # what the tasks without a confusion matrix draw instead (multi-label: per-class AP)
+    kinds.extend(dict.fromkeys(t.per_class_bars for t in study_kind(datasets)[0]
+                               if t.per_class_bars))
     fig.suptitle("; ".join(kinds).capitalize(), fontsize=8)
     paths = _save(fig, outdir, "confusion", note)
     plt.close(fig)
     return paths
+
+
+__all__ = ["FIGURES", "REHEARSAL_NOTE", "SERIES_FIGURES", "SYNTHETIC_NOTE", "cost_table",
+           "curve_runs", "figure_names", "histories", "make_figures", "memory_kind",
+           "provenance_note", "seeds_phrase", "study_figures", "summed_confusion"]

@@ -10,7 +10,16 @@ import pandas as pd
 
 from geopeft.io import atomic_file, read_json
 from geopeft.layout import RunLayout
-from geopeft.paper.figures import memory_kind, provenance_note, seeds_phrase
+from geopeft.paper.runs import (
+    by_sequence_length,
+    curve_runs,
+    dataset_task,
+    memory_kind,
+    provenance_note,
+    seeds_phrase,
+    study_kind,
+    summed_confusion,
+)
 from geopeft.tasks import TASKS, of_metrics
 
 _TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -32,14 +41,6 @@ def _pm(mean: float, sd: float) -> str:
 
 def _params(n: float) -> str:
     return f"{n / 1e6:.2f}\\,M" if n >= 1e5 else f"{n / 1e3:.1f}\\,k"
-
-
-SHORT = {"overall_accuracy": "OA", "map_macro": "mAP", "miou": "mIoU"}
-WORDS = {"overall_accuracy": "overall accuracy", "map_macro": "macro mAP",
-         "miou": "mIoU (void excluded)"}
-# secondary metrics at the largest label fraction: (column, header); macro F1 for every task
-SECONDARY = [("test_macro_f1", "F1$_{M}$"), ("test_map_micro", "mAP$_{\\mu}$")]
-SEGMENTATION_SECONDARY = [("test_mf1", "mF1"), ("test_overall_accuracy", "OA")]
 
 
 def _attempts_note(df: pd.DataFrame) -> str:
@@ -64,8 +65,9 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
         study: the study's name (caption and label).
     """
     df = pd.read_csv(runs_csv)
-    segmentation = bool((df["primary_metric"] == "miou").all())
-    if segmentation:  # a row per strategy (study order) and sequence length (longest first)
+    study_tasks, time_series = study_kind(df["dataset"])
+    if by_sequence_length(study_tasks, time_series):
+        # a row per strategy (study order) and sequence length (longest first)
         order = {s: i for i, s in enumerate(dict.fromkeys(df["strategy"]))}
         df = df.assign(_o=df["strategy"].map(order)).sort_values(
             ["_o", "sequence_length"], ascending=[True, False], kind="stable")
@@ -76,15 +78,15 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
     fmax = fracs[-1]
     strategies = list(dict.fromkeys(df["strategy"]))
     datasets = list(dict.fromkeys(df["dataset"]))
-    metrics = list(dict.fromkeys(df["primary_metric"]))
-    secondary = [(c, h) for c, h in (SEGMENTATION_SECONDARY if segmentation else SECONDARY)
+    # the tasks' secondary metrics at the largest label fraction: (column, header)
+    secondary = [(c, h) for c, h in dict.fromkeys(x for t in study_tasks for x in t.secondary)
                  if c in df and df[c].notna().any()]
-    short = SHORT.get(metrics[0], metrics[0]) if len(metrics) == 1 else "Primary"
+    short = study_tasks[0].short if len(study_tasks) == 1 else "Primary"
     cols = "l r r " + "c " * (len(fracs) + len(secondary)) + "r r"
     head = " & ".join(
         ["Strategy", "Trainable", "\\%"] + [f"{short} {100 * f:g}\\,\\%" for f in fracs]
         + [h for _, h in secondary] + ["Time (s)", "Mem. (MiB)"])
-    words = " / ".join(WORDS.get(m, m) for m in metrics)
+    words = " / ".join(t.metric_words for t in study_tasks)
     stats = seeds_phrase(df).replace("±", "$\\pm$").replace("<", "$<$")
     name = study.replace("_", "\\_")
     ncol = 3 + len(fracs) + len(secondary) + 2
@@ -102,7 +104,7 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
     for i, ds in enumerate(datasets):
         dd = df[df.dataset == ds]
         if len(datasets) > 1:
-            metric = WORDS.get(str(dd["primary_metric"].iloc[0]), "")
+            metric = dataset_task(ds).metric_words
             if i:
                 lines.append("\\midrule")
             lines.append(f"\\multicolumn{{{ncol}}}{{l}}{{\\textit{{{ds}}} ({metric})}} \\\\"
@@ -165,8 +167,6 @@ def per_class_report(runs_csv: Path, runs_dir: Path) -> pd.DataFrame:
         runs_dir: its runs folder (each run's metrics.json).
     """
     import numpy as np
-
-    from geopeft.paper.figures import curve_runs, summed_confusion
 
     df = curve_runs(pd.read_csv(runs_csv))
     rows = []
