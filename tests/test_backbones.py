@@ -52,10 +52,13 @@ def test_registry_declares_grid_width_bands_norm_targets():
     # published locations carry the torch-hub sha256 prefix in the file name
     assert ssl.weights.endswith("-36bcc127.pth")
     for e in backbones.REGISTRY.values():
-        assert e.family in ("vit", "swin", "croma") and e.lora_targets
-    # a plain timm name gets a generic entry: family from the name, weights from pretrain
-    assert backbones.resolve({"name": "swinv2_cr_tiny_ns_224"})["family"] == "swin"
+        assert e.family in ("vit", "swin", "croma") and e.targets() == ("q", "k", "v")
+    # a plain timm name gets a generic entry: the family whose timm file registers it, weights
+    # from pretrain; a name no timm family registers is named
+    assert backbones.resolve({"name": "swinv2_tiny_window16_256"})["family"] == "swin"
     assert backbones.resolve({"name": "vit_small_patch16_224"})["weights"] == "pretrain"
+    with pytest.raises(ValueError, match="'swinv2_cr_tiny_ns_224' is neither a zoo backbone"):
+        backbones.resolve({"name": "swinv2_cr_tiny_ns_224"})
 
 
 @pytest.mark.parametrize("family", ["vit", "swin", "croma"])
@@ -187,7 +190,7 @@ def test_ssl4eo_normalisation_is_dn_over_10000_and_bands_map_by_name(tmp_path):
 
 
 def test_unknown_backbone_name_is_a_clear_error():
-    with pytest.raises(WeightsError, match="'vit_nonexistent' is neither a registry backbone"):
+    with pytest.raises(WeightsError, match="'vit_nonexistent' is neither a zoo backbone"):
         backbones.create_model({"name": "vit_nonexistent"}, 3, 0)
 
 

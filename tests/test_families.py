@@ -94,12 +94,58 @@ def test_unknown_and_duplicate_families_are_named():
         backbones.width(torch.nn.Linear(2, 2))
 
 
+def family_decisions() -> re.Pattern[str]:
+    """Lines that decide or test a family by its name: a comparison with a family, an attribute
+    probe standing for one, or a family name (or a name's prefix) picked or tested in a string:
+    ``name.startswith("swin")``, ``"swin" in name``, ``"swin" if ... else "vit"``."""
+    fam = "|".join(map(re.escape, families.names()))
+    return re.compile(
+        r"""family\S*\s*[!=]=\s*["']|hasattr\([^)]*["']layers["']"""
+        rf"""|\.(?:startswith|endswith)\(\s*\(?\s*[rbf]?["'](?:{fam})"""
+        rf"""|["'](?:{fam})\w*["']\s+(?:not\s+in|in|if|else)\b"""
+        rf"""|\b(?:else|==|!=)\s+["'](?:{fam})["']""")
+
+
 def test_no_models_module_branches_on_a_family_name():
-    """The task models ask the family object; only the family modules know their own name."""
-    pattern = re.compile(r"""family\S*\s*[!=]=\s*["']|hasattr\([^)]*["']layers["']""")
+    """The task models ask the family object; only the family modules know their own name (the
+    zoo's architecture names come from the timm file each family declares)."""
+    pattern = family_decisions()
     found = [f"{p.name}:{i}" for p in sorted(MODELS.glob("*.py"))
              for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not found, found
+
+
+@pytest.mark.parametrize("line", [
+    '    family = "swin" if name.startswith("swin") else "vit"',  # the zoo's old guess
+    '    if name.startswith(("vit", "deit")):',
+    '    if "swin" in bb["arch"]:',
+    '    if bb["family"] == "croma":',
+    '    kind = "cls" if fam != "vit" else "tokens"',
+])
+def test_the_family_guard_catches_a_decision_by_name(line):
+    assert family_decisions().search(line), line
+
+
+def test_the_families_declare_their_timm_files_and_adapter_targets():
+    """The torch-free declarations (what the zoo reads) agree with the family objects."""
+    assert families.timm_files() == {"vit": "vision_transformer.py",
+                                     "swin": "swin_transformer_v2.py"}
+    for name, declared in families.FAMILIES.items():
+        assert get_family(name).adapter_targets == declared.adapter_targets == ("q", "k", "v")
+        assert families.adapter_targets(name) == declared.adapter_targets
+    assert set(zoo.timm_architectures().values()) == set(families.timm_files())
+    assert zoo.entry_for("swinv2_tiny_window16_256").family == "swin"
+    assert zoo.entry_for("vit_small_patch16_224").family == "vit"
+
+
+def test_an_entry_takes_its_familys_adapter_targets(fake, monkeypatch):
+    """A zoo entry without its own ``lora_targets`` takes the family's; one with them keeps
+    its own."""
+    monkeypatch.setattr(fake, "adapter_targets", ("qkv",))
+    assert zoo.resolve({"name": "fake_tiny"})["lora_targets"] == ["qkv"]
+    entry = dataclasses.replace(zoo.REGISTRY["fake_tiny"], lora_targets=("q", "v"))
+    monkeypatch.setitem(zoo.REGISTRY, "fake_tiny", entry)
+    assert zoo.resolve({"name": "fake_tiny"})["lora_targets"] == ["q", "v"]
 
 
 def test_a_family_added_at_run_time_builds_a_classifier_and_a_segmenter(fake):

@@ -123,8 +123,6 @@ def examples(runs: list[RunEntry], raw_root: Path, cache: Path,
              n: int = EXAMPLES) -> tuple[list[list[Any]], list[str]]:
     """Example rows ``[run label, file, dates]`` from each dataset's test split (one per class
     first), and notes on the datasets whose raw folder could not be read."""
-    import shutil
-
     from geopeft.data.sources import DataError, get_source
 
     rows: list[list[Any]] = []
@@ -147,14 +145,9 @@ def examples(runs: list[RunEntry], raw_root: Path, cache: Path,
             if len(picked) == n:
                 break
         picked += [i for i in items if i not in picked][: n - len(picked)]
-        for item in picked:
-            path = item.path
-            if source.input_needs_dates:  # PASTIS: the patch's series in the dataset folder
-                path = item.path / "DATA_S2" / f"S2_{item.name}.npy"
-            elif path.is_dir():  # a BigEarthNet patch folder: uploads are files, so zip it
-                path = Path(shutil.make_archive(str(cache / item.name), "zip", item.path))
-            dates = ",".join(map(str, item.extra.get("dates", [])))
-            rows.append([best.label, str(path), dates])
+        for item in picked:  # as a user would upload it: the source says how
+            path, dates = source.example_input(item, cache)
+            rows.append([best.label, str(path), ",".join(map(str, dates or []))])
     return rows, notes
 
 

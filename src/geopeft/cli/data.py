@@ -93,7 +93,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--rgb-source", help="output folder for the RGB pretraining source set")
     s.add_argument("--world", nargs=2, metavar=("DATASET", "FOLDER"),
                    help="write the embedded world of a dataset in its publisher's layout "
-                        "(bigearthnet_s2, pastis) into FOLDER")
+                        "(a dataset whose source names its world writer) into FOLDER")
     s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("prepare", help="raw dataset -> zarr store (bands, splits, norm stats)")

@@ -11,11 +11,10 @@ from geopeft.cli.common import _opt_path, log
 from geopeft.layout import PAPER_PDF, RunLayout
 
 
-def _series_dates(args: argparse.Namespace) -> list[list[int] | None]:
-    """Each file's dates: ``--dates`` (one comma-separated list per file, in order) or, for a
-    PASTIS ``S2_<ID>.npy``, its ``dates-S2`` in ``--metadata``."""
+def _series_dates(args: argparse.Namespace, source: Any) -> list[list[int] | None]:
+    """Each file's dates: ``--dates`` (one comma-separated list per file, in order) or, from
+    ``--metadata``, as the run's dataset source reads them there (``Source.input_dates``)."""
     from geopeft.data.sources import DataError
-    from geopeft.data.sources.pastis import read_geojson
     from geopeft.evaluate.predict import parse_dates
 
     if args.dates:
@@ -25,14 +24,7 @@ def _series_dates(args: argparse.Namespace) -> list[list[int] | None]:
         return [parse_dates(text, f"--dates for {f}") for text, f in zip(args.dates, args.files,
                                                                           strict=True)]
     if args.metadata:
-        by_id = {str(m["id"]): m["dates"] for m in read_geojson(Path(args.metadata))}
-        out = []
-        for f in args.files:
-            pid = Path(f).stem.removeprefix("S2_")
-            if pid not in by_id:
-                raise DataError(f"{f}: patch {pid} is not in {args.metadata}")
-            out.append(by_id[pid])
-        return out
+        return list(source.input_dates(Path(args.metadata), [Path(f) for f in args.files]))
     return [None] * len(args.files)
 
 
@@ -51,7 +43,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from geopeft.io import atomic_file
 
     predictor = Predictor(Path(args.model))
-    preds = predictor.predict_files([Path(f) for f in args.files], _series_dates(args))
+    preds = predictor.predict_files([Path(f) for f in args.files],
+                                    _series_dates(args, predictor.source))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     w = csv.writer(out, lineterminator="\n")
     w.writerow(predictor.task.csv_header(f"top{args.top_k}"))
@@ -140,15 +133,52 @@ def cmd_table(args: argparse.Namespace) -> None:
                         Path(args.per_class_csv))
 
 
+def predict_description() -> str:
+    """``geopeft predict``'s description, made from the registries: the input format of each
+    study dataset (``Source.input_format``), the CSV columns of each task (``Task.csv_header``;
+    its ``threshold``, a dense task's class map) and the metadata files ``--metadata`` takes
+    (``Source.input_metadata``)."""
+    from geopeft.data.sources import REGISTRY, Source
+    from geopeft.tasks import TASKS
+
+    def plain(text: str) -> str:
+        return text.replace("`", "")
+
+    formats = dict.fromkeys(plain(s.input_format) for s in REGISTRY.values()
+                            if s.study_dataset and s.input_format != Source.input_format)
+    columns = []
+    for task in TASKS.values():
+        cols = f"{task.name}: {', '.join(task.csv_header('top-k'))}"
+        if task.threshold is not None:
+            cols += f" (every class with probability >= {task.threshold:g})"
+        if task.dense:
+            cols += " (each class's share of the map's pixels; the .npy written with --maps)"
+        columns.append(cols)
+    metadata = dict.fromkeys(plain(s.input_metadata) for s in REGISTRY.values()
+                             if s.study_dataset and s.input_metadata)
+    return (f"Apply a trained run to samples in its dataset's format ({'; '.join(formats)}). "
+            f"CSV columns: {'; '.join(columns)}."
+            + (f" --metadata: {'; '.join(metadata)}." if metadata else ""))
+
+
+#: Stands for :func:`predict_description` until the help is shown.
+_PREDICT_DESCRIPTION = "<geopeft predict: made from the registries when shown>"
+
+
+class _PredictHelp(argparse.HelpFormatter):
+    """``geopeft predict``'s help, its description made when shown (building the parser of every
+    command imports no dataset source)."""
+
+    def add_text(self, text: str | None) -> None:
+        """The text, or :func:`predict_description` in place of its stand-in."""
+        super().add_text(predict_description() if text == _PREDICT_DESCRIPTION else text)
+
+
 def add_commands(sub: Any) -> None:
     """Result commands: inference, the runs table, figures and the LaTeX table."""
     s = sub.add_parser(
         "predict", help="a trained run on files in its dataset's format: CSV of the predictions",
-        description="Apply a trained run to samples in its dataset's format (EuroSAT-MS 13-band "
-        "GeoTIFF; EuroSAT-RGB JPEG/PNG; a BigEarthNet patch folder or .zip; a PASTIS S2_<ID>.npy "
-        "with its dates). CSV columns: multi-class file, prediction, probability, top-k; "
-        "multi-label file, labels (every class with probability >= 0.5), top-k; segmentation "
-        "file, classes (share of the map's pixels), map (the .npy written with --maps).")
+        description=_PREDICT_DESCRIPTION, formatter_class=_PredictHelp)
     s.add_argument("--model", required=True, help="a run's model folder (results/<study>/runs/"
                    "<run>/model)")
     s.add_argument("--top-k", type=int, default=3, help="classes listed per file with their "
@@ -156,8 +186,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--out", help="CSV file (default: standard output)")
     s.add_argument("--dates", action="append", help="time series: the file's acquisition dates, "
                    "YYYYMMDD separated by commas; once per file, in order")
-    s.add_argument("--metadata", help="time series: PASTIS metadata.geojson, whose dates-S2 give "
-                   "each S2_<ID>.npy's dates")
+    s.add_argument("--metadata", help="time series: the dataset's metadata file, whose dates give "
+                   "each file's dates (which file: see above)")
     s.add_argument("--maps", help="segmentation: write each file's class map (uint8 class "
                    "indices, H x W) as <name>.npy into this folder")
     s.add_argument("files", nargs="+", help="samples in the run's dataset format")

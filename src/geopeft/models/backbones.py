@@ -33,6 +33,7 @@ from torch import nn
 
 from geopeft.models.families import family_of, get_family, norm_rule
 from geopeft.models.qkv import SplitQKV, fused_lora_qkv, separate_qkv_bias, split_qkv
+from geopeft.models.weights import WeightsError
 from geopeft.models.zoo import (
     CROMA_S2_BANDS,
     REGISTRY,
@@ -57,7 +58,10 @@ def create_model(bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Modu
         WeightsError: the name is neither a zoo backbone nor a timm model.
         ConfigError: ``backbone.kwargs`` the family's model cannot take (naming the key).
     """
-    bb = resolve(bb)
+    try:
+        bb = resolve(bb)
+    except ValueError as err:  # a name neither the zoo nor a timm family knows
+        raise WeightsError(f"backbone.name: {err}") from None
     model = get_family(bb["family"]).create(bb, in_chans, num_classes)
     model.encoder_family = bb["family"]
     return model
@@ -113,6 +117,6 @@ def describe() -> list[dict[str, Any]]:
             "bands": " ".join(e.bands) if e.bands else "(as pretrained)",
             "normalisation": _normalisation(e),
             "input": input_size(m), "grid": "x".join(map(str, token_grid(m))), "width": width(m),
-            "lora_targets": ",".join(e.lora_targets), "description": e.description,
+            "lora_targets": ",".join(e.targets()), "description": e.description,
         })
     return rows

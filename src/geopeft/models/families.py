@@ -14,11 +14,12 @@ The defaults are those of a timm-style plain ViT (``patch_embed``, ``blocks``,
 family overrides what differs. **Adding a family** = its module (a subclass and an instance)
 plus one line in :data:`FAMILIES`; :func:`register` adds one at run time (tests).
 
-:data:`FAMILIES` names each built-in family's object as a ``module:attribute`` string, loaded on
-first use, as a data source names the writer of its world: a family's module imports this one
-(the base class) and the modules that use families import this one, never the family modules,
-so neither waits for the other (the weights reader, which a timm family's errors import, asks
-families too).
+:data:`FAMILIES` declares each built-in family (:class:`Declared`): its object as a
+``module:attribute`` string, loaded on first use as a data source names the writer of its world,
+and what the zoo reads of it without torch (the timm file of its architectures, its adapter
+targets). A family's module imports this one (the base class) and the modules that use families
+import this one, never the family modules, so neither waits for the other (the weights reader,
+which a timm family's errors import, asks families too). This module imports no torch.
 """
 
 from __future__ import annotations
@@ -28,18 +29,37 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from geopeft.models.qkv import split_qkv
-
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-#: The built-in encoder families: name (a zoo entry's ``family``) -> ``module:attribute`` of its
-#: :class:`EncoderFamily`.
-FAMILIES: dict[str, str] = {
-    "vit": "geopeft.models.families_timm:VIT",
-    "swin": "geopeft.models.families_timm:SWIN",
-    "croma": "geopeft.models.croma:CROMA",
+#: Module name suffixes adapters (LoRA) target in a family's models unless the family says
+#: otherwise (:attr:`EncoderFamily.adapter_targets`, :attr:`Declared.adapter_targets`).
+ADAPTER_TARGETS: tuple[str, ...] = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A built-in family as :data:`FAMILIES` declares it: where its object is, and what the zoo
+    must know of it without loading its module (which imports torch; config validation and the
+    job specs read the zoo, :mod:`geopeft.models.zoo`). :func:`get_family` checks that the loaded
+    object says the same."""
+
+    obj: str
+    """``module:attribute`` of its :class:`EncoderFamily`, loaded on first use."""
+    timm_file: str | None = None
+    """timm's model file (under ``timm/models``) that registers the family's architectures, read
+    without importing timm (:func:`geopeft.models.zoo.timm_architectures`); None: not a timm
+    family (its architectures are the zoo entries that name it)."""
+    adapter_targets: tuple[str, ...] = ADAPTER_TARGETS
+    """As :attr:`EncoderFamily.adapter_targets` of its object."""
+
+
+#: The built-in encoder families: name (a zoo entry's ``family``) -> its declaration.
+FAMILIES: dict[str, Declared] = {
+    "vit": Declared("geopeft.models.families_timm:VIT", timm_file="vision_transformer.py"),
+    "swin": Declared("geopeft.models.families_timm:SWIN", timm_file="swin_transformer_v2.py"),
+    "croma": Declared("geopeft.models.croma:CROMA"),
 }
 _loaded: dict[str, EncoderFamily] = {}
 _extra: dict[str, EncoderFamily] = {}
@@ -81,6 +101,10 @@ class EncoderFamily:
     """The family's key, a zoo entry's ``family``."""
     norm_rules: tuple[NormRule, ...] = ()
     """Normalisation rules the family's weights may declare (``BackboneEntry.norm_rule``)."""
+    adapter_targets: tuple[str, ...] = ADAPTER_TARGETS
+    """Module name suffixes adapters (LoRA) target by default in the family's models (after
+    :meth:`prepare_for_adapters`); a zoo entry may set its own (``BackboneEntry.lora_targets``).
+    A built-in family declares the same in :data:`FAMILIES`."""
 
     def create(self, bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
         """A model (no weights) of the resolved backbone config ``bb`` for ``in_chans`` bands and
@@ -144,6 +168,8 @@ class EncoderFamily:
         """Expose the attention projections to adapters (split fused ``qkv`` into ``q``, ``k``,
         ``v``: :func:`geopeft.models.qkv.split_qkv`); returns the attention layers split.
         Outputs are unchanged."""
+        from geopeft.models.qkv import split_qkv
+
         return split_qkv(model)
 
     def taps(self, model: nn.Module, out_indices: Sequence[int] | None,
@@ -208,13 +234,37 @@ def get_family(name: str) -> EncoderFamily:
     if name not in _loaded:
         if name not in FAMILIES:
             raise ValueError(f"family: {name!r} is not an encoder family ({', '.join(names())})")
-        module, attr = FAMILIES[name].split(":")
+        declared = FAMILIES[name]
+        module, attr = declared.obj.split(":")
         family = getattr(importlib.import_module(module), attr)
         if not isinstance(family, EncoderFamily) or family.name != name:
-            raise TypeError(f"FAMILIES[{name!r}]: {FAMILIES[name]} is not the EncoderFamily "
+            raise TypeError(f"FAMILIES[{name!r}]: {declared.obj} is not the EncoderFamily "
                             f"{name!r}")
+        if tuple(family.adapter_targets) != declared.adapter_targets:
+            raise TypeError(f"FAMILIES[{name!r}]: adapter_targets {declared.adapter_targets} but "
+                            f"{declared.obj} says {tuple(family.adapter_targets)}")
         _loaded[name] = family
     return _loaded[name]
+
+
+def adapter_targets(name: str) -> tuple[str, ...]:
+    """The adapter targets of family ``name`` (:attr:`EncoderFamily.adapter_targets`), without
+    loading a built-in family's module (its declaration says them).
+
+    Raises:
+        ValueError: no family has that name.
+    """
+    if name in _extra:
+        return tuple(_extra[name].adapter_targets)
+    if name not in FAMILIES:
+        raise ValueError(f"family: {name!r} is not an encoder family ({', '.join(names())})")
+    return FAMILIES[name].adapter_targets
+
+
+def timm_files() -> dict[str, str]:
+    """Family name -> the timm model file registering its architectures, of every timm family
+    (:attr:`Declared.timm_file`); read without importing timm or torch."""
+    return {name: d.timm_file for name, d in FAMILIES.items() if d.timm_file}
 
 
 def family_of(model: nn.Module) -> EncoderFamily:
@@ -243,5 +293,6 @@ def norm_rule(name: str) -> NormRule:
     return rules[name]
 
 
-__all__ = ["FAMILIES", "EncoderFamily", "NormRule", "Taps", "family_of", "get_family", "names",
-           "norm_rule", "register", "unregister"]
+__all__ = ["ADAPTER_TARGETS", "FAMILIES", "Declared", "EncoderFamily", "NormRule", "Taps",
+           "adapter_targets", "family_of", "get_family", "names", "norm_rule", "register",
+           "timm_files", "unregister"]

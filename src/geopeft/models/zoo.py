@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.bands import RGB
+from geopeft.models import families
 
 # Band order of the SSL4EO-S12 13-band weights (their patch embedding's input channels).
 SSL4EO_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
@@ -54,8 +55,9 @@ class BackboneEntry:
     (CROMA): per band, min = mean - 2 std and max = mean + 2 std, x -> clip((x - min) / (max -
     min), 0, 1), i.e. mean' = mean - 2 std, std' = 4 std, clipped to [0, 1]
     (:func:`geopeft.models.classifier.resolve_norm` applies it)."""
-    lora_targets: tuple[str, ...] = ("q", "k", "v")
-    """Module name suffixes LoRA adapts by default."""
+    lora_targets: tuple[str, ...] | None = None
+    """Module name suffixes LoRA adapts by default (None: the family's,
+    :attr:`geopeft.models.families.EncoderFamily.adapter_targets`; :meth:`targets`)."""
     checkpoint_wrapper: str | None = None
     """Key the published ``url:`` checkpoint wraps its state dict in (None: a bare state dict);
     the reader unwraps ``state_dict``, ``model`` and ``teacher``, the rehearsal writes it. A file
@@ -64,6 +66,12 @@ class BackboneEntry:
     taps: tuple[int, ...] | None = None
     """Blocks whose outputs feed a dense (segmentation) decoder, as the reference benchmark taps
     them (PANGAEA-bench's ``output_layers``); None: the decoder's own choice."""
+
+
+    def targets(self) -> tuple[str, ...]:
+        """The module name suffixes LoRA adapts by default: :attr:`lora_targets`, else the
+        family's adapter targets (read without torch)."""
+        return self.lora_targets or families.adapter_targets(self.family)
 
 
 def _ssl4eo(method: str, url: str, wrapper: str | None = None) -> BackboneEntry:
@@ -128,20 +136,17 @@ REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
 )}
 
 
-#: timm model files whose architectures geopeft builds (ViT and Swin-V2 token extraction).
-TIMM_FAMILY_FILES = {"vit": "vision_transformer.py", "swin": "swin_transformer_v2.py"}
-
-
 @functools.lru_cache(maxsize=1)
 def timm_architectures() -> dict[str, str]:
-    """Architecture name -> family of every timm ViT and Swin-V2 model, read from timm's model
-    files without importing timm (torch takes seconds to import; the Snakefile must start fast)."""
+    """Architecture name -> family of every model of a timm family (ViT, Swin-V2), read from the
+    timm model file each family declares (:func:`geopeft.models.families.timm_files`) without
+    importing timm (torch takes seconds to import; the Snakefile must start fast)."""
     timm_spec = importlib.util.find_spec("timm")
     if timm_spec is None or not timm_spec.submodule_search_locations:
         return {}
     models = Path(list(timm_spec.submodule_search_locations)[0]) / "models"
     out: dict[str, str] = {}
-    for family, fname in TIMM_FAMILY_FILES.items():
+    for family, fname in families.timm_files().items():
         path = models / fname
         if path.is_file():
             text = path.read_text(encoding="utf-8")
@@ -150,20 +155,32 @@ def timm_architectures() -> dict[str, str]:
 
 
 def check_name(name: str) -> None:
-    """Raise ``ValueError`` unless ``name`` is a zoo backbone or a timm ViT / Swin-V2."""
+    """Raise ``ValueError`` unless ``name`` is a zoo backbone or an architecture of a timm
+    family."""
     archs = timm_architectures()
     if name in REGISTRY or name in archs or not archs:
         return
     close = [k for k in [*REGISTRY, *archs] if name.split("_")[0] in k][:5]
-    raise ValueError(f"{name!r} is neither a zoo backbone ({', '.join(REGISTRY)}) nor a timm ViT "
-                     f"or Swin-V2 architecture" + (f"; close: {', '.join(close)}" if close else ""))
+    raise ValueError(f"{name!r} is neither a zoo backbone ({', '.join(REGISTRY)}) nor a timm "
+                     f"architecture of an encoder family ({', '.join(families.timm_files())})"
+                     + (f"; close: {', '.join(close)}" if close else ""))
 
 
 def entry_for(name: str) -> BackboneEntry:
-    """The registry entry of ``name``, or a generic entry for a timm ViT/Swin architecture."""
+    """The registry entry of ``name``, or a generic entry for an architecture of a timm family
+    (the family whose timm file registers it, :func:`timm_architectures`).
+
+    Raises:
+        ValueError: ``name`` is neither (or timm, which tells the families of its architectures,
+            is not installed).
+    """
     if name in REGISTRY:
         return REGISTRY[name]
-    family = "swin" if name.startswith("swin") else "vit"
+    family = timm_architectures().get(name)
+    if family is None:
+        check_name(name)
+        raise ValueError(f"{name!r} is not a zoo backbone, and timm (whose model files tell an "
+                         f"architecture's family) is not installed")
     return BackboneEntry(name, family, name, "pretrain", f"timm {name}")
 
 
@@ -189,7 +206,7 @@ def resolve(bb: dict[str, Any]) -> dict[str, Any]:
     out["weight_bands"] = list(e.bands) if e.bands else None
     out["weight_norm"] = ({"mean": list(e.norm[0]), "std": list(e.norm[1])} if e.norm
                           else {"rule": e.norm_rule} if e.norm_rule else None)
-    out["lora_targets"] = list(e.lora_targets)
+    out["lora_targets"] = list(e.targets())
     out["checkpoint_wrapper"] = e.checkpoint_wrapper
     out["taps"] = list(e.taps) if e.taps else None
     return out

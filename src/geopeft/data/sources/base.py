@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ class Source:
     input_format: str = "no single-sample files"
     #: whether :meth:`read_input` needs the sample's acquisition dates (time series)
     input_needs_dates: bool = False
+    #: the metadata file :meth:`input_dates` reads a sample's dates from, in words (``geopeft
+    #: predict --metadata``; "": none, the dates are given with ``--dates`` if needed)
+    input_metadata: str = ""
     #: samples of this dataset's rehearsal fixture (``geopeft rehearse``: a few dozen at the real
     #: sizes; 0: the rehearsal has no fixture of it, else :meth:`write_fixtures` writes it)
     fixture_samples: int = 0
@@ -149,6 +153,35 @@ class Source:
             DataError: naming ``path`` and what is wrong with it.
         """
         raise DataError(f"{path}: {self.name} has no single-sample files to predict on")
+
+    def input_dates(self, metadata: Path, samples: Sequence[Path]) -> list[list[int]]:
+        """Each sample file's acquisition dates (YYYYMMDD) as the dataset's metadata file lists
+        them (``geopeft predict --metadata``, :attr:`input_metadata`).
+
+        Args:
+            metadata: the dataset's metadata file.
+            samples: the files to predict on, in the format of :meth:`read_input`.
+
+        Returns:
+            One list of dates per sample, in order.
+
+        Raises:
+            DataError: naming ``metadata`` when the source has no metadata file of dates (the
+                default), or naming the sample it does not list.
+        """
+        raise DataError(f"{metadata}: {self.name} has no metadata file of acquisition dates "
+                        f"(--metadata is for a time series that has one)")
+
+    def example_input(self, item: Item, cache: Path) -> tuple[Path, list[int] | None]:
+        """A scanned sample (:meth:`scan`) as a user would give it to :meth:`read_input` (the
+        app's examples): its file, and its dates if a time series. By default the item's own file,
+        no dates.
+
+        Args:
+            item: a sample of :meth:`scan`.
+            cache: a folder for files made for the purpose (e.g. a patch folder zipped).
+        """
+        return item.path, None
 
     def write_fixtures(self, out: Path, work: Path) -> None:
         """Write this dataset's rehearsal fixture: the files of :attr:`remotes`, with

@@ -218,6 +218,14 @@ class _BigEarthNet(Source):
             except DataError as err:  # name the archive, not the temporary folder
                 raise DataError(str(err).replace(str(folder), str(path))) from None
 
+    def example_input(self, item: Item, cache: Path) -> tuple[Path, list[int] | None]:
+        """The patch folder zipped into ``cache`` (uploads are files)."""
+        if not item.path.is_dir():
+            return item.path, None
+        import shutil
+
+        return Path(shutil.make_archive(str(Path(cache) / item.name), "zip", item.path)), None
+
     def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
         if not item.path.is_dir():
             raise DataError(f"{item.path}: patch folder missing")

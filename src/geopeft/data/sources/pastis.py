@@ -15,6 +15,7 @@ outside 0-19 is an error naming the file. Band statistics skip padded time steps
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,23 @@ class Pastis(Source):
 
     input_format = "a PASTIS `S2_<ID>.npy` (T x 10 x H x W, int16) and its T dates"
     input_needs_dates = True
+    input_metadata = "PASTIS metadata.geojson, whose dates-S2 give each S2_<ID>.npy's dates"
+
+    def input_dates(self, metadata: Path, samples: Sequence[Path]) -> list[list[int]]:
+        """Each ``S2_<ID>.npy``'s ``dates-S2`` in ``metadata.geojson`` (the patch id is the file
+        name's ``<ID>``)."""
+        by_id = {str(m["id"]): m["dates"] for m in read_geojson(Path(metadata))}
+        out = []
+        for f in samples:
+            pid = Path(f).stem.removeprefix("S2_")
+            if pid not in by_id:
+                raise DataError(f"{f}: patch {pid} is not in {metadata}")
+            out.append(by_id[pid])
+        return out
+
+    def example_input(self, item: Item, cache: Path) -> tuple[Path, list[int] | None]:
+        """The patch's ``DATA_S2/S2_<ID>.npy`` in the dataset folder, with its dates."""
+        return item.path / "DATA_S2" / f"S2_{item.name}.npy", list(item.extra.get("dates", []))
 
     def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
                    dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
