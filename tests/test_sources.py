@@ -122,3 +122,15 @@ def test_a_source_writes_its_embedded_world_through_the_cli(tmp_path):
                                        ).shape[1:] == (len(PASTIS_BANDS), 16, 16)
     with pytest.raises(DataError, match="eurosat_ms: no embedded world of its own"):
         write_world("eurosat_ms", tmp_path / "e", WorldSpec())
+
+
+def test_every_dataset_names_an_embedded_pretraining_set_in_its_format_when_there_is_one():
+    """The source says which embedded set pretrains a study's embedded backbone: EuroSAT-RGB's
+    own RGB set, else the 13-band EuroSAT-MS set (no convention on names)."""
+    from geopeft.data.sources import REGISTRY
+
+    for name, source in REGISTRY.items():
+        pre = REGISTRY[source.pretrain_source]
+        assert pre.embedded and not pre.study_dataset, name
+    assert REGISTRY["eurosat_rgb"].pretrain_source == "eurosat_rgb_source"
+    assert REGISTRY["pastis"].pretrain_source == "eurosat_ms_source"

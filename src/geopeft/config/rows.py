@@ -177,10 +177,9 @@ def job_spec(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
 
 
 def pretrain_source(cfg: dict[str, Any]) -> str:
-    """The embedded pretraining source set of a study: its dataset's own
-    (``<dataset>_source``, in the same format) when there is one, else EuroSAT-MS's."""
-    own = f"{cfg['data']['dataset']}_source"
-    return own if own in SOURCES else "eurosat_ms_source"
+    """The embedded pretraining source set of a study: its dataset's
+    (:attr:`~geopeft.data.sources.base.Source.pretrain_source`)."""
+    return SOURCES[cfg["data"]["dataset"]].pretrain_source
 
 
 def job_specs(cfg: dict[str, Any]) -> list[JobSpec]:

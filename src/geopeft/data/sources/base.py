@@ -87,6 +87,10 @@ class Source:
     #: (see :meth:`write_fixtures`; None: no fixture). A string, as :attr:`world`: the writer
     #: depends on the source's facts, never the other way round.
     fixtures: str | None = None
+    #: the embedded source set (a source of this registry) the study's embedded backbone is
+    #: pretrained on (``backbone.weights: pretrain``): one in this dataset's format when there is
+    #: one, else EuroSAT-MS's 13-band set
+    pretrain_source: str = "eurosat_ms_source"
 
     def split_sizes(self, options: dict[str, Any]) -> dict[str, int] | None:
         """Samples per split (train, val, test) of the published dataset as the study's source

@@ -65,6 +65,7 @@ class EuroSAT(Source):
         self.native_size = 64
         self.input_format = ("a EuroSAT-MS 13-band GeoTIFF (`.tif`, B8A last)" if ext == ".tif"
                              else "a EuroSAT-RGB JPEG or PNG")
+        self.pretrain_source = f"{name}_source" if study_dataset else name
         if study_dataset:  # the synthetic source sets have no published split
             self.published_splits = dict(SPLIT_SIZES)
             self.published_splits_source = SPLIT_SIZES_SOURCE
