@@ -54,18 +54,15 @@ def row_model(cfg: dict[str, Any], row: dict[str, Any]) -> str:
         cfg: the validated study.
         row: one of its rows (:func:`geopeft.config.study_rows`).
     """
-    bb = row_backbone(cfg, row)
-    if bb is None:
-        return str(row["segmentation"]["model"])
-    return f"{bb['name']}+fusion" if row.get("fusion") else str(bb["name"])
+    return _spec_model({"row": row, "backbone": row_backbone(cfg, row)})
 
 
 def _spec_model(spec: dict[str, Any]) -> str:
-    """:func:`row_model` of a job spec (``run.json``'s ``spec``)."""
-    row = spec["row"]
-    if spec.get("backbone") is None:
+    """:func:`row_model` of a job spec (``run.json``'s ``spec``; a row and its backbone)."""
+    row, bb = spec["row"], spec.get("backbone")
+    if bb is None:
         return str(row["segmentation"]["model"])
-    return f"{spec['backbone']['name']}+fusion" if row.get("fusion") else str(spec["backbone"]["name"])
+    return f"{bb['name']}+fusion" if row.get("fusion") else str(bb["name"])
 
 
 def _store_split_size(store: dict[str, Any] | None, split: str) -> int | None:
