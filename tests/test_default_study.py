@@ -221,7 +221,7 @@ def test_the_readme_s_paper_command_builds_the_paper_of_the_study(run):
     flat = re.sub(r"\s+", " ", text)
     name = STUDY.replace("_", " ")  # (pdflatex draws \_ as a rule: pdftotext reads a space)
     assert f"1 {name}" in flat and f"Table 1: {name}: test overall accuracy" in flat
-    assert "Strategies: full (full; " in flat and "lora (lora r 8, alpha 16;" in flat
+    assert "Strategies: full (full; " in flat and "lora (lora r 8 alpha 16 dropout 0.1 on q,k,v;" in flat
     assert "Synthetic data: these results come from" in flat
     assert "per-class test F1 (%) of each strategy at 100 % of labels" in flat
     assert len(re.findall(rf"Figure \d+: {name}: ", flat)) == 6  # its figures, each captioned

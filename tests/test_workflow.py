@@ -319,7 +319,7 @@ def test_snakemake_paper_builds_a_section_per_study(done):
         assert re.search(rf"Figure \d+: {name}: Trainable parameters", flat), name
     assert flat.count("Synthetic data: these results come from") == 3
     assert "test overall accuracy" in flat and "macro mAP" in flat and "mIoU (void excluded)" in flat
-    assert "Strategies: lora (lora r 4, alpha 8;" in flat  # the setup, from the job specs
+    assert "Strategies: lora (lora r 4 alpha 8 dropout 0 on q,k,v;" in flat  # from the specs
     for score in ("F1", "AP", "IoU"):  # each study's per-class report
         assert re.search(rf"Table \d+: \S+ ?\S*: per-class test {score} \(%\)", flat), score
     assert "sequence lengths: 1, 3" in flat

@@ -22,6 +22,7 @@ from typing import Any
 from geopeft.errors import GeopeftError
 from geopeft.io import read_json
 from geopeft.layout import PAPER_BUILD, StudyLayout
+from geopeft.models.zoo import resolve as resolve_backbone
 from geopeft.paper.runs import (
     REHEARSAL_NOTE,
     SYNTHETIC_NOTE,
@@ -87,6 +88,15 @@ def _numbers(values: list[Any], fmt: str = "{:g}") -> str:
     return ", ".join(fmt.format(v) for v in values)
 
 
+def _adapter_targets(backbone: dict[str, Any] | None) -> list[str] | None:
+    """The adapter targets a row's backbone declares (None: no backbone, or one the zoo no
+    longer knows)."""
+    try:
+        return resolve_backbone(backbone)["lora_targets"] if backbone else None
+    except ValueError:
+        return None
+
+
 def _setup(df: Any, results: Path) -> str:
     """The study's setup in words, from its runs' job specs and runs.csv."""
     specs = {r: read_json(StudyLayout(results).run(r).record)["spec"] for r in df["run"]}
@@ -100,11 +110,12 @@ def _setup(df: Any, results: Path) -> str:
                      f"{tex_escape(backbone.get('weights') or 'none')}.")
     strategies = []
     for s in dict.fromkeys(df["strategy"]):
-        row = next(sp["row"] for r, sp in specs.items() if df.set_index("run").loc[r, "strategy"] == s)
+        spec = next(sp for r, sp in specs.items() if df.set_index("run").loc[r, "strategy"] == s)
+        row = spec["row"]
         # runs saved before a setting existed have its default
         lora = LoraSpec(**{k: v for k, v in row["lora"].items() if k in LORA_KEYS}) \
             if row.get("lora") else None
-        words = get_strategy(row["method"]).words(lora)
+        words = get_strategy(row["method"]).words(lora, _adapter_targets(spec.get("backbone")))
         t = row["train"]
         strategies.append(f"{tex_escape(s)} ({tex_escape(words)}; {t['epochs']} epochs, batch "
                           f"{t['batch_size']}, lr {t['lr']:g})")
