@@ -1,4 +1,5 @@
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,11 @@ def test_save_load_identical_outputs(method, tmp_path, monkeypatch, rgb_store):
     if method == "lora":
         assert any("modules_to_save" in k and "head" in k for k in saved)  # head saved with adapter
         assert (tmp_path / "model" / "adapter" / "adapter_config.json").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777
+             for p in (tmp_path / "model").rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # the weights too (safetensors: 0600)
     loaded = load_model(tmp_path / "model", rgb_store)
     with torch.no_grad():
         assert torch.equal(loaded(x), ref)

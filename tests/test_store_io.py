@@ -78,12 +78,26 @@ def test_results_respect_the_umask(tmp_path, umask, file_mode, dir_mode):
     umask (not the 0600/0700 of the temporary files they are written through)."""
     import os
 
+    import torch
+    from safetensors.torch import save_file
+
+    from geopeft.io import follow_umask
+
     old = os.umask(umask)
     try:
         write_json(tmp_path / "run.json", {"a": 1})
         with atomic_dir(tmp_path / "model") as d:
             (d / "x").write_text("x")
+            save_file({"w": torch.zeros(2)}, str(d / "w.safetensors"))  # written 0600
+            (d / "adapter").mkdir()
+            save_file({"w": torch.zeros(2)}, str(d / "adapter" / "a.safetensors"))
+            (d / "kept").write_text("k")
+            os.chmod(d / "kept", 0o640)  # a mode a writer chose: left as it is
+            follow_umask(d)
     finally:
         os.umask(old)
     assert (tmp_path / "run.json").stat().st_mode & 0o777 == file_mode
     assert (tmp_path / "model").stat().st_mode & 0o777 == dir_mode
+    for f in ("w.safetensors", "adapter/a.safetensors"):
+        assert (tmp_path / "model" / f).stat().st_mode & 0o777 == file_mode, f
+    assert (tmp_path / "model" / "kept").stat().st_mode & 0o777 == 0o640

@@ -47,6 +47,12 @@ def test_outputs(done):
     assert (res / "runs" / "lora-f0.5-s0" / "model" / "adapter" / "adapter_config.json").is_file()
     # every rule wrote a log
     assert len(list((res / "logs").rglob("*.log"))) >= 1 + 1 + 4 + 4 + 3
+    # the weights follow the umask as every other result does (safetensors writes them 0600)
+    weights = list(res.rglob("*.safetensors"))
+    assert len(weights) >= 1 + 4 + 2  # the pretrained encoder, each run's tensors, 2 adapters
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {w.stat().st_mode & 0o777 for w in weights} == {0o666 & ~umask}
 
 
 def test_mlflow_runs_in_study_experiment_not_default(done):

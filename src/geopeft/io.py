@@ -24,6 +24,17 @@ def _as_created(path: Path, mode: int) -> None:
     os.chmod(path, mode & ~_umask())
 
 
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give the files a third-party writer made owner-only (0600: safetensors' ``save_file``,
+    so also peft's ``save_pretrained``) the permissions ``open`` would have given them (0666 less
+    the umask): a colleague who reads ``run.json`` reads the weights too. ``path``: a file, or
+    a folder and every file under it; other modes are left as they are."""
+    path = Path(path)
+    for p in [path] if path.is_file() else path.rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o600:
+            _as_created(p, 0o666)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling directory that is renamed to ``final`` on success.

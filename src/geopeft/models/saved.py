@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from geopeft.data.dataset import StoreInfo, store_info
-from geopeft.io import atomic_dir, read_json, write_json
+from geopeft.io import atomic_dir, follow_umask, read_json, write_json
 from geopeft.layout import RUN_RECORD, ModelLayout
 from geopeft.models.build import build_model
 from geopeft.spec import JobSpec
@@ -75,6 +75,7 @@ def save_model(model: nn.Module, out: Path, record: dict[str, Any]) -> None:
         save_file(trainable_state(model, record["model"]["weights"]),
                   str(ModelLayout(tmp).trainable))
         spec.row.strategy_object.save(model, tmp)
+        follow_umask(tmp)  # safetensors writes 0600
         write_json(ModelLayout(tmp).record, record)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from geopeft.data.dataset import StoreInfo, load_splits, store_info
 from geopeft.data.stream import memory_budget_mb
-from geopeft.io import atomic_dir, canonical_json, read_json, write_json
+from geopeft.io import atomic_dir, canonical_json, follow_umask, read_json, write_json
 from geopeft.layout import MODEL_ARTIFACT, PRETRAIN_ARTIFACT, PretrainLayout
 from geopeft.models.build import build_model
 from geopeft.models.classifier import build_classifier
@@ -255,6 +255,7 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
              if not k.startswith("head.")}
     with atomic_dir(out) as tmp:
         save_file(state, str(PretrainLayout(tmp).weights))
+        follow_umask(PretrainLayout(tmp).weights)  # safetensors writes 0600
         write_json(PretrainLayout(tmp).record, {
             "name": spec.backbone.name,
             "kwargs": spec.backbone.kwargs,
