@@ -21,8 +21,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "geopeft"
 LAYERS: list[set[str]] = [
     # the base of geopeft's one-line errors; the names of results/ and data/ (geopeft.layout)
     {"errors", "layout"},
-    # files, band names, GPU claims, /proc, messages; the fine-tuning strategies and peft methods
-    {"io", "bands", "gpus", "process", "wire", "strategies"},
+    # files, band names, GPU claims, /proc, messages; the fine-tuning strategies and peft methods;
+    # the limits on reading and unpacking
+    {"io", "bands", "gpus", "process", "wire", "strategies", "limits"},
     {"spec", "metrics", "tracking"},  # the typed job spec; numpy metrics; MLflow
     {"tasks"},                      # the learning tasks: scores, metrics, tables, predictions
     {"data"},                       # sources, synthetic world, zarr store, splits

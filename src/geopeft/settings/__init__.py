@@ -34,6 +34,7 @@ from typing import Any
 from geopeft.bands import S2_BANDS
 from geopeft.data.temporal import PAD_RULES, REFERENCE_DATE
 from geopeft.layout import RESULTS
+from geopeft.limits import Limits
 from geopeft.settings.data import Data, Subsets
 from geopeft.settings.fields import (
     DATASETS,
@@ -240,6 +241,7 @@ class Study:
     thread (the default: rehearse on a laptop); 1 = the study's CUDA path (bf16 autocast, CUDA
     memory accounting, the device claim) on a GPU machine, still with fixture data."""
     resources: Resources = setting(Resources)
+    limits: Limits = setting(Limits)
 
 
 #: The schema's ``$defs``, in order: named sections (referred to by every use) and value types.
