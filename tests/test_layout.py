@@ -4,6 +4,7 @@ src/geopeft spells them, and the rules' outputs and logs are the layout's paths.
 from __future__ import annotations
 
 import ast
+import copy
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from geopeft import config as study_config
 from geopeft import layout
+from geopeft.io import canonical_json
 from geopeft.layout import (
     FIGURE_FORMATS,
     PAPER_PDF,
@@ -129,7 +131,7 @@ def _expected(cfg: dict) -> set[str]:
     """Every output and log of ``snakemake all paper`` on the tiny synthetic study, from the
     layout."""
     study = StudyLayout.of(cfg["results_dir"], cfg["study"])
-    data = DataLayout(cfg["data"]["root"], cfg["data"]["source"])
+    data = study_config.data_layout(cfg)
     rows = study_config.study_rows(cfg)
     bands = study_config.bands_id(cfg["data"]["bands"])
     out = {study.experiment, study.pretrain, study.runs_csv, study.runs_html, study.table,
@@ -145,12 +147,12 @@ def _expected(cfg: dict) -> set[str]:
         if row["label_fraction"] < 1:
             name = subset_name(cfg["subsets"]["method"], row["label_fraction"], row["seed"])
             out |= {data.subset(row["dataset"], bands, name),
-                    data.log("subset", f"{row['dataset']}-{bands}-{name.removesuffix('.json')}")}
+                    data.prepared_log("subset", f"{row['dataset']}-{bands}-{name.removesuffix('.json')}")}
     out |= {data.raw(ds) for ds in ("eurosat_ms", "eurosat_rgb", "eurosat_ms_source",
-                                    "eurosat_rgb_source")} | {data.log("synthesize")}
+                                    "eurosat_rgb_source")} | {data.raw_log("synthesize")}
     pbands = study_config.bands_id(cfg["pretrain"]["bands"] or cfg["data"]["bands"])
     for ds, b in {(r["dataset"], bands) for r in rows} | {(study_config.pretrain_source(cfg), pbands)}:
-        out |= {data.store(ds, b), data.log("prepare", f"{ds}-{b}")}
+        out |= {data.store(ds, b), data.prepared_log("prepare", f"{ds}-{b}")}
     return out
 
 
@@ -164,3 +166,75 @@ def test_the_rules_outputs_and_logs_are_the_layouts_paths(tmp_path):
               for p in m[1].split(", ")}
     cfg = study_config.resolve([str(TINY)], {})
     assert listed == _expected(cfg)
+
+
+def _data_outputs(configfile: Path, tmp_path: Path) -> set[str]:
+    """Every output and log under data/ of a study's dry run."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+                        "-d", str(tmp_path), "--configfile", str(configfile), "--cores", "1",
+                        "-n"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return {p for m in re.finditer(r"^    (?:output|log): (.*)$", r.stdout, re.M)
+            for p in m[1].split(", ") if p.startswith("data/")}
+
+
+def test_studies_whose_data_differ_share_no_data_folder(tmp_path):
+    """Issue 37, item 9: the embedded time-series study wrote the default study's
+    data/raw/synthetic/eurosat_* folders with another world (200 samples at 32 px vs 1,000 at
+    64 px), so each study reran the other's jobs forever. The data tree is tagged by the settings
+    that shape the data: the two dry runs in one folder now share no output or log under data/
+    (before: the synthetic world, the source-set store and their logs)."""
+    default = _data_outputs(ROOT / "config" / "config.yaml", tmp_path)
+    embedded = _data_outputs(ROOT / "config" / "studies" / "shaping_ft_embedded.yaml", tmp_path)
+    assert "data/raw/synthetic/eurosat_ms" in default  # the default study keeps its names
+    assert default and embedded and not default & embedded
+
+
+def test_the_data_tree_is_tagged_by_the_settings_that_shape_the_data():
+    """Equal data settings share a folder (one world, one store for every study that uses it);
+    a change of the synthetic world, of data.raw_dir or data.remotes moves the raw and prepared
+    folders, a change of data.options only the prepared ones; every study file whose data
+    settings differ from another's has its own folders."""
+    base = study_config.resolve([str(ROOT / "config" / "config.yaml")], {})
+    d0 = study_config.data_layout(base)
+    assert (d0.raw_root, d0.prepared_root) == ("data/raw/synthetic", "data/prepared/synthetic")
+
+    def variant(**data) -> DataLayout:
+        cfg = copy.deepcopy(base)
+        for key, value in data.items():
+            section, _, sub = key.partition("__")
+            if sub:
+                cfg["data"][section][sub] = value
+            else:
+                cfg["data"][section] = value
+        return study_config.data_layout(cfg)
+
+    assert variant(synthetic__seed=0) == d0  # the default value written out: the same world
+    seed = variant(synthetic__seed=7)
+    assert seed.raw_root != d0.raw_root and seed.prepared_root != d0.prepared_root
+    assert seed == variant(synthetic__seed=7) and seed != variant(synthetic__seed=8)
+    size = variant(options__size=32)
+    assert size.raw_root == d0.raw_root and size.prepared_root != d0.prepared_root
+    local = dict(source="local", dataset="eurosat_ms")
+    assert variant(**local, raw_dir="data/raw/local/eurosat_ms").raw_root == "data/raw/local"
+    mine = variant(**local, raw_dir="/archive/eurosat_ms")
+    assert mine.raw_root.startswith("data/raw/local-w") and mine.store("eurosat_ms", "B04") != \
+        variant(**local, raw_dir="/elsewhere/eurosat_ms").store("eurosat_ms", "B04")
+    assert variant(source="download").raw_root == "data/raw/download"
+    assert variant(source="download", remotes=[{"name": "x.zip", "urls": ["http://a/x.zip"]}]
+                   ).raw_root.startswith("data/raw/download-w")
+    # the app finds a run's examples from its store's path
+    store = Path(seed.store("eurosat_ms", "B04"))
+    assert DataLayout.raw_root_of_store(store) == Path(seed.raw_root)
+    assert DataLayout.raw_root_of_store(Path(size.store("eurosat_ms", "B04"))) == Path(d0.raw_root)
+    # every study file on the embedded world: other world or options, other folders
+    seen: dict[tuple, str] = {}
+    for f in [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "studies").glob("*.yaml"))]:
+        cfg = study_config.resolve([str(f)], {})
+        if cfg["data"]["source"] != "synthetic":
+            continue
+        d = study_config.data_layout(cfg)
+        shaping = canonical_json([cfg["data"]["synthetic"], cfg["data"]["options"]])
+        assert seen.setdefault((d.raw_root, d.prepared_root), shaping) == shaping, f.name
+    assert len(seen) == 3  # the default study, the embedded Fusion-LoRA and time-series ones

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from geopeft import config as study_config
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "config" / ".test" / "config.yaml"
 pytestmark = pytest.mark.slow
@@ -277,7 +279,9 @@ def test_time_series_segmentation_study(done):
         assert (res / "figures" / f"{name}.png").stat().st_size > 1000
     table = (res / "table.tex").read_text()
     assert "mIoU 50\\,\\%" in table and "decoder\\_only, T=3" in table and "synthetic" in table
-    sub = json.loads(next((tmp_path / "data" / "ci_pastis" / "prepared" / "synthetic" / "pastis").glob(
+    data = study_config.data_layout(study_config.resolve([str(ROOT / "config" / ".test" /
+                                                             "pastis.yaml")], {}))
+    sub = json.loads(next((tmp_path / data.prepared("pastis")).glob(
         "*.subsets/stratified-f0.5-s0.json")).read_text())
     assert len(sub["class_counts"]) == 19  # pixels per real class, void not counted
     db = sqlite3.connect(tmp_path / "results" / "mlflow.db")

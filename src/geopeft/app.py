@@ -25,7 +25,7 @@ import numpy as np
 from geopeft.errors import GeopeftError
 from geopeft.evaluate.predict import Predictor, parse_dates
 from geopeft.io import read_json
-from geopeft.layout import DATA, RUN_RECORDS, RUNS, DataLayout, ModelLayout, RunLayout
+from geopeft.layout import RUN_RECORDS, RUNS, DataLayout, ModelLayout, RunLayout
 
 #: Examples offered per dataset, from its test split.
 EXAMPLES = 6
@@ -160,8 +160,9 @@ class App:
         self.by_label = {r.label: r for r in self.runs}
         self.default = best_on_val(self.runs)
         rec = read_json(ModelLayout(self.default.model_dir).record)
-        self.raw = raw if raw is not None else DataLayout(Path(DATA),
-                                                          rec["spec"]["data"]["source"]).raw_root
+        # the raw world the default run's store was prepared from (its examples)
+        self.raw = raw if raw is not None else DataLayout.raw_root_of_store(
+            Path(rec["store"]["path"]))
         self._predictors: dict[str, Predictor] = {}
         self._lock = threading.Lock()
 

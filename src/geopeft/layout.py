@@ -19,12 +19,17 @@ rules: Snakemake wildcards such as ``{run}`` are kept, ``expand`` fills them), a
         figures/<name>.<ext>               .figures, .figure(name, ext)
         logs/<rule>[/<name>].log           .logs, .log(rule, name)
     results/mlflow.db, results/mlartifacts TrackingLayout
-    <root>/                                DataLayout (data.root, data.source)
-        raw/<source>/<dataset>             .raw(dataset)
-        prepared/<source>/<dataset>/       .prepared(dataset)
+    <root>/                                DataLayout (data.root, data.source, tags)
+        raw/<raw_dir>/<dataset>            .raw(dataset); raw_dir = <source>[-w<tag>]
+        prepared/<prepared_dir>/<dataset>/ .prepared(dataset); prepared_dir = raw_dir[-o<tag>]
             <bands>.zarr, <bands>.subsets/ .store(dataset, bands), .subsets(dataset, bands)
         downloads/<dataset>/<file>         .download(dataset, file)
-        logs/<rule>[/<name>].log           .logs, .log(rule, name)
+        logs/<rule>[/<name>].log           .logs, .log(rule, name) (downloads)
+        logs/<raw_dir>/..., logs/<prepared_dir>/...  .raw_log, .prepared_log
+
+The tags keep two studies whose data settings differ out of each other's folders: ``w<tag>``
+names a raw world other than the default one (the synthetic world's settings, a local raw_dir,
+declared remotes), ``o<tag>`` the preparation options (geopeft.config.data_layout derives both).
         rehearsal/                         rehearsal_data(root): a rehearsal's data root
     .rehearsal/                            FixtureLayout: manifest.json, server.json, files/,
                                                torch/
@@ -35,6 +40,7 @@ Nothing here imports beyond the standard library.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -271,15 +277,31 @@ class TrackingLayout(Generic[P]):
 
 @dataclass(frozen=True)
 class DataLayout(Generic[P]):
-    """The data tree of a source (``data.root``, ``data.source``)."""
+    """The data tree of a source (``data.root``, ``data.source``), for one raw world and one
+    set of preparation options: ``world`` and ``options`` are short tags of the settings that
+    shape them (empty: the defaults), so that studies whose data differ never share a folder."""
 
     root: P
     source: str
+    world: str = ""
+    """Tag of the raw data's settings when they are not the default ones (``raw/<source>-w<tag>``)."""
+    options: str = ""
+    """Tag of the preparation options when any is set (``prepared/<raw_dir>-o<tag>``)."""
+
+    @property
+    def raw_dir(self) -> str:
+        """The name of the source's raw folder: ``<source>`` or ``<source>-w<world>``."""
+        return f"{self.source}-w{self.world}" if self.world else self.source
+
+    @property
+    def prepared_dir(self) -> str:
+        """The name of the prepared folder: ``<raw_dir>`` or ``<raw_dir>-o<options>``."""
+        return f"{self.raw_dir}-o{self.options}" if self.options else self.raw_dir
 
     @property
     def raw_root(self) -> P:
-        """The source's raw folders, ``<root>/raw/<source>``."""
-        return join(self.root, RAW, self.source)
+        """The source's raw folders, ``<root>/raw/<raw_dir>``."""
+        return join(self.root, RAW, self.raw_dir)
 
     def raw(self, dataset: str) -> P:
         """The raw folder of a dataset (unpacked, generated or fetched)."""
@@ -287,8 +309,8 @@ class DataLayout(Generic[P]):
 
     @property
     def prepared_root(self) -> P:
-        """The source's prepared stores, ``<root>/prepared/<source>``."""
-        return join(self.root, PREPARED, self.source)
+        """The source's prepared stores, ``<root>/prepared/<prepared_dir>``."""
+        return join(self.root, PREPARED, self.prepared_dir)
 
     def prepared(self, dataset: str) -> P:
         """The prepared stores of a dataset, one per band selection."""
@@ -306,6 +328,13 @@ class DataLayout(Generic[P]):
         """A subset file of a store (:func:`subset_name`, or :data:`SUBSET_NAME` as wildcards)."""
         return join(self.subsets(dataset, bands), name)
 
+    @staticmethod
+    def raw_root_of_store(store: Path) -> Path:
+        """The raw folders of the world a store (``.store(...)``, as a Path) was prepared from."""
+        prepared_dir = store.parents[1].name
+        raw_dir = re.sub(r"-o[0-9a-f]+$", "", prepared_dir)
+        return store.parents[3] / RAW / raw_dir
+
     def downloads(self, dataset: str) -> P:
         """The downloaded files of a dataset."""
         return join(self.root, DOWNLOADS, dataset)
@@ -320,8 +349,16 @@ class DataLayout(Generic[P]):
         return join(self.root, LOGS)
 
     def log(self, rule: str, name: str | None = None) -> P:
-        """A data job's log: ``logs/<rule>.log``, or ``logs/<rule>/<name>.log``."""
+        """A log shared by every world (downloads): ``logs/<rule>[/<name>].log``."""
         return _log(self.logs, rule, name)
+
+    def raw_log(self, rule: str, name: str | None = None) -> P:
+        """A log of a job that writes raw data: ``logs/<raw_dir>/<rule>[/<name>].log``."""
+        return _log(join(self.logs, self.raw_dir), rule, name)
+
+    def prepared_log(self, rule: str, name: str | None = None) -> P:
+        """A log of a job that writes prepared data: ``logs/<prepared_dir>/<rule>[/<name>].log``."""
+        return _log(join(self.logs, self.prepared_dir), rule, name)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from geopeft.layout import (
     PAPER_PDF,
     SUBSET_KEY,
     SUBSET_NAME,
-    DataLayout,
     StudyLayout,
     TrackingLayout,
 )
@@ -30,7 +29,8 @@ STUDY = config["study"]
 # as written, with the rules' wildcards ("{run}", "{dataset}") kept for Snakemake.
 LAYOUT = StudyLayout.of(config["results_dir"], STUDY)
 DATA = config["data"]
-DATA_LAYOUT = DataLayout(DATA["root"], DATA["source"])
+# tagged by the data settings: studies whose data differ never share a folder
+DATA_LAYOUT = study_config.data_layout(config)
 BANDS = study_config.bands_id(DATA["bands"])
 ROWS = {row["name"]: row for row in study_config.study_rows(config)}
 # the study's figures, decided from its datasets as make_figures and the paper decide them (a

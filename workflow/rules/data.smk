@@ -12,7 +12,7 @@ if DATA["source"] == "synthetic":
         resources:
             **CPU_RESOURCES,
         log:
-            DATA_LAYOUT.log("synthesize"),
+            DATA_LAYOUT.raw_log("synthesize"),
         conda:
             "../../envs/geopeft.yaml"
         shell:
@@ -31,7 +31,7 @@ if DATA["source"] == "synthetic":
         resources:
             **CPU_RESOURCES,
         log:
-            DATA_LAYOUT.log("synthesize_{layout}"),
+            DATA_LAYOUT.raw_log("synthesize_{layout}"),
         conda:
             "../../envs/geopeft.yaml"
         shell:
@@ -69,7 +69,7 @@ if DATA["source"] == "download":
         output:
             directory(DATA_LAYOUT.raw("{dataset}")),
         log:
-            DATA_LAYOUT.log("fetch", "{dataset}"),
+            DATA_LAYOUT.raw_log("fetch", "{dataset}"),
         conda:
             "../../envs/geopeft.yaml"
         shell:
@@ -89,7 +89,7 @@ rule prepare:
     resources:
         **CPU_RESOURCES,
     log:
-        DATA_LAYOUT.log("prepare", "{dataset}-{bands}"),
+        DATA_LAYOUT.prepared_log("prepare", "{dataset}-{bands}"),
     conda:
         "../../envs/geopeft.yaml"
     shell:
@@ -106,7 +106,7 @@ rule subset:
     resources:
         **CPU_RESOURCES,
     log:
-        DATA_LAYOUT.log("subset", f"{{dataset}}-{{bands}}-{SUBSET_KEY}"),
+        DATA_LAYOUT.prepared_log("subset", f"{{dataset}}-{{bands}}-{SUBSET_KEY}"),
     conda:
         "../../envs/geopeft.yaml"
     shell:

@@ -32,6 +32,7 @@ from geopeft.config.rows import (
     WORLD_DATASETS,
     bands_id,
     base_spec,
+    data_layout,
     job_spec,
     job_specs,
     pretrain_source,
@@ -126,7 +127,8 @@ def _merge(base: dict[str, Any], upd: dict[str, Any]) -> None:
 
 __all__ = ["DEFAULT_STUDY", "REHEARSAL_DIR", "REHEARSAL_LIMITS", "REHEARSAL_MAX_DATES",
            "SYNTHETIC_DATASETS", "TIME_SERIES_DATASETS", "TRAINABLE_DATASETS", "WORLD_DATASETS",
-           "ConfigError", "bands_id", "base_spec", "job_spec", "job_specs", "load", "load_schema",
+           "ConfigError", "bands_id", "base_spec", "data_layout", "job_spec", "job_specs", "load",
+           "load_schema",
            "pretrain_source", "pretrain_spec", "read_yaml", "rehearsal_dir", "rehearse",
            "report_task", "resolve", "row_backbone", "schema_path", "study_datasets", "study_rows",
            "tracking_uri", "uses_backbone", "validate"]

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from geopeft.data.sources import REGISTRY as SOURCES
-from geopeft.layout import TrackingLayout
+from geopeft.io import canonical_json
+from geopeft.layout import DataLayout, TrackingLayout
+from geopeft.settings.data import Synthetic
 from geopeft.spec import TRAIN_KEYS, JobSpec
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 from geopeft.tasks import TASKS
@@ -196,6 +200,34 @@ def pretrain_spec(cfg: dict[str, Any]) -> dict[str, Any]:
 def bands_id(bands: list[str]) -> str:
     """File-name token of a band selection, e.g. ``B04-B03-B02``."""
     return "-".join(bands)
+
+
+def settings_tag(value: Any) -> str:
+    """A short, stable tag of some settings: the first 8 hex digits of their canonical JSON's
+    sha256."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:8]
+
+
+def data_layout(cfg: dict[str, Any]) -> DataLayout[str]:
+    """The study's data tree (geopeft.layout.DataLayout), tagged by the settings that shape its
+    data, so that two studies whose data settings differ never share a folder: the raw world
+    by the synthetic world's settings when they are not the defaults (``data.synthetic``), by
+    ``data.raw_dir`` when it is not the default one (``local``), by ``data.remotes`` when the
+    study declares its own (``download``); the prepared stores also by ``data.options`` when
+    any is set. The default study's data keep the untagged names."""
+    data = cfg["data"]
+    source = data["source"]
+    world: Any = None
+    if source == "synthetic" and data["synthetic"] != asdict(Synthetic()):
+        world = data["synthetic"]
+    elif source == "local" and data.get("raw_dir") and data["raw_dir"] != str(
+            DataLayout(Path(data["root"]), "local").raw(data["dataset"])):
+        world = data["raw_dir"]
+    elif source == "download" and data["remotes"]:
+        world = data["remotes"]
+    options = {k: v for k, v in data["options"].items() if v is not None}
+    return DataLayout(data["root"], source, settings_tag(world) if world is not None else "",
+                      settings_tag(options) if options else "")
 
 
 def tracking_uri(cfg: dict[str, Any]) -> str:
