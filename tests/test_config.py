@@ -228,3 +228,56 @@ def test_resources_short_of_threads_and_readers_are_flagged():
     lines = job_resources(cfg)
     assert any("threads + train.workers = 10 > resources.cpus_per_gpu 8" in ln for ln in lines)
     assert any(ln.startswith("  bigearthnet_s2:") and ln.endswith("loaded whole") for ln in lines)
+
+
+def _readme_config_example() -> list[str]:
+    """The README's `--config ...` example for a probe of the time-series study, as words."""
+    import re
+    import shlex
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(r"`--config (study=shaping_ft_probe [^`]*)`", text)
+    assert m, "the README lost its --config example"
+    return shlex.split(m[1])
+
+
+def test_config_overrides_are_typed_as_the_schema_types_them():
+    """A known trap (issue 37, item 10): Snakemake refuses a dotted key (`train.epochs=2`: "Config
+    entry must start with a valid identifier") and hands a nested value's leaves over as strings
+    (`train={epochs: 2}` -> {'epochs': '2'}), which failed the schema. The README's example is
+    parsed by Snakemake's own parser, exactly as written, and resolves to what it says; every
+    scalar type of the schema arrives typed; a string where a string is taken stays one."""
+    from snakemake.cli import parse_config
+
+    words = _readme_config_example()
+    overrides = parse_config(words)
+    assert overrides["train"] == {"epochs": "2"}  # what Snakemake hands over
+    cfg = gcfg.resolve([ROOT / "config" / "studies" / "shaping_ft.yaml"], overrides)
+    assert cfg["study"] == "shaping_ft_probe" and cfg["train"]["epochs"] == 2
+    with pytest.raises(ValueError, match="valid identifier"):
+        parse_config(["train.epochs=2"])  # why the README does not write it so
+
+    o = parse_config(["study=2024", "train={lr: 1e-4, amp: false, warmup_epochs: 0.5}",
+                      "resources={gpus: 0, mem_mb: 900}", "grid={seed: [1, 2]}",
+                      "mlflow={experiment: 7}", "jobserver=false"])
+    cfg = gcfg.resolve([], o)
+    assert cfg["study"] == "2024" and cfg["jobserver"] is False
+    assert (cfg["train"]["lr"], cfg["train"]["amp"], cfg["train"]["warmup_epochs"]) == \
+        (1e-4, False, 0.5)
+    assert cfg["resources"]["gpus"] == 0 and cfg["resources"]["mem_mb"] == 900
+    assert cfg["grid"]["seed"] == [1, 2] and cfg["mlflow"]["experiment"] == "7"
+    assert gcfg.resolve([], parse_config(["resources={gpus: auto}"]))["resources"]["gpus"] == "auto"
+    with pytest.raises(gcfg.ConfigError, match=r"train.epochs: 'two' is not of type 'integer'"):
+        gcfg.resolve([], parse_config(["train={epochs: two}"]))
+
+
+def test_validate_reads_config_as_snakemake_does(capsys):
+    """`geopeft validate --config` parses with Snakemake's parser, so a value it accepts or
+    refuses is what snakemake would."""
+    from geopeft.cli import main
+
+    assert main(["validate", str(ROOT / "config" / "studies" / "shaping_ft.yaml"), "--json",
+                 "--config", *_readme_config_example()]) == 0
+    assert '"epochs": 2' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="valid identifier"):
+        main(["validate", "--config", "train.epochs=2"])

@@ -9,8 +9,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 log = logging.getLogger("geopeft")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM with a checkpoint; rerun to resume
 
@@ -32,14 +30,17 @@ def _opt_path(p: str | None) -> Path | None:
 
 
 def _config_overrides(items: list[str]) -> dict[str, Any]:
-    """``--config KEY=VALUE`` pairs as Snakemake reads them (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"geopeft validate: error: --config {item!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
+    """``--config KEY=VALUE`` pairs exactly as Snakemake reads them (its own parser: a key is an
+    identifier, a value a number, True/False, or YAML whose leaves stay strings); the study's
+    resolution then types the values as the schema does (geopeft.config.coerce_overrides)."""
+    if not items:
+        return {}
+    from snakemake.cli import parse_config
+
+    try:
+        return parse_config(items)
+    except ValueError as err:
+        raise SystemExit(f"geopeft: error: --config {' '.join(items)}: {err}") from None
 
 
 def _claim_gpus(device: str, gpus: int) -> None:

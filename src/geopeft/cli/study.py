@@ -157,7 +157,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("configfile", nargs="*", help="study file(s), merged in order "
                                                  "(none: config/config.yaml)")
     s.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides, as snakemake --config (values read as YAML)")
+                   help="overrides, read by snakemake's own --config parser")
     s.add_argument("--resolved", action="store_true",
                    help="print what each row really runs: backbone (built by timm, on the meta "
                         "device) and size, weights, strategy, adapter, epochs, batch, lr, "
@@ -176,7 +176,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--configfile", nargs="+", action="extend", default=[],
                    help="study file(s), as snakemake --configfile (none: config/config.yaml)")
     s.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides, as snakemake --config (values read as YAML)")
+                   help="overrides, read by snakemake's own --config parser")
     s.add_argument("--measured", nargs="+", action="extend", default=[], metavar="PATH",
                    help=f"measured step times: {RUN_RECORD} files, folders of runs (e.g. a "
                         "rehearsal's results/<study>_rehearsal/runs), step-time files "

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from geopeft.config.checks import load_schema, schema_path, validate
+from geopeft.config.checks import coerce_overrides, load_schema, schema_path, validate
 from geopeft.config.rehearse import (
     REHEARSAL_DIR,
     REHEARSAL_LIMITS,
@@ -92,10 +92,10 @@ def resolve(configfiles: list[str | Path] | tuple[str | Path, ...] = (),
     cfg: dict[str, Any] = {}
     for f in files:
         _merge(cfg, read_yaml(f))
-    if overrides:
-        _merge(cfg, copy.deepcopy(dict(overrides)))
+    if overrides:  # as the schema types them: Snakemake passes nested values as strings
+        _merge(cfg, coerce_overrides(copy.deepcopy(dict(overrides)), load_schema()))
     where = ", ".join(map(str, files))
-    for key in ("rehearsal", "jobserver"):  # snakemake --config may pass the flags as strings
+    for key in ("rehearsal", "jobserver"):  # rehearsal=true: the flag, not a folder "true"
         flag = cfg.get(key)
         if isinstance(flag, str) and flag.lower() in ("true", "false", "yes", "no"):
             cfg[key] = flag.lower() in ("true", "yes")

@@ -40,6 +40,64 @@ def load_schema(name: str = "config.schema.yaml") -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
+#: What a ``--config`` string may stand for, by the schema's type (Snakemake parses a nested
+#: value with YAML's base loader: every leaf a string).
+_SCALARS = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+
+
+def _types(schema: dict[str, Any], root: dict[str, Any]) -> tuple[dict[str, Any], set[str], set]:
+    """A schema with its ``$ref`` followed, the JSON types it (or its alternatives) allow, and
+    the strings it takes as constants (``enum``, ``const``)."""
+    while "$ref" in schema:
+        schema = {**root["$defs"][schema["$ref"].rsplit("/", 1)[1]],
+                  **{k: v for k, v in schema.items() if k != "$ref"}}
+    kind = schema.get("type")
+    types = set(kind) if isinstance(kind, list) else {kind} if kind else set()
+    consts = {v for v in [*schema.get("enum", []), schema.get("const")] if isinstance(v, str)}
+    for alt in schema.get("oneOf", []) + schema.get("anyOf", []):
+        _, more, strings = _types(alt, root)
+        types |= more
+        consts |= strings
+    return schema, types, consts
+
+
+def _scalar(text: str) -> Any:
+    """The number, boolean or null a string spells (YAML's words, Python's numbers: 1e-4)."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text) if text.strip() else text
+
+
+def coerce_overrides(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """``--config`` values as the schema types them: Snakemake hands a nested value's leaves
+    (``train={epochs: 2}``) over as strings and a top-level one as int, float or bool when it
+    looks like one; a string where the schema takes no such string becomes the scalar it spells
+    (``"2"`` -> 2, ``"1e-4"`` -> 0.0001, ``"true"`` -> True, ``"null"`` -> None), a number where
+    only a string fits becomes its text (``study=2024``). Anything else is left for the schema
+    to judge."""
+    root = root if root is not None else schema
+    schema, types, consts = _types(schema, root)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: coerce_overrides(v, props[k], root) if k in props else
+                coerce_overrides(v, extra, root) if isinstance(extra, dict) else v
+                for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [coerce_overrides(v, schema["items"], root) for v in value]
+    if isinstance(value, str) and "string" not in types and value not in consts:
+        parsed = _scalar(value)
+        if any(isinstance(parsed, _SCALARS[t]) for t in types & set(_SCALARS)) and not (
+                isinstance(parsed, bool) and "boolean" not in types):
+            return parsed
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and types == {"string"}:
+        return str(value)
+    return value
+
+
 def _with_defaults(validator_cls: Any) -> Any:
     """A jsonschema validator class that fills ``default`` values while validating."""
     from jsonschema import validators
