@@ -109,6 +109,28 @@ def test_rerun_does_nothing(done):
     assert "Nothing to be done" in r.stdout + r.stderr
 
 
+def test_a_lost_model_is_trained_again(done):
+    """Issue 37, item 10: Snakemake deletes a job's output before it starts, so a killed
+    `--forcerun` left runs/<row>/model missing while every later output stood, and a plain rerun
+    said "Nothing to be done". Each run's model is a target of the study now: the rerun trains
+    that run again (and, its model newer, evaluates it and aggregates); nothing else."""
+    import shutil
+
+    model = done / "results" / "ci_tiny" / "runs" / "linear-f1-s0" / "model"
+    aside = model.with_name("model.aside")
+    shutil.move(model, aside)  # the state a killed --forcerun leaves
+    try:
+        r = snakemake(done, "-n")
+        assert r.returncode == 0, r.stderr[-3000:]
+        counts = job_counts(r.stdout)
+        assert counts.get("train") == 1 and "pretrain" not in counts and "prepare" not in counts
+        assert re.search(r"^    output: results/ci_tiny/runs/linear-f1-s0/model$", r.stdout, re.M)
+    finally:
+        shutil.move(aside, model)
+    r = snakemake(done, "-n")
+    assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
+
+
 def test_editing_one_row_reruns_only_that_run_and_aggregates(done, tmp_path):
     cfg = yaml.safe_load(TINY.read_text())
     cfg["grid"] = {"strategy": []}

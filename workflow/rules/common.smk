@@ -192,6 +192,8 @@ def get_final_outputs():
         # fetched and prepared here; trained by the Fusion-LoRA / time-series studies
         return [get_store()]
     return [
+        # every run's model, a deliverable itself: a model lost (a killed --forcerun) is retrained
+        *[LAYOUT.run(run).model for run in ROWS],
         LAYOUT.runs_csv,
         LAYOUT.table,
         LAYOUT.per_class_tex,
