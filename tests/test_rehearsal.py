@@ -327,3 +327,26 @@ def test_documented_rehearsal_runs_the_real_study_end_to_end(source, cmd, tmp_pa
         (f"{study}_rehearsal",)).fetchall()
     assert len(tags) == len(df) and {t[0] for t in tags} == {"True"}
     print(f"\n{cmd}: {took:.0f} s, {len(df)} runs")
+
+
+def test_the_fixture_server_answers_a_range_past_the_end_with_416(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from geopeft.rehearsal import FixtureServer
+
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "a.bin").write_bytes(b"0123456789")
+
+    def get(srv: FixtureServer, rng: str) -> tuple[int, str | None, bytes]:
+        req = urllib.request.Request(f"{srv.url}/files/a.bin", headers={"Range": rng})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.headers.get("Content-Range"), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("Content-Range"), err.read()
+
+    with FixtureServer(tmp_path) as srv:
+        assert get(srv, "bytes=4-") == (206, "bytes 4-9/10", b"456789")
+        assert get(srv, "bytes=10-") == (416, "bytes */10", b"")  # start at the end
+        assert get(srv, "bytes=99-") == (416, "bytes */10", b"")  # start past it

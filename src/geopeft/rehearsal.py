@@ -210,7 +210,13 @@ class FixtureServer:
                 start = 0
                 rng = self.headers.get("Range")
                 if rng and rng.startswith("bytes=") and rng[6:].split("-")[0].isdigit():
-                    start = min(int(rng[6:].split("-")[0]), size)
+                    start = int(rng[6:].split("-")[0])
+                    if start >= size:  # nothing to send from there: not satisfiable (RFC 9110)
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{size}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
                 else:
