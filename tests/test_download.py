@@ -260,7 +260,7 @@ def test_a_link_already_in_the_folder_is_never_followed(tmp_path):
     """The second line of defence: were a link ever in the extraction folder (links are refused
     before anything is written, so none can be), a member through it is refused, and a file
     member is never opened through one."""
-    from geopeft.data.extract import _target, _write
+    from geopeft.data.extract import Budget, _target, _write
 
     root = (tmp_path / "root").resolve()
     (root / "sub").mkdir(parents=True)
@@ -271,7 +271,7 @@ def test_a_link_already_in_the_folder_is_never_followed(tmp_path):
     (tmp_path / "victim").write_text("original")
     (root / "sub" / "f").symlink_to(tmp_path / "victim")
     with pytest.raises(ArchiveError, match="member 'sub/f' cannot be written"):
-        _write(Path("a.tar"), root, "sub/f", io.BytesIO(b"overwritten"))
+        _write(Path("a.tar"), root, "sub/f", io.BytesIO(b"overwritten"), Budget(Path("a.tar"), 99))
     assert (tmp_path / "victim").read_text() == "original"
     assert not list((tmp_path / "outside").iterdir())
 

@@ -68,12 +68,15 @@ if DATA["source"] == "download":
             get_download_files,
         output:
             directory(DATA_LAYOUT.raw("{dataset}")),
+        params:
+            max_bytes=config["limits"]["max_extract_bytes"],
         log:
             DATA_LAYOUT.raw_log("fetch", "{dataset}"),
         conda:
             "../../envs/geopeft.yaml"
         shell:
-            "geopeft fetch --dataset {wildcards.dataset} --out {output} {input:q} > {log} 2>&1"
+            "geopeft fetch --dataset {wildcards.dataset} --out {output}"
+            " --max-extract-bytes {params.max_bytes} {input:q} > {log} 2>&1"
 
 
 rule prepare:

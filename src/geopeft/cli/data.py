@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.cli.common import _opt_path, _spec, log
+from geopeft.limits import DEFAULT as DEFAULT_LIMITS
 
 
 def cmd_synthesize(args: argparse.Namespace) -> None:
@@ -65,11 +66,11 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     """``geopeft fetch``: assemble a dataset's raw folder from its downloaded files.
 
     Args:
-        args: ``dataset``, ``files``, ``out``.
+        args: ``dataset``, ``files``, ``out``, ``max_extract_bytes``.
     """
     from geopeft.data.fetch import assemble
 
-    assemble(args.dataset, [Path(f) for f in args.files], Path(args.out))
+    assemble(args.dataset, [Path(f) for f in args.files], Path(args.out), args.max_extract_bytes)
 
 
 def cmd_subset(args: argparse.Namespace) -> None:
@@ -116,6 +117,8 @@ def add_commands(sub: Any) -> None:
     s = sub.add_parser("fetch", help="assemble the raw folder from downloaded files")
     s.add_argument("--dataset", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--max-extract-bytes", type=int, default=DEFAULT_LIMITS.max_extract_bytes,
+                   help="the most one archive may unpack to (limits.max_extract_bytes)")
     s.add_argument("files", nargs="+")
     s.set_defaults(func=cmd_fetch)
 

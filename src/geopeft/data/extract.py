@@ -12,11 +12,18 @@ Extraction goes into a temporary sibling folder that is renamed to the destinati
 every member is out, with a ``.geopeft-extracted`` marker naming the archive; a killed extraction
 leaves only the temporary folder, which the next run removes and redoes, never a half tree that
 looks complete.
+
+What an archive may unpack to is bounded (``max_bytes``, a study's ``limits.max_extract_bytes``):
+the members' declared sizes are summed and checked against the limit and the free disk space
+before anything is written, and the bytes actually written are counted against the limit as
+they go, so neither a zip bomb nor a header that lies gets past it (:class:`ArchiveTooLargeError`).
+A full disk during extraction is one :class:`ArchiveError` naming the archive and the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tarfile
@@ -26,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from geopeft.errors import GeopeftError
+from geopeft.limits import DEFAULT
 
 MARKER = ".geopeft-extracted"
 
@@ -37,6 +45,15 @@ class ArchiveError(GeopeftError, ValueError):
 class UnsafeArchiveError(ArchiveError):
     """An archive member is not a plain file or folder inside the destination (a link, a device,
     an absolute path, ``..``); nothing of the archive is extracted."""
+
+
+class ArchiveTooLargeError(ArchiveError):
+    """An archive unpacks to more than its limit or the free disk space; nothing of it is kept."""
+
+
+def _bytes(n: int) -> str:
+    """A size in bytes for an error line, with its GiB when large enough to matter."""
+    return f"{n:,} bytes" + (f" ({n / (1 << 30):.1f} GiB)" if n >= 1 << 27 else "")
 
 
 def _check_name(archive: Path, name: str) -> None:
@@ -79,20 +96,69 @@ def check_archive(path: Path) -> int:
         UnsafeArchiveError: a member is a link, device or fifo, or its path leaves the folder.
         ArchiveError: the archive cannot be read.
     """
-    path = Path(path)
-    n = 0
+    return _scan(Path(path))[0]
+
+
+def _scan(path: Path) -> tuple[int, int]:
+    """Validate every member without extracting; the member count and their declared bytes."""
+    n = size = 0
     with _reading(path):
         if path.name.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
                     _check_zip_member(path, zf, info)
-                    n += 1
-            return n
+                    n, size = n + 1, size + info.file_size
+            return n, size
         with _open_tar(path) as tf:
             for m in tf:
                 _check_tar_member(path, m)
-                n += 1
-    return n
+                n, size = n + 1, size + (m.size if m.isfile() else 0)
+    return n, size
+
+
+def check_size(archive: Path, declared: int, folder: Path, max_bytes: int,
+               limit: str = "limits.max_extract_bytes") -> None:
+    """Refuse an archive whose members declare more than ``max_bytes`` or than ``folder``'s free
+    disk space, before anything is written.
+
+    Raises:
+        ArchiveTooLargeError: naming the archive, the sizes and the limit.
+    """
+    if declared > max_bytes:
+        raise ArchiveTooLargeError(f"{archive}: its members unpack to {_bytes(declared)}, over "
+                                   f"the limit of {_bytes(max_bytes)} ({limit})")
+    free = shutil.disk_usage(folder).free
+    if declared > free:
+        raise ArchiveTooLargeError(f"{archive}: its members unpack to {_bytes(declared)}, more "
+                                   f"than the {_bytes(free)} free in {folder}")
+
+
+class Budget:
+    """The bytes an extraction may still write (``max_bytes`` in all), counted as written."""
+
+    def __init__(self, archive: Path, max_bytes: int, limit: str = "limits.max_extract_bytes"):
+        self.archive, self.max_bytes, self.limit, self.written = archive, max_bytes, limit, 0
+
+    def copy(self, name: str, data: IO[bytes], fd: int, folder: Path) -> None:
+        """Copy member ``name`` from ``data`` to ``fd``, refusing the chunk that would pass the
+        limit before it is written; a full disk is one :class:`ArchiveError` naming ``folder``."""
+        while chunk := data.read(1 << 20):
+            if self.written + len(chunk) > self.max_bytes:
+                raise ArchiveTooLargeError(
+                    f"{self.archive}: member {name!r} takes the bytes written past the limit of "
+                    f"{_bytes(self.max_bytes)} ({self.limit}) although the members declare less; "
+                    f"nothing is kept")
+            try:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise ArchiveError(f"{self.archive}: no space left in {folder} while writing "
+                                   f"member {name!r} ({_bytes(self.written)} written); nothing "
+                                   f"is kept") from None
+            self.written += len(chunk)
 
 
 @contextlib.contextmanager
@@ -137,7 +203,7 @@ def _target(archive: Path, root: Path, name: str) -> Path:
     return target
 
 
-def _write(archive: Path, root: Path, name: str, data: IO[bytes]) -> None:
+def _write(archive: Path, root: Path, name: str, data: IO[bytes], budget: Budget) -> None:
     target = _target(archive, root, name)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -145,8 +211,10 @@ def _write(archive: Path, root: Path, name: str, data: IO[bytes]) -> None:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     except OSError as err:  # a file where a folder is needed, a folder of the same name, a link
         raise ArchiveError(f"{archive}: member {name!r} cannot be written ({err.strerror})") from err
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(data, out, 1 << 20)
+    try:
+        budget.copy(name, data, fd, root)
+    finally:
+        os.close(fd)
 
 
 def _mkdir(archive: Path, root: Path, name: str) -> None:
@@ -156,7 +224,7 @@ def _mkdir(archive: Path, root: Path, name: str) -> None:
         raise ArchiveError(f"{archive}: member {name!r} cannot be written ({err.strerror})") from err
 
 
-def _extract_into(archive: Path, root: Path) -> None:
+def _extract_into(archive: Path, root: Path, budget: Budget) -> None:
     """Write every member of ``archive`` (checked already) under the real folder ``root``."""
     if archive.name.lower().endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
@@ -166,7 +234,7 @@ def _extract_into(archive: Path, root: Path) -> None:
                     _mkdir(archive, root, info.filename)
                 else:
                     with zf.open(info) as data:
-                        _write(archive, root, info.filename, data)
+                        _write(archive, root, info.filename, data, budget)
         return
     with _open_tar(archive) as tf:
         for m in tf:  # streamed: tar.zst cannot seek
@@ -176,31 +244,36 @@ def _extract_into(archive: Path, root: Path) -> None:
             else:
                 data = tf.extractfile(m)
                 assert data is not None  # a regular file
-                _write(archive, root, m.name, data)
+                _write(archive, root, m.name, data, budget)
 
 
-def extract(archive: Path, dest: Path) -> Path:
+def extract(archive: Path, dest: Path, max_bytes: int = DEFAULT.max_extract_bytes) -> Path:
     """Extract ``archive`` into ``dest`` atomically; a completed ``dest`` is left as it is.
 
     Args:
         archive: a zip, tar.gz or tar.zst file.
         dest: the folder to extract into.
+        max_bytes: the most it may unpack to (``limits.max_extract_bytes``).
 
     Raises:
         UnsafeArchiveError: a member is a link, device or fifo or would land outside ``dest``
             (nothing is extracted).
-        ArchiveError: the archive cannot be read.
+        ArchiveTooLargeError: it unpacks to more than ``max_bytes`` or the free disk space
+            (nothing is kept).
+        ArchiveError: the archive cannot be read, or the disk fills up (nothing is kept).
     """
     archive, dest = Path(archive), Path(dest)
     if (dest / MARKER).is_file():
         return dest
-    check_archive(archive)  # refuse before writing anything
+    declared = _scan(archive)[1]  # refuse an unsafe archive before writing anything
     tmp = dest.with_name(f".{dest.name}.extracting")
-    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a killed run
+    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a killed run, before counting free space
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    check_size(archive, declared, dest.parent, max_bytes)
     tmp.mkdir(parents=True)
     try:
         with _reading(archive):
-            _extract_into(archive, tmp.resolve())
+            _extract_into(archive, tmp.resolve(), Budget(archive, max_bytes))
         (tmp / MARKER).write_text(f"{archive.name}\n")
         if dest.exists():
             shutil.rmtree(dest)
