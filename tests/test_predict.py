@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -118,6 +119,68 @@ def test_bigearthnet_input_errors_name_the_archive(ben, tmp_path):
     with pytest.raises(DataError, match="a.tif: a BigEarthNet patch is a folder"):
         (tmp_path / "a.tif").write_bytes(b"")
         src.read_input(tmp_path / "a.tif", ["B02"], {"size": 24})
+
+
+class _KeptTemporaryDirectory:
+    """``tempfile.TemporaryDirectory`` that keeps its folder, to see what was written in it."""
+
+    made: list[Path] = []
+
+    def __init__(self, *args, **kwargs):
+        self.name = tempfile.mkdtemp(*args, **kwargs)
+        self.made.append(Path(self.name))
+
+    def __enter__(self):
+        return self.name
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _bomb_patch(folder: Path, path: Path) -> Path:
+    """The patch zipped with a bomb beside its files: 3 MiB of zeros as another band's file."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.iterdir()):
+            if not f.name.endswith("_B12.tif"):
+                z.write(f, f.name)
+        z.writestr(f"{folder.name}_B12.tif", bytes(3 << 20))
+    return path
+
+
+def test_an_uploaded_patch_unpacks_only_the_bands_the_run_takes(ben, tmp_path, monkeypatch):
+    src = get_source("bigearthnet_s2")
+    folder = _patch(ben)
+    bands = ["B02", "B11", "B8A"]
+    archive = _bomb_patch(folder, tmp_path / "patch.zip")
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", _KeptTemporaryDirectory)
+    _KeptTemporaryDirectory.made.clear()
+    image, _ = src.read_input(archive, bands, {"size": 24})
+    assert np.array_equal(image, read_bands(folder, folder.name, bands, 24, "bilinear"))
+    (unpacked,) = _KeptTemporaryDirectory.made
+    assert sorted(p.name for p in unpacked.iterdir()) == sorted(f"{folder.name}_{b}.tif"
+                                                                for b in bands)
+
+
+def test_an_uploaded_patch_over_the_upload_limit_is_refused_before_writing(ben, tmp_path,
+                                                                            monkeypatch):
+    from geopeft import limits
+
+    src = get_source("bigearthnet_s2")
+    folder = _patch(ben)
+    bands = ["B02", "B11"]
+    archive = _bomb_patch(folder, tmp_path / "patch.zip")
+    needed = sum((folder / f"{folder.name}_{b}.tif").stat().st_size for b in bands)
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", _KeptTemporaryDirectory)
+    _KeptTemporaryDirectory.made.clear()
+    # the bands the run takes fit; the bomb beside them is never unpacked, so never counted
+    monkeypatch.setattr(limits, "DEFAULT", limits.Limits(max_upload_extract_bytes=needed))
+    assert src.read_input(archive, bands, {"size": 24})[0].shape == (2, 24, 24)
+    monkeypatch.setattr(limits, "DEFAULT", limits.Limits(max_upload_extract_bytes=needed - 1))
+    with pytest.raises(DataError) as err:
+        src.read_input(archive, bands, {"size": 24})
+    assert str(err.value) == (f"{archive}: its members unpack to {needed:,} bytes, over the limit "
+                              f"of {needed - 1:,} bytes (limits.max_upload_extract_bytes)")
+    assert not list(_KeptTemporaryDirectory.made[-1].iterdir())  # refused before writing
 
 
 @pytest.fixture(scope="module")

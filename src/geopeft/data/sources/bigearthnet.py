@@ -157,34 +157,62 @@ def read_bands(folder: Path, stem: str, bands: list[str], size: int, resampling:
 
 def patch_stem(folder: Path) -> str:
     """The patch id of a folder of band files ``<patch_id>_<band>.tif`` (one patch only)."""
+    return _stem([f.name for f in folder.iterdir()], folder)
+
+
+def _stem(names: list[str], where: Path) -> str:
+    """The one patch id of band file names ``<patch_id>_<band>.tif`` found in ``where``."""
     import re
 
     pattern = re.compile(r"^(.+)_(" + "|".join(BANDS) + r")\.tif$")
-    stems = {m.group(1) for f in folder.iterdir() if (m := pattern.match(f.name))}
+    stems = {m.group(1) for name in names if (m := pattern.match(name))}
     if len(stems) != 1:
         found = f"patches {sorted(stems)[:3]}" if stems else "no <patch>_<band>.tif file"
-        raise DataError(f"{folder}: a BigEarthNet patch is one folder of <patch>_<band>.tif "
+        raise DataError(f"{where}: a BigEarthNet patch is one folder of <patch>_<band>.tif "
                         f"files ({', '.join(BANDS)}); found {found}")
     return stems.pop()
 
 
-def unpack_patch(archive: Path, dest: Path) -> Path:
-    """The band files of a zipped patch, extracted flat into ``dest`` (member paths dropped, so
-    nothing lands outside it); returns ``dest``."""
-    import shutil
+def unpack_patch(archive: Path, dest: Path, bands: list[str], max_bytes: int) -> str:
+    """The files of ``bands`` of a zipped patch, extracted flat into ``dest`` (member paths
+    dropped, so nothing lands outside it), and nothing else; returns the patch id.
+
+    Args:
+        archive: the zipped patch.
+        dest: the folder to extract into.
+        bands: the bands whose files are extracted.
+        max_bytes: the most they may unpack to (``limits.max_upload_extract_bytes``): checked
+            on their declared sizes and the free disk space before writing, and as written.
+
+    Raises:
+        DataError: not a zip, not one patch, or over the limit or the free disk space.
+    """
+    import os
     import zipfile
 
+    from geopeft.data.extract import ArchiveError, Budget, check_size
+
+    limit = "limits.max_upload_extract_bytes"
     try:
         with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                name = Path(info.filename).name
-                if info.is_dir() or not name.endswith(".tif"):
-                    continue
-                with z.open(info) as src, open(dest / name, "wb") as out:
-                    shutil.copyfileobj(src, out)
+            files = {Path(i.filename).name: i for i in z.infolist() if not i.is_dir()}
+            stem = _stem(list(files), archive)
+            needed = [(name, files[name]) for b in bands if (name := f"{stem}_{b}.tif") in files]
+            check_size(archive, sum(i.file_size for _, i in needed), dest, max_bytes, limit)
+            budget = Budget(archive, max_bytes, limit)
+            for name, info in needed:
+                fd = os.open(dest / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                             0o644)
+                try:
+                    with z.open(info) as src:
+                        budget.copy(name, src, fd, dest)
+                finally:
+                    os.close(fd)
+    except ArchiveError as err:
+        raise DataError(str(err)) from None
     except (zipfile.BadZipFile, OSError) as err:
         raise DataError(f"{archive}: cannot be read as a zip archive ({err})") from None
-    return dest
+    return stem
 
 
 class _BigEarthNet(Source):
@@ -203,6 +231,8 @@ class _BigEarthNet(Source):
         bands resampled to the study's side (``data.options.size``) as preparation does."""
         import tempfile
 
+        from geopeft import limits
+
         path = Path(path)
         size, resampling = int(options.get("size", 120)), options.get("resampling", "bilinear")
         self.check_bands(bands)
@@ -212,9 +242,10 @@ class _BigEarthNet(Source):
             raise DataError(f"{path}: a BigEarthNet patch is a folder of per-band GeoTIFFs or "
                             f"that folder as a .zip")
         with tempfile.TemporaryDirectory(prefix="geopeft-patch-") as tmp:
-            folder = unpack_patch(path, Path(tmp))
+            folder = Path(tmp)
+            stem = unpack_patch(path, folder, bands, limits.DEFAULT.max_upload_extract_bytes)
             try:
-                return read_bands(folder, patch_stem(folder), bands, size, resampling), None
+                return read_bands(folder, stem, bands, size, resampling), None
             except DataError as err:  # name the archive, not the temporary folder
                 raise DataError(str(err).replace(str(folder), str(path))) from None
 
