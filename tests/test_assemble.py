@@ -239,7 +239,7 @@ def test_a_studys_extract_limit_reaches_geopeft_fetch(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d",
                         str(tmp_path), "--configfile", str(tmp_path / "cfg.yaml"), "--cores", "1",
-                        "-n", "-p", "data/raw/download/eurosat_rgb"],
+                        "-n", "-p", "all"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     fetch = [line for line in r.stdout.splitlines() if "geopeft fetch " in line]
