@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -53,6 +54,16 @@ def _run(wd: Path, cfg: dict, target: str):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
+def _layout(cfg):
+    """The data tree of a test study, as the rules name it."""
+    from geopeft import config as study_config
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
+        yaml.safe_dump(cfg, fh)
+        fh.flush()
+        return study_config.data_layout(study_config.resolve([fh.name], {}))
+
+
 def _base_cfg(dataset, bands):
     cfg = yaml.safe_load((ROOT / "config" / ".test" / "config.yaml").read_text())
     cfg["data"] = {"dataset": dataset, "source": "download", "bands": bands}
@@ -73,7 +84,9 @@ def test_eurosat_download_extract_prepare(tmp_path):
         cfg["data"]["remotes"] = [_remote(server, n, b) for n, b in files.items()]
         wd = tmp_path / "wd"
         wd.mkdir()
-        target = "data/prepared/download/eurosat_rgb/B04-B03-B02.zarr"
+        # its own remotes: the raw and prepared folders are tagged (geopeft.config.data_layout)
+        target = _layout(cfg).store("eurosat_rgb", "B04-B03-B02")
+        assert "-w" in target
         r = _run(wd, cfg, target)
         assert r.returncode == 0, r.stderr[-4000:]
     ds = xr.open_zarr(wd / target, zarr_format=3, consolidated=False)
@@ -109,7 +122,7 @@ def test_bigearthnet_tar_zst_with_checksum_mismatch_then_fixed(tmp_path):
         r = _run(wd, cfg, "all")  # fetched, prepared, trained (multi-label) and evaluated
         assert r.returncode == 0, r.stderr[-4000:]
     assert (wd / "results" / "ci_tiny" / "runs.csv").is_file()
-    store = wd / "data/prepared/download/bigearthnet_s2/B02-B03-B04-B08-B11-B12.zarr"
+    store = wd / _layout(cfg).store("bigearthnet_s2", "B02-B03-B04-B08-B11-B12")
     ds = xr.open_zarr(store, zarr_format=3, consolidated=False)
     assert ds.label.shape[1] == 19 and ds.image.shape[1:] == (6, 120, 120)
 
@@ -121,9 +134,10 @@ def test_local_data_is_not_downloaded(tmp_path):
     cfg["data"].update(source="local", raw_dir=str(world))
     wd = tmp_path / "wd"
     wd.mkdir()
-    r = _run(wd, cfg, "data/prepared/local/eurosat_rgb/B04-B03-B02.zarr")
+    target = _layout(cfg).store("eurosat_rgb", "B04-B03-B02")  # data/prepared/local-w<tag>/...
+    r = _run(wd, cfg, target)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (wd / "data" / "downloads").exists() and not (wd / "data" / "raw").exists()
-    store = xr.open_zarr(wd / "data/prepared/local/eurosat_rgb/B04-B03-B02.zarr", zarr_format=3,
+    store = xr.open_zarr(wd / target, zarr_format=3,
                          consolidated=False)
     assert store.attrs["raw_dir"] == str(world) and store.image.shape[0] == 40
