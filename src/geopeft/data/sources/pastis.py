@@ -22,7 +22,15 @@ from typing import Any
 import numpy as np
 
 from geopeft.data.download import Remote
-from geopeft.data.sources.base import DataError, Item, Sample, Source
+from geopeft.data.sources.base import (
+    DataError,
+    Item,
+    Sample,
+    Source,
+    check_side,
+    check_values,
+)
+from geopeft.limits import DEFAULT, Limits
 
 BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 CLASSES: tuple[str, ...] = (
@@ -132,9 +140,11 @@ class Pastis(Source):
         return item.path / "DATA_S2" / f"S2_{item.name}.npy", list(item.extra.get("dates", []))
 
     def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
-                   dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
+                   dates: list[int] | None = None, *, limits: Limits = DEFAULT,
+                   size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[int] | None]:
         """A patch's ``S2_<ID>.npy`` (T x 10 x H x W, int16) with its T dates (YYYYMMDD, as
-        ``dates-S2`` of metadata.geojson lists them)."""
+        ``dates-S2`` of metadata.geojson lists them); mapped, its shape checked before a value
+        is read."""
         path = Path(path)
         try:
             data = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -146,6 +156,8 @@ class Pastis(Source):
         if data.dtype != self.dtype:
             raise DataError(f"{path}: dtype {data.dtype}, PASTIS DATA_S2 is int16 (reflectance "
                             f"x 10000); convert it explicitly, nothing is cast")
+        check_values(path, f"shape {data.shape}", data.size, data.dtype, limits)
+        check_side(path, data.shape[2:], size, self.name)
         if not dates:
             raise DataError(f"{path}: a time series needs its {data.shape[0]} acquisition dates "
                             f"(YYYYMMDD, as metadata.geojson's dates-S2)")
@@ -159,7 +171,8 @@ class Pastis(Source):
             raise DataError(f"{path}: the dates are not strictly increasing")
         return np.asarray(data[:, self.check_bands(bands)]), dates
 
-    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
+    def read(self, item: Item, bands: list[str], options: dict[str, Any], *,
+             limits: Limits = DEFAULT) -> Sample:
         sid = item.name
         data_path = item.path / "DATA_S2" / f"S2_{sid}.npy"
         target_path = item.path / "ANNOTATIONS" / f"TARGET_{sid}.npy"
@@ -167,10 +180,13 @@ class Pastis(Source):
             if not p.is_file():
                 raise DataError(f"{p}: missing")
         try:
-            data = np.load(data_path, mmap_mode="r")
-            target = np.load(target_path)
+            data = np.load(data_path, mmap_mode="r")  # mapped: nothing read before the checks
+            target = np.load(target_path, mmap_mode="r")
         except ValueError as err:
             raise DataError(f"{data_path}: cannot be read as .npy ({err})") from None
+        check_values(data_path, f"shape {data.shape}", data.size, data.dtype, limits)
+        check_values(target_path, f"shape {target.shape}", target.size, target.dtype, limits)
+        target = np.array(target)  # the labels, small once checked
         dates = item.extra["dates"]
         size = item.extra.get("size")
         hw = "H x W" if size is None else f"{size} x {size}"
