@@ -15,6 +15,7 @@ outside 0-19 is an error naming the file. Band statistics skip padded time steps
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from geopeft.data.sources.base import (
     check_values,
 )
 from geopeft.limits import DEFAULT, Limits
+
+log = logging.getLogger(__name__)
 
 BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 CLASSES: tuple[str, ...] = (
@@ -70,7 +73,12 @@ def read_geojson(path: Path) -> list[dict[str, Any]]:
         dates = [int(d[k]) for k in sorted(d, key=int)]
         if any(b <= a for a, b in zip(dates, dates[1:], strict=False)):
             raise DataError(f"{path}: patch {p['ID_PATCH']}: dates-S2 are not strictly increasing")
-        out.append({"id": int(p["ID_PATCH"]), "fold": int(p["Fold"]), "dates": dates})
+        try:
+            fold = int(p["Fold"])
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: patch {p['ID_PATCH']} has Fold {p['Fold']!r}, not a fold "
+                            f"number") from None
+        out.append({"id": int(p["ID_PATCH"]), "fold": fold, "dates": dates})
     return out
 
 
@@ -108,12 +116,19 @@ class Pastis(Source):
         split_of = {f: part for part, fs in folds.items() for f in fs}
         options.setdefault("t_max", max((len(m["dates"]) for m in meta), default=0))
         size = self.declared_size(base)
-        items = []
+        items, left_out = [], []
         for m in sorted(meta, key=lambda m: m["id"]):
-            if m["fold"] not in split_of:
+            if m["fold"] not in FOLD_SIZES:  # PASTIS has five folds; another is a broken file
+                raise DataError(f"{base / 'metadata.geojson'}: patch {m['id']} has Fold "
+                                f"{m['fold']}; PASTIS's folds are {sorted(FOLD_SIZES)}")
+            if m["fold"] not in split_of:  # a fold the study's folds leave out of every split
+                left_out.append(m["fold"])
                 continue
             items.append(Item(str(m["id"]), split_of[m["fold"]], base, None,
                               {"fold": m["fold"], "dates": m["dates"], "size": size}))
+        if left_out:
+            log.warning("%s: %d patches of fold(s) %s are in no split (data.options.folds %s); "
+                        "left out", base, len(left_out), sorted(set(left_out)), folds)
         for part in ("train", "val", "test"):
             if part in folds and not any(i.split == part for i in items):
                 raise DataError(f"{base}: fold(s) {folds[part]} of the {part} split hold no patch")
