@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -119,6 +120,36 @@ def test_fold_without_patches(pastis, tmp_path):
     with pytest.raises(DataError, match=r"fold\(s\) \[6\] of the test split hold no patch"):
         prepare("pastis", pastis, ["B04"], tmp_path / "o.zarr",
                 options={"folds": {"train": [1, 2, 3], "val": [4], "test": [6]}})
+
+
+def test_a_patch_of_an_unknown_fold_is_an_error_naming_it(pastis, tmp_path):
+    """A patch whose Fold is none of PASTIS's five is a broken metadata file, named with the
+    patch and its fold, not a patch left out without a word (issue 37, item 7)."""
+    raw = _broken(pastis, tmp_path)
+    geojson = raw / "metadata.geojson"
+    meta = json.loads(geojson.read_text())
+    props = meta["features"][3]["properties"]
+    for fold, said in ((7, "Fold 7; PASTIS's folds are [1, 2, 3, 4, 5]"),
+                       ("two", "Fold 'two', not a fold number")):
+        props["Fold"] = fold
+        geojson.write_text(json.dumps(meta))
+        with pytest.raises(DataError, match=rf"metadata.geojson: patch {props['ID_PATCH']} has "
+                                            rf"{re.escape(said)}"):
+            prepare("pastis", raw, ["B04"], tmp_path / "o.zarr")
+        assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_fold_the_study_leaves_out_is_counted(pastis, tmp_path, caplog):
+    """Folds the study's data.options.folds assign to no split are left out, and said with
+    their count."""
+    meta = json.loads((pastis / "metadata.geojson").read_text())["features"]
+    in_fold5 = sum(f["properties"]["Fold"] == 5 for f in meta)
+    assert in_fold5
+    with caplog.at_level("WARNING", logger="geopeft.data.sources.pastis"):
+        prepare("pastis", pastis, ["B04"], tmp_path / "o.zarr",
+                options={"folds": {"train": [1, 2], "val": [3], "test": [4]}})
+    assert f"{in_fold5} patches of fold(s) [5] are in no split" in caplog.text
+    assert 5 not in set(_open(tmp_path / "o.zarr").fold.values.tolist())
 
 
 def test_load_series_nested_date_sorted_subsets(pastis, tmp_path):

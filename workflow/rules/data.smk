@@ -88,6 +88,7 @@ rule prepare:
     params:
         bands=lambda wildcards: wildcards.bands.replace("-", ","),
         options=canonical_json(DATA["options"]),
+        max_raster_values=config["limits"]["max_raster_values"],
     threads: 2
     resources:
         **CPU_RESOURCES,
@@ -97,7 +98,8 @@ rule prepare:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft prepare --dataset {wildcards.dataset} --raw {input.raw} --bands {params.bands}"
-        " --options {params.options:q} --out {output} --threads {threads} > {log} 2>&1"
+        " --options {params.options:q} --max-raster-values {params.max_raster_values}"
+        " --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule subset:

@@ -40,12 +40,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     Args:
         args: ``dataset``, ``raw``, ``bands`` (comma-separated), ``out``, ``threads``, ``options``
-            (source options as JSON).
+            (source options as JSON), ``max_raster_values`` (the study's limit).
     """
     from geopeft.data.prepare import prepare
+    from geopeft.limits import Limits
 
     opts = _spec(args.options) if args.options else {}
-    prepare(args.dataset, Path(args.raw), args.bands.split(","), Path(args.out), args.threads, opts)
+    limits = Limits(**({"max_raster_values": args.max_raster_values}
+                       if args.max_raster_values is not None else {}))
+    prepare(args.dataset, Path(args.raw), args.bands.split(","), Path(args.out), args.threads, opts,
+            limits)
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -104,6 +108,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--options", help="source options as JSON (resampling, folds, skip_corrupt, ...)")
+    s.add_argument("--max-raster-values", type=int, help="largest file read, in values (the "
+                   "study's limits.max_raster_values; default: its default)")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("download", help="download one file of a real dataset (verified, resumable)")

@@ -25,17 +25,18 @@ import numpy as np
 from geopeft.data.sources import DataError, get_source
 from geopeft.data.store import StoreWriter
 from geopeft.io import atomic_dir
+from geopeft.limits import DEFAULT, Limits
 
 log = logging.getLogger(__name__)
 CHUNK = 256
 
 
 def _first_readable(src: Any, items: list[Any], bands: list[str], options: dict[str, Any],
-                    skip: bool) -> Any:
+                    skip: bool, limits: Limits) -> Any:
     """The first sample (its shape defines the store); with ``skip``, the first readable one."""
     for item in items:
         try:
-            return src.read(item, bands, options)
+            return src.read(item, bands, options, limits=limits)
         except DataError:
             if not skip:
                 raise
@@ -43,7 +44,7 @@ def _first_readable(src: Any, items: list[Any], bands: list[str], options: dict[
 
 
 def prepare(dataset: str, raw_dir: Path, bands: list[str], out: Path, threads: int = 1,
-            options: dict[str, Any] | None = None) -> dict[str, Any]:
+            options: dict[str, Any] | None = None, limits: Limits = DEFAULT) -> dict[str, Any]:
     """Convert the raw dataset under ``raw_dir`` into the store ``out``; returns its attributes.
 
     Args:
@@ -53,6 +54,8 @@ def prepare(dataset: str, raw_dir: Path, bands: list[str], out: Path, threads: i
         out: the zarr store to write (replaced whole, never half-written).
         threads: reader threads.
         options: source options (resampling, folds, skip_corrupt, ...).
+        limits: the study's limits: a file whose header declares more values than
+            ``max_raster_values`` is refused (or skipped, with ``skip_corrupt``) unread.
     """
     src = get_source(dataset)
     options = dict(options or {})
@@ -61,14 +64,14 @@ def prepare(dataset: str, raw_dir: Path, bands: list[str], out: Path, threads: i
     if not items:
         raise DataError(f"{raw_dir}: no samples found for {dataset}")
     skip = bool(options.get("skip_corrupt", False))
-    first = _first_readable(src, items, bands, options, skip)
+    first = _first_readable(src, items, bands, options, skip, limits)
     skipped: list[tuple[str, str]] = []
     names: list[str] = []
     splits: list[str] = []
 
     def load(item: Any) -> Any:
         try:
-            sample = src.read(item, bands, options)
+            sample = src.read(item, bands, options, limits=limits)
         except DataError as err:
             if skip:
                 return err

@@ -20,9 +20,11 @@ import numpy as np
 
 from geopeft.data.dataset import StoreInfo
 from geopeft.data.sources import DataError, get_source
+from geopeft.data.sources.base import check_side
 from geopeft.data.temporal import PAD, ShortSeriesError, days_since, temporal_indices
 from geopeft.io import read_json
 from geopeft.layout import ModelLayout
+from geopeft.limits import DEFAULT, Limits
 from geopeft.models.inference import predict
 from geopeft.models.saved import load_model
 from geopeft.spec import JobSpec
@@ -79,10 +81,13 @@ class Predictor:
     Args:
         model_dir: the run's saved model folder (``results/<study>/runs/<run>/model``).
         pretrain_dir: the embedded pretrained backbone (default: the one the run recorded).
+        limits: the limits on the files read (a file over them is refused from its header).
     """
 
-    def __init__(self, model_dir: Path, pretrain_dir: Path | None = None):
+    def __init__(self, model_dir: Path, pretrain_dir: Path | None = None,
+                 limits: Limits = DEFAULT):
         self.model_dir = Path(model_dir)
+        self.limits = limits
         record_file = ModelLayout(self.model_dir).record
         self.record = read_json(record_file)
         spec = JobSpec.from_dict(self.record["spec"], f"{record_file}: spec")
@@ -102,7 +107,8 @@ class Predictor:
 
     def read(self, path: Path, dates: list[int] | None = None,
              ) -> tuple[np.ndarray, list[int] | None]:
-        """A file as the model takes it: the run's bands, in its order, checked for size.
+        """A file as the model takes it: the run's bands, in its order, checked for size (from
+        its header, against the model's side and :attr:`limits`, before a pixel is read).
 
         Raises:
             DataError: naming the file and what is wrong with it.
@@ -110,10 +116,9 @@ class Predictor:
         path = Path(path)
         if not path.exists():
             raise DataError(f"{path}: no such file")
-        image, dates = self.source.read_input(path, list(self.info.bands), self.options, dates)
-        if self.size is not None and image.shape[-2:] != self.size:
-            raise DataError(f"{path}: size {image.shape[-2]}x{image.shape[-1]}, the model takes "
-                            f"{self.size[0]}x{self.size[1]} ({self.info.dataset})")
+        image, dates = self.source.read_input(path, list(self.info.bands), self.options, dates,
+                                              limits=self.limits, size=self.size)
+        check_side(path, image.shape[-2:], self.size, self.info.dataset)
         return image, dates
 
     def predict_files(self, files: list[Path],

@@ -11,6 +11,7 @@ import numpy as np
 
 from geopeft.bands import band_indices
 from geopeft.errors import GeopeftError
+from geopeft.limits import DEFAULT, Limits
 
 #: The splits every source assigns its samples to, in this order.
 SPLITS = ("train", "val", "test")
@@ -20,6 +21,40 @@ SYNTHETIC_MARKER = "geopeft-synthetic.json"
 
 class DataError(GeopeftError, ValueError):
     """A raw file or folder is missing or malformed; the message names it."""
+
+
+def check_values(path: Path, declared: str, values: int, dtype: Any, limits: Limits) -> None:
+    """Refuse a raster whose header declares more values than ``limits.max_raster_values``,
+    before a pixel of it is read.
+
+    Args:
+        path: the file, named in the error.
+        declared: its shape as its header declares it, in words (e.g. "8000x8000 px x 13 bands").
+        values: the values that shape holds.
+        dtype: their data type.
+        limits: the limits in force (a study's ``limits`` section, else the defaults).
+
+    Raises:
+        DataError: naming the file, its declared shape and size, and the limit.
+    """
+    if values > limits.max_raster_values:
+        dt = np.dtype(dtype)
+        raise DataError(f"{path}: declares {declared} of {dt.name} ({values:,} values, "
+                        f"{values * dt.itemsize / 2**30:.1f} GiB), over the limit of "
+                        f"{limits.max_raster_values:,} values (limits.max_raster_values); "
+                        f"nothing was read")
+
+
+def check_side(path: Path, side: tuple[int, int], size: tuple[int, int] | None,
+               dataset: str) -> None:
+    """Refuse a sample whose side (H, W) is not the one the model takes (``size``; None: any).
+
+    Raises:
+        DataError: naming the file, its side and the model's.
+    """
+    if size is not None and tuple(side) != tuple(size):
+        raise DataError(f"{path}: size {side[0]}x{side[1]}, the model takes {size[0]}x{size[1]} "
+                        f"({dataset})")
 
 
 @dataclass
@@ -140,15 +175,19 @@ class Source:
         return self.native_size
 
     def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
-                   dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
+                   dates: list[int] | None = None, *, limits: Limits = DEFAULT,
+                   size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[int] | None]:
         """One sample as a user holds it (``geopeft predict``, the app): a file or folder in
-        the published format, read and checked as preparation reads it.
+        the published format, read and checked as preparation reads it. Its size is checked
+        from its header, against ``limits`` and ``size``, before a pixel is read.
 
         Args:
             path: the sample's file or folder (:attr:`input_format`).
             bands: the bands to return, in this order (the run's store's).
             options: the study's ``data.options`` (e.g. the side BigEarthNet is resampled to).
             dates: the acquisition dates (YYYYMMDD) of a time series, one per image.
+            limits: the limits on what is read (:data:`geopeft.limits.DEFAULT` for a user's file).
+            size: the side (H, W) the model takes (:func:`check_side`; None: any).
 
         Returns:
             The image (bands, H, W), or (time, bands, H, W) with its dates.
@@ -218,7 +257,10 @@ class Source:
     def scan(self, raw: Path, options: dict[str, Any]) -> list[Item]:
         raise NotImplementedError
 
-    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
+    def read(self, item: Item, bands: list[str], options: dict[str, Any], *,
+             limits: Limits = DEFAULT) -> Sample:
+        """One sample of :meth:`scan` with ``bands``; a file whose header declares more than
+        ``limits`` allow is refused before it is read (:func:`check_values`)."""
         raise NotImplementedError
 
     def extra_arrays(self, items: list[Item], kept: list[str],

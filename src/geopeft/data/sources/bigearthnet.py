@@ -25,6 +25,7 @@ import numpy as np
 
 from geopeft.data.download import Remote
 from geopeft.data.sources.base import DataError, Item, Sample, Source
+from geopeft.limits import DEFAULT, Limits
 
 #: ESA order of the 12 L2A bands.
 BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09",
@@ -226,9 +227,12 @@ class _BigEarthNet(Source):
     input_format = "a BigEarthNet-S2 patch: its per-band GeoTIFFs in a `.zip`"
 
     def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
-                   dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
+                   dates: list[int] | None = None, *, limits: Limits = DEFAULT,
+                   size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[int] | None]:
         """A patch as published: its folder of per-band GeoTIFFs, or that folder zipped; the
-        bands resampled to the study's side (``data.options.size``) as preparation does."""
+        bands resampled to the study's side (``data.options.size``) as preparation does. Each
+        band file's side is checked against BigEarthNet's from its header before it is read,
+        which keeps it far under ``limits``."""
         import tempfile
 
         from geopeft import limits
@@ -257,7 +261,8 @@ class _BigEarthNet(Source):
 
         return Path(shutil.make_archive(str(Path(cache) / item.name), "zip", item.path)), None
 
-    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
+    def read(self, item: Item, bands: list[str], options: dict[str, Any], *,
+             limits: Limits = DEFAULT) -> Sample:
         if not item.path.is_dir():
             raise DataError(f"{item.path}: patch folder missing")
         img = read_bands(item.path, item.name, bands, int(options.get("size", 120)),

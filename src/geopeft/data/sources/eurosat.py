@@ -8,6 +8,7 @@ The same layout with other class folders holds the synthetic pretraining source 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,16 @@ import numpy as np
 
 from geopeft.bands import EUROSAT_MS_FILE_ORDER, EUROSAT_RGB_FILE_ORDER
 from geopeft.data.download import Remote
-from geopeft.data.sources.base import SPLITS, DataError, Item, Sample, Source
+from geopeft.data.sources.base import (
+    SPLITS,
+    DataError,
+    Item,
+    Sample,
+    Source,
+    check_side,
+    check_values,
+)
+from geopeft.limits import DEFAULT, Limits
 
 #: EuroSAT's ten classes (folder names) in the order used for label indices.
 EUROSAT_CLASSES: tuple[str, ...] = (
@@ -72,26 +82,37 @@ class EuroSAT(Source):
             self.fixtures = "geopeft.data.synthetic:write_fixtures"  # rehearsal downloads
             self.fixture_samples = 40
 
-    def read_file(self, path: Path) -> np.ndarray:
-        """Read one file as (bands, H, W) in file band order, checking count and dtype."""
-        return read_tif(path, self) if self.ext == ".tif" else read_jpg(path, self)
+    def read_file(self, path: Path, limits: Limits = DEFAULT,
+                  check: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Read one file as (bands, H, W) in file band order, checking count, dtype, its size
+        against ``limits`` and its side (H, W) with ``check``, all from its header before a pixel
+        is read."""
+        reader = read_tif if self.ext == ".tif" else read_jpg
+        return reader(path, self, limits, check)
 
     def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
-                   dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
+                   dates: list[int] | None = None, *, limits: Limits = DEFAULT,
+                   size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[int] | None]:
         """A EuroSAT file (MS: the 13-band GeoTIFF, B8A last; RGB: a JPEG or PNG), bands picked
         by name."""
-        return self.read_file(Path(path))[self.check_bands(bands)], None
+        path = Path(path)
+        side = None if size is None else lambda h, w: check_side(path, (h, w), size, self.name)
+        return self.read_file(path, limits, side)[self.check_bands(bands)], None
 
     def scan(self, raw: Path, options: dict[str, Any]) -> list[Item]:
         size = self.declared_size(raw)
         return [Item(p.stem, part, p, label, {"size": size}) for p, label, part in scan(raw, self)]
 
-    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
-        arr = self.read_file(item.path)
+    def read(self, item: Item, bands: list[str], options: dict[str, Any], *,
+             limits: Limits = DEFAULT) -> Sample:
         size = item.extra.get("size")
-        if size is not None and arr.shape[1:] != (size, size):
-            raise DataError(f"{item.path}: size {arr.shape[1]}x{arr.shape[2]}, {self.name} "
-                            f"patches are {size}x{size}")
+
+        def side(h: int, w: int) -> None:
+            if size is not None and (h, w) != (size, size):
+                raise DataError(f"{item.path}: size {h}x{w}, {self.name} patches are "
+                                f"{size}x{size}")
+
+        arr = self.read_file(item.path, limits, side)
         return Sample(arr[self.check_bands(bands)], np.int16(item.label))
 
 
@@ -114,8 +135,11 @@ SOURCES: dict[str, EuroSAT] = {
 }
 
 
-def read_tif(path: Path, fmt: EuroSAT) -> np.ndarray:
-    """One EuroSAT-MS GeoTIFF as (13, H, W) in file band order (B8A last); count and dtype checked."""
+def read_tif(path: Path, fmt: EuroSAT, limits: Limits = DEFAULT,
+             check: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """One EuroSAT-MS GeoTIFF as (13, H, W) in file band order (B8A last); count, dtype, size
+    (:func:`~geopeft.data.sources.base.check_values`) and side (``check(H, W)``) checked from
+    its header before a pixel is read."""
     import rasterio
     from rasterio.errors import RasterioIOError
 
@@ -128,21 +152,31 @@ def read_tif(path: Path, fmt: EuroSAT) -> np.ndarray:
                 )
             if src.dtypes[0] != fmt.dtype:
                 raise DataError(f"{path}: dtype {src.dtypes[0]}, {fmt.name} needs {fmt.dtype}")
+            check_values(path, f"{src.height}x{src.width} px x {src.count} bands",
+                         src.height * src.width * src.count, src.dtypes[0], limits)
+            if check is not None:
+                check(src.height, src.width)
             return src.read()
     except RasterioIOError as err:
         raise DataError(f"{path}: cannot be read as GeoTIFF ({err})") from None
 
 
-def read_jpg(path: Path, fmt: EuroSAT) -> np.ndarray:
-    """One EuroSAT-RGB JPEG (or PNG) as (3, H, W) uint8, bands R, G, B."""
+def read_jpg(path: Path, fmt: EuroSAT, limits: Limits = DEFAULT,
+             check: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """One EuroSAT-RGB JPEG (or PNG) as (3, H, W) uint8, bands R, G, B; mode, size and side
+    checked from its header before it is decoded (as :func:`read_tif`)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             if im.mode != "RGB":
                 raise DataError(f"{path}: image mode {im.mode}, {fmt.name} needs RGB")
+            w, h = im.size
+            check_values(path, f"{h}x{w} px x 3 bands", h * w * 3, np.uint8, limits)
+            if check is not None:
+                check(h, w)
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as err:
         raise DataError(f"{path}: cannot be read as a JPEG or PNG image ({err})") from None
     return arr.transpose(2, 0, 1).copy()
 

@@ -15,6 +15,7 @@ outside 0-19 is an error naming the file. Band statistics skip padded time steps
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,17 @@ from typing import Any
 import numpy as np
 
 from geopeft.data.download import Remote
-from geopeft.data.sources.base import DataError, Item, Sample, Source
+from geopeft.data.sources.base import (
+    DataError,
+    Item,
+    Sample,
+    Source,
+    check_side,
+    check_values,
+)
+from geopeft.limits import DEFAULT, Limits
+
+log = logging.getLogger(__name__)
 
 BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 CLASSES: tuple[str, ...] = (
@@ -62,7 +73,12 @@ def read_geojson(path: Path) -> list[dict[str, Any]]:
         dates = [int(d[k]) for k in sorted(d, key=int)]
         if any(b <= a for a, b in zip(dates, dates[1:], strict=False)):
             raise DataError(f"{path}: patch {p['ID_PATCH']}: dates-S2 are not strictly increasing")
-        out.append({"id": int(p["ID_PATCH"]), "fold": int(p["Fold"]), "dates": dates})
+        try:
+            fold = int(p["Fold"])
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: patch {p['ID_PATCH']} has Fold {p['Fold']!r}, not a fold "
+                            f"number") from None
+        out.append({"id": int(p["ID_PATCH"]), "fold": fold, "dates": dates})
     return out
 
 
@@ -100,12 +116,19 @@ class Pastis(Source):
         split_of = {f: part for part, fs in folds.items() for f in fs}
         options.setdefault("t_max", max((len(m["dates"]) for m in meta), default=0))
         size = self.declared_size(base)
-        items = []
+        items, left_out = [], []
         for m in sorted(meta, key=lambda m: m["id"]):
-            if m["fold"] not in split_of:
+            if m["fold"] not in FOLD_SIZES:  # PASTIS has five folds; another is a broken file
+                raise DataError(f"{base / 'metadata.geojson'}: patch {m['id']} has Fold "
+                                f"{m['fold']}; PASTIS's folds are {sorted(FOLD_SIZES)}")
+            if m["fold"] not in split_of:  # a fold the study's folds leave out of every split
+                left_out.append(m["fold"])
                 continue
             items.append(Item(str(m["id"]), split_of[m["fold"]], base, None,
                               {"fold": m["fold"], "dates": m["dates"], "size": size}))
+        if left_out:
+            log.warning("%s: %d patches of fold(s) %s are in no split (data.options.folds %s); "
+                        "left out", base, len(left_out), sorted(set(left_out)), folds)
         for part in ("train", "val", "test"):
             if part in folds and not any(i.split == part for i in items):
                 raise DataError(f"{base}: fold(s) {folds[part]} of the {part} split hold no patch")
@@ -132,9 +155,11 @@ class Pastis(Source):
         return item.path / "DATA_S2" / f"S2_{item.name}.npy", list(item.extra.get("dates", []))
 
     def read_input(self, path: Path, bands: list[str], options: dict[str, Any],
-                   dates: list[int] | None = None) -> tuple[np.ndarray, list[int] | None]:
+                   dates: list[int] | None = None, *, limits: Limits = DEFAULT,
+                   size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[int] | None]:
         """A patch's ``S2_<ID>.npy`` (T x 10 x H x W, int16) with its T dates (YYYYMMDD, as
-        ``dates-S2`` of metadata.geojson lists them)."""
+        ``dates-S2`` of metadata.geojson lists them); mapped, its shape checked before a value
+        is read."""
         path = Path(path)
         try:
             data = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -146,6 +171,8 @@ class Pastis(Source):
         if data.dtype != self.dtype:
             raise DataError(f"{path}: dtype {data.dtype}, PASTIS DATA_S2 is int16 (reflectance "
                             f"x 10000); convert it explicitly, nothing is cast")
+        check_values(path, f"shape {data.shape}", data.size, data.dtype, limits)
+        check_side(path, data.shape[2:], size, self.name)
         if not dates:
             raise DataError(f"{path}: a time series needs its {data.shape[0]} acquisition dates "
                             f"(YYYYMMDD, as metadata.geojson's dates-S2)")
@@ -159,7 +186,8 @@ class Pastis(Source):
             raise DataError(f"{path}: the dates are not strictly increasing")
         return np.asarray(data[:, self.check_bands(bands)]), dates
 
-    def read(self, item: Item, bands: list[str], options: dict[str, Any]) -> Sample:
+    def read(self, item: Item, bands: list[str], options: dict[str, Any], *,
+             limits: Limits = DEFAULT) -> Sample:
         sid = item.name
         data_path = item.path / "DATA_S2" / f"S2_{sid}.npy"
         target_path = item.path / "ANNOTATIONS" / f"TARGET_{sid}.npy"
@@ -167,10 +195,13 @@ class Pastis(Source):
             if not p.is_file():
                 raise DataError(f"{p}: missing")
         try:
-            data = np.load(data_path, mmap_mode="r")
-            target = np.load(target_path)
+            data = np.load(data_path, mmap_mode="r")  # mapped: nothing read before the checks
+            target = np.load(target_path, mmap_mode="r")
         except ValueError as err:
             raise DataError(f"{data_path}: cannot be read as .npy ({err})") from None
+        check_values(data_path, f"shape {data.shape}", data.size, data.dtype, limits)
+        check_values(target_path, f"shape {target.shape}", target.size, target.dtype, limits)
+        target = np.array(target)  # the labels, small once checked
         dates = item.extra["dates"]
         size = item.extra.get("size")
         hw = "H x W" if size is None else f"{size} x {size}"
