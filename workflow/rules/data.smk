@@ -68,15 +68,14 @@ if DATA["source"] == "download":
             get_download_files,
         output:
             directory(DATA_LAYOUT.raw("{dataset}")),
-        params:
-            max_bytes=config["limits"]["max_extract_bytes"],
         log:
             DATA_LAYOUT.raw_log("fetch", "{dataset}"),
         conda:
             "../../envs/geopeft.yaml"
         shell:
             "geopeft fetch --dataset {wildcards.dataset} --out {output}"
-            " --max-extract-bytes {params.max_bytes} {input:q} > {log} 2>&1"
+            # a limit, not a result: in the command, not in params (no rerun when it changes)
+            " --max-extract-bytes {config[limits][max_extract_bytes]} {input:q} > {log} 2>&1"
 
 
 rule prepare:
@@ -88,7 +87,6 @@ rule prepare:
     params:
         bands=lambda wildcards: wildcards.bands.replace("-", ","),
         options=canonical_json(DATA["options"]),
-        max_raster_values=config["limits"]["max_raster_values"],
     threads: 2
     resources:
         **CPU_RESOURCES,
@@ -98,7 +96,7 @@ rule prepare:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft prepare --dataset {wildcards.dataset} --raw {input.raw} --bands {params.bands}"
-        " --options {params.options:q} --max-raster-values {params.max_raster_values}"
+        " --options {params.options:q} --max-raster-values {config[limits][max_raster_values]}"
         " --out {output} --threads {threads} > {log} 2>&1"
 
 
