@@ -6,8 +6,10 @@ compare a trained model with the same job run as a fresh process, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import pytest
 from conftest import backbone_cfg
 from safetensors.torch import load_file
 
-from geopeft import jobserver
+from geopeft import jobserver, process
 from geopeft.tracking import init_experiment
 
 # A fake `geopeft` for the server: what the child sees, and how it stops.
@@ -58,16 +60,27 @@ FAKE = textwrap.dedent("""
 """)
 
 CLIENT = textwrap.dedent("""
-    import sys
-    from geopeft import jobserver
+    import os, sys, time
+    from pathlib import Path
+    from geopeft import jobserver, process
     if len(sys.argv) > 1 and sys.argv[1] == "--other-copy":
-        jobserver._identity = lambda: {"python": "/elsewhere/python", "prefix": "/elsewhere",
+        jobserver.client.identity = lambda: {"python": "/elsewhere/python", "prefix": "/elsewhere",
                                        "package": "/elsewhere/geopeft"}
         sys.argv.pop(1)
+    process.note_snakemake()  # as geopeft's main does first
     status = jobserver.run_remote(sys.argv[1], sys.argv[1:])
     if status is None:
         print("IN-PROCESS", flush=True)
         status = 0
+        if sys.argv[2] == "wait":  # trains in this process, as `geopeft train` does
+            from geopeft.train.resume import Preempted, stop_when_snakemake_is_gone
+            try:
+                stop_when_snakemake_is_gone(poll_s=0.05)
+            except Preempted as err:
+                print("preempted:", err, flush=True)
+                sys.exit(75)
+            Path(sys.argv[4]).write_text(str(os.getpid()))
+            time.sleep(60)
     sys.exit(status)
 """)
 
@@ -263,6 +276,86 @@ def test_the_server_stops_when_snakemake_is_gone_and_cleans_up(tmp_path):
     assert not sock.parent.exists()  # socket and private folder removed
 
 
+# A stand-in for Snakemake: it starts the job server as `onstart` does (jobserver.start, on the
+# fake `geopeft` of PATH), writes the server's PID and socket, then starts one job through a shell that
+# records the job's exit status.
+SNAKEMAKE = textwrap.dedent("""
+    import subprocess, sys, time
+    from pathlib import Path
+    from geopeft import jobserver, process
+    folder = Path(sys.argv[1])
+    handle = jobserver.start(folder / "server.log")
+    (folder / "server").write_text(f"{handle.process.pid} {handle.socket}")
+    subprocess.Popen(["bash", "-c", sys.argv[2] + f"; echo $? > {folder / 'status'}"])
+    time.sleep(120)
+""")
+
+
+def _queued(sock: str) -> int:
+    """Connections waiting on the listening socket ``sock`` for the server to accept them."""
+    lines = Path("/proc/net/unix").read_text().splitlines()
+    return sum(line.endswith(f" {sock}") for line in lines) - 1
+
+
+@pytest.mark.parametrize("when", ["waiting", "before-start"])
+def test_a_job_whose_snakemake_is_killed_during_the_warm_up_stops_at_once(tmp_path, when):
+    """Snakemake SIGKILLed while the job server still loads (torch): a job whose client waits
+    for it (or that starts only then) stops within seconds; no trainer starts, in the server or
+    in the job's own process (before: the client waited for the server, then trained on as an
+    orphan and the rerun met "another trainer")."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (tmp_path / "slowmod.py").write_text(  # stands for the imports: done once `release` exists
+        "from pathlib import Path\nimport time\n"
+        f"while not Path({str(tmp_path / 'release')!r}).exists():\n    time.sleep(0.02)\n")
+    geopeft = bindir / "geopeft"  # `geopeft jobserver --socket S --parent P` -> FAKE S P slowmod
+    geopeft.write_text(f"#!{sys.executable}\nimport sys\n"
+                       "sys.argv = [sys.argv[0], sys.argv[3], sys.argv[5], 'slowmod']\n" + FAKE)
+    snakemake = bindir / "snakemake"
+    snakemake.write_text(f"#!{sys.executable}\n" + SNAKEMAKE)
+    for exe in (geopeft, snakemake):
+        exe.chmod(0o755)
+    marker, pidfile, out = tmp_path / "stopped", tmp_path / "trainer.pid", tmp_path / "client.out"
+    gate = f"while [ ! -e {tmp_path / 'go'} ]; do sleep 0.02; done; " if when == "before-start" else ""
+    job = (f"{gate}{sys.executable} -c {shlex.quote(CLIENT)} train wait {marker} {pidfile} "
+           f"> {out} 2>&1")
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    env.pop(jobserver.ENV, None)
+    snake = subprocess.Popen([str(snakemake), str(tmp_path), job], env=env, start_new_session=True)
+    server = None
+    try:
+        pid, sock = wait_for(tmp_path / "server").split()
+        server = int(pid)
+        if when == "waiting":  # the job's client has sent its request and waits for an answer
+            end = time.monotonic() + 30
+            while _queued(sock) < 1:
+                assert time.monotonic() < end, "the client never connected"
+                time.sleep(0.02)
+        snake.kill()
+        snake.wait()
+        killed = time.monotonic()
+        (tmp_path / "go").touch()
+        status = wait_for(tmp_path / "status", timeout=10).strip()
+        assert time.monotonic() - killed < 5  # stopped at once, not after the warm-up
+        text = out.read_text()
+        assert status == str(128 + signal.SIGTERM), text  # as if Snakemake had sent SIGTERM
+        assert f"Snakemake (pid {snake.pid}) is gone: not running this job" in text
+        (tmp_path / "release").touch()  # the server finishes loading, sees Snakemake gone ...
+        alive = process.watch_process(server)
+        end = time.monotonic() + 30
+        while alive():
+            assert time.monotonic() < end, "the server outlived Snakemake"
+            time.sleep(0.02)
+        assert not pidfile.exists()  # ... and no trainer ever ran, there or in the client
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(snake.pid, signal.SIGKILL)
+        if server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
+
+
 def test_start_and_stop_set_and_clear_the_variable_jobs_inherit(tmp_path, monkeypatch):
     """`onstart` starts the server on the geopeft of PATH, in a private folder; `onsuccess` stops it."""
     bindir = tmp_path / "bin"
@@ -274,8 +367,11 @@ def test_start_and_stop_set_and_clear_the_variable_jobs_inherit(tmp_path, monkey
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv(jobserver.ENV, raising=False)
+    monkeypatch.delenv(process.SNAKEMAKE_ENV, raising=False)
     handle = jobserver.start(tmp_path / "logs" / "jobserver.log")
     assert handle is not None and os.environ[jobserver.ENV] == handle.socket
+    # who the jobs' Snakemake is, for a job that starts once it is gone
+    assert os.environ[process.SNAKEMAKE_ENV] == process.process_key(os.getpid())
     folder = Path(handle.socket).parent
     assert folder.stat().st_mode & 0o777 == 0o700
     argv = wait_for(tmp_path / "argv").split()
@@ -284,6 +380,7 @@ def test_start_and_stop_set_and_clear_the_variable_jobs_inherit(tmp_path, monkey
     jobserver.stop(handle)
     assert handle.process.poll() is not None
     assert jobserver.ENV not in os.environ and not folder.exists()
+    assert process.SNAKEMAKE_ENV not in os.environ
 
 
 # ------------------------------------------------------------------ the real geopeft, slow

@@ -1,36 +1,5 @@
-"""A warm process that forks the training jobs of a local Snakemake run.
-
-Every ``pretrain``, ``train`` and ``evaluate`` job of the default study spends about 10 s importing
-torch, timm, peft, MLflow and zarr before its first step, longer than many of its jobs train. On a
-local run the workflow starts one job server (``geopeft jobserver``, from ``onstart`` in
-``workflow/rules/common.smk``): it imports those modules once, then forks one child per job. The
-job's own ``geopeft`` process stays the Snakemake job (a client): it sends its command line,
-working folder, environment and standard streams (the log file) to the server over a Unix socket
-in a private folder, forwards SIGTERM, SIGINT and SIGHUP to the child and exits with the child's
-status. The child runs the same ``geopeft`` code a fresh process would, so results are identical
-(a test compares them bitwise).
-
-Safety:
-
-- The server never runs torch itself (no OpenMP pool, no CUDA context before the fork) and forks
-  only while it has no Python thread besides its main one; otherwise it refuses and the client
-  runs the job in its own process, as it does when the server is unreachable or is another
-  Python or another copy of geopeft.
-- The socket lives in a 0700 folder and the server serves only its own user (``SO_PEERCRED``).
-- A client that dies (SIGKILL of Snakemake and its job) closes its connection: the server sends
-  SIGTERM to that child, which stops as a preempted job does (its state kept for the rerun).
-- When Snakemake (``--parent``) is gone -- killed, so its jobs would train on as orphans and
-  race a rerun -- and on SIGTERM (``onsuccess``/``onerror``), the server stops its children
-  (SIGTERM: they save their state) and exits once they have.
-
-The job's environment is the client's, applied before the job runs: Snakemake's per-job
-variables (thread counts, ``TMPDIR``) reach it; torch's thread count is set by the job itself.
-Variables a library reads once at import (e.g. ``HF_HOME``) come from the server's environment,
-which is Snakemake's, the one every job inherits.
-
-Opt out with ``jobserver: false`` in the config (every job a fresh process); SLURM and
-conda/apptainer runs never use it.
-"""
+"""The job server's process (:mod:`geopeft.jobserver`): it admits its user's connections, reads
+their requests and forks one child per job, which becomes the job's ``geopeft`` process."""
 
 from __future__ import annotations
 
@@ -40,176 +9,21 @@ import logging
 import os
 import random
 import selectors
-import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from geopeft import wire
-from geopeft.process import START_ENV, process_started, signal_process, wait_gone, watch_process
+from geopeft.jobserver.client import ENV, FORWARDED, identity
+from geopeft.process import signal_process, watch_process
 
-#: The environment variable that names the server's socket for the jobs of a run.
-ENV = "GEOPEFT_JOBSERVER"
-#: The commands that go through the server (the ones that import torch).
-COMMANDS = frozenset({"pretrain", "train", "evaluate"})
-#: Environment for the server: the children set torch's thread count themselves
-#: (geopeft.models.runtime), and the BLAS pools must not take every core in each of them.
-SERVER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-log = logging.getLogger(__name__)
-
-
-def _identity() -> dict[str, str]:
-    """What must match between a client and the server: the interpreter and this package."""
-    return {"python": os.path.realpath(sys.executable), "prefix": os.path.realpath(sys.prefix),
-            "package": os.path.realpath(__file__)}
-
-
-
-# ----------------------------------------------------------------------------------- client
-
-
-#: How long a client waits for the server to take its job (it may still be importing).
-REPLY_TIMEOUT_S = 300.0
-_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def run_remote(command: str, argv: Sequence[str]) -> int | None:
-    """Run a ``geopeft`` command in a child of the job server named by ``$GEOPEFT_JOBSERVER``.
-
-    Signals (SIGTERM, SIGINT, SIGHUP) are caught from the start: one that arrives before the
-    server names the child is delivered to it as soon as it does (or ends this process with
-    128 + n when the job never started), so no job outlives a client that was told to stop.
-
-    Args:
-        command: the sub-command (only :data:`COMMANDS` go through the server).
-        argv: the whole command line after ``geopeft``.
-
-    Returns:
-        The child's exit status (128 + n when a signal n ended it), or None when the job should
-        run in this process instead (no server, another command, the server refused).
-    """
-    path = os.environ.get(ENV)
-    if not path or command not in COMMANDS:
-        return None
-    pending: list[int] = []
-    child: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:
-        if child:
-            signal_process(child[0], signum)
-        else:
-            pending.append(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-        env = dict(os.environ)
-        started = process_started()
-        if started is not None:
-            env[START_ENV] = repr(started)
-        wire.send(sock, {"argv": list(argv), "cwd": os.getcwd(), "env": env, **_identity()},
-              fds=(0, 1, 2))
-        sock.settimeout(REPLY_TIMEOUT_S)
-        reply = wire.recv(sock)
-        sock.settimeout(None)
-    except (OSError, ConnectionError, ValueError) as err:
-        reply = {"refused": f"not usable: {err}"}
-    if "refused" in reply:
-        sock.close()
-        if pending:  # told to stop before anything ran
-            return 128 + pending[0]
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        print(f"geopeft {command}: job server {path} {reply['refused']}; running in this process",
-              file=sys.stderr, flush=True)
-        return None
-    child.append(int(reply["pid"]))
-    for sig in pending:
-        signal_process(child[0], sig)
-    try:
-        status = int(wire.recv(sock)["status"])
-    except (OSError, ConnectionError, ValueError) as err:
-        # the server is gone: its child must not train on unseen (it saves its state on SIGTERM)
-        print(f"geopeft {command}: job server {path} lost the job (pid {child[0]}): {err}; "
-              "stopping it", file=sys.stderr, flush=True)
-        signal_process(child[0], signal.SIGTERM)
-        wait_gone(child[0], 120.0)
-        status = 1
-    finally:
-        sock.close()
-    return status
-
-
-
-# ------------------------------------------------------------------------- start and stop
-
-
-@dataclass
-class Handle:
-    """A started job server: its process and the socket its jobs use."""
-
-    process: subprocess.Popen
-    socket: str
-
-
-def start(log_path: str | os.PathLike, parent: int | None = None) -> Handle | None:
-    """Start ``geopeft jobserver`` for the jobs of this process (Snakemake's ``onstart``).
-
-    The server runs the ``geopeft`` found on ``PATH`` -- the one the jobs' shells run -- in a
-    session of its own (Ctrl-C reaches the jobs through their clients, not twice). Its socket is
-    put in a new 0700 folder and named in ``$GEOPEFT_JOBSERVER``, which the jobs inherit.
-
-    Args:
-        log_path: the server's log file (its folder is created).
-        parent: the process whose end stops the server (default: this one).
-
-    Returns:
-        The handle for :func:`stop`, or None when no ``geopeft`` executable is on ``PATH``.
-    """
-    exe = shutil.which("geopeft")
-    if exe is None:
-        return None
-    folder = tempfile.mkdtemp(prefix="geopeft-jobserver-")  # 0700
-    path = os.path.join(folder, "sock")
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            [exe, "jobserver", "--socket", path, "--parent", str(parent or os.getpid())],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, **SERVER_ENV}, start_new_session=True)
-    end = time.monotonic() + 30  # bound before the imports: jobs never find it missing
-    while not os.path.exists(path) and proc.poll() is None and time.monotonic() < end:
-        time.sleep(0.02)
-    os.environ[ENV] = path
-    return Handle(proc, path)
-
-
-def stop(handle: Handle | None, timeout_s: float = 60.0) -> None:
-    """Stop a server from :func:`start` (SIGTERM: it stops its jobs first) and remove its folder."""
-    if handle is None:
-        return
-    if os.environ.get(ENV) == handle.socket:
-        del os.environ[ENV]
-    if handle.process.poll() is None:
-        handle.process.terminate()
-        try:
-            handle.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:  # the server and its jobs share its process group
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(handle.process.pid, signal.SIGKILL)
-            handle.process.wait()
-    shutil.rmtree(os.path.dirname(handle.socket), ignore_errors=True)
-
+log = logging.getLogger("geopeft.jobserver")  # the server's log names the package
 
 # ----------------------------------------------------------------------------------- server
 
@@ -238,7 +52,7 @@ def _child(conn: socket.socket, listener: socket.socket, others: list[socket.soc
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh process
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
         for fd in fds:
@@ -322,7 +136,7 @@ def serve(path: str, parent: int | None, run: Callable[[list[str]], int],
     jobs: dict[int, _Job] = {}
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ)
-    me = _identity()
+    me = identity()
     uid = os.getuid()
     listening = True
     parent_alive = watch_process(parent) if parent is not None else None
@@ -395,15 +209,15 @@ def _accept(conn: socket.socket, sel: selectors.BaseSelector, jobs: dict[int, _J
         others = [j.conn for j in jobs.values()]
         # a signal the client forwards at once must find the job's own dispositions, not the
         # server's handlers: blocked across the fork, released in the child once they are reset
-        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         try:
             pid = os.fork()
         except OSError:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
             raise
         if pid == 0:
             _child(conn, listener, others, req, fds, run)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         job = _Job(conn, pid, list(req["argv"]))
         jobs[pid] = job  # tracked before its client hears of it: a lost client stops it
         sel.register(conn, selectors.EVENT_READ, job)
