@@ -11,6 +11,8 @@ import json
 import os
 import shlex
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -21,7 +23,7 @@ import pytest
 from conftest import backbone_cfg
 from safetensors.torch import load_file
 
-from geopeft import jobserver, process
+from geopeft import jobserver, process, wire
 from geopeft.tracking import init_experiment
 
 # A fake `geopeft` for the server: what the child sees, and how it stops.
@@ -56,13 +58,19 @@ FAKE = textwrap.dedent("""
     warm = sys.argv[3:]  # modules to import first (a slow one stands for torch)
     import tempfile
     tempfile.gettempdir()  # cached in the server, as a library's import may do
-    serve(sys.argv[1], parent, run=run, warm=warm, poll_s=0.05)
+    if os.environ.get("FAKE_OTHER_USER"):  # the server runs as another user than its clients
+        real_uid = os.getuid
+        os.getuid = lambda: real_uid() + 1
+    kw = {}
+    if os.environ.get("FAKE_REQUEST_TIMEOUT"):
+        kw["request_timeout_s"] = float(os.environ["FAKE_REQUEST_TIMEOUT"])
+    serve(sys.argv[1], parent, run=run, warm=warm, poll_s=0.05, **kw)
 """)
 
 CLIENT = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from geopeft import jobserver, process
+    from geopeft import jobserver, process, wire
     if len(sys.argv) > 1 and sys.argv[1] == "--other-copy":
         jobserver.client.identity = lambda: {"python": "/elsewhere/python", "prefix": "/elsewhere",
                                        "package": "/elsewhere/geopeft"}
@@ -235,13 +243,19 @@ def test_no_server_or_a_light_command_runs_in_its_own_process(tmp_path):
     assert jobserver.run_remote("table", ["table"]) is None  # light commands never go through it
 
 
-def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[Path, subprocess.Popen]:
+def start_server(tmp_path: Path, *args: str, env: dict | None = None,
+                 log: Path | None = None) -> tuple[Path, subprocess.Popen]:
     """A fake job server (``FAKE`` with ``args``: parent PID or "-", modules to preload) on a
-    socket in a new private folder; returns once the socket exists."""
+    socket in a new private folder, its output in ``log`` if given; returns once the socket
+    exists."""
     folder = tmp_path / "srv"
     folder.mkdir(mode=0o700)
     sock = folder / "sock"
-    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), *args], env=env)
+    out = open(log, "w") if log else None  # noqa: SIM115 - the server's, closed by the OS with it
+    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), *args], env=env, stdout=out,
+                            stderr=subprocess.STDOUT if out else None)
+    if out:
+        out.close()
     end = time.monotonic() + 30
     while not sock.exists():
         assert proc.poll() is None and time.monotonic() < end
@@ -276,13 +290,83 @@ def test_the_server_stops_when_snakemake_is_gone_and_cleans_up(tmp_path):
     assert not sock.parent.exists()  # socket and private folder removed
 
 
+def _connect(sock: Path) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(str(sock))
+    conn.settimeout(10)
+    return conn
+
+
+def test_a_connection_from_another_user_is_refused_before_its_request_is_read(tmp_path):
+    """In a shared folder another user's connection is refused on its credentials alone: the
+    answer comes although it sends nothing (before: the server waited 30 s for its request)."""
+    sock, srv = start_server(tmp_path, "-", env=dict(os.environ, FAKE_OTHER_USER="1"))
+    me = os.getuid()
+    refusal = f"client uid {me} is not the server's {me + 1}"
+    try:
+        with _connect(sock) as peer:
+            assert wire.recv(peer) == {"refused": refusal}
+        c = client(sock, tmp_path, "train", "echo", "0")  # a job runs in its own process
+        assert c.wait(timeout=60) == 0
+        text = (tmp_path / "client.out").read_text()
+        assert refusal in text and "IN-PROCESS" in text
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
+def test_a_silent_connection_does_not_stall_the_next_client(tmp_path):
+    """A peer that connects and sends nothing held the whole server until its read timed out
+    (29 s); the next job is served while it still hangs."""
+    sock, srv = start_server(tmp_path, "-", env=dict(os.environ, FAKE_REQUEST_TIMEOUT="60"))
+    try:
+        with _connect(sock) as silent:
+            c = client(sock, tmp_path, "train", "echo", "0")
+            assert c.wait(timeout=30) == 0
+            assert "IN-PROCESS" not in (tmp_path / "client.out").read_text()  # the server ran it
+            silent.setblocking(False)
+            with pytest.raises(BlockingIOError):  # and the silent one is still open, unanswered
+                silent.recv(1)
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
+def _peak_rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def test_an_oversized_or_silent_request_is_dropped_without_reading_it(tmp_path):
+    """A header declaring 1 GiB is refused on the header alone, naming the limit (before: the
+    server read the body as it came, 165 MB for 1 GB); a silent connection is closed after the
+    request timeout."""
+    log = tmp_path / "server.log"
+    sock, srv = start_server(tmp_path, "-", env=dict(os.environ, FAKE_REQUEST_TIMEOUT="0.5"), log=log)
+    try:
+        before = _peak_rss_kb(srv.pid)
+        with _connect(sock) as big:
+            with pytest.raises((BrokenPipeError, ConnectionResetError)):  # closed on the header
+                big.sendall(struct.pack("!I", 2**30) + bytes(32 * 2**20))
+        assert _peak_rss_kb(srv.pid) - before < 4 * 1024  # the 32 MiB sent were never read
+        with _connect(sock) as silent:
+            assert silent.recv(1) == b""  # closed unanswered once the request timeout passed
+        text = log.read_text()
+        assert (f"a message of {2**30} bytes is over the limit of {wire.MAX_MESSAGE_BYTES} bytes "
+                "(geopeft.wire.MAX_MESSAGE_BYTES)") in text
+        assert "no request within 0.5 s" in text
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
 # A stand-in for Snakemake: it starts the job server as `onstart` does (jobserver.start, on the
 # fake `geopeft` of PATH), writes the server's PID and socket, then starts one job through a shell that
 # records the job's exit status.
 SNAKEMAKE = textwrap.dedent("""
     import subprocess, sys, time
     from pathlib import Path
-    from geopeft import jobserver, process
+    from geopeft import jobserver, process, wire
     folder = Path(sys.argv[1])
     handle = jobserver.start(folder / "server.log")
     (folder / "server").write_text(f"{handle.process.pid} {handle.socket}")

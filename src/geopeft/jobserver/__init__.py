@@ -16,7 +16,10 @@ Safety:
   only while it has no Python thread besides its main one; otherwise it refuses and the client
   runs the job in its own process, as it does when the server is unreachable or is another
   Python or another copy of geopeft.
-- The socket lives in a 0700 folder and the server serves only its own user (``SO_PEERCRED``).
+- The socket lives in a 0700 folder and the server serves only its own user (``SO_PEERCRED``,
+  checked before a byte of the request is read). A request is read as it arrives, bounded in size
+  (:data:`geopeft.wire.MAX_MESSAGE_BYTES`) and time (:data:`REQUEST_TIMEOUT_S`): a silent or
+  oversized one is dropped and stalls no other client.
 - A client that dies (SIGKILL of Snakemake and its job) closes its connection: the server sends
   SIGTERM to that child, which stops as a preempted job does (its state kept for the rerun).
 - When Snakemake (``--parent``) is gone -- killed, so its jobs would train on as orphans and
@@ -45,11 +48,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geopeft.jobserver.client import COMMANDS, ENV, REPLY_TIMEOUT_S, run_remote
-from geopeft.jobserver.server import serve
+from geopeft.jobserver.server import REQUEST_TIMEOUT_S, serve
 from geopeft.process import SNAKEMAKE_ENV, process_key
 
-__all__ = ["COMMANDS", "ENV", "REPLY_TIMEOUT_S", "SERVER_ENV", "Handle", "run_remote", "serve",
-           "start", "stop"]
+__all__ = ["COMMANDS", "ENV", "REPLY_TIMEOUT_S", "REQUEST_TIMEOUT_S", "SERVER_ENV", "Handle",
+           "run_remote", "serve", "start", "stop"]
 
 #: Environment for the server: the children set torch's thread count themselves
 #: (geopeft.models.runtime), and the BLAS pools must not take every core in each of them.

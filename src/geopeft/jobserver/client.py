@@ -74,8 +74,11 @@ def run_remote(command: str, argv: Sequence[str]) -> int | None:
         started = process_started()
         if started is not None:
             env[START_ENV] = repr(started)
-        wire.send(sock, {"argv": list(argv), "cwd": os.getcwd(), "env": env, **identity()},
-              fds=(0, 1, 2))
+        try:
+            wire.send(sock, {"argv": list(argv), "cwd": os.getcwd(), "env": env, **identity()},
+                      fds=(0, 1, 2))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before its request was read (another user): the answer says why
         reply = _reply(sock, snakemake)
     except (OSError, ConnectionError, ValueError) as err:
         reply = {"refused": f"not usable: {err}"}

@@ -17,7 +17,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from geopeft import wire
 from geopeft.jobserver.client import ENV, FORWARDED, identity
@@ -26,6 +26,28 @@ from geopeft.process import signal_process, watch_process
 log = logging.getLogger("geopeft.jobserver")  # the server's log names the package
 
 # ----------------------------------------------------------------------------------- server
+
+#: How long an accepted connection may take to send its request (a client sends it at once):
+#: a silent one is closed then; other clients are served meanwhile.
+REQUEST_TIMEOUT_S = 5.0
+
+
+@dataclass
+class _Request:
+    """A connection whose request is still arriving."""
+
+    conn: socket.socket
+    deadline: float
+    reader: wire.Reader = field(default_factory=wire.Reader)
+
+    def drop(self, sel: selectors.BaseSelector, why: str) -> None:
+        """Close the connection unanswered (its client runs the job in its own process)."""
+        log.warning("request dropped: %s", why)
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(self.conn)
+        self.conn.close()
+        for fd in self.reader.fds:
+            os.close(fd)
 
 
 @dataclass
@@ -99,7 +121,8 @@ def _child(conn: socket.socket, listener: socket.socket, others: list[socket.soc
 
 
 def serve(path: str, parent: int | None, run: Callable[[list[str]], int],
-          warm: Sequence[str] = (), poll_s: float = 0.2) -> int:
+          warm: Sequence[str] = (), poll_s: float = 0.2,
+          request_timeout_s: float = REQUEST_TIMEOUT_S) -> int:
     """Serve jobs on the Unix socket ``path`` until SIGTERM, or until ``parent`` is gone.
 
     Args:
@@ -108,6 +131,7 @@ def serve(path: str, parent: int | None, run: Callable[[list[str]], int],
         run: the command line's entry point, called in each child with its argv.
         warm: modules to import once before serving (jobs that arrive meanwhile wait).
         poll_s: how often children and the parent are checked.
+        request_timeout_s: how long a connection may take to send its request.
 
     Returns:
         0.
@@ -146,6 +170,8 @@ def serve(path: str, parent: int | None, run: Callable[[list[str]], int],
             if stopping or orphaned:  # Snakemake stopped us, or is gone (killed): stop the jobs
                 for job in jobs.values():
                     job.stop()
+                for req in _requests(sel):
+                    req.drop(sel, "the server is stopping")
                 if listening:  # no new jobs: a client that connects now runs in its own process
                     sel.unregister(listener)
                     listener.close()
@@ -155,7 +181,9 @@ def serve(path: str, parent: int | None, run: Callable[[list[str]], int],
             for key, _ in sel.select(timeout=poll_s):
                 if key.fileobj is listener:
                     conn, _ = listener.accept()
-                    _accept(conn, sel, jobs, listener, me, uid, run)
+                    _admit(conn, sel, uid, time.monotonic() + request_timeout_s)
+                elif isinstance(key.data, _Request):
+                    _read(key.data, sel, jobs, listener, me, run)
                 else:
                     # a client's connection: it sends nothing after its request, so this is its end
                     job = key.data
@@ -163,12 +191,17 @@ def serve(path: str, parent: int | None, run: Callable[[list[str]], int],
                     log.warning("client of job %d (%s) is gone: stopping the job", job.pid,
                                 " ".join(job.argv[:1]))
                     job.stop()
+            for req in _requests(sel):
+                if time.monotonic() > req.deadline:
+                    req.drop(sel, f"no request within {request_timeout_s:g} s")
             _reap(jobs, sel)
             if not jobs and (stopping or orphaned):
                 return 0
     finally:
         for job in jobs.values():  # left by an error in this loop: never unattended
             job.stop()
+        for req in _requests(sel):
+            req.drop(sel, "the server is stopping")
         sel.close()
         listener.close()
         with contextlib.suppress(OSError):
@@ -177,20 +210,54 @@ def serve(path: str, parent: int | None, run: Callable[[list[str]], int],
             os.rmdir(os.path.dirname(path))  # the private folder of start(), once empty
 
 
-def _accept(conn: socket.socket, sel: selectors.BaseSelector, jobs: dict[int, _Job],
-            listener: socket.socket, me: dict[str, str], uid: int,
-            run: Callable[[list[str]], int]) -> None:
-    fds: list[int] = []
+def _requests(sel: selectors.BaseSelector) -> list[_Request]:
+    return [key.data for key in list(sel.get_map().values()) if isinstance(key.data, _Request)]
+
+
+def _peer_refusal(conn: socket.socket, uid: int) -> str | None:
+    """Why the peer of ``conn`` is refused (another user than the server's ``uid``), or None."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, peer_uid, _ = struct.unpack("3i", creds)
+    return None if peer_uid == uid else f"client uid {peer_uid} is not the server's {uid}"
+
+
+def _admit(conn: socket.socket, sel: selectors.BaseSelector, uid: int, deadline: float) -> None:
+    """A new connection: refused at once, nothing read, unless its peer is the server's user;
+    else its request is read as it arrives (:func:`_read`), until ``deadline``."""
+    conn.setblocking(False)
     try:
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _, peer_uid, _ = struct.unpack("3i", creds)
-        conn.settimeout(30)
-        req = wire.recv(conn, fds)
-        conn.settimeout(None)
+        refused = _peer_refusal(conn, uid)
+        if refused:
+            log.warning("refused a connection: %s", refused)
+            wire.send(conn, {"refused": refused})
+    except OSError as err:
+        refused = str(err)
+    if refused:
+        conn.close()
+        return
+    sel.register(conn, selectors.EVENT_READ, _Request(conn, deadline))
+
+
+def _read(req: _Request, sel: selectors.BaseSelector, jobs: dict[int, _Job],
+          listener: socket.socket, me: dict[str, str], run: Callable[[list[str]], int]) -> None:
+    """Read what has arrived of a request; once it is whole, start its job."""
+    try:
+        msg = req.reader.feed(req.conn)
+    except (OSError, ConnectionError, ValueError) as err:
+        req.drop(sel, str(err))
+        return
+    if msg is not None:
+        sel.unregister(req.conn)
+        req.conn.setblocking(True)
+        _accept(req.conn, msg, req.reader.fds, sel, jobs, listener, me, run)
+
+
+def _accept(conn: socket.socket, req: dict, fds: list[int], sel: selectors.BaseSelector,
+            jobs: dict[int, _Job], listener: socket.socket, me: dict[str, str],
+            run: Callable[[list[str]], int]) -> None:
+    try:
         refused = None
-        if peer_uid != uid:
-            refused = f"client uid {peer_uid} is not the server's {uid}"
-        elif {k: req.get(k) for k in me} != me:
+        if {k: req.get(k) for k in me} != me:
             refused = (f"the client runs {req.get('python')} with {req.get('package')}, "
                        f"the server {me['python']} with {me['package']}")
         elif len(fds) < 3:
@@ -206,7 +273,7 @@ def _accept(conn: socket.socket, sel: selectors.BaseSelector, jobs: dict[int, _J
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        others = [j.conn for j in jobs.values()]
+        others = [k.fileobj for k in sel.get_map().values() if k.fileobj is not listener]
         # a signal the client forwards at once must find the job's own dispositions, not the
         # server's handlers: blocked across the fork, released in the child once they are reset
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
