@@ -6,9 +6,13 @@ compare a trained model with the same job run as a fresh process, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -19,7 +23,7 @@ import pytest
 from conftest import backbone_cfg
 from safetensors.torch import load_file
 
-from geopeft import jobserver
+from geopeft import jobserver, process, wire
 from geopeft.tracking import init_experiment
 
 # A fake `geopeft` for the server: what the child sees, and how it stops.
@@ -54,20 +58,37 @@ FAKE = textwrap.dedent("""
     warm = sys.argv[3:]  # modules to import first (a slow one stands for torch)
     import tempfile
     tempfile.gettempdir()  # cached in the server, as a library's import may do
-    serve(sys.argv[1], parent, run=run, warm=warm, poll_s=0.05)
+    if os.environ.get("FAKE_OTHER_USER"):  # the server runs as another user than its clients
+        real_uid = os.getuid
+        os.getuid = lambda: real_uid() + 1
+    kw = {}
+    if os.environ.get("FAKE_REQUEST_TIMEOUT"):
+        kw["request_timeout_s"] = float(os.environ["FAKE_REQUEST_TIMEOUT"])
+    serve(sys.argv[1], parent, run=run, warm=warm, poll_s=0.05, **kw)
 """)
 
 CLIENT = textwrap.dedent("""
-    import sys
-    from geopeft import jobserver
+    import os, sys, time
+    from pathlib import Path
+    from geopeft import jobserver, process, wire
     if len(sys.argv) > 1 and sys.argv[1] == "--other-copy":
-        jobserver._identity = lambda: {"python": "/elsewhere/python", "prefix": "/elsewhere",
+        jobserver.client.identity = lambda: {"python": "/elsewhere/python", "prefix": "/elsewhere",
                                        "package": "/elsewhere/geopeft"}
         sys.argv.pop(1)
+    process.note_snakemake()  # as geopeft's main does first
     status = jobserver.run_remote(sys.argv[1], sys.argv[1:])
     if status is None:
         print("IN-PROCESS", flush=True)
         status = 0
+        if sys.argv[2] == "wait":  # trains in this process, as `geopeft train` does
+            from geopeft.train.resume import Preempted, stop_when_snakemake_is_gone
+            try:
+                stop_when_snakemake_is_gone(poll_s=0.05)
+            except Preempted as err:
+                print("preempted:", err, flush=True)
+                sys.exit(75)
+            Path(sys.argv[4]).write_text(str(os.getpid()))
+            time.sleep(60)
     sys.exit(status)
 """)
 
@@ -222,13 +243,19 @@ def test_no_server_or_a_light_command_runs_in_its_own_process(tmp_path):
     assert jobserver.run_remote("table", ["table"]) is None  # light commands never go through it
 
 
-def start_server(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[Path, subprocess.Popen]:
+def start_server(tmp_path: Path, *args: str, env: dict | None = None,
+                 log: Path | None = None) -> tuple[Path, subprocess.Popen]:
     """A fake job server (``FAKE`` with ``args``: parent PID or "-", modules to preload) on a
-    socket in a new private folder; returns once the socket exists."""
+    socket in a new private folder, its output in ``log`` if given; returns once the socket
+    exists."""
     folder = tmp_path / "srv"
     folder.mkdir(mode=0o700)
     sock = folder / "sock"
-    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), *args], env=env)
+    out = open(log, "w") if log else None  # noqa: SIM115 - the server's, closed by the OS with it
+    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(sock), *args], env=env, stdout=out,
+                            stderr=subprocess.STDOUT if out else None)
+    if out:
+        out.close()
     end = time.monotonic() + 30
     while not sock.exists():
         assert proc.poll() is None and time.monotonic() < end
@@ -263,6 +290,156 @@ def test_the_server_stops_when_snakemake_is_gone_and_cleans_up(tmp_path):
     assert not sock.parent.exists()  # socket and private folder removed
 
 
+def _connect(sock: Path) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(str(sock))
+    conn.settimeout(10)
+    return conn
+
+
+def test_a_connection_from_another_user_is_refused_before_its_request_is_read(tmp_path):
+    """In a shared folder another user's connection is refused on its credentials alone: the
+    answer comes although it sends nothing (before: the server waited 30 s for its request)."""
+    sock, srv = start_server(tmp_path, "-", env=dict(os.environ, FAKE_OTHER_USER="1"))
+    me = os.getuid()
+    refusal = f"client uid {me} is not the server's {me + 1}"
+    try:
+        with _connect(sock) as peer:
+            assert wire.recv(peer) == {"refused": refusal}
+        c = client(sock, tmp_path, "train", "echo", "0")  # a job runs in its own process
+        assert c.wait(timeout=60) == 0
+        text = (tmp_path / "client.out").read_text()
+        assert refusal in text and "IN-PROCESS" in text
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
+def test_a_silent_connection_does_not_stall_the_next_client(tmp_path):
+    """A peer that connects and sends nothing held the whole server until its read timed out
+    (29 s); the next job is served while it still hangs."""
+    sock, srv = start_server(tmp_path, "-", env=dict(os.environ, FAKE_REQUEST_TIMEOUT="60"))
+    try:
+        with _connect(sock) as silent:
+            c = client(sock, tmp_path, "train", "echo", "0")
+            assert c.wait(timeout=30) == 0
+            assert "IN-PROCESS" not in (tmp_path / "client.out").read_text()  # the server ran it
+            silent.setblocking(False)
+            with pytest.raises(BlockingIOError):  # and the silent one is still open, unanswered
+                silent.recv(1)
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
+def _peak_rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def test_an_oversized_or_silent_request_is_dropped_without_reading_it(tmp_path):
+    """A header declaring 1 GiB is refused on the header alone, naming the limit (before: the
+    server read the body as it came, 165 MB for 1 GB); a silent connection is closed after the
+    request timeout."""
+    log = tmp_path / "server.log"
+    sock, srv = start_server(tmp_path, "-", env=dict(os.environ, FAKE_REQUEST_TIMEOUT="0.5"), log=log)
+    try:
+        before = _peak_rss_kb(srv.pid)
+        with _connect(sock) as big:
+            with pytest.raises((BrokenPipeError, ConnectionResetError)):  # closed on the header
+                big.sendall(struct.pack("!I", 2**30) + bytes(32 * 2**20))
+        assert _peak_rss_kb(srv.pid) - before < 4 * 1024  # the 32 MiB sent were never read
+        with _connect(sock) as silent:
+            assert silent.recv(1) == b""  # closed unanswered once the request timeout passed
+        text = log.read_text()
+        assert (f"a message of {2**30} bytes is over the limit of {wire.MAX_MESSAGE_BYTES} bytes "
+                "(geopeft.wire.MAX_MESSAGE_BYTES)") in text
+        assert "no request within 0.5 s" in text
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
+# A stand-in for Snakemake: it starts the job server as `onstart` does (jobserver.start, on the
+# fake `geopeft` of PATH), writes the server's PID and socket, then starts one job through a shell that
+# records the job's exit status.
+SNAKEMAKE = textwrap.dedent("""
+    import subprocess, sys, time
+    from pathlib import Path
+    from geopeft import jobserver, process, wire
+    folder = Path(sys.argv[1])
+    handle = jobserver.start(folder / "server.log")
+    (folder / "server").write_text(f"{handle.process.pid} {handle.socket}")
+    subprocess.Popen(["bash", "-c", sys.argv[2] + f"; echo $? > {folder / 'status'}"])
+    time.sleep(120)
+""")
+
+
+def _queued(sock: str) -> int:
+    """Connections waiting on the listening socket ``sock`` for the server to accept them."""
+    lines = Path("/proc/net/unix").read_text().splitlines()
+    return sum(line.endswith(f" {sock}") for line in lines) - 1
+
+
+@pytest.mark.parametrize("when", ["waiting", "before-start"])
+def test_a_job_whose_snakemake_is_killed_during_the_warm_up_stops_at_once(tmp_path, when):
+    """Snakemake SIGKILLed while the job server still loads (torch): a job whose client waits
+    for it (or that starts only then) stops within seconds; no trainer starts, in the server or
+    in the job's own process (before: the client waited for the server, then trained on as an
+    orphan and the rerun met "another trainer")."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (tmp_path / "slowmod.py").write_text(  # stands for the imports: done once `release` exists
+        "from pathlib import Path\nimport time\n"
+        f"while not Path({str(tmp_path / 'release')!r}).exists():\n    time.sleep(0.02)\n")
+    geopeft = bindir / "geopeft"  # `geopeft jobserver --socket S --parent P` -> FAKE S P slowmod
+    geopeft.write_text(f"#!{sys.executable}\nimport sys\n"
+                       "sys.argv = [sys.argv[0], sys.argv[3], sys.argv[5], 'slowmod']\n" + FAKE)
+    snakemake = bindir / "snakemake"
+    snakemake.write_text(f"#!{sys.executable}\n" + SNAKEMAKE)
+    for exe in (geopeft, snakemake):
+        exe.chmod(0o755)
+    marker, pidfile, out = tmp_path / "stopped", tmp_path / "trainer.pid", tmp_path / "client.out"
+    gate = f"while [ ! -e {tmp_path / 'go'} ]; do sleep 0.02; done; " if when == "before-start" else ""
+    job = (f"{gate}{sys.executable} -c {shlex.quote(CLIENT)} train wait {marker} {pidfile} "
+           f"> {out} 2>&1")
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    env.pop(jobserver.ENV, None)
+    snake = subprocess.Popen([str(snakemake), str(tmp_path), job], env=env, start_new_session=True)
+    server = None
+    try:
+        pid, sock = wait_for(tmp_path / "server").split()
+        server = int(pid)
+        if when == "waiting":  # the job's client has sent its request and waits for an answer
+            end = time.monotonic() + 30
+            while _queued(sock) < 1:
+                assert time.monotonic() < end, "the client never connected"
+                time.sleep(0.02)
+        snake.kill()
+        snake.wait()
+        killed = time.monotonic()
+        (tmp_path / "go").touch()
+        status = wait_for(tmp_path / "status", timeout=10).strip()
+        assert time.monotonic() - killed < 5  # stopped at once, not after the warm-up
+        text = out.read_text()
+        assert status == str(128 + signal.SIGTERM), text  # as if Snakemake had sent SIGTERM
+        assert f"Snakemake (pid {snake.pid}) is gone: not running this job" in text
+        (tmp_path / "release").touch()  # the server finishes loading, sees Snakemake gone ...
+        alive = process.watch_process(server)
+        end = time.monotonic() + 30
+        while alive():
+            assert time.monotonic() < end, "the server outlived Snakemake"
+            time.sleep(0.02)
+        assert not pidfile.exists()  # ... and no trainer ever ran, there or in the client
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(snake.pid, signal.SIGKILL)
+        if server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
+
+
 def test_start_and_stop_set_and_clear_the_variable_jobs_inherit(tmp_path, monkeypatch):
     """`onstart` starts the server on the geopeft of PATH, in a private folder; `onsuccess` stops it."""
     bindir = tmp_path / "bin"
@@ -274,8 +451,11 @@ def test_start_and_stop_set_and_clear_the_variable_jobs_inherit(tmp_path, monkey
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv(jobserver.ENV, raising=False)
+    monkeypatch.delenv(process.SNAKEMAKE_ENV, raising=False)
     handle = jobserver.start(tmp_path / "logs" / "jobserver.log")
     assert handle is not None and os.environ[jobserver.ENV] == handle.socket
+    # who the jobs' Snakemake is, for a job that starts once it is gone
+    assert os.environ[process.SNAKEMAKE_ENV] == process.process_key(os.getpid())
     folder = Path(handle.socket).parent
     assert folder.stat().st_mode & 0o777 == 0o700
     argv = wait_for(tmp_path / "argv").split()
@@ -284,6 +464,7 @@ def test_start_and_stop_set_and_clear_the_variable_jobs_inherit(tmp_path, monkey
     jobserver.stop(handle)
     assert handle.process.poll() is not None
     assert jobserver.ENV not in os.environ and not folder.exists()
+    assert process.SNAKEMAKE_ENV not in os.environ
 
 
 # ------------------------------------------------------------------ the real geopeft, slow

@@ -16,6 +16,7 @@ import torch
 from conftest import backbone_cfg
 from safetensors.torch import load_file
 
+from geopeft import process
 from geopeft.tracking import init_experiment
 from geopeft.train.resume import Checkpointer
 
@@ -189,3 +190,17 @@ def test_a_job_stops_when_its_snakemake_is_killed(tmp_path):
     while not marker.exists():
         assert time.monotonic() < end, "the orphaned job kept running"
         time.sleep(0.05)
+
+
+def test_a_trainer_whose_snakemake_is_gone_before_it_looks_does_not_train(monkeypatch):
+    """The fallback path: the job noted its Snakemake (or Snakemake named itself, from
+    jobserver.start), which is gone by the time the trainer starts its watch: no ancestor is
+    left to find, yet it stops before training (Preempted: exit 75, state kept)."""
+    from geopeft.train.resume import Preempted, stop_when_snakemake_is_gone
+
+    gone = subprocess.Popen(["sleep", "60"])
+    monkeypatch.setenv(process.SNAKEMAKE_ENV, process.process_key(gone.pid))
+    gone.kill()
+    gone.wait()
+    with pytest.raises(Preempted, match=f"Snakemake \\(pid {gone.pid}\\) that started this job is gone"):
+        stop_when_snakemake_is_gone(poll_s=0.05)

@@ -1,5 +1,6 @@
 """A process as ``/proc`` tells it: its fields, whether it still runs (a recycled PID does not
-count), when it started; and signalling and waiting for one that may be gone.
+count), when it started, the Snakemake it runs under; and signalling and waiting for one that
+may be gone.
 
 Used by training jobs (their start-up time, :func:`geopeft.train.resume.stop_when_snakemake_is_gone`)
 and by the job server (:mod:`geopeft.jobserver`), which must stay a module only the command line
@@ -15,6 +16,11 @@ from pathlib import Path
 
 #: Set in a forked job: when its client process started (epoch seconds).
 START_ENV = "GEOPEFT_PROCESS_START"
+#: The Snakemake process a job runs under, as ``"<pid> <start time in clock ticks>"``: set by
+#: Snakemake for its jobs when it starts a job server (:func:`geopeft.jobserver.start`) and by a
+#: job's process at its start (:func:`note_snakemake`), so that a job whose Snakemake is gone
+#: before it looks -- killed during the job server's warm-up -- still knows which one to watch.
+SNAKEMAKE_ENV = "GEOPEFT_SNAKEMAKE"
 
 
 def proc_stat(pid: int | str = "self") -> list[str] | None:
@@ -33,9 +39,11 @@ def watch_process(pid: int) -> Callable[[], bool]:
     The job server watches Snakemake with it, and so does a job that runs without the server
     (:func:`geopeft.train.resume.stop_when_snakemake_is_gone`): a recycled PID fools neither.
     """
-    first = proc_stat(pid)
-    started = first[19] if first is not None and len(first) > 19 else None
+    key = process_key(pid)
+    return _watch(pid, key.split()[1] if key else None)
 
+
+def _watch(pid: int, started: str | None) -> Callable[[], bool]:
     def alive() -> bool:
         if started is None:
             return False
@@ -43,6 +51,54 @@ def watch_process(pid: int) -> Callable[[], bool]:
         return fields is not None and fields[19] == started and fields[0] not in ("Z", "X")
 
     return alive
+
+
+def process_key(pid: int) -> str | None:
+    """``"<pid> <start time in clock ticks>"``: process ``pid`` and no other that reuses its PID
+    later (None: no such process)."""
+    fields = proc_stat(pid)
+    return f"{pid} {fields[19]}" if fields is not None and len(fields) > 19 else None
+
+
+def snakemake_ancestor(max_depth: int = 16) -> int | None:
+    """The PID of the Snakemake process this one runs under (its nearest ancestor whose command
+    line runs ``snakemake``), or None."""
+    pid = os.getppid()
+    for _ in range(max_depth):
+        if pid <= 1:
+            return None
+        fields = proc_stat(pid)
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3]
+        except OSError:
+            return None
+        if fields is None:
+            return None
+        if any(Path(a.decode(errors="replace")).name == "snakemake" for a in argv):
+            return pid
+        pid = int(fields[1])
+    return None
+
+
+def note_snakemake() -> None:
+    """At the start of a job's process, before anything waits: name the Snakemake it runs under
+    in ``$GEOPEFT_SNAKEMAKE`` (:data:`SNAKEMAKE_ENV`) for the job, wherever it runs (the job
+    server's child gets this environment). None found keeps what Snakemake set, if anything."""
+    pid = snakemake_ancestor()
+    key = process_key(pid) if pid is not None else None
+    if key is not None:
+        os.environ[SNAKEMAKE_ENV] = key
+
+
+def noted_snakemake() -> tuple[int, Callable[[], bool]] | None:
+    """The Snakemake this job runs under -- the one noted in ``$GEOPEFT_SNAKEMAKE``, else its
+    nearest ancestor now -- and a check that it still runs (:func:`watch_process`), or None
+    when the job runs under no Snakemake (started by hand)."""
+    pid, _, started = os.environ.get(SNAKEMAKE_ENV, "").partition(" ")
+    if pid.isdigit() and started:
+        return int(pid), _watch(int(pid), started)
+    ancestor = snakemake_ancestor()
+    return None if ancestor is None else (ancestor, watch_process(ancestor))
 
 
 def process_started() -> float | None:

@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = given
     if argv is None:  # a process of its own: a local run's job server may run it warm
         from geopeft.jobserver import run_remote
+        from geopeft.process import note_snakemake
 
+        note_snakemake()  # before any wait: a Snakemake killed meanwhile still stops the job
         status = run_remote(args.command, args.argv)
         if status is not None:
             return status

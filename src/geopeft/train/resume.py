@@ -32,7 +32,7 @@ from typing import Any
 
 from geopeft.errors import GeopeftError
 from geopeft.io import read_json, write_json
-from geopeft.process import proc_stat, watch_process
+from geopeft.process import noted_snakemake
 
 log = logging.getLogger(__name__)
 _STEP = re.compile(r"^step-(\d{8})\.pt$")
@@ -121,34 +121,25 @@ def lock_run(state_dir: Path) -> Path:
     return path
 
 
-def snakemake_ancestor(max_depth: int = 16) -> int | None:
-    """The PID of the Snakemake process this one runs under (its nearest ancestor whose command
-    line runs ``snakemake``), or None."""
-    pid = os.getppid()
-    for _ in range(max_depth):
-        if pid <= 1:
-            return None
-        fields = proc_stat(pid)
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3]
-        except OSError:
-            return None
-        if fields is None:
-            return None
-        if any(Path(a.decode(errors="replace")).name == "snakemake" for a in argv):
-            return pid
-        pid = int(fields[1])
-    return None
-
-
 def stop_when_snakemake_is_gone(poll_s: float = 1.0) -> int | None:
     """Stop this job (SIGTERM to itself: a trainer saves its state and exits 75) when the
     Snakemake process it runs under is gone, e.g. killed with SIGKILL, which leaves its jobs
-    running as orphans that would race the rerun. Returns the watched PID (None: none found)."""
-    target = snakemake_ancestor()
-    if target is None:
+    running as orphans that would race the rerun. Returns the watched PID (None: none found).
+
+    The Snakemake is the one the job noted at its start (:func:`geopeft.process.noted_snakemake`),
+    so a job whose Snakemake was killed before it got here (while it waited for the job server)
+    still finds it.
+
+    Raises:
+        Preempted: that Snakemake is already gone: nothing is trained (a rerun resumes).
+    """
+    noted = noted_snakemake()
+    if noted is None:
         return None
-    alive = watch_process(target)  # the same process, not a new one with a recycled PID
+    target, alive = noted  # the same process, not a new one with a recycled PID
+    if not alive():
+        raise Preempted(f"Snakemake (pid {target}) that started this job is gone: not training; "
+                        "rerun to resume")
 
     def watch() -> None:
         while alive():
