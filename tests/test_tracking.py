@@ -508,3 +508,21 @@ def test_a_recovery_killed_half_way_is_taken_up_by_the_next(tmp_path, monkeypatc
     exps = [e.experiment_id for e in client.search_experiments()]
     tags = sorted(r.data.tags.get(RELOGGED_TAG, "") for r in client.search_runs(exps))
     assert tags == sorted([s["pretrain"], s["run"]])
+
+
+def test_a_busy_store_is_not_taken_for_a_damaged_one(tmp_path):
+    """Studies share one store: another study's writer holding it is no damage (nothing is set
+    aside); a damaged file is named as such."""
+    import contextlib
+    import sqlite3
+
+    from geopeft.tracking import damaged_store
+
+    db = tmp_path / "m.db"
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("create table t(x)")
+        con.commit()
+        con.execute("begin exclusive")
+        assert damaged_store(db, timeout=0.05) is None
+    db.write_bytes(b"x" * 4096)
+    assert damaged_store(db) == "file is not a database"

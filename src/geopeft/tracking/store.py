@@ -100,23 +100,29 @@ DAMAGED_ERRORS = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 
 
-def damaged_store(db: Path) -> str | None:
+def damaged_store(db: Path, timeout: float = 5.0) -> str | None:
     """Why the SQLite file ``db`` is damaged (no database, or ``PRAGMA quick_check`` finds a
-    fault), None when it is sound or absent. Opened read-only: nothing is created or changed.
+    fault), None when it is sound, absent or busy (a writer of another study holding it past
+    ``timeout`` seconds: not known to be damaged). Opened read-only: nothing is created or
+    changed.
 
     Raises:
-        sqlite3.Error: any other failure (a locked database is not a damaged one).
+        sqlite3.Error: any other failure (unreadable file, ...).
     """
     import sqlite3
 
     if not Path(db).is_file():
         return None
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True,
+                                                timeout=timeout)) as con:
             faults = [r[0] for r in con.execute("pragma quick_check(3)")]
     except sqlite3.DatabaseError as err:
-        if str(getattr(err, "sqlite_errorname", "")).startswith(DAMAGED_ERRORS):
+        name = str(getattr(err, "sqlite_errorname", ""))
+        if name.startswith(DAMAGED_ERRORS):
             return str(err)
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return None
         raise
     return None if faults == ["ok"] else "; ".join(faults)
 
