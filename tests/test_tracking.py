@@ -356,3 +356,173 @@ def test_mlflow_s_global_tracking_uri_is_as_it_was_after_a_block(tmp_path, monke
     assert mlflow.get_tracking_uri() == mine
     mlflow.set_tracking_uri(None)
     assert "MLFLOW_TRACKING_URI" not in __import__("os").environ
+
+
+# ------------------------------------------- a damaged or lost store, and its runs logged again
+
+
+def _logged_study(tmp_path: Path) -> dict:
+    """A study whose pretraining run and one trained run are logged: their folders as the jobs
+    write them (backbone.json and run.json record their run ids; run.json the pretraining
+    run's), logged as the jobs log them."""
+    from geopeft.tracking.recover import RELOGGED_TAG  # noqa: F401 (the module under test)
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp, res = tmp_path / "exp.json", tmp_path / "study"
+    init_experiment(uri, "s", tmp_path / "art", exp)
+    pre = RunLogger(exp, "pretrain", pretraining=True)
+    (res / "pretrain").mkdir(parents=True)
+    (res / "pretrain" / "backbone.safetensors").write_bytes(b"weights")
+    (res / "pretrain" / "backbone.json").write_text(json.dumps({"mlflow_run_id": pre.run_id,
+                                                                "final_val_acc": 0.5}))
+    pre.log_artifact(res / "pretrain", "backbone")
+    pre.end()
+    run = RunLogger(exp, "lora-f0.5-s0")
+    model = res / "runs" / "lora-f0.5-s0" / "model"
+    model.mkdir(parents=True)
+    (model / "trainable.safetensors").write_bytes(b"tensors")
+    (model / "run.json").write_text(json.dumps({
+        "mlflow_run_id": run.run_id, "pretrain_run_id": pre.run_id, "trainable_params": 10,
+        "spec": {"study": "s", "row": {"name": "lora-f0.5-s0", "strategy": "lora",
+                                       "label_fraction": 0.5, "seed": 0}},
+        "history": [{"train_loss": 2.0}, {"train_loss": 1.0}]}))
+    (model.parent / "metrics.json").write_text('{"primary": 0.5}')
+    run.log_artifact(model, "model")
+    run.end()
+    return {"db": tmp_path / "m.db", "exp": exp, "res": res, "pretrain": pre.run_id,
+            "run": run.run_id, "model": model}
+
+
+def _recover(tmp_path: Path, s: dict) -> list[str]:
+    """The start of a run (the workflow's onstart). The URI is spelt another way: MLflow keeps
+    a store's connection per URI and process, and a job is a new process."""
+    from geopeft.tracking import recover_experiment
+
+    return recover_experiment(s["exp"], f"sqlite:///{tmp_path}/./m.db", "s", tmp_path / "art",
+                              pretrain_dir=s["res"] / "pretrain",
+                              run_dirs=sorted((s["res"] / "runs").iterdir()))
+
+
+def _damage(db: Path, how: str) -> bytes:
+    if how == "garbage":
+        db.write_bytes(np.random.default_rng(0).bytes(db.stat().st_size))
+    else:  # a copy or a disk cut short
+        with open(db, "r+b") as fh:
+            fh.truncate(db.stat().st_size // 2)
+    return db.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_a_damaged_store_is_set_aside_kept_and_created_again_with_its_runs(tmp_path, how):
+    """Issue 37, item 2: a damaged mlflow.db crashed the next run's start with sqlite's
+    DatabaseError; it is moved aside (kept, byte for byte), said in one line, created again as
+    mlflow_init creates it, and its runs are logged again from their folders: a run's model and
+    its pretrained backbone download by the ids their files record."""
+    from geopeft.tracking import download_model, stale_experiment
+
+    s = _logged_study(tmp_path)
+    damaged = _damage(s["db"], how)
+    lines = _recover(tmp_path, s)
+    backups = list(tmp_path.glob("m.db.damaged-*"))
+    assert [b.read_bytes() for b in backups] == [damaged]  # nothing lost
+    why = "file is not a database" if how == "garbage" else "database disk image is malformed"
+    assert lines[0] == (f"{s['exp']}: the MLflow store {s['db']} is damaged ({why}): moved it "
+                        f"to {backups[0]}, creating the store and the experiment again")
+    assert "logged 2 run(s) again" in lines[1]
+    assert stale_experiment(s["exp"]) is None
+    model_dir, pretrain_dir = download_model(f"sqlite:///{tmp_path}/./m.db", s["run"],
+                                             tmp_path / "dl")
+    assert json.loads((model_dir / "run.json").read_text())["mlflow_run_id"] == s["run"]
+    assert (pretrain_dir / "backbone.safetensors").read_bytes() == b"weights"
+    assert _recover(tmp_path, s) == []  # sound again: nothing more to do
+
+
+def test_mlflow_init_sets_a_damaged_store_aside(tmp_path, caplog):
+    """The mlflow_init rule (init_experiment) on a damaged store: today sqlite's DatabaseError;
+    the store is set aside, said in the log, and created afresh."""
+    db = tmp_path / "m.db"
+    db.write_bytes(b"not a database" * 100)
+    info = init_experiment(f"sqlite:///{db}", "s", tmp_path / "art", tmp_path / "exp.json")
+    (backup,) = tmp_path.glob("m.db.damaged-*")
+    assert backup.read_bytes() == b"not a database" * 100
+    assert f"the MLflow store {db} is damaged (file is not a database): moved it to {backup}" \
+        in caplog.text
+    assert MlflowClient(f"sqlite:///{db}").get_experiment(info["experiment_id"]).name == "s"
+
+
+def test_after_a_deleted_store_the_runs_are_found_by_their_recorded_ids(tmp_path):
+    """Issue 37, item 2: after mlflow.db was deleted, a run trained after the store was created
+    again (its run.json names the pretraining run that backbone.json records) failed
+    download_model with "pretrain run ... has no 'backbone' artifacts"; the pretraining run is
+    logged again and found by that id. A job reopening a recorded run (evaluate) continues the
+    run logged again instead of opening a second one."""
+    from geopeft.tracking import RELOGGED_TAG, download_model
+
+    s = _logged_study(tmp_path)
+    s["db"].unlink()
+    lines = _recover(tmp_path, s)
+    assert lines[0] == (f"{s['exp']}: the MLflow store {s['db']} is gone; creating the store "
+                        f"and the experiment again")
+    retrained = RunLogger(s["exp"], "linear-f1-s0")
+    model = tmp_path / "linear" / "model"
+    model.mkdir(parents=True)
+    (model / "run.json").write_text(json.dumps({"mlflow_run_id": retrained.run_id,
+                                                "pretrain_run_id": s["pretrain"]}))
+    retrained.log_artifact(model, "model")
+    retrained.end()
+    _, pretrain_dir = download_model(f"sqlite:///{tmp_path}/./m.db", retrained.run_id,
+                                     tmp_path / "dl")
+    assert (pretrain_dir / "backbone.safetensors").read_bytes() == b"weights"
+    evaluate = RunLogger(s["exp"], "lora-f0.5-s0", run_id=s["run"])
+    assert evaluate.replaced is None and evaluate.run_id != s["run"]
+    run = evaluate.client.get_run(evaluate.run_id)
+    assert run.data.tags[RELOGGED_TAG] == s["run"] and run.info.run_name == "lora-f0.5-s0"
+    assert run.data.params == {"strategy": "lora", "label_fraction": "0.5", "seed": "0"}
+    hist = evaluate.client.get_metric_history(evaluate.run_id, "train_loss")
+    assert sorted((m.step, m.value) for m in hist) == [(0, 2.0), (1, 1.0)]
+    arts = {a.path for a in evaluate.client.list_artifacts(evaluate.run_id, "evaluation")}
+    assert arts == {"evaluation/metrics.json"}
+
+
+def test_a_recovery_killed_half_way_is_taken_up_by_the_next(tmp_path, monkeypatch):
+    """The experiment file is rewritten last: a recovery that stops after the pretraining run
+    is taken up by the next start, which logs only the run still missing (a store created again
+    reuses the old experiment ids: the file's creation time tells the stores apart)."""
+    from geopeft.tracking import RELOGGED_TAG, recover
+
+    s = _logged_study(tmp_path)
+    before = s["exp"].read_bytes()
+    s["db"].unlink()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recover, "relog_run", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _recover(tmp_path, s)
+    assert s["exp"].read_bytes() == before
+    monkeypatch.undo()
+    lines = _recover(tmp_path, s)
+    assert "logged 1 run(s) again" in lines[1]
+    client = MlflowClient(f"sqlite:///{tmp_path}/./m.db")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    tags = sorted(r.data.tags.get(RELOGGED_TAG, "") for r in client.search_runs(exps))
+    assert tags == sorted([s["pretrain"], s["run"]])
+
+
+def test_a_busy_store_is_not_taken_for_a_damaged_one(tmp_path):
+    """Studies share one store: another study's writer holding it is no damage (nothing is set
+    aside); a damaged file is named as such."""
+    import contextlib
+    import sqlite3
+
+    from geopeft.tracking import damaged_store
+
+    db = tmp_path / "m.db"
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("create table t(x)")
+        con.commit()
+        con.execute("begin exclusive")
+        assert damaged_store(db, timeout=0.05) is None
+    db.write_bytes(b"x" * 4096)
+    assert damaged_store(db) == "file is not a database"

@@ -150,10 +150,11 @@ def test_editing_one_row_reruns_only_that_run_and_aggregates(done, tmp_path):
     assert set(re.findall(r"run=([\w.-]+)", r.stdout)) == {"lora-f0.5-s0"}
 
 
-def test_a_lost_mlflow_store_is_created_again_at_the_next_run(done):
+def test_a_lost_mlflow_store_is_created_again_at_the_next_run(done, tmp_path):
     """The DB deleted: mlflow_init's output describes a store that is gone; the next run creates
-    the store and the experiment again before any job logs, and reruns nothing trained (the
-    jobs take the experiment file as ancient)."""
+    the store and the experiment again before any job logs, logs the runs whose folders exist
+    again, and reruns nothing trained (the jobs take the experiment file as ancient)."""
+    import json
     import shutil
 
     (done / "results" / "mlflow.db").unlink()
@@ -165,11 +166,28 @@ def test_a_lost_mlflow_store_is_created_again_at_the_next_run(done):
     r = snakemake(done, model)  # the next job that logs (one row retrained, asked by name)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mlflow.db is gone; creating the store and the experiment again" in r.stdout + r.stderr
+    assert "logged 4 run(s) again from their folders" in r.stdout + r.stderr
     assert job_counts(r.stdout + r.stderr) == {"train": 1}
     db = sqlite3.connect(done / "results" / "mlflow.db")
     rows = db.execute("select e.name, r.name, r.status from runs r join experiments e "
                       "on r.experiment_id = e.experiment_id").fetchall()
-    assert rows == [("ci_tiny", "linear-f0.5-s0", "FINISHED")]
+    # the run trained again, and the pretraining run and the other runs logged again from their
+    # folders (issue 37, item 2: the pretraining run was lost)
+    assert sorted(rows) == sorted(
+        [("ci_tiny (pretraining)", "pretrain", "FINISHED")] + [("ci_tiny", n, "FINISHED") for n in (
+            "lora-f0.5-s0", "lora-f1-s0", "linear-f0.5-s0", "linear-f1-s0")])
+    # the run trained again names the pretraining run its backbone.json records: found
+    from geopeft.tracking import download_model
+
+    rec = json.loads((done / model / "run.json").read_text())
+    cwd = os.getcwd()
+    os.chdir(done)  # the study's tracking URI is relative to its working directory
+    try:
+        _, pretrain_dir = download_model("sqlite:///results/mlflow.db", rec["mlflow_run_id"],
+                                         tmp_path / "dl")
+    finally:
+        os.chdir(cwd)
+    assert (pretrain_dir / "backbone.safetensors").is_file()
     # the whole study: nothing else reruns for the rewritten experiment file (ancient)
     r = snakemake(done, "-n")
     assert job_counts(r.stdout).keys() <= {"evaluate", "aggregate", "figures", "table", "all"}

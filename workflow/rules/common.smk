@@ -48,17 +48,21 @@ MLFLOW = {
 
 
 def recreate_stale_experiment():
-    """mlflow_init's output describes an MLflow store; when that store is gone (deleted, or
-    created again without this experiment), create both again at the start of the run, before
-    any job logs (geopeft.tracking.init_experiment, as mlflow_init does). The jobs take the file
-    as ancient(): rewriting it reruns nothing."""
-    from geopeft.tracking import init_experiment, stale_experiment
+    """mlflow_init's output describes an MLflow store; when that store is damaged (set aside,
+    kept), gone or created again without this experiment, create both again at the start of
+    the run, before any job logs, as mlflow_init does, and log the pretraining run and every
+    trained run again from their folders (geopeft.tracking.recover_experiment). The jobs take
+    the file as ancient(): rewriting it reruns nothing."""
+    from geopeft.tracking import recover_experiment
 
-    if os.path.isfile(EXPERIMENT):
-        why = stale_experiment(EXPERIMENT)
-        if why:
-            logger.warning(f"{EXPERIMENT}: {why}; creating the store and the experiment again")
-            init_experiment(MLFLOW["uri"], MLFLOW["experiment"], MLFLOW["artifacts"], EXPERIMENT)
+    metrics, time_series = study_config.view_columns(sorted({r["dataset"] for r in ROWS.values()}))
+    lines = recover_experiment(
+        EXPERIMENT, MLFLOW["uri"], MLFLOW["experiment"], MLFLOW["artifacts"], metrics, time_series,
+        pretrain_dir=LAYOUT.pretrain, run_dirs=[LAYOUT.run(name).root for name in ROWS])
+    for i, line in enumerate(lines):
+        (logger.warning if i == 0 else logger.info)(line)
+
+
 _VISIBLE_GPUS = []
 
 

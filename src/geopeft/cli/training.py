@@ -19,14 +19,12 @@ def cmd_mlflow_init(args: argparse.Namespace) -> None:
         args: ``tracking_uri``, ``experiment``, ``artifact_root``, ``out`` (the experiment file),
             ``datasets`` (the study's: its primary test metrics are the study view's columns).
     """
-    from geopeft.data.sources import get_source
-    from geopeft.tasks import TASKS
+    from geopeft.config import view_columns
     from geopeft.tracking import init_experiment
 
-    sources = [get_source(d) for d in args.datasets or []]
-    metrics = list(dict.fromkeys(f"test_{TASKS[s.task].primary_metric}" for s in sources))
+    metrics, time_series = view_columns(args.datasets or [])
     info = init_experiment(args.tracking_uri, args.experiment, Path(args.artifact_root),
-                           Path(args.out), metrics, any(s.time_series for s in sources))
+                           Path(args.out), metrics, time_series)
     log.info("MLflow experiment %s (id %s) at %s", args.experiment, info["experiment_id"],
              args.tracking_uri)
 

@@ -43,6 +43,7 @@ from geopeft.config.rows import (
     study_rows,
     tracking_uri,
     uses_backbone,
+    view_columns,
 )
 from geopeft.spec import ConfigError
 
@@ -131,4 +132,4 @@ __all__ = ["DEFAULT_STUDY", "REHEARSAL_DIR", "REHEARSAL_LIMITS", "REHEARSAL_MAX_
            "load_schema",
            "pretrain_source", "pretrain_spec", "read_yaml", "rehearsal_dir", "rehearse",
            "report_task", "resolve", "row_backbone", "schema_path", "study_datasets", "study_rows",
-           "tracking_uri", "uses_backbone", "validate"]
+           "tracking_uri", "uses_backbone", "validate", "view_columns"]

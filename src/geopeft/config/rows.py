@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.data.sources import REGISTRY as SOURCES
+from geopeft.data.sources import get_source
 from geopeft.io import canonical_json
 from geopeft.layout import DataLayout, TrackingLayout
 from geopeft.settings.data import Synthetic
@@ -65,6 +66,15 @@ def report_task(rows: Any) -> tuple[str, str]:
     if len(tasks) == 1:
         return tasks[0], TASKS[tasks[0]].metric_words
     return "+".join(tasks), ", ".join(f"{TASKS[t].metric_words} ({ds})" for ds, t in by_ds.items())
+
+
+def view_columns(datasets: Any) -> tuple[list[str], bool]:
+    """What the study view of an MLflow experiment shows for these datasets: their primary test
+    metrics (``test_overall_accuracy``, ...) and whether runs differ by sequence length
+    (``geopeft mlflow-init`` and the store created again at the start of a run)."""
+    sources = [get_source(d) for d in datasets]
+    metrics = list(dict.fromkeys(f"test_{TASKS[s.task].primary_metric}" for s in sources))
+    return metrics, any(s.time_series for s in sources)
 
 
 def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:

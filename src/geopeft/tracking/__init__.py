@@ -26,8 +26,9 @@ waits up to a second for its queue thread.)
 
 The modules: :mod:`~geopeft.tracking.store` (the SQLite file or server, the client),
 :mod:`~geopeft.tracking.experiment` (the study's experiments, their view and staleness),
-:mod:`~geopeft.tracking.runs` (:class:`RunLogger`) and :mod:`~geopeft.tracking.download`
-(a run's model). Every public name is importable from ``geopeft.tracking``.
+:mod:`~geopeft.tracking.recover` (a store created again: a damaged one set aside, the runs logged
+again from their folders), :mod:`~geopeft.tracking.runs` (:class:`RunLogger`) and
+:mod:`~geopeft.tracking.download` (a run's model). Every public name is importable from ``geopeft.tracking``.
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ from geopeft.tracking.experiment import (
     VIEW_METRICS,
     VIEW_PARAMS,
     check_experiment,
+    create_experiments,
     describe_experiment,
     init_experiment,
+    set_aside_damaged,
     stale_experiment,
     store_name,
     study_view,
     view_url,
 )
+from geopeft.tracking.recover import RELOGGED_TAG, recover_experiment, resolve_run
 from geopeft.tracking.runs import (
     DATASET_ATTEMPTS,
     MAX_PARAM_LEN,
@@ -60,15 +64,19 @@ from geopeft.tracking.store import (
     HTTP_RETRY_ENV,
     TrackingError,
     check_server,
+    damaged_store,
     is_http,
     serve,
+    set_aside,
     sqlite_path,
 )
 
 __all__ = [
     "DATASET_ATTEMPTS", "HTTP_RETRY_ENV", "MAX_PARAMS_PER_BATCH", "MAX_PARAM_LEN", "NOTE_TAG",
-    "PRETRAIN_SUFFIX", "RUN_KEY_TAG", "VIEW_KEY", "VIEW_METRICS", "VIEW_PARAMS", "RunLogger",
-    "TrackingError", "check_experiment", "check_server", "describe_experiment", "download_model",
-    "flatten", "git_commit", "global_tracking_uri", "init_experiment", "is_http", "serve",
-    "sqlite_path", "stale_experiment", "store_name", "study_view", "view_url",
+    "PRETRAIN_SUFFIX", "RELOGGED_TAG", "RUN_KEY_TAG", "VIEW_KEY", "VIEW_METRICS", "VIEW_PARAMS",
+    "RunLogger", "TrackingError", "check_experiment", "check_server", "create_experiments",
+    "damaged_store", "describe_experiment", "download_model", "flatten", "git_commit",
+    "global_tracking_uri", "init_experiment", "is_http", "recover_experiment", "resolve_run",
+    "serve", "set_aside", "set_aside_damaged", "sqlite_path", "stale_experiment", "store_name",
+    "study_view", "view_url",
 ]

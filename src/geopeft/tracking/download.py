@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from geopeft.layout import MODEL_ARTIFACT, PRETRAIN_ARTIFACT, ModelLayout
+from geopeft.tracking.recover import resolve_run
 from geopeft.tracking.store import TrackingError, _client
 
 
@@ -37,7 +38,9 @@ def download_model(tracking_uri: str, run_id: str, dest: Path) -> tuple[Path, Pa
     """Download what rebuilds a training run's model from MLflow alone: the run's ``model``
     artifacts and, for an encoder pretrained by the study (``weights: pretrain``), the
     ``backbone`` artifacts of the pretrain run it names (``pretrain_run_id`` in its run.json).
-    Rebuild with ``geopeft.models.saved.load_model(model_dir, pretrain_dir=pretrain_dir)``.
+    Rebuild with ``geopeft.models.saved.load_model(model_dir, pretrain_dir=pretrain_dir)``. An
+    id the store lost is looked up among the runs logged again from their folders
+    (:func:`~geopeft.tracking.recover.resolve_run`).
 
     Args:
         tracking_uri: the study's tracking URI (its SQLite file or server).
@@ -56,6 +59,8 @@ def download_model(tracking_uri: str, run_id: str, dest: Path) -> tuple[Path, Pa
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:
+        # an id recorded by files (run.json) that the store lost: the run logged again from them
+        run_id = resolve_run(client, run_id)
         # a run's "model" is also its logged MLflow model, which MLflow looks up in the global
         # tracking store: point that at this one for the download
         with global_tracking_uri(tracking_uri):
@@ -68,6 +73,7 @@ def download_model(tracking_uri: str, run_id: str, dest: Path) -> tuple[Path, Pa
     if not pre:
         return model_dir, None
     try:
+        pre = resolve_run(client, pre)
         pretrain_dir = Path(client.download_artifacts(pre, PRETRAIN_ARTIFACT, str(dest)))
     except Exception as err:
         raise TrackingError(f"{tracking_uri}: run {run_id} was trained on the backbone of "

@@ -14,7 +14,9 @@ from geopeft.tracking.store import (
     _client,
     _ensure_sqlite_parent,
     check_server,
+    damaged_store,
     is_http,
+    set_aside,
     sqlite_path,
 )
 
@@ -59,7 +61,8 @@ def _create(client: Any, tracking_uri: str, name: str, artifact_root: Path) -> s
 def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path,
                     metrics: list[str] | None = None, time_series: bool = False) -> dict[str, str]:
     """Create (or find) experiment ``name`` and its pretraining experiment, set the study's view
-    and description, and write ``{experiment_id, ...}`` to ``out``.
+    and description, and write ``{experiment_id, ...}`` to ``out``. A damaged SQLite store is
+    first set aside (:func:`set_aside_damaged`, said in the log) and created again.
 
     Args:
         tracking_uri: SQLite file or MLflow server.
@@ -70,6 +73,33 @@ def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path
             columns and order.
         time_series: whether runs differ by sequence length (a column of the view).
     """
+    import logging
+
+    moved = set_aside_damaged(tracking_uri)
+    if moved:
+        logging.getLogger("geopeft.tracking").warning("%s", moved)
+    info = create_experiments(tracking_uri, name, artifact_root, metrics, time_series)
+    write_json(out, info)
+    return info
+
+
+def set_aside_damaged(tracking_uri: str) -> str | None:
+    """When the SQLite store of ``tracking_uri`` is damaged, move it aside (kept, never deleted)
+    and say so in one line; None when it is sound, absent or a server."""
+    db = sqlite_path(tracking_uri)
+    why = damaged_store(db) if db is not None else None
+    if not why:
+        return None
+    backup = set_aside(db)
+    return (f"the MLflow store {db} is damaged ({why}): moved it to {backup}, creating the "
+            f"store and the experiment again")
+
+
+def create_experiments(tracking_uri: str, name: str, artifact_root: Path,
+                       metrics: list[str] | None = None,
+                       time_series: bool = False) -> dict[str, str]:
+    """:func:`init_experiment` without the experiment file: create (or find) the experiments,
+    set their view and description, and return what the file holds."""
     import json
 
     if is_http(tracking_uri):
@@ -80,16 +110,18 @@ def init_experiment(tracking_uri: str, name: str, artifact_root: Path, out: Path
     pre_id = _create(client, tracking_uri, name + PRETRAIN_SUFFIX, artifact_root)
     client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW_KEY}",
                               json.dumps(study_view(list(metrics or []), time_series)))
-    if not client.get_experiment(exp_id).tags.get(NOTE_TAG):
+    exp = client.get_experiment(exp_id)
+    if not exp.tags.get(NOTE_TAG):
         client.set_experiment_tag(exp_id, NOTE_TAG, _description(name, exp_id, pre_id, None))
     client.set_experiment_tag(pre_id, NOTE_TAG, (
         f"The pretraining run of study **{name}**: the embedded backbone trained on the "
         f"synthetic source set, kept apart from the study's runs, which start from it "
         f"(their {RUN_RECORD} names this run)."))
-    info = {"experiment_id": exp_id, "experiment": name, "tracking_uri": tracking_uri,
-            "pretrain_experiment_id": pre_id, "pretrain_experiment": name + PRETRAIN_SUFFIX}
-    write_json(out, info)
-    return info
+    # a store deleted and created again gives its experiments the same ids: the creation time
+    # tells them apart (stale_experiment)
+    return {"experiment_id": exp_id, "experiment": name, "tracking_uri": tracking_uri,
+            "pretrain_experiment_id": pre_id, "pretrain_experiment": name + PRETRAIN_SUFFIX,
+            "created": exp.creation_time}
 
 
 def store_name(info: Any) -> str:
@@ -125,7 +157,8 @@ def stale_experiment(experiment_file: Path, info: dict | None = None) -> str | N
     """Why the experiment file no longer describes a usable store, or None when it does.
 
     Reads the SQLite store directly (no MLflow import, nothing created): the database file is
-    gone, or holds no experiment with the recorded id and name (deleted and initialised again).
+    gone, or holds no experiment with the recorded id, name and creation time (deleted and
+    initialised again).
     A server's store is checked by the jobs themselves. ``info``: the file's content, where the
     caller has read it already.
     """
@@ -139,11 +172,11 @@ def stale_experiment(experiment_file: Path, info: dict | None = None) -> str | N
         return f"the MLflow store {db} is gone"
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-            row = con.execute("select name from experiments where experiment_id = ?",
-                              (int(info["experiment_id"]),)).fetchone()
+            row = con.execute("select name, creation_time from experiments where "
+                              "experiment_id = ?", (int(info["experiment_id"]),)).fetchone()
     except sqlite3.Error as err:
         return f"the MLflow store {db} cannot be read ({err})"
-    if row is None or row[0] != info["experiment"]:
+    if row is None or row[0] != info["experiment"] or info.get("created", row[1]) != row[1]:
         return (f"the MLflow store {db} has no experiment {info['experiment']!r} with id "
                 f"{info['experiment_id']} (it was deleted and created again)")
     return None

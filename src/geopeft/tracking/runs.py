@@ -9,7 +9,8 @@ from typing import Any
 
 from geopeft.io import read_json
 from geopeft.tracking.experiment import check_experiment, stale_experiment
-from geopeft.tracking.store import TrackingError, _client, check_server, is_http
+from geopeft.tracking.recover import resolve_run
+from geopeft.tracking.store import TrackingError, _client, check_server, is_http, metric_key
 
 #: Params sent in one ``log_batch`` request (MLflow's limit per batch).
 MAX_PARAMS_PER_BATCH = 100
@@ -105,8 +106,9 @@ class RunLogger:
         ``experiment_file``; ``asynchronous`` (default: for an HTTP tracking URI) makes
         :meth:`log_metrics` return without waiting for the server.
 
-        A ``run_id`` the store no longer has (the store was created again) is replaced by a new
-        run, said in the log (:attr:`replaced`). With ``run_key`` and no ``run_id``, an
+        A ``run_id`` the store no longer has (the store was created again) is the run logged again
+        from its folder where there is one (:func:`~geopeft.tracking.recover.resolve_run`), else
+        replaced by a new run, said in the log (:attr:`replaced`). With ``run_key`` and no ``run_id``, an
         unfinished run with that key (:data:`RUN_KEY_TAG`, left by an attempt killed before it
         could record its id) is reused (:attr:`reused`) instead of opening a second one.
         ``pretraining``: the run goes to the study's pretraining experiment (the study's own
@@ -134,6 +136,14 @@ class RunLogger:
         self.client = _client(self.tracking_uri)
         self.replaced: str | None = None
         self.reused = False
+        if run_id is not None and not self._exists(run_id):
+            # logged again from its folder when the store was created again (recover_experiment)
+            again = resolve_run(self.client, run_id, [str(self.experiment_id)])
+            if again != run_id:
+                logging.getLogger("geopeft.tracking").info(
+                    "MLflow run %s is logged again in %s as run %s", run_id, self.tracking_uri,
+                    again)
+                run_id = again
         if run_id is not None and not self._exists(run_id):
             logging.getLogger("geopeft.tracking").warning(  # the name from before the split
                 "MLflow run %s recorded by an earlier attempt is not in %s (the store was created "
@@ -187,13 +197,12 @@ class RunLogger:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Log a dict of metrics in one request (characters MLflow refuses in names, e.g. the
         comma of a class name, become ``_``)."""
-        import re
         import time
 
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        batch = [Metric(re.sub(r"[^\w\-. :/]", "_", k), float(v), ts, step)
+        batch = [Metric(metric_key(k), float(v), ts, step)
                  for k, v in metrics.items()]
         if self.asynchronous:
             self._sender.submit(self.client.log_batch, self.run_id, metrics=batch)

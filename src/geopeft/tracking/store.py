@@ -3,6 +3,7 @@ mlflow-server``), and the MLflow client of either."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,14 @@ def _client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def metric_key(name: str) -> str:
+    """A metric's name as MLflow takes it: characters it refuses (e.g. the comma of a class
+    name) become ``_``."""
+    import re
+
+    return re.sub(r"[^\w\-. :/]", "_", name)
+
+
 def _ensure_sqlite_parent(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -82,4 +91,60 @@ def _ensure_sqlite_parent(uri: str) -> None:
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` tracking URI (None for a server)."""
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+#: SQLite's names of a file that is no database or a damaged one (extended codes start with
+#: them); a locked or busy database is neither.
+DAMAGED_ERRORS = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+#: The files SQLite keeps beside a database: they go with it when it is set aside.
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def damaged_store(db: Path, timeout: float = 5.0) -> str | None:
+    """Why the SQLite file ``db`` is damaged (no database, or ``PRAGMA quick_check`` finds a
+    fault), None when it is sound, absent or busy (a writer of another study holding it past
+    ``timeout`` seconds: not known to be damaged). Opened read-only: nothing is created or
+    changed.
+
+    Raises:
+        sqlite3.Error: any other failure (unreadable file, ...).
+    """
+    import sqlite3
+
+    if not Path(db).is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True,
+                                                timeout=timeout)) as con:
+            faults = [r[0] for r in con.execute("pragma quick_check(3)")]
+    except sqlite3.DatabaseError as err:
+        name = str(getattr(err, "sqlite_errorname", ""))
+        if name.startswith(DAMAGED_ERRORS):
+            return str(err)
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return None
+        raise
+    return None if faults == ["ok"] else "; ".join(faults)
+
+
+def set_aside(db: Path) -> Path:
+    """Move the SQLite file ``db`` (and its journal files) to ``<db>.damaged-<date-time>``,
+    never deleting it; returns the new name."""
+    import os
+    import time
+
+    db = Path(db)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup, n = db.with_name(f"{db.name}.damaged-{stamp}"), 1
+    while any(backup.with_name(backup.name + s).exists() for s in ("", *SQLITE_SIDECARS)):
+        n += 1
+        backup = db.with_name(f"{db.name}.damaged-{stamp}-{n}")
+    # the journals first: a database left behind stays damaged (and is set aside next time),
+    # while a journal left behind would be replayed into the new database
+    for suffix in SQLITE_SIDECARS:
+        side = db.with_name(db.name + suffix)
+        if side.exists():
+            os.replace(side, backup.with_name(backup.name + suffix))
+    os.replace(db, backup)
+    return backup
 
