@@ -119,6 +119,57 @@ def test_killed_run_resumes_bitwise_in_one_mlflow_run(sig, tmp_path, rgb_store):
         assert sorted(steps) == (list(range(epochs)) if key != "trainable_params" else [0]), key
 
 
+# -------------------------------------------------------------------- a diverged training
+
+
+def test_a_retry_of_a_diverged_training_stops_at_once_with_the_same_error(tmp_path, rgb_store,
+                                                                         monkeypatch):
+    """Snakemake retries a failed job, and a diverged training fails the same way every time:
+    its failure is recorded in the run's state folder, and a retry (attempt 2) of the same spec
+    stops at once with the same error, before reading any data; a rerun the user starts
+    (attempt 1), or a retry of other settings, trains."""
+    import copy
+
+    from geopeft.spec import JobSpec
+    from geopeft.train import run as train_run
+    from geopeft.train.loop import DivergedLoss
+
+    # the MLflow run is not what is tested here (a new store takes seconds to create)
+    monkeypatch.setattr(train_run, "_open_run", lambda *args: (train_run._QuietLogger(), False))
+    exp = tmp_path / "exp.json"
+    bad, good = _spec(2), _spec(2)
+    bad["row"]["train"]["lr"] = 1e3  # the loss grows 1e5-fold by step 4
+    state = tmp_path / "state"
+
+    def train(spec: dict, attempt: int) -> None:
+        train_run.train_row(JobSpec.from_dict(copy.deepcopy(spec)), rgb_store, None, exp,
+                            tmp_path / "out", state_dir=state, attempt=attempt)
+
+    with pytest.raises(DivergedLoss) as first:
+        train(bad, 1)
+    record = (state / "failed.json").read_bytes()
+
+    class Trains(Exception):
+        pass
+
+    def trains(*args, **kwargs):
+        raise Trains
+
+    monkeypatch.setattr(train_run, "load_splits", trains)  # from here on: training starts
+    with pytest.raises(DivergedLoss) as retry:
+        train(bad, 2)
+    assert str(retry.value).startswith(f"{first.value} (attempt 2: not trained again, an earlier "
+                                       f"attempt of these settings failed so, {state / 'failed.json'}")
+    assert (retry.value.step, retry.value.loss) == (first.value.step, first.value.loss)
+    with pytest.raises(Trains):
+        train(good, 2)  # other settings
+    assert not (state / "failed.json").exists()  # the stale record is gone
+    (state / "failed.json").write_bytes(record)
+    with pytest.raises(Trains):
+        train(bad, 1)  # the user's rerun
+    assert not (state / "failed.json").exists()
+
+
 # -------------------------------------------------------------------- one trainer per run
 
 
