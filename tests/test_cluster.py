@@ -104,6 +104,20 @@ def test_train_jobs_claim_a_gpu_only_on_a_gpu_machine(tmp_path, count, asked):
     assert _dry_run_gpus(tmp_path, count) == {asked}
 
 
+def test_a_train_job_is_told_its_attempt(tmp_path):
+    """Snakemake's attempt reaches the train job (--attempt, a resource of the job evaluated
+    per attempt), so that a retry of a training that diverged stops at once
+    (geopeft.train.run.train_row)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d",
+                        str(tmp_path), "--configfile", str(ROOT / "config" / ".test" / "config.yaml"),
+                        "--cores", "1", "-n", "-p"], capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    commands = [line for line in r.stdout.splitlines() if " geopeft train --spec " in line]
+    assert commands and all(" --attempt 1 " in c for c in commands), r.stdout[-2000:]
+
+
 SIDE_BY_SIDE = """
 rule all:
     input: expand("out/{i}.txt", i=range(2))

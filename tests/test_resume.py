@@ -120,6 +120,57 @@ def test_killed_run_resumes_bitwise_in_one_mlflow_run(sig, tmp_path, rgb_store):
         assert sorted(steps) == (list(range(epochs)) if key != "trainable_params" else [0]), key
 
 
+# -------------------------------------------------------------------- a diverged training
+
+
+def test_a_retry_of_a_diverged_training_stops_at_once_with_the_same_error(tmp_path, rgb_store,
+                                                                         monkeypatch):
+    """Snakemake retries a failed job, and a diverged training fails the same way every time:
+    its failure is recorded in the run's state folder, and a retry (attempt 2) of the same spec
+    stops at once with the same error, before reading any data; a rerun the user starts
+    (attempt 1), or a retry of other settings, trains."""
+    import copy
+
+    from geopeft.spec import JobSpec
+    from geopeft.train import run as train_run
+    from geopeft.train.loop import DivergedLoss
+
+    # the MLflow run is not what is tested here (a new store takes seconds to create)
+    monkeypatch.setattr(train_run, "_open_run", lambda *args: (train_run._QuietLogger(), False))
+    exp = tmp_path / "exp.json"
+    bad, good = _spec(2), _spec(2)
+    bad["row"]["train"]["lr"] = 1e3  # the loss grows 1e5-fold by step 4
+    state = tmp_path / "state"
+
+    def train(spec: dict, attempt: int) -> None:
+        train_run.train_row(JobSpec.from_dict(copy.deepcopy(spec)), rgb_store, None, exp,
+                            tmp_path / "out", state_dir=state, attempt=attempt)
+
+    with pytest.raises(DivergedLoss) as first:
+        train(bad, 1)
+    record = (state / "failed.json").read_bytes()
+
+    class Trains(Exception):
+        pass
+
+    def trains(*args, **kwargs):
+        raise Trains
+
+    monkeypatch.setattr(train_run, "load_splits", trains)  # from here on: training starts
+    with pytest.raises(DivergedLoss) as retry:
+        train(bad, 2)
+    assert str(retry.value).startswith(f"{first.value} (attempt 2: not trained again, an earlier "
+                                       f"attempt of these settings failed so, {state / 'failed.json'}")
+    assert (retry.value.step, retry.value.loss) == (first.value.step, first.value.loss)
+    with pytest.raises(Trains):
+        train(good, 2)  # other settings
+    assert not (state / "failed.json").exists()  # the stale record is gone
+    (state / "failed.json").write_bytes(record)
+    with pytest.raises(Trains):
+        train(bad, 1)  # the user's rerun
+    assert not (state / "failed.json").exists()
+
+
 # -------------------------------------------------------------------- one trainer per run
 
 
@@ -204,3 +255,80 @@ def test_a_trainer_whose_snakemake_is_gone_before_it_looks_does_not_train(monkey
     gone.wait()
     with pytest.raises(Preempted, match=f"Snakemake \\(pid {gone.pid}\\) that started this job is gone"):
         stop_when_snakemake_is_gone(poll_s=0.05)
+
+
+# -------------------------------------------------------------------- time of a killed attempt
+
+
+SLOW_STEPS = """
+import json, sys, time
+import torch
+from geopeft.data.dataset import load_split, store_info
+from geopeft.models.classifier import build_classifier
+from geopeft.spec import TrainArgs
+from geopeft.strategies import apply_strategy
+from geopeft.train.loop import fit
+from geopeft.train.resume import Checkpointer
+
+store, state, backbone, step_s = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
+info = store_info(store)
+torch.manual_seed(0)
+m = apply_strategy(build_classifier(backbone, info, len(info.classes))[0], "linear")
+t0 = []
+
+def slow(module, inputs, output):  # the second epoch's steps take step_s each
+    if module.training:
+        t0.append(time.perf_counter())
+        print(len(t0), t0[-1] - t0[0], flush=True)  # step, seconds since the first step began
+        if len(t0) > 8:
+            time.sleep(step_s)
+    return output
+
+m.register_forward_hook(slow)
+fit(m, load_split(store, "train"), None, TrainArgs(epochs=2, batch_size=8, seed=0, progress=False),
+    checkpointer=Checkpointer(state, every_steps=0, every_minutes=0, clock_every_s=float(sys.argv[5])))
+"""
+
+
+def test_a_sigkill_between_states_loses_no_more_wall_time_than_the_clock_interval(tmp_path, rgb_store):
+    """With the default checkpointing a state is saved every 10 minutes: a SIGKILL between two
+    states must not drop the time since the last one from the run's wall_time_s. The killed
+    attempt records its wall time as it passes; the resumed run counts it, losing at most the
+    record interval (plus one step)."""
+    from geopeft.data.dataset import load_split, store_info
+    from geopeft.models.classifier import build_classifier
+    from geopeft.spec import TrainArgs
+    from geopeft.strategies import apply_strategy
+    from geopeft.train.loop import fit
+
+    state, step_s, every_s = tmp_path / "state", 0.15, 0.05
+    p = subprocess.Popen([sys.executable, "-c", SLOW_STEPS, str(rgb_store), str(state),
+                          json.dumps(backbone_cfg()), str(step_s), str(every_s)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    step = 0
+    try:  # 8 steps per epoch: the only state is the first epoch's; kill in the second
+        for line in p.stdout:
+            step, since_first = int(line.split()[0]), float(line.split()[1])
+            if step == 12:
+                break
+    finally:
+        p.kill()
+        _, err = p.communicate(timeout=60)
+    assert step == 12, err[-3000:]
+    ck = Checkpointer(state)
+    saved = ck.latest()
+    assert saved["step"] == 8 and saved["attempts"] == 1  # the kill came 3 slow steps later
+    assert since_first - saved["wall_time_s"] > 3 * step_s  # what a resume from it alone would lose
+
+    info = store_info(rgb_store)
+    torch.manual_seed(0)
+    m = apply_strategy(build_classifier(backbone_cfg(), info, len(info.classes))[0], "linear")
+    t = time.perf_counter()
+    res = fit(m, load_split(rgb_store, "train"), None,
+              TrainArgs(epochs=2, batch_size=8, seed=0, progress=False),
+              checkpointer=ck, resume=saved)
+    this_attempt = time.perf_counter() - t
+    assert res["attempts"] == 2
+    # the killed attempt's fit ran at least since_first (its clock started before its first
+    # step); of that, no more than the record interval and one step's forward is lost
+    assert res["wall_time_s"] - this_attempt >= since_first - every_s - 0.05

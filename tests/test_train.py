@@ -111,7 +111,7 @@ def test_nan_loss_stops_with_the_run_epoch_and_step_and_keeps_the_last_good_stat
     ckpt = Checkpointer(tmp_path / "state", every_steps=1, every_minutes=0)
     args = TrainArgs(epochs=2, batch_size=16, lr=1e-3, seed=0, progress=False)
     with pytest.raises(NonFiniteLoss, match=r"lora-f1-s0: training loss is nan at epoch 1, step 3"
-                                            r".*last good state is kept in .*state"):
+                                            r".*last good state is kept in .*state, of step 2"):
         fit(m, load_split(rgb_store, "train"), None, args, checkpointer=ckpt, name="lora-f1-s0")
     assert all(torch.isfinite(p).all() for p in m.parameters())  # no update from the NaN step
     last = ckpt.latest()
@@ -119,6 +119,70 @@ def test_nan_loss_stops_with_the_run_epoch_and_step_and_keeps_the_last_good_stat
     for n, p in m.named_parameters():
         if p.requires_grad:
             assert torch.equal(p.detach(), last["trainable"][n]), n
+
+
+def _poisoned(store, at: int, factor: float):
+    """A linear probe whose ``at``-th training forward pass returns its logits x ``factor``."""
+    info = store_info(store)
+    torch.manual_seed(0)
+    m, _ = build_classifier(backbone_cfg(), info, len(info.classes))
+    m = apply_strategy(m, "linear")
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == at:
+                return output * factor
+        return output
+
+    m.register_forward_hook(poison)
+    return m
+
+
+def test_a_nan_before_any_saved_state_says_that_none_was_saved(rgb_store, tmp_path):
+    """With the default checkpointing (by time, at epoch ends) a NaN in the first epoch comes
+    before any state: the message must not promise one."""
+    from geopeft.train.loop import NonFiniteLoss
+    from geopeft.train.resume import Checkpointer
+
+    m = _poisoned(rgb_store, 2, float("nan"))
+    ckpt = Checkpointer(tmp_path / "state", every_steps=0, every_minutes=10)
+    args = TrainArgs(epochs=2, batch_size=16, lr=1e-3, seed=0, progress=False)
+    with pytest.raises(NonFiniteLoss) as err:
+        fit(m, load_split(rgb_store, "train"), None, args, checkpointer=ckpt, name="r")
+    assert ckpt.latest() is None
+    assert "training loss is nan at epoch 1, step 2" in str(err.value)
+    assert f"no state was saved yet in {ckpt.directory}: a rerun starts from the beginning" in str(err.value)
+    assert "last good state" not in str(err.value)
+
+
+def test_a_finite_loss_grown_past_max_loss_growth_stops_training(rgb_store, tmp_path):
+    """A diverging run's loss is finite but absurd long before it is NaN: a loss past
+    train.max_loss_growth x the first step's stops training before the update, naming the step,
+    the loss, the first loss and the factor; 0 turns the check off."""
+    from geopeft.train.loop import DivergedLoss
+    from geopeft.train.resume import Checkpointer
+
+    train = load_split(rgb_store, "train")
+    m = _poisoned(rgb_store, 3, 1e7)  # the third step's logits x 1e7: a finite loss ~1e7 x
+    ckpt = Checkpointer(tmp_path / "state", every_steps=1, every_minutes=0)
+    args = TrainArgs(epochs=2, batch_size=16, lr=1e-3, seed=0, progress=False)
+    assert args.max_loss_growth == 1e4  # the default
+    with pytest.raises(DivergedLoss) as err:
+        fit(m, train, None, args, checkpointer=ckpt, name="r")
+    first = ckpt.latest()["first_loss"]  # kept in the state: a resumed run compares with it
+    assert 0 < first < 10 and err.value.step == 3 and err.value.loss > 1e4 * first
+    assert (f"r: training loss is {err.value.loss:.6g}, {err.value.loss / first:.3g} times the "
+            f"first step's {first:.6g}, past train.max_loss_growth 10000 at epoch 1, step 3; "
+            f"stopped before the update (the last good state is kept in {ckpt.directory}, of "
+            f"step 2)") in str(err.value)
+    assert all(torch.equal(p.detach(), ckpt.latest()["trainable"][n])  # no update from step 3
+               for n, p in m.named_parameters() if p.requires_grad)
+    m = _poisoned(rgb_store, 3, 1e7)
+    res = fit(m, train, None, TrainArgs(epochs=2, batch_size=16, lr=1e-3, seed=0, progress=False,
+                                        max_loss_growth=0))
+    assert len(res["history"]) == 2  # off: the same run trains to its end
 
 
 def test_training_memory_is_the_training_tensors_and_peft_holds_less(rgb_store):

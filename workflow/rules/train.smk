@@ -61,6 +61,8 @@ rule train:
     threads: config["threads"]
     resources:
         **GPU_RESOURCES,
+        # a retry of a training that diverged stops at once (geopeft.train.run.train_row)
+        attempt=lambda wildcards, attempt: attempt,
     log:
         LAYOUT.log("train", "{run}"),
     conda:
@@ -70,4 +72,5 @@ rule train:
         " echo \"=== $(date -Iseconds) $(hostname): geopeft train {wildcards.run}\" >> {params.history};"
         " geopeft train --spec {params.spec:q} --store {input.store} {params.subset}"
         " {params.pretrain} --experiment {input.experiment} --out {output}"
-        " --state {params.state} --gpus {resources.gpu} --mem-mb {resources.mem_mb} >> {params.history} 2>&1"
+        " --state {params.state} --attempt {resources.attempt} --gpus {resources.gpu}"
+        " --mem-mb {resources.mem_mb} >> {params.history} 2>&1"

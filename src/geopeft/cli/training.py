@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     Args:
         args: ``spec`` (the job spec as JSON), ``store``, ``subset``, ``pretrain``, ``experiment``,
-            ``out``, ``state``, ``nproc``, ``gpus``, ``argv`` (this command line).
+            ``out``, ``state``, ``attempt``, ``nproc``, ``gpus``, ``argv`` (this command line).
     """
     from geopeft.spec import JobSpec
     from geopeft.train.run import train_row
@@ -100,7 +100,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise SystemExit(rc)
         return
     rec = train_row(spec, Path(args.store), _opt_path(args.subset), Path(args.experiment),
-                    Path(args.out), _opt_path(args.pretrain), _opt_path(args.state), args.mem_mb)
+                    Path(args.out), _opt_path(args.pretrain), _opt_path(args.state), args.mem_mb,
+                    args.attempt)
     from geopeft.train.distributed import leave_process_group
 
     leave_process_group()
@@ -161,6 +162,9 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--experiment", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--state", help="folder for resumable training state (checkpoints, MLflow run id)")
+    s.add_argument("--attempt", type=int, default=1,
+                   help="Snakemake's attempt of the job: a retry of settings whose training "
+                        "diverged (recorded in --state) stops at once with the same error")
     s.add_argument("--nproc", type=int, default=0,
                    help="processes (DDP under torchrun); default: --gpus when above 1 on CUDA")
     _resource_arguments(s)

@@ -94,6 +94,10 @@ class TrainArgs:
     stream from the store (larger than half its memory;
     :meth:`~geopeft.data.stream.StoreImages.batches`); 0: read in the training process. Same
     batches, same results with any number. Count them in resources.cpus_per_gpu."""
+    max_loss_growth: float = field(default=1e4, metadata={"minimum": 0})
+    """Stop training, before the update, when a step's loss exceeds this many times the run's
+    first step's loss: a diverging run whose loss is still finite but absurd (it would turn NaN
+    later). 0: off (NaN and infinite losses stop training either way)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **extra: Any) -> TrainArgs:
@@ -105,10 +109,10 @@ class TrainArgs:
 
 #: What the job adds to a row's training settings (not in the study's ``train``).
 _JOB_TRAIN_KEYS = ("seed", "threads", "progress")
-#: How a run executes, not what it computes; absent from the specs saved before they existed
-#: (``run.json`` of older runs), which load with their defaults (compile and channels-last
-#: off, as those runs trained).
-_EXECUTION_TRAIN_KEYS = ("compile", "channels_last", "workers")
+#: How a run executes, not what it computes (a run that ``max_loss_growth`` does not stop
+#: computes the same); absent from the specs saved before they existed (``run.json`` of older
+#: runs), which load with their defaults (compile and channels-last off, as those runs trained).
+_EXECUTION_TRAIN_KEYS = ("compile", "channels_last", "workers", "max_loss_growth")
 
 
 @dataclass

@@ -75,9 +75,22 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return f
 
 
-class NonFiniteLoss(GeopeftError, RuntimeError):
-    """The training loss became NaN or infinite; the message names run, epoch and step, and the
-    last good state is left in place."""
+class DivergedLoss(GeopeftError, RuntimeError):
+    """Training diverged: the loss became NaN or infinite (:class:`NonFiniteLoss`), or grew past
+    ``train.max_loss_growth`` times the run's first loss; the message names run, epoch, step and
+    loss and says whether a good state was kept, which is left in place. Training the same
+    settings again fails the same way."""
+
+    def __init__(self, message: str, step: int, loss: float):
+        super().__init__(message)
+        self.step = step
+        """The step (1-based) whose loss stopped training."""
+        self.loss = loss
+        """That loss."""
+
+
+class NonFiniteLoss(DivergedLoss):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -99,9 +112,12 @@ class TrainState:
     """Time spent in training steps (not validation), over every attempt."""
     wall_time_s: float = 0.0
     """Wall time of :func:`fit` over every attempt (a killed attempt counts up to its last
-    saved state)."""
+    record in the state folder, :meth:`~geopeft.train.resume.Checkpointer.record_clock`)."""
     attempts: int = 1
-    """How many attempts trained this run: 1, plus one per resume."""
+    """How many attempts trained this run: 1, plus one per earlier attempt (resumed, or killed
+    before it saved a state)."""
+    first_loss: float | None = None
+    """The loss of the run's first step (what ``train.max_loss_growth`` compares with)."""
     tensors_mb: dict[str, float] = field(default_factory=dict)
     """The training tensors of the run's first step, in MiB
     (:func:`~geopeft.models.runtime.training_tensors_mb`)."""
@@ -115,7 +131,7 @@ class TrainState:
     @classmethod
     def restore(cls, saved: dict[str, Any]) -> TrainState:
         """The position a saved state holds."""
-        defaults = cls()  # states saved before wall_time_s, attempts and tensors_mb were kept
+        defaults = cls()  # states saved before wall_time_s, attempts, tensors_mb, first_loss
         return cls(**{k: saved.get(k, getattr(defaults, k)) for k in cls.__dataclass_fields__
                       if k not in ("history", "tensors_mb")}, history=list(saved["history"]),
                    tensors_mb=dict(saved.get("tensors_mb") or {}))
@@ -162,7 +178,7 @@ class _Run:
                 "order": state.order, "step": state.step, "seen": state.seen,
                 "train_time_s": state.train_time_s, "wall_time_s": self.wall_time(),
                 "attempts": state.attempts, "tensors_mb": state.tensors_mb,
-                "loss_sum": state.loss_sum,
+                "first_loss": state.first_loss, "loss_sum": state.loss_sum,
                 "correct": state.correct, "history": state.history, **self.extra_state}
 
     def save(self, state: TrainState) -> None:
@@ -170,14 +186,33 @@ class _Run:
         if self.checkpointer is not None and self.rank == 0:
             self.checkpointer.save(self.saved(state), state.step)
 
-    def nonfinite(self, value: float, epoch: int, step: int) -> NonFiniteLoss:
-        """The error of a NaN or infinite loss, naming run, epoch, step and the kept state."""
-        kept = (f"the last good state is kept in {self.checkpointer.directory}"
-                if self.checkpointer is not None else "no state was saved")
-        return NonFiniteLoss(
-            f"{self.name}: training loss is {value} at epoch {epoch + 1}, step {step + 1}; "
-            f"stopped before the update ({kept}). Lower the learning rate, check the inputs "
-            f"for NaN/inf, or turn off amp")
+    def record_clock(self, state: TrainState) -> None:
+        """Record the wall time so far in the state folder when due (rank 0)."""
+        if self.checkpointer is not None and self.rank == 0:
+            self.checkpointer.record_clock(self.wall_time(), state.attempts)
+
+    def check_loss(self, value: float, state: TrainState, epoch: int) -> None:
+        """Stop before the update (:class:`DivergedLoss`, naming run, epoch, step, loss and the
+        kept state) on a loss that is NaN or infinite, or past ``max_loss_growth`` times the
+        run's first (taken here); ``value`` is the same on every rank."""
+        growth, first, ckpt = self.args.max_loss_growth, state.first_loss, self.checkpointer
+        finite = math.isfinite(value)
+        if finite and first is None:
+            state.first_loss = value
+        if finite and not (growth and first and value > growth * first):
+            return
+        last = ckpt.last_step() if ckpt is not None else None
+        kept = ("no state is saved for this run" if ckpt is None else
+                f"no state was saved yet in {ckpt.directory}: a rerun starts from the beginning"
+                if last is None else f"the last good state is kept in {ckpt.directory}, of step {last}")
+        what = (f"training loss is {value}" if not finite else
+                f"training loss is {value:.6g}, {value / first:.3g} times the first step's "
+                f"{first:.6g}, past train.max_loss_growth {growth:g}")
+        raise (NonFiniteLoss if not finite else DivergedLoss)(
+            f"{self.name}: {what} at epoch {epoch + 1}, step {state.step + 1}; stopped before the "
+            f"update ({kept}). Lower the learning rate, check the inputs for NaN/inf, or turn off "
+            "amp" + ("" if not finite else " (train.max_loss_growth: 0 turns this check off)"),
+            state.step + 1, value)
 
 
 def _start(model: nn.Module, train: Split, args: TrainArgs, name: str,
@@ -265,8 +300,7 @@ def _step(run: _Run, feeder: _Feeder, idx: torch.Tensor, state: TrainState, epoc
     n_right = int((logits.argmax(1) == yb).sum()) if yb.ndim == 1 else 0
     if world == 1:
         loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise run.nonfinite(loss_value, epoch, state.step)
+        run.check_loss(loss_value, state, epoch)
         state.loss_sum += loss_value * len(idx)
         state.correct += n_right
         state.seen += len(idx)
@@ -276,8 +310,7 @@ def _step(run: _Run, feeder: _Feeder, idx: torch.Tensor, state: TrainState, epoc
         # them), and every rank stops after the same step once any got SIGTERM
         d_loss, d_right, d_seen, n_stop = sum_over_ranks(
             [float(loss.detach()) * len(idx), n_right, len(idx), float(stop)], device)
-        if not math.isfinite(d_loss):  # the same sum on every rank: all stop together
-            raise run.nonfinite(d_loss, epoch, state.step)
+        run.check_loss(d_loss / d_seen, state, epoch)  # the same on every rank: all stop together
         state.loss_sum += d_loss
         state.correct += int(d_right)
         state.seen += int(d_seen)
@@ -314,6 +347,7 @@ def _train_epoch(run: _Run, feeder: _Feeder, state: TrainState, epoch: int, resu
         stop = _step(run, feeder, order[i : i + args.batch_size], state, epoch,
                      None if last else order[i + args.batch_size : i + 2 * args.batch_size])
         bar.update(1)
+        run.record_clock(state)
         if ckpt is not None and not last and (stop or ckpt.due(state.step)):
             state.train_time_s += time.perf_counter() - te
             te = time.perf_counter()
@@ -346,9 +380,9 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
         extra_state: dict[str, Any] | None = None, name: str = "run") -> dict[str, Any]:
     """Train ``model`` in place; returns history and cost figures.
 
-    A loss that is NaN or infinite stops training before the optimiser step with
-    :class:`NonFiniteLoss` naming the run, epoch and step; the weights and the last saved state
-    are those of the last good step.
+    A loss that is NaN or infinite, or past ``args.max_loss_growth`` times the first step's,
+    stops training before the optimiser step with :class:`DivergedLoss` naming the run, epoch,
+    step and loss; the weights and the last saved state are those of the last good step.
 
     Args:
         model: the model, its strategy applied (some parameters trainable).
@@ -373,6 +407,10 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
     state = _restore(run, resume) if resume is not None else TrainState()
     if resume is not None:
         state.attempts += 1
+    clock = checkpointer.clock() if checkpointer is not None else None
+    if clock is not None:  # attempts killed after the state (or before any) count too
+        state.wall_time_s = max(state.wall_time_s, clock["wall_time_s"])
+        state.attempts = max(state.attempts, clock["attempts"] + 1)
     run.clock = (time.perf_counter(), state.wall_time_s)
     if checkpointer is not None:  # every rank takes part in a clean stop; rank 0 saves
         install_sigterm_handler()

@@ -12,6 +12,13 @@ written after it records its sha256. :meth:`Checkpointer.latest` loads the newes
 checksum matches and falls back to the previous one when the newest is corrupt or partial (a
 kill mid-write); it keeps the last ``keep`` states.
 
+Beside the states, ``clock.json`` records the run's wall time as it passes (every
+``clock_every_s``, at the end of a step; :meth:`Checkpointer.record_clock`), so that an attempt
+killed with SIGKILL between two states still counts in the run's ``wall_time_s`` up to its last
+record; and ``failed.json`` records a training that diverged (:func:`record_failure`), so that
+Snakemake's retry of the same spec can stop at once with the same error instead of training into
+it again (:func:`known_failure`).
+
 SLURM sends SIGTERM before killing a preempted or timed-out job: :func:`stop_requested` turns
 it into a flag the training loop checks after every step; the loop then writes a final state and
 raises :class:`Preempted`, and the job exits non-zero so Snakemake retries it (or SLURM requeues
@@ -189,6 +196,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+CLOCK = "clock.json"
+"""The run's wall time so far and its attempts, in the state folder (:meth:`Checkpointer.clock`)."""
+FAILED = "failed.json"
+"""The record of a diverged training, in the state folder (:func:`record_failure`)."""
+
+
 class Checkpointer:
     """Writes and finds training states in ``directory``.
 
@@ -198,15 +211,45 @@ class Checkpointer:
             on SIGTERM).
         every_minutes: save when this much time passed since the last save (0: never by time).
         keep: how many states to keep (the previous one is the fallback for a corrupt newest).
+        clock_every_s: record the run's wall time (:meth:`record_clock`) at most this often; an
+            attempt killed between two states loses at most this, plus one step, of it.
     """
 
     def __init__(self, directory: Path, every_steps: int = 0, every_minutes: float = 10.0,
-                 keep: int = 2):
+                 keep: int = 2, clock_every_s: float = 10.0):
         self.directory = Path(directory)
         self.every_steps = int(every_steps)
         self.every_minutes = float(every_minutes)
         self.keep = max(1, int(keep))
+        self.clock_every_s = float(clock_every_s)
         self._last = time.monotonic()
+        self._clock_last = time.monotonic()
+
+    def record_clock(self, wall_time_s: float, attempts: int) -> None:
+        """Record the run's wall time and attempts so far (atomically, in ``clock.json``) when
+        ``clock_every_s`` passed since the last record; cheap to call after every step."""
+        now = time.monotonic()
+        if now - self._clock_last < self.clock_every_s:
+            return
+        write_json(self.directory / CLOCK, {"wall_time_s": wall_time_s, "attempts": attempts})
+        self._clock_last = now
+
+    def clock(self) -> dict[str, Any] | None:
+        """The last :meth:`record_clock` of the run's attempts (None: none, or unreadable)."""
+        path = self.directory / CLOCK
+        try:
+            rec = read_json(path)
+            return {"wall_time_s": float(rec["wall_time_s"]), "attempts": int(rec["attempts"])}
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("%s: not a usable clock record (%s); ignored", path, err)
+            return None
+
+    def last_step(self) -> int | None:
+        """The step of the newest state file (None: no state saved yet)."""
+        states = self.states()
+        return int(_STEP.match(states[-1].name)[1]) if states else None
 
     def due(self, step: int) -> bool:
         """Whether the state after optimisation step ``step`` (1-based) should be saved."""
@@ -271,3 +314,35 @@ class Checkpointer:
         import shutil
 
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def record_failure(state_dir: Path, fingerprint: str, error: str, **details: Any) -> Path:
+    """Record in the run's state folder (atomically, ``failed.json``) that training the spec
+    ``fingerprint`` failed in a way a retry repeats (a diverged loss), with its message and
+    ``details`` (step, loss)."""
+    path = Path(state_dir) / FAILED
+    write_json(path, {"fingerprint": fingerprint, "error": error, **details})
+    return path
+
+
+def known_failure(state_dir: Path, fingerprint: str, attempt: int) -> dict[str, Any] | None:
+    """The failure an earlier attempt recorded for the spec ``fingerprint`` when this one is a
+    retry of it (``attempt`` above 1: Snakemake's retry, which would fail the same way), else
+    None; a record of another spec, or met by a first attempt (a rerun the user started), is
+    removed and training goes ahead."""
+    path = Path(state_dir) / FAILED
+    try:
+        rec = read_json(path)
+    except FileNotFoundError:
+        return None
+    except ValueError as err:  # written atomically: only a foreign file gets here
+        log.warning("%s: not a usable failure record (%s); removed", path, err)
+        rec = None
+    if isinstance(rec, dict) and attempt > 1 and rec.get("fingerprint") == fingerprint:
+        return rec
+    if isinstance(rec, dict):
+        log.info("%s: %s; training again", path,
+                 "recorded for other settings" if rec.get("fingerprint") != fingerprint
+                 else "a rerun (attempt 1) of the settings that failed")
+    path.unlink(missing_ok=True)
+    return None

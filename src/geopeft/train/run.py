@@ -25,8 +25,8 @@ from geopeft.spec import DataSpec, JobSpec, PretrainSpec
 from geopeft.strategies import count_parameters
 from geopeft.tracking import NOTE_TAG, RunLogger, git_commit, store_name
 from geopeft.train.distributed import dist_info
-from geopeft.train.loop import fit
-from geopeft.train.resume import Checkpointer, Preempted
+from geopeft.train.loop import DivergedLoss, fit
+from geopeft.train.resume import FAILED, Checkpointer, Preempted, known_failure, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,11 @@ def _end_after_error(logger: Any, status: str) -> None:
         log.warning("could not end MLflow run %s as %s: %s", logger.run_id, status, err)
 
 
+def spec_digest(spec: JobSpec) -> str:
+    """The fingerprint of a job's spec: its MLflow run key's, and its failure record's."""
+    return hashlib.sha256(canonical_json(spec.raw).encode()).hexdigest()[:16]
+
+
 def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
               state_dir: Path | None) -> tuple[RunLogger, bool]:
     """The job's MLflow run and whether an earlier attempt logged to it: the run the state
@@ -77,8 +82,7 @@ def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
     its id), else a new one."""
     run_file = Path(state_dir) / "mlflow_run.json" if state_dir else None
     run_id = read_json(run_file)["run_id"] if run_file and run_file.is_file() else None
-    digest = hashlib.sha256(canonical_json(spec.raw).encode()).hexdigest()[:16]
-    key = f"{spec.study}/{spec.row.name}/{digest}"
+    key = f"{spec.study}/{spec.row.name}/{spec_digest(spec)}"
     row = spec.row
     what = (f"{row.strategy} ({row.method}) on {spec.data.dataset}, "
             f"{100 * row.label_fraction:g} % of the training labels"
@@ -136,9 +140,20 @@ def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_tra
     }
 
 
+def _refuse_known_failure(spec: JobSpec, state_dir: Path | None, attempt: int) -> None:
+    """Stop at once, with the same error, a retry (``attempt`` above 1) of a spec whose training
+    diverged in an earlier attempt (recorded in the state folder): it would diverge again."""
+    rec = known_failure(Path(state_dir), spec_digest(spec), attempt) if state_dir else None
+    if rec is not None:
+        raise DivergedLoss(f"{rec['error']} (attempt {attempt}: not trained again, an earlier "
+                           f"attempt of these settings failed so, {Path(state_dir) / FAILED}; "
+                           "change the settings, or rerun)", rec["step"], rec["loss"])
+
+
 def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
               out: Path, pretrain_dir: Path | None = None,
-              state_dir: Path | None = None, mem_mb: float | None = None) -> dict[str, Any]:
+              state_dir: Path | None = None, mem_mb: float | None = None,
+              attempt: int = 1) -> dict[str, Any]:
     """Train one study row and write its saved model ``out``.
 
     Args:
@@ -153,11 +168,18 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
             folder is removed once ``out`` is written.
         mem_mb: the job's memory (``resources.mem_mb``): splits larger than half of it (or of
             a smaller cgroup/SLURM limit or the available memory) stream from the store.
+        attempt: Snakemake's attempt of the job: a retry of settings whose training diverged
+            (recorded in ``state_dir``) stops at once with the same error, as a rerun would fail.
 
     Returns:
         The run record written to ``out/run.json``.
+
+    Raises:
+        DivergedLoss: the loss became NaN or infinite, or grew past ``train.max_loss_growth``
+            times its start (recorded in ``state_dir``), or did so in an earlier attempt.
     """
     stages = {"imports": seconds_since_start()}
+    _refuse_known_failure(spec, state_dir, attempt)
     rank, world = dist_info()
     row = spec.row
     info = store_info(store)
@@ -197,6 +219,12 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
                      extra_state={"mlflow_run_id": logger.run_id}, name=row.name)
     except Preempted:
         _end_after_error(logger, "KILLED")
+        raise
+    except DivergedLoss as err:
+        if rank == 0 and state_dir:
+            record_failure(Path(state_dir), spec_digest(spec), str(err), step=err.step,
+                           loss=err.loss)
+        _end_after_error(logger, "FAILED")
         raise
     except BaseException:
         _end_after_error(logger, "FAILED")
