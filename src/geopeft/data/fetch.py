@@ -164,14 +164,14 @@ def _workspace(out: Path, files: list[Path]) -> Path:
     work = out.with_name(f".{out.name}.assembling")
     manifest = json.dumps([[str(f.resolve()), (st := f.stat()).st_size, st.st_mtime_ns]
                            for f in files])
-    if (work / "tree").is_dir() and (work / "manifest.json").is_file():
-        if (work / "manifest.json").read_text() == manifest:
+    if (work / "tree").is_dir() and (work / "inputs.json").is_file():
+        if (work / "inputs.json").read_text() == manifest:
             log.info("%s: resuming the assembly in %s", out, work)
             return work
     shutil.rmtree(work, ignore_errors=True)
     (work / "tree").mkdir(parents=True)
     (work / "done").mkdir()
-    with atomic_file(work / "manifest.json") as fh:
+    with atomic_file(work / "inputs.json") as fh:
         fh.write(manifest)
     return work
 
