@@ -38,6 +38,32 @@ def test_corrupt_or_partial_state_is_never_loaded(tmp_path):
     assert len(ck.states()) == 3  # keeps the last three
 
 
+def test_a_state_of_other_settings_is_never_resumed(tmp_path, caplog):
+    """A rerun after the study changed (another lr after a diverged loss, more epochs) is another
+    job spec: the states and the wall-time record an attempt of the old spec left are not
+    resumed (before: the old optimiser and scheduler came back, so the new lr was never used),
+    they are removed with a warning; the same spec resumes as before, and a state written
+    before fingerprints were recorded still resumes."""
+    state = tmp_path / "state"
+    old = Checkpointer(state, fingerprint="a" * 16, clock_every_s=0)
+    old.save({"step": 7}, 7)
+    old.record_clock(12.5, 1)
+    assert Checkpointer(state, fingerprint="a" * 16).latest()["step"] == 7
+    assert Checkpointer(state, fingerprint="a" * 16).clock()["wall_time_s"] == 12.5
+    new = Checkpointer(state, fingerprint="b" * 16, clock_every_s=0)
+    assert new.clock() is None
+    with caplog.at_level("WARNING", logger="geopeft"):
+        assert new.latest() is None
+    assert "saved for other settings (spec aaaaaaaaaaaaaaaa, this job's bbbbbbbbbbbbbbbb)" in \
+        caplog.text and new.states() == []
+    new.save({"step": 1}, 1)  # its own states are kept by the rotation, not the old ones
+    new.save({"step": 2}, 2)
+    assert new.latest()["step"] == 2
+    legacy = Checkpointer(tmp_path / "legacy")
+    legacy.save({"step": 3}, 3)
+    assert Checkpointer(tmp_path / "legacy", fingerprint="c" * 16).latest()["step"] == 3
+
+
 def _spec(epochs: int) -> dict:
     train = {"epochs": epochs, "batch_size": 8, "lr": 0.003, "weight_decay": 0.05,
              "warmup_epochs": 1, "augment": True, "device": "cpu", "amp": True,

@@ -213,11 +213,15 @@ class Checkpointer:
         keep: how many states to keep (the previous one is the fallback for a corrupt newest).
         clock_every_s: record the run's wall time (:meth:`record_clock`) at most this often; an
             attempt killed between two states loses at most this, plus one step, of it.
+        fingerprint: the job spec's fingerprint, written with each state and clock record: a
+            state saved for other settings (a rerun after the study changed: another lr, more
+            epochs) is never resumed, it is removed with a warning and training starts over.
     """
 
     def __init__(self, directory: Path, every_steps: int = 0, every_minutes: float = 10.0,
-                 keep: int = 2, clock_every_s: float = 10.0):
+                 keep: int = 2, clock_every_s: float = 10.0, fingerprint: str | None = None):
         self.directory = Path(directory)
+        self.fingerprint = fingerprint
         self.every_steps = int(every_steps)
         self.every_minutes = float(every_minutes)
         self.keep = max(1, int(keep))
@@ -231,7 +235,8 @@ class Checkpointer:
         now = time.monotonic()
         if now - self._clock_last < self.clock_every_s:
             return
-        write_json(self.directory / CLOCK, {"wall_time_s": wall_time_s, "attempts": attempts})
+        write_json(self.directory / CLOCK, {"wall_time_s": wall_time_s, "attempts": attempts,
+                                            "spec": self.fingerprint})
         self._clock_last = now
 
     def clock(self) -> dict[str, Any] | None:
@@ -239,12 +244,20 @@ class Checkpointer:
         path = self.directory / CLOCK
         try:
             rec = read_json(path)
+            if not self._same_spec(rec):
+                return None
             return {"wall_time_s": float(rec["wall_time_s"]), "attempts": int(rec["attempts"])}
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as err:
             log.warning("%s: not a usable clock record (%s); ignored", path, err)
             return None
+
+    def _same_spec(self, record: dict[str, Any]) -> bool:
+        """Whether a state's or clock's record was written for this job's settings (a record
+        or a job without a fingerprint, as before they were written, counts as the same)."""
+        theirs = record.get("spec")
+        return theirs is None or self.fingerprint is None or theirs == self.fingerprint
 
     def last_step(self) -> int | None:
         """The step of the newest state file (None: no state saved yet)."""
@@ -275,7 +288,8 @@ class Checkpointer:
             os.fsync(fh.fileno())
         tmp.replace(path)
         write_json(path.with_suffix(".json"), {"step": step, "sha256": hashlib.sha256(data).hexdigest(),
-                                               "bytes": len(data), "time": time.time()})
+                                               "bytes": len(data), "time": time.time(),
+                                               "spec": self.fingerprint})
         self._last = time.monotonic()
         for old in self.states()[:-self.keep]:
             old.unlink(missing_ok=True)
@@ -298,6 +312,13 @@ class Checkpointer:
             meta_path = path.with_suffix(".json")
             try:
                 meta = read_json(meta_path)
+                if not self._same_spec(meta):
+                    log.warning("%s: saved for other settings (spec %s, this job's %s): not "
+                                "resumed, removed; training starts over", path, meta.get("spec"),
+                                self.fingerprint)
+                    path.unlink(missing_ok=True)
+                    meta_path.unlink(missing_ok=True)
+                    continue
                 data = path.read_bytes()
                 if hashlib.sha256(data).hexdigest() != meta["sha256"]:
                     raise ValueError("sha256 mismatch")

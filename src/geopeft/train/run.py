@@ -81,8 +81,11 @@ def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
     records, else an unfinished one of this row and spec (an attempt killed before it recorded
     its id), else a new one."""
     run_file = Path(state_dir) / "mlflow_run.json" if state_dir else None
-    run_id = read_json(run_file)["run_id"] if run_file and run_file.is_file() else None
     key = f"{spec.study}/{spec.row.name}/{spec_digest(spec)}"
+    recorded = read_json(run_file) if run_file and run_file.is_file() else {}
+    # the run of an attempt with other settings is not this job's (a record without a key, as
+    # before keys were written, is taken as this job's)
+    run_id = recorded.get("run_id") if recorded.get("key", key) == key else None
     row = spec.row
     what = (f"{row.strategy} ({row.method}) on {spec.data.dataset}, "
             f"{100 * row.label_fraction:g} % of the training labels"
@@ -94,7 +97,7 @@ def _open_run(experiment: Path, spec: JobSpec, fingerprint: str,
                                      "finetune"), NOTE_TAG: what},
                        run_id=run_id, run_key=key)
     if run_file is not None:
-        write_json(run_file, {"run_id": logger.run_id})
+        write_json(run_file, {"run_id": logger.run_id, "key": key})
     reopened = logger.run_id == run_id  # an earlier attempt of this state logged to it
     if reopened:
         log.info("resuming MLflow run %s", logger.run_id)
@@ -188,8 +191,8 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     train, val = load_splits(store, [("train", subset), ("val", None)], row.temporal,
                              memory_budget_mb(mem_mb, world), args.workers)
     stages["data"] = seconds_since_start()
-    ckpt = (Checkpointer(Path(state_dir), args.checkpoint_every, args.checkpoint_minutes)
-            if state_dir else None)
+    ckpt = (Checkpointer(Path(state_dir), args.checkpoint_every, args.checkpoint_minutes,
+                         fingerprint=spec_digest(spec)) if state_dir else None)
     resume = ckpt.latest() if ckpt else None
     seed_everything(args.seed, args.threads)
     model, minfo = build_model(spec, info, pretrain_dir)
