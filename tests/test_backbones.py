@@ -118,19 +118,34 @@ def test_swin_adapters_are_live():
         assert not torch.allclose(m(x), before, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["dora", "loha", "lokr"])
-def test_other_peft_methods_train_adapters_and_merge(method):
+#: The names peft gives each method's trained tensors.
+PEFT_MARKERS = {"dora": "lora_magnitude_vector", "loha": "hada_", "lokr": "lokr_", "ia3": "ia3_l",
+                "vera": "vera_lambda_", "fourierft": "fourierft_spectrum", "oft": "oft_"}
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "croma"])
+@pytest.mark.parametrize("method", list(PEFT_MARKERS))
+def test_other_peft_methods_train_adapters_and_merge(method, family):
+    """Each peft method, on each encoder family of the zoo (timm ViT, as SSL4EO-S12's; Swin-V2;
+    CROMA), trains its own tensors (and the new modules) only, and merges into the encoder with
+    the same outputs."""
     torch.manual_seed(0)
-    m, _ = build_classifier(backbone_cfg(), store(), 4)
-    m = apply_strategy(m, "lora", LoraSpec(method=method, r=2, alpha=4, dropout=0.0))
+    cfg, info = {"vit": (backbone_cfg(), store()), "swin": (swin_cfg(), store()),
+                 "croma": (croma_cfg(), store(MS_BANDS, scale=1e-4))}[family]
+    m, _ = build_classifier(cfg, info, 4)
+    with torch.no_grad():  # timm zero-initialises Swin-V2's residual post-norms: as if trained
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    m = apply_strategy(m, "lora", LoraSpec(method=method, r=2, alpha=4, dropout=0.0,
+                                           n_frequency=64, block_size=4))
     names = trainable(m)
-    marker = {"dora": "lora_magnitude_vector", "loha": "hada_", "lokr": "lokr_"}[method]
+    marker = PEFT_MARKERS[method]
     assert any(marker in n for n in names)
-    assert all("modules_to_save" in n or "lora_" in n or "hada_" in n or "lokr_" in n for n in names)
+    assert all("modules_to_save" in n or marker in n or "lora_" in n for n in names), names
     for p in m.parameters():  # move away from the identity initialisation
         if p.requires_grad:
             p.data.add_(0.05 * torch.randn_like(p))
-    x = torch.rand(2, 3, 32, 32) * 255
+    x = torch.rand(2, len(info.bands), 32, 32) * 255
     m.eval()
     with torch.no_grad():
         ref = m(x)

@@ -256,14 +256,18 @@ def test_a_moved_results_folder_still_predicts(run):
     files = [str(raw / "EuroSAT_RGB" / n.rsplit("_", 1)[0] / n) for n in names]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
-    def predict(results: Path) -> str:
+    def predict(results: Path, *flags: str) -> str:
         model = results / STUDY / "runs" / "lora-f1-s0" / "model"
-        r = subprocess.run(["geopeft", "predict", "--model", str(model), *files], env=env,
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(["geopeft", "predict", "--model", str(model), *flags, *files],
+                           env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         return r.stdout
 
     before = predict(work / "results")
+    # the LoRA adapter merged into the encoder for inference: the same predictions (issue 34)
+    merged = predict(work / "results", "--merge")
+    assert [line.split(",")[:2] for line in merged.splitlines()] == \
+        [line.split(",")[:2] for line in before.splitlines()]
     elsewhere = work / "elsewhere"
     elsewhere.mkdir()
     shutil.move(work / "results", elsewhere / "results")

@@ -263,6 +263,52 @@ def test_lora_merge_and_peft_reload_identical(tmp_path, rgb_store):
         assert torch.allclose(merged(x), ref, atol=1e-4)
 
 
+#: The names of each method's tensors in a peft model.
+PEFT_TENSORS = {"ia3": "ia3_l", "vera": "vera_lambda", "fourierft": "fourierft_", "oft": "oft_"}
+
+
+@pytest.mark.parametrize("method", list(PEFT_TENSORS))
+def test_each_peft_method_saves_reloads_alone_and_merges(method, tmp_path, rgb_store):
+    """The peft methods beyond LoRA: a trained model saves and loads through geopeft with the
+    same outputs; its adapter folder alone (the adapter, and the head saved with it) on the
+    frozen base reproduces them (VeRA's frozen projections are saved with it); merged into the
+    encoder for inference, the outputs stay (float tolerance)."""
+    from peft import PeftModel
+
+    from geopeft.data.dataset import store_info
+
+    info = store_info(rgb_store)
+    torch.manual_seed(0)
+    base, minfo = build_classifier(backbone_cfg(), info, len(info.classes))
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    lora = {"method": method, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q", "v"],
+            "n_frequency": 64, "block_size": 4}
+    m = apply_strategy(base, "lora", LoraSpec(**lora))
+    start = {n: p.detach().clone() for n, p in m.named_parameters()
+             if p.requires_grad and "modules_to_save" not in n}
+    m = _train_a_bit(m)
+    moved = [n for n, p in m.named_parameters() if n in start and not torch.equal(p, start[n])]
+    assert moved and len(moved) == len(start)  # every adapter tensor left its initialisation
+    x = torch.rand(4, 3, 32, 32) * 255
+    with torch.no_grad():
+        ref = m(x)
+    row = {"name": "r", "method": "lora", "lora": lora}
+    spec = {"backbone": backbone_cfg(), "row": row, "data": {"dataset": "eurosat_rgb"}}
+    save_model(m, tmp_path / "model", {"spec": full_spec(spec), "model": minfo})
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "model", rgb_store)(x), ref)
+        merged = load_model(tmp_path / "model", rgb_store, merge=True)  # predict --merge
+        assert not any(PEFT_TENSORS[method] in n for n, _ in merged.named_parameters())
+        assert torch.allclose(merged(x), ref, atol=1e-4)
+    fresh, _ = build_classifier(backbone_cfg(), info, len(info.classes))
+    fresh.load_state_dict(base_state)
+    alone = PeftModel.from_pretrained(fresh, str(tmp_path / "model" / "adapter")).eval()
+    with torch.no_grad():
+        assert torch.allclose(alone(x), ref, atol=1e-5)
+        merged = m.merge_and_unload().eval()
+        assert torch.allclose(merged(x), ref, atol=1e-4)
+
+
 def test_adapt_patch_embed_keeps_known_bands_and_response():
     w = torch.randn(8, 3, 4, 4)
     out = adapt_patch_embed(w, BANDS, ["B02", "B03", "B04", "B08"])

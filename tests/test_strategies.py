@@ -38,7 +38,9 @@ def _model(method: str, lora: LoraSpec | None = None) -> torch.nn.Module:
 
 #: geopeft's own strategies and peft methods, first in their registries (more may follow).
 BUILTIN = ("full", "lora", "linear", "e2e", "scratch", "bitfit")
-BUILTIN_PEFT = ("lora", "dora", "loha", "lokr")
+BUILTIN_PEFT = ("lora", "dora", "loha", "lokr", "ia3", "vera", "fourierft", "oft")
+#: What peft names their trained tensors.
+PEFT_NAMES = ("lora_", "hada_", "lokr_", "ia3_", "vera_lambda", "fourierft_", "oft_")
 
 
 def test_the_registry_holds_the_strategies_in_the_schemas_order():
@@ -98,9 +100,52 @@ def test_bitfit_on_vit_b16_trains_0_11_million_parameters():
     assert total == 85_806_346
 
 
+def _vit_b16(method: str, lora: LoraSpec | None = None) -> torch.nn.Module:
+    bb = {"name": "vit_base_patch16_224", "kwargs": {}, "weights": "none", "sha256": None,
+          "input_size": None, "normalize": "auto"}
+    with torch.device("meta"):  # counted, never run: no memory spent on 86 M weights
+        m, _ = build_classifier(bb, _store(10), 10)
+    return apply_strategy(m, method, lora)
+
+
+#: ViT-B/16's trainable parameters per peft method, without the 10-class head (7,690), and the
+#: published figure each is held to. 12 blocks, width d = 768, MLP width 3,072; q and v adapted
+#: unless said.
+PUBLISHED_COUNTS = {
+    # LoRA r 8 on q, v: 12 x 2 x (768 x 8 + 8 x 768) = 294,912: "0.29 M" (V-PETL Bench, VTAB-1k
+    # ViT-B/16; the VeRA and FourierFT papers' ViT-Base LoRA rows, 294.9 K)
+    "lora": (LoraSpec(r=8, target_modules=("q", "v")), 294_912),
+    # VeRA r 256 on q, v: per layer a d-vector (256) and a b-vector (768), the projections frozen
+    # and shared: 12 x 2 x 1,024 = 24,576 ("24.6 K", Kopiczko et al. 2024, ViT-Base)
+    "vera": (LoraSpec(method="vera", r=256, target_modules=("q", "v")), 24_576),
+    # FourierFT n 3,000 on q, v: 12 x 2 x 3,000 = 72,000 ("72 K", Gao et al. 2024, ViT-Base)
+    "fourierft": (LoraSpec(method="fourierft", n_frequency=3000, alpha=300,
+                           target_modules=("q", "v")), 72_000),
+    # IA3 on keys, values and the MLP's inner activations: 12 x (768 + 768 + 3,072) = 55,296
+    # (l_k, l_v, l_ff of Liu et al. 2022)
+    "ia3": (LoraSpec(method="ia3"), 55_296),
+    # OFT, blocks of 32 on q, v: each a skew-symmetric 32 x 32 matrix (Cayley transform), 496
+    # free parameters, 24 blocks per layer: 12 x 2 x 24 x 496 = 285,696 (Qiu et al. 2023's
+    # parameterisation; no ViT-B figure of theirs to compare with)
+    "oft": (LoraSpec(method="oft", block_size=32, target_modules=("q", "v")), 285_696),
+}
+
+
+@pytest.mark.parametrize("method", list(PUBLISHED_COUNTS))
+def test_each_peft_method_on_vit_b16_trains_its_published_count(method):
+    """The adapter a method adds to ViT-B/16 is the published one: its trainable count, beside
+    the head's, equals the paper's (or V-PETL Bench's) figure; nothing of the encoder trains."""
+    lora, published = PUBLISHED_COUNTS[method]
+    m = _vit_b16("lora", lora)
+    trainable, total = count_parameters(m)
+    head = 768 * 10 + 10
+    assert trainable - head == published, trainable - head
+    assert total - trainable == 85_806_346 - head  # the frozen encoder, whole
+
+
 def test_param_groups_put_adapters_and_new_modules_at_the_heads_rate():
     """What the strategy added is recorded when it prepares the model, not guessed from names:
-    the groups are those of the names peft gives geopeft's adapters (lora_, hada_, lokr_), and
+    the groups are those of the names peft gives geopeft's adapters (lora_, hada_, ...), and
     for every method of the registry, everything that trains (adapters and new modules) is at
     the head's rate, nothing of the frozen encoder."""
     for method in PEFT_METHODS:
@@ -113,7 +158,7 @@ def test_param_groups_put_adapters_and_new_modules_at_the_heads_rate():
         groups = param_groups(m, 1e-3, 0.1)
         head = {id(p) for g in groups[:1] for p in g["params"]}
         by_name = {id(p) for n, p in m.named_parameters() if p.requires_grad and (
-            ".modules_to_save." in n or "lora_" in n or "hada_" in n or "lokr_" in n)}
+            ".modules_to_save." in n or any(k in n for k in PEFT_NAMES))}
         assert head == by_name and len(groups) == 1, method  # nothing of the encoder trains
     m = _model("bitfit")
     groups = param_groups(m, 1e-3, 0.1)

@@ -175,6 +175,9 @@ def test_training_run_logs_params_metrics_artifacts(world, rgb_store, tmp_path, 
     assert view["selectedColumns"][:3] == ["params.`strategy`", "params.`label_fraction`",
                                            "params.`seed`"]
     assert "metrics.`test_overall_accuracy`" in view["selectedColumns"]
+    # best first on validation, never on test (issue 34, item 4; it sorted by the test metric)
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`val_score`", False)
+    assert "metrics.`val_score`" in view["selectedColumns"]
     assert "viewStateShareKey=geopeft" in exp.tags["mlflow.note.content"]
     assert client.get_experiment_by_name("s (pretraining)") is not None
 

@@ -42,7 +42,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from geopeft.evaluate.predict import Predictor
     from geopeft.io import atomic_file
 
-    predictor = Predictor(Path(args.model))
+    predictor = Predictor(Path(args.model), merge=args.merge)
     preds = predictor.predict_files([Path(f) for f in args.files],
                                     _series_dates(args, predictor.source))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
@@ -184,6 +184,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--top-k", type=int, default=3, help="classes listed per file with their "
                    "probabilities (default 3)")
     s.add_argument("--out", help="CSV file (default: standard output)")
+    s.add_argument("--merge", action="store_true", help="merge the run's peft adapter into the "
+                   "encoder first (one plain model; same predictions within float rounding)")
     s.add_argument("--dates", action="append", help="time series: the file's acquisition dates, "
                    "YYYYMMDD separated by commas; once per file, in order")
     s.add_argument("--metadata", help="time series: the dataset's metadata file, whose dates give "

@@ -82,10 +82,11 @@ class Predictor:
         model_dir: the run's saved model folder (``results/<study>/runs/<run>/model``).
         pretrain_dir: the embedded pretrained backbone (default: the one the run recorded).
         limits: the limits on the files read (a file over them is refused from its header).
+        merge: merge the run's peft adapter into the encoder (``geopeft predict --merge``).
     """
 
     def __init__(self, model_dir: Path, pretrain_dir: Path | None = None,
-                 limits: Limits = DEFAULT):
+                 limits: Limits = DEFAULT, merge: bool = False):
         self.model_dir = Path(model_dir)
         self.limits = limits
         record_file = ModelLayout(self.model_dir).record
@@ -100,7 +101,7 @@ class Predictor:
         self.task = get_task(self.source.task)
         void = self.info.void_class
         self.classes = [c for i, c in enumerate(self.info.classes) if i != void]
-        self.model = load_model(self.model_dir, pretrain_dir=pretrain_dir)
+        self.model = load_model(self.model_dir, pretrain_dir=pretrain_dir, merge=merge)
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         resized = getattr(base, "input_size", None)
         self.size = None if resized else tuple(self.info.image_size or ()) or None

@@ -80,7 +80,7 @@ def save_model(model: nn.Module, out: Path, record: dict[str, Any]) -> None:
 
 
 def load_model(model_dir: Path, store: Path | None = None,
-               pretrain_dir: Path | None = None) -> nn.Module:
+               pretrain_dir: Path | None = None, merge: bool = False) -> nn.Module:
     """Rebuild a trained model from its folder (eval mode, CPU).
 
     Args:
@@ -89,6 +89,9 @@ def load_model(model_dir: Path, store: Path | None = None,
             recorded in ``run.json`` (bands, classes, value scale, statistics), so inference
             needs no prepared data.
         pretrain_dir: the embedded pretrained backbone's folder (default: the recorded one).
+        merge: merge a peft adapter into the encoder's weights for inference (one plain model,
+            no adapter computation; the same outputs within float rounding). A model without
+            an adapter is returned as it is.
 
     Raises:
         ValueError: the saved tensors do not match the rebuilt model (missing or extra tensors,
@@ -114,6 +117,8 @@ def load_model(model_dir: Path, store: Path | None = None,
                          f"missing {sorted(expected - set(state))[:5]}, "
                          f"unexpected {sorted(set(state) - expected)[:5]}")
     model.load_state_dict(state, strict=False)
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
     return model.eval()
 
 

@@ -83,8 +83,7 @@ def format_row(d: dict[str, Any]) -> str:
     parts = [f"{d['method']}"]
     if d["lora"]:
         lo = d["lora"]
-        targets = lo.get("target_modules") or (bb or {}).get("lora_targets")
-        parts.append(get_strategy(d["method"]).words(LoraSpec(**lo), targets))
+        parts.append(get_strategy(d["method"]).words(LoraSpec(**lo), (bb or {}).get("lora_targets")))
     if d["fusion"]:
         parts.append("fusion " + " ".join(f"{k}={v}" for k, v in sorted(d["fusion"].items())))
     if d["encoder_lr_factor"] != 1.0:

@@ -2,8 +2,8 @@
 
 * ``full``    -- every parameter trains.
 * ``lora``    -- HF peft adapters on the encoder's target modules (``lora.method``: LoRA, DoRA,
-  LoHa, LoKr; rank, alpha, dropout from the study); the encoder is frozen, and the new modules
-  train and are saved with the adapter (``modules_to_save``).
+  LoHa, LoKr, IA3, VeRA, FourierFT, OFT, BOFT; their settings from the study); the encoder is
+  frozen, and the new modules train and are saved with the adapter (``modules_to_save``).
 * ``linear``  -- the encoder is frozen; only the new modules (head; fusion blocks) train (linear
   probe, or decoder-only).
 * ``e2e``     -- end to end: every parameter trains, the encoder at ``encoder_lr_factor`` (0.1
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from geopeft.layout import ModelLayout
 from geopeft.strategies.base import Strategy, encoder_targets, is_new, new_module_names, register
-from geopeft.strategies.peft import LoraSpec, adapter_words, peft_config
+from geopeft.strategies.peft import LoraSpec, adapter_words, peft_config, target_suffixes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -88,7 +88,7 @@ class PeftAdapter(Strategy):
 
         lora = lora or LoraSpec()
         new = new_module_names(model)
-        suffixes = list(lora.target_modules or default_targets or ["q", "k", "v"])
+        suffixes = target_suffixes(lora, default_targets) or ["q", "k", "v"]
         before = {id(p) for p in model.parameters()}
         try:
             wrapped = get_peft_model(model, peft_config(lora, encoder_targets(model, suffixes), new))
