@@ -68,7 +68,7 @@ def test_study_rows_merge_defaults_strategy_and_row(cfg):
     r = rows["lora-long"]
     assert r["train"]["epochs"] == 20 and r["train"]["lr"] == 0.003 and r["train"]["batch_size"] == 32
     assert r["lora"] == {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.1,
-                         "target_modules": ["q", "k", "v"]}
+                         "target_modules": ["q", "k", "v"], "n_frequency": 1000, "block_size": 32}
     assert r["dataset"] == "eurosat_rgb" and "fusion" not in r
     assert rows["full-f0.1-s1"]["label_fraction"] == 0.1 and rows["full-f0.1-s1"]["seed"] == 1
 

@@ -176,17 +176,16 @@ def test_a_lost_mlflow_store_is_created_again_at_the_next_run(done, tmp_path):
     assert sorted(rows) == sorted(
         [("ci_tiny (pretraining)", "pretrain", "FINISHED")] + [("ci_tiny", n, "FINISHED") for n in (
             "lora-f0.5-s0", "lora-f1-s0", "linear-f0.5-s0", "linear-f1-s0")])
-    # the run trained again names the pretraining run its backbone.json records: found
-    from geopeft.tracking import download_model
-
+    # the run trained again names the pretraining run its backbone.json records: found (in a
+    # process of its own, as a user's: MLflow keeps one store per URI for its process, and this
+    # one read the store that was deleted)
     rec = json.loads((done / model / "run.json").read_text())
-    cwd = os.getcwd()
-    os.chdir(done)  # the study's tracking URI is relative to its working directory
-    try:
-        _, pretrain_dir = download_model("sqlite:///results/mlflow.db", rec["mlflow_run_id"],
-                                         tmp_path / "dl")
-    finally:
-        os.chdir(cwd)
+    code = ("import sys; from geopeft.tracking import download_model; "
+            "print(download_model('sqlite:///results/mlflow.db', sys.argv[1], sys.argv[2])[1])")
+    r = subprocess.run([sys.executable, "-c", code, rec["mlflow_run_id"], str(tmp_path / "dl")],
+                       cwd=done, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pretrain_dir = Path(r.stdout.strip().splitlines()[-1])
     assert (pretrain_dir / "backbone.safetensors").is_file()
     # the whole study: nothing else reruns for the rewritten experiment file (ancient)
     r = snakemake(done, "-n")
