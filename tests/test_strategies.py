@@ -30,14 +30,14 @@ def _store(n_classes: int = 4) -> StoreInfo:
                      ["B04", "B03", "B02"], 1 / 255, [100.0] * 3, [50.0] * 3, "f" * 64)
 
 
-def _model(method: str, lora: LoraSpec | None = None) -> torch.nn.Module:
+def _model(method: str, lora: LoraSpec | None = None, prompt=None) -> torch.nn.Module:
     torch.manual_seed(0)
     m, _ = build_classifier(backbone_cfg(), _store(), 4)
-    return apply_strategy(m, method, lora)
+    return apply_strategy(m, method, lora, prompt=prompt)
 
 
 #: geopeft's own strategies and peft methods, first in their registries (more may follow).
-BUILTIN = ("full", "lora", "linear", "e2e", "scratch", "bitfit")
+BUILTIN = ("full", "lora", "linear", "e2e", "scratch", "bitfit", "vpt")
 BUILTIN_PEFT = ("lora", "dora", "loha", "lokr", "ia3", "vera", "fourierft", "oft")
 #: What peft names their trained tensors.
 PEFT_NAMES = ("lora_", "hada_", "lokr_", "ia3_", "vera_lambda", "fourierft_", "oft_")
@@ -100,12 +100,12 @@ def test_bitfit_on_vit_b16_trains_0_11_million_parameters():
     assert total == 85_806_346
 
 
-def _vit_b16(method: str, lora: LoraSpec | None = None) -> torch.nn.Module:
+def _vit_b16(method: str, lora: LoraSpec | None = None, prompt=None) -> torch.nn.Module:
     bb = {"name": "vit_base_patch16_224", "kwargs": {}, "weights": "none", "sha256": None,
           "input_size": None, "normalize": "auto"}
     with torch.device("meta"):  # counted, never run: no memory spent on 86 M weights
         m, _ = build_classifier(bb, _store(10), 10)
-    return apply_strategy(m, method, lora)
+    return apply_strategy(m, method, lora, prompt=prompt)
 
 
 #: ViT-B/16's trainable parameters per peft method, without the 10-class head (7,690), and the
@@ -252,3 +252,92 @@ def test_bitfit_on_swin_v2_trains_its_separate_query_and_value_biases():
     assert any(n.endswith("cpb_mlp.0.weight") for n in frozen)
     assert not any("relative_position" in n or "logit_scale" in n for n in trains)
     assert count_parameters(m) == (60_298, 27_585_844)
+
+
+# ------------------------------------------------------------------------- visual prompt tuning
+
+
+def _reference_vpt(vit, x: torch.Tensor, prompts: torch.Tensor, deep: bool) -> torch.Tensor:
+    """VPT's forward as its reference implementation writes it (KMnP/vpt, PromptedTransformer:
+    ``incorporate_prompt`` after the class token, then ``forward_deep_prompt``, which replaces the
+    prompt tokens before each block but the first), on the blocks' own forward (no hooks)."""
+    s, n = vit.num_prefix_tokens, prompts.shape[1]
+    h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    p0 = prompts[0].expand(h.shape[0], -1, -1)
+    h = torch.cat([h[:, :s], p0, h[:, s:]], dim=1)
+    for i, blk in enumerate(vit.blocks):
+        if deep and i > 0:
+            h = torch.cat([h[:, :s], prompts[i].expand(h.shape[0], -1, -1), h[:, s + n:]], dim=1)
+        h = blk.forward(h)
+    h = vit.norm(h)
+    return torch.cat([h[:, :s], h[:, s + n:]], dim=1)  # the image tokens the head reads
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["shallow", "deep"])
+def test_vpt_equals_the_reference_forward_and_trains_only_its_prompts(deep):
+    """VPT through hooks on a frozen ViT: its features equal the reference implementation's
+    forward with the same prompts (prompts after the class token; deep: each block's own);
+    the prompts and the head train, nothing of the encoder; the prompts change the output;
+    every block's output (a segmentation decoder's taps) has the encoder's own token count."""
+    from geopeft.strategies import PromptSpec
+
+    m = _model("vpt", prompt=PromptSpec(tokens=3, deep=deep, dropout=0.0)).eval()
+    vit = m.backbone
+    layers = len(vit.blocks) if deep else 1
+    assert vit.vpt.prompts.shape == (layers, 3, vit.embed_dim)
+    assert {n for n, p in m.named_parameters() if p.requires_grad} == {
+        "backbone.vpt.prompts", "backbone.head.weight", "backbone.head.bias"}
+    x = torch.rand(2, 3, 32, 32) * 255
+    with torch.no_grad():
+        z = m.normalize(x) if hasattr(m, "normalize") else x
+        got = vit.forward_features(z)
+        want = _reference_vpt(vit, z, vit.vpt.prompts, deep)
+        plain_vit = _model("linear").eval().backbone
+        plain = plain_vit.forward_features(z)
+        assert got.shape == want.shape == plain.shape  # the encoder's own tokens
+        assert torch.allclose(got, want, atol=1e-6)
+        assert not torch.allclose(got, plain, atol=1e-3)  # the prompts act
+        index = [0, len(vit.blocks) - 1]
+        taps = vit.forward_intermediates(z, indices=index, intermediates_only=True)
+        plain_taps = plain_vit.forward_intermediates(z, indices=index, intermediates_only=True)
+        assert [t.shape for t in taps] == [t.shape for t in plain_taps]
+
+
+def test_vpt_on_vit_b16_trains_its_published_count_and_refuses_other_encoders():
+    """VPT on ViT-B/16 trains tokens x width x layers (deep) or tokens x width (shallow): 50
+    deep tokens 460,800, 50 shallow 38,400 (Jia et al. 2022's parameterisation: one d-vector per
+    prompt and layer), beside the 10-class head. Swin-V2 and CROMA are refused, by name."""
+    from geopeft.strategies import PromptSpec
+
+    head = 768 * 10 + 10
+    for deep, count in ((True, 50 * 768 * 12), (False, 50 * 768)):
+        m = _vit_b16("vpt", prompt=PromptSpec(tokens=50, deep=deep))
+        trainable, total = count_parameters(m)
+        assert trainable - head == count == {True: 460_800, False: 38_400}[deep]
+        assert total - trainable == 85_806_346 - head
+    swin = {"name": "swinv2_tiny", "kwargs": {"img_size": 32, "window_size": 4, "embed_dim": 24,
+                                              "depths": (1, 1), "num_heads": (2, 4)},
+            "weights": "none", "sha256": None, "input_size": None, "normalize": "auto"}
+    m, _ = build_classifier(swin, _store(), 4)
+    with pytest.raises(ValueError, match=r"strategy vpt needs a ViT encoder .* this model has"):
+        apply_strategy(m, "vpt")
+
+
+def test_a_vpt_study_resolves_with_its_prompts_in_the_spec_and_the_words():
+    """A study names VPT from YAML: its rows carry the prompt settings (defaults filled), the
+    job spec holds them, and MLflow's adapter param, the summary and the paper word them."""
+    cfg = {"study": "s", "data": {"dataset": "eurosat_rgb", "bands": ["B04", "B03", "B02"]},
+           "backbone": {"name": "vit_tiny_patch16_224"},
+           "strategies": {"deep": {"strategy": "vpt", "prompt": {"tokens": 50}},
+                          "shallow": {"strategy": "vpt", "prompt": {"deep": False}}},
+           "grid": {"strategy": ["deep", "shallow"]}}
+    resolved = gcfg.validate(cfg)
+    specs = {s.row.strategy: s for s in gcfg.job_specs(resolved)}
+    assert specs["deep"].row.prompt.tokens == 50 and specs["deep"].row.prompt.deep
+    assert specs["shallow"].row.prompt.tokens == 10 and not specs["shallow"].row.prompt.deep
+    assert specs["deep"].row.lora is None
+    assert specs["deep"].tracked_params()["adapter"] == "vpt deep, 50 tokens"
+    assert specs["shallow"].tracked_params()["adapter"] == "vpt shallow, 10 tokens"
+    with pytest.raises(gcfg.ConfigError, match=r"strategies\.deep\.prompt\.tokens: 0 is less"):
+        gcfg.validate({**cfg, "strategies": {"deep": {"strategy": "vpt", "prompt": {"tokens": 0}}},
+                       "grid": {"strategy": ["deep"]}})

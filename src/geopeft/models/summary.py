@@ -15,7 +15,7 @@ from typing import Any
 from geopeft.io import canonical_json
 from geopeft.models.zoo import resolve
 from geopeft.spec import JobSpec
-from geopeft.strategies import LoraSpec
+from geopeft.strategies import LoraSpec, PromptSpec
 from geopeft.strategies import get as get_strategy
 
 
@@ -52,7 +52,8 @@ def describe_spec(spec: JobSpec) -> dict[str, Any]:
         "sequence_length": row.sequence_length,
         "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "encoder_lr_factor": args.encoder_lr_factor,
-        "lora": lora, "fusion": asdict(row.fusion) if row.fusion is not None else None,
+        "lora": lora, "prompt": asdict(row.prompt) if row.prompt is not None else None,
+        "fusion": asdict(row.fusion) if row.fusion is not None else None,
         "segmentation": row.segmentation.model if row.segmentation is not None else None,
     }
     if bb is None:
@@ -84,6 +85,8 @@ def format_row(d: dict[str, Any]) -> str:
     if d["lora"]:
         lo = d["lora"]
         parts.append(get_strategy(d["method"]).words(LoraSpec(**lo), (bb or {}).get("lora_targets")))
+    if d.get("prompt"):
+        parts.append(get_strategy(d["method"]).words(prompt=PromptSpec(**d["prompt"])))
     if d["fusion"]:
         parts.append("fusion " + " ".join(f"{k}={v}" for k, v in sorted(d["fusion"].items())))
     if d["encoder_lr_factor"] != 1.0:

@@ -48,6 +48,7 @@ from geopeft.spec import (
     STRATEGIES,
     FusionConfig,
     LoraSpec,
+    PromptSpec,
     TrainArgs,
 )
 from geopeft.spec.sections import Backbone, Ltae, Segmentation  # noqa: F401  (sections)
@@ -81,6 +82,7 @@ class Strategy(TrainOverrides):
     strategy: str = required(enum=STRATEGIES, description="; ".join(
         f"{name} = {s.summary}" for name, s in STRATEGY_REGISTRY.items()) + ".")
     lora: LoraSpec = setting(LoraSpec)
+    prompt: PromptSpec = setting(PromptSpec)
     fusion: FusionConfig | None = optional()
     """Fusion-LoRA (geopeft.models.fusion): a learned spectral tokenizer to pseudo-RGB for the
     frozen encoder, a spectral token stream with cross-attention fusion (caf) and gated late

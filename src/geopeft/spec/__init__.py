@@ -24,7 +24,7 @@ from typing import Any
 
 from geopeft.errors import ConfigError
 from geopeft.spec.sections import ENCODER_NORMS, SEGMENTATION_MODELS, Backbone, Segmentation
-from geopeft.strategies import PEFT_METHODS, STRATEGIES, LoraSpec, Strategy
+from geopeft.strategies import PEFT_METHODS, STRATEGIES, LoraSpec, PromptSpec, Strategy
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 from geopeft.strategies import get as get_strategy
 
@@ -200,6 +200,8 @@ class RowSpec:
     ``train`` is required in the spec), with the row's seed; see :meth:`train_args`."""
     lora: LoraSpec | None = None
     """The adapter (``lora`` rows)."""
+    prompt: PromptSpec | None = None
+    """The prompts (``vpt`` rows)."""
     fusion: FusionConfig | None = None
     """Fusion-LoRA settings."""
     sequence_length: int | None = None
@@ -211,7 +213,7 @@ class RowSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "row") -> RowSpec:
-        optional = ("lora", "fusion", "sequence_length", "temporal", "segmentation")
+        optional = ("lora", "prompt", "fusion", "sequence_length", "temporal", "segmentation")
         v = _take(cls, d, where, optional)
         _take(TrainArgs, v["train"], f"{where}.train",  # every setting there
               _JOB_TRAIN_KEYS + _EXECUTION_TRAIN_KEYS)
@@ -222,6 +224,10 @@ class RowSpec:
             v["lora"] = LoraSpec.from_dict(d.get("lora") or {}, f"{where}.lora")
         else:
             v.pop("lora", None)
+        if get_strategy(v["method"]).uses_prompts:
+            v["prompt"] = PromptSpec.from_dict(d.get("prompt") or {}, f"{where}.prompt")
+        else:
+            v.pop("prompt", None)
         if v.get("temporal") is not None:
             v["temporal"] = Temporal.from_dict(v["temporal"], f"{where}.temporal")
         if v.get("segmentation") is not None:
@@ -313,7 +319,8 @@ class JobSpec(_Job):
         full fine-tuning), so MLflow's tables and comparison plots line up row by row. The whole
         spec is the run's ``config.json`` artifact."""
         row, train, enc = self.row, self.row.train, self.encoder
-        adapter = row.strategy_object.words(row.lora) if row.lora is not None else "none"
+        adapter = (row.strategy_object.words(row.lora, prompt=row.prompt)
+                   if row.lora is not None or row.prompt is not None else "none")
         if row.fusion:
             adapter += " + fusion " + " ".join(f"{k} {v}"
                                                for k, v in sorted(asdict(row.fusion).items()))
@@ -355,5 +362,5 @@ class PretrainSpec(_Job):
 
 __all__ = ["DEVICES", "ENCODER_NORMS", "LOSSES", "PEFT_METHODS", "SEGMENTATION_MODELS",
            "STRATEGIES", "TRAIN_KEYS", "Backbone", "ConfigError", "DataSpec", "FusionConfig",
-           "JobSpec", "LoraSpec", "PretrainSpec", "RowSpec", "Segmentation", "Temporal",
+           "JobSpec", "LoraSpec", "PretrainSpec", "PromptSpec", "RowSpec", "Segmentation", "Temporal",
            "TrainArgs"]

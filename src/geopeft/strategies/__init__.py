@@ -29,6 +29,7 @@ from geopeft.strategies.base import (
 )
 from geopeft.strategies.builtin import E2E, BitFit, Full, Linear, PeftAdapter, Scratch
 from geopeft.strategies.peft import PEFT_REGISTRY, LoraSpec, PeftMethod, adapter_words, peft_config
+from geopeft.strategies.vpt import PromptSpec
 
 #: The strategies a study may name, in registry order (the schema's enum).
 STRATEGIES = tuple(REGISTRY)
@@ -37,7 +38,8 @@ PEFT_METHODS = tuple(PEFT_REGISTRY)
 
 
 def apply_strategy(model, method: str, lora: LoraSpec | None = None,  # noqa: ANN001
-                   default_targets: list[str] | None = None):  # noqa: ANN201
+                   default_targets: list[str] | None = None,
+                   prompt: PromptSpec | None = None):  # noqa: ANN201
     """The model to train under strategy ``method`` (:meth:`Strategy.prepare`).
 
     Args:
@@ -45,8 +47,9 @@ def apply_strategy(model, method: str, lora: LoraSpec | None = None,  # noqa: AN
         method: a strategy of :data:`REGISTRY`.
         lora: the adapter of an adapter strategy (default: LoRA r 8, alpha 16).
         default_targets: the backbone's declared adapter targets.
+        prompt: the prompts of a prompt strategy (default: 10 deep prompt tokens).
     """
-    return get(method).prepare(model, lora, default_targets)
+    return get(method).prepare(model, lora, default_targets, prompt)
 
 
 def param_groups(model, lr: float, encoder_lr_factor: float = 1.0) -> list[dict]:  # noqa: ANN001
@@ -65,6 +68,6 @@ def param_groups(model, lr: float, encoder_lr_factor: float = 1.0) -> list[dict]
 
 
 __all__ = ["E2E", "PEFT_METHODS", "PEFT_REGISTRY", "REGISTRY", "STRATEGIES", "BitFit", "Full",
-           "Linear", "LoraSpec", "PeftAdapter", "PeftMethod", "Scratch", "Strategy",
+           "Linear", "LoraSpec", "PeftAdapter", "PeftMethod", "PromptSpec", "Scratch", "Strategy",
            "adapter_words", "apply_strategy", "count_parameters", "encoder_targets", "get",
            "is_new", "new_module_names", "param_groups", "peft_config", "register"]

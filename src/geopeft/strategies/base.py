@@ -87,13 +87,16 @@ class Strategy:
     uses_adapter: ClassVar[bool] = False
     """Whether its rows carry adapter settings (``lora``), saved with the model as a peft
     adapter."""
+    uses_prompts: ClassVar[bool] = False
+    """Whether its rows carry prompt settings (``prompt``: VPT)."""
 
     def mark(self, model: nn.Module, new: list[str]) -> None:
         """Set ``requires_grad`` of every parameter of ``model``; ``new``: its new modules."""
         raise NotImplementedError
 
     def prepare(self, model: nn.Module, lora: LoraSpec | None = None,
-                default_targets: list[str] | None = None) -> nn.Module:
+                default_targets: list[str] | None = None,
+                prompt: Any = None) -> nn.Module:
         """The model to train: parameters marked (:meth:`mark`) and the head-rate parameters
         recorded for :func:`~geopeft.strategies.param_groups`.
 
@@ -101,6 +104,7 @@ class Strategy:
             model: the model with its new modules (``new_modules()``).
             lora: the adapter settings (adapter strategies).
             default_targets: the backbone's declared adapter targets.
+            prompt: the prompts of a prompt strategy (:class:`geopeft.strategies.vpt.PromptSpec`).
         """
         new = new_module_names(model)
         self.mark(model, new)
@@ -123,9 +127,10 @@ class Strategy:
             names = frozenset(n for n, _ in model.named_parameters() if is_new(n, new))
         return names
 
-    def words(self, lora: LoraSpec | None = None, targets: list[str] | None = None) -> str:
+    def words(self, lora: LoraSpec | None = None, targets: list[str] | None = None,
+              prompt: Any = None) -> str:
         """The strategy of a row in words (summary, paper, MLflow): its name, and for an
-        adapter strategy the adapter."""
+        adapter or prompt strategy the adapter or the prompts."""
         return self.name
 
     def save(self, model: nn.Module, folder: Any) -> None:

@@ -12,6 +12,8 @@
   ignored).
 * ``bitfit``  -- the encoder's bias terms and the new modules train, everything else is frozen
   (BitFit, Ben Zaken et al. 2022).
+* ``vpt``     -- learned prompt tokens in the frozen ViT and the new modules train (VPT, Jia et
+  al. 2022; ``prompt``: tokens, deep or shallow, dropout; :mod:`geopeft.strategies.vpt`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from geopeft.layout import ModelLayout
 from geopeft.strategies.base import Strategy, encoder_targets, is_new, new_module_names, register
 from geopeft.strategies.peft import LoraSpec, adapter_words, peft_config, target_suffixes
+from geopeft.strategies.vpt import VPT
 
 if TYPE_CHECKING:
     from torch import nn
@@ -83,7 +86,7 @@ class PeftAdapter(Strategy):
     uses_adapter = True
 
     def prepare(self, model: nn.Module, lora: LoraSpec | None = None,
-                default_targets: list[str] | None = None) -> nn.Module:
+                default_targets: list[str] | None = None, prompt: Any = None) -> nn.Module:
         from peft import get_peft_model
 
         lora = lora or LoraSpec()
@@ -99,12 +102,13 @@ class PeftAdapter(Strategy):
                               if is_new(n, inside) or id(p) not in before})
         return wrapped
 
-    def words(self, lora: LoraSpec | None = None, targets: list[str] | None = None) -> str:
+    def words(self, lora: LoraSpec | None = None, targets: list[str] | None = None,
+              prompt: Any = None) -> str:
         return adapter_words(lora or LoraSpec(), targets)
 
     def save(self, model: nn.Module, folder: Any) -> None:
         model.save_pretrained(str(ModelLayout(Path(folder)).adapter))  # type: ignore[operator]
 
 
-for _strategy in (Full(), PeftAdapter(), Linear(), E2E(), Scratch(), BitFit()):
+for _strategy in (Full(), PeftAdapter(), Linear(), E2E(), Scratch(), BitFit(), VPT()):
     register(_strategy)
