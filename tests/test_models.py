@@ -13,7 +13,7 @@ from geopeft.models.classifier import build_classifier
 from geopeft.models.saved import load_model, save_model
 from geopeft.models.weights import WeightsError, adapt_patch_embed, load_weights
 from geopeft.spec import LoraSpec, PromptSpec
-from geopeft.strategies import apply_strategy, count_parameters
+from geopeft.strategies import BottleneckSpec, apply_strategy, count_parameters
 
 BANDS = ["B04", "B03", "B02"]
 
@@ -183,7 +183,8 @@ def _train_a_bit(m, steps=3):
     return m.eval()
 
 
-@pytest.mark.parametrize("method", ["lora", "linear", "full", "bitfit", "vpt"])
+@pytest.mark.parametrize("method", ["lora", "linear", "full", "bitfit", "vpt", "adaptformer",
+                                    "houlsby"])
 def test_save_load_identical_outputs(method, tmp_path, monkeypatch, rgb_store):
     monkeypatch.chdir(tmp_path)
     from geopeft.data.dataset import store_info
@@ -193,11 +194,14 @@ def test_save_load_identical_outputs(method, tmp_path, monkeypatch, rgb_store):
     m, minfo = build_classifier(backbone_cfg(), info, len(info.classes))
     lora = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q", "v"]}
     prompt = {"tokens": 4, "deep": True, "dropout": 0.0}
-    m = _train_a_bit(apply_strategy(m, method, LoraSpec(**lora), prompt=PromptSpec(**prompt)))
+    bottleneck = {"dim": 4, "scale": 0.1, "dropout": 0.0}
+    options = PromptSpec(**prompt) if method == "vpt" else BottleneckSpec(**bottleneck)
+    m = _train_a_bit(apply_strategy(m, method, LoraSpec(**lora), options=options))
     x = torch.rand(4, 3, 32, 32) * 255
     with torch.no_grad():
         ref = m(x)
-    row = {"name": "r", "method": method, "lora": lora, "prompt": prompt}
+    row = {"name": "r", "method": method, "lora": lora, "prompt": prompt,
+           "bottleneck": bottleneck}
     spec = {"backbone": backbone_cfg(), "row": row, "data": {"dataset": "eurosat_rgb"}}
     save_model(m, tmp_path / "model", {"spec": full_spec(spec), "model": minfo})
     saved = set(__import__("safetensors.torch", fromlist=["x"]).load_file(

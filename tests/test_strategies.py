@@ -33,11 +33,11 @@ def _store(n_classes: int = 4) -> StoreInfo:
 def _model(method: str, lora: LoraSpec | None = None, prompt=None) -> torch.nn.Module:
     torch.manual_seed(0)
     m, _ = build_classifier(backbone_cfg(), _store(), 4)
-    return apply_strategy(m, method, lora, prompt=prompt)
+    return apply_strategy(m, method, lora, options=prompt)
 
 
 #: geopeft's own strategies and peft methods, first in their registries (more may follow).
-BUILTIN = ("full", "lora", "linear", "e2e", "scratch", "bitfit", "vpt")
+BUILTIN = ("full", "lora", "linear", "e2e", "scratch", "bitfit", "vpt", "adaptformer", "houlsby")
 BUILTIN_PEFT = ("lora", "dora", "loha", "lokr", "ia3", "vera", "fourierft", "oft")
 #: What peft names their trained tensors.
 PEFT_NAMES = ("lora_", "hada_", "lokr_", "ia3_", "vera_lambda", "fourierft_", "oft_")
@@ -105,7 +105,7 @@ def _vit_b16(method: str, lora: LoraSpec | None = None, prompt=None) -> torch.nn
           "input_size": None, "normalize": "auto"}
     with torch.device("meta"):  # counted, never run: no memory spent on 86 M weights
         m, _ = build_classifier(bb, _store(10), 10)
-    return apply_strategy(m, method, lora, prompt=prompt)
+    return apply_strategy(m, method, lora, options=prompt)
 
 
 #: ViT-B/16's trainable parameters per peft method, without the 10-class head (7,690), and the
@@ -324,20 +324,100 @@ def test_vpt_on_vit_b16_trains_its_published_count_and_refuses_other_encoders():
 
 
 def test_a_vpt_study_resolves_with_its_prompts_in_the_spec_and_the_words():
-    """A study names VPT from YAML: its rows carry the prompt settings (defaults filled), the
-    job spec holds them, and MLflow's adapter param, the summary and the paper word them."""
+    """A study names VPT and the bottleneck adapters from YAML: their rows carry the strategy's
+    own settings (defaults filled), the job spec holds them, and MLflow's adapter param words
+    them."""
     cfg = {"study": "s", "data": {"dataset": "eurosat_rgb", "bands": ["B04", "B03", "B02"]},
            "backbone": {"name": "vit_tiny_patch16_224"},
            "strategies": {"deep": {"strategy": "vpt", "prompt": {"tokens": 50}},
-                          "shallow": {"strategy": "vpt", "prompt": {"deep": False}}},
-           "grid": {"strategy": ["deep", "shallow"]}}
+                          "shallow": {"strategy": "vpt", "prompt": {"deep": False}},
+                          "af": {"strategy": "adaptformer", "bottleneck": {"dim": 16}},
+                          "ho": {"strategy": "houlsby"}},
+           "grid": {"strategy": ["deep", "shallow", "af", "ho"]}}
     resolved = gcfg.validate(cfg)
     specs = {s.row.strategy: s for s in gcfg.job_specs(resolved)}
-    assert specs["deep"].row.prompt.tokens == 50 and specs["deep"].row.prompt.deep
-    assert specs["shallow"].row.prompt.tokens == 10 and not specs["shallow"].row.prompt.deep
+    assert specs["deep"].row.options.tokens == 50 and specs["deep"].row.options.deep
+    assert specs["shallow"].row.options.tokens == 10 and not specs["shallow"].row.options.deep
     assert specs["deep"].row.lora is None
     assert specs["deep"].tracked_params()["adapter"] == "vpt deep, 50 tokens"
     assert specs["shallow"].tracked_params()["adapter"] == "vpt shallow, 10 tokens"
+    assert specs["af"].tracked_params()["adapter"] == "adaptformer bottleneck 16, scale 0.1"
+    assert specs["ho"].tracked_params()["adapter"] == "houlsby bottleneck 64"
     with pytest.raises(gcfg.ConfigError, match=r"strategies\.deep\.prompt\.tokens: 0 is less"):
         gcfg.validate({**cfg, "strategies": {"deep": {"strategy": "vpt", "prompt": {"tokens": 0}}},
                        "grid": {"strategy": ["deep"]}})
+
+
+# ------------------------------------------------------------------------- bottleneck adapters
+
+
+def _reference_adapter(a, h: torch.Tensor) -> torch.Tensor:
+    return a.up(torch.relu(a.down(h))) * a.scale
+
+
+def _reference_blocks(vit, x: torch.Tensor, parallel: bool) -> torch.Tensor:
+    """The blocks as AdaptFormer's AdaptMLP and Houlsby's adapter write them, on the blocks'
+    own sub-modules (no hooks): parallel x + mlp(norm2(x)) + s * adapter(x); sequential an
+    adapter with its own residual after the attention and after the MLP sub-layer."""
+    h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    ad = vit.bottleneck
+    for i, blk in enumerate(vit.blocks):
+        attn = blk.ls1.forward(blk.attn(blk.norm1(h)))
+        if not parallel:
+            attn = attn + _reference_adapter(ad[f"{i}_ls1"], attn)
+        h = h + attn
+        mlp = blk.ls2.forward(blk.mlp(blk.norm2.forward(h)))
+        if parallel:
+            h = h + mlp + _reference_adapter(ad[f"{i}_mlp"], h)
+        else:
+            h = h + mlp + _reference_adapter(ad[f"{i}_ls2"], mlp)
+    return vit.norm(h)
+
+
+@pytest.mark.parametrize("method", ["adaptformer", "houlsby"])
+def test_bottleneck_adapters_equal_the_reference_and_start_as_the_frozen_encoder(method):
+    """AdaptFormer and the Houlsby adapter through hooks on a frozen ViT: they start as the
+    frozen encoder (up-projection at zero), train only the adapters and the head, and, once
+    their weights move, the features equal the published block equations computed on the
+    blocks' own sub-modules."""
+    from geopeft.strategies import BottleneckSpec
+
+    spec = BottleneckSpec(dim=4, scale=0.1, dropout=0.0)
+    m = _model(method, prompt=spec).eval()
+    vit = m.backbone
+    n_adapters = len(vit.blocks) * (1 if method == "adaptformer" else 2)
+    assert len(vit.bottleneck) == n_adapters
+    assert {n for n, p in m.named_parameters() if p.requires_grad} == {
+        f"backbone.bottleneck.{k}.{lin}.{w}" for k in vit.bottleneck for lin in ("down", "up")
+        for w in ("weight", "bias")} | {"backbone.head.weight", "backbone.head.bias"}
+    x = torch.rand(2, 3, 32, 32) * 255
+    with torch.no_grad():
+        z = m.normalize(x) if hasattr(m, "normalize") else x
+        plain = _model("linear").eval().backbone.forward_features(z)
+        assert torch.equal(vit.forward_features(z), plain)  # it starts as the frozen encoder
+        for p in vit.bottleneck.parameters():
+            p.normal_(0, 0.5)
+        got = vit.forward_features(z)
+        assert not torch.allclose(got, plain, atol=1e-3)
+        assert torch.allclose(got, _reference_blocks(vit, z, method == "adaptformer"), atol=1e-5)
+
+
+def test_bottleneck_adapters_on_vit_b16_train_their_counts():
+    """On ViT-B/16 (width 768) with a bottleneck of 64, an adapter has 768 x 64 + 64 + 64 x 768
+    + 768 = 99,136 parameters: AdaptFormer one per block, 1,189,632 (AdaptFormer-64, Chen et al.
+    2022), Houlsby two, 2,379,264; the encoder stays whole and frozen; Swin-V2 is refused."""
+    from geopeft.strategies import BottleneckSpec
+
+    head = 768 * 10 + 10
+    per = 768 * 64 + 64 + 64 * 768 + 768
+    for method, count in (("adaptformer", 1_189_632), ("houlsby", 2_379_264)):
+        m = _vit_b16(method, prompt=BottleneckSpec(dim=64))
+        trainable, total = count_parameters(m)
+        assert trainable - head == count == per * 12 * (1 if method == "adaptformer" else 2)
+        assert total - trainable == 85_806_346 - head
+    swin = {"name": "swinv2_tiny", "kwargs": {"img_size": 32, "window_size": 4, "embed_dim": 24,
+                                              "depths": (1, 1), "num_heads": (2, 4)},
+            "weights": "none", "sha256": None, "input_size": None, "normalize": "auto"}
+    m, _ = build_classifier(swin, _store(), 4)
+    with pytest.raises(ValueError, match=r"strategy houlsby needs a ViT encoder"):
+        apply_strategy(m, "houlsby")

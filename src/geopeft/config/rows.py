@@ -82,8 +82,8 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
     Each row holds everything a training job needs: ``name``, ``dataset``, ``strategy`` (the
     key), ``method`` (a strategy of :data:`geopeft.strategies.REGISTRY`), ``label_fraction``,
-    ``seed``, ``train`` (defaults <- strategy <- row overrides), ``lora`` for LoRA rows, ``prompt``
-    for VPT rows, ``fusion`` for
+    ``seed``, ``train`` (defaults <- strategy <- row overrides), ``lora`` for LoRA rows, the
+    strategy's own settings (``prompt`` of VPT rows), ``fusion`` for
     Fusion-LoRA rows, ``backbone`` when the strategy names its own encoder, and for time-series
     datasets ``sequence_length``, ``temporal`` (length, the study's ladder of lengths, pad rule,
     reference date) and ``segmentation`` (the model). With several datasets in ``grid.dataset``,
@@ -138,8 +138,8 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         }
         if strategy.uses_adapter:
             row["lora"] = dict(strat["lora"])
-        if strategy.uses_prompts:
-            row["prompt"] = dict(strat["prompt"])
+        if strategy.settings_key:  # the strategy's own settings (VPT's prompt)
+            row[strategy.settings_key] = dict(strat[strategy.settings_key])
         if strat.get("fusion") is not None:
             row["fusion"] = dict(strat["fusion"])
         if strat.get("backbone") is not None:

@@ -47,7 +47,7 @@ def build_model(spec: JobSpec, info: StoreInfo, pretrain_dir: Path | None = None
     else:
         model, minfo = build_classifier(encoder, info, len(info.classes), pretrain_dir)
     targets = encoder["lora_targets"] if encoder is not None else None
-    return apply_strategy(model, row.method, row.lora, targets, row.prompt), minfo
+    return apply_strategy(model, row.method, row.lora, targets, row.options), minfo
 
 
 __all__ = ["build_model", "num_outputs"]

@@ -15,7 +15,7 @@ from typing import Any
 from geopeft.io import canonical_json
 from geopeft.models.zoo import resolve
 from geopeft.spec import JobSpec
-from geopeft.strategies import LoraSpec, PromptSpec
+from geopeft.strategies import LoraSpec
 from geopeft.strategies import get as get_strategy
 
 
@@ -52,7 +52,7 @@ def describe_spec(spec: JobSpec) -> dict[str, Any]:
         "sequence_length": row.sequence_length,
         "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "encoder_lr_factor": args.encoder_lr_factor,
-        "lora": lora, "prompt": asdict(row.prompt) if row.prompt is not None else None,
+        "lora": lora, "options": asdict(row.options) if row.options is not None else None,
         "fusion": asdict(row.fusion) if row.fusion is not None else None,
         "segmentation": row.segmentation.model if row.segmentation is not None else None,
     }
@@ -85,8 +85,9 @@ def format_row(d: dict[str, Any]) -> str:
     if d["lora"]:
         lo = d["lora"]
         parts.append(get_strategy(d["method"]).words(LoraSpec(**lo), (bb or {}).get("lora_targets")))
-    if d.get("prompt"):
-        parts.append(get_strategy(d["method"]).words(prompt=PromptSpec(**d["prompt"])))
+    own = get_strategy(d["method"])
+    if d.get("options") and own.settings_class is not None:
+        parts.append(own.words(options=own.settings_class(**d["options"])))
     if d["fusion"]:
         parts.append("fusion " + " ".join(f"{k}={v}" for k, v in sorted(d["fusion"].items())))
     if d["encoder_lr_factor"] != 1.0:

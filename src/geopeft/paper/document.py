@@ -31,7 +31,7 @@ from geopeft.paper.runs import (
     study_figures,
 )
 from geopeft.paper.tables import tex_escape
-from geopeft.strategies import LoraSpec, PromptSpec
+from geopeft.strategies import LoraSpec
 from geopeft.strategies import get as get_strategy
 from geopeft.tasks import TASKS
 
@@ -115,9 +115,10 @@ def _setup(df: Any, results: Path) -> str:
         # runs saved before a setting existed have its default
         lora = LoraSpec(**{k: v for k, v in row["lora"].items() if k in LORA_KEYS}) \
             if row.get("lora") else None
-        prompt = PromptSpec(**row["prompt"]) if row.get("prompt") else None
-        words = get_strategy(row["method"]).words(lora, _adapter_targets(spec.get("backbone")),
-                                                  prompt)
+        own = get_strategy(row["method"])
+        options = (own.settings_class(**row[own.settings_key])
+                   if own.settings_key and row.get(own.settings_key) else None)
+        words = own.words(lora, _adapter_targets(spec.get("backbone")), options)
         t = row["train"]
         strategies.append(f"{tex_escape(s)} ({tex_escape(words)}; {t['epochs']} epochs, batch "
                           f"{t['batch_size']}, lr {t['lr']:g})")

@@ -53,6 +53,7 @@ from geopeft.spec import (
 )
 from geopeft.spec.sections import Backbone, Ltae, Segmentation  # noqa: F401  (sections)
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
+from geopeft.strategies.bottleneck import BottleneckSpec
 
 # ---------------------------------------------------------------------------------- models
 
@@ -83,6 +84,7 @@ class Strategy(TrainOverrides):
         f"{name} = {s.summary}" for name, s in STRATEGY_REGISTRY.items()) + ".")
     lora: LoraSpec = setting(LoraSpec)
     prompt: PromptSpec = setting(PromptSpec)
+    bottleneck: BottleneckSpec = setting(BottleneckSpec)
     fusion: FusionConfig | None = optional()
     """Fusion-LoRA (geopeft.models.fusion): a learned spectral tokenizer to pseudo-RGB for the
     frozen encoder, a spectral token stream with cross-attention fusion (caf) and gated late

@@ -200,8 +200,9 @@ class RowSpec:
     ``train`` is required in the spec), with the row's seed; see :meth:`train_args`."""
     lora: LoraSpec | None = None
     """The adapter (``lora`` rows)."""
-    prompt: PromptSpec | None = None
-    """The prompts (``vpt`` rows)."""
+    options: Any = None
+    """The strategy's own settings (``Strategy.settings_class``: VPT's prompts), from the
+    row's ``Strategy.settings_key`` entry; None for a strategy without."""
     fusion: FusionConfig | None = None
     """Fusion-LoRA settings."""
     sequence_length: int | None = None
@@ -213,7 +214,7 @@ class RowSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "row") -> RowSpec:
-        optional = ("lora", "prompt", "fusion", "sequence_length", "temporal", "segmentation")
+        optional = ("lora", "options", "fusion", "sequence_length", "temporal", "segmentation")
         v = _take(cls, d, where, optional)
         _take(TrainArgs, v["train"], f"{where}.train",  # every setting there
               _JOB_TRAIN_KEYS + _EXECUTION_TRAIN_KEYS)
@@ -224,10 +225,10 @@ class RowSpec:
             v["lora"] = LoraSpec.from_dict(d.get("lora") or {}, f"{where}.lora")
         else:
             v.pop("lora", None)
-        if get_strategy(v["method"]).uses_prompts:
-            v["prompt"] = PromptSpec.from_dict(d.get("prompt") or {}, f"{where}.prompt")
-        else:
-            v.pop("prompt", None)
+        own = get_strategy(v["method"])
+        v["options"] = (own.settings_class.from_dict(d.get(own.settings_key) or {},
+                                                     f"{where}.{own.settings_key}")
+                        if own.settings_key else None)
         if v.get("temporal") is not None:
             v["temporal"] = Temporal.from_dict(v["temporal"], f"{where}.temporal")
         if v.get("segmentation") is not None:
@@ -319,8 +320,8 @@ class JobSpec(_Job):
         full fine-tuning), so MLflow's tables and comparison plots line up row by row. The whole
         spec is the run's ``config.json`` artifact."""
         row, train, enc = self.row, self.row.train, self.encoder
-        adapter = (row.strategy_object.words(row.lora, prompt=row.prompt)
-                   if row.lora is not None or row.prompt is not None else "none")
+        adapter = (row.strategy_object.words(row.lora, options=row.options)
+                   if row.lora is not None or row.options is not None else "none")
         if row.fusion:
             adapter += " + fusion " + " ".join(f"{k} {v}"
                                                for k, v in sorted(asdict(row.fusion).items()))

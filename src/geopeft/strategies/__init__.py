@@ -17,6 +17,8 @@ resolution, and so Snakemake's start, imports this package).
 
 from __future__ import annotations
 
+from typing import Any
+
 from geopeft.strategies.base import (
     REGISTRY,
     Strategy,
@@ -27,6 +29,7 @@ from geopeft.strategies.base import (
     new_module_names,
     register,
 )
+from geopeft.strategies.bottleneck import BottleneckSpec
 from geopeft.strategies.builtin import E2E, BitFit, Full, Linear, PeftAdapter, Scratch
 from geopeft.strategies.peft import PEFT_REGISTRY, LoraSpec, PeftMethod, adapter_words, peft_config
 from geopeft.strategies.vpt import PromptSpec
@@ -39,7 +42,7 @@ PEFT_METHODS = tuple(PEFT_REGISTRY)
 
 def apply_strategy(model, method: str, lora: LoraSpec | None = None,  # noqa: ANN001
                    default_targets: list[str] | None = None,
-                   prompt: PromptSpec | None = None):  # noqa: ANN201
+                   options: Any = None):  # noqa: ANN201
     """The model to train under strategy ``method`` (:meth:`Strategy.prepare`).
 
     Args:
@@ -47,9 +50,10 @@ def apply_strategy(model, method: str, lora: LoraSpec | None = None,  # noqa: AN
         method: a strategy of :data:`REGISTRY`.
         lora: the adapter of an adapter strategy (default: LoRA r 8, alpha 16).
         default_targets: the backbone's declared adapter targets.
-        prompt: the prompts of a prompt strategy (default: 10 deep prompt tokens).
+        options: the strategy's own settings (``Strategy.settings_class``; default: its
+            defaults), e.g. VPT's :class:`PromptSpec`.
     """
-    return get(method).prepare(model, lora, default_targets, prompt)
+    return get(method).prepare(model, lora, default_targets, options)
 
 
 def param_groups(model, lr: float, encoder_lr_factor: float = 1.0) -> list[dict]:  # noqa: ANN001
@@ -67,7 +71,8 @@ def param_groups(model, lr: float, encoder_lr_factor: float = 1.0) -> list[dict]
     return groups
 
 
-__all__ = ["E2E", "PEFT_METHODS", "PEFT_REGISTRY", "REGISTRY", "STRATEGIES", "BitFit", "Full",
+__all__ = ["E2E", "PEFT_METHODS", "PEFT_REGISTRY", "REGISTRY", "STRATEGIES", "BitFit",
+           "BottleneckSpec", "Full",
            "Linear", "LoraSpec", "PeftAdapter", "PeftMethod", "PromptSpec", "Scratch", "Strategy",
            "adapter_words", "apply_strategy", "count_parameters", "encoder_targets", "get",
            "is_new", "new_module_names", "param_groups", "peft_config", "register"]

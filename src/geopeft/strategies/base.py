@@ -57,6 +57,22 @@ def encoder_targets(model: nn.Module, suffixes: list[str]) -> list[str]:
     return out
 
 
+def vit_encoder(model: nn.Module, strategy: str) -> Any:
+    """The timm ViT inside ``model`` (its encoder) that strategy ``strategy`` changes (VPT's
+    prompts, bottleneck adapters), or a ValueError naming what the model has instead."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    new = new_module_names(model)
+    found = [m for n, m in model.named_modules()
+             if isinstance(m, VisionTransformer) and not is_new(n, new)]
+    if not found:
+        parts = sorted({type(m).__name__ for n, m in model.named_modules()
+                        if n and "." not in n and not is_new(n, new)})
+        raise ValueError(f"strategy {strategy} needs a ViT encoder (timm VisionTransformer: the "
+                         f"zoo's ViTs, SSL4EO-S12, the embedded one); this model has {parts}")
+    return found[0]
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; peft's saved copies of new modules count once."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -87,8 +103,12 @@ class Strategy:
     uses_adapter: ClassVar[bool] = False
     """Whether its rows carry adapter settings (``lora``), saved with the model as a peft
     adapter."""
-    uses_prompts: ClassVar[bool] = False
-    """Whether its rows carry prompt settings (``prompt``: VPT)."""
+    settings_key: ClassVar[str | None] = None
+    """The study key of the strategy's own settings (``prompt`` of VPT), in its strategy entry
+    and its rows; None: it has none beyond the common ones."""
+    settings_class: ClassVar[Any] = None
+    """The frozen dataclass of those settings (``from_dict``, ``words``; its fields' docstrings
+    are the schema's descriptions)."""
 
     def mark(self, model: nn.Module, new: list[str]) -> None:
         """Set ``requires_grad`` of every parameter of ``model``; ``new``: its new modules."""
@@ -96,7 +116,7 @@ class Strategy:
 
     def prepare(self, model: nn.Module, lora: LoraSpec | None = None,
                 default_targets: list[str] | None = None,
-                prompt: Any = None) -> nn.Module:
+                options: Any = None) -> nn.Module:
         """The model to train: parameters marked (:meth:`mark`) and the head-rate parameters
         recorded for :func:`~geopeft.strategies.param_groups`.
 
@@ -104,7 +124,7 @@ class Strategy:
             model: the model with its new modules (``new_modules()``).
             lora: the adapter settings (adapter strategies).
             default_targets: the backbone's declared adapter targets.
-            prompt: the prompts of a prompt strategy (:class:`geopeft.strategies.vpt.PromptSpec`).
+            options: the strategy's own settings (:attr:`settings_class`), if it has any.
         """
         new = new_module_names(model)
         self.mark(model, new)
@@ -128,9 +148,9 @@ class Strategy:
         return names
 
     def words(self, lora: LoraSpec | None = None, targets: list[str] | None = None,
-              prompt: Any = None) -> str:
+              options: Any = None) -> str:
         """The strategy of a row in words (summary, paper, MLflow): its name, and for an
-        adapter or prompt strategy the adapter or the prompts."""
+        adapter strategy the adapter, for a strategy with its own settings those."""
         return self.name
 
     def save(self, model: nn.Module, folder: Any) -> None:

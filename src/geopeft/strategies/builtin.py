@@ -14,6 +14,9 @@
   (BitFit, Ben Zaken et al. 2022).
 * ``vpt``     -- learned prompt tokens in the frozen ViT and the new modules train (VPT, Jia et
   al. 2022; ``prompt``: tokens, deep or shallow, dropout; :mod:`geopeft.strategies.vpt`).
+* ``adaptformer``, ``houlsby`` -- bottleneck adapters in the frozen ViT (beside each MLP, or
+  after each attention and MLP) and the new modules train (``bottleneck``: dim, scale, dropout;
+  :mod:`geopeft.strategies.bottleneck`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from geopeft.layout import ModelLayout
 from geopeft.strategies.base import Strategy, encoder_targets, is_new, new_module_names, register
+from geopeft.strategies.bottleneck import AdaptFormer, Houlsby
 from geopeft.strategies.peft import LoraSpec, adapter_words, peft_config, target_suffixes
 from geopeft.strategies.vpt import VPT
 
@@ -86,7 +90,7 @@ class PeftAdapter(Strategy):
     uses_adapter = True
 
     def prepare(self, model: nn.Module, lora: LoraSpec | None = None,
-                default_targets: list[str] | None = None, prompt: Any = None) -> nn.Module:
+                default_targets: list[str] | None = None, options: Any = None) -> nn.Module:
         from peft import get_peft_model
 
         lora = lora or LoraSpec()
@@ -103,12 +107,13 @@ class PeftAdapter(Strategy):
         return wrapped
 
     def words(self, lora: LoraSpec | None = None, targets: list[str] | None = None,
-              prompt: Any = None) -> str:
+              options: Any = None) -> str:
         return adapter_words(lora or LoraSpec(), targets)
 
     def save(self, model: nn.Module, folder: Any) -> None:
         model.save_pretrained(str(ModelLayout(Path(folder)).adapter))  # type: ignore[operator]
 
 
-for _strategy in (Full(), PeftAdapter(), Linear(), E2E(), Scratch(), BitFit(), VPT()):
+for _strategy in (Full(), PeftAdapter(), Linear(), E2E(), Scratch(), BitFit(), VPT(),
+                  AdaptFormer(), Houlsby()):
     register(_strategy)

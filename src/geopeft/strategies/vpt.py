@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from geopeft.errors import ConfigError
-from geopeft.strategies.base import Strategy, is_new, new_module_names
+from geopeft.strategies.base import Strategy, is_new, new_module_names, vit_encoder
 
 if TYPE_CHECKING:
     from torch import nn
@@ -63,21 +63,6 @@ class PromptSpec:
         kind = "deep" if self.deep else "shallow"
         drop = f", dropout {self.dropout:g}" if self.dropout else ""
         return f"vpt {kind}, {self.tokens} tokens{drop}"
-
-
-def _vit(model: nn.Module) -> Any:
-    """The timm ViT inside ``model`` (its encoder), or a ValueError naming what it has."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    new = new_module_names(model)
-    found = [m for n, m in model.named_modules()
-             if isinstance(m, VisionTransformer) and not is_new(n, new)]
-    if not found:
-        encoders = sorted({type(m).__name__ for n, m in model.named_modules()
-                           if n.count(".") == 0 and n and not is_new(n, new)})
-        raise ValueError(f"strategy vpt needs a ViT encoder (timm VisionTransformer: the zoo's "
-                         f"ViTs, SSL4EO-S12, the embedded one); this model has {encoders}")
-    return found[0]
 
 
 def _make_prompts(vit: Any, spec: PromptSpec) -> nn.Module:
@@ -136,13 +121,14 @@ class VPT(Strategy):
     name = "vpt"
     summary = ("visual prompt tuning: prompt tokens (prompt.tokens, deep or shallow) in the "
                "frozen ViT, and the new modules, train (VPT)")
-    uses_prompts = True
+    settings_key = "prompt"
+    settings_class = PromptSpec
 
     def prepare(self, model: nn.Module, lora: LoraSpec | None = None,
                 default_targets: list[str] | None = None,
-                prompt: PromptSpec | None = None) -> nn.Module:
-        spec = prompt or PromptSpec()
-        vit = _vit(model)
+                options: PromptSpec | None = None) -> nn.Module:
+        spec = options or PromptSpec()
+        vit = vit_encoder(model, self.name)
         vit.vpt = _make_prompts(vit, spec)
         _hook(vit, vit.vpt, spec.deep)
         new = new_module_names(model)
@@ -153,5 +139,5 @@ class VPT(Strategy):
         return model
 
     def words(self, lora: LoraSpec | None = None, targets: list[str] | None = None,
-              prompt: PromptSpec | None = None) -> str:
-        return (prompt or PromptSpec()).words()
+              options: PromptSpec | None = None) -> str:
+        return (options or PromptSpec()).words()
