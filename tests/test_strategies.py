@@ -343,6 +343,11 @@ def test_a_vpt_study_resolves_with_its_prompts_in_the_spec_and_the_words():
     assert specs["shallow"].tracked_params()["adapter"] == "vpt shallow, 10 tokens"
     assert specs["af"].tracked_params()["adapter"] == "adaptformer bottleneck 16, scale 0.1"
     assert specs["ho"].tracked_params()["adapter"] == "houlsby bottleneck 64"
+    for name, family in (("swinv2_tiny", "swin"), ("croma_optical_base", "croma")):
+        with pytest.raises(gcfg.ConfigError, match=rf"strategies\.ho\.strategy: houlsby works on "
+                                                  rf"vit encoders; backbone '{name}' is a {family}"):
+            gcfg.validate({**cfg, "backbone": {"name": name},
+                           "strategies": {"ho": {"strategy": "houlsby"}}, "grid": {"strategy": ["ho"]}})
     with pytest.raises(gcfg.ConfigError, match=r"strategies\.deep\.prompt\.tokens: 0 is less"):
         gcfg.validate({**cfg, "strategies": {"deep": {"strategy": "vpt", "prompt": {"tokens": 0}}},
                        "grid": {"strategy": ["deep"]}})

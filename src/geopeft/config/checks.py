@@ -189,6 +189,14 @@ def _check_strategies(cfg: dict[str, Any], source: str) -> None:
             allowed = " or ".join(n for n, s in STRATEGY_REGISTRY.items() if s.without_encoder)
             raise ConfigError(f"{source}: strategies.{key}.strategy: U-TAE is trained from scratch "
                               f"(strategy {allowed}), not {strat['strategy']!r}")
+        strategy = STRATEGY_REGISTRY[strat["strategy"]]
+        bb = strat.get("backbone") or cfg["backbone"]
+        if uses_backbone(strat) and strategy.families is not None:
+            family = entry_for(bb["name"]).family
+            if family not in strategy.families:
+                raise ConfigError(f"{source}: strategies.{key}.strategy: {strategy.name} works on "
+                                  f"{' or '.join(strategy.families)} encoders; backbone "
+                                  f"{bb['name']!r} is a {family} encoder")
         fusion = strat.get("fusion")
         if fusion is not None and fusion["glf"] and not fusion["caf"]:
             raise ConfigError(f"{source}: strategies.{key}.fusion.glf: gated late fusion mixes the "

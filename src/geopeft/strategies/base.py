@@ -103,6 +103,9 @@ class Strategy:
     uses_adapter: ClassVar[bool] = False
     """Whether its rows carry adapter settings (``lora``), saved with the model as a peft
     adapter."""
+    families: ClassVar[tuple[str, ...] | None] = None
+    """The encoder families (a zoo entry's ``family``) it works on; None: every one. A study
+    that pairs it with another family's backbone is refused when it is validated."""
     settings_key: ClassVar[str | None] = None
     """The study key of the strategy's own settings (``prompt`` of VPT), in its strategy entry
     and its rows; None: it has none beyond the common ones."""

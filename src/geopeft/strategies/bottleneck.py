@@ -93,6 +93,7 @@ def _add_output(adapter: nn.Module, residual: bool):  # noqa: ANN202
 
 
 class _Bottleneck(Strategy):
+    families = ("vit",)
     settings_key = "bottleneck"
     settings_class = BottleneckSpec
     parallel: bool

@@ -121,6 +121,7 @@ class VPT(Strategy):
     name = "vpt"
     summary = ("visual prompt tuning: prompt tokens (prompt.tokens, deep or shallow) in the "
                "frozen ViT, and the new modules, train (VPT)")
+    families = ("vit",)
     settings_key = "prompt"
     settings_class = PromptSpec
 
