@@ -261,6 +261,39 @@ def test_multilabel_study_end_to_end(done):
     assert {"test_map_macro", "test_f1_micro", "val_score", "val_map_micro"} <= keys
 
 
+def test_vpt_adaptformer_and_ia3_through_the_workflow(done, tmp_path):
+    """Issue 34: VPT, AdaptFormer and IA3 from YAML through the whole workflow on the CI study's
+    world (its data shared, nothing of it redone): trained, saved, loaded again by the evaluate
+    job, aggregated; MLflow's adapter param words each."""
+    import csv
+
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["study"] = "ci_methods"
+    cfg["strategies"] = {
+        "vpt": {"strategy": "vpt", "lr": 0.01, "prompt": {"tokens": 4}},
+        "adaptformer": {"strategy": "adaptformer", "lr": 0.01, "bottleneck": {"dim": 8}},
+        "ia3": {"strategy": "lora", "lr": 0.01, "lora": {"method": "ia3"}}}
+    cfg["grid"] = {"strategy": ["vpt", "adaptformer", "ia3"], "label_fraction": [1.0],
+                   "seed": [0]}
+    study = tmp_path / "methods.yaml"
+    study.write_text(yaml.safe_dump(cfg))
+    r = snakemake(done, config=study)
+    assert r.returncode == 0, r.stderr[-5000:]
+    counts = job_counts(r.stdout + r.stderr)
+    assert counts["train"] == 3 and counts["evaluate"] == 3
+    assert "prepare" not in counts and "synthesize" not in counts  # the CI study's data
+    res = done / "results" / "ci_methods"
+    rows = {x["run"]: x for x in csv.DictReader((res / "runs.csv").open())}
+    assert set(rows) == {"vpt-f1-s0", "adaptformer-f1-s0", "ia3-f1-s0"}
+    assert all(0 <= float(x["test_overall_accuracy"]) <= 1 for x in rows.values())
+    db = sqlite3.connect(done / "results" / "mlflow.db")
+    adapters = {v for (v,) in db.execute("select p.value from params p join runs r on "
+                                         "p.run_uuid = r.run_uuid where p.key = 'adapter' and "
+                                         "r.name like '%-f1-s0'")}
+    assert {"vpt deep, 4 tokens", "adaptformer bottleneck 8, scale 0.1"} <= adapters
+    assert any(a.startswith("ia3 on k,v,mlp.fc2") for a in adapters), adapters
+
+
 def test_fusion_study_over_two_datasets(tmp_path):
     """Fusion-LoRA through the workflow: multi-label BigEarthNet and EuroSAT-MS in one study."""
     import csv
