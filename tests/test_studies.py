@@ -130,7 +130,7 @@ def check_eurosat_lora(rows):
             "eurosat_rgb", ["B04", "B03", "B02"], 3, 64)
     lora = next(r for r in rows if r["method"] == "lora")
     assert lora["lora"] == {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.1,
-                            "target_modules": ["q", "k", "v"]}
+                            "target_modules": ["q", "k", "v"], "n_frequency": 1000, "block_size": 32}
     assert lora["lr"] == 5e-4 and next(r for r in rows if r["method"] == "full")["lr"] == 5e-5
 
 
