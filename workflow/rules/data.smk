@@ -68,14 +68,17 @@ if DATA["source"] == "download":
             get_download_files,
         output:
             directory(DATA_LAYOUT.raw("{dataset}")),
+        # a limit refuses, it never changes a result: a resource, not a param, so that changing
+        # it reruns nothing (Snakemake reruns a job whose params changed)
+        resources:
+            max_extract_bytes=config["limits"]["max_extract_bytes"],
         log:
             DATA_LAYOUT.raw_log("fetch", "{dataset}"),
         conda:
             "../../envs/geopeft.yaml"
         shell:
             "geopeft fetch --dataset {wildcards.dataset} --out {output}"
-            # a limit, not a result: in the command, not in params (no rerun when it changes)
-            " --max-extract-bytes {config[limits][max_extract_bytes]} {input:q} > {log} 2>&1"
+            " --max-extract-bytes {resources.max_extract_bytes} {input:q} > {log} 2>&1"
 
 
 rule prepare:
@@ -90,13 +93,15 @@ rule prepare:
     threads: 2
     resources:
         **CPU_RESOURCES,
+        # a limit, not a param: changing it reruns nothing (see fetch)
+        max_raster_values=config["limits"]["max_raster_values"],
     log:
         DATA_LAYOUT.prepared_log("prepare", "{dataset}-{bands}"),
     conda:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft prepare --dataset {wildcards.dataset} --raw {input.raw} --bands {params.bands}"
-        " --options {params.options:q} --max-raster-values {config[limits][max_raster_values]}"
+        " --options {params.options:q} --max-raster-values {resources.max_raster_values}"
         " --out {output} --threads {threads} > {log} 2>&1"
 
 
