@@ -57,6 +57,23 @@ def encoder_targets(model: nn.Module, suffixes: list[str]) -> list[str]:
     return out
 
 
+def settings_from_dict(cls: Any, d: dict[str, Any], where: str) -> Any:
+    """A strategy's own settings (frozen dataclass ``cls``) from a resolved mapping that holds
+    every key.
+
+    Raises:
+        ConfigError: a key is missing (named with ``where``).
+    """
+    from dataclasses import fields
+
+    from geopeft.errors import ConfigError
+
+    missing = [f.name for f in fields(cls) if f.name not in d]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+
 def vit_encoder(model: nn.Module, strategy: str) -> Any:
     """The timm ViT inside ``model`` (its encoder) that strategy ``strategy`` changes (VPT's
     prompts, bottleneck adapters), or a ValueError naming what the model has instead."""

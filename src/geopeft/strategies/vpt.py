@@ -23,11 +23,16 @@ have no place for extra tokens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from geopeft.errors import ConfigError
-from geopeft.strategies.base import Strategy, is_new, new_module_names, vit_encoder
+from geopeft.strategies.base import (
+    Strategy,
+    is_new,
+    new_module_names,
+    settings_from_dict,
+    vit_encoder,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -48,15 +53,8 @@ class PromptSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "prompt") -> PromptSpec:
-        """The prompts of a resolved ``prompt`` mapping (every key present).
-
-        Raises:
-            ConfigError: a key is missing (named with ``where``).
-        """
-        missing = [f.name for f in fields(cls) if f.name not in d]
-        if missing:
-            raise ConfigError(f"{where}: missing {', '.join(missing)}")
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        """The prompts of a resolved ``prompt`` mapping (every key present)."""
+        return settings_from_dict(cls, d, where)
 
     def words(self) -> str:
         """The prompts in words (summary, paper, MLflow)."""
