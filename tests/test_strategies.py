@@ -256,6 +256,11 @@ def test_bitfit_on_swin_v2_trains_its_separate_query_and_value_biases():
 
 # ------------------------------------------------------------------------- visual prompt tuning
 
+#: A tiny random Swin-V2, which the ViT-only strategies refuse.
+TINY_SWIN = {"name": "swinv2_tiny", "kwargs": {"img_size": 32, "window_size": 4, "embed_dim": 24,
+                                               "depths": (1, 1), "num_heads": (2, 4)},
+             "weights": "none", "sha256": None, "input_size": None, "normalize": "auto"}
+
 
 def _reference_vpt(vit, x: torch.Tensor, prompts: torch.Tensor, deep: bool) -> torch.Tensor:
     """VPT's forward as its reference implementation writes it (KMnP/vpt, PromptedTransformer:
@@ -315,10 +320,7 @@ def test_vpt_on_vit_b16_trains_its_published_count_and_refuses_other_encoders():
         trainable, total = count_parameters(m)
         assert trainable - head == count == {True: 460_800, False: 38_400}[deep]
         assert total - trainable == 85_806_346 - head
-    swin = {"name": "swinv2_tiny", "kwargs": {"img_size": 32, "window_size": 4, "embed_dim": 24,
-                                              "depths": (1, 1), "num_heads": (2, 4)},
-            "weights": "none", "sha256": None, "input_size": None, "normalize": "auto"}
-    m, _ = build_classifier(swin, _store(), 4)
+    m, _ = build_classifier(TINY_SWIN, _store(), 4)
     with pytest.raises(ValueError, match=r"strategy vpt needs a ViT encoder .* this model has"):
         apply_strategy(m, "vpt")
 
@@ -420,9 +422,6 @@ def test_bottleneck_adapters_on_vit_b16_train_their_counts():
         trainable, total = count_parameters(m)
         assert trainable - head == count == per * 12 * (1 if method == "adaptformer" else 2)
         assert total - trainable == 85_806_346 - head
-    swin = {"name": "swinv2_tiny", "kwargs": {"img_size": 32, "window_size": 4, "embed_dim": 24,
-                                              "depths": (1, 1), "num_heads": (2, 4)},
-            "weights": "none", "sha256": None, "input_size": None, "normalize": "auto"}
-    m, _ = build_classifier(swin, _store(), 4)
+    m, _ = build_classifier(TINY_SWIN, _store(), 4)
     with pytest.raises(ValueError, match=r"strategy houlsby needs a ViT encoder"):
         apply_strategy(m, "houlsby")
