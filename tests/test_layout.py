@@ -135,7 +135,7 @@ def _expected(cfg: dict) -> set[str]:
     rows = study_config.study_rows(cfg)
     bands = study_config.bands_id(cfg["data"]["bands"])
     out = {study.experiment, study.pretrain, study.runs_csv, study.runs_html, study.table,
-           study.per_class_tex, study.per_class_csv, PAPER_PDF}
+           study.per_class_tex, study.per_class_csv, study.ledger_csv, PAPER_PDF}
     out |= {study.figure(n, e) for n in study_figures(r["dataset"] for r in rows)
             for e in FIGURE_FORMATS}
     out |= {study.log(r) for r in ("mlflow_init", "pretrain", "aggregate", "figures", "table",

@@ -59,7 +59,8 @@ rule figures:
 
 
 rule table:
-    """LaTeX booktabs table for the paper, and the per-class report (CSV and LaTeX)."""
+    """LaTeX booktabs tables for the paper (results; a sweep's rates; the cost ledger), the
+    ledger as CSV, and the per-class report (CSV and LaTeX)."""
     input:
         csv=LAYOUT.runs_csv,
         metrics=expand(LAYOUT.run("{run}").metrics, run=ROWS),
@@ -67,6 +68,7 @@ rule table:
         table=report(LAYOUT.table, caption="../report/table.rst", category="Tables"),
         per_class_tex=LAYOUT.per_class_tex,
         per_class_csv=LAYOUT.per_class_csv,
+        ledger=LAYOUT.ledger_csv,
     params:
         study=STUDY,
         runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.metrics[0])),
@@ -77,7 +79,7 @@ rule table:
     shell:
         "geopeft table --runs-csv {input.csv} --study {params.study} --out {output.table}"
         " --runs-dir {params.runs} --per-class-tex {output.per_class_tex}"
-        " --per-class-csv {output.per_class_csv} > {log} 2>&1"
+        " --per-class-csv {output.per_class_csv} --ledger-csv {output.ledger} > {log} 2>&1"
 
 
 rule paper:

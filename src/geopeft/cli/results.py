@@ -122,12 +122,12 @@ def cmd_table(args: argparse.Namespace) -> None:
     """``geopeft table``: the study's LaTeX booktabs table.
 
     Args:
-        args: ``runs_csv``, ``study``, ``out``, and with ``runs_dir`` the per-class report
-            (``per_class_tex``, ``per_class_csv``).
+        args: ``runs_csv``, ``study``, ``out``, ``ledger_csv`` (or None), and with ``runs_dir``
+            the per-class report (``per_class_tex``, ``per_class_csv``).
     """
     from geopeft.paper.tables import make_table, write_per_class
 
-    make_table(Path(args.runs_csv), Path(args.out), args.study)
+    make_table(Path(args.runs_csv), Path(args.out), args.study, _opt_path(args.ledger_csv))
     if args.runs_dir:
         write_per_class(Path(args.runs_csv), Path(args.runs_dir), Path(args.per_class_tex),
                         Path(args.per_class_csv))
@@ -234,5 +234,6 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--runs-dir", help="the runs folder: also write the per-class report")
     s.add_argument("--per-class-tex", help="the per-class report as LaTeX")
     s.add_argument("--per-class-csv", help="the per-class report as CSV")
+    s.add_argument("--ledger-csv", help="the cost ledger per dataset and strategy as CSV")
     s.set_defaults(func=cmd_table)
 

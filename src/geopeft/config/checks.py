@@ -189,6 +189,10 @@ def _check_strategies(cfg: dict[str, Any], source: str) -> None:
             allowed = " or ".join(n for n, s in STRATEGY_REGISTRY.items() if s.without_encoder)
             raise ConfigError(f"{source}: strategies.{key}.strategy: U-TAE is trained from scratch "
                               f"(strategy {allowed}), not {strat['strategy']!r}")
+        if strat.get("lr_sweep") and "lr" in strat:
+            raise ConfigError(f"{source}: strategies.{key}: lr {strat['lr']:g} and lr_sweep "
+                              f"{strat['lr_sweep']}: the sweep chooses the rate on validation; "
+                              f"drop one")
         strategy = STRATEGY_REGISTRY[strat["strategy"]]
         bb = strat.get("backbone") or cfg["backbone"]
         if uses_backbone(strat) and strategy.families is not None:

@@ -87,7 +87,11 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     Fusion-LoRA rows, ``backbone`` when the strategy names its own encoder, and for time-series
     datasets ``sequence_length``, ``temporal`` (length, the study's ladder of lengths, pad rule,
     reference date) and ``segmentation`` (the model). With several datasets in ``grid.dataset``,
-    grid run names start with the dataset; time-series run names hold ``-t<length>``.
+    grid run names start with the dataset; time-series run names hold ``-t<length>``. A row
+    of a strategy with ``lr_sweep`` (that sets no ``lr`` of its own) becomes one row per rate,
+    named ``<strategy>-lr<rate>-...`` (an explicit name gets ``-lr<rate>``), with ``train.lr``
+    the rate and ``lr_sweep`` the strategy's rates (what :mod:`geopeft.paper.selection` chooses
+    among).
     """
     grid = cfg["grid"]
     datasets = grid["dataset"] or [cfg["data"]["dataset"]]
@@ -101,10 +105,8 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             for f in grid["label_fraction"]:
                 for length in lengths:
                     for seed in grid["seed"]:
-                        t = f"-t{length}" if length else ""
-                        name = f"{s}-f{_fmt_fraction(float(f))}{t}-s{seed}"
                         rows.append({"strategy": s, "label_fraction": f, "seed": seed, "dataset": ds,
-                                     "name": f"{ds}-{name}" if prefix else name,
+                                     **({"prefix": ds} if prefix else {}),
                                      **({"sequence_length": length} if length else {})})
     rows += [dict(r) for r in cfg["runs"]]
     # the study's ladder of lengths: shorter selections are drawn from longer ones (nested)
@@ -113,44 +115,63 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                     reverse=True)
     out = []
     for r in rows:
-        strat = cfg["strategies"][r["strategy"]]
-        fraction = float(r["label_fraction"])
-        seed = int(r["seed"])
-        series = (r.get("dataset") or cfg["data"]["dataset"]) in TIME_SERIES_DATASETS
-        length = int(r.get("sequence_length") or temporal["length"])
-        train = {k: v for k, v in cfg["train"].items()}
-        train.update({k: strat[k] for k in TRAIN_KEYS if k in strat})
-        strategy = STRATEGY_REGISTRY[strat["strategy"]]
-        if "encoder_lr_factor" in strat:  # the study's strategy sets it
-            train["encoder_lr_factor"] = strat["encoder_lr_factor"]
-        elif strategy.encoder_lr_factor is not None:  # the strategy's default (e2e)
-            train["encoder_lr_factor"] = strategy.encoder_lr_factor
-        train.update({k: r[k] for k in TRAIN_KEYS if k in r})
-        t = f"-t{length}" if series else ""
-        row = {
-            "name": r.get("name") or f"{r['strategy']}-f{_fmt_fraction(fraction)}{t}-s{seed}",
-            "dataset": r.get("dataset") or cfg["data"]["dataset"],
-            "strategy": r["strategy"],
-            "method": strat["strategy"],
-            "label_fraction": fraction,
-            "seed": seed,
-            "train": train,
-        }
-        if strategy.uses_adapter:
-            row["lora"] = dict(strat["lora"])
-        if strategy.settings_key:  # the strategy's own settings (VPT's prompt)
-            row[strategy.settings_key] = dict(strat[strategy.settings_key])
-        if strat.get("fusion") is not None:
-            row["fusion"] = dict(strat["fusion"])
-        if strat.get("backbone") is not None:
-            row["backbone"] = dict(strat["backbone"])
-        if series:
-            row["sequence_length"] = length
-            row["temporal"] = {"length": length, "ladder": ladder, "pad": temporal["pad"],
-                               "reference": temporal["reference_date"]}
-            row["segmentation"] = dict(strat["segmentation"])
-        out.append(row)
+        sweep = cfg["strategies"][r["strategy"]].get("lr_sweep")
+        if sweep and "lr" not in r:  # one row per rate of the strategy's sweep
+            out += [_resolve(cfg, r, ladder, (rate, list(sweep))) for rate in sweep]
+        else:
+            out.append(_resolve(cfg, r, ladder, None))
     return out
+
+
+def _resolve(cfg: dict[str, Any], r: dict[str, Any], ladder: list[int],
+             sweep: tuple[float, list[float]] | None) -> dict[str, Any]:
+    """One resolved row of :func:`study_rows` from a grid or explicit row (``sweep``: the rate
+    this row runs and the strategy's ``lr_sweep``, or None)."""
+    temporal = cfg["temporal"]
+    strat = cfg["strategies"][r["strategy"]]
+    fraction = float(r["label_fraction"])
+    seed = int(r["seed"])
+    series = (r.get("dataset") or cfg["data"]["dataset"]) in TIME_SERIES_DATASETS
+    length = int(r.get("sequence_length") or temporal["length"])
+    train = {k: v for k, v in cfg["train"].items()}
+    train.update({k: strat[k] for k in TRAIN_KEYS if k in strat})
+    strategy = STRATEGY_REGISTRY[strat["strategy"]]
+    if "encoder_lr_factor" in strat:  # the study's strategy sets it
+        train["encoder_lr_factor"] = strat["encoder_lr_factor"]
+    elif strategy.encoder_lr_factor is not None:  # the strategy's default (e2e)
+        train["encoder_lr_factor"] = strategy.encoder_lr_factor
+    train.update({k: r[k] for k in TRAIN_KEYS if k in r})
+    t = f"-t{length}" if series else ""
+    rate = f"-lr{sweep[0]:g}" if sweep else ""
+    if sweep:
+        train["lr"] = sweep[0]
+    prefix = f"{r['prefix']}-" if r.get("prefix") else ""
+    row = {
+        "name": (f"{r['name']}{rate}" if r.get("name") else
+                 f"{prefix}{r['strategy']}{rate}-f{_fmt_fraction(fraction)}{t}-s{seed}"),
+        "dataset": r.get("dataset") or cfg["data"]["dataset"],
+        "strategy": r["strategy"],
+        "method": strat["strategy"],
+        "label_fraction": fraction,
+        "seed": seed,
+        "train": train,
+    }
+    if strategy.uses_adapter:
+        row["lora"] = dict(strat["lora"])
+    if strategy.settings_key:  # the strategy's own settings (VPT's prompt)
+        row[strategy.settings_key] = dict(strat[strategy.settings_key])
+    if strat.get("fusion") is not None:
+        row["fusion"] = dict(strat["fusion"])
+    if strat.get("backbone") is not None:
+        row["backbone"] = dict(strat["backbone"])
+    if series:
+        row["sequence_length"] = length
+        row["temporal"] = {"length": length, "ladder": ladder, "pad": temporal["pad"],
+                           "reference": temporal["reference_date"]}
+        row["segmentation"] = dict(strat["segmentation"])
+    if sweep:
+        row["lr_sweep"] = sweep[1]
+    return row
 
 
 def row_backbone(cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:

@@ -8,15 +8,17 @@ from typing import Any
 
 from geopeft.io import atomic_file, read_json
 from geopeft.layout import ModelLayout
+from geopeft.paper.selection import selected
 from geopeft.tasks import RUN_COLUMNS, of_metrics
 
 #: What ``peak_memory_mb`` measured in runs recorded before ``memory_kind`` was kept.
 OLD_MEMORY_KIND = "process peak RSS"
 
 COLUMNS = [
-    "run", "strategy", "method", "label_fraction", "seed", "trainable_params", "total_params",
+    "run", "strategy", "method", "label_fraction", "seed", "lr", "lr_sweep", "selected",
+    "trainable_params", "total_params",
     "trainable_pct", "train_samples", "epochs", "wall_time_s", "attempts", "images_per_s",
-    "peak_memory_mb", "memory_kind",
+    "step_time_s", "device_hours", "peak_memory_mb", "memory_kind",
     # every task's test metrics (Task.run_columns), empty in the rows of the other tasks
     "val_score", "primary_metric", "test_primary", *RUN_COLUMNS,
     "sequence_length", "model", "device", "dataset", "synthetic", "rehearsal", "mlflow_run_id",
@@ -29,14 +31,20 @@ def run_row(model_dir: Path, metrics_file: Path) -> dict[str, Any]:
     met = read_json(metrics_file)
     row = rec["spec"]["row"]
     task = of_metrics(met)
+    steps = rec.get("steps")
     return {
         "run": row["name"], "strategy": row["strategy"], "method": row["method"],
         "label_fraction": row["label_fraction"], "seed": row["seed"],
+        "lr": row["train"]["lr"], "lr_sweep": row.get("lr_sweep") or [], "selected": True,
         "trainable_params": rec["trainable_params"], "total_params": rec["total_params"],
         "trainable_pct": 100.0 * rec["trainable_params"] / rec["total_params"],
         "train_samples": rec["train_samples"], "epochs": row["train"]["epochs"],
         "wall_time_s": rec["wall_time_s"], "attempts": rec.get("attempts", 1),
         "images_per_s": rec["images_per_s"],
+        # runs recorded before steps were kept: no step time
+        "step_time_s": rec["train_time_s"] / steps if steps else None,
+        # the job's time on each of its devices (its processes, for DDP), summed
+        "device_hours": rec["wall_time_s"] * rec.get("world_size", 1) / 3600,
         "peak_memory_mb": rec["peak_memory_mb"],
         "memory_kind": rec.get("memory_kind", OLD_MEMORY_KIND),
         "val_score": rec["history"][-1].get("val_score"),
@@ -64,10 +72,13 @@ def aggregate(model_dirs: list[Path], metrics_files: list[Path], out: Path) -> l
     if len(model_dirs) != len(metrics_files):
         raise ValueError("aggregate needs one metrics file per model folder")
     rows = [run_row(m, f) for m, f in zip(model_dirs, metrics_files, strict=True)]
+    for r, keep in zip(rows, selected(rows), strict=True):
+        r["selected"] = keep
     with atomic_file(out) as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({**r, "lr_sweep": " ".join(repr(float(x)) for x in r["lr_sweep"])}
+                    for r in rows)
     return rows
 
 
@@ -77,6 +88,7 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     seeds (n said), trainable parameters and the mean wall time."""
     import pandas as pd
 
+    rows = [r for r in rows if r.get("selected", True)]  # a sweep's chosen rate only
     if not rows:
         return "No run yet."
     df = pd.DataFrame(rows)

@@ -27,6 +27,7 @@ from geopeft.paper.runs import (
     REHEARSAL_NOTE,
     SYNTHETIC_NOTE,
     provenance_note,
+    read_runs,
     seeds_phrase,
     study_figures,
 )
@@ -153,7 +154,6 @@ def study_section(results: Path, build: Path) -> str:
     Raises:
         PaperError: runs.csv or table.tex is missing.
     """
-    import pandas as pd
 
     from geopeft.config import report_task
 
@@ -163,7 +163,7 @@ def study_section(results: Path, build: Path) -> str:
         if not f.is_file():
             raise PaperError(f"{f}: missing; run the study first (snakemake "
                              f"--configfile <its study file>), then build the paper")
-    df = pd.read_csv(study.runs_csv)
+    df = read_runs(study.runs_csv)
     name = str(results.name)
     task, metric = report_task([{"dataset": d} for d in dict.fromkeys(df["dataset"])])
     if "+" in task:  # several datasets, several metrics: name each in words
@@ -188,13 +188,12 @@ def study_section(results: Path, build: Path) -> str:
 
 def write_tex(results_dirs: list[Path], build: Path) -> Path:
     """Write ``build/main.tex``: a section per study."""
-    import pandas as pd
 
     build.mkdir(parents=True, exist_ok=True)
     sections, summary, notes = [], [], set()
     for results in results_dirs:
         sections.append(study_section(Path(results), build))
-        df = pd.read_csv(StudyLayout(Path(results)).runs_csv)
+        df = read_runs(StudyLayout(Path(results)).runs_csv, every=True)
         summary.append(f"{tex_escape(Path(results).name)} ({len(df)} runs)")
         if note := provenance_note(df):
             notes.add(note)

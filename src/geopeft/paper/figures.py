@@ -19,6 +19,7 @@ from geopeft.paper.runs import (  # with the figures' names and notes, as caller
     histories,
     memory_kind,
     provenance_note,
+    read_runs,
     seeds_phrase,
     study_figures,
     study_kind,
@@ -78,10 +79,9 @@ def make_figures(runs_csv: Path, outdir: Path, confusion_dir: Path | None = None
         outdir: the figures folder.
         confusion_dir: the runs folder (confusion matrices).
     """
-    import pandas as pd
 
     plt = _plt()
-    df = pd.read_csv(runs_csv)
+    df = read_runs(runs_csv)  # a sweep's chosen rates
     outdir.mkdir(parents=True, exist_ok=True)
     note = provenance_note(df)
     strategies = list(dict.fromkeys(df["strategy"]))

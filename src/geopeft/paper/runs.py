@@ -29,6 +29,18 @@ SERIES_FIGURES = ("miou_vs_fraction", "fraction_length_heatmap", "cost", "confus
                   "trainable_params")
 
 
+def read_runs(runs_csv: Path, every: bool = False) -> pd.DataFrame:
+    """A study's runs.csv: the runs it reports (``every``: with the other rates of a learning
+    rate sweep, which :mod:`geopeft.paper.selection` did not choose on validation). A runs.csv
+    written before sweeps existed reports every run."""
+    import pandas as pd
+
+    df = pd.read_csv(runs_csv)
+    if every or "selected" not in df:
+        return df
+    return df[df["selected"].astype(bool)].reset_index(drop=True)
+
+
 def dataset_task(dataset: str) -> tasks.Task:
     """The task of a dataset (its source's)."""
     return tasks.get(get_source(dataset).task)
@@ -139,4 +151,5 @@ def cost_table(df: pd.DataFrame) -> pd.DataFrame:
 
 __all__ = ["FIGURES", "REHEARSAL_NOTE", "SERIES_FIGURES", "SYNTHETIC_NOTE", "by_sequence_length",
            "cost_table", "curve_runs", "dataset_task", "figure_names", "histories", "memory_kind",
-           "provenance_note", "seeds_phrase", "study_figures", "study_kind", "summed_confusion"]
+           "provenance_note", "read_runs", "seeds_phrase", "study_figures", "study_kind",
+           "summed_confusion"]

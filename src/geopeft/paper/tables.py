@@ -16,6 +16,7 @@ from geopeft.paper.runs import (
     dataset_task,
     memory_kind,
     provenance_note,
+    read_runs,
     seeds_phrase,
     study_kind,
     summed_confusion,
@@ -52,19 +53,144 @@ def _attempts_note(df: pd.DataFrame) -> str:
             f"at most {int(df['attempts'].max())} attempts)")
 
 
-def make_table(runs_csv: Path, out: Path, study: str) -> str:
-    """Write a booktabs table (``\\input``-able) to ``out`` and return its text.
+def make_table(runs_csv: Path, out: Path, study: str, ledger_csv: Path | None = None) -> str:
+    """Write the study's booktabs tables (``\\input``-able) to ``out`` and return their text.
 
-    One row per strategy (the ablation ladder of a Fusion-LoRA study reads top to bottom): trainable
-    parameters, the primary test metric per label fraction (mean $\\pm$ sd over seeds), secondary
-    metrics at the largest fraction and the cost; a block per dataset when there are several.
+    The results table: one row per strategy (the ablation ladder of a Fusion-LoRA study reads
+    top to bottom): trainable parameters, the primary test metric per label fraction (mean
+    $\\pm$ sd over seeds), secondary metrics at the largest fraction and the cost; a block per
+    dataset when there are several. Then, when a strategy sweeps its learning rate, the sweep
+    table (:func:`sweep_table`), and the cost ledger (:func:`ledger`, also written to
+    ``ledger_csv``).
 
     Args:
         runs_csv: the study's runs.csv.
         out: the .tex file to write.
         study: the study's name (caption and label).
+        ledger_csv: where the ledger goes as CSV (None: not written).
     """
-    df = pd.read_csv(runs_csv)
+    every = read_runs(runs_csv, every=True)
+    costs = ledger(every)
+    if ledger_csv is not None:
+        with atomic_file(ledger_csv) as fh:
+            costs.to_csv(fh, index=False, float_format="%.6g")
+    text = "\n".join([_results_table(read_runs(runs_csv), study), sweep_table(every, study),
+                      ledger_table(costs, every, study)])
+    with atomic_file(out) as fh:
+        fh.write(text)
+    return text
+
+
+def ledger(every: pd.DataFrame) -> pd.DataFrame:
+    """The cost ledger: per dataset and strategy (study order), what it trains and what it cost.
+
+    Columns: ``method``, ``trainable_params``, ``trainable_pct``; ``step_time_ms``,
+    ``images_per_s`` and ``peak_memory_mb``, means over the reported runs of the largest label
+    fraction (and longest series): one size, never pooled over sizes; ``runs`` and
+    ``device_hours``, the reported runs and their summed time (wall time x devices); with a
+    learning-rate sweep, ``sweep_runs`` and ``sweep_device_hours`` count every rate tried (what
+    choosing the rate cost); ``device`` and ``memory_kind``, what the figures were measured on.
+
+    Args:
+        every: runs.csv with every run (:func:`~geopeft.paper.runs.read_runs` ``every=True``).
+    """
+    rows = []
+    for (ds, s), g in every.groupby(["dataset", "strategy"], sort=False):
+        rep = g[g["selected"].astype(bool)] if "selected" in g else g
+        top = curve_runs(rep)
+
+        def mean(col: str, runs: pd.DataFrame = top) -> float:
+            return float(runs[col].mean()) if col in runs else float("nan")
+
+        hours = g["device_hours"] if "device_hours" in g else g["wall_time_s"] / 3600
+        rows.append({
+            "dataset": ds, "strategy": s, "method": g["method"].iloc[0],
+            "trainable_params": int(rep["trainable_params"].iloc[0]),
+            "trainable_pct": float(rep["trainable_pct"].iloc[0]),
+            "step_time_ms": 1000 * mean("step_time_s"), "images_per_s": mean("images_per_s"),
+            "peak_memory_mb": mean("peak_memory_mb"),
+            "runs": len(rep), "device_hours": float(hours[rep.index].sum()),
+            "sweep_runs": len(g), "sweep_device_hours": float(hours.sum()),
+            "device": ", ".join(sorted(set(map(str, g["device"])))),
+            "memory_kind": memory_kind(g)})
+    return pd.DataFrame(rows)
+
+
+def ledger_table(costs: pd.DataFrame, every: pd.DataFrame, study: str) -> str:
+    """The cost ledger (:func:`ledger`) as a booktabs table."""
+    swept = bool((costs["sweep_runs"] > costs["runs"]).any())
+    datasets = list(dict.fromkeys(costs["dataset"]))
+    head = ["Strategy", "Trainable", "Step (ms)", "Mem. (MiB)", "Runs", "Device-h"]
+    if swept:
+        head += ["Runs, sweep", "Device-h, sweep"]
+    note = provenance_note(every)
+    lines = [
+        "\\begin{table}[t]", "\\centering", "\\small",
+        f"\\caption{{{tex_escape(study)}: cost ledger per strategy. Step time, images and peak "
+        f"memory ({memory_kind(every)}): mean over the reported runs at the largest label "
+        f"fraction; runs and device-hours (wall time $\\times$ devices; device: "
+        f"{tex_escape(', '.join(sorted(set(costs['device']))))}): summed over every reported run"
+        + ("; sweep: every learning rate tried, the cost of choosing it" if swept else "")
+        + (f" \\textit{{({note})}}" if note else "") + ".}",
+        f"\\label{{tab:{study}-ledger}}",
+        f"\\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}", "\\toprule",
+        " & ".join(head) + " \\\\", "\\midrule"]
+    for i, ds in enumerate(datasets):
+        if len(datasets) > 1:
+            if i:
+                lines.append("\\midrule")
+            lines.append(f"\\multicolumn{{{len(head)}}}{{l}}{{\\textit{{{tex_escape(ds)}}}}} "
+                         "\\\\")
+        for _, r in costs[costs.dataset == ds].iterrows():
+            cells = [tex_escape(r["strategy"]), _params(r["trainable_params"]),
+                     "--" if pd.isna(r["step_time_ms"]) else f"{r['step_time_ms']:.1f}",
+                     f"{r['peak_memory_mb']:.0f}", f"{r['runs']}", f"{r['device_hours']:.3g}"]
+            if swept:
+                cells += [f"{r['sweep_runs']}", f"{r['sweep_device_hours']:.3g}"]
+            lines.append(" & ".join(cells) + " \\\\")
+    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""])
+
+
+def sweep_table(every: pd.DataFrame, study: str) -> str:
+    """The learning-rate sweeps (empty text without one): per swept dataset, strategy, label
+    fraction (and length), each rate's validation score, mean over its seeds, the rate chosen
+    in bold (:mod:`geopeft.paper.selection`: best mean validation score; the test split is
+    not read)."""
+    from geopeft.paper.selection import CELL, sweep_scores
+
+    if "lr_sweep" not in every or not every["lr_sweep"].notna().any():
+        return ""
+    rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()}
+            for r in every.to_dict("records")]
+    for r in rows:
+        r["lr_sweep"] = [float(x) for x in str(r["lr_sweep"] or "").split()]
+    scores = sweep_scores(rows)
+    seeds = every[every["lr_sweep"].notna()].groupby(list(CELL[:3]) + ["lr"], dropna=False).size()
+    n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+    series = every["sequence_length"].notna().any()
+    lines = [
+        "\\begin{table}[t]", "\\centering", "\\small",
+        f"\\caption{{{tex_escape(study)}: learning rates tried, each with its validation score "
+        f"(\\%, mean over {n} seed{'s' if seeds.max() > 1 else ''}); in bold the rate reported, "
+        f"chosen on validation only (best mean; ties: the first listed). The test split chose "
+        f"nothing.}}",
+        f"\\label{{tab:{study}-sweep}}",
+        "\\begin{tabular}{l l r " + ("r " if series else "") + "l}", "\\toprule",
+        "Dataset & Strategy & Labels " + ("& T " if series else "")
+        + "& Rate: validation score \\\\", "\\midrule"]
+    for (ds, s, f, t), by_rate in scores.items():
+        best = max(by_rate.values())
+        chosen = next(lr for lr, v in by_rate.items() if v == best)
+        cells = [f"\\textbf{{{lr:g}: {100 * v:.1f}}}" if lr == chosen else f"{lr:g}: {100 * v:.1f}"
+                 for lr, v in by_rate.items()]
+        lines.append(" & ".join([tex_escape(ds), tex_escape(s), f"{100 * float(f):g}\\,\\%"]
+                                + ([f"{int(t)}"] if series else []) + ["; ".join(cells)])
+                     + " \\\\")
+    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""])
+
+
+def _results_table(df: pd.DataFrame, study: str) -> str:
+    """The results table of :func:`make_table` (``df``: the runs it reports)."""
     study_tasks, time_series = study_kind(df["dataset"])
     if by_sequence_length(study_tasks, time_series):
         # a row per strategy (study order) and sequence length (longest first)
@@ -125,17 +251,14 @@ def make_table(runs_csv: Path, out: Path, study: str) -> str:
             cells += [f"{top['wall_time_s'].mean():.1f}", f"{top['peak_memory_mb'].mean():.0f}"]
             lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
-    text = "\n".join(lines)
-    with atomic_file(out) as fh:
-        fh.write(text)
-    return text
+    return "\n".join(lines)
 
 
 def write_html_table(runs_csv: Path, out: Path) -> None:
     """runs.csv as an HTML page (the Snakemake report shows it as a table): one row per run, the
     columns a reader compares first, every value escaped, and where the runs come from
     (synthetic data, a rehearsal) said above it."""
-    df = pd.read_csv(runs_csv)
+    df = read_runs(runs_csv, every=True)  # every run, selected or not
     first = [c for c in ("run", "dataset", "strategy", "label_fraction", "sequence_length", "seed",
                          "primary_metric", "test_primary", "val_score", "trainable_params",
                          "trainable_pct", "wall_time_s", "images_per_s", "peak_memory_mb")
@@ -168,7 +291,7 @@ def per_class_report(runs_csv: Path, runs_dir: Path) -> pd.DataFrame:
     """
     import numpy as np
 
-    df = curve_runs(pd.read_csv(runs_csv))
+    df = curve_runs(read_runs(runs_csv))
     rows = []
     for ds in dict.fromkeys(df["dataset"]):
         fmax = df[df.dataset == ds].label_fraction.max()
@@ -215,7 +338,7 @@ def write_per_class(runs_csv: Path, runs_dir: Path, out_tex: Path, out_csv: Path
     report = per_class_report(runs_csv, runs_dir)
     with atomic_file(out_csv) as fh:
         report.to_csv(fh, index=False, float_format="%.6g")
-    note = provenance_note(pd.read_csv(runs_csv))
+    note = provenance_note(read_runs(runs_csv))
     parts = ["% generated by geopeft; do not edit"]
     for ds in dict.fromkeys(report["dataset"]):
         sub = report[report.dataset == ds]

@@ -95,6 +95,13 @@ class Strategy(TrainOverrides):
     """The encoder of this strategy's rows, replacing the study's backbone (a study can compare
     encoders); only the study's own backbone can use weights: pretrain."""
     segmentation: Segmentation = setting(Segmentation)
+    lr_sweep: list[float] | None = optional(items={"exclusiveMinimum": 0}, minItems=2,
+                                            uniqueItems=True)
+    """Learning rates chosen among on validation (instead of lr): each of the strategy's rows
+    runs once per rate, named <strategy>-lr<rate>-...; the table, figures, paper and MLflow
+    summary keep, per dataset, label fraction (and length), the rate with the best mean
+    validation score over the seeds (ties: the first listed), never a test score; the sweep
+    table shows every rate, and the cost ledger counts the sweep's time."""
     encoder_lr_factor: float | None = optional(like=TrainArgs, description=(
         "Encoder lr = factor x lr (the ft_rate of the time-series study); default: the "
         "strategy's own (" + ", ".join(f"{n} {s.encoder_lr_factor:g}" for n, s in

@@ -446,4 +446,5 @@ def fit(model: nn.Module, train: Split, val: Split | None, args: TrainArgs,
         "tensors_mb": state.tensors_mb,
         "device": str(run.device),
         "steps": run.total_steps,
+        "world_size": run.world,
     }

@@ -119,7 +119,8 @@ def _record(spec: JobSpec, minfo: dict[str, Any], params: tuple[int, int], n_tra
     were imported, the data loaded, the model built, the MLflow run open and the first training
     step began)."""
     costs = {k: result[k] for k in ("wall_time_s", "train_time_s", "images_per_s", "peak_memory_mb",
-                                    "memory_kind", "tensors_mb", "attempts", "startup_s")}
+                                    "memory_kind", "tensors_mb", "attempts", "startup_s", "steps",
+                                    "world_size")}
     return {
         "spec": spec.raw,
         "model": minfo,
