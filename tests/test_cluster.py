@@ -211,7 +211,7 @@ def test_a_site_profile_s_account_and_partition_reach_every_slurm_job(tmp_path):
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", r.stdout, re.S | re.M)
-    local = {"mlflow_init", "download", "fetch", "aggregate", "table", "all"}  # login node
+    local = {"mlflow_init", "download", "fetch", "protocol", "aggregate", "table", "all"}  # login
     seen = set()
     for rule, block in blocks:
         if rule in local:

@@ -135,11 +135,12 @@ def _expected(cfg: dict) -> set[str]:
     rows = study_config.study_rows(cfg)
     bands = study_config.bands_id(cfg["data"]["bands"])
     out = {study.experiment, study.pretrain, study.runs_csv, study.runs_html, study.table,
-           study.per_class_tex, study.per_class_csv, study.ledger_csv, PAPER_PDF}
+           study.per_class_tex, study.per_class_csv, study.ledger_csv, study.protocol,
+           PAPER_PDF}
     out |= {study.figure(n, e) for n in study_figures(r["dataset"] for r in rows)
             for e in FIGURE_FORMATS}
-    out |= {study.log(r) for r in ("mlflow_init", "pretrain", "aggregate", "figures", "table",
-                                   "paper")}
+    out |= {study.log(r) for r in ("mlflow_init", "pretrain", "protocol", "aggregate", "figures",
+                                   "table", "paper")}
     for row in rows:
         run = study.run(row["name"])
         out |= {run.model, run.metrics, run.confusion, study.log("train", row["name"]),
@@ -237,4 +238,4 @@ def test_the_data_tree_is_tagged_by_the_settings_that_shape_the_data():
         d = study_config.data_layout(cfg)
         shaping = canonical_json([cfg["data"]["synthetic"], cfg["data"]["options"]])
         assert seen.setdefault((d.raw_root, d.prepared_root), shaping) == shaping, f.name
-    assert len(seen) == 3  # the default study, the embedded Fusion-LoRA and time-series ones
+    assert len(seen) == 4  # the default study, the embedded Fusion-LoRA, time-series, methods ones

@@ -286,3 +286,29 @@ def test_step_time_curve_from_two_lengths_of_a_rehearsal():
 
     c = curves(steps, "cpu")[("utae", "scratch")]
     assert c.at(11)[0] == pytest.approx(1.3)
+
+
+def _study_plan_commands() -> list[tuple[Path, str]]:
+    """Each `geopeft plan` command a study file's header tells its reader to run."""
+    return [(f, ln.lstrip("#").strip()) for f in sorted((ROOT / "config" / "studies").glob("*.yaml"))
+            for ln in f.read_text().splitlines()
+            if ln.startswith("#") and "geopeft plan " in ln]
+
+
+@pytest.mark.parametrize(("study", "cmd"), _study_plan_commands(),
+                         ids=[c for _, c in _study_plan_commands()])
+def test_a_study_header_s_plan_command_plans_that_study(study, cmd):
+    """Run as written: it plans the study's every run, and says what the header says it says
+    (peft_methods: that the SLURM profile's jobs must be raised for 2,160 GPU jobs)."""
+    from geopeft import config as gcfg
+
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    words = shlex.split(cmd)
+    words = words[2:] if words[:2] == ["uv", "run"] else words
+    r = subprocess.run(words, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{cmd}\n{r.stderr}"
+    n = len(gcfg.study_rows(gcfg.resolve([study])))
+    assert f"{n} runs" in r.stdout.splitlines()[0]
+    header = " ".join(ln.lstrip("#") for ln in study.read_text().splitlines() if ln.startswith("#"))
+    if "jobs: 1000 must be raised" in re.sub(r"\s+", " ", header):
+        assert re.search(r"jobs 1000 < \d+ .* raise jobs", r.stdout), r.stdout

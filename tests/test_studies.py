@@ -179,6 +179,34 @@ def check_shaping_ft(rows):
     assert {r["encoder_lr_factor"] for r in gfm if r["method"] == "e2e"} == {0.1}
 
 
+def check_peft_methods(rows):
+    """Issue 34's methods study: 15 methods x 2 encoders x 2 datasets x 2 label fractions x
+    3 seeds x each method's 3 learning rates."""
+    assert len(rows) == 1080
+    by_strategy = Counter(r["strategy"] for r in rows)
+    assert len(by_strategy) == 30 and set(by_strategy.values()) == {36}
+    assert {r["dataset"] for r in rows} == {"eurosat_ms", "bigearthnet_s2"}
+    assert ({r["label_fraction"] for r in rows}, {r["seed"] for r in rows}) == ({0.1, 1.0},
+                                                                              {0, 1, 2})
+    cells = Counter((r["strategy"], r["dataset"], r["label_fraction"], r["seed"]) for r in rows)
+    assert set(cells.values()) == {3}  # three rates per cell, chosen on validation
+    for r in rows:
+        bb = r["backbone"]
+        if r["strategy"].endswith("_ssl4eo"):
+            assert (bb["name"], bb["width"], bb["input_size"]) == ("ssl4eo_s12_vits16_dino", 384,
+                                                                   224)
+            assert r["weights"].startswith("url:https://hf.co/torchgeo/vit_small_patch16_224")
+        else:
+            assert (bb["arch"], bb["width"], bb["input_size"]) == ("vit_base_patch16_224", 768,
+                                                                   224)
+            assert r["weights"] == "timm:vit_base_patch16_224.orig_in21k"
+        if r["method"] == "lora" and r["lora"]["method"] != "ia3":
+            assert r["lora"]["target_modules"] == ["q", "v"]
+    methods = {(r["method"], (r["lora"] or {}).get("method"),
+                (r["options"] or {}).get("deep")) for r in rows}
+    assert len(methods) == 15, methods
+
+
 def check_embedded(rows):
     for r in rows:
         assert r["source"] == "synthetic"
@@ -186,7 +214,7 @@ def check_embedded(rows):
 
 
 INTENT = {"eurosat_lora": check_eurosat_lora, "fusion_lora": check_fusion_lora,
-          "shaping_ft": check_shaping_ft}
+          "shaping_ft": check_shaping_ft, "peft_methods": check_peft_methods}
 
 
 def _declared(path: Path | None) -> dict:

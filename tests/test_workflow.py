@@ -1,5 +1,6 @@
 """The Snakemake workflow end to end on the tiny CI study, in a temporary directory."""
 
+import json
 import os
 import re
 import sqlite3
@@ -41,7 +42,8 @@ def test_outputs(done):
     res = done / "results" / "ci_tiny"
     csv = (res / "runs.csv").read_text().splitlines()
     assert len(csv) == 1 + 4
-    assert csv[0].startswith("run,strategy,method,label_fraction,seed,trainable_params")
+    assert csv[0].startswith("run,strategy,method,label_fraction,seed,lr,lr_sweep,selected,"
+                             "trainable_params")
     for name in ("accuracy_vs_params", "accuracy_vs_fraction", "cost", "confusion"):
         for ext in ("pdf", "png"):
             assert (res / "figures" / f"{name}.{ext}").stat().st_size > 1000
@@ -66,6 +68,13 @@ def test_mlflow_runs_in_study_experiment_not_default(done):
         [("ci_tiny (pretraining)", "pretrain")] + [("ci_tiny", n) for n in (
             "lora-f0.5-s0", "lora-f1-s0", "linear-f0.5-s0", "linear-f1-s0")])
     assert {r[2] for r in rows} == {"FINISHED"}
+    # the experiment's description: the summary, then the study's protocol card (protocol.json)
+    (note,) = db.execute("select t.value from experiment_tags t join experiments e on "
+                         "t.experiment_id = e.experiment_id where e.name = 'ci_tiny' and "
+                         "t.key = 'mlflow.note.content'").fetchone()
+    card = json.loads((done / "results" / "ci_tiny" / "protocol.json").read_text())
+    assert note.index("| lora | 50 % |") < note.index("### Protocol")
+    assert f"| learning rate and its selection | {dict(card['card'])['lr']} |" in note
 
 
 def test_a_run_rebuilds_from_its_mlflow_artifacts_alone(done, tmp_path):
@@ -145,8 +154,9 @@ def test_editing_one_row_reruns_only_that_run_and_aggregates(done, tmp_path):
     edited.write_text(yaml.safe_dump(cfg))
     r = snakemake(done, "-n", config=edited)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert job_counts(r.stdout) == {"train": 1, "evaluate": 1, "aggregate": 1, "figures": 1,
-                                    "table": 1, "all": 1}
+    # the protocol card's learning rates change too (lora: 0.001 / 0.003), so it is rewritten
+    assert job_counts(r.stdout) == {"train": 1, "evaluate": 1, "protocol": 1, "aggregate": 1,
+                                    "figures": 1, "table": 1, "all": 1}
     assert set(re.findall(r"run=([\w.-]+)", r.stdout)) == {"lora-f0.5-s0"}
 
 
@@ -261,36 +271,82 @@ def test_multilabel_study_end_to_end(done):
     assert {"test_map_macro", "test_f1_micro", "val_score", "val_map_micro"} <= keys
 
 
-def test_vpt_adaptformer_and_ia3_through_the_workflow(done, tmp_path):
-    """Issue 34: VPT, AdaptFormer and IA3 from YAML through the whole workflow on the CI study's
-    world (its data shared, nothing of it redone): trained, saved, loaded again by the evaluate
-    job, aggregated; MLflow's adapter param words each."""
+def test_the_methods_study_through_the_workflow(done, tmp_path):
+    """Issue 34: every method of the embedded methods study (config/studies/
+    peft_methods_embedded.yaml, its strategies as written) through the whole workflow on the CI
+    study's world (its data shared, nothing of it redone): trained, saved, loaded again by the
+    evaluate job and by `Predictor` (the adapter merged too), aggregated; two methods sweep
+    their rate (the others run at their first rate, to keep CI short) and the rate reported is
+    the one chosen on validation; the cost ledger has a row per method; MLflow's adapter words."""
     import csv
+    import json
 
+    import numpy as np
+
+    from geopeft.evaluate.predict import Predictor
+    from geopeft.paper.selection import chosen_rates
+
+    twin = yaml.safe_load((ROOT / "config" / "studies" / "peft_methods_embedded.yaml").read_text())
     cfg = yaml.safe_load(TINY.read_text())
     cfg["study"] = "ci_methods"
-    cfg["strategies"] = {
-        "vpt": {"strategy": "vpt", "lr": 0.01, "prompt": {"tokens": 4}},
-        "adaptformer": {"strategy": "adaptformer", "lr": 0.01, "bottleneck": {"dim": 8}},
-        "ia3": {"strategy": "lora", "lr": 0.01, "lora": {"method": "ia3"}}}
-    cfg["grid"] = {"strategy": ["vpt", "adaptformer", "ia3"], "label_fraction": [1.0],
-                   "seed": [0]}
+    cfg["strategies"] = twin["strategies"]
+    for key, s in cfg["strategies"].items():
+        if key not in ("full", "lora"):
+            s["lr"] = s.pop("lr_sweep")[0]
+    methods = twin["grid"]["strategy"]
+    assert len(methods) == 15
+    cfg["grid"] = {"strategy": methods, "label_fraction": [1.0], "seed": [0]}
     study = tmp_path / "methods.yaml"
     study.write_text(yaml.safe_dump(cfg))
     r = snakemake(done, config=study)
     assert r.returncode == 0, r.stderr[-5000:]
     counts = job_counts(r.stdout + r.stderr)
-    assert counts["train"] == 3 and counts["evaluate"] == 3
+    assert counts["train"] == 17 and counts["evaluate"] == 17
     assert "prepare" not in counts and "synthesize" not in counts  # the CI study's data
     res = done / "results" / "ci_methods"
-    rows = {x["run"]: x for x in csv.DictReader((res / "runs.csv").open())}
-    assert set(rows) == {"vpt-f1-s0", "adaptformer-f1-s0", "ia3-f1-s0"}
-    assert all(0 <= float(x["test_overall_accuracy"]) <= 1 for x in rows.values())
+    rows = list(csv.DictReader((res / "runs.csv").open()))
+    assert len(rows) == 17 and all(0 <= float(x["test_overall_accuracy"]) <= 1 for x in rows)
+    # the sweeps: the rate reported is the best mean validation score's, whatever the test says
+    typed = [{**x, "label_fraction": float(x["label_fraction"]), "sequence_length": None,
+              "lr": float(x["lr"]), "val_score": float(x["val_score"]),
+              "lr_sweep": [float(v) for v in x["lr_sweep"].split()]} for x in rows]
+    chosen = chosen_rates(typed)
+    for key in ("full", "lora"):
+        swept = [x for x in typed if x["strategy"] == key]
+        best = max(swept, key=lambda x: x["val_score"])
+        assert chosen[("eurosat_rgb", key, 1.0, None)] == best["lr"]
+        assert [x["selected"] for x in rows if x["strategy"] == key] == [
+            str(x is best) for x in swept]
+    assert "learning rates tried" in (res / "table.tex").read_text()
+    ledger = list(csv.DictReader((res / "ledger.csv").open()))
+    assert [x["strategy"] for x in ledger] == methods
+    trainable = {x["strategy"]: int(x["trainable_params"]) for x in ledger}
+    assert trainable["full"] > trainable["bitfit"] > trainable["linear"]
+    # each method trains its own parameters; the CI ViT has one block, where VPT deep is shallow
+    assert trainable["vpt_deep"] == trainable["vpt_shallow"]
+    assert len(set(trainable.values())) == 14
+    assert {x["sweep_runs"] for x in ledger if x["strategy"] in ("full", "lora")} == {"2"}
+    # each saved run, loaded alone, predicts what its evaluate job scored (the test confusion)
+    (raw,) = done.glob("data/raw/*/eurosat_rgb")
+    (split,) = raw.rglob("eurosat-test.txt")
+    files = {p.name: p for p in raw.rglob("*.jpg")}
+    test = [files[n] for n in split.read_text().split()]
+    for x in rows:
+        run = res / "runs" / x["run"]
+        metrics = json.loads((run / "metrics.json").read_text())
+        truth = [metrics["classes"].index(f.parent.name) for f in test]
+        for merge in (False, True) if x["method"] == "lora" else (False,):
+            pred = Predictor(run / "model", merge=merge).predict_files(test)
+            cm = np.zeros((len(metrics["classes"]),) * 2, int)
+            for t, p in zip(truth, pred, strict=True):
+                cm[t, metrics["classes"].index(p.labels[0])] += 1
+            assert cm.tolist() == metrics["confusion_matrix"], (x["run"], merge)
     db = sqlite3.connect(done / "results" / "mlflow.db")
     adapters = {v for (v,) in db.execute("select p.value from params p join runs r on "
                                          "p.run_uuid = r.run_uuid where p.key = 'adapter' and "
                                          "r.name like '%-f1-s0'")}
-    assert {"vpt deep, 4 tokens", "adaptformer bottleneck 8, scale 0.1"} <= adapters
+    assert {"vpt deep, 4 tokens", "vpt shallow, 4 tokens",
+            "adaptformer bottleneck 8, scale 0.1"} <= adapters
     assert any(a.startswith("ia3 on k,v,mlp.fc2") for a in adapters), adapters
 
 

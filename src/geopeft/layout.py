@@ -17,6 +17,7 @@ rules: Snakemake wildcards such as ``{run}`` are kept, ``expand`` fills them), a
         runs.csv, runs.html                .runs_csv, .runs_html
         table.tex, per_class.tex/.csv      .table, .per_class_tex, .per_class_csv
         ledger.csv                         .ledger_csv
+        protocol.json                      .protocol
         figures/<name>.<ext>               .figures, .figure(name, ext)
         logs/<rule>[/<name>].log           .logs, .log(rule, name)
     results/mlflow.db, results/mlartifacts TrackingLayout
@@ -75,6 +76,8 @@ RUNS_CSV, RUNS_HTML = "runs.csv", "runs.html"
 TABLE, PER_CLASS_TEX, PER_CLASS_CSV = "table.tex", "per_class.tex", "per_class.csv"
 #: The study's cost ledger per strategy (CSV; its LaTeX is in table.tex).
 LEDGER_CSV = "ledger.csv"
+#: The study's protocol card (geopeft.config.protocol).
+PROTOCOL = "protocol.json"
 #: The study's figures folder, and the formats each figure is drawn in.
 FIGURES, FIGURE_FORMATS = "figures", ("pdf", "png")
 #: The logs folder of a study and of a data root; a log file's suffix.
@@ -227,6 +230,11 @@ class StudyLayout(Generic[P]):
     def per_class_csv(self) -> P:
         """The per-class report, CSV."""
         return join(self.root, PER_CLASS_CSV)
+
+    @property
+    def protocol(self) -> P:
+        """The protocol card (JSON)."""
+        return join(self.root, PROTOCOL)
 
     @property
     def ledger_csv(self) -> P:

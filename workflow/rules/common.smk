@@ -39,6 +39,8 @@ FIGURES = study_figures(r["dataset"] for r in ROWS.values())
 # The study's task and primary metric, as the report's captions word them.
 REPORT_TASK, REPORT_METRIC = study_config.report_task(ROWS.values())
 EXPERIMENT = LAYOUT.experiment
+# The study's protocol card (geopeft.config.protocol), derived from the resolved study
+PROTOCOL = study_config.protocol_record(config)
 # The tracking store and experiment that mlflow_init creates
 MLFLOW = {
     "uri": study_config.tracking_uri(config),
@@ -199,6 +201,7 @@ def get_final_outputs():
         # every run's model, a deliverable itself: a model lost (a killed --forcerun) is retrained
         *[LAYOUT.run(run).model for run in ROWS],
         LAYOUT.runs_csv,
+        LAYOUT.protocol,
         LAYOUT.table,
         LAYOUT.per_class_tex,
         *expand(LAYOUT.figure("{name}", "{ext}"), name=FIGURES, ext=list(FIGURE_FORMATS)),

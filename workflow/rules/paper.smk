@@ -1,15 +1,34 @@
 localrules:
+    protocol,
     aggregate,
     table,
     paper,
 
 
+rule protocol:
+    """The study's protocol card (geopeft.config.protocol): what the runs do, the reference
+    protocol, each difference from it and why, the reference's published figures."""
+    output:
+        LAYOUT.protocol,
+    params:
+        # the card itself: an equivalent study file (the same rows) rewrites nothing
+        record=canonical_json(PROTOCOL),
+    log:
+        LAYOUT.log("protocol"),
+    conda:
+        "../../envs/geopeft.yaml"
+    shell:
+        "geopeft protocol --record {params.record:q} --out {output} > {log} 2>&1"
+
+
 rule aggregate:
-    """One CSV with every run of the study."""
+    """One CSV with every run of the study; the MLflow experiment's description gets the summary
+    and the protocol card."""
     input:
         models=expand(LAYOUT.run("{run}").model, run=ROWS),
         metrics=expand(LAYOUT.run("{run}").metrics, run=ROWS),
         experiment=ancient(EXPERIMENT),
+        protocol=LAYOUT.protocol,
     output:
         csv=LAYOUT.runs_csv,
         html=report(LAYOUT.runs_html, caption="../report/runs.rst", category="Tables"),
@@ -22,7 +41,7 @@ rule aggregate:
         "../../envs/geopeft.yaml"
     shell:
         "geopeft aggregate --runs {params.runs} --out {output.csv} --html {output.html}"
-        " --experiment {input.experiment} > {log} 2>&1"
+        " --experiment {input.experiment} --protocol {input.protocol} > {log} 2>&1"
 
 
 rule figures:

@@ -1,13 +1,16 @@
-"""Result commands: ``predict``, ``app``, ``aggregate``, ``paper``, ``figures`` and ``table``."""
+"""Result commands: ``predict``, ``app``, ``aggregate``, ``protocol``, ``paper``, ``figures`` and
+``table``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from geopeft.cli.common import _opt_path, log
+from geopeft.io import read_json, write_json
 from geopeft.layout import PAPER_PDF, RunLayout
 
 
@@ -77,7 +80,8 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 
     Args:
         args: ``runs`` (run folders), ``out``, ``html``, ``experiment`` (the MLflow experiment
-            file: its description gets the summary table).
+            file: its description gets the summary table), ``protocol`` (the protocol card,
+            added to the description).
     """
     from geopeft.paper.aggregate import aggregate
 
@@ -88,11 +92,30 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         from geopeft.paper.aggregate import summary_markdown
         from geopeft.tracking import describe_experiment
 
-        describe_experiment(Path(args.experiment), summary_markdown(rows))
+        summary = summary_markdown(rows)
+        if args.protocol:
+            from geopeft.config.protocol import card_markdown
+
+            summary += "\n\n" + card_markdown(read_json(Path(args.protocol)))
+        describe_experiment(Path(args.experiment), summary)
     if args.html:
         from geopeft.paper.tables import write_html_table
 
         write_html_table(Path(args.out), Path(args.html))
+
+
+def cmd_protocol(args: argparse.Namespace) -> None:
+    """``geopeft protocol``: write the study's protocol card (:mod:`geopeft.config.protocol`), as
+    the rule computed it from the resolved study, after checking that it is one.
+
+    Args:
+        args: ``record`` (the card as JSON), ``out``.
+    """
+    from geopeft.config.protocol import check_record
+
+    record = json.loads(args.record)
+    check_record(record, "--record")
+    write_json(Path(args.out), record)
 
 
 def cmd_paper(args: argparse.Namespace) -> None:
@@ -213,7 +236,15 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--html", help="also write the table as an HTML page (the Snakemake report)")
     s.add_argument("--experiment", help="the study's MLflow experiment file: write the summary "
                    "table into the experiment's description")
+    s.add_argument("--protocol", help="the study's protocol card (protocol.json): add it to the "
+                   "experiment's description")
     s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("protocol", help="the study's protocol card as JSON (protocol.json)")
+    s.add_argument("--record", required=True, help="the card, as JSON (the protocol rule's "
+                   "params: geopeft.config.protocol.protocol_record of the resolved study)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_protocol)
 
     s = sub.add_parser("paper", help="the paper: a section per study from its results (latexmk)")
     s.add_argument("--results", nargs="+", required=True,

@@ -32,12 +32,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
         return
     print(f"{where}: valid; study {cfg['study']!r} with {len(rows)} runs")
     if args.resolved:
+        from geopeft.config.protocol import card_lines, protocol_record
         from geopeft.models.summary import describe_spec, format_row
         from geopeft.plan import job_resources
 
         print("\n".join(job_resources(cfg)))
         for s in config.job_specs(cfg):
             print(format_row(describe_spec(s)))
+        print("\n".join(card_lines(protocol_record(cfg))))
         return
     for r in rows:
         print(f"  {r['name']}: {r['method']}, fraction {r['label_fraction']:g}, seed {r['seed']}")

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from geopeft.config.checks import coerce_overrides, load_schema, schema_path, validate
+from geopeft.config.protocol import protocol_record
 from geopeft.config.rehearse import (
     REHEARSAL_DIR,
     REHEARSAL_LIMITS,
@@ -130,6 +131,6 @@ __all__ = ["DEFAULT_STUDY", "REHEARSAL_DIR", "REHEARSAL_LIMITS", "REHEARSAL_MAX_
            "SYNTHETIC_DATASETS", "TIME_SERIES_DATASETS", "TRAINABLE_DATASETS", "WORLD_DATASETS",
            "ConfigError", "bands_id", "base_spec", "data_layout", "job_spec", "job_specs", "load",
            "load_schema",
-           "pretrain_source", "pretrain_spec", "read_yaml", "rehearsal_dir", "rehearse",
+           "pretrain_source", "pretrain_spec", "protocol_record", "read_yaml", "rehearsal_dir", "rehearse",
            "report_task", "resolve", "row_backbone", "schema_path", "study_datasets", "study_rows",
            "tracking_uri", "uses_backbone", "validate", "view_columns"]

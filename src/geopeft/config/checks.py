@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from geopeft.config.protocol import check_protocol, weight_bands
 from geopeft.config.rows import (
     SYNTHETIC_DATASETS,
     TIME_SERIES_DATASETS,
@@ -202,6 +203,16 @@ def _check_strategies(cfg: dict[str, Any], source: str) -> None:
                                   f"{' or '.join(strategy.families)} encoders; backbone "
                                   f"{bb['name']!r} is a {family} encoder")
         fusion = strat.get("fusion")
+        if uses_backbone(strat) and fusion is None and bb.get("normalize") == "backbone":
+            e = entry_for(bb["name"])
+            carried = weight_bands(bb) if (e.norm or bb["weights"].startswith("timm:")) else None
+            lacking = [b for b in cfg["data"]["bands"] if carried and b not in carried]
+            if lacking:
+                where = f"strategies.{key}.backbone" if strat.get("backbone") else "backbone"
+                raise ConfigError(f"{source}: {where}.normalize: 'backbone' uses the weights' own "
+                                  f"mean and sd, known for {' '.join(carried)} only, not "
+                                  f"{' '.join(lacking)} of data.bands; set normalize: auto (the "
+                                  f"train split's statistics then)")
         if fusion is not None and fusion["glf"] and not fusion["caf"]:
             raise ConfigError(f"{source}: strategies.{key}.fusion.glf: gated late fusion mixes the "
                               f"cross-attention output with the visual tokens; set caf: true")
@@ -263,3 +274,4 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
     _check_strategies(cfg, source)
     _check_datasets(cfg, source)
     _check_rows(cfg, source)
+    check_protocol(cfg, source)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopeft.models.families import EncoderFamily, NormRule
+from geopeft.models.zoo import NORM_RULE_WORDS
 from geopeft.spec import ConfigError
 
 #: CROMA's patch side and attention heads (the same for base and large).
@@ -392,7 +393,7 @@ class CROMAFamily(EncoderFamily):
     """The ``croma`` encoder family: :class:`CROMAOptical`, a plain ViT for everything else."""
 
     name = "croma"
-    norm_rules = (NormRule("croma_2sigma", "data mean +- 2 std -> [0, 1]", two_sigma),)
+    norm_rules = (NormRule("croma_2sigma", NORM_RULE_WORDS["croma_2sigma"], two_sigma),)
 
     def create(self, bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
         """A :class:`CROMAOptical` of ``bb["kwargs"]``.

@@ -22,6 +22,10 @@ SSL4EO_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A"
 CROMA_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
                   "B12")
 _HF = "https://hf.co"
+#: Each normalisation rule of the zoo in words (its family implements it:
+#: :attr:`geopeft.models.families.EncoderFamily.norm_rules`); read without torch by the
+#: protocol card.
+NORM_RULE_WORDS = {"croma_2sigma": "data mean +- 2 std -> [0, 1]"}
 
 
 @dataclass(frozen=True)

@@ -121,8 +121,10 @@ def _setup(df: Any, results: Path) -> str:
                    if own.settings_key and row.get(own.settings_key) else None)
         words = own.words(lora, _adapter_targets(spec.get("backbone")), options)
         t = row["train"]
+        lr = (f"lr chosen on validation among {', '.join(f'{x:g}' for x in row['lr_sweep'])}"
+              if row.get("lr_sweep") else f"lr {t['lr']:g}")
         strategies.append(f"{tex_escape(s)} ({tex_escape(words)}; {t['epochs']} epochs, batch "
-                          f"{t['batch_size']}, lr {t['lr']:g})")
+                          f"{t['batch_size']}, {lr})")
     parts.append(f"Strategies: {'; '.join(strategies)}.")
     fractions = _numbers([100 * f for f in sorted(df.label_fraction.unique())])
     lengths = ""
@@ -180,6 +182,10 @@ def study_section(results: Path, build: Path) -> str:
             caption=f"{tex_escape(name)}: {caption}", label=f"{name}-{fig}"))
     tables = [f"\\input{{{os.path.relpath(t.resolve(), build.resolve())}}}"
               .replace(os.sep, "/") for t in (study.table, study.per_class_tex) if t.is_file()]
+    if study.protocol.is_file():  # results made before protocol cards have none
+        from geopeft.paper.protocol import protocol_tex
+
+        tables.insert(0, protocol_tex(read_json(study.protocol), df, name))
     return _template("study.tex", name=name, results=str(results), title=tex_escape(name),
                      label=name, provenance=_provenance(provenance_note(df)),
                      setup=_setup(df, results), table="\n".join(tables),

@@ -21,11 +21,12 @@ from geopeft.data.sources import REGISTRY as SOURCES
 GPU_RULES = ("pretrain", "train", "evaluate")
 #: Rules that run where Snakemake runs (``localrules:`` in ``workflow/rules/*.smk``; ``all``
 #: is a target only). ``tests/test_plan.py`` reads the rule files to keep this list true.
-LOCAL_RULES = ("mlflow_init", "download", "fetch", "aggregate", "table", "paper", "all")
+LOCAL_RULES = ("mlflow_init", "download", "fetch", "protocol", "aggregate", "table", "paper",
+               "all")
 #: The order rules are listed in (the DAG's order).
 RULE_ORDER = ("synthesize", "synthesize_layout", "download", "fetch", "prepare", "subset",
-              "mlflow_init", "pretrain", "train", "evaluate", "aggregate", "figures", "table",
-              "paper", "all")
+              "mlflow_init", "pretrain", "train", "evaluate", "protocol", "aggregate", "figures",
+              "table", "paper", "all")
 #: Datasets the ``synthesize`` rule writes in one job (EuroSAT and its source set); the embedded
 #: datasets whose source writes its world alone (``Source.world``) get a ``synthesize_layout``.
 _SYNTHESIZE_OUTPUTS = tuple(n for n, s in SOURCES.items() if s.embedded and not s.world)
@@ -125,7 +126,7 @@ def rule_jobs(cfg: dict[str, Any]) -> dict[str, int]:
                           for r in rows if r["label_fraction"] < 1.0})
     if rows:
         jobs.update(mlflow_init=1, pretrain=int(pretrained), train=len(rows),
-                    evaluate=len(rows), aggregate=1, figures=1, table=1)
+                    evaluate=len(rows), protocol=1, aggregate=1, figures=1, table=1)
     jobs["all"] = 1
     return {r: jobs[r] for r in RULE_ORDER if jobs.get(r)}
 

@@ -44,6 +44,7 @@ from geopeft.settings.fields import (
     required,
     setting,
 )
+from geopeft.settings.protocol import Protocol
 from geopeft.spec import (
     STRATEGIES,
     FusionConfig,
@@ -253,6 +254,7 @@ class Study:
     memory accounting, the device claim) on a GPU machine, still with fixture data."""
     resources: Resources = setting(Resources)
     limits: Limits = setting(Limits)
+    protocol: Protocol = setting(Protocol)
 
 
 #: The schema's ``$defs``, in order: named sections (referred to by every use) and value types.
