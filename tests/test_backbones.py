@@ -234,3 +234,63 @@ def test_a_checkpoint_that_does_not_fit_names_the_file_and_keys(tmp_path, change
     with pytest.raises(WeightsError, match=rf"{tmp_path / 'wrong.pth'}: checkpoint \(file:[0-9a-f]+\) "
                                            rf"does not fit VisionTransformer: .*{message}"):
         build_classifier(cfg, store(), 4)
+
+
+def test_drop_qkv_bias_is_pangaea_s_ssl4eo_encoder_and_leaves_the_published_biases_out(
+        tmp_path, caplog):
+    """Issue 34: backbone.drop_qkv_bias builds the ViT as PANGAEA-bench builds its SSL4EO-S12
+    encoder (no q/k/v biases: 22,634,880 parameters for ViT-S/16, 22,648,704 published) and loads
+    the published checkpoint without them: the same outputs as the published model whose q/k/v
+    biases are zeroed, and not the published model's own."""
+    import logging
+
+    from geopeft.models.classifier import build_classifier
+
+    for drop, count in ((False, 22_648_704), (True, 22_634_880)):
+        with torch.device("meta"):
+            m = backbones.create_model({"name": "ssl4eo_s12_vits16_dino", "drop_qkv_bias": drop},
+                                       13, 0)
+        assert sum(p.numel() for p in m.parameters()) == count
+    torch.manual_seed(0)
+    vit = backbones.create_model(backbone_cfg(name="ssl4eo_s12_vits16_moco"), 13, 0)
+    with torch.no_grad():  # a trained checkpoint: timm initialises the biases at zero
+        for p in vit.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    torch.save({"model": {f"module.{k}": v.contiguous() for k, v in vit.state_dict().items()}},
+               tmp_path / "w.pth")
+    sha = hashlib.sha256((tmp_path / "w.pth").read_bytes()).hexdigest()
+    cfg = dict(backbone_cfg(f"file:{tmp_path / 'w.pth'}", sha256=sha), name="ssl4eo_s12_vits16_moco")
+    info = store(MS_BANDS, scale=1e-4)
+    published, _ = build_classifier(cfg, info, 4)
+    with caplog.at_level(logging.INFO, logger="geopeft.models.weights"):
+        pangaea, _ = build_classifier(dict(cfg, drop_qkv_bias=True), info, 4)
+    assert f"left out the {len(vit.blocks)} published q/k/v biases" in caplog.text
+    assert not [n for n, _ in pangaea.backbone.named_parameters() if "attn" in n and "bias" in n
+                and "proj" not in n]
+    x = torch.rand(2, len(MS_BANDS), 32, 32) * 10000
+    feats = {k: m.backbone.forward_features(m.normalize(x)) for k, m in
+             (("published", published.eval()), ("pangaea", pangaea.eval()))}
+    assert not torch.allclose(feats["published"], feats["pangaea"], atol=1e-3)
+    with torch.no_grad():
+        biases = [p for n, p in published.backbone.named_parameters()
+                  if "attn" in n and n.endswith("bias") and "proj" not in n]
+        assert len(biases) == 3 * len(vit.blocks) and all(b.abs().sum() > 0 for b in biases)
+        for b in biases:
+            b.zero_()
+        zeroed = published.backbone.forward_features(published.normalize(x))
+    assert torch.allclose(zeroed, feats["pangaea"], atol=1e-6)
+
+
+def test_drop_qkv_bias_on_a_non_vit_encoder_is_refused():
+    from geopeft import config as gcfg
+    from geopeft.spec import ConfigError
+
+    cfg = gcfg.read_yaml(Path(__file__).resolve().parents[1] / "config/studies/shaping_ft.yaml")
+    cfg["strategies"]["croma_e2e"]["backbone"]["drop_qkv_bias"] = True
+    with pytest.raises(ConfigError, match=r"strategies\.croma_e2e\.backbone\.drop_qkv_bias: ViT "
+                                          r"encoders only .* 'croma_optical_base' is a croma"):
+        gcfg.validate(cfg, "s.yaml")
+    cfg["strategies"]["croma_e2e"]["backbone"].pop("drop_qkv_bias")
+    cfg["backbone"]["drop_qkv_bias"] = True  # the SSL4EO-S12 encoder: as PANGAEA builds it
+    card = dict(gcfg.protocol_record(gcfg.validate(cfg, "s.yaml"))["card"])
+    assert "q/k/v biases left out (drop_qkv_bias)" in card["encoder"]

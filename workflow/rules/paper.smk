@@ -12,7 +12,8 @@ rule protocol:
         LAYOUT.protocol,
     params:
         # the card itself: an equivalent study file (the same rows) rewrites nothing
-        record=canonical_json(PROTOCOL),
+        # (a function: a string's braces would be taken for wildcards)
+        record=lambda wildcards: canonical_json(PROTOCOL),
     log:
         LAYOUT.log("protocol"),
     conda:

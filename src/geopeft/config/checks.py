@@ -160,6 +160,10 @@ def _check_backbones(cfg: dict[str, Any], source: str) -> None:
         except ValueError as err:
             raise ConfigError(f"{source}: {key}.name: {err}") from None
     for key, bb in _backbones(cfg):
+        family = entry_for(bb["name"]).family
+        if bb.get("drop_qkv_bias") and family != "vit":
+            raise ConfigError(f"{source}: {key}.drop_qkv_bias: ViT encoders only (q/k/v biases "
+                              f"of one fused layer); {bb['name']!r} is a {family} encoder")
         bb["weights"] = bb["weights"] or entry_for(bb["name"]).weights
         if key != "backbone" and bb["weights"] == "pretrain" and bb != cfg["backbone"]:
             raise ConfigError(f"{source}: {key}.weights: only the study's backbone is pretrained "

@@ -131,7 +131,8 @@ def protocol_card(cfg: dict[str, Any]) -> list[tuple[str, str]]:
         f"sequence lengths {', '.join(map(str, lengths))} "
         f"(nested, evenly spaced, in date order); shorter series: pad {cfg['temporal']['pad']}"
         if series else "single images (one date)")
-    card["encoder"] = "; ".join(f"{who}: weights {bb['weights']}"
+    card["encoder"] = "; ".join(f"{who}: weights {bb['weights']}" + (
+        ", q/k/v biases left out (drop_qkv_bias)" if bb.get("drop_qkv_bias") else "")
                                 for who, bb in encoders) or "none (U-TAE from scratch)"
     card["input"] = "; ".join(
         f"{who}: " + (f"each patch resized (bilinear) to {bb['input_size']} px"

@@ -34,9 +34,14 @@ class TimmFamily(EncoderFamily):
         """
         import timm
 
+        kwargs = dict(bb["kwargs"])
+        if bb.get("drop_qkv_bias"):  # PANGAEA-bench's SSL4EO-S12 encoder: no q/k/v biases
+            kwargs["qkv_bias"] = False
         try:
-            return timm.create_model(bb["arch"], pretrained=False, in_chans=in_chans,
-                                     num_classes=num_classes, **bb["kwargs"])
+            model = timm.create_model(bb["arch"], pretrained=False, in_chans=in_chans,
+                                      num_classes=num_classes, **kwargs)
+            model.drops_qkv_bias = bool(bb.get("drop_qkv_bias"))
+            return model
         except RuntimeError as err:
             if "Unknown model" in str(err):
                 raise WeightsError(f"backbone.name: {bb['name']!r} is neither a registry "

@@ -318,6 +318,12 @@ def load_into(model: nn.Module, weights: Weights, bands: list[str]) -> None:
         bands: the store's bands (the patch embedding is adapted to them).
     """
     state = dict(weights.state)
+    if getattr(model, "drops_qkv_bias", False):  # backbone.drop_qkv_bias: PANGAEA's encoder
+        dropped = [k for k in state if k.endswith("attn.qkv.bias")]
+        for k in dropped:
+            del state[k]
+        log.info("backbone.drop_qkv_bias: left out the %d published q/k/v biases of %s",
+                 len(dropped), weights.path or weights.origin)
     pw = _patch_weight(state)
     if pw is not None:
         state["patch_embed.proj.weight"] = adapt_patch_embed(pw, weights.bands, bands)

@@ -185,7 +185,7 @@ def study_section(results: Path, build: Path) -> str:
     if study.protocol.is_file():  # results made before protocol cards have none
         from geopeft.paper.protocol import protocol_tex
 
-        tables.insert(0, protocol_tex(read_json(study.protocol), df, name))
+        tables.append(protocol_tex(read_json(study.protocol), df, name))  # after the results
     return _template("study.tex", name=name, results=str(results), title=tex_escape(name),
                      label=name, provenance=_provenance(provenance_note(df)),
                      setup=_setup(df, results), table="\n".join(tables),

@@ -103,6 +103,11 @@ class Backbone:
     normalize: str = setting("auto", enum=NORMALIZATIONS)
     """backbone = the normalisation the weights were trained with (recorded in the checkpoint or
     timm's pretrained cfg); dataset = train-split statistics; auto = backbone when known."""
+    drop_qkv_bias: bool | None = optional()
+    """true = build the ViT without its q/k/v biases and leave the published ones out when the
+    weights load, as PANGAEA-bench builds its SSL4EO-S12 encoder (22,634,880 parameters for
+    ViT-S/16 instead of the published 22,648,704). Off by default: the published weights hold
+    them. ViT encoders only; a replication of PANGAEA's protocol names it."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "backbone") -> Backbone:
