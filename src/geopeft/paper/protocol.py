@@ -29,6 +29,19 @@ def ours_for(anchor: dict[str, Any], df: Any) -> tuple[float, float, int] | None
     return float(score.mean()), float(score.std(ddof=1)) if len(runs) > 1 else float("nan"), len(runs)
 
 
+def _text(words: object) -> str:
+    """Card text as LaTeX: escaped, arrows and +- as symbols, < and > in math (OT1 text has
+    neither), and long paths and URLs free to break after each slash."""
+    out = tex_escape(words).replace("->", r"$\rightarrow$").replace("+-", r"$\pm$")
+    out = out.replace("<", "$<$").replace(">", "$>$")
+    return out.replace("/", r"/\allowbreak{}")
+
+
+def _cols(*widths: float) -> str:
+    """Ragged-right paragraph columns of these shares of the line (LaTeX's array package)."""
+    return "".join(rf">{{\raggedright\arraybackslash}}p{{{w}\linewidth}}" for w in widths)
+
+
 def _rows(cells: list[list[str]]) -> list[str]:
     return [" & ".join(c) + r" \\" for c in cells]
 
@@ -45,22 +58,22 @@ def protocol_tex(record: dict[str, Any], df: Any, study: str) -> str:
     out = [r"\begin{table}[ht]", r"\centering", r"\small",
            rf"\caption{{{name}: protocol card, derived from the study as it ran.}}",
            rf"\label{{tab:{study}-protocol}}",
-           r"\begin{tabular}{p{0.24\linewidth}p{0.7\linewidth}}", r"\toprule",
+           rf"\begin{{tabular}}{{{_cols(0.24, 0.7)}}}", r"\toprule",
            r"Aspect & This study \\", r"\midrule",
-           *_rows([[tex_escape(ASPECTS[a]), tex_escape(text)] for a, text in record["card"]]),
+           *_rows([[_text(ASPECTS[a]), _text(text)] for a, text in record["card"]]),
            r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     if record.get("reference"):
         diffs = record["differences"]
         out += [r"\begin{table}[ht]", r"\centering", r"\small",
                 rf"\caption{{{name}: every difference from the reference protocol, "
-                rf"{tex_escape(record['reference'])}, and why"
+                rf"{_text(record['reference'])}, and why"
                 + ("" if diffs else " (none declared)") + ".}",
                 rf"\label{{tab:{study}-differences}}",
-                r"\begin{tabular}{p{0.14\linewidth}p{0.24\linewidth}p{0.24\linewidth}"
-                r"p{0.28\linewidth}}", r"\toprule", r"Aspect & Ours & Reference & Why \\",
+                rf"\begin{{tabular}}{{{_cols(0.14, 0.24, 0.24, 0.28)}}}", r"\toprule",
+                r"Aspect & Ours & Reference & Why \\",
                 r"\midrule",
-                *_rows([[tex_escape(ASPECTS[d["aspect"]]), tex_escape(d["ours"]),
-                         tex_escape(d["reference"]), tex_escape(d["why"])] for d in diffs]),
+                *_rows([[_text(ASPECTS[d["aspect"]]), _text(d["ours"]), _text(d["reference"]),
+                         _text(d["why"])] for d in diffs]),
                 r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     if record["anchors"]:
         cells = []
@@ -69,16 +82,15 @@ def protocol_tex(record: dict[str, Any], df: Any, study: str) -> str:
             mine = "--" if ours is None else (
                 f"{ours[0]:.2f}" + (f" $\\pm$ {ours[1]:.2f}" if ours[2] > 1 else "")
                 + f" (n = {ours[2]}, {tex_escape(a['strategy'])})")
-            cells.append([tex_escape(a["what"]), tex_escape(a["metric"]), f"{a['value']:g}",
-                          mine, tex_escape(a["source"])])
+            cells.append([_text(a["what"]), _text(a["metric"]), f"{a['value']:g}", mine,
+                          _text(a["source"])])
         out += [r"\begin{table}[ht]", r"\centering", r"\small",
                 rf"\caption{{{name}: published figures of the reference protocol (column "
                 r"\emph{Published}) beside ours under this study's protocol (column \emph{Ours}: "
                 r"mean $\pm$ sd over the seeds, n said; -- where the study has no such runs). "
                 r"The protocols differ as the table of differences says.}",
                 rf"\label{{tab:{study}-anchors}}",
-                r"\begin{tabular}{p{0.3\linewidth}p{0.12\linewidth}r p{0.2\linewidth}"
-                r"p{0.16\linewidth}}", r"\toprule",
+                rf"\begin{{tabular}}{{{_cols(0.3, 0.12)}r{_cols(0.2, 0.16)}}}", r"\toprule",
                 r"Reference setting & Metric & Published & Ours & Source \\", r"\midrule",
                 *_rows(cells), r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(out)
