@@ -55,7 +55,8 @@ def test_the_card_says_how_each_encoder_takes_the_bands_and_normalisation():
         "vit_base_patch16_224 (the study's encoder): z-score with the train split's per-band "
         "mean and sd (the weights' own are known for B04 B03 B02 only)")
     assert "B01 B05 B06 B07 B08 B8A B09 B11 B12 unknown to the weights" in card["missing_bands"]
-    assert "each patch resized (bilinear) to 224 px" in card["input"]
+    assert "each patch (eurosat_ms 64 px, bigearthnet_s2 120 px) resized (bilinear) to 224 px" \
+        in card["input"]
     assert "full, full_ssl4eo: chosen on validation among 1e-05, 3e-05, 0.0001" in card["lr"]
 
 
@@ -149,3 +150,22 @@ def test_the_paper_and_mlflow_show_the_card_and_keep_published_figures_apart():
     md = card_markdown(record)
     assert md.startswith("### Protocol") and md.count("\n| ") == len(ASPECTS) + 1 + 6 + 1
     assert card_lines(record)[0] == "Protocol of shaping_ft:"
+
+
+def test_a_fusion_study_s_card_says_the_encoder_takes_pseudo_rgb():
+    card = _card(STUDIES / "fusion_lora.yaml")
+    assert card["normalisation"] == (
+        "swinv2_tiny (the study's encoder): the bands z-scored with the train split's statistics, "
+        "mapped to a 3-channel pseudo-RGB image (the fixed B04 B03 B02 composite, or the learned "
+        "spectral tokenizer), then the encoder's own normalisation (Fusion-LoRA)")
+    assert "B08 B11 B12 reach the model only through the spectral tokenizer" in card["missing_bands"]
+    assert "mean filter" not in card["missing_bands"]  # its RGB weights are used as they are
+    assert card["input"].endswith("(bigearthnet_s2 120 px, eurosat_ms 64 px) resized (bilinear) "
+                                  "to 256 px")
+
+
+def test_the_card_says_resized_only_when_the_patches_are():
+    card = _card(STUDIES / "eurosat_lora.yaml")
+    assert card["input"].endswith("each patch (eurosat_rgb 64 px) resized (bilinear) to 224 px")
+    card = _card(STUDIES / "eurosat_lora.yaml", {"backbone": {"input_size": 64}})
+    assert card["input"].endswith("the patches as stored (eurosat_rgb 64 px), not resized")

@@ -176,3 +176,26 @@ def test_shipped_sweep_free_studies_keep_their_run_names():
     c = gcfg.load(ROOT / "config" / "config.yaml")
     assert [r["name"] for r in gcfg.study_rows(copy.deepcopy(c))][:2] == ["full-f0.1-s0",
                                                                           "full-f0.1-s1"]
+
+
+def test_a_cell_without_validation_scores_chooses_nothing_and_says_which():
+    rows = [_row(0.001, 0, float("nan"), 0.9), _row(0.01, 0, None, 0.1)]
+    with pytest.raises(ValueError, match=r"'strategy': 'lora', 'label_fraction': 1.0.*no rate has "
+                                         r"a validation score for every seed"):
+        selected(rows)
+
+
+def test_the_sweep_table_counts_seeds_per_length_and_marks_a_rate_missing_a_score(tmp_path):
+    import pandas as pd
+
+    from geopeft.paper.tables import sweep_table
+
+    rows = [{"dataset": "pastis", "strategy": "lora", "label_fraction": 1.0, "sequence_length": t,
+             "seed": s, "lr": lr, "lr_sweep": "0.001 0.01", "selected": True,
+             "val_score": None if (lr, s, t) == (0.01, 1, 6) else 0.5 + lr}
+            for t in (6, 1) for s in (0, 1) for lr in (0.001, 0.01)]
+    text = sweep_table(pd.DataFrame(rows), "demo")
+    assert "mean over 2 seeds" in text  # 2 lengths x 2 seeds: each cell has 2, not 4
+    lines = [ln for ln in text.splitlines() if ln.startswith("pastis")]
+    assert lines[0].endswith("& 6 & \\textbf{0.001: 50.1}; 0.01: -- \\\\")
+    assert lines[1].endswith("& 1 & 0.001: 50.1; \\textbf{0.01: 51.0} \\\\")

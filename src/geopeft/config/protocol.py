@@ -14,7 +14,6 @@ from typing import Any
 from geopeft.bands import RGB
 from geopeft.config.rows import (
     TIME_SERIES_DATASETS,
-    _backbones,
     study_datasets,
     study_rows,
     uses_backbone,
@@ -29,24 +28,23 @@ from geopeft.tasks import TASKS
 _DN = "DN / 10000 (the weights' fixed mean 0, std 1 in reflectance)"
 
 
-def _encoders(cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(who uses it, backbone config) of each encoder a row uses: the study's, then each
-    strategy's own, U-TAE (no encoder) left out."""
+def _encoders(cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
+    """(who uses it, backbone config, whether a Fusion-LoRA strategy does) of each encoder a row
+    uses: the study's, then each strategy's own, U-TAE (no encoder) left out; strategies sharing
+    one encoder config are said once."""
     used = {r["strategy"] for r in study_rows(cfg)}
-    out = []
-    for key, bb in _backbones(cfg):
-        if key == "backbone":
-            if any(uses_backbone(s) and s.get("backbone") is None
-                   for k, s in cfg["strategies"].items() if k in used):
-                out.append(("study", bb))
-        elif key.split(".")[1] in used:
-            out.append((key.split(".")[1], bb))
-    # strategies sharing one encoder config are said once
-    merged: dict[str, tuple[list[str], dict[str, Any]]] = {}
-    for who, bb in out:
-        sig = repr(sorted(bb.items()))
-        merged.setdefault(sig, ([], bb))[0].append(who)
-    return [(_label(whos, bb), bb) for whos, bb in merged.values()]
+    merged: dict[str, tuple[list[str], dict[str, Any], list[bool]]] = {}
+    for key in (k for k in cfg["strategies"] if k in used):
+        strat = cfg["strategies"][key]
+        if not uses_backbone(strat):
+            continue
+        own = strat.get("backbone")
+        bb = own or cfg["backbone"]
+        whos, _, fusion = merged.setdefault(repr(sorted(bb.items())), ([], bb, []))
+        whos.append(key if own else "study")
+        fusion.append(strat.get("fusion") is not None)
+    return [(_label(list(dict.fromkeys(whos)), bb), bb, any(fusion))
+            for whos, bb, fusion in merged.values()]
 
 
 def _label(whos: list[str], bb: dict[str, Any]) -> str:
@@ -94,19 +92,56 @@ def _bands_words(bb: dict[str, Any], bands: list[str]) -> str:
         return "none: random weights"
     missing = [b for b in known if b not in bands]
     extra = [b for b in bands if b not in known]
-    parts = []
+    parts: list[str] = []
     if missing:
         parts.append(f"{' '.join(missing)} absent from the data: zero in the normalised input "
                      f"(their patch-embedding channels dropped)")
     if extra:
         parts.append(f"{' '.join(extra)} unknown to the weights: the mean filter of the known "
-                     f"bands, scaled")
+                     f"bands (every band's filter then scaled by {len(known) - len(missing)}/"
+                     f"{len(bands)})")
     return "; ".join(parts) or "none: the data holds the weights' bands"
 
 
 def _distinct(values: list[Any]) -> str:
     seen = list(dict.fromkeys(values))
     return seen[0] if len(seen) == 1 else " / ".join(map(str, seen))
+
+
+#: Fusion-LoRA's inputs (:mod:`geopeft.models.fusion`), in words.
+_FUSION_NORM = ("the bands z-scored with the train split's statistics, mapped to a 3-channel "
+                "pseudo-RGB image (the fixed B04 B03 B02 composite, or the learned spectral "
+                "tokenizer), then the encoder's own normalisation (Fusion-LoRA)")
+
+
+def _fusion_bands(bands: list[str]) -> str:
+    others = [b for b in bands if b not in RGB]
+    return ("Fusion-LoRA: the encoder takes a 3-channel pseudo-RGB image, its RGB weights as "
+            "they are" + (f"; {' '.join(others)} reach the model only through the spectral "
+                          f"tokenizer and the spectral stream (unused by a strategy with both off)"
+                          if others else ""))
+
+
+def _patch_px(cfg: dict[str, Any], dataset: str) -> int | None:
+    """The side of the patches a dataset's store holds: data.options.size, the embedded world's
+    size, or the source's native size (None: not known before the data are read)."""
+    data = cfg["data"]
+    if (data.get("options") or {}).get("size"):
+        return int(data["options"]["size"])
+    if data["source"] == "synthetic":
+        return int(data["synthetic"]["size"])
+    return get_source(dataset).native_size
+
+
+def _input_words(bb: dict[str, Any], sizes: dict[str, int | None], fusion: bool) -> str:
+    """How the patches reach an encoder: resized (bilinear) to ``input_size`` when it differs
+    from the stored side, else as stored."""
+    stored = ", ".join(f"{ds} {px} px" if px else f"{ds} as stored" for ds, px in sizes.items())
+    prefix = "a 3-channel pseudo-RGB image of " if fusion else ""
+    want = bb.get("input_size")
+    if want and any(px != want for px in sizes.values()):
+        return f"{prefix}each patch ({stored}) resized (bilinear) to {want} px"
+    return f"{prefix}the patches as stored ({stored}), not resized"
 
 
 def protocol_card(cfg: dict[str, Any]) -> list[tuple[str, str]]:
@@ -133,15 +168,16 @@ def protocol_card(cfg: dict[str, Any]) -> list[tuple[str, str]]:
         if series else "single images (one date)")
     card["encoder"] = "; ".join(f"{who}: weights {bb['weights']}" + (
         ", q/k/v biases left out (drop_qkv_bias)" if bb.get("drop_qkv_bias") else "")
-                                for who, bb in encoders) or "none (U-TAE from scratch)"
-    card["input"] = "; ".join(
-        f"{who}: " + (f"each patch resized (bilinear) to {bb['input_size']} px"
-                      if bb.get("input_size") else "the patches at their stored size")
-        for who, bb in encoders) or "the patches at their stored size"
-    card["normalisation"] = "; ".join(f"{who}: {_norm_words(bb, bands)}" for who, bb in encoders) \
-        or "z-score with the train split's per-band mean and sd"
-    card["missing_bands"] = "; ".join(f"{who}: {_bands_words(bb, bands)}" for who, bb in encoders) \
-        or "none"
+                                for who, bb, _ in encoders) or "none (U-TAE from scratch)"
+    sizes = {ds: _patch_px(cfg, ds) for ds in datasets}
+    card["input"] = "; ".join(f"{who}: {_input_words(bb, sizes, fusion)}"
+                              for who, bb, fusion in encoders) or _input_words({}, sizes, False)
+    card["normalisation"] = "; ".join(
+        f"{who}: " + (_FUSION_NORM if fusion else _norm_words(bb, bands))
+        for who, bb, fusion in encoders) or "z-score with the train split's per-band mean and sd"
+    card["missing_bands"] = "; ".join(
+        f"{who}: " + (_fusion_bands(bands) if fusion else _bands_words(bb, bands))
+        for who, bb, fusion in encoders) or "none"
     card["augmentation"] = _distinct([
         "random flips and 90-degree rotations of training batches" if r["train"]["augment"]
         else "none" for r in rows])

@@ -47,10 +47,19 @@ def sweep_scores(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[float
 
 def chosen_rates(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
     """Per swept cell, the rate chosen on validation (best mean score; ties: the first
-    listed)."""
+    listed).
+
+    Raises:
+        ValueError: no rate of a cell has a validation score of every seed (naming the cell):
+            nothing can be chosen on validation, and nothing is chosen otherwise.
+    """
     out = {}
     for cell, scores in sweep_scores(rows).items():
         best = max(scores.values())
+        if best == -math.inf:
+            raise ValueError(f"learning-rate sweep of {dict(zip(CELL, cell, strict=True))}: no "
+                             f"rate has a validation score for every seed, so none can be "
+                             f"chosen on validation")
         out[cell] = next(lr for lr, s in scores.items() if s == best)
     return out
 

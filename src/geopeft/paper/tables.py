@@ -3,6 +3,7 @@ costs), the per-class report (CSV and LaTeX) and the runs table as an HTML page.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def sweep_table(every: pd.DataFrame, study: str) -> str:
     for r in rows:
         r["lr_sweep"] = [float(x) for x in str(r["lr_sweep"] or "").split()]
     scores = sweep_scores(rows)
-    seeds = every[every["lr_sweep"].notna()].groupby(list(CELL[:3]) + ["lr"], dropna=False).size()
+    seeds = every[every["lr_sweep"].notna()].groupby(list(CELL) + ["lr"], dropna=False).size()
     n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
     series = every["sequence_length"].notna().any()
     lines = [
@@ -181,7 +182,8 @@ def sweep_table(every: pd.DataFrame, study: str) -> str:
     for (ds, s, f, t), by_rate in scores.items():
         best = max(by_rate.values())
         chosen = next(lr for lr, v in by_rate.items() if v == best)
-        cells = [f"\\textbf{{{lr:g}: {100 * v:.1f}}}" if lr == chosen else f"{lr:g}: {100 * v:.1f}"
+        cells = [f"\\textbf{{{lr:g}: {100 * v:.1f}}}" if lr == chosen else
+                 f"{lr:g}: " + ("--" if v == -math.inf else f"{100 * v:.1f}")  # a seed lacks one
                  for lr, v in by_rate.items()]
         lines.append(" & ".join([tex_escape(ds), tex_escape(s), f"{100 * float(f):g}\\,\\%"]
                                 + ([f"{int(t)}"] if series else []) + ["; ".join(cells)])
