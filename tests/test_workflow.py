@@ -343,24 +343,18 @@ def test_the_methods_study_through_the_workflow(done, tmp_path):
             assert cm.tolist() == metrics["confusion_matrix"], (x["run"], merge)
     # the MLflow model serves the new methods too: rebuilt from the run's artifacts alone, it
     # predicts as the saved model
-    import os
-
     from geopeft.data.dataset import load_split
     from geopeft.models.inference import predict
     from geopeft.models.saved import load_model
     from geopeft.tracking import download_model
 
-    exp = json.loads((res / "mlflow_experiment.json").read_text())
+    # the store by its absolute path: MLflow caches a store per URI string in this process, and
+    # the relative one an earlier test opened points at the store that test deleted
+    uri = f"sqlite:///{done / 'results' / 'mlflow.db'}"
     for key in ("vpt_deep", "adaptformer", "houlsby", "bitfit", "ia3", "oft"):
         run = res / "runs" / f"{key}-f1-s0"
         rec = json.loads((run / "model" / "run.json").read_text())
-        cwd = os.getcwd()
-        os.chdir(done)  # the study's tracking URI is relative to its working directory
-        try:
-            model_dir, pretrain_dir = download_model(exp["tracking_uri"], rec["mlflow_run_id"],
-                                                     tmp_path / "dl" / key)
-        finally:
-            os.chdir(cwd)
+        model_dir, pretrain_dir = download_model(uri, rec["mlflow_run_id"], tmp_path / "dl" / key)
         x = load_split(done / rec["store"]["path"], "test").x[:16]
         assert np.array_equal(predict(load_model(model_dir, pretrain_dir=pretrain_dir), x),
                               predict(load_model(run / "model"), x)), key
