@@ -92,3 +92,67 @@ def rgb_store(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("stores") / "rgb.zarr"
     prepare("eurosat_rgb", world["rgb"], ["B04", "B03", "B02"], out)
     return out
+
+
+#: A small U-TAE for PASTIS runs of the tests.
+SMALL_UTAE = {"model": "utae", "encoder_widths": [8, 16], "decoder_widths": [8, 16],
+              "ltae": {"d_model": 16, "heads": 4}}
+
+
+def save_linear_run(store: Path, model_dir: Path, dataset: str = "eurosat_ms") -> Path:
+    """A linear-probe run of ``store`` (the tiny random ViT) saved in ``model_dir`` as training
+    saves one (spec, store, history), as a user's ``geopeft predict`` finds it."""
+    from dataclasses import asdict
+
+    import torch
+
+    from geopeft.data.dataset import store_info
+    from geopeft.models.classifier import build_classifier
+    from geopeft.models.saved import save_model
+    from geopeft.strategies import apply_strategy
+
+    info = store_info(store)
+    torch.manual_seed(0)
+    m, minfo = build_classifier(backbone_cfg(), info, len(info.classes))
+    m = apply_strategy(m, "linear")
+    spec = full_spec({"backbone": backbone_cfg(),
+                      "data": {"dataset": dataset, "bands": list(info.bands)},
+                      "row": {"method": "linear", "name": model_dir.parent.name,
+                              "dataset": dataset}})
+    save_model(m, model_dir, {
+        "spec": spec, "model": minfo, "mlflow_run_id": None, "trainable_params": 1,
+        "total_params": 2, "history": [{"epoch": 1, "val_score": 0.5}],
+        "store": {**asdict(info), "path": str(info.path)}})
+    return model_dir
+
+
+def save_utae_run(pastis: Path, tmp: Path):
+    """A U-TAE (random weights, moved so that the map depends on the input) saved as a T = 6 run
+    of the PASTIS world ``pastis``; returns (model folder, model, store)."""
+    from dataclasses import asdict
+
+    import torch
+
+    from geopeft.data.dataset import store_info
+    from geopeft.data.sources.pastis import BANDS as PASTIS_BANDS
+    from geopeft.models.build import build_model
+    from geopeft.models.saved import save_model
+
+    store = tmp / "p.zarr"
+    prepare("pastis", pastis, list(PASTIS_BANDS), store)
+    info = store_info(store)
+    temporal = {"length": 6, "ladder": [35, 15, 6, 1], "pad": "mask", "reference": "2018-09-01"}
+    partial = {"row": {"method": "scratch", "segmentation": SMALL_UTAE, "sequence_length": 6,
+                       "temporal": temporal, "dataset": "pastis", "name": "utae-t6"},
+               "backbone": {"name": "embedded", "weights": "none", "kwargs": {}},
+               "data": {"dataset": "pastis", "bands": list(PASTIS_BANDS)}}
+    torch.manual_seed(0)
+    model, minfo = build_model(job_spec(partial), info)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    out = tmp / "model"
+    save_model(model, out, {"spec": full_spec(partial), "model": minfo, "mlflow_run_id": None,
+                            "store": {**asdict(info), "path": str(info.path)}})
+    return out, model, store

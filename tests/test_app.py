@@ -114,3 +114,51 @@ def test_the_app_module_is_where_the_cli_points(results):
 
     args = build_parser().parse_args(["app", str(results)])
     assert args.host == "127.0.0.1" and args.port is None and args.func.__name__ == "cmd_app"
+
+
+def test_the_app_maps_a_geotiff_scene_larger_than_its_chips(results, world, tmp_path,
+                                                            monkeypatch):
+    """A GeoTIFF larger than the run's chips is mapped as ``geopeft predict --out`` maps it: the
+    map over a subsampled preview, each class's share of the map's cells, and the GeoTIFF to
+    download; each cell the class the run gives its chip. Over the app's limit, the message
+    says so and names the command without one."""
+    import rasterio
+    from PIL import Image
+    from rasterio.transform import from_origin
+
+    import geopeft.app as app_mod
+
+    app = App(results, raw=world["root"], maps=tmp_path / "maps")
+    label = app.default.label
+    chips = sorted(Path(world["rgb"]).rglob("*.jpg"))[:6]
+    images = [np.asarray(Image.open(c)).transpose(2, 0, 1) for c in chips]
+    data = np.concatenate([np.concatenate(images[:3], 2), np.concatenate(images[3:], 2)], 1)
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=96, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32631", transform=from_origin(0, 0, 10, 10)) as f:
+        f.write(data)
+        for i, band in enumerate(("B04", "B03", "B02"), start=1):
+            f.set_band_description(i, band)
+    a = app.answer(label, str(scene), "", 10)
+    assert a.map_file == tmp_path / "maps" / "scene.map.tif" and a.map_file.is_file()
+    assert ("scene.tif: a 64x96 px scene, mapped one class per 32x32 px tile (2x3 cells): 6 "
+            "tiles run, 0 without data.") in a.message
+    with rasterio.open(a.map_file) as f:
+        cells = f.read(1)
+        assert f.crs.to_epsg() == 32631
+    predictor = Predictor(app.default.model_dir)
+    for k, p in enumerate(predictor.predict_files(chips)):
+        top = np.sort(p.scores)[-2:]
+        if top[1] - top[0] > 1e-4:
+            assert predictor.classes[cells[k // 3, k % 3]] == p.labels[0], chips[k]
+    counts = np.bincount(cells.ravel(), minlength=len(predictor.classes))
+    assert a.classes == {predictor.classes[i]: pytest.approx(n / 6) for i, n in
+                         enumerate(counts) if n}
+    preview, masks = a.map
+    assert preview.shape == (64, 96, 3) and preview.dtype == np.uint8
+    assert np.array_equal(sum(m for m, _ in masks), np.ones((64, 96)))
+    assert app.predict(label, str(scene), "", 10)[3] == a.message
+    monkeypatch.setattr(app_mod, "SCENE_PIXELS", 1000)
+    msg = app.predict(label, str(scene), "", 3)[3]
+    assert msg.startswith(r"**Cannot use scene.tif**: a scene of 64x96 px, over the app's limit "
+                          r"of 1,000 px; map it with geopeft predict")

@@ -175,3 +175,20 @@ def test_stream_memory_benchmark_trains_an_epoch_both_ways(tmp_path, capsys):
     assert [r["mode"] for r in out] == ["stream", "whole"]
     assert all(r["peak_rss_mb"] > 0 and r["train_samples"] > 200 for r in out)
     assert [r["workers"] for r in out] == [2, 0] and out[0]["reader_peak_rss_mb"] > 0
+
+
+def test_scene_map_benchmark_maps_both_kinds_of_scene(tmp_path):
+    """``bench/scene_map.py`` on small scenes: both maps made by ``geopeft predict`` in a fresh
+    process, with their peak memory, time and tiles run."""
+    out = tmp_path / "scene.json"
+    assert _bench("scene_map").main(["--sides", "300", "--written", "200", "--json",
+                                     str(out)]) == 0
+    res = json.loads(out.read_text())
+    cls, seg = res["classification"]["300"], res["segmentation"]["300"]
+    assert cls["peak_mib"] > 0 and seg["peak_mib"] > 0 and res["one chip"]["32"]["peak_mib"] > 0
+    # 32 px cells at 0, 32, ..., 256, 268: the 6 x 6 inside the written 200 px run; those at
+    # 192 hold 8 of 32 columns written, more than half nodata: not run, nor any further out
+    assert "10x10 map, one class per tile (32x32 px tiles: 36 run, 64 empty)" in cls["said"]
+    # 24 px tiles every 18 px (0 ... 270, then 276 flush): 17 a side; 12 a side start in the
+    # written 200 px (0 ... 198) and run, the other 289 - 144 hold no valid pixel
+    assert "300x300 map, one class per pixel (24x24 px tiles: 144 run, 145 empty)" in seg["said"]

@@ -413,3 +413,48 @@ def test_the_readme_s_predict_and_mlflow_model_commands(run, tmp_path):
     (pred,) = out["predictions"]
     assert pred["prediction"] == row["prediction"]
     assert pred[row["prediction"]] == pytest.approx(float(row["probability"]), abs=1e-4)
+
+
+def test_the_readme_s_scene_command_maps_a_mosaic_of_chips(run):
+    """The README's whole-scene command, as written, in the default study's folder, on a
+    ``scene.tif`` made there (3 x 2 chips of the embedded world side by side, bands named B04
+    B03 B02, plus a strip on the right): a map of one class per tile, georeferenced as the
+    scene, each aligned cell the class ``geopeft predict`` gives its chip."""
+    import numpy as np
+    import rasterio
+    from PIL import Image
+    from rasterio.transform import Affine, from_origin
+
+    from geopeft.evaluate.predict import Predictor
+
+    work, _ = run
+    text = (ROOT / "README.md").read_text()
+    cmd = re.search(r"\nuv run (geopeft predict --model \S+ scene\.tif --out map\.tif)\n", text)
+    assert cmd, "the README lost its scene command"
+    model = work / shlex.split(cmd.group(1))[3]
+    chips = sorted((work / "data" / "raw").rglob("EuroSAT_RGB/*/*.jpg"))[:6]
+    images = [np.asarray(Image.open(c)).transpose(2, 0, 1) for c in chips]
+    side = images[0].shape[1]
+    rows = [np.concatenate(images[i:i + 3], axis=2) for i in (0, 3)]
+    data = np.concatenate(rows, axis=1)
+    data = np.concatenate([data, data[:, :, : side // 2]], axis=2)  # a strip: the edge tile
+    transform = from_origin(600_000, 5_000_000, 10, 10)
+    with rasterio.open(work / "scene.tif", "w", driver="GTiff", width=data.shape[2],
+                       height=data.shape[1], count=3, dtype="uint8", crs="EPSG:32632",
+                       transform=transform) as f:
+        f.write(data)
+        for i, band in enumerate(("B04", "B03", "B02"), start=1):
+            f.set_band_description(i, band)
+    r = subprocess.run(shlex.split(cmd.group(1)), cwd=work, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2x4 map, one class per tile" in r.stdout
+    with rasterio.open(work / "map.tif") as f:
+        assert f.crs.to_epsg() == 32632 and f.transform == transform * Affine.scale(side, side)
+        classes = f.read(1)
+        names = f.tags(1)
+    preds = Predictor(model).predict_files(chips)
+    for k, p in enumerate(preds):
+        top = np.sort(p.scores)[-2:]
+        if top[1] - top[0] > 1e-4:
+            assert names[str(classes[k // 3, k % 3])] == p.labels[0], chips[k]

@@ -11,18 +11,15 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-import torch
-from conftest import full_spec, job_spec
+from conftest import save_utae_run
 from PIL import Image
 
-from geopeft.data.dataset import load_split, store_info
-from geopeft.data.prepare import prepare
+from geopeft.data.dataset import load_split
 from geopeft.data.sources import DataError, get_source
 from geopeft.data.sources.bigearthnet import read_bands
 from geopeft.data.sources.pastis import BANDS as PASTIS_BANDS
@@ -30,9 +27,7 @@ from geopeft.data.sources.pastis import read_geojson
 from geopeft.data.synthetic_bigearthnet import generate_bigearthnet
 from geopeft.data.synthetic_pastis import generate_pastis
 from geopeft.evaluate.predict import Predictor
-from geopeft.models.build import build_model
 from geopeft.models.inference import predict
-from geopeft.models.saved import save_model
 
 
 def _tif13(path: Path, values) -> None:
@@ -215,32 +210,10 @@ def test_pastis_input_needs_its_dates(pastis, tmp_path):
         src.read_input(tmp_path / "s.npy", ["B02"], {}, meta["dates"])
 
 
-SMALL_UTAE = {"model": "utae", "encoder_widths": [8, 16], "decoder_widths": [8, 16],
-              "ltae": {"d_model": 16, "heads": 4}}
-
-
 @pytest.fixture(scope="module")
 def seg_run(pastis, tmp_path_factory):
     """A U-TAE (random weights, batch-norm statistics moved) saved as a T = 6 run of PASTIS."""
-    tmp = tmp_path_factory.mktemp("segrun")
-    store = tmp / "p.zarr"
-    prepare("pastis", pastis, list(PASTIS_BANDS), store)
-    info = store_info(store)
-    temporal = {"length": 6, "ladder": [35, 15, 6, 1], "pad": "mask", "reference": "2018-09-01"}
-    partial = {"row": {"method": "scratch", "segmentation": SMALL_UTAE, "sequence_length": 6,
-                       "temporal": temporal, "dataset": "pastis", "name": "utae-t6"},
-               "backbone": {"name": "embedded", "weights": "none", "kwargs": {}},
-               "data": {"dataset": "pastis", "bands": list(PASTIS_BANDS)}}
-    torch.manual_seed(0)
-    model, minfo = build_model(job_spec(partial), info)
-    with torch.no_grad():  # weights that make the map depend on the input
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    model.eval()
-    out = tmp / "model"
-    save_model(model, out, {"spec": full_spec(partial), "model": minfo, "mlflow_run_id": None,
-                            "store": {**asdict(info), "path": str(info.path)}})
-    return out, model, store
+    return save_utae_run(pastis, tmp_path_factory.mktemp("segrun"))
 
 
 def test_a_time_series_predicts_as_its_evaluation(seg_run, pastis):

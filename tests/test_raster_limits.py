@@ -12,27 +12,21 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-import torch
-from conftest import backbone_cfg, full_spec
+from conftest import save_linear_run
 from PIL import Image
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from geopeft.app import App
 from geopeft.cli import main
-from geopeft.data.dataset import store_info
 from geopeft.data.prepare import prepare
 from geopeft.data.sources import DataError
 from geopeft.limits import DEFAULT
-from geopeft.models.classifier import build_classifier
-from geopeft.models.saved import save_model
-from geopeft.strategies import apply_strategy
 
 #: Most memory any of these refusals may trace; reading the files would take 1.5 GiB or more.
 SMALL = 32 << 20
@@ -129,18 +123,8 @@ def test_readers_size_a_file_from_its_header_before_reading_it(tmp_path):
 @pytest.fixture(scope="module")
 def ms_run(ms_store, tmp_path_factory):
     """A results folder with one linear-probe run of EuroSAT-MS (32 x 32 chips)."""
-    info = store_info(ms_store)
     root = tmp_path_factory.mktemp("results") / "study"
-    torch.manual_seed(0)
-    m, minfo = build_classifier(backbone_cfg(), info, len(info.classes))
-    m = apply_strategy(m, "linear")
-    spec = full_spec({"backbone": backbone_cfg(),
-                      "data": {"dataset": "eurosat_ms", "bands": list(info.bands)},
-                      "row": {"method": "linear", "name": "ms", "dataset": "eurosat_ms"}})
-    save_model(m, root / "runs" / "ms" / "model", {
-        "spec": spec, "model": minfo, "mlflow_run_id": None, "trainable_params": 1,
-        "total_params": 2, "history": [{"epoch": 1, "val_score": 0.5}],
-        "store": {**asdict(info), "path": str(info.path)}})
+    save_linear_run(ms_store, root / "runs" / "ms" / "model")
     return root
 
 

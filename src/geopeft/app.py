@@ -29,6 +29,23 @@ from geopeft.layout import RUN_RECORDS, RUNS, DataLayout, ModelLayout, RunLayout
 
 #: Examples offered per dataset, from its test split.
 EXAMPLES = 6
+#: The largest scene the app maps, in pixels (a GeoTIFF larger than the run's chips); a larger one
+#: is for ``geopeft predict --out map.tif``, which has no such limit.
+SCENE_PIXELS = 2048 * 2048
+#: The side of a scene's preview at most, in pixels (the scene is shown subsampled).
+PREVIEW_SIDE = 512
+
+
+@dataclass
+class Answer:
+    """What the page shows for one upload."""
+
+    preview: Any = None
+    classes: Any = None
+    map: Any = None
+    message: str = ""
+    map_file: Path | None = None
+    """A scene's georeferenced map (GeoTIFF), offered for download."""
 
 
 def _escape(text: str) -> str:
@@ -154,8 +171,9 @@ def examples(runs: list[RunEntry], raw_root: Path, cache: Path,
 class App:
     """The app's state: the runs of a results folder and their loaded predictors (cached)."""
 
-    def __init__(self, results: Path, raw: Path | None = None):
+    def __init__(self, results: Path, raw: Path | None = None, maps: Path | None = None):
         self.results = Path(results)
+        self._maps = maps
         self.runs = find_runs(self.results)
         self.by_label = {r.label: r for r in self.runs}
         self.default = best_on_val(self.runs)
@@ -198,11 +216,21 @@ class App:
     def predict(self, label: str, file: str | None, dates_text: str, top_k: int,
                 ) -> tuple[Any, Any, Any, str]:
         """(preview, classes, map, message) for the page; every failure becomes the message."""
+        a = self.answer(label, file, dates_text, top_k)
+        return a.preview, a.classes, a.map, a.message
+
+    def answer(self, label: str, file: str | None, dates_text: str, top_k: int) -> Answer:
+        """What the page shows for ``file``: a sample in the run's format, or a GeoTIFF scene
+        larger than its chips (up to :data:`SCENE_PIXELS`), mapped as ``geopeft predict --out``
+        maps it; every failure becomes the message."""
         if not file:
-            return None, None, None, "Upload a file or click an example first."
+            return Answer(message="Upload a file or click an example first.")
         name = Path(file).name
         try:
             predictor = self.predictor(label)
+            side = self._scene_side(predictor, Path(file))
+            if side is not None:
+                return self._scene(predictor, Path(file), side, top_k)
             dates = parse_dates(dates_text, name) if (dates_text or "").strip() else None
             image, dates = predictor.read(Path(file), dates)
             (pred,) = predictor.predict_arrays([image], [dates], [name])
@@ -213,7 +241,75 @@ class App:
 
                 logging.getLogger(__name__).exception("predicting %s", file)
                 msg = f"{type(err).__name__}: {msg} (the app's console has the traceback)"
-            return None, None, None, f"**Cannot use {_escape(name)}**: {_escape(msg)}"
+            return Answer(message=f"**Cannot use {_escape(name)}**: {_escape(msg)}")
+        return Answer(*self._sample(predictor, pred, image, name, top_k))
+
+    @staticmethod
+    def _scene_side(predictor: Predictor, path: Path) -> tuple[int, int] | None:
+        """A GeoTIFF upload's (height, width) when it is a scene to map: larger than the run's
+        chips on a side, for a run of single images; else None (read as a sample)."""
+        from geopeft.evaluate.scene import SCENE_SUFFIXES, scene_side
+
+        size = predictor.info.image_size
+        if (path.suffix.lower() not in SCENE_SUFFIXES or predictor.source.time_series
+                or not size):
+            return None
+        side = scene_side(path)
+        if side is None or (side[0] <= size[0] and side[1] <= size[1]):
+            return None
+        return side
+
+    def _scene(self, predictor: Predictor, path: Path, side: tuple[int, int],
+               top_k: int) -> Answer:
+        """A scene mapped (:func:`geopeft.evaluate.scene.map_scene`): its preview (subsampled to
+        :data:`PREVIEW_SIDE`), the map over it, each class's share of the map and the GeoTIFF.
+
+        Raises:
+            DataError: the scene is over :data:`SCENE_PIXELS`, or cannot be mapped (named)."""
+        import tempfile
+
+        import rasterio
+
+        from geopeft.data.sources import DataError
+        from geopeft.evaluate.scene import NODATA, Scene, map_scene
+
+        h, w = side
+        if h * w > SCENE_PIXELS:
+            raise DataError(f"{path}: a scene of {h}x{w} px, over the app's limit of "
+                            f"{SCENE_PIXELS:,} px; map it with geopeft predict --model "
+                            f"<run>/model {path.name} --out map.tif")
+        if self._maps is None:
+            self._maps = Path(tempfile.mkdtemp(prefix="geopeft-maps-"))
+        out = Path(self._maps) / f"{path.stem}.map.tif"
+        done = map_scene(predictor, [path], out)
+        info = predictor.info
+        with Scene([path], list(info.bands), predictor.source.dtype,
+                   tuple(predictor.source.file_bands)) as scene:
+            image, _ = scene.read(0, 0, h, w)
+        k = max(1, -(-max(h, w) // PREVIEW_SIDE))
+        preview = true_colour(image[:, ::k, ::k], list(info.bands), info.value_scale)
+        with rasterio.open(out) as f:
+            cells = f.read(1)
+        th, tw = done.tile
+        full = np.repeat(np.repeat(cells, th, 0), tw, 1)[:h, :w] if done.per_tile else cells
+        shown = full[::k, ::k]
+        names = predictor.classes
+        masks = [((shown == i).astype(np.float32), names[i]) for i in range(len(names))
+                 if (shown == i).any()]
+        valid = cells[cells != NODATA].astype(np.int64)
+        share = np.bincount(valid, minlength=len(names)) / max(valid.size, 1)
+        order = [i for i in np.argsort(-share, kind="stable")[:top_k] if share[i] > 0]
+        kind = (f"one class per {th}x{tw} px tile ({done.shape[0]}x{done.shape[1]} cells)"
+                if done.per_tile else "one class per pixel")
+        message = (f"{_escape(path.name)}: a {h}x{w} px scene, mapped {kind}: {done.tiles} tiles "
+                   f"run, {done.empty} without data. The list gives each class's share of the "
+                   f"map; the georeferenced map (GeoTIFF) is below.")
+        return Answer(preview, {names[i]: float(share[i]) for i in order}, (preview, masks),
+                      message, out)
+
+    def _sample(self, predictor: Predictor, pred: Any, image: np.ndarray, name: str,
+                top_k: int) -> tuple[Any, Any, Any, str]:
+        """(preview, classes, map, message) of one sample's prediction."""
         info = predictor.info
         preview = upscale(true_colour(image, list(info.bands), info.value_scale))
         if pred.task.dense:
@@ -274,7 +370,16 @@ def build(app: App, cache: Path) -> Any:
                 seg = gr.AnnotatedImage(label="Predicted map", visible=maps, elem_id="map", height=320,
                                         color_map={c: colour(i) for i, c in enumerate(
                                             _all_classes(app))})
-        outputs = [preview, classes, seg, message]
+                map_file = gr.File(label="Map (GeoTIFF, georeferenced)", visible=False,
+                                   elem_id="mapfile")
+        outputs = [preview, classes, seg, message, map_file]
+
+        def on_predict(label: str, file: str | None, dates_text: str, top_k: int) -> tuple:
+            a = app.answer(label, file, dates_text, top_k)
+            return (a.preview, a.classes, gr.update(value=a.map, visible=maps or a.map is not None),
+                    a.message, gr.update(value=None if a.map_file is None else str(a.map_file),
+                                         visible=a.map_file is not None))
+
         if rows:
             inputs = [run, file, dates] if series else [run, file]
             gr.Examples([r[: len(inputs)] for r in rows], inputs,
@@ -283,7 +388,7 @@ def build(app: App, cache: Path) -> Any:
         for note in notes:
             gr.Markdown(f"*{note}*")
         run.change(app.describe, run, about)
-        go.click(app.predict, [run, file, dates, top_k], outputs)
+        go.click(on_predict, [run, file, dates, top_k], outputs)
     return page
 
 
@@ -305,8 +410,8 @@ def serve(results: Path, host: str = "127.0.0.1", port: int | None = None,
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    app = App(results, raw)
     with tempfile.TemporaryDirectory(prefix="geopeft-app-") as tmp:
+        app = App(results, raw, maps=Path(tmp) / "maps")
         page = build(app, Path(tmp))
         port = port or int(os.environ.get("GRADIO_SERVER_PORT", 7860))
         print(f"geopeft app: {len(app.runs)} runs of {results}; serving on http://{host}:{port}",
@@ -316,4 +421,5 @@ def serve(results: Path, host: str = "127.0.0.1", port: int | None = None,
                     theme=gr.themes.Default(font=["sans-serif"], font_mono=["monospace"]))
 
 
-__all__ = ["App", "best_on_val", "build", "examples", "find_runs", "serve", "true_colour"]
+__all__ = ["PREVIEW_SIDE", "SCENE_PIXELS", "Answer", "App", "best_on_val", "build", "examples",
+           "find_runs", "serve", "true_colour"]

@@ -82,6 +82,28 @@ def atomic_file(final: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling path (not yet created) for a writer that takes a file name
+    (rasterio, GDAL); it is renamed to ``final`` when the block ends cleanly, removed otherwise.
+    The file gets the permissions ``open`` would have given it (0666 less the umask)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=final.suffix,
+                                dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    tmp.unlink()
+    try:
+        yield tmp
+        _as_created(tmp, 0o666)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_file(path) as fh:

@@ -106,6 +106,12 @@ class Task:
         (dense tasks)."""
         raise NotImplementedError
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Class probabilities of a batch of logits (N, C) or, dense tasks, (N, C, H, W), along
+        the class axis (1): softmax where the classes exclude each other, sigmoid where they do
+        not (whole-scene maps, :mod:`geopeft.evaluate.scene`)."""
+        return softmax(logits, axis=1)
+
     def labels(self, ranked: list[tuple[str, float]]) -> list[str]:
         """The prediction from the classes ranked by score, highest first."""
         raise NotImplementedError
@@ -212,6 +218,9 @@ class Multilabel(Task):
     def scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return sigmoid(logits), None
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return sigmoid(logits)
+
     def labels(self, ranked: list[tuple[str, float]]) -> list[str]:
         assert self.threshold is not None
         return [c for c, p in ranked if p >= self.threshold]
@@ -279,6 +288,12 @@ class Segmentation(Task):
     def csv_row(self, pred: Any, k: int, map_file: str) -> list[str]:
         shares = " ".join(f"{c}:{s:.3f}" for c, s in pred.top(len(pred.classes)) if s > 0)
         return [pred.file, shares, map_file]
+
+
+def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
+    """Softmax of ``logits`` along ``axis`` (float32, shifted by the maximum: no overflow)."""
+    z = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return (z / z.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
 #: The tasks, by name.

@@ -43,9 +43,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     import numpy as np
 
     from geopeft.evaluate.predict import Predictor
+    from geopeft.evaluate.scene import SCENE_SUFFIXES
     from geopeft.io import atomic_file
 
     predictor = Predictor(Path(args.model), merge=args.merge)
+    if args.out and Path(args.out).suffix.lower() in SCENE_SUFFIXES:
+        _predict_scene(args, predictor)
+        return
     preds = predictor.predict_files([Path(f) for f in args.files],
                                     _series_dates(args, predictor.source))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
@@ -61,6 +65,28 @@ def cmd_predict(args: argparse.Namespace) -> None:
         w.writerow(predictor.task.csv_row(p, args.top_k, where))
     if args.out:
         out.close()
+
+
+def _predict_scene(args: argparse.Namespace, predictor: Any) -> None:
+    """``geopeft predict --out map.tif``: the files are one scene (one raster, or one per date of
+    a time series with ``--dates``), mapped whole into a georeferenced GeoTIFF
+    (:func:`geopeft.evaluate.scene.map_scene`)."""
+    from geopeft.data.sources import DataError
+    from geopeft.evaluate.predict import parse_dates
+    from geopeft.evaluate.scene import map_scene
+
+    if args.metadata or args.maps:
+        raise DataError(f"--out {args.out}: a scene map takes --dates, not --metadata or --maps")
+    dates = ([d for text in args.dates for d in parse_dates(text, "--dates")]
+             if args.dates else None)
+    bands = [b for b in args.scene_bands.split(",") if b] if args.scene_bands else None
+    done = map_scene(predictor, [Path(f) for f in args.files], Path(args.out), dates,
+                     given_bands=bands, nodata=args.nodata, overlap=args.overlap,
+                     batch_size=args.batch_size, block=args.block,
+                     probabilities=args.probabilities, confidence=args.confidence)
+    kind = "one class per tile" if done.per_tile else "one class per pixel"
+    print(f"{done.out}: {done.shape[0]}x{done.shape[1]} map, {kind} ({done.tile[0]}x"
+          f"{done.tile[1]} px tiles: {done.tiles} run, {done.empty} empty) in {done.seconds:.1f} s")
 
 
 def cmd_app(args: argparse.Namespace) -> None:
@@ -206,16 +232,37 @@ def add_commands(sub: Any) -> None:
                    "<run>/model)")
     s.add_argument("--top-k", type=int, default=3, help="classes listed per file with their "
                    "probabilities (default 3)")
-    s.add_argument("--out", help="CSV file (default: standard output)")
+    s.add_argument("--out", help="CSV file (default: standard output); a .tif or .tiff maps the "
+                   "files as one scene (one raster, or one per date with --dates) of any size "
+                   "into a georeferenced GeoTIFF: band 1 the class (uint8, nodata 255; one per "
+                   "tile for classification, per pixel for segmentation)")
     s.add_argument("--merge", action="store_true", help="merge the run's peft adapter into the "
                    "encoder first (one plain model; same predictions within float rounding)")
     s.add_argument("--dates", action="append", help="time series: the file's acquisition dates, "
-                   "YYYYMMDD separated by commas; once per file, in order")
+                   "YYYYMMDD separated by commas; once per file, in order (a scene map: one date "
+                   "per raster, all in one list or one per raster)")
     s.add_argument("--metadata", help="time series: the dataset's metadata file, whose dates give "
                    "each file's dates (which file: see above)")
     s.add_argument("--maps", help="segmentation: write each file's class map (uint8 class "
                    "indices, H x W) as <name>.npy into this folder")
-    s.add_argument("files", nargs="+", help="samples in the run's dataset format")
+    g = s.add_argument_group("scene maps (--out map.tif)")
+    g.add_argument("--scene-bands", help="the scene's band names in file order, comma-separated "
+                   "(default: its band descriptions, else its dataset's file order when the count "
+                   "matches)")
+    g.add_argument("--nodata", type=float, help="the input value of no data (default: the "
+                   "raster's nodata value)")
+    g.add_argument("--overlap", type=int, help="segmentation: pixels by which tiles overlap, "
+                   "blended (default: a quarter of the tile)")
+    g.add_argument("--batch-size", type=int, default=16, help="tiles per forward pass "
+                   "(default 16; on the GPU when there is one)")
+    g.add_argument("--block", type=int, default=1024, help="output block side made at a time, in "
+                   "scene pixels; bounds memory (default 1024)")
+    g.add_argument("--probabilities", action="store_true", help="add one band per class: its "
+                   "probability in percent")
+    g.add_argument("--confidence", action="store_true", help="add a band: the top class's "
+                   "probability in percent")
+    s.add_argument("files", nargs="+", help="samples in the run's dataset format, or one scene "
+                   "(--out map.tif)")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("app", help="the inference app (Gradio) of a study's results folder",
