@@ -91,9 +91,12 @@ def test_every_study_file_has_a_documented_command():
 
 
 def _workdir(tmp: Path) -> Path:
-    """A fresh working copy (no results) whose paths are the repository's."""
+    """A fresh working copy (no results) whose paths are the repository's (tests/data: the
+    chips of the example of a dataset of your own)."""
     for name in ("Snakefile", "workflow", "config", "profiles"):
         (tmp / name).symlink_to(ROOT / name)
+    (tmp / "tests").mkdir(exist_ok=True)
+    (tmp / "tests" / "data").symlink_to(ROOT / "tests" / "data")
     return tmp
 
 
@@ -207,6 +210,15 @@ def check_peft_methods(rows):
     assert len(methods) == 15, methods
 
 
+def check_own_chips_example(rows):
+    """Issue 32's example of a dataset of your own: full, LoRA and linear on the chips of
+    tests/data/own_chips, read from that folder (no synthetic world, no download)."""
+    assert sorted(r["strategy"] for r in rows) == ["full", "linear", "lora"]
+    for r in rows:
+        assert (r["dataset"], r["source"], r["weights"]) == ("own_chips", "local",
+                                                              "none"), r
+
+
 def check_embedded(rows):
     for r in rows:
         assert r["source"] == "synthetic"
@@ -214,7 +226,8 @@ def check_embedded(rows):
 
 
 INTENT = {"eurosat_lora": check_eurosat_lora, "fusion_lora": check_fusion_lora,
-          "shaping_ft": check_shaping_ft, "peft_methods": check_peft_methods}
+          "shaping_ft": check_shaping_ft, "peft_methods": check_peft_methods,
+          "own_chips_example": check_own_chips_example}
 
 
 def _declared(path: Path | None) -> dict:

@@ -24,6 +24,11 @@ _study = study_config.resolve(workflow.overwrite_configfiles, workflow.config_se
 config.clear()
 config.update(_study)
 
+# A dataset of your own (data.generic): every job of this run knows it from the environment
+# (geopeft.data.sources.get_source; a prepared store also carries it)
+if DATA_GENERIC := config["data"].get("generic"):
+    os.environ[study_config.GENERIC_ENV] = canonical_json({config["data"]["dataset"]: DATA_GENERIC})
+
 STUDY = config["study"]
 # Every path of results/ and data/ comes from geopeft.layout: string roots give the strings
 # as written, with the rules' wildcards ("{run}", "{dataset}") kept for Snakemake.
@@ -194,7 +199,7 @@ def get_paper_inputs(wildcards):
 
 
 def get_final_outputs():
-    if any(row["dataset"] not in study_config.TRAINABLE_DATASETS for row in ROWS.values()):
+    if not all(study_config.trainable(row["dataset"]) for row in ROWS.values()):
         # fetched and prepared here; trained by the Fusion-LoRA / time-series studies
         return [get_store()]
     return [

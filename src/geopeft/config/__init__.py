@@ -43,9 +43,11 @@ from geopeft.config.rows import (
     study_datasets,
     study_rows,
     tracking_uri,
+    trainable,
     uses_backbone,
     view_columns,
 )
+from geopeft.data.sources.generic import ENV as GENERIC_ENV
 from geopeft.spec import ConfigError
 
 #: The default study: what ``snakemake`` runs when no study file is given.
@@ -129,6 +131,7 @@ def _merge(base: dict[str, Any], upd: dict[str, Any]) -> None:
 
 __all__ = ["DEFAULT_STUDY", "REHEARSAL_DIR", "REHEARSAL_LIMITS", "REHEARSAL_MAX_DATES",
            "SYNTHETIC_DATASETS", "TIME_SERIES_DATASETS", "TRAINABLE_DATASETS", "WORLD_DATASETS",
+           "GENERIC_ENV", "trainable",
            "ConfigError", "bands_id", "base_spec", "data_layout", "job_spec", "job_specs", "load",
            "load_schema",
            "pretrain_source", "pretrain_spec", "protocol_record", "read_yaml", "rehearsal_dir", "rehearse",

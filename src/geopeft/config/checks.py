@@ -272,8 +272,33 @@ def _check_rows(cfg: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: the study has no rows: set grid.strategy or runs")
 
 
+def _check_generic(cfg: dict[str, Any], source: str) -> None:
+    """A dataset of your own (``data.generic``) is registered under ``data.dataset``, read
+    from ``data.raw_dir``; every dataset the study names is a built-in one or that one."""
+    from geopeft.data.sources import BUILTIN, DataError, register_generic
+
+    data = cfg["data"]
+    generic = data.get("generic")
+    if generic is not None:
+        if data["source"] != "local":
+            raise ConfigError(f"{source}: data.generic: a dataset of your own is read from "
+                              f"data.raw_dir: set data.source to local (it is "
+                              f"{data['source']!r})")
+        try:
+            register_generic(data["dataset"], generic)
+        except DataError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    for where, ds in study_datasets(cfg):
+        if ds not in SOURCES or (ds not in BUILTIN and (generic is None
+                                                        or ds != data["dataset"])):
+            builtin = ", ".join(n for n in sorted(BUILTIN) if SOURCES[n].study_dataset)
+            raise ConfigError(f"{source}: {where}: {ds!r} is not one of {builtin}, nor a dataset "
+                              f"of your own declared in data.generic (data.dataset)")
+
+
 def _check_semantics(cfg: dict[str, Any], source: str) -> None:
     """What the schema cannot say: cross-references and what the data and zoo allow."""
+    _check_generic(cfg, source)
     _check_backbones(cfg, source)
     _check_strategies(cfg, source)
     _check_datasets(cfg, source)

@@ -28,6 +28,12 @@ TIME_SERIES_DATASETS = tuple(n for n in TRAINABLE_DATASETS if SOURCES[n].time_se
 WORLD_DATASETS = tuple(n for n in SYNTHETIC_DATASETS if SOURCES[n].world)
 
 
+def trainable(dataset: str) -> bool:
+    """Whether a study may train on ``dataset`` (a built-in study dataset, or a dataset of your
+    own once registered); a study of another only fetches and prepares it."""
+    return get_source(dataset).study_dataset
+
+
 def _backbones(cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(config key, backbone config) of the study's backbone and every strategy's own."""
     return [("backbone", cfg["backbone"])] + [
@@ -260,6 +266,8 @@ def data_layout(cfg: dict[str, Any]) -> DataLayout[str]:
     elif source == "download" and data["remotes"]:
         world = data["remotes"]
     options = {k: v for k, v in data["options"].items() if v is not None}
+    if data.get("generic") is not None:  # a dataset of your own: its declaration shapes it
+        options["generic"] = data["generic"]
     return DataLayout(data["root"], source, settings_tag(world) if world is not None else "",
                       settings_tag(options) if options else "")
 

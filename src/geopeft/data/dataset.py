@@ -51,16 +51,30 @@ class StoreInfo:
     image_size: tuple[int, int] | None = None
     void_class: int | None = None
     """The label that marks void pixels (segmentation), excluded from loss and metrics."""
+    generic: dict[str, Any] | None = None
+    """A dataset of your own: its declaration (``data.generic``, as prepared), which registers
+    it wherever the store or a run's record is read (:meth:`register`)."""
+
+    def register(self) -> None:
+        """Make a dataset of your own known to this process (a built-in one is known)."""
+        if self.generic is not None:
+            from geopeft.data.sources import register_generic
+
+            register_generic(self.dataset, self.generic)
 
 
 def store_info(path: Path) -> StoreInfo:
-    """The description of a prepared store (dataset, classes, bands, scale, statistics, size)."""
+    """The description of a prepared store (dataset, classes, bands, scale, statistics, size);
+    a dataset of your own is registered from the declaration the store carries."""
     ds = open_store(path)
     a = ds.attrs
-    return StoreInfo(Path(path), a["dataset"], list(a["classes"]), [str(b) for b in ds.band.values],
+    info = StoreInfo(Path(path), a["dataset"], list(a["classes"]), [str(b) for b in ds.band.values],
                      float(a["value_scale"]), list(a["norm_mean"]), list(a["norm_std"]),
                      a["fingerprint"], (int(ds.sizes["y"]), int(ds.sizes["x"])),
-                     None if a.get("void_class") is None else int(a["void_class"]))
+                     None if a.get("void_class") is None else int(a["void_class"]),
+                     a.get("generic"))
+    info.register()
+    return info
 
 
 def load_split(path: Path, split: str, subset_file: Path | None = None,

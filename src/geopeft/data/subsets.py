@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from geopeft.data.strata import strata
 from geopeft.io import write_json
 from geopeft.layout import subset_name
 
@@ -47,19 +48,6 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int,
         members = members[rng.permutation(len(members))]
         keep.append(members[: max(1, int(round(fraction * len(members))))])
     return np.sort(np.concatenate(keep))
-
-
-def strata(labels: np.ndarray) -> np.ndarray:
-    """Stratum of each sample: its class, or for multi-hot labels its rarest positive class
-    (samples without a label form their own stratum, -1)."""
-    labels = np.asarray(labels)
-    if labels.ndim == 1:
-        return labels
-    freq = labels.sum(axis=0).astype(np.float64)
-    rank = np.where(labels > 0, freq[None, :], np.inf)
-    out = rank.argmin(axis=1)
-    out[~np.isfinite(rank.min(axis=1))] = -1
-    return out
 
 
 def class_presence(maps: np.ndarray, n_classes: int, ignore: int | None = None,

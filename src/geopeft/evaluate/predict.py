@@ -94,6 +94,7 @@ class Predictor:
         spec = JobSpec.from_dict(self.record["spec"], f"{record_file}: spec")
         self.row = spec.row
         self.info = StoreInfo(**{**self.record["store"], "path": Path(self.record["store"]["path"])})
+        self.info.register()  # a dataset of your own: known from the run's record
         # what a reader needs of the study's data.options: the side the store was prepared at
         self.options: dict[str, Any] = ({"size": int(self.info.image_size[0])}
                                         if self.info.image_size else {})

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 
 from geopeft.config import (
-    TRAINABLE_DATASETS,
     WORLD_DATASETS,
     bands_id,
     pretrain_source,
     row_backbone,
     study_rows,
+    trainable,
 )
 from geopeft.data.sources import REGISTRY as SOURCES
 
@@ -105,7 +105,7 @@ def rule_jobs(cfg: dict[str, Any]) -> dict[str, int]:
     data = cfg["data"]
     bands = bands_id(data["bands"])
     jobs: dict[str, int] = {}
-    if any(r["dataset"] not in TRAINABLE_DATASETS for r in rows):
+    if not all(trainable(r["dataset"]) for r in rows):
         stores, rows = {(data["dataset"], bands)}, []  # the study only fetches and prepares
     else:
         stores = {(r["dataset"], bands) for r in rows}

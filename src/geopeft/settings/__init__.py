@@ -37,6 +37,7 @@ from geopeft.layout import RESULTS
 from geopeft.limits import Limits
 from geopeft.settings.data import Data, Subsets
 from geopeft.settings.fields import (
+    DATASET_PATTERN,
     DATASETS,
     NAME_PATTERN,
     TrainOverrides,
@@ -260,7 +261,9 @@ class Study:
 #: The schema's ``$defs``, in order: named sections (referred to by every use) and value types.
 DEFS: dict[str, Any] = {
     "backbone": Backbone,
-    "dataset": {"type": "string", "enum": DATASETS},
+    # a built-in dataset (DATASETS) or one of your own declared in data.generic
+    # (geopeft.config.checks says which names a study may use)
+    "dataset": {"type": "string", "pattern": DATASET_PATTERN},
     "fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
     "train": TrainArgs,
     "strategy": Strategy,

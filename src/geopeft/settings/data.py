@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from geopeft.bands import S2_BANDS
+from geopeft.data.sources.generic import SPLIT_METHODS as GENERIC_SPLITS
+from geopeft.data.sources.generic import TASKS as GENERIC_TASKS
 from geopeft.data.subsets import METHODS as SUBSET_METHODS
 from geopeft.data.synthetic import WorldSpec
 from geopeft.layout import DATA
@@ -19,6 +21,8 @@ from geopeft.settings.fields import (
     setting,
 )
 
+#: The data types a dataset of your own may declare.
+GENERIC_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
 #: The embedded world's defaults.
 _WORLD = WorldSpec()
 
@@ -87,6 +91,68 @@ class Synthetic:
 
 
 @dataclass(kw_only=True)
+class GenericSplit:
+    """How a dataset of your own is split into train, val and test."""
+
+    method: str = setting("stratified", enum=GENERIC_SPLITS)
+    """table = the table's split_column (train / val / test); stratified = each class's samples
+    shuffled with the seed and cut by the fractions (multi-label: by the rarest positive class);
+    spatial = whole square blocks of `block` metres of the samples' coordinates (x_column,
+    y_column) go to one split, so that neighbouring chips never straddle train and test."""
+    fractions: list[float] = setting([0.6, 0.2, 0.2], minItems=3, maxItems=3,
+                                     items={"type": "number", "exclusiveMinimum": 0})
+    """Shares of train, val and test (stratified, spatial), normalised to their sum."""
+    seed: int = setting(0, minimum=0)
+    """Seed of the shuffle (stratified, spatial)."""
+    block: float = setting(1000.0, exclusiveMinimum=0)
+    """Side of a spatial block, in the units of the coordinates (metres in a projected CRS)."""
+
+
+@dataclass(kw_only=True)
+class Generic:
+    """A dataset of your own: raster chips (GeoTIFF or any raster rasterio reads) in data.raw_dir
+    listed in a table, one row per chip (data.source: local; data.dataset: any name not a
+    built-in dataset)."""
+
+    task: str = required(enum=GENERIC_TASKS)
+    """multiclass = one class per chip (label_column); multilabel = several (label_column with
+    label_separator, or label_columns: one 0/1 column per class)."""
+    table: str = required()
+    """The table, relative to data.raw_dir: .csv, .parquet or .geojson (a FeatureCollection;
+    Point geometries give the coordinates)."""
+    classes: list[str] = required(minItems=2, uniqueItems=True)
+    """The class names, in the order of the model's outputs."""
+    bands: list[str] = required(minItems=1, uniqueItems=True)
+    """The chips' band names in file order, your names (e.g. [blue, green, red, nir])."""
+    band_map: dict[str, str] = setting({})
+    """Your band name -> its Sentinel-2 name (e.g. {nir: B08}), so that pretrained encoders get
+    the right channels; data.bands selects bands by these Sentinel-2 names. A band named as a
+    Sentinel-2 band needs no entry."""
+    path_column: str = setting("path")
+    """The column of each chip's path, relative to data.raw_dir."""
+    label_column: str = setting("label")
+    """The column of the class name (multilabel: class names joined by label_separator)."""
+    label_separator: str = setting(";")
+    """multilabel, one column: what separates the class names."""
+    label_columns: list[str] | None = optional(minItems=2)
+    """multilabel: one 0/1 column per class, in the order of classes (instead of label_column)."""
+    split_column: str | None = optional()
+    """The column of each chip's split (train, val, test): split.method table."""
+    x_column: str | None = optional()
+    """The column of each chip's x coordinate (split.method spatial)."""
+    y_column: str | None = optional()
+    """The column of each chip's y coordinate (split.method spatial)."""
+    dtype: str | None = optional(enum=GENERIC_DTYPES)
+    """The chips' data type, checked on every chip (default: the first chip's)."""
+    size: int | None = optional(minimum=8)
+    """The chips' side in pixels, checked on every chip (default: the first chip's)."""
+    value_scale: float = setting(1e-4, exclusiveMinimum=0)
+    """What turns a value into reflectance: 1e-4 for Sentinel-2 digital numbers (L2A/L1C DN),
+    1 for reflectance already."""
+    split: GenericSplit = setting(GenericSplit)
+
+
+@dataclass(kw_only=True)
 class Data:
     """The dataset, its source and bands."""
 
@@ -110,6 +176,7 @@ class Data:
     bands: list[str] = required(minItems=1, uniqueItems=True, items={"enum": S2_BANDS})
     """Sentinel-2 band names to select, in model input order."""
     synthetic: Synthetic = setting(Synthetic)
+    generic: Generic | None = optional()
 
 
 @dataclass(kw_only=True)

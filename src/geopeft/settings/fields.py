@@ -17,6 +17,9 @@ from geopeft.spec.sections import (  # noqa: F401  (the settings' field helpers)
 
 #: Datasets a study may train on (the schema's ``dataset``), asked of the source registry.
 DATASETS = tuple(n for n, s in REGISTRY.items() if s.study_dataset)
+#: A dataset's name: a built-in one (:data:`DATASETS`) or one of your own (``data.generic``);
+#: lower-case, as the workflow's ``{dataset}`` wildcard takes it.
+DATASET_PATTERN = "^[a-z0-9_]+$"
 #: Where the raw data come from (``data.source``).
 DATA_SOURCES = ("synthetic", "local", "download")
 #: How BigEarthNet's 20/60 m bands reach the 10 m grid (``data.options.resampling``).

@@ -1,0 +1,350 @@
+"""A dataset of your own from YAML alone (issue 32, item 1 and 2): raster chips in a folder and a
+table, declared in ``data.generic``; prepared as a published dataset is (zarr store, train-only
+statistics), split from the table, stratified or in spatial blocks, and every bad input refused
+with one error naming the file, its row and what was expected, nothing written under the final
+name. The chips are ``tests/data/own_chips`` (``scripts/make_own_chips.py``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+import yaml
+from rasterio.transform import from_origin
+
+from geopeft import config as gcfg
+from geopeft.data.dataset import store_info
+from geopeft.data.prepare import prepare
+from geopeft.data.sources import DataError, get_source, register_generic
+from geopeft.data.sources.generic import spatial_blocks, spatial_split, stratified_split
+from geopeft.spec import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CHIPS = ROOT / "tests" / "data" / "own_chips"
+CLASSES = ["cropland", "forest", "water"]
+BANDS = ["B04", "B03", "B02", "B08"]
+
+
+def declaration(**over) -> dict:
+    """The example's declaration as the schema fills it (table split unless said otherwise)."""
+    decl = {"task": "multiclass", "table": "labels.csv", "classes": CLASSES,
+            "bands": ["blue", "green", "red", "nir"],
+            "band_map": {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08"},
+            "path_column": "path", "label_column": "label", "label_separator": ";",
+            "split_column": "split", "x_column": "x", "y_column": "y", "value_scale": 1e-4,
+            "split": {"method": "table", "fractions": [0.6, 0.2, 0.2], "seed": 0,
+                      "block": 1000.0}}
+    return {**decl, **over}
+
+
+def table(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_table(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_chips_and_a_table_prepare_as_a_published_dataset(tmp_path):
+    """The store holds the table's chips in its splits, bands picked by their Sentinel-2 names
+    (red first here), statistics from the train split only, and the declaration, from which a
+    fresh process knows the dataset (as training, evaluation and ``geopeft predict`` do)."""
+    register_generic("own_chips", declaration())
+    out = tmp_path / "s.zarr"
+    attrs = prepare("own_chips", CHIPS, BANDS, out)
+    rows = table(CHIPS / "labels.csv")
+    assert attrs["counts"] == {s: sum(r["split"] == s for r in rows) for s in ("train", "val",
+                                                                              "test")}
+    ds = xr.open_zarr(out, zarr_format=3, consolidated=False)
+    info = store_info(out)
+    assert info.classes == CLASSES and info.bands == BANDS and info.image_size == (16, 16)
+    names = [str(n) for n in ds.name.values]
+    first = names.index("chips/chip_00.tif")
+    with rasterio.open(CHIPS / "chips" / "chip_00.tif") as f:
+        chip = f.read()  # blue, green, red, nir
+    assert np.array_equal(ds.image.values[first], chip[[2, 1, 0, 3]])
+    assert int(ds.label.values[first]) == CLASSES.index(rows[0]["label"])
+    train = ds.image.values[ds.split.values == "train"].astype(np.float64)
+    assert np.allclose(info.norm_mean, train.mean(axis=(0, 2, 3)), rtol=1e-5)
+    assert info.generic["dtype"] == "uint16" and info.generic["size"] == 16
+    code = ("import sys; from geopeft.data.dataset import store_info; "
+            "from geopeft.data.sources import get_source; i = store_info(sys.argv[1]); "
+            "s = get_source(i.dataset); print(s.task, s.dtype, ','.join(s.file_bands))")
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["multiclass", "uint16", "B02,B03,B04,B08"]
+
+
+def test_multilabel_labels_from_a_column_columns_parquet_or_geojson(tmp_path):
+    """One column with a separator, one 0/1 column per class, and the same table as Parquet and
+    GeoJSON (Point geometries give the coordinates) give the same multi-hot labels."""
+    rows = table(CHIPS / "labels.csv")
+    raw = tmp_path / "raw"
+    shutil.copytree(CHIPS / "chips", raw / "chips")
+    extra = {"cropland": "forest", "forest": "water", "water": ""}
+    for r in rows:
+        r["labels"] = "|".join(x for x in (r["label"], extra[r["label"]]) if x)
+        for c in CLASSES:
+            r[f"is_{c}"] = "1" if c in r["labels"].split("|") else "0"
+    write_table(raw / "labels.csv", rows)
+    import pandas as pd
+
+    pd.DataFrame(rows).to_parquet(raw / "labels.parquet")
+    features = [{"type": "Feature", "geometry": {"type": "Point",
+                                                 "coordinates": [float(r["x"]), float(r["y"])]},
+                 "properties": {k: v for k, v in r.items() if k not in ("x", "y")}} for r in rows]
+    (raw / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection",
+                                                    "features": features}))
+    expected = np.array([[c in r["labels"].split("|") for c in CLASSES] for r in rows], np.uint8)
+    for name, over in (("a", {"label_column": "labels", "label_separator": "|"}),
+                       ("b", {"label_columns": [f"is_{c}" for c in CLASSES]}),
+                       ("c", {"label_column": "labels", "label_separator": "|",
+                              "table": "labels.parquet"}),
+                       ("d", {"label_column": "labels", "label_separator": "|",
+                              "table": "labels.geojson",
+                              "split": {"method": "spatial", "fractions": [0.6, 0.2, 0.2],
+                                        "seed": 0, "block": 320.0}})):
+        src = register_generic(f"mine_{name}", declaration(task="multilabel", **over))
+        items = src.scan(raw, {})
+        assert np.array_equal(np.stack([it.label for it in items]), expected), name
+    out = tmp_path / "ml.zarr"
+    attrs = prepare("mine_b", raw, BANDS, out)
+    assert attrs["task"] == "multilabel"
+    assert np.array_equal(xr.open_zarr(out, zarr_format=3, consolidated=False).label.values,
+                          expected)
+
+
+def test_stratified_splits_keep_each_class_share_and_follow_the_seed():
+    labels = np.repeat(np.arange(3), [20, 30, 50])
+    parts = np.array(stratified_split(labels, (0.6, 0.2, 0.2), seed=0))
+    for c, n in enumerate((20, 30, 50)):
+        got = [int(((labels == c) & (parts == s)).sum()) for s in ("train", "val", "test")]
+        assert got == [round(0.6 * n), round(0.8 * n) - round(0.6 * n), n - round(0.8 * n)]
+    assert stratified_split(labels, (0.6, 0.2, 0.2), seed=0) == parts.tolist()
+    assert stratified_split(labels, (0.6, 0.2, 0.2), seed=1) != parts.tolist()
+
+
+def test_spatial_blocks_never_straddle_two_splits():
+    """2,000 samples over 10 x 10 km in 1 km blocks: every block lies in one split, the splits
+    hold their shares within one block's samples, and the seed decides which blocks go where."""
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 10_000, (2000, 2)) + [400_000, 5_000_000]
+    parts = np.array(spatial_split(xy, 1000.0, (0.6, 0.2, 0.2), seed=3))
+    blocks = spatial_blocks(xy, 1000.0)
+    assert len(np.unique(blocks)) == 100
+    for b in np.unique(blocks):
+        assert len(set(parts[blocks == b])) == 1, b
+    largest = np.bincount(blocks).max()
+    for s, share in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+        assert abs((parts == s).sum() - share * 2000) <= largest, s
+    assert spatial_split(xy, 1000.0, (0.6, 0.2, 0.2), seed=3) == parts.tolist()
+    assert spatial_split(xy, 1000.0, (0.6, 0.2, 0.2), seed=4) != parts.tolist()
+    # the example's chips: no 320 m block of the table's coordinates straddles two splits
+    src = register_generic("own_spatial", declaration(
+        split={"method": "spatial", "fractions": [0.6, 0.2, 0.2], "seed": 0, "block": 320.0}))
+    items = src.scan(CHIPS, {})
+    rows = {r["path"]: r for r in table(CHIPS / "labels.csv")}
+    xy = np.array([[float(rows[it.name]["x"]), float(rows[it.name]["y"])] for it in items])
+    blocks = spatial_blocks(xy, 320.0)
+    for b in np.unique(blocks):
+        assert len({it.split for it, k in zip(items, blocks, strict=True) if k == b}) == 1
+
+
+def _chip(path: Path, data: np.ndarray, crs: str = "EPSG:32631") -> None:
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
+                       count=data.shape[0], dtype=data.dtype, crs=crs,
+                       transform=from_origin(500_000, 4_600_000, 10, 10)) as f:
+        f.write(data)
+
+
+def test_each_bad_input_is_named_and_nothing_is_written(tmp_path):
+    """One clear error per case, naming the table's row, the file and what was expected (from
+    which file or key); the store is never left under its final name."""
+    rows = table(CHIPS / "labels.csv")
+    good = np.ones((4, 16, 16), np.uint16)
+
+    def case(name: str, edit, match: str, **over) -> None:
+        raw = tmp_path / name
+        shutil.copytree(CHIPS, raw)
+        rs = [dict(r) for r in rows]
+        edit(raw, rs)
+        write_table(raw / "labels.csv", rs)
+        register_generic("own_bad", declaration(**over))
+        out = tmp_path / f"{name}.zarr"
+        with pytest.raises(DataError, match=match):
+            prepare("own_bad", raw, BANDS, out)
+        assert not out.exists() and leftovers(tmp_path) == [], name
+
+    table_ = str(tmp_path / "{}" / "labels.csv")
+
+    def missing(raw, rs):
+        rs[2]["path"] = "chips/gone.tif"
+    case("missing", missing, f"{table_.format('missing')}, row 3: .*gone.tif not found")
+
+    def unreadable(raw, rs):
+        (raw / "chips" / "chip_04.tif").write_bytes(b"not a raster")
+    case("unreadable", unreadable, r"row 5: .*chip_04.tif cannot be read as a raster")
+
+    def size(raw, rs):
+        _chip(raw / "chips" / "chip_06.tif", np.ones((4, 8, 8), np.uint16))
+    case("size", size, r"row 7: .*chip_06.tif has size 8x8, expected 16x16 \(as chip_00.tif\)")
+
+    def crs(raw, rs):
+        _chip(raw / "chips" / "chip_07.tif", good, crs="EPSG:32632")
+    case("crs", crs, r"row 8: .*chip_07.tif has CRS EPSG:32632, expected EPSG:32631 "
+                     r"\(as chip_00.tif\)")
+
+    def count(raw, rs):
+        _chip(raw / "chips" / "chip_08.tif", good[:3])
+    case("count", count, r"row 9: .*chip_08.tif has 3 bands, the dataset's 4 \(blue, green, "
+                         r"red, nir\)")
+
+    def dtype(raw, rs):
+        _chip(raw / "chips" / "chip_09.tif", good.astype(np.uint8))
+    case("dtype", dtype, r"row 10: .*chip_09.tif has dtype uint8, expected uint16 "
+                         r"\(as chip_00.tif\)")
+    case("declared", lambda raw, rs: None, r"row 1: .*chip_00.tif has dtype uint16, expected "
+         r"int16 \(data.generic.dtype\)", dtype="int16")
+
+    def label(raw, rs):
+        rs[10]["label"] = "desert"
+    case("label", label, r"row 11: label 'desert' is not one of the declared classes "
+                         r"\(data.generic.classes: cropland, forest, water\)")
+
+    def empty(raw, rs):
+        for r in rs:
+            r["split"] = "train" if r["split"] == "test" else r["split"]
+    case("empty", empty, r"labels.csv: the test split holds no sample \(data.generic.split: "
+                         r"table\)")
+
+    def duplicate(raw, rs):
+        rs[12]["path"] = "chips/./chip_03.tif"
+    case("duplicate", duplicate, r"row 13: chips/./chip_03.tif is listed twice \(first in row "
+                                 r"4\)")
+
+    def column(raw, rs):
+        for r in rs:
+            r["class"] = r.pop("label")
+    case("column", column, r"labels.csv: no column 'label' \(declared in data.generic; the "
+                           r"table has path, split, x, y, class\)")
+
+    def split(raw, rs):
+        rs[0]["split"] = "validation"
+    case("split", split, r"row 1: split 'validation' is not one of train, val, test")
+
+
+def _study(tmp_path: Path, **data_over) -> Path:
+    data = {"dataset": "own_chips", "source": "local", "raw_dir": str(CHIPS), "bands": BANDS,
+            "generic": {k: v for k, v in declaration().items()
+                        if k in ("task", "table", "classes", "bands", "band_map",
+                                 "split_column")}}
+    data.update(data_over)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"study": "mine", "data": data,
+                                    "backbone": {"name": "embedded", "weights": "none"},
+                                    "strategies": {"lp": {"strategy": "linear"}},
+                                    "grid": {"strategy": ["lp"]}}))
+    return path
+
+
+def test_a_study_declares_its_own_dataset_and_is_refused_by_name(tmp_path):
+    cfg = gcfg.resolve([_study(tmp_path)])
+    assert [r["dataset"] for r in gcfg.study_rows(cfg)] == ["own_chips"]
+    assert cfg["data"]["generic"]["path_column"] == "path"  # the schema's defaults filled
+    assert get_source("own_chips").file_bands == ("B02", "B03", "B04", "B08")
+    generic = yaml.safe_load(_study(tmp_path).read_text())["data"]["generic"]
+    for over, match in (
+            ({"dataset": "eurosat_ms"}, "'eurosat_ms' is a built-in dataset"),
+            ({"source": "synthetic"}, "data.generic: a dataset of your own is read from "
+                                      "data.raw_dir: set data.source to local"),
+            ({"generic": None}, "data.dataset: 'own_chips' is not one of bigearthnet_s2, .*, "
+                                "nor a dataset of your own declared in data.generic"),
+            ({"bands": ["B04", "B11"]}, r"data.bands: 'B11' is not in own_chips \(it holds "
+                                        r"B02, B03, B04, B08\)"),
+            ({"generic": {**generic, "band_map": {"nir": "B99"}}},
+             r"data.generic.band_map: \{'nir': 'B99'\} map to no Sentinel-2 band")):
+        data = {k: v for k, v in over.items() if v is not None}
+        path = _study(tmp_path, **data)
+        if over.get("generic", 1) is None:
+            doc = yaml.safe_load(path.read_text())
+            del doc["data"]["generic"]
+            path.write_text(yaml.safe_dump(doc))
+        with pytest.raises(ConfigError, match=match):
+            gcfg.resolve([path])
+
+
+@pytest.mark.slow
+def test_the_example_study_runs_as_its_header_says(tmp_path):
+    """``config/studies/own_chips_example.yaml``'s command, as its header writes it (``uv run``:
+    this environment), in a working copy: full, LoRA and linear trained and evaluated on the
+    chips, the store split in whole 320 m blocks, the datasets logged to MLflow by name, and a
+    run that predicts on a chip and maps a scene of chips in a fresh process that knows the
+    dataset from the run alone."""
+    import os
+    import re
+    import shlex
+    import sqlite3
+
+    study = ROOT / "config" / "studies" / "own_chips_example.yaml"
+    cmd = re.search(r"^#\s+uv run (snakemake .*)$", study.read_text(), re.M).group(1)
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("Snakefile", "workflow", "config", "profiles"):
+        (work / name).symlink_to(ROOT / name)
+    (work / "tests").mkdir()
+    (work / "tests" / "data").symlink_to(ROOT / "tests" / "data")  # the header's raw_dir
+    env = {k: v for k, v in os.environ.items() if k != "GEOPEFT_DATASETS"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    r = subprocess.run(shlex.split(cmd), cwd=work, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = work / "results" / "own_chips_example"
+    runs = list(csv.DictReader((res / "runs.csv").open()))
+    assert sorted(x["strategy"] for x in runs) == ["full", "linear", "lora"]
+    assert all(0 <= float(x["test_overall_accuracy"]) <= 1 for x in runs)
+    store = next((work / "data" / "prepared").rglob("own_chips/*.zarr"))
+    ds = xr.open_zarr(store, zarr_format=3, consolidated=False)
+    where = {r["path"]: (float(r["x"]), float(r["y"])) for r in table(CHIPS / "labels.csv")}
+    blocks = spatial_blocks(np.array([where[str(n)] for n in ds.name.values]), 320.0)
+    for b in np.unique(blocks):
+        assert len(set(ds.split.values[blocks == b])) == 1
+    assert set(ds.split.values) == {"train", "val", "test"}
+    db = sqlite3.connect(work / "results" / "mlflow.db")
+    names = {n for (n,) in db.execute("select name from datasets")}
+    assert {"own_chips B04 B03 B02 B08 · train", "own_chips B04 B03 B02 B08 · test"} <= names
+    model = res / "runs" / "lora-f1-s0" / "model"
+    geopeft = [sys.executable, "-m", "geopeft.cli"]
+    r = subprocess.run([*geopeft, "predict", "--model", str(model),
+                        str(CHIPS / "chips" / "chip_00.tif")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = list(csv.DictReader(r.stdout.splitlines()))
+    assert row["prediction"] in CLASSES
+    chips = [rasterio.open(CHIPS / "chips" / f"chip_{k:02d}.tif").read() for k in range(16)]
+    mosaic = np.concatenate([np.concatenate(chips[i:i + 8], axis=2) for i in (0, 8)], axis=1)
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", width=128, height=32,
+                       count=4, dtype="uint16", crs="EPSG:32631",
+                       transform=from_origin(500_000, 4_600_000, 10, 10)) as f:
+        f.write(mosaic)  # no band names: the dataset's own file order, as a chip is read
+    r = subprocess.run([*geopeft, "predict", "--model", str(model), str(tmp_path / "scene.tif"),
+                        "--out", str(tmp_path / "map.tif")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2x8 map, one class per tile" in r.stdout
