@@ -269,6 +269,10 @@ def test_a_study_declares_its_own_dataset_and_is_refused_by_name(tmp_path):
     assert [r["dataset"] for r in gcfg.study_rows(cfg)] == ["own_chips"]
     assert cfg["data"]["generic"]["path_column"] == "path"  # the schema's defaults filled
     assert get_source("own_chips").file_bands == ("B02", "B03", "B04", "B08")
+    # a split column without split.method: the table's splits (stratified without one)
+    assert get_source("own_chips").split_method == "table"
+    assert register_generic("own_nosplit", {**declaration(), "split_column": None,
+                                            "split": {}}).split_method == "stratified"
     generic = yaml.safe_load(_study(tmp_path).read_text())["data"]["generic"]
     for over, match in (
             ({"dataset": "eurosat_ms"}, "'eurosat_ms' is a built-in dataset"),
@@ -348,3 +352,34 @@ def test_the_example_study_runs_as_its_header_says(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "2x8 map, one class per tile" in r.stdout
+    # the app knows the dataset from its runs, and offers test chips of the folder as examples
+    code = ("import sys; from pathlib import Path; from geopeft.app import App, examples; "
+            "app = App(Path(sys.argv[1])); rows, notes = examples(app.runs, app.raw, "
+            "Path(sys.argv[2])); print(notes); print('\\n'.join(r[1] for r in rows)); "
+            "print(app.predict(app.default.label, rows[0][1], '', 3)[3])")
+    r = subprocess.run([sys.executable, "-c", code, str(res), str(tmp_path)], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "[]" and len(lines) >= 3
+    test_chips = {str(n) for n, s in zip(ds.name.values, ds.split.values, strict=True)
+                  if s == "test"}
+    for line in lines[1:-1]:
+        chip = Path(os.path.normpath(work / line))  # the store's raw_dir, relative to work
+        assert str(chip.relative_to(work / "tests" / "data" / "own_chips")) in test_chips
+    assert lines[-1].split(": ")[-1].rstrip(".") in CLASSES
+
+
+def test_plan_counts_the_splits_of_your_own_table(monkeypatch, capsys):
+    """``geopeft plan`` on the example counts each split as the table and its spatial blocks make
+    it (the store will hold the same: the example's run in CI checks the store's splits)."""
+    from geopeft.cli import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["plan", "--configfile", "config/studies/own_chips_example.yaml"]) == 0
+    out = capsys.readouterr().out
+    src = get_source("own_chips")
+    items = src.scan(CHIPS, {})
+    counts = [sum(it.split == s for it in items) for s in ("train", "val", "test")]
+    assert (f"Data own_chips: train {counts[0]} / val {counts[1]} / test {counts[2]} samples: "
+            f"tests/data/own_chips/labels.csv (spatial split), counted in the study's table") in out

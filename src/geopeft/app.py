@@ -94,6 +94,10 @@ def find_runs(results: Path) -> list[RunEntry]:
                  f"{metric} {_pct(test.get('primary'))}")
         runs.append(RunEntry(row["name"], label, record_file.parent, data["dataset"], val,
                              data.get("source") == "synthetic"))
+        if rec["store"].get("generic") is not None:  # a dataset of your own: known from the run
+            from geopeft.data.sources import register_generic
+
+            register_generic(rec["store"]["dataset"], rec["store"]["generic"])
     if not runs:
         pattern = RunLayout(f"{RUNS}/<run>").record
         raise GeopeftError(f"{results}: no trained run ({pattern}); run the "
@@ -147,7 +151,7 @@ def examples(runs: list[RunEntry], raw_root: Path, cache: Path,
     for dataset in dict.fromkeys(r.dataset for r in runs):
         source = get_source(dataset)
         best = best_on_val([r for r in runs if r.dataset == dataset])
-        raw = raw_root / dataset
+        raw = _raw_folder(best, raw_root)
         try:
             items = [i for i in source.scan(raw, {}) if i.split == "test"]
         except (DataError, OSError) as err:
@@ -166,6 +170,24 @@ def examples(runs: list[RunEntry], raw_root: Path, cache: Path,
             path, dates = source.example_input(item, cache)
             rows.append([best.label, str(path), ",".join(map(str, dates or []))])
     return rows, notes
+
+
+def _raw_folder(run: RunEntry, raw_root: Path) -> Path:
+    """The raw folder of a run's dataset: under ``raw_root`` (the embedded world, a download,
+    ``--raw``), or for a dataset of your own the folder its store was prepared from
+    (``data.raw_dir``), as the store records it."""
+    from geopeft.data.prepare import open_store
+    from geopeft.data.sources import BUILTIN
+
+    raw = raw_root / run.dataset
+    if run.dataset in BUILTIN or raw.exists():
+        return raw
+
+    try:
+        store = read_json(ModelLayout(run.model_dir).record)["store"]["path"]
+        return Path(open_store(Path(store)).attrs["raw_dir"])
+    except (OSError, KeyError, ValueError):
+        return raw
 
 
 class App:
@@ -283,11 +305,10 @@ class App:
         out = Path(self._maps) / f"{path.stem}.map.tif"
         done = map_scene(predictor, [path], out)
         info = predictor.info
+        k = max(1, -(-max(h, w) // PREVIEW_SIDE))
         with Scene([path], list(info.bands), predictor.source.dtype,
                    tuple(predictor.source.file_bands)) as scene:
-            image, _ = scene.read(0, 0, h, w)
-        k = max(1, -(-max(h, w) // PREVIEW_SIDE))
-        preview = true_colour(image[:, ::k, ::k], list(info.bands), info.value_scale)
+            preview = true_colour(scene.thumbnail(k), list(info.bands), info.value_scale)
         with rasterio.open(out) as f:
             cells = f.read(1)
         th, tw = done.tile

@@ -285,9 +285,11 @@ def _check_generic(cfg: dict[str, Any], source: str) -> None:
                               f"data.raw_dir: set data.source to local (it is "
                               f"{data['source']!r})")
         try:
-            register_generic(data["dataset"], generic)
+            own = register_generic(data["dataset"], generic)
         except DataError as err:
             raise ConfigError(f"{source}: {err}") from None
+        own.raw = Path(data.get("raw_dir") or DataLayout(Path(data["root"]), "local").raw(  # type: ignore[attr-defined]
+            data["dataset"]))
     for where, ds in study_datasets(cfg):
         if ds not in SOURCES or (ds not in BUILTIN and (generic is None
                                                         or ds != data["dataset"])):

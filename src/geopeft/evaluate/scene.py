@@ -205,6 +205,16 @@ class Scene:
             valid = ~(data == self.nodata).all(axis=(0, 1))
         return (data if self.series else data[0]), valid
 
+    def thumbnail(self, step: int) -> np.ndarray:
+        """The first raster's bands (the run's order) every ``step`` pixels, (bands,
+        ceil(H / step), ceil(W / step)), decimated by GDAL as it reads (nearest): a preview
+        that never holds the scene."""
+        from rasterio.enums import Resampling
+
+        shape = (len(self.indexes), -(-self.height // step), -(-self.width // step))
+        return self.sources[0].read(self.indexes, out_shape=shape,
+                                    resampling=Resampling.nearest)
+
     def close(self) -> None:
         for s in self.sources:
             s.close()

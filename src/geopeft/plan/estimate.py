@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from geopeft.config import TIME_SERIES_DATASETS, resolve, study_rows
+from geopeft.data.sources import BUILTIN
 from geopeft.data.sources import REGISTRY as SOURCES
 from geopeft.plan.cluster import (
     DEFAULT_OVERHEAD,
@@ -170,8 +171,9 @@ def make_plan(configfiles: Sequence[str] = (), overrides: dict[str, Any] | None 
                                 "holds the counts, no published sizes apply")
         else:
             sizes[ds] = SOURCES[ds].split_sizes(data["options"])
-            size_sources[ds] = (f"{SOURCES[ds].published_splits_source}, declared in "
-                                f"geopeft.data.sources" if sizes[ds]
+            origin = (", declared in geopeft.data.sources" if ds in BUILTIN
+                      else ", counted in the study's table")
+            size_sources[ds] = (f"{SOURCES[ds].published_splits_source}{origin}" if sizes[ds]
                                 else "no split sizes declared by its source")
     prof = read_profile(profile) if profile is not None and (
         Path(profile).exists() or Path(profile) != DEFAULT_PROFILE) else Profile(None)

@@ -94,11 +94,12 @@ class Synthetic:
 class GenericSplit:
     """How a dataset of your own is split into train, val and test."""
 
-    method: str = setting("stratified", enum=GENERIC_SPLITS)
+    method: str | None = optional(enum=GENERIC_SPLITS)
     """table = the table's split_column (train / val / test); stratified = each class's samples
     shuffled with the seed and cut by the fractions (multi-label: by the rarest positive class);
     spatial = whole square blocks of `block` metres of the samples' coordinates (x_column,
-    y_column) go to one split, so that neighbouring chips never straddle train and test."""
+    y_column) go to one split, so that neighbouring chips never straddle train and test.
+    Default: table when split_column is given, else stratified."""
     fractions: list[float] = setting([0.6, 0.2, 0.2], minItems=3, maxItems=3,
                                      items={"type": "number", "exclusiveMinimum": 0})
     """Shares of train, val and test (stratified, spatial), normalised to their sum."""

@@ -96,15 +96,35 @@ class GenericSource(Source):
         self.input_format = (f"a raster chip of {len(bands)} bands "
                              f"({', '.join(bands)}), as the dataset's own")
         split = d["split"]
-        if split["method"] == "table" and not d.get("split_column"):
+        #: how the splits are made: split.method, else table when the table has a split column
+        self.split_method = split.get("method") or ("table" if d.get("split_column")
+                                                    else "stratified")
+        if self.split_method == "table" and not d.get("split_column"):
             raise DataError(f"{_where(name, 'split.method')}: table needs data.generic."
                             f"split_column (the column of train / val / test)")
-        if split["method"] == "spatial" and not (d.get("x_column") and d.get("y_column")):
+        if self.split_method == "spatial" and not (d.get("x_column") and d.get("y_column")):
             raise DataError(f"{_where(name, 'split.method')}: spatial needs data.generic."
                             f"x_column and y_column (projected coordinates, metres)")
         if self.task == "multiclass" and d.get("label_columns"):
             raise DataError(f"{_where(name, 'label_columns')}: one column per class is for a "
                             f"multilabel task; a multiclass task names its label_column")
+
+    #: the folder the study reads it from (``data.raw_dir``), set when a study is validated:
+    #: ``geopeft plan`` counts its splits there (:meth:`split_sizes`)
+    raw: Path | None = None
+
+    def split_sizes(self, options: dict[str, Any]) -> dict[str, int] | None:
+        """Samples per split as the table and ``split`` make them in :attr:`raw` (for
+        ``geopeft plan``); None when the folder is not known or cannot be read."""
+        if self.raw is None:
+            return None
+        try:
+            items = self.scan(self.raw, options)
+        except DataError:
+            return None
+        self.published_splits_source = (f"{self.table_path(self.raw)} "
+                                        f"({self.split_method} split)")
+        return {part: sum(it.split == part for it in items) for part in SPLITS}
 
     # -- the table ------------------------------------------------------------------------------
 
@@ -204,12 +224,12 @@ class GenericSource(Source):
             if not path.is_file():
                 raise DataError(f"{where}: {path} not found")
             split = None
-            if d.get("split_column") and d["split"]["method"] == "table":
+            if self.split_method == "table":
                 split = str(row[d["split_column"]]).strip()
                 if split not in SPLITS:
                     raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)} "
                                     f"(column {d['split_column']!r})")
-            if d["split"]["method"] == "spatial":
+            if self.split_method == "spatial":
                 try:
                     coords.append((float(row[d["x_column"]]), float(row[d["y_column"]])))
                 except (TypeError, ValueError):
@@ -218,7 +238,7 @@ class GenericSource(Source):
             label = self._label(row, where)
             items.append(Item(key, split or "", path, label,
                               {"row": row["_row"], "table": str(table)}))
-        method = d["split"]["method"]
+        method = self.split_method
         if method != "table":
             labels = np.stack([np.asarray(it.label) for it in items])
             fractions = tuple(d["split"]["fractions"])
