@@ -321,7 +321,8 @@ def test_the_example_study_runs_as_its_header_says(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = work / "results" / "own_chips_example"
     runs = list(csv.DictReader((res / "runs.csv").open()))
-    assert sorted(x["strategy"] for x in runs) == ["full", "linear", "lora"]
+    assert sorted((x["strategy"], x["label_fraction"]) for x in runs) == [
+        (s, f) for s in ("full", "linear", "lora") for f in ("0.5", "1.0")]
     assert all(0 <= float(x["test_overall_accuracy"]) <= 1 for x in runs)
     store = next((work / "data" / "prepared").rglob("own_chips/*.zarr"))
     ds = xr.open_zarr(store, zarr_format=3, consolidated=False)
@@ -330,6 +331,10 @@ def test_the_example_study_runs_as_its_header_says(tmp_path):
     for b in np.unique(blocks):
         assert len(set(ds.split.values[blocks == b])) == 1
     assert set(ds.split.values) == {"train", "val", "test"}
+    # half the labels: the subset keeps half of each class of the train split
+    train_labels = ds.label.values[ds.split.values == "train"].astype(int)
+    half = sum(max(1, round(0.5 * n)) for n in np.bincount(train_labels) if n)
+    assert {x["train_samples"] for x in runs if x["label_fraction"] == "0.5"} == {str(half)}
     db = sqlite3.connect(work / "results" / "mlflow.db")
     names = {n for (n,) in db.execute("select name from datasets")}
     assert {"own_chips B04 B03 B02 B08 · train", "own_chips B04 B03 B02 B08 · test"} <= names

@@ -211,9 +211,11 @@ def check_peft_methods(rows):
 
 
 def check_own_chips_example(rows):
-    """Issue 32's example of a dataset of your own: full, LoRA and linear on the chips of
-    tests/data/own_chips, read from that folder (no synthetic world, no download)."""
-    assert sorted(r["strategy"] for r in rows) == ["full", "linear", "lora"]
+    """Issue 32's example of a dataset of your own: full, LoRA and linear on all and half the
+    train labels of the chips of tests/data/own_chips, read from that folder (no synthetic
+    world, no download)."""
+    assert sorted((r["strategy"], r["label_fraction"]) for r in rows) == [
+        (s, f) for s in ("full", "linear", "lora") for f in (0.5, 1.0)]
     for r in rows:
         assert (r["dataset"], r["source"], r["weights"]) == ("own_chips", "local",
                                                               "none"), r
