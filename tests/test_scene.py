@@ -229,6 +229,16 @@ def test_a_time_series_scene_maps_one_class_per_pixel(series, tmp_path):
         expected[y : y + 24, x : x + 24] = p.label_map
     expected[42:, 42:] = NODATA
     assert np.array_equal(bands[0], expected)
+    # without --dates, each raster's TIFFTAG_DATETIME tag gives its date
+    for f, d in zip(files, dates, strict=True):
+        with rasterio.open(f, "r+") as dst:
+            dst.update_tags(TIFFTAG_DATETIME=f"{d // 10000}:{d // 100 % 100:02d}:{d % 100:02d} "
+                                             f"10:30:00")
+    tagged = map_scene(predictor, files, tmp_path / "tagged.tif", overlap=0)
+    assert np.array_equal(read_map(tagged.out)[0], bands)
+    for f in files:
+        with rasterio.open(f, "r+") as dst:
+            dst.update_tags(TIFFTAG_DATETIME="")
     # the dates are needed, in order, one per raster
     predictor = Predictor(model_dir)
     for kw, match in (({}, "one raster per date with its dates"),

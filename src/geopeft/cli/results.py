@@ -240,7 +240,8 @@ def add_commands(sub: Any) -> None:
                    "encoder first (one plain model; same predictions within float rounding)")
     s.add_argument("--dates", action="append", help="time series: the file's acquisition dates, "
                    "YYYYMMDD separated by commas; once per file, in order (a scene map: one date "
-                   "per raster, all in one list or one per raster)")
+                   "per raster, all in one list or one per raster; default: each raster's "
+                   "TIFFTAG_DATETIME tag)")
     s.add_argument("--metadata", help="time series: the dataset's metadata file, whose dates give "
                    "each file's dates (which file: see above)")
     s.add_argument("--maps", help="segmentation: write each file's class map (uint8 class "

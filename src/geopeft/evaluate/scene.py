@@ -111,6 +111,26 @@ def scene_side(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def tagged_dates(files: list[Path]) -> list[int] | None:
+    """Each raster's acquisition date (YYYYMMDD) from its ``TIFFTAG_DATETIME`` tag
+    (``YYYY:MM:DD HH:MM:SS``, as GDAL writes it); None unless every raster has one."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    out = []
+    for f in files:
+        try:
+            with rasterio.open(f) as src:
+                stamp = src.tags().get("TIFFTAG_DATETIME", "")
+        except (RasterioIOError, OSError):
+            return None  # the scene's reader names the file
+        digits = stamp.replace(":", "").replace("-", "")[:8]
+        if len(digits) != 8 or not digits.isdigit():
+            return None
+        out.append(int(digits))
+    return out
+
+
 def scene_bands(path: Path, count: int, descriptions: tuple[str | None, ...],
                 given: list[str] | None, file_bands: tuple[str, ...],
                 run_bands: list[str]) -> list[str]:
@@ -245,7 +265,8 @@ def map_scene(predictor: Any, files: list[Path], out: Path, dates: list[int] | N
             is, e.g. on the GPU).
         files: the scene's raster, or one raster per date of a time series.
         out: the GeoTIFF to write (replaced whole, never half-written).
-        dates: a time series' dates (YYYYMMDD), one per file.
+        dates: a time series' dates (YYYYMMDD), one per file (default: each raster's
+            ``TIFFTAG_DATETIME`` tag, when every raster has one).
         given_bands: the files' band names in file order (default: their band descriptions, or
             the order of the dataset's own files when the count matches).
         nodata: the input value that marks no data (default: the raster's own nodata value).
@@ -268,9 +289,12 @@ def map_scene(predictor: Any, files: list[Path], out: Path, dates: list[int] | N
     _on_gpu(predictor)
     source = predictor.source
     if source.time_series:
+        if dates is None:
+            dates = tagged_dates(files)
         if dates is None or len(dates) != len(files):
             raise DataError(f"{files[0]}: a time-series run maps one raster per date with its "
-                            f"dates (--dates, YYYYMMDD, one per raster): {len(files)} rasters, "
+                            f"dates (--dates, YYYYMMDD, one per raster, or each raster's "
+                            f"TIFFTAG_DATETIME tag): {len(files)} rasters, "
                             f"{0 if dates is None else len(dates)} dates")
         if list(dates) != sorted(set(dates)):
             raise DataError(f"--dates: {dates} are not strictly increasing (one raster per date, "
@@ -463,4 +487,4 @@ def _per_pixel(scene: Scene, run: _Runner, dst: Any, ys: np.ndarray, xs: np.ndar
 
 
 __all__ = ["BLOCK", "MAX_NODATA", "NODATA", "SCENE_SUFFIXES", "Scene", "SceneMap", "blend_weights",
-           "map_scene", "origins", "scene_bands", "scene_side"]
+           "map_scene", "origins", "scene_bands", "scene_side", "tagged_dates"]
