@@ -141,7 +141,7 @@ class Predictor:
         names = names or [f"sample {i}" for i in range(len(images))]
         days = None
         if self.source.time_series:
-            images, days = self._series(images, dates or [None] * len(images), names)
+            images, days = self.cut_series(images, dates or [None] * len(images), names)
         x = np.stack([np.asarray(im) for im in images]).astype(np.float32)
         logits = predict(self.model, x, dates=days)
         out = []
@@ -150,8 +150,16 @@ class Predictor:
             out.append(Prediction(name, self.task, self.classes, scores, label_map))
         return out
 
-    def _series(self, images: list[np.ndarray], dates: list[list[int] | None],
-                names: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    def cut_series(self, images: list[np.ndarray], dates: list[list[int] | None],
+                   names: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Time series (time, bands, H, W) with their dates (YYYYMMDD) cut to the run's sequence
+        length as its evaluation cuts the test split, and their days since the run's reference
+        date (the model's ``dates``); ``names`` name a series in an error (whole-scene maps cut
+        each tile's series here too).
+
+        Raises:
+            DataError: a series without as many dates as images, or too short for the run.
+        """
         temporal = self.row.temporal
         if temporal is None:
             raise DataError(f"{self.model_dir}: a time-series run without a sequence length")

@@ -374,7 +374,7 @@ class _Runner:
         p = self.predictor
         days = None
         if p.source.time_series:
-            tiles, days = p._series(tiles, [list(self.dates or [])] * len(tiles),
+            tiles, days = p.cut_series(tiles, [list(self.dates or [])] * len(tiles),
                                     [f"tile {i}" for i in range(len(tiles))])
         x = np.stack(tiles).astype(np.float32)
         self.tiles += len(x)
