@@ -359,8 +359,11 @@ def test_the_readme_s_app_in_a_real_browser(run, tmp_path):
                 page.locator("#upload input[type=file]").set_input_files(str(path))
                 page.wait_for_timeout(500)
                 page.locator("#predict").click()
+                # Gradio shows "processing | 0.1/4.5s" over the message until the event ends: wait
+                # for the answer and for that status to go.
                 page.wait_for_function(
-                    "n => document.querySelector('#message').innerText.includes(n)", arg=path.name,
+                    "n => { const t = document.querySelector('#message').innerText;"
+                    " return t.includes(n) && !t.startsWith('processing'); }", arg=path.name,
                     timeout=120_000)
                 return page.locator("#message").inner_text()
 
