@@ -221,6 +221,17 @@ def check_own_chips_example(rows):
                                                               "none"), r
 
 
+def check_own_fields_example(rows):
+    """Issue 32's example of a segmentation time series of your own: UPerNet + L-TAE on a ViT
+    (random weights) and the U-TAE, each on 3 dates and on 1, read from tests/data/own_fields."""
+    assert sorted((r["strategy"], r["segmentation"], r["sequence_length"]) for r in rows) == [
+        ("upernet", "upernet_ltae", 1), ("upernet", "upernet_ltae", 3), ("utae", "utae", 1),
+        ("utae", "utae", 3)]
+    for r in rows:
+        assert (r["dataset"], r["source"], r["label_fraction"]) == ("own_fields", "local", 1.0)
+        assert r["backbone"] is None or r["weights"] == "none", r
+
+
 def check_embedded(rows):
     for r in rows:
         assert r["source"] == "synthetic"
@@ -229,7 +240,8 @@ def check_embedded(rows):
 
 INTENT = {"eurosat_lora": check_eurosat_lora, "fusion_lora": check_fusion_lora,
           "shaping_ft": check_shaping_ft, "peft_methods": check_peft_methods,
-          "own_chips_example": check_own_chips_example}
+          "own_chips_example": check_own_chips_example,
+          "own_fields_example": check_own_fields_example}
 
 
 def _declared(path: Path | None) -> dict:

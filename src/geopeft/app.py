@@ -307,7 +307,8 @@ class App:
         info = predictor.info
         k = max(1, -(-max(h, w) // PREVIEW_SIDE))
         with Scene([path], list(info.bands), predictor.source.dtype,
-                   tuple(predictor.source.file_bands)) as scene:
+                   tuple(predictor.source.file_bands),
+                   aliases=predictor.source.band_aliases) as scene:
             preview = true_colour(scene.thumbnail(k), list(info.bands), info.value_scale)
         with rasterio.open(out) as f:
             cells = f.read(1)

@@ -15,6 +15,7 @@ from geopeft.config.rows import (
     SYNTHETIC_DATASETS,
     TIME_SERIES_DATASETS,
     _backbones,
+    is_series,
     study_datasets,
     study_rows,
     uses_backbone,
@@ -184,11 +185,12 @@ def _check_backbones(cfg: dict[str, Any], source: str) -> None:
 def _check_strategies(cfg: dict[str, Any], source: str) -> None:
     """U-TAE trains from scratch on time series; Fusion-LoRA's flags fit together and it has RGB
     bands."""
-    series = any(ds in TIME_SERIES_DATASETS for _, ds in study_datasets(cfg))
+    series = any(is_series(ds) for _, ds in study_datasets(cfg))
     for key, strat in cfg["strategies"].items():
         if not uses_backbone(strat) and not series:
             raise ConfigError(f"{source}: strategies.{key}.segmentation.model: U-TAE segments "
-                              f"image time series ({', '.join(TIME_SERIES_DATASETS)}); the study's "
+                              f"image time series ({', '.join(TIME_SERIES_DATASETS)}, or a "
+                              f"dataset of your own with task segmentation); the study's "
                               f"datasets are images")
         if not uses_backbone(strat) and not STRATEGY_REGISTRY[strat["strategy"]].without_encoder:
             allowed = " or ".join(n for n, s in STRATEGY_REGISTRY.items() if s.without_encoder)
@@ -242,7 +244,7 @@ def _check_datasets(cfg: dict[str, Any], source: str) -> None:
             raise ConfigError(
                 f"{source}: data.bands: {bad[0]!r} is not in {ds} (it holds {', '.join(held)})"
             )
-    kinds = {ds in TIME_SERIES_DATASETS for where, ds in study_datasets(cfg)
+    kinds = {is_series(ds) for where, ds in study_datasets(cfg)
              if not (where == "data.dataset" and cfg["grid"]["dataset"])}
     if len(kinds) > 1:
         raise ConfigError(f"{source}: grid.dataset: a study is either time-series segmentation "

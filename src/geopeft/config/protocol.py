@@ -13,7 +13,7 @@ from typing import Any
 
 from geopeft.bands import RGB
 from geopeft.config.rows import (
-    TIME_SERIES_DATASETS,
+    is_series,
     study_datasets,
     study_rows,
     uses_backbone,
@@ -160,7 +160,7 @@ def protocol_card(cfg: dict[str, Any]) -> list[tuple[str, str]]:
         for ds in datasets) + (f"; bands {' '.join(bands)}; label fractions "
          f"{', '.join(f'{100 * f:g} %' for f in fractions)} of the train split "
          f"({cfg['subsets']['method']}, nested, seeded by the run seed)")
-    series = [r for r in rows if r["dataset"] in TIME_SERIES_DATASETS]
+    series = [r for r in rows if is_series(r["dataset"])]
     lengths = sorted({r["sequence_length"] for r in series}, reverse=True)
     card["frames"] = (
         f"sequence lengths {', '.join(map(str, lengths))} "

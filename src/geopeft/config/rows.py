@@ -24,6 +24,13 @@ TRAINABLE_DATASETS = tuple(n for n, s in SOURCES.items() if s.study_dataset)
 SYNTHETIC_DATASETS = tuple(n for n in TRAINABLE_DATASETS if SOURCES[n].embedded)
 #: Datasets of image time series: rows get a sequence length and a segmentation model.
 TIME_SERIES_DATASETS = tuple(n for n in TRAINABLE_DATASETS if SOURCES[n].time_series)
+def is_series(dataset: str) -> bool:
+    """Whether a dataset's samples are image time series (rows get a sequence length and a
+    segmentation model): a built-in one of :data:`TIME_SERIES_DATASETS`, or a dataset of your own
+    registered with a segmentation task."""
+    return dataset in SOURCES and SOURCES[dataset].time_series
+
+
 #: Datasets whose embedded world one rule writes alone (``geopeft synthesize --world``).
 WORLD_DATASETS = tuple(n for n in SYNTHETIC_DATASETS if SOURCES[n].world)
 
@@ -106,7 +113,7 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     grid_lengths = list(grid["sequence_length"])
     rows: list[dict[str, Any]] = []
     for ds in datasets:
-        lengths = (grid_lengths or [None]) if ds in TIME_SERIES_DATASETS else [None]
+        lengths = (grid_lengths or [None]) if is_series(ds) else [None]
         for s in grid["strategy"]:
             for f in grid["label_fraction"]:
                 for length in lengths:
@@ -117,7 +124,7 @@ def study_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     rows += [dict(r) for r in cfg["runs"]]
     # the study's ladder of lengths: shorter selections are drawn from longer ones (nested)
     ladder = sorted({int(r.get("sequence_length") or temporal["length"]) for r in rows
-                     if (r.get("dataset") or cfg["data"]["dataset"]) in TIME_SERIES_DATASETS},
+                     if is_series(r.get("dataset") or cfg["data"]["dataset"])},
                     reverse=True)
     out = []
     for r in rows:
@@ -137,7 +144,7 @@ def _resolve(cfg: dict[str, Any], r: dict[str, Any], ladder: list[int],
     strat = cfg["strategies"][r["strategy"]]
     fraction = float(r["label_fraction"])
     seed = int(r["seed"])
-    series = (r.get("dataset") or cfg["data"]["dataset"]) in TIME_SERIES_DATASETS
+    series = is_series(r.get("dataset") or cfg["data"]["dataset"])
     length = int(r.get("sequence_length") or temporal["length"])
     train = {k: v for k, v in cfg["train"].items()}
     train.update({k: strat[k] for k in TRAIN_KEYS if k in strat})

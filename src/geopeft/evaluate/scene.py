@@ -164,7 +164,7 @@ class Scene:
 
     def __init__(self, files: list[Path], run_bands: list[str], dtype: str,
                  file_bands: tuple[str, ...] = (), given_bands: list[str] | None = None,
-                 nodata: float | None = None):
+                 nodata: float | None = None, aliases: dict[str, str] | None = None):
         import rasterio
         from rasterio.errors import RasterioIOError
 
@@ -197,6 +197,8 @@ class Scene:
                                 f"on {dtype} values: give the scene in the same units")
             names = scene_bands(self.files[0], first.count, tuple(first.descriptions),
                                 given_bands, file_bands, run_bands)
+            # a dataset of your own names its bands (e.g. nir), the run selects them as B08
+            names = [(aliases or {}).get(n, n) for n in names]
             try:
                 self.indexes = [i + 1 for i in band_indices(run_bands, names,
                                                             where=str(self.files[0]))]
@@ -289,8 +291,10 @@ def map_scene(predictor: Any, files: list[Path], out: Path, dates: list[int] | N
     _on_gpu(predictor)
     source = predictor.source
     if source.time_series:
-        if dates is None:
-            dates = tagged_dates(files)
+        if dates is None:  # the dataset's file names, else the rasters' tags
+            dates = source.file_dates(files) or tagged_dates(files)
+        if dates is None and len(files) == 1 and not source.input_needs_dates:
+            dates = [0]  # a dataset of undated images: one image, its date unknown
         if dates is None or len(dates) != len(files):
             raise DataError(f"{files[0]}: a time-series run maps one raster per date with its "
                             f"dates (--dates, YYYYMMDD, one per raster, or each raster's "
@@ -319,7 +323,7 @@ def map_scene(predictor: Any, files: list[Path], out: Path, dates: list[int] | N
             raise DataError(f"--overlap {overlap}: must be at least 0 and under the tile side "
                             f"{min(th, tw)}")
     with Scene(files, list(predictor.info.bands), source.dtype, tuple(source.file_bands),
-               given_bands, nodata) as scene:
+               given_bands, nodata, source.band_aliases) as scene:
         where = str(files[0])
         if per_tile:
             ys = origins(scene.height, th, th, f"{where}: height")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geopeft.config import TIME_SERIES_DATASETS, resolve, study_rows
+from geopeft.config import is_series, resolve, study_rows
 from geopeft.data.sources import BUILTIN
 from geopeft.data.sources import REGISTRY as SOURCES
 from geopeft.plan.cluster import (
@@ -210,7 +210,7 @@ def _estimate(plan: Plan, cfg: dict[str, Any], rows: list[dict[str, Any]]) -> No
     for r in rows:
         sizes = plan.sizes.get(r["dataset"])
         n = train_samples(sizes, r["label_fraction"])
-        dates = r.get("sequence_length") if r["dataset"] in TIME_SERIES_DATASETS else None
+        dates = r.get("sequence_length") if is_series(r["dataset"]) else None
         epochs = int(r["train"]["epochs"])
         if n is not None:
             plan.sample_dates += n * epochs * (dates or 1)

@@ -96,9 +96,10 @@ class GenericSplit:
 
     method: str | None = optional(enum=GENERIC_SPLITS)
     """table = the table's split_column (train / val / test); stratified = each class's samples
-    shuffled with the seed and cut by the fractions (multi-label: by the rarest positive class);
-    spatial = whole square blocks of `block` metres of the samples' coordinates (x_column,
-    y_column) go to one split, so that neighbouring chips never straddle train and test.
+    shuffled with the seed and cut by the fractions (multi-label: by the rarest positive class;
+    segmentation: by the mask's most frequent class); spatial = whole square blocks of `block`
+    metres of the samples' coordinates (x_column, y_column, else the centre of each chip's
+    bounds) go to one split, so that neighbouring chips never straddle train and test.
     Default: table when split_column is given, else stratified."""
     fractions: list[float] = setting([0.6, 0.2, 0.2], minItems=3, maxItems=3,
                                      items={"type": "number", "exclusiveMinimum": 0})
@@ -112,12 +113,14 @@ class GenericSplit:
 @dataclass(kw_only=True)
 class Generic:
     """A dataset of your own: raster chips (GeoTIFF or any raster rasterio reads) in data.raw_dir
-    listed in a table, one row per chip (data.source: local; data.dataset: any name not a
-    built-in dataset)."""
+    listed in a table, one row per chip, or per chip and date for a time series (data.source:
+    local; data.dataset: any name not a built-in dataset)."""
 
     task: str = required(enum=GENERIC_TASKS)
     """multiclass = one class per chip (label_column); multilabel = several (label_column with
-    label_separator, or label_columns: one 0/1 column per class)."""
+    label_separator, or label_columns: one 0/1 column per class); segmentation = a mask raster per
+    sample (mask_column or mask_pattern), one class per pixel, its samples one image or a time
+    series (sample_column, date_column, date_pattern)."""
     table: str = required()
     """The table, relative to data.raw_dir: .csv, .parquet or .geojson (a FeatureCollection;
     Point geometries give the coordinates)."""
@@ -140,13 +143,34 @@ class Generic:
     split_column: str | None = optional()
     """The column of each chip's split (train, val, test): split.method table."""
     x_column: str | None = optional()
-    """The column of each chip's x coordinate (split.method spatial)."""
+    """The column of each chip's x coordinate (split.method spatial; default: the centre of the
+    chip's georeferenced bounds)."""
     y_column: str | None = optional()
-    """The column of each chip's y coordinate (split.method spatial)."""
+    """The column of each chip's y coordinate (split.method spatial; default: as x_column)."""
     dtype: str | None = optional(enum=GENERIC_DTYPES)
     """The chips' data type, checked on every chip (default: the first chip's)."""
     size: int | None = optional(minimum=8)
     """The chips' side in pixels, checked on every chip (default: the first chip's)."""
+    mask_column: str | None = optional()
+    """segmentation: the column of each sample's mask raster (one band of class indices 0, 1, ...
+    in the order of classes), relative to data.raw_dir."""
+    mask_pattern: str | None = optional()
+    """segmentation, instead of mask_column: the mask's path made from the image's, e.g.
+    masks/{stem}.tif ({stem}: the image file's name without suffix, {name}: with it, {sample}:
+    the sample_column's value)."""
+    ignore_value: int | None = optional(minimum=0, maximum=255)
+    """segmentation: the mask value of unlabelled pixels (void: out of the loss and the metrics);
+    any other value outside the classes is an error."""
+    sample_column: str | None = optional()
+    """Time series of per-date rasters: rows with the same value are the dates of one sample (they
+    share its mask, split and coordinates)."""
+    date_column: str | None = optional()
+    """Each raster's acquisition date (YYYYMMDD or YYYY-MM-DD); a raster stacking several dates
+    (dates x bands, date-major) lists them joined by ';'. Default: date_pattern, else each
+    raster's TIFFTAG_DATETIME tag, else undated (one image per sample)."""
+    date_pattern: str | None = optional()
+    """A regular expression whose first group finds the date (YYYYMMDD or YYYY-MM-DD) in each
+    raster's file name, e.g. '_(\\d{8})\\.tif$'."""
     value_scale: float = setting(1e-4, exclusiveMinimum=0)
     """What turns a value into reflectance: 1e-4 for Sentinel-2 digital numbers (L2A/L1C DN),
     1 for reflectance already."""

@@ -127,6 +127,18 @@ class Source:
     #: one, else EuroSAT-MS's 13-band set
     pretrain_source: str = "eurosat_ms_source"
 
+    @property
+    def band_aliases(self) -> dict[str, str]:
+        """Band names a file of this dataset may carry -> the name a study selects it by (a
+        dataset of your own: your names -> Sentinel-2's; built-in ones: none)."""
+        return {}
+
+    def file_dates(self, files: Sequence[Path]) -> list[int] | None:
+        """The acquisition dates (YYYYMMDD) of single-date files, one each, as the dataset's
+        file names give them; None when they do not (whole-scene maps then read the rasters'
+        tags, or take ``--dates``)."""
+        return None
+
     def split_sizes(self, options: dict[str, Any]) -> dict[str, int] | None:
         """Samples per split (train, val, test) of the published dataset as the study's source
         options (``data.options``) split it, for planning (``geopeft plan``); None when not known.

@@ -8,11 +8,23 @@ class (multi-label). Bands have the user's names in file order, each mapped to i
 where it has one (``band_map``), so that pretrained encoders get the right channels; a study
 selects bands by their Sentinel-2 names.
 
+**Segmentation**: each sample has a mask raster (one band of class indices 0, 1, ... in the
+order of ``classes``; ``ignore_value`` marks unlabelled pixels, stored as the void class that
+loss and metrics leave out; any other value is an error naming the mask), from the table
+(``mask_column``) or paired by name (``mask_pattern``). Its sample is one image or a **time
+series**: per-date rasters, one table row each, grouped by ``sample_column``, or one raster
+stacking the dates (dates x bands, date-major). Dates come from ``date_column``, from the file
+name (``date_pattern``) or from each raster's ``TIFFTAG_DATETIME``; a sample without dates is
+one image (its date stored as 0, unknown). The store then has PASTIS's layout: ``image (sample,
+time, band, y, x)`` padded to the longest series, ``dates``, ``n_dates``, ``label (sample, y,
+x)``, ``void_class``; the time-series models (U-TAE, UPerNet + L-TAE) train on it.
+
 Splits come from the table's split column, or are made here: **stratified** (each class's
 samples shuffled with the seed, then cut by the fractions; multi-label by the rarest positive
-class) or **spatially blocked** (samples grouped into square blocks of ``split.block`` metres of
-their coordinates, whole blocks assigned to splits, so that neighbouring chips never straddle
-train and test). Every file is checked as it is read: a missing or unreadable file is named with
+class; segmentation by the mask's most frequent class) or **spatially blocked** (samples grouped
+into square blocks of ``split.block`` metres of their coordinates, from the table or else the
+centre of each chip's bounds, whole blocks assigned to splits, so that neighbouring chips never
+straddle train and test). Every file is checked as it is read: a missing or unreadable file is named with
 its table row, a chip unlike the first is named with what was expected and from which file.
 
 The declaration travels with the data: preparation writes it into the store's attributes
@@ -23,24 +35,40 @@ store or the run alone; the workflow's jobs also get the study's declarations in
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from geopeft.bands import S2_BANDS
-from geopeft.data.sources.base import SPLITS, DataError, Item, Sample, Source, check_values
+from geopeft.data.sources.base import (
+    SPLITS,
+    DataError,
+    Item,
+    Sample,
+    Source,
+    check_values,
+)
 from geopeft.limits import DEFAULT, Limits
 
 #: The environment variable holding the study's declared datasets (JSON: name -> declaration),
 #: set by the workflow for its jobs.
 ENV = "GEOPEFT_DATASETS"
 #: Tasks a generic source may declare.
-TASKS = ("multiclass", "multilabel")
+TASKS = ("multiclass", "multilabel", "segmentation")
+#: The name of the class a segmentation dataset's ignored pixels get (``ignore_value``).
+VOID = "void"
+#: What joins the dates of a raster stacking several (``date_column``).
+DATE_SEPARATOR = ";"
+#: The keys only a segmentation task takes (masks, and the dates of time series).
+SEGMENTATION_KEYS = ("mask_column", "mask_pattern", "ignore_value", "sample_column",
+                     "date_column", "date_pattern")
 #: How a generic source's splits are made.
 SPLIT_METHODS = ("table", "stratified", "spatial")
 #: The tables a generic source reads, by file suffix.
@@ -72,6 +100,26 @@ class GenericSource(Source):
         self.classes = tuple(d["classes"])
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise DataError(f"{_where(name, 'classes')}: two or more distinct class names")
+        self.segmentation = self.task == "segmentation"
+        #: the void class of a segmentation dataset (its ignored pixels): the last
+        self.void_class: int | None = None
+        if self.segmentation:
+            self._init_segmentation(name, d)
+        elif any(d.get(k) is not None for k in SEGMENTATION_KEYS):
+            key = next(k for k in SEGMENTATION_KEYS if d.get(k) is not None)
+            raise DataError(f"{_where(name, key)}: is for a segmentation task (the task is "
+                            f"{self.task})")
+        if d.get("date_pattern"):
+            try:
+                self.date_re: re.Pattern | None = re.compile(d["date_pattern"])
+            except re.error as err:
+                raise DataError(f"{_where(name, 'date_pattern')}: {d['date_pattern']!r} is not a "
+                                f"regular expression ({err})") from None
+            if self.date_re.groups < 1:
+                raise DataError(f"{_where(name, 'date_pattern')}: {d['date_pattern']!r} has no "
+                                f"group around the date")
+        else:
+            self.date_re = None
         bands = list(d["bands"])
         mapping = dict(d.get("band_map") or {})
         unknown = sorted(set(mapping) - set(bands))
@@ -90,11 +138,15 @@ class GenericSource(Source):
         self.value_scale = float(d["value_scale"])
         self.dtype = d.get("dtype") or "uint16"
         self.native_size = d.get("size")
-        self.label_dims = ("class",) if self.task == "multilabel" else ()
+        self.label_dims = (("class",) if self.task == "multilabel" else ("y", "x")
+                           if self.segmentation else ())
         self.embedded = False
         self.study_dataset = True
         self.input_format = (f"a raster chip of {len(bands)} bands "
                              f"({', '.join(bands)}), as the dataset's own")
+        if self.segmentation:
+            self.input_format = (f"a raster of {len(bands)} bands ({', '.join(bands)}), or of "
+                                 f"dates x {len(bands)} (date-major) with its dates")
         split = d["split"]
         #: how the splits are made: split.method, else table when the table has a split column
         self.split_method = split.get("method") or ("table" if d.get("split_column")
@@ -102,12 +154,55 @@ class GenericSource(Source):
         if self.split_method == "table" and not d.get("split_column"):
             raise DataError(f"{_where(name, 'split.method')}: table needs data.generic."
                             f"split_column (the column of train / val / test)")
-        if self.split_method == "spatial" and not (d.get("x_column") and d.get("y_column")):
-            raise DataError(f"{_where(name, 'split.method')}: spatial needs data.generic."
-                            f"x_column and y_column (projected coordinates, metres)")
+        if bool(d.get("x_column")) != bool(d.get("y_column")):
+            raise DataError(f"{_where(name, 'x_column')}: x_column and y_column go together "
+                            f"(else each chip's bounds give its centre)")
         if self.task == "multiclass" and d.get("label_columns"):
             raise DataError(f"{_where(name, 'label_columns')}: one column per class is for a "
                             f"multilabel task; a multiclass task names its label_column")
+
+    def _init_segmentation(self, name: str, d: dict[str, Any]) -> None:
+        if bool(d.get("mask_column")) == bool(d.get("mask_pattern")):
+            raise DataError(f"{_where(name, 'mask_column')}: a segmentation task needs its masks: "
+                            f"mask_column (the table's column of mask paths) or mask_pattern "
+                            f"(e.g. masks/{{stem}}.tif), one of them")
+        if d.get("label_columns"):
+            raise DataError(f"{_where(name, 'label_columns')}: a segmentation task's labels are "
+                            f"its masks (mask_column or mask_pattern)")
+        if VOID in self.classes:
+            raise DataError(f"{_where(name, 'classes')}: {VOID!r} is the name of the ignored "
+                            f"pixels' class; name yours otherwise")
+        if len(self.classes) > 254:
+            raise DataError(f"{_where(name, 'classes')}: {len(self.classes)} classes; a mask "
+                            f"holds at most 254 and the void class")
+        ignore = d.get("ignore_value")
+        if ignore is not None and int(ignore) < len(self.classes):
+            raise DataError(f"{_where(name, 'ignore_value')}: {ignore} is the index of class "
+                            f"{self.classes[int(ignore)]!r}; the ignored value is another")
+        self.void_class = len(self.classes)
+        self.classes = (*self.classes, VOID)
+        self.dims = ("time", "band", "y", "x")
+        # whether the samples have dates (predictions then need them): declared, or known
+        # once scanned (TIFFTAG_DATETIME tags; a prepared store's declaration says ``dated``)
+        self.input_needs_dates = bool(d.get("date_column") or d.get("date_pattern")
+                                      or d.get("sample_column") or d.get("dated"))
+
+    @property
+    def band_aliases(self) -> dict[str, str]:
+        """Your band names -> their Sentinel-2 names (``band_map``): a scene whose band
+        descriptions are your names is read as the run selects its bands."""
+        return {u: f for u, f in zip(self.user_bands, self.file_bands, strict=True) if u != f}
+
+    def file_dates(self, files: Sequence[Path]) -> list[int] | None:
+        """Each file's date as ``date_pattern`` finds it in its name (None: no pattern, or a
+        name it does not match)."""
+        if self.date_re is None:
+            return None
+        found = [self.date_re.search(Path(f).name) for f in files]
+        if not all(found):
+            return None
+        return [parse_date(m.group(1), str(f)) for m, f in zip(found, files, strict=True)
+                if m is not None]
 
     #: the folder the study reads it from (``data.raw_dir``), set when a study is validated:
     #: ``geopeft plan`` counts its splits there (:meth:`split_sizes`)
@@ -160,10 +255,11 @@ class GenericSource(Source):
         if not rows:
             raise DataError(f"{path}: the table has no rows")
         needed = [self.decl["path_column"]]
-        needed += (list(self.decl["label_columns"]) if self.decl.get("label_columns")
-                   else [self.decl["label_column"]])
-        needed += [self.decl[k] for k in ("split_column", "x_column", "y_column")
-                   if self.decl.get(k)]
+        if not self.segmentation:
+            needed += (list(self.decl["label_columns"]) if self.decl.get("label_columns")
+                       else [self.decl["label_column"]])
+        needed += [self.decl[k] for k in ("split_column", "x_column", "y_column", "mask_column",
+                                          "sample_column", "date_column") if self.decl.get(k)]
         missing = [c for c in needed if c not in rows[0]]
         if missing:
             raise DataError(f"{path}: no column {', '.join(map(repr, missing))} (declared in "
@@ -202,15 +298,15 @@ class GenericSource(Source):
     # -- Source ---------------------------------------------------------------------------------
 
     def scan(self, raw: Path, options: dict[str, Any]) -> list[Item]:
-        """Every row of the table as a sample, its split given or made; rows are checked (file
-        present, label declared, path not repeated) and named by their row on error."""
+        """Every row of the table as a sample (segmentation: every sample of the rows), its split
+        given or made; rows are checked (file present, label declared, path not repeated) and
+        named by their row on error."""
         raw = Path(raw)
         table = self.table_path(raw)
         rows = self.read_table(raw)
         d = self.decl
         items: list[Item] = []
         seen: dict[str, int] = {}
-        coords: list[tuple[float, float]] = []
         for row in rows:
             where = f"{table}, row {row['_row']}"
             rel = str(row[d["path_column"]]).strip()
@@ -223,31 +319,37 @@ class GenericSource(Source):
             path = raw / rel
             if not path.is_file():
                 raise DataError(f"{where}: {path} not found")
-            split = None
+            split = ""
             if self.split_method == "table":
                 split = str(row[d["split_column"]]).strip()
                 if split not in SPLITS:
                     raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)} "
                                     f"(column {d['split_column']!r})")
-            if self.split_method == "spatial":
+            xy = None
+            if d.get("x_column"):
                 try:
-                    coords.append((float(row[d["x_column"]]), float(row[d["y_column"]])))
+                    xy = (float(row[d["x_column"]]), float(row[d["y_column"]]))
                 except (TypeError, ValueError):
-                    raise DataError(f"{where}: coordinates {row[d['x_column']]!r}, "
-                                    f"{row[d['y_column']]!r} are not numbers") from None
-            label = self._label(row, where)
-            items.append(Item(key, split or "", path, label,
-                              {"row": row["_row"], "table": str(table)}))
+                    if self.split_method == "spatial":
+                        raise DataError(f"{where}: coordinates {row[d['x_column']]!r}, "
+                                        f"{row[d['y_column']]!r} are not numbers") from None
+            label = None if self.segmentation else self._label(row, where)
+            items.append(Item(key, split, path, label,
+                              {"row": row["_row"], "table": str(table), "xy": xy}))
+        if self.segmentation:
+            items = self._series(raw, items, rows, table)
+            options.setdefault("t_max", max(len(it.extra["dates"]) for it in items))
         method = self.split_method
         if method != "table":
-            labels = np.stack([np.asarray(it.label) for it in items])
             fractions = tuple(d["split"]["fractions"])
             seed = int(d["split"]["seed"])
             if method == "stratified":
+                labels = (np.array([self._dominant(it) for it in items]) if self.segmentation
+                          else np.stack([np.asarray(it.label) for it in items]))
                 assigned = stratified_split(labels, fractions, seed)
             else:
-                assigned = spatial_split(np.array(coords, np.float64), float(d["split"]["block"]),
-                                         fractions, seed)
+                xy = np.array([self._centre(it) for it in items], np.float64)
+                assigned = spatial_split(xy, float(d["split"]["block"]), fractions, seed)
             for it, part in zip(items, assigned, strict=True):
                 it.split = part
         for part in SPLITS:
@@ -257,16 +359,193 @@ class GenericSource(Source):
         self.reference(items)
         return items
 
+    def _centre(self, item: Item) -> tuple[float, float]:
+        """A sample's coordinates: the table's, else the centre of its raster's bounds."""
+        if item.extra.get("xy") is not None:
+            return item.extra["xy"]
+        import rasterio
+        from rasterio.errors import RasterioIOError
+
+        where = f"{item.extra['table']}, row {item.extra['row']}"
+        try:
+            with rasterio.open(item.path) as src:
+                if src.crs is None or src.transform.is_identity:
+                    raise DataError(f"{where}: {item.path} is not georeferenced; split.method "
+                                    f"spatial needs its coordinates (data.generic.x_column, "
+                                    f"y_column)")
+                b = src.bounds
+        except RasterioIOError as err:
+            raise DataError(f"{where}: {item.path} cannot be read as a raster ({err})") from None
+        return ((b.left + b.right) / 2, (b.bottom + b.top) / 2)
+
+    # -- segmentation: masks and series ---------------------------------------------------------
+
+    def _date(self, row: dict[str, Any], path: Path, where: str) -> list[int]:
+        """A raster's dates (YYYYMMDD): the date column's (several for a stacked raster), the
+        file name's (date_pattern), its TIFFTAG_DATETIME tag, or none (undated)."""
+        d = self.decl
+        if d.get("date_column"):
+            text = str(row[d["date_column"]]).strip()
+            parts = [t.strip() for t in text.split(DATE_SEPARATOR) if t.strip()]
+            if not parts:
+                raise DataError(f"{where}: no date in column {d['date_column']!r}")
+            return [parse_date(t, f"{where}: column {d['date_column']!r}") for t in parts]
+        if self.date_re is not None:
+            m = self.date_re.search(path.name)
+            if m is None:
+                raise DataError(f"{where}: {path.name} has no date that data.generic."
+                                f"date_pattern {self.date_re.pattern!r} finds")
+            return [parse_date(m.group(1), f"{where}: {path.name}")]
+        tag = raster_date(path, where)
+        return [] if tag is None else [tag]
+
+    def _mask_path(self, raw: Path, row: dict[str, Any], image: Path, sample: str,
+                   where: str) -> Path:
+        d = self.decl
+        if d.get("mask_column"):
+            rel = str(row[d["mask_column"]]).strip()
+            if not rel:
+                raise DataError(f"{where}: no mask in column {d['mask_column']!r}")
+        else:
+            try:
+                rel = d["mask_pattern"].format(stem=image.stem, name=image.name, sample=sample)
+            except (KeyError, IndexError, ValueError) as err:
+                raise DataError(f"data.generic.mask_pattern: {d['mask_pattern']!r} cannot be "
+                                f"filled ({err}; it may use {{stem}}, {{name}}, "
+                                f"{{sample}})") from None
+        path = raw / rel
+        if not path.is_file():
+            raise DataError(f"{where}: mask {path} not found")
+        return path
+
+    def _series(self, raw: Path, rows_items: list[Item], rows: list[dict[str, Any]],
+                table: Path) -> list[Item]:
+        """The samples of a segmentation table: each row its own (one image or a stacked
+        series), or the rows of one ``sample_column`` value, ordered by date; the mask, split
+        and coordinates of a sample's rows must agree."""
+        d = self.decl
+        groups: dict[str, list[tuple[Item, dict[str, Any]]]] = {}
+        for it, row in zip(rows_items, rows, strict=True):
+            sample = str(row[d["sample_column"]]).strip() if d.get("sample_column") else it.name
+            if not sample:
+                raise DataError(f"{table}, row {row['_row']}: no sample in column "
+                                f"{d['sample_column']!r}")
+            groups.setdefault(sample, []).append((it, row))
+        out = []
+        masks: dict[str, str] = {}
+        for sample, members in groups.items():
+            first, row0 = members[0]
+            where0 = f"{table}, row {row0['_row']}"
+            mask = self._mask_path(raw, row0, first.path, sample, where0)
+            files, dates = [], []
+            for it, row in members:
+                where = f"{table}, row {row['_row']}"
+                if self._mask_path(raw, row, it.path, sample, where) != mask:
+                    raise DataError(f"{where}: sample {sample} has mask "
+                                    f"{self._mask_path(raw, row, it.path, sample, where)}, its "
+                                    f"row {row0['_row']} {mask}: one mask per sample")
+                if it.split != first.split:
+                    raise DataError(f"{where}: sample {sample} is in {it.split}, its row "
+                                    f"{row0['_row']} in {first.split}: one split per sample")
+                got = self._date(row, it.path, where)
+                if len(members) > 1 and len(got) != 1:
+                    raise DataError(f"{where}: {len(got)} dates for {it.path.name} of sample "
+                                    f"{sample}; a series of per-date rasters takes one date per "
+                                    f"row (data.generic.date_column, date_pattern, or each "
+                                    f"raster's TIFFTAG_DATETIME tag)")
+                files.append((it.path, row["_row"], len(got)))
+                dates += got
+            if len(files) > 1 or len(dates) > 1:
+                order = np.argsort(dates, kind="stable")
+                if any(dates[a] == dates[b] for a, b in zip(order, order[1:], strict=False)):
+                    dup = next(dates[a] for a, b in zip(order, order[1:], strict=False)
+                               if dates[a] == dates[b])
+                    raise DataError(f"{where0}: sample {sample} has date {dup} twice")
+                if len(files) > 1:
+                    files = [files[i] for i in order]
+                elif list(order) != list(range(len(dates))):
+                    raise DataError(f"{where0}: the dates of {first.path.name} "
+                                    f"({DATE_SEPARATOR.join(map(str, dates))}) are not in "
+                                    f"increasing order, as its bands are stacked")
+                dates = sorted(dates)
+            if not dates:
+                dates = [0]  # undated: one image, its date unknown
+            key = str(mask)
+            if key in masks:
+                raise DataError(f"{where0}: mask {mask} is sample {masks[key]}'s too")
+            masks[key] = sample
+            out.append(Item(sample, first.split, first.path, mask,
+                            {"row": row0["_row"], "table": str(table), "xy": first.extra["xy"],
+                             "files": files, "dates": dates}))
+        undated = [it for it in out if it.extra["dates"] == [0]]
+        if undated and len(undated) < len(out):
+            it = undated[0]
+            raise DataError(f"{it.extra['table']}, row {it.extra['row']}: sample {it.name} has no "
+                            f"date, others have: date every raster, or none")
+        self.input_needs_dates = not undated
+        return out
+
+    def _dominant(self, item: Item) -> int:
+        """The most frequent labelled class of a sample's mask (the stratum of its split)."""
+        mask = self._read_mask(item, None)
+        counts = np.bincount(mask.ravel(), minlength=len(self.classes))[: self.void_class]
+        return int(counts.argmax())
+
+    def _read_mask(self, item: Item, side: tuple[int, int] | None,
+                   limits: Limits = DEFAULT) -> np.ndarray:
+        """A sample's mask as class indices, its ignored value as the void class.
+
+        Raises:
+            DataError: naming the mask: unreadable, not one band of integers, another side than
+                the image's, or values outside the classes (listed).
+        """
+        import rasterio
+        from rasterio.errors import RasterioIOError
+
+        path = Path(item.label)
+        where = f"{item.extra.get('table', self.name)}, row {item.extra.get('row', '?')}"
+        try:
+            with rasterio.open(path) as src:
+                if src.count != 1:
+                    raise DataError(f"{where}: mask {path} has {src.count} bands, a mask has one "
+                                    f"(class indices)")
+                if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+                    raise DataError(f"{where}: mask {path} is {src.dtypes[0]}, not integers "
+                                    f"(class indices)")
+                check_values(path, f"{src.height}x{src.width} px", src.height * src.width,
+                             src.dtypes[0], limits)
+                if side is not None and (src.height, src.width) != tuple(side):
+                    raise DataError(f"{where}: mask {path} is {src.height}x{src.width}, its image "
+                                    f"{side[0]}x{side[1]}")
+                values = src.read(1)
+        except RasterioIOError as err:
+            raise DataError(f"{where}: mask {path} cannot be read as a raster ({err})") from None
+        n = self.void_class
+        assert n is not None
+        ignore = self.decl.get("ignore_value")
+        out = values.astype(np.int64)
+        if ignore is not None:
+            out[values == int(ignore)] = n
+        bad = np.unique(out[(out < 0) | (out > n) | ((out == n) & (values != (ignore or -1)))])
+        if bad.size:
+            named = ", ".join(f"{i}: {c}" for i, c in enumerate(self.classes[:n]))
+            raise DataError(f"{where}: mask {path} holds values {bad[:8].tolist()} outside the "
+                            f"classes ({named}" + (f"; ignored: {ignore}" if ignore is not None
+                                                   else "; no data.generic.ignore_value") + ")")
+        return out.astype(np.uint8)
+
     def _read_file(self, path: Path, limits: Limits, where: str,
-                   check: Callable[[Any], None] | None = None) -> np.ndarray:
+                   check: Callable[[Any], None] | None = None, dates: int = 1) -> np.ndarray:
+        """A raster's values (bands, H, W): ``dates`` x the dataset's bands, checked."""
         import rasterio
         from rasterio.errors import RasterioIOError
 
         try:
             with rasterio.open(path) as src:
-                if src.count != len(self.user_bands):
+                if src.count != dates * len(self.user_bands):
                     raise DataError(f"{where}: {path} has {src.count} bands, the dataset's "
-                                    f"{len(self.user_bands)} ({', '.join(self.user_bands)})")
+                                    f"{len(self.user_bands)} ({', '.join(self.user_bands)})"
+                                    + (f" x {dates} dates" if dates > 1 else ""))
                 check_values(path, f"{src.height}x{src.width} px x {src.count} bands",
                              src.height * src.width * src.count, src.dtypes[0], limits)
                 if check is not None:
@@ -279,21 +558,45 @@ class GenericSource(Source):
              limits: Limits = DEFAULT) -> Sample:
         """One chip, checked against the first chip read (:meth:`first_chip`) or the declared
         dtype and size; bands picked by their Sentinel-2 names."""
-        where = f"{item.extra.get('table', self.name)}, row {item.extra.get('row', '?')}"
         ref = item.extra.get("reference")
 
-        def check(src: Any) -> None:
-            got = {"dtype": src.dtypes[0], "size": f"{src.height}x{src.width}",
-                   "CRS": str(src.crs) if src.crs else "none"}
-            for key, want in (ref or {}).items():
-                if got[key] != want[0]:
-                    raise DataError(f"{where}: {item.path} has {key} {got[key]}, expected "
-                                    f"{want[0]} ({want[1]})")
+        def checker(path: Path, where: str) -> Callable[[Any], None]:
+            def check(src: Any) -> None:
+                got = {"dtype": src.dtypes[0], "size": f"{src.height}x{src.width}",
+                       "CRS": str(src.crs) if src.crs else "none"}
+                for key, want in (ref or {}).items():
+                    if got[key] != want[0]:
+                        raise DataError(f"{where}: {path} has {key} {got[key]}, expected "
+                                        f"{want[0]} ({want[1]})")
+            return check
 
-        arr = self._read_file(item.path, limits, where, check)
+        picked = self.check_bands(bands)
+        if self.segmentation:
+            return self._read_series(item, picked, options, limits, checker)
+        where = f"{item.extra.get('table', self.name)}, row {item.extra.get('row', '?')}"
+        arr = self._read_file(item.path, limits, where, checker(item.path, where))
         label = (np.asarray(item.label, np.uint8) if self.task == "multilabel"
                  else np.int16(item.label))
-        return Sample(arr[self.check_bands(bands)], label)
+        return Sample(arr[picked], label)
+
+    def _read_series(self, item: Item, picked: list[int], options: dict[str, Any],
+                     limits: Limits, checker: Callable[[Path, str], Callable[[Any], None]],
+                     ) -> Sample:
+        """A segmentation sample: its rasters stacked by date (time, bands, H, W), padded with
+        empty dates to the longest series (``t_max``), and its mask."""
+        frames = []
+        for path, row, n in item.extra["files"]:
+            where = f"{item.extra.get('table', self.name)}, row {row}"
+            arr = self._read_file(Path(path), limits, where, checker(Path(path), where),
+                                  max(n, 1))
+            frames.append(arr.reshape(max(n, 1), len(self.user_bands), *arr.shape[1:]))
+        series = np.concatenate(frames)[:, picked]
+        t_max = int(options.get("t_max") or len(series))
+        img = np.zeros((t_max, *series.shape[1:]), series.dtype)
+        img[: len(series)] = series
+        valid = np.zeros(t_max, bool)
+        valid[: len(series)] = True
+        return Sample(img, self._read_mask(item, series.shape[-2:], limits), valid)
 
     def reference(self, items: list[Item]) -> None:
         """Fix what every chip must share, from the declaration or else the first chip's header:
@@ -306,6 +609,13 @@ class GenericSource(Source):
         where = f"{first.extra['table']}, row {first.extra['row']}"
         try:
             with rasterio.open(first.path) as src:
+                if self.segmentation:
+                    n = first.extra["files"][0][2]
+                    if src.count != max(n, 1) * len(self.user_bands):
+                        raise DataError(f"{where}: {first.path} has {src.count} bands, the "
+                                        f"dataset's {len(self.user_bands)} "
+                                        f"({', '.join(self.user_bands)})"
+                                        + (f" x {n} dates" if n > 1 else ""))
                 dtype, side, crs = src.dtypes[0], f"{src.height}x{src.width}", src.crs
         except RasterioIOError as err:
             raise DataError(f"{where}: {first.path} cannot be read as a raster ({err})") from None
@@ -336,13 +646,119 @@ class GenericSource(Source):
                 raise DataError(f"{path}: size {src.height}x{src.width}, the model takes "
                                 f"{size[0]}x{size[1]} ({self.name})")
 
-        arr = self._read_file(path, limits, str(path), check)
-        return arr[self.check_bands(bands)], None
+        if not self.segmentation:
+            arr = self._read_file(path, limits, str(path), check)
+            return arr[self.check_bands(bands)], None
+        b = len(self.user_bands)
+        if dates is None:
+            named = self.file_dates([path])
+            tag = named[0] if named else raster_date(path, str(path))
+            dates = [tag] if tag is not None else None
+        if dates is None:
+            if self.input_needs_dates:
+                raise DataError(f"{path}: {self.name} is a time series: give the raster's dates "
+                                f"(YYYYMMDD; --dates), a TIFFTAG_DATETIME tag"
+                                + (f", or a name that data.generic.date_pattern "
+                                   f"{self.date_re.pattern!r} finds a date in"
+                                   if self.date_re is not None else ""))
+            dates = [0]
+        dates = [int(x) for x in dates]
+        if self.input_needs_dates:
+            for x in dates:
+                parse_date(str(x), str(path))
+            if any(b2 <= a for a, b2 in zip(dates, dates[1:], strict=False)):
+                raise DataError(f"{path}: the dates {dates} are not strictly increasing")
+        arr = self._read_file(path, limits, str(path), check, len(dates))
+        series = arr.reshape(len(dates), b, *arr.shape[1:])
+        return series[:, self.check_bands(bands)], dates
 
     def extra_attrs(self, options: dict[str, Any]) -> dict[str, Any]:
         """The declaration, with the dtype and side the chips have (the store's readers and a
         run's ``geopeft predict`` know the dataset from it)."""
-        return {"generic": {**self.decl, "dtype": self.dtype, "size": self.native_size}}
+        attrs: dict[str, Any] = {"generic": {**self.decl, "dtype": self.dtype,
+                                             "size": self.native_size}}
+        if self.segmentation:
+            attrs["generic"]["dated"] = self.input_needs_dates
+        if self.segmentation:
+            attrs.update(void_class=self.void_class,
+                         date_format="YYYYMMDD, 0 = padding (or undated, n_dates 1)")
+        return attrs
+
+    def extra_arrays(self, items: list[Item], kept: list[str],
+                     options: dict[str, Any]) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
+        """A series' dates (YYYYMMDD, 0 = padding or undated) and their number."""
+        if not self.segmentation:
+            return {}
+        by = {it.name: it for it in items}
+        t_max = int(options["t_max"])
+        dates = np.zeros((len(kept), t_max), np.int32)
+        n = np.zeros(len(kept), np.int16)
+        for k, name in enumerate(kept):
+            got = by[name].extra["dates"]
+            dates[k, : len(got)] = got
+            n[k] = len(got)
+        return {"dates": (dates, ("sample", "time")), "n_dates": (n, ("sample",))}
+
+    def example_input(self, item: Item, cache: Path) -> tuple[Path, list[int] | None]:
+        """A sample as ``geopeft predict`` takes it: its raster; a series of per-date rasters
+        stacked into one GeoTIFF in ``cache`` (dates x bands, date-major), with its dates."""
+        files = item.extra.get("files")
+        if not self.segmentation or not files:
+            return item.path, None
+        dates = list(item.extra["dates"])
+        undated = dates == [0]
+        if len(files) == 1:
+            return Path(files[0][0]), None if undated else dates
+        import rasterio
+
+        out = Path(cache) / f"{self.name}-{item.name}.tif"
+        if not out.is_file():
+            arrays, profile = [], None
+            for path, _, _ in files:
+                with rasterio.open(path) as src:
+                    arrays.append(src.read())
+                    profile = profile or src.profile
+            assert profile is not None
+            stack = np.concatenate(arrays)
+            profile.update(count=len(stack), driver="GTiff")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            from geopeft.io import atomic_path
+
+            with atomic_path(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(stack)
+        return out, dates
+
+
+def parse_date(text: str, where: str) -> int:
+    """A date written YYYYMMDD or YYYY-MM-DD (a time after it, as TIFF tags write, is ignored)
+    as the integer YYYYMMDD.
+
+    Raises:
+        DataError: naming ``where`` and the text, when it is no such date.
+    """
+    t = str(text).strip()
+    head = t.replace(":", "-", 2) if re.match(r"^\d{4}:\d{2}:\d{2}", t) else t
+    m = re.match(r"^(\d{4})-?(\d{2})-?(\d{2})(?:$|[ T])", head)
+    try:
+        if m is None:
+            raise ValueError
+        day = dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    except ValueError:
+        raise DataError(f"{where}: {t!r} is not a date (YYYYMMDD or YYYY-MM-DD)") from None
+    return day.year * 10000 + day.month * 100 + day.day
+
+
+def raster_date(path: Path, where: str) -> int | None:
+    """A raster's TIFFTAG_DATETIME as YYYYMMDD (None: it has none)."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(path) as src:
+            tag = src.tags().get("TIFFTAG_DATETIME")
+    except RasterioIOError as err:
+        raise DataError(f"{where}: {path} cannot be read as a raster ({err})") from None
+    return None if not tag else parse_date(tag, f"{where}: {path} TIFFTAG_DATETIME")
 
 
 def _geojson_rows(path: Path, decl: dict[str, Any]) -> list[dict[str, Any]]:
@@ -448,5 +864,6 @@ def from_environment() -> dict[str, Any]:
         raise DataError(f"${ENV}: not a JSON object of dataset declarations ({err})") from None
 
 
-__all__ = ["ENV", "SPLIT_METHODS", "TABLE_FORMATS", "TASKS", "GenericSource", "from_environment",
-           "register", "spatial_blocks", "spatial_split", "stratified_split"]
+__all__ = ["DATE_SEPARATOR", "ENV", "SEGMENTATION_KEYS", "SPLIT_METHODS", "TABLE_FORMATS", "TASKS",
+           "VOID", "GenericSource", "from_environment", "parse_date", "raster_date", "register",
+           "spatial_blocks", "spatial_split", "stratified_split"]
