@@ -99,9 +99,11 @@ SMALL_UTAE = {"model": "utae", "encoder_widths": [8, 16], "decoder_widths": [8, 
               "ltae": {"d_model": 16, "heads": 4}}
 
 
-def save_linear_run(store: Path, model_dir: Path, dataset: str = "eurosat_ms") -> Path:
-    """A linear-probe run of ``store`` (the tiny random ViT) saved in ``model_dir`` as training
-    saves one (spec, store, history), as a user's ``geopeft predict`` finds it."""
+def save_linear_run(store: Path, model_dir: Path, dataset: str = "eurosat_ms",
+                    **backbone: object) -> Path:
+    """A linear-probe run of ``store`` (the tiny random ViT; ``backbone``: its settings that
+    differ) saved in ``model_dir`` as training saves one (spec, store, history), as a user's
+    ``geopeft predict`` finds it."""
     from dataclasses import asdict
 
     import torch
@@ -113,9 +115,9 @@ def save_linear_run(store: Path, model_dir: Path, dataset: str = "eurosat_ms") -
 
     info = store_info(store)
     torch.manual_seed(0)
-    m, minfo = build_classifier(backbone_cfg(), info, len(info.classes))
+    m, minfo = build_classifier(backbone_cfg(**backbone), info, len(info.classes))
     m = apply_strategy(m, "linear")
-    spec = full_spec({"backbone": backbone_cfg(),
+    spec = full_spec({"backbone": backbone_cfg(**backbone),
                       "data": {"dataset": dataset, "bands": list(info.bands)},
                       "row": {"method": "linear", "name": model_dir.parent.name,
                               "dataset": dataset}})

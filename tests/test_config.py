@@ -34,7 +34,9 @@ def test_defaults_filled(cfg):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c["data"].update(bands=["B04", "B13"]), r"data\.bands\[1\]: 'B13' is not one of"),
+        (lambda c: c["data"].update(bands=["B04", "B13"]),
+         r"data\.bands: 'B13' is not in eurosat_rgb \(it holds B04, B03, B02\)"),
+        (lambda c: c["data"].update(bands=["B04", "B 8"]), r"data\.bands\[1\]: 'B 8' does not match"),
         (lambda c: c["train"].update(lr=-1), r"train\.lr: -1 is less than or equal to"),
         (lambda c: c["grid"].update(label_fraction=[0.1, 1.5]), r"grid\.label_fraction\[1\]: 1\.5"),
         (lambda c: c.update(epochs=3), r"<top level>: Additional properties .*'epochs'"),

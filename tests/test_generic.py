@@ -294,6 +294,48 @@ def test_a_study_declares_its_own_dataset_and_is_refused_by_name(tmp_path):
             gcfg.resolve([path])
 
 
+def test_a_band_without_a_sentinel_2_name_is_selected_by_yours(tmp_path):
+    """A fifth band, ndvi, that band_map leaves unmapped keeps its name: a study selects it beside
+    Sentinel-2 names, the store holds it, a run's model takes it and ``geopeft predict`` reads it
+    from a chip; a name the dataset lacks is refused naming the dataset's bands."""
+    from conftest import save_linear_run
+
+    from geopeft.evaluate.predict import Predictor
+
+    raw = tmp_path / "raw"
+    (raw / "chips").mkdir(parents=True)
+    shutil.copy(CHIPS / "labels.csv", raw / "labels.csv")
+    ndvi = {}
+    for src in sorted((CHIPS / "chips").glob("*.tif")):
+        with rasterio.open(src) as f:
+            data, profile = f.read().astype(np.float64), f.profile
+        red, nir = data[2], data[3]
+        ndvi[src.name] = ((nir - red) / (nir + red) * 5000 + 5000).astype(np.uint16)
+        with rasterio.open(raw / "chips" / src.name, "w", **{**profile, "count": 5}) as f:
+            f.write(np.concatenate([data.astype(np.uint16), ndvi[src.name][None]]))
+    bands = [*BANDS[:3], "ndvi"]
+    decl = {k: v for k, v in declaration(bands=["blue", "green", "red", "nir", "ndvi"]).items()
+            if k in ("task", "table", "classes", "bands", "band_map", "split_column")}
+    cfg = gcfg.resolve([_study(tmp_path, dataset="own_ndvi", raw_dir=str(raw), bands=bands,
+                               generic=decl)])
+    assert [r["dataset"] for r in gcfg.study_rows(cfg)] == ["own_ndvi"]
+    assert get_source("own_ndvi").file_bands == ("B02", "B03", "B04", "B08", "ndvi")
+    store = tmp_path / "s.zarr"
+    prepare("own_ndvi", raw, bands, store)
+    ds = xr.open_zarr(store, zarr_format=3, consolidated=False)
+    assert [str(b) for b in ds.band.values] == bands
+    k = [str(n) for n in ds.name.values].index("chips/chip_05.tif")
+    assert np.array_equal(ds.image.values[k, 3], ndvi["chip_05.tif"])
+    model = save_linear_run(store, tmp_path / "runs" / "r" / "model", dataset="own_ndvi",
+                            input_size=32)
+    (pred,) = Predictor(model).predict_files([raw / "chips" / "chip_05.tif"])
+    assert pred.labels[0] in CLASSES
+    with pytest.raises(ConfigError, match=r"data.bands: 'ndwi' is not in own_ndvi \(it holds "
+                                          r"B02, B03, B04, B08, ndvi\)"):
+        gcfg.resolve([_study(tmp_path, dataset="own_ndvi", raw_dir=str(raw),
+                             bands=["B04", "ndwi"], generic=decl)])
+
+
 @pytest.mark.slow
 def test_the_example_study_runs_as_its_header_says(tmp_path):
     """``config/studies/own_chips_example.yaml``'s command, as its header writes it (``uv run``:

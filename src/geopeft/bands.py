@@ -47,13 +47,17 @@ def band_indices(wanted: Sequence[str], available: Sequence[str], where: str = "
         available: band names in the order they are stored.
         where: name of the file or dataset, used in error messages.
 
+    A name is a Sentinel-2 band's, or one of ``available`` (a dataset of your own names a band
+    that has no Sentinel-2 name, e.g. ``ndvi``, in its own words).
+
     Raises:
-        BandError: a name is not a Sentinel-2 band, is repeated, or is not in ``available``.
+        BandError: a name is neither a Sentinel-2 band nor in ``available``, is repeated, or is
+            not in ``available``.
     """
     seen: set[str] = set()
     out = []
     for name in wanted:
-        if name not in S2_BANDS:
+        if name not in S2_BANDS and name not in available:
             raise BandError(
                 f"unknown band name {name!r}{' for ' + where if where else ''}; "
                 f"Sentinel-2 bands are {', '.join(S2_BANDS)}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from geopeft.bands import S2_BANDS
 from geopeft.data.sources.generic import SPLIT_METHODS as GENERIC_SPLITS
 from geopeft.data.sources.generic import TASKS as GENERIC_TASKS
 from geopeft.data.subsets import METHODS as SUBSET_METHODS
@@ -21,6 +20,8 @@ from geopeft.settings.fields import (
     setting,
 )
 
+#: What a band name may be: a Sentinel-2 name, or a dataset of your own's name for a band.
+BAND_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 #: The data types a dataset of your own may declare.
 GENERIC_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
 #: The embedded world's defaults.
@@ -126,8 +127,10 @@ class Generic:
     Point geometries give the coordinates)."""
     classes: list[str] = required(minItems=2, uniqueItems=True)
     """The class names, in the order of the model's outputs."""
-    bands: list[str] = required(minItems=1, uniqueItems=True)
-    """The chips' band names in file order, your names (e.g. [blue, green, red, nir])."""
+    bands: list[str] = required(minItems=1, uniqueItems=True,
+                                items={"type": "string", "pattern": BAND_NAME_PATTERN})
+    """The chips' band names in file order, your names (e.g. [blue, green, red, nir, ndvi]); a
+    band band_map does not map keeps its name, and data.bands selects it by that name."""
     band_map: dict[str, str] = setting({})
     """Your band name -> its Sentinel-2 name (e.g. {nir: B08}), so that pretrained encoders get
     the right channels; data.bands selects bands by these Sentinel-2 names. A band named as a
@@ -198,8 +201,10 @@ class Data:
     options: Options = setting(Options)
     root: str = DATA
     """Data root; raw files go to <root>/raw/<source>/, prepared stores to <root>/prepared/."""
-    bands: list[str] = required(minItems=1, uniqueItems=True, items={"enum": S2_BANDS})
-    """Sentinel-2 band names to select, in model input order."""
+    bands: list[str] = required(minItems=1, uniqueItems=True,
+                                items={"type": "string", "pattern": BAND_NAME_PATTERN})
+    """Bands to select, in model input order: Sentinel-2 names (B01 ... B12, B8A); a dataset of
+    your own also by its own names for bands without a Sentinel-2 one (data.generic.bands)."""
     synthetic: Synthetic = setting(Synthetic)
     generic: Generic | None = optional()
 
