@@ -129,6 +129,24 @@ def test_multilabel_labels_from_a_column_columns_parquet_or_geojson(tmp_path):
     assert attrs["task"] == "multilabel"
     assert np.array_equal(xr.open_zarr(out, zarr_format=3, consolidated=False).label.values,
                           expected)
+    # and it trains as a multi-label task: BCE on the multi-hot labels, mAP on validation
+    import torch
+    from conftest import backbone_cfg
+
+    from geopeft.data.dataset import load_split
+    from geopeft.models.classifier import build_classifier
+    from geopeft.spec import TrainArgs
+    from geopeft.train.loop import fit
+
+    info = store_info(out)
+    train = load_split(out, "train")
+    assert train.y.dtype == np.float32 and train.y.shape[1] == len(CLASSES)
+    torch.manual_seed(0)
+    m, _ = build_classifier(backbone_cfg(input_size=32), info, len(info.classes))
+    h = fit(m, train, load_split(out, "val"),
+            TrainArgs(epochs=3, batch_size=8, lr=3e-3, progress=False, augment=False))["history"]
+    assert {"val_map_micro", "val_score"} <= set(h[-1]) and "train_acc" not in h[-1]
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
 
 
 def test_stratified_splits_keep_each_class_share_and_follow_the_seed():
