@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     rec = train_row(spec, Path(args.store), _opt_path(args.subset), Path(args.experiment),
                     Path(args.out), _opt_path(args.pretrain), _opt_path(args.state), args.mem_mb,
-                    args.attempt)
+                    args.attempt, _opt_path(args.features))
     from geopeft.train.distributed import leave_process_group
 
     leave_process_group()
@@ -109,6 +109,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     log.info("%s: val score %.4f, %.1f s, %.0f img/s, peak %.0f MiB", spec.row.name,
              h.get("val_score", float("nan")), rec["wall_time_s"], rec["images_per_s"],
              rec["peak_memory_mb"])
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    """``geopeft features``: a frozen encoder's features of every sample of a store.
+
+    Args:
+        args: ``spec`` (the job spec of a row that uses them), ``store``, ``pretrain``, ``out``,
+            ``gpus``.
+    """
+    from geopeft.spec import JobSpec
+    from geopeft.train.run import make_features
+
+    spec = JobSpec.from_dict(_spec(args.spec), "--spec")
+    _claim_gpus(spec.train_args().device, args.gpus)
+    a = make_features(spec, Path(args.store), Path(args.out), _opt_path(args.pretrain))
+    log.info("%s: %d samples x %d views, dim %d, in %.1f s on %s", args.out, a["samples"],
+             a["views"], a["dim"], a["seconds"], a["device"])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -167,8 +184,19 @@ def add_commands(sub: Any) -> None:
                         "diverged (recorded in --state) stops at once with the same error")
     s.add_argument("--nproc", type=int, default=0,
                    help="processes (DDP under torchrun); default: --gpus when above 1 on CUDA")
+    s.add_argument("--features", help="the frozen encoder's features (geopeft features): the "
+                                      "head trains on them")
     _resource_arguments(s)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("features", help="a frozen encoder's features of every sample of a "
+                                        "store, read by the rows that probe it")
+    s.add_argument("--spec", required=True, help="the job spec of a row that uses them")
+    s.add_argument("--store", required=True)
+    s.add_argument("--pretrain")
+    s.add_argument("--out", required=True)
+    _resource_arguments(s)
+    s.set_defaults(func=cmd_features)
 
     s = sub.add_parser("evaluate", help="test-split metrics of a trained run")
     s.add_argument("--model", required=True)

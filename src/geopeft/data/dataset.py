@@ -33,6 +33,10 @@ class Split:
     dates: np.ndarray | None = None
     ignore_index: int | None = None
     """Label of pixels that count nowhere (PASTIS void, 19)."""
+    views: bool = False
+    """``x`` holds an encoder's features (N, 8, D) of each sample's 8 dihedral views (view 0:
+    the sample as it is): training's augmentation picks a view instead of transforming an
+    image (:mod:`geopeft.train.features`)."""
 
     def __len__(self) -> int:
         return len(self.y)
@@ -96,8 +100,31 @@ def load_split(path: Path, split: str, subset_file: Path | None = None,
             too short for the sequence length under ``pad: error``.
     """
     ds = open_store(path)
-    split_arr = ds["split"].values
-    idx = np.flatnonzero(split_arr == split)
+    idx = split_indices(ds, path, split, subset_file)
+    if "time" in ds["image"].dims:
+        return _load_series(ds, path, idx, temporal, stream)
+    if stream:
+        from geopeft.data.stream import StoreImages
+
+        x: Any = StoreImages(Path(path), idx)
+    else:
+        x = _read_samples(Path(path), idx)
+    return Split(x, split_labels(ds, idx))
+
+
+def split_indices(ds: Any, path: Path, split: str, subset_file: Path | None = None) -> np.ndarray:
+    """The store's samples of ``split`` (or of its label-fraction subset ``subset_file``).
+
+    Args:
+        ds: the open store (:func:`open_store`).
+        path: its path, named in errors.
+        split: ``train``, ``val`` or ``test``.
+        subset_file: a label-fraction subset (:mod:`geopeft.data.subsets`).
+
+    Raises:
+        DataError: the split is empty, or the subset lists samples outside it.
+    """
+    idx = np.flatnonzero(ds["split"].values == split)
     if subset_file is not None:
         sub = np.asarray(read_json(subset_file)["samples"], dtype=np.int64)
         outside = np.setdiff1d(sub, idx)
@@ -107,18 +134,14 @@ def load_split(path: Path, split: str, subset_file: Path | None = None,
         idx = sub
     if len(idx) == 0:
         raise DataError(f"{path}: the {split} split is empty")
-    if "time" in ds["image"].dims:
-        return _load_series(ds, path, idx, temporal, stream)
-    if stream:
-        from geopeft.data.stream import StoreImages
+    return idx
 
-        x: Any = StoreImages(Path(path), idx)
-    else:
-        x = _read_samples(Path(path), idx)
+
+def split_labels(ds: Any, idx: np.ndarray) -> np.ndarray:
+    """The labels of the samples ``idx`` as training takes them: class indices (int64), or
+    multi-hot labels (multi-label tasks) as float32 for BCE."""
     label = ds["label"].values[idx]
-    # multi-hot labels (multi-label tasks) train with BCE on float targets
-    y = label.astype(np.float32) if label.ndim == 2 else label.astype(np.int64)
-    return Split(x, y)
+    return label.astype(np.float32) if label.ndim == 2 else label.astype(np.int64)
 
 
 def load_splits(path: Path, requests: list[tuple[str, Path | None]],

@@ -314,6 +314,45 @@ class JobSpec(_Job):
         """The row's training settings with its seed and the job's threads."""
         return self.row.train_args(self.threads)
 
+    def features_reason(self) -> str | None:
+        """Why the row runs its encoder on every sample of every epoch instead of training on
+        its features computed once (:mod:`geopeft.train.features`); None when it can: a frozen
+        encoder (a linear probe) with nothing between it and the head, on images."""
+        row = self.row
+        if self.backbone is None:
+            return "no encoder"
+        if not row.strategy_object.frozen_encoder:
+            return f"strategy {row.method} trains the encoder"
+        if row.segmentation is not None:
+            return "a segmentation decoder reads the encoder's levels (not cached yet)"
+        if row.fusion is not None:
+            return "Fusion-LoRA's new modules sit inside the encoder"
+        if float(self.backbone.kwargs.get("drop_rate", 0) or 0) > 0:
+            return "backbone.kwargs.drop_rate: dropout before the head changes every epoch"
+        return None
+
+    def features_request(self) -> dict[str, Any]:
+        """What the features of this row's frozen encoder depend on: the encoder (its weights;
+        for the study's pretrained one, the study whose pretrain rule made it), the data and its
+        bands, and the views (8 dihedral views when the row augments, else 1); rows with the
+        same request share one features job (:meth:`features_key`)."""
+        assert self.backbone is not None
+        bb = self.backbone.as_dict()
+        return {"backbone": bb, "data": {"dataset": self.data.dataset, "source": self.data.source,
+                                         "bands": list(self.data.bands)},
+                "pretrain_of": self.study if bb.get("weights") == "pretrain" else None,
+                # a random encoder is the row seed's
+                "seed": self.row.seed if bb.get("weights") == "none" else None,
+                "views": 8 if self.row.train.augment else 1, "rehearsal": self.rehearsal}
+
+    def features_key(self) -> str:
+        """The digest of :meth:`features_request`: the features store's name."""
+        import hashlib
+
+        from geopeft.io import canonical_json
+
+        return hashlib.sha256(canonical_json(self.features_request()).encode()).hexdigest()[:16]
+
     def tracked_params(self) -> dict[str, Any]:
         """The params of the job's MLflow run: what tells the rows of a study apart, under the
         same keys for every row (``none`` where a row has no such thing, e.g. the adapter of a

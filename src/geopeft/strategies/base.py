@@ -111,6 +111,10 @@ class Strategy:
     loads_weights: ClassVar[bool] = True
     """Whether the encoder starts from the backbone's weights (``scratch``: a random
     initialisation)."""
+    frozen_encoder: ClassVar[bool] = False
+    """Whether nothing of the encoder trains, nor sits between it and the head (a linear
+    probe): its rows may train on the encoder's features, computed once
+    (:mod:`geopeft.train.features`)."""
     without_encoder: ClassVar[bool] = False
     """Whether it applies to a model without an encoder (U-TAE, trained from scratch): only
     strategies that train every weight."""

@@ -60,6 +60,7 @@ class E2E(Full):
 class Linear(Strategy):
     name = "linear"
     summary = "frozen encoder, the new modules (head, fusion blocks) train"
+    frozen_encoder = True
 
     def mark(self, model: nn.Module, new: list[str]) -> None:
         for name, p in model.named_parameters():

@@ -26,7 +26,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, y: torch.Tensor | None = None
         gen: the generator of the transforms.
         y: label maps (B, H, W) transformed alike, or None.
     """
-    t = torch.randint(0, 8, (x.shape[0],), generator=gen)
+    t = draw_views(x.shape[0], gen)
     out = x.clone()
     out_y = y.clone() if y is not None and y.ndim == 3 else None
     for k in range(8):
@@ -36,11 +36,32 @@ def augment(x: torch.Tensor, gen: torch.Generator, y: torch.Tensor | None = None
         for src, dst in ((x, out), (y, out_y)):
             if dst is None or src is None:
                 continue
-            r = torch.rot90(src[idx], k % 4, dims=(-2, -1))
-            dst[idx] = torch.flip(r, dims=(-1,)) if k >= 4 else r
+            dst[idx] = dihedral(src[idx], k)
     if y is None:
         return out
     return out, (out_y if out_y is not None else y)
+
+
+def draw_views(n: int, gen: torch.Generator) -> torch.Tensor:
+    """The dihedral transform (0-7) of each of ``n`` samples, as :func:`augment` draws them."""
+    return torch.randint(0, 8, (n,), generator=gen)
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The dihedral transform ``k`` (0-7) of ``x`` (..., H, W): ``k % 4`` quarter turns, then a
+    left-right flip for ``k`` >= 4 (0: the identity)."""
+    r = torch.rot90(x, k % 4, dims=(-2, -1))
+    return torch.flip(r, dims=(-1,)) if k >= 4 else r
+
+
+def pick_views(xb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Features of the 8 dihedral views (B, 8, D) -> one view each (B, D): drawn as
+    :func:`augment` draws its transforms (the same random stream: the same views), or view 0
+    (the sample as it is) without a generator (no augmentation)."""
+    if gen is None:
+        return xb[:, 0]
+    t = draw_views(xb.shape[0], gen).to(xb.device)
+    return xb[torch.arange(xb.shape[0], device=xb.device), t]
 
 
 @dataclass
@@ -56,6 +77,8 @@ class _Tensors:
     segmentation: bool
     ignore: int | None
     weighted: bool
+    views: bool = False
+    """``x`` holds features of 8 dihedral views per sample (:attr:`Split.views`)."""
 
     @classmethod
     def of(cls, train: Split, args: TrainArgs) -> _Tensors:
@@ -63,7 +86,7 @@ class _Tensors:
         return cls(x, torch.from_numpy(train.y),
                    torch.from_numpy(train.dates) if train.dates is not None else None, train.y,
                    is_segmentation(train), train.ignore_index,
-                   args.loss == "weighted_ce" and not is_multilabel(train))
+                   args.loss == "weighted_ce" and not is_multilabel(train), train.views)
 
 
 class _Feeder:

@@ -25,6 +25,13 @@ from geopeft.spec import DataSpec, JobSpec, PretrainSpec
 from geopeft.strategies import count_parameters
 from geopeft.tracking import NOTE_TAG, RunLogger, git_commit, store_name
 from geopeft.train.distributed import dist_info
+from geopeft.train.features import (
+    FeaturesError,
+    HeadOnFeatures,
+    check_provenance,
+    encoder_digest,
+    load_feature_splits,
+)
 from geopeft.train.loop import DivergedLoss, fit
 from geopeft.train.resume import FAILED, Checkpointer, Preempted, known_failure, record_failure
 
@@ -157,7 +164,7 @@ def _refuse_known_failure(spec: JobSpec, state_dir: Path | None, attempt: int) -
 def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
               out: Path, pretrain_dir: Path | None = None,
               state_dir: Path | None = None, mem_mb: float | None = None,
-              attempt: int = 1) -> dict[str, Any]:
+              attempt: int = 1, features: Path | None = None) -> dict[str, Any]:
     """Train one study row and write its saved model ``out``.
 
     Args:
@@ -174,6 +181,9 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
             a smaller cgroup/SLURM limit or the available memory) stream from the store.
         attempt: Snakemake's attempt of the job: a retry of settings whose training diverged
             (recorded in ``state_dir``) stops at once with the same error, as a rerun would fail.
+        features: the row's frozen encoder's features (``geopeft features``): its head trains
+            on them instead of running the encoder on every sample of every epoch
+            (:mod:`geopeft.train.features`; their provenance is checked first).
 
     Returns:
         The run record written to ``out/run.json``.
@@ -188,16 +198,32 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     row = spec.row
     info = store_info(store)
     args = spec.train_args()
-    # in memory, or read from the store batch by batch when too large (one decision, logged)
-    train, val = load_splits(store, [("train", subset), ("val", None)], row.temporal,
-                             memory_budget_mb(mem_mb, world), args.workers)
-    stages["data"] = seconds_since_start()
+    if features is not None and spec.features_reason() is not None:
+        raise FeaturesError(f"{features}: {row.name} cannot train on features: "
+                            f"{spec.features_reason()}")
+    if features is None:
+        # in memory, or read from the store batch by batch when too large (one decision, logged)
+        train, val = load_splits(store, [("train", subset), ("val", None)], row.temporal,
+                                 memory_budget_mb(mem_mb, world), args.workers)
+        stages["data"] = seconds_since_start()
     ckpt = (Checkpointer(Path(state_dir), args.checkpoint_every, args.checkpoint_minutes,
                          fingerprint=spec_digest(spec)) if state_dir else None)
     resume = ckpt.latest() if ckpt else None
     seed_everything(args.seed, args.threads)
     model, minfo = build_model(spec, info, pretrain_dir)
     stages["model"] = seconds_since_start()
+    fit_model = model
+    if features is not None:  # the head trains on the features of the frozen encoder
+        used = check_provenance(features, {"key": spec.features_key(),
+                                           "store_fingerprint": info.fingerprint,
+                                           "weights": encoder_digest(model)})
+        train, val = load_feature_splits(features, store, subset, args.augment)
+        fit_model = HeadOnFeatures(model)
+        minfo = {**minfo, "features": {"path": str(features), "key": used["key"],
+                                       "views": used["views"], "dim": used["dim"]}}
+        stages["data"] = seconds_since_start()
+        log.info("%s: trains its head on the features in %s (%d view(s))", row.name, features,
+                 used["views"])
     trainable, total = count_parameters(model)
     logger: Any = _QuietLogger()
     reopened = False
@@ -218,7 +244,8 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     for e, m in enumerate(resume["history"] if resume else []):
         logger.log_once(m, e, done)
     try:
-        result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_once(m, e, done),
+        result = fit(fit_model, train, val, args,
+                     on_epoch=lambda e, m: logger.log_once(m, e, done),
                      checkpointer=ckpt, resume=resume,
                      extra_state={"mlflow_run_id": logger.run_id}, name=row.name)
     except Preempted:
@@ -306,4 +333,29 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
     return result
 
 
-__all__ = ["pretrain", "train_row"]
+def make_features(spec: JobSpec, store: Path, out: Path,
+                  pretrain_dir: Path | None = None) -> dict[str, Any]:
+    """The ``features`` job: the features of ``spec``'s frozen encoder (any row of those sharing
+    its :meth:`~geopeft.spec.JobSpec.features_key`) on every sample of ``store``, written to
+    ``out`` with their provenance.
+
+    Raises:
+        FeaturesError: the row cannot train on features (its reason), or its head does not read
+            the encoder's pooled output.
+    """
+    reason = spec.features_reason()
+    if reason is not None:
+        raise FeaturesError(f"{out}: {spec.row.name} cannot train on features: {reason}")
+    from geopeft.train.features import compute_features
+
+    info = store_info(store)
+    args = spec.train_args()
+    seed_everything(args.seed, args.threads)
+    model, _ = build_model(spec, info, pretrain_dir)
+    provenance = {"key": spec.features_key(), "store_fingerprint": info.fingerprint,
+                  "weights": encoder_digest(model)}
+    return compute_features(model, store, out, spec.features_request()["views"], provenance,
+                            args.eval_batch_size)
+
+
+__all__ = ["make_features", "pretrain", "train_row"]

@@ -1,0 +1,107 @@
+"""Frozen encoders run once (issue 36): a linear probe's head trained on the features of its
+frozen encoder, computed once, equals the same row trained on images: without augmentation, and
+with it (the features of the 8 dihedral views, the view each step's augmentation draws). A
+features store of another store, encoder or weights is refused by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from conftest import backbone_cfg, job_spec
+from safetensors.torch import load_file
+
+from geopeft.data.dataset import open_store, store_info
+from geopeft.models.build import build_model
+from geopeft.models.runtime import seed_everything
+from geopeft.tracking import init_experiment
+from geopeft.train.feed import dihedral
+from geopeft.train.features import FeaturesError, pooled
+from geopeft.train.run import make_features, train_row
+
+
+def _spec(augment: bool, seed: int = 0, method: str = "linear"):
+    return job_spec({"backbone": backbone_cfg(),
+                     "row": {"method": method, "name": f"lp-{augment}-{seed}", "seed": seed,
+                             "train": {"epochs": 3, "batch_size": 16, "lr": 0.01,
+                                       "augment": augment, "device": "cpu",
+                                       "checkpoint_every": 0}}})
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features-exp")
+    exp = root / "exp.json"
+    init_experiment(f"sqlite:///{root / 'mlflow.db'}", "features", root / "art", exp)
+    return exp
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
+def test_a_probe_on_features_trains_as_on_images(rgb_store, experiment, tmp_path, augment):
+    """Same head weights (within float32 reordering: the encoder's matrix products batch the
+    samples otherwise), the same validation history, the same test split scores; the record
+    says which features it read."""
+    spec = _spec(augment)
+    images = train_row(spec, rgb_store, None, experiment, tmp_path / "images")
+    feats = tmp_path / "f.zarr"
+    attrs = make_features(spec, rgb_store, feats)
+    assert attrs["views"] == (8 if augment else 1) and attrs["samples"] == 100
+    on_features = train_row(spec, rgb_store, None, experiment, tmp_path / "features",
+                            features=feats)
+    a = load_file(str(tmp_path / "images" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "features" / "trainable.safetensors"))
+    # a random encoder is saved with its run (nothing rebuilds it): the same, untouched
+    assert a.keys() == b.keys() and {"backbone.head.weight", "backbone.head.bias"} <= a.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+    for ha, hb in zip(images["history"], on_features["history"], strict=True):
+        assert ha["val_score"] == pytest.approx(hb["val_score"], abs=1e-6)
+        assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-4)
+    assert on_features["model"]["features"]["key"] == spec.features_key()
+    assert "features" not in images["model"]
+
+
+def test_features_are_the_encoders_pooled_output_of_each_view(rgb_store, tmp_path):
+    spec = _spec(True)
+    feats = tmp_path / "f.zarr"
+    make_features(spec, rgb_store, feats)
+    info = store_info(rgb_store)
+    seed_everything(0, 1)
+    model, _ = build_model(spec, info)
+    model.eval()
+    x = torch.from_numpy(open_store(rgb_store)["image"].values[:5]).float()
+    stored = zarr.open_group(str(feats), mode="r", zarr_format=3)["features"][:5]
+    with torch.no_grad():
+        for k in range(8):
+            want = pooled(model, dihedral(x, k)).numpy()
+            assert np.allclose(stored[:, k], want, atol=1e-5), k
+
+
+def test_features_of_another_store_encoder_or_row_are_refused(rgb_store, ms_store, experiment,
+                                                              tmp_path):
+    spec = _spec(False)
+    feats = tmp_path / "f.zarr"
+    make_features(spec, rgb_store, feats)
+    other_seed = _spec(False, seed=1)  # a random encoder is its seed's
+    with pytest.raises(FeaturesError, match=r"f.zarr: features of key '[0-9a-f]{16}', the run's "
+                                            r"is '[0-9a-f]{16}'; remake them"):
+        train_row(other_seed, rgb_store, None, experiment, tmp_path / "o1", features=feats)
+    augmented = _spec(True)
+    with pytest.raises(FeaturesError, match="features of key"):
+        train_row(augmented, rgb_store, None, experiment, tmp_path / "o2", features=feats)
+    with pytest.raises(FeaturesError, match=r"cannot train on features: strategy full trains "
+                                            r"the encoder"):
+        train_row(_spec(False, method="full"), rgb_store, None, experiment, tmp_path / "o3",
+                  features=feats)
+    # the same row's features, made from another store: refused by its fingerprint
+    moved = json.loads(json.dumps(zarr.open_group(str(feats), mode="r").attrs.asdict()))
+    g = zarr.open_group(str(feats), mode="r+")
+    g.attrs["store_fingerprint"] = "0" * 16
+    with pytest.raises(FeaturesError, match=r"features of store_fingerprint '0{16}', the run's "
+                                            rf"is '{moved['store_fingerprint']}'"):
+        train_row(spec, rgb_store, None, experiment, tmp_path / "o4", features=feats)
+    assert not (tmp_path / "o4").exists() and not Path(tmp_path / "o1").exists()
