@@ -192,3 +192,16 @@ def test_scene_map_benchmark_maps_both_kinds_of_scene(tmp_path):
     # 24 px tiles every 18 px (0 ... 270, then 276 flush): 17 a side; 12 a side start in the
     # written 200 px (0 ... 198) and run, the other 289 - 144 hold no valid pixel
     assert "300x300 map, one class per pixel (24x24 px tiles: 144 run, 145 empty)" in seg["said"]
+
+
+def test_features_benchmark_times_a_probe_both_ways(tmp_path):
+    """``bench/features.py`` on a small world: the same linear row on images and on its
+    features, the features job between, the same validation accuracy."""
+    out = tmp_path / "features.json"
+    assert _bench("features").main(["--samples", "120", "--epochs", "2", "--json",
+                                    str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["views"] == 8 and m["images_s"] > 0 and m["features_job_s"] > 0
+    assert m["on_features_s"] > 0
+    # the same head within float tolerance: at most one of the 24 val scenes may change class
+    assert abs(m["val_images"] - m["val_on_features"]) <= 1 / 24 + 1e-9

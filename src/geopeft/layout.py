@@ -92,6 +92,8 @@ MODEL_ARTIFACT, PRETRAIN_ARTIFACT = "model", "backbone"
 RAW, PREPARED, DOWNLOADS = "raw", "prepared", "downloads"
 #: A prepared store's suffix, and its subsets folder's.
 STORE_SUFFIX, SUBSETS_SUFFIX = ".zarr", ".subsets"
+#: Between a store's band selection and a frozen encoder's key in its features' name.
+FEATURES_INFIX = ".features-"
 #: A label-fraction subset's key and file name (``str.format`` fields, or Snakemake wildcards).
 SUBSET_KEY = "{method}-f{fraction}-s{seed}"
 SUBSET_NAME = f"{SUBSET_KEY}.json"
@@ -344,6 +346,10 @@ class DataLayout(Generic[P]):
         """A subset file of a store (:func:`subset_name`, or :data:`SUBSET_NAME` as wildcards)."""
         return join(self.subsets(dataset, bands), name)
 
+    def features(self, dataset: str, bands: str, key: str) -> P:
+        """The features of a frozen encoder (its ``features_key``) on a store."""
+        return join(self.prepared(dataset), f"{bands}{FEATURES_INFIX}{key}{STORE_SUFFIX}")
+
     @staticmethod
     def raw_root_of_store(store: Path) -> Path:
         """The raw folders of the world a store (``.store(...)``, as a Path) was prepared from."""
@@ -430,6 +436,7 @@ __all__ = [
     "PAPER_BUILD", "PAPER_PDF", "PER_CLASS_CSV", "PER_CLASS_TEX", "PREPARED", "PRETRAIN",
     "PRETRAIN_ARTIFACT", "PRETRAIN_RECORD", "PRETRAIN_WEIGHTS", "RAW", "REHEARSAL_DATA", "RESULTS", "RUNS",
     "RUNS_CSV", "RUNS_HTML", "RUN_RECORD", "RUN_RECORDS", "STATE", "STORE_SUFFIX",
+    "FEATURES_INFIX",
     "SUBSETS_SUFFIX", "SUBSET_KEY", "SUBSET_NAME", "TABLE", "TRAINABLE", "DataLayout", "FixtureLayout",
     "ModelLayout", "PretrainLayout", "RunLayout", "StudyLayout", "TrackingLayout", "figure_file",
     "join", "rehearsal_data", "subset_name",

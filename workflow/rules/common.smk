@@ -103,11 +103,12 @@ CPU_RESOURCES = {"runtime": 30, "mem_mb": 4000}
 
 wildcard_constraints:
     dataset="[a-z0-9_]+",
-    bands="[A-Z0-9-]+",
+    bands="[A-Za-z0-9_-]+",
     run="|".join(map(re.escape, ROWS)) if ROWS else "[A-Za-z0-9_.-]+",
     method="[a-z]+",
     fraction="[0-9.e-]+",
     seed="[0-9]+",
+    key="[0-9a-f]{16}",
 
 
 def get_store(dataset=None, bands=BANDS):
@@ -167,6 +168,36 @@ def get_pretrain_spec(wildcards):
 def get_train_spec(wildcards):
     """Everything one training job depends on: editing another row leaves it unchanged."""
     return canonical_json(study_config.job_spec(config, ROWS[wildcards.run]))
+
+
+def _features_plan():
+    """Which runs train their head on a frozen encoder's features, and the features jobs: one
+    per distinct encoder, data and views (geopeft.spec.JobSpec.features_key), whatever the rows'
+    seeds and label fractions."""
+    from geopeft.spec import JobSpec
+
+    of_run, jobs = {}, {}
+    for name, row in ROWS.items():
+        if not study_config.trainable(row["dataset"]):
+            continue
+        raw = study_config.job_spec(config, row)
+        spec = JobSpec.from_dict(raw)
+        if spec.features_reason() is not None:
+            continue
+        key = spec.features_key()
+        of_run[name] = DATA_LAYOUT.features(row["dataset"], BANDS, key)
+        bb = study_config.row_backbone(config, row)
+        jobs.setdefault(key, {"spec": canonical_json(raw), "dataset": row["dataset"],
+                              "pretrain": LAYOUT.pretrain if bb["weights"] == "pretrain" else []})
+    return of_run, jobs
+
+
+FEATURES_OF_RUN, FEATURES_JOBS = _features_plan()
+
+
+def get_features(wildcards):
+    """The features a run's head trains on ([]: it trains on images)."""
+    return FEATURES_OF_RUN.get(wildcards.run, [])
 
 
 def optional_flag(flag, paths):

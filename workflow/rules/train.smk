@@ -40,12 +40,36 @@ rule pretrain:
         " --experiment {input.experiment} --out {output} --gpus {resources.gpu} --mem-mb {resources.mem_mb} > {log} 2>&1"
 
 
+rule features:
+    """A frozen encoder's features of every sample of a store, once for every row that probes
+    it (seeds, label fractions)."""
+    input:
+        store=lambda wildcards: get_store(FEATURES_JOBS[wildcards.key]["dataset"], wildcards.bands),
+        pretrain=lambda wildcards: FEATURES_JOBS[wildcards.key]["pretrain"],
+    output:
+        directory(DATA_LAYOUT.features("{dataset}", "{bands}", "{key}")),
+    params:
+        spec=lambda wildcards: FEATURES_JOBS[wildcards.key]["spec"],
+        pretrain=lambda wildcards, input: optional_flag("--pretrain", input.pretrain),
+    threads: config["threads"]
+    resources:
+        **GPU_RESOURCES,
+    log:
+        DATA_LAYOUT.prepared_log("features", "{dataset}-{bands}-{key}"),
+    conda:
+        "../../envs/geopeft.yaml"
+    shell:
+        "geopeft features --spec {params.spec:q} --store {input.store} {params.pretrain}"
+        " --out {output} --gpus {resources.gpu} --mem-mb {resources.mem_mb} > {log} 2>&1"
+
+
 rule train:
     """One training job per study row."""
     input:
         store=get_run_store,
         subset=get_subset,
         pretrain=get_pretrain,
+        features=get_features,
         experiment=ancient(EXPERIMENT),
     output:
         directory(LAYOUT.run("{run}").model),
@@ -53,6 +77,7 @@ rule train:
         spec=get_train_spec,
         subset=lambda wildcards, input: optional_flag("--subset", input.subset),
         pretrain=lambda wildcards, input: optional_flag("--pretrain", input.pretrain),
+        features=lambda wildcards, input: optional_flag("--features", input.features),
         state=lambda wildcards: LAYOUT.run(wildcards.run).state,
         # every attempt's output, appended; the job's log links to it (Snakemake empties a
         # log before each attempt, and the link shows the attempt in progress as it runs)
@@ -71,6 +96,6 @@ rule train:
         "ln -sfn {params.history_name} {log};"
         " echo \"=== $(date -Iseconds) $(hostname): geopeft train {wildcards.run}\" >> {params.history};"
         " geopeft train --spec {params.spec:q} --store {input.store} {params.subset}"
-        " {params.pretrain} --experiment {input.experiment} --out {output}"
+        " {params.pretrain} {params.features} --experiment {input.experiment} --out {output}"
         " --state {params.state} --attempt {resources.attempt} --gpus {resources.gpu}"
         " --mem-mb {resources.mem_mb} >> {params.history} 2>&1"

@@ -23,7 +23,7 @@ from geopeft.process import (
 #: The environment variable that names the server's socket for the jobs of a run.
 ENV = "GEOPEFT_JOBSERVER"
 #: The commands that go through the server (the ones that import torch).
-COMMANDS = frozenset({"pretrain", "train", "evaluate"})
+COMMANDS = frozenset({"pretrain", "features", "train", "evaluate"})
 #: How long a client waits for the server to take its job (it may still be importing).
 REPLY_TIMEOUT_S = 300.0
 #: The signals a client forwards to its job.

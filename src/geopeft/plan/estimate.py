@@ -81,7 +81,7 @@ class Plan:
         return sum(n for r, n in self.jobs.items() if r not in LOCAL_RULES)
 
     def gpu_jobs(self) -> int:
-        """Jobs of the GPU rules (pretrain, train, evaluate)."""
+        """Jobs of the GPU rules (pretrain, features, train, evaluate)."""
         return sum(self.jobs.get(r, 0) for r in GPU_RULES)
 
     def overhead_hours(self, mode: str) -> float | None:

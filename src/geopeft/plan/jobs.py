@@ -10,6 +10,7 @@ import numpy as np
 from geopeft.config import (
     WORLD_DATASETS,
     bands_id,
+    job_spec,
     pretrain_source,
     row_backbone,
     study_rows,
@@ -18,14 +19,15 @@ from geopeft.config import (
 from geopeft.data.sources import REGISTRY as SOURCES
 
 #: Rules whose jobs ask for GPUs (``GPU_RESOURCES`` in ``workflow/rules/common.smk``).
-GPU_RULES = ("pretrain", "train", "evaluate")
+GPU_RULES = ("pretrain", "features", "train", "evaluate")
 #: Rules that run where Snakemake runs (``localrules:`` in ``workflow/rules/*.smk``; ``all``
 #: is a target only). ``tests/test_plan.py`` reads the rule files to keep this list true.
 LOCAL_RULES = ("mlflow_init", "download", "fetch", "protocol", "aggregate", "table", "paper",
                "all")
 #: The order rules are listed in (the DAG's order).
 RULE_ORDER = ("synthesize", "synthesize_layout", "download", "fetch", "prepare", "subset",
-              "mlflow_init", "pretrain", "train", "evaluate", "protocol", "aggregate", "figures",
+              "mlflow_init", "pretrain", "features", "train", "evaluate", "protocol", "aggregate",
+              "figures",
               "table", "paper", "all")
 #: Datasets the ``synthesize`` rule writes in one job (EuroSAT and its source set); the embedded
 #: datasets whose source writes its world alone (``Source.world``) get a ``synthesize_layout``.
@@ -125,10 +127,24 @@ def rule_jobs(cfg: dict[str, Any]) -> dict[str, int]:
                                                           r["label_fraction"], r["seed"]))
                           for r in rows if r["label_fraction"] < 1.0})
     if rows:
-        jobs.update(mlflow_init=1, pretrain=int(pretrained), train=len(rows),
-                    evaluate=len(rows), protocol=1, aggregate=1, figures=1, table=1)
+        jobs.update(mlflow_init=1, pretrain=int(pretrained), features=len(features_keys(cfg, rows)),
+                    train=len(rows), evaluate=len(rows), protocol=1, aggregate=1, figures=1,
+                    table=1)
     jobs["all"] = 1
     return {r: jobs[r] for r in RULE_ORDER if jobs.get(r)}
+
+
+def features_keys(cfg: dict[str, Any], rows: list[dict[str, Any]]) -> set[str]:
+    """The features jobs of a study's rows: one per distinct frozen encoder, data and views
+    (:meth:`geopeft.spec.JobSpec.features_key`) among the rows that train on features."""
+    from geopeft.spec import JobSpec
+
+    keys = set()
+    for r in rows:
+        spec = JobSpec.from_dict(job_spec(cfg, r))
+        if spec.features_reason() is None:
+            keys.add(spec.features_key())
+    return keys
 
 
 def train_samples(sizes: dict[str, int] | None, fraction: float) -> int | None:

@@ -20,8 +20,9 @@ from geopeft.settings.fields import (
     setting,
 )
 
-#: What a band name may be: a Sentinel-2 name, or a dataset of your own's name for a band.
-BAND_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+#: What a band name may be: a Sentinel-2 name, or a dataset of your own's name for a band
+#: (letters, digits, underscores: band selections are joined by "-" in file names).
+BAND_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_]*$"
 #: The data types a dataset of your own may declare.
 GENERIC_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
 #: The embedded world's defaults.

@@ -60,6 +60,11 @@ class TrainArgs:
     """Linear warmup length in epochs, then cosine decay to zero."""
     augment: bool = True
     """Random horizontal/vertical flips and 90 degree rotations."""
+    features: bool = True
+    """A frozen encoder's rows (linear probes on images) train their head on the encoder's
+    features, computed once per encoder by a features job and shared by the rows (the 8 views of
+    the augmentation when it is on), instead of running the encoder every epoch; false: on
+    images."""
     device: str = field(default="auto", metadata={"enum": DEVICES})
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     amp: bool = True
@@ -112,7 +117,7 @@ _JOB_TRAIN_KEYS = ("seed", "threads", "progress")
 #: How a run executes, not what it computes (a run that ``max_loss_growth`` does not stop
 #: computes the same); absent from the specs saved before they existed (``run.json`` of older
 #: runs), which load with their defaults (compile and channels-last off, as those runs trained).
-_EXECUTION_TRAIN_KEYS = ("compile", "channels_last", "workers", "max_loss_growth")
+_EXECUTION_TRAIN_KEYS = ("compile", "channels_last", "workers", "max_loss_growth", "features")
 
 
 @dataclass
@@ -323,6 +328,8 @@ class JobSpec(_Job):
             return "no encoder"
         if not row.strategy_object.frozen_encoder:
             return f"strategy {row.method} trains the encoder"
+        if not row.train.features:
+            return "train.features: false"
         if row.segmentation is not None:
             return "a segmentation decoder reads the encoder's levels (not cached yet)"
         if row.fusion is not None:

@@ -10,7 +10,8 @@ final norm), so that output, computed once, is all it needs:
   no gradients) on every sample of the store, block by block, and writes ``features (sample,
   view, dim)`` float32 to a zarr store with its provenance (:data:`PROVENANCE`: the store's
   fingerprint, the encoder's weights and their digest, the features key). With 8 views each
-  sample's 8 dihedral transforms are encoded (view 0: the sample as it is), so that a row that
+  train sample's 8 dihedral transforms are encoded (view 0: the sample as it is; val and test
+  samples have view 0 only, the others NaN, as only training augments), so that a row that
   augments picks, each step, the view its augmentation draws: the same random stream as on
   images, the same training (:func:`geopeft.train.feed.pick_views`). Its first block checks
   that the head on these features gives the model's own logits, so an encoder whose head reads
@@ -134,6 +135,8 @@ def compute_features(model: nn.Module, store: Path, out: Path, views: int,
     model.eval().to(device)
     ds = open_store(store)
     n = int(ds.sizes["sample"])
+    # only training augments: val and test samples get view 0 (the others are NaN, never read)
+    train = ds["split"].values == "train"
     images = StoreImages(Path(store), np.arange(n), cache_chunks=1)
     head = model.backbone.get_classifier()
     start = time.perf_counter()
@@ -143,11 +146,13 @@ def compute_features(model: nn.Module, store: Path, out: Path, views: int,
         arr = None
         for i in range(0, n, BLOCK):
             raw = torch.from_numpy(np.ascontiguousarray(images[slice(i, i + BLOCK)])).float()
-            block = []
-            for k in range(views):
-                outs = [pooled(model, dihedral(raw[j : j + batch_size], k).to(device)).float()
-                        for j in range(0, len(raw), batch_size)]
-                block.append(torch.cat(outs).cpu())
+            block = [encode(model, raw, 0, batch_size, device)]  # every sample as it is
+            augmented = np.flatnonzero(train[i : i + len(raw)])
+            for k in range(1, views):
+                view = torch.full_like(block[0], float("nan"))
+                if len(augmented):
+                    view[augmented] = encode(model, raw[augmented], k, batch_size, device)
+                block.append(view)
             feats = torch.stack(block, dim=1)  # (B, views, D)
             if arr is None:
                 _check_head(model, head, raw[:batch_size].to(device), feats[:batch_size, 0],
@@ -163,6 +168,13 @@ def compute_features(model: nn.Module, store: Path, out: Path, views: int,
     log.info("%s: features of %d samples x %d views (dim %d) in %.1f s", out, n, views,
              attrs["dim"], attrs["seconds"])
     return attrs
+
+
+def encode(model: nn.Module, raw: torch.Tensor, k: int, batch_size: int,
+           device: torch.device) -> torch.Tensor:
+    """The pooled features (N, D) of the dihedral view ``k`` of raw images, batch by batch."""
+    return torch.cat([pooled(model, dihedral(raw[j : j + batch_size], k).to(device)).float().cpu()
+                      for j in range(0, len(raw), batch_size)])
 
 
 def _check_head(model: nn.Module, head: nn.Module, x: torch.Tensor, f: torch.Tensor,

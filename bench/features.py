@@ -1,0 +1,120 @@
+"""Benchmark: a linear probe trained on its frozen encoder's features, computed once, against the
+same row on images (issue 36, item 4), side by side in one process.
+
+The default study's linear row: its embedded world (EuroSAT-RGB layout, ``--samples`` scenes of
+64 px, 60/20/20 split), its encoder (the 4-block ViT of width 96 at 64 px, random weights here:
+the cost is the point, not the accuracy), 8 epochs, batch 32, augmentation on, so its features
+are the 8 dihedral views of every sample. Three timings of the same row (``train_row``, the
+function the workflow's jobs run; MLflow to a local SQLite store):
+
+- images: the row as before, the encoder run on every sample of every epoch;
+- features: the features job (``make_features``: every sample, 8 views of the train split's), once;
+- on features: the row trained on them.
+
+It prints each, the ratio of the row's training on images to on features (the goal: at least
+5x), and what a study's linear rows pay in all: ``--rows`` rows sharing one features job (the
+default study has 4: 2 seeds x 10 % and 100 % of the labels; all counted here as 100 % rows,
+while a 10 % row on images costs about a tenth). Times are wall seconds of ``train_row`` (data,
+model, MLflow run, training, saving; after an untimed first row that pays the process's lazy
+imports) and of the features job.
+
+    uv run python bench/features.py [--samples 1000] [--epochs 8] [--rows 4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def measure(samples: int, epochs: int, rows: int, work: Path) -> dict:
+    from conftest import job_spec
+
+    from geopeft.data.prepare import prepare
+    from geopeft.data.synthetic import WorldSpec, generate_eurosat
+    from geopeft.tracking import init_experiment
+    from geopeft.train.run import make_features, train_row
+
+    world = WorldSpec(seed=0, n_samples=samples, source_samples=10, size=64)
+    generate_eurosat(world, work / "ms", work / "rgb")
+    store = work / "rgb.zarr"
+    prepare("eurosat_rgb", work / "rgb", ["B04", "B03", "B02"], store)
+    exp = work / "exp.json"
+    init_experiment(f"sqlite:///{work / 'mlflow.db'}", "bench", work / "art", exp)
+    backbone = {"name": "vit_tiny_patch16_224", "weights": "none", "sha256": None,
+                "input_size": None, "normalize": "auto",
+                "kwargs": {"img_size": 64, "patch_size": 8, "depth": 4, "embed_dim": 96,
+                           "num_heads": 3}}
+    spec = job_spec({"backbone": backbone,
+                     "row": {"method": "linear", "name": "linear-f1-s0",
+                             "train": {"epochs": epochs, "batch_size": 32, "lr": 0.01,
+                                       "augment": True, "device": "cpu",
+                                       "checkpoint_every": 0}}})
+    # a first row pays the process's lazy imports and MLflow's first run: not timed
+    warm = job_spec({"backbone": backbone, "row": {"method": "linear", "name": "warm-up",
+                                                   "train": {"epochs": 1, "device": "cpu",
+                                                             "checkpoint_every": 0}}})
+    train_row(warm, store, None, exp, work / "warm-up")
+    t = time.perf_counter()
+    images = train_row(spec, store, None, exp, work / "images")
+    t_images = time.perf_counter() - t
+    t = time.perf_counter()
+    attrs = make_features(spec, store, work / "f.zarr")
+    t_features = time.perf_counter() - t
+    t = time.perf_counter()
+    on = train_row(spec, store, None, exp, work / "on-features", features=work / "f.zarr")
+    t_on = time.perf_counter() - t
+    return {"samples": samples, "epochs": epochs, "rows": rows, "views": attrs["views"],
+            "train_samples": images["train_samples"],
+            "images_s": round(t_images, 2), "features_job_s": round(t_features, 2),
+            "on_features_s": round(t_on, 2),
+            "images_train_s": round(images["train_time_s"], 2),
+            "on_features_train_s": round(on["train_time_s"], 2),
+            "val_images": images["history"][-1]["val_score"],
+            "val_on_features": on["history"][-1]["val_score"]}
+
+
+def report(m: dict) -> str:
+    per_row = m["on_features_s"] + m["features_job_s"] / m["rows"]
+    lines = [
+        f"linear probe, {m['train_samples']} train samples x {m['epochs']} epochs "
+        f"(of {m['samples']}), augmentation on ({m['views']} views):",
+        f"  on images (the encoder every epoch)   {m['images_s']:8.2f} s "
+        f"(training {m['images_train_s']:.2f} s)",
+        f"  features job (once, every sample)     {m['features_job_s']:8.2f} s",
+        f"  on features                           {m['on_features_s']:8.2f} s "
+        f"(training {m['on_features_train_s']:.2f} s)",
+        f"  ratio, the row on images / on features: {m['images_s'] / m['on_features_s']:.1f}x "
+        f"(goal: 5x)",
+        f"  a row's share with {m['rows']} rows per features job: {per_row:.2f} s, "
+        f"{m['images_s'] / per_row:.1f}x less than on images",
+        f"  the {m['rows']} rows: {m['rows'] * m['images_s']:.1f} s on images, "
+        f"{m['features_job_s'] + m['rows'] * m['on_features_s']:.1f} s with features",
+        f"  val accuracy: {m['val_images']:.4f} on images, {m['val_on_features']:.4f} on features"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="geopeft-features-") as tmp:
+        m = measure(a.samples, a.epochs, a.rows, Path(tmp))
+    print(report(m))
+    if a.json:
+        Path(a.json).write_text(json.dumps(m, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
