@@ -112,3 +112,106 @@ def test_features_of_another_store_encoder_or_row_are_refused(rgb_store, ms_stor
                                             rf"is '{moved['store_fingerprint']}'"):
         train_row(spec, rgb_store, None, experiment, tmp_path / "o4", features=feats)
     assert not (tmp_path / "o4").exists() and not Path(tmp_path / "o1").exists()
+
+
+PROBE = {"k": 5, "temperature": 0.07, "l2": 1e-3, "max_iter": 5000}  # to convergence
+
+
+def _probe_spec(method: str):
+    return job_spec({"backbone": backbone_cfg(),
+                     "row": {"method": method, "name": method, "probe": dict(PROBE),
+                             "train": {"augment": True, "device": "cpu", "checkpoint_every": 0}}})
+
+
+def _val_features(feats: Path, store: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                     np.ndarray]:
+    ds = open_store(store)
+    f = zarr.open_group(str(feats), mode="r", zarr_format=3)["features"][:, 0]
+    split = ds["split"].values
+    y = ds["label"].values.astype(int)
+    return f[split == "train"], y[split == "train"], f[split == "val"], y[split == "val"]
+
+
+def test_knn_probe_is_dinos_weighted_vote_and_saves_its_bank(rgb_store, experiment, tmp_path):
+    """The kNN probe's validation accuracy is that of DINO's ``knn_classifier`` (written out
+    here in numpy: cosine top-k, votes exp(sim / T)) on the same features; its run reloads with
+    its train features and gives the same predictions; it reads one view even when the row
+    augments."""
+    from geopeft.models.saved import load_model
+
+    spec = _probe_spec("knn")
+    assert spec.features_request()["views"] == 1
+    feats = tmp_path / "f.zarr"
+    make_features(spec, rgb_store, feats)
+    rec = train_row(spec, rgb_store, None, experiment, tmp_path / "knn", features=feats)
+    assert rec["trainable_params"] == 0 and len(rec["history"]) == 1
+    xt, yt, xv, yv = _val_features(feats, rgb_store)
+    nt = xt / np.linalg.norm(xt, axis=1, keepdims=True)
+    nv = xv / np.linalg.norm(xv, axis=1, keepdims=True)
+    sim = nv @ nt.T
+    idx = np.argsort(-sim, axis=1, kind="stable")[:, :PROBE["k"]]
+    votes = np.zeros((len(xv), 10))
+    for i in range(len(xv)):
+        for j in idx[i]:
+            votes[i, yt[j]] += np.exp(sim[i, j] / PROBE["temperature"])
+    want = float((votes.argmax(1) == yv).mean())
+    assert rec["history"][0]["val_score"] == pytest.approx(want, abs=1e-9)
+    model = load_model(tmp_path / "knn")
+    head = model.backbone.get_classifier()
+    assert head.bank.shape == (len(xt), xt.shape[1])
+    with torch.no_grad():
+        got = head(torch.from_numpy(xv)).numpy()
+    assert (got.argmax(1) == votes.argmax(1)).all()
+    probs = np.exp(got)
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert np.allclose(probs, votes / votes.sum(1, keepdims=True), atol=1e-4)
+
+
+def test_logistic_probe_is_scikit_learns_logistic_regression(rgb_store, experiment, tmp_path):
+    """The same objective as scikit-learn's ``LogisticRegression(C=1 / (l2 n))`` (multinomial,
+    bias unpenalised), fit to convergence: the same probabilities on the val features."""
+    from sklearn.linear_model import LogisticRegression
+
+    spec = _probe_spec("logistic")
+    feats = tmp_path / "f.zarr"
+    make_features(spec, rgb_store, feats)
+    rec = train_row(spec, rgb_store, None, experiment, tmp_path / "lr", features=feats)
+    xt, yt, xv, yv = _val_features(feats, rgb_store)
+    ref = LogisticRegression(C=1 / (PROBE["l2"] * len(xt)), max_iter=5000, tol=1e-10)
+    ref.fit(xt.astype(np.float64), yt)
+    from geopeft.models.saved import load_model
+
+    head = load_model(tmp_path / "lr").backbone.get_classifier()
+    with torch.no_grad():
+        p = torch.softmax(head(torch.from_numpy(xv)), 1).numpy()
+    want = np.zeros_like(p)
+    want[:, ref.classes_] = ref.predict_proba(xv.astype(np.float64))
+    assert np.abs(p - want).max() < 2e-3, np.abs(p - want).max()
+    assert rec["history"][0]["val_score"] == pytest.approx(float((p.argmax(1) == yv).mean()))
+
+
+def test_a_study_shares_one_features_job_per_encoder_and_views(tmp_path):
+    """The default study with kNN and logistic probes added: the linear rows (which augment)
+    share one job of 8 views, both probes (the samples as they are) one of 1 view, whatever the
+    seeds and fractions; a probe that cannot read features is refused at validation."""
+    import yaml
+
+    from geopeft import config as gcfg
+    from geopeft.plan.jobs import rule_jobs
+    from geopeft.spec import ConfigError
+
+    root = Path(__file__).resolve().parents[1]
+    doc = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    doc["strategies"].update(knn={"strategy": "knn"}, logistic={"strategy": "logistic"})
+    doc["grid"]["strategy"] = ["full", "linear", "knn", "logistic"]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cfg = gcfg.resolve([path])
+    jobs = rule_jobs(cfg)
+    assert jobs["features"] == 2 and jobs["train"] == 16
+    doc["strategies"]["knn"]["features"] = False
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=r"strategies.knn.strategy: knn fits its head on the "
+                                          r"encoder's features, which row knn-f0.1-s0 cannot "
+                                          r"use: train.features: false"):
+        gcfg.resolve([path])

@@ -16,8 +16,10 @@ from geopeft.config.rows import (
     TIME_SERIES_DATASETS,
     _backbones,
     is_series,
+    job_spec,
     study_datasets,
     study_rows,
+    trainable,
     uses_backbone,
 )
 from geopeft.data.sources import REGISTRY as SOURCES
@@ -272,6 +274,23 @@ def _check_rows(cfg: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: study rows: duplicate run name(s) {', '.join(dup)}")
     if not names:
         raise ConfigError(f"{source}: the study has no rows: set grid.strategy or runs")
+    _check_probes(cfg, source)
+
+
+def _check_probes(cfg: dict[str, Any], source: str) -> None:
+    """A probe (``knn``, ``logistic``) fits its head on the encoder's features: its rows must
+    be able to train on them."""
+    from geopeft.spec import JobSpec
+
+    for r in study_rows(cfg):
+        strategy = STRATEGY_REGISTRY[cfg["strategies"][r["strategy"]]["strategy"]]
+        if not strategy.closed_form or not trainable(r["dataset"]):
+            continue
+        reason = JobSpec.from_dict(job_spec(cfg, r)).features_reason()
+        if reason is not None:
+            raise ConfigError(f"{source}: strategies.{r['strategy']}.strategy: {strategy.name} "
+                              f"fits its head on the encoder's features, which row {r['name']} "
+                              f"cannot use: {reason}")
 
 
 def _check_generic(cfg: dict[str, Any], source: str) -> None:

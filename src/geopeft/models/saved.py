@@ -43,6 +43,8 @@ def trained_tensors(model: nn.Module, everything: bool = False) -> dict[str, tor
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad or everything}
     owners = {n.rpartition(".")[0] for n in params}
+    # and the modules fit rather than trained (a kNN probe's train features)
+    owners |= {n for n, m in model.named_modules() if getattr(m, "saves_buffers", False)}
     buffers = {n: b for n, b in model.named_buffers() if n.rpartition(".")[0] in owners}
     return {**params, **buffers}
 

@@ -56,6 +56,7 @@ from geopeft.spec import (
 from geopeft.spec.sections import Backbone, Ltae, Segmentation  # noqa: F401  (sections)
 from geopeft.strategies import REGISTRY as STRATEGY_REGISTRY
 from geopeft.strategies.bottleneck import BottleneckSpec
+from geopeft.strategies.probes import ProbeSpec
 
 # ---------------------------------------------------------------------------------- models
 
@@ -87,6 +88,7 @@ class Strategy(TrainOverrides):
     lora: LoraSpec = setting(LoraSpec)
     prompt: PromptSpec = setting(PromptSpec)
     bottleneck: BottleneckSpec = setting(BottleneckSpec)
+    probe: ProbeSpec = setting(ProbeSpec)
     fusion: FusionConfig | None = optional()
     """Fusion-LoRA (geopeft.models.fusion): a learned spectral tokenizer to pseudo-RGB for the
     frozen encoder, a spectral token stream with cross-attention fusion (caf) and gated late

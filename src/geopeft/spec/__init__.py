@@ -33,7 +33,8 @@ LOSSES = ("ce", "weighted_ce")
 #: Where a job trains (``train.device``): CUDA when available, or as named.
 DEVICES = ("auto", "cpu", "cuda")
 #: Training settings a strategy or a row may override.
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment", "loss")
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "augment", "loss",
+              "features")
 
 
 def _take(cls: Any, d: dict[str, Any], where: str, optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -350,7 +351,9 @@ class JobSpec(_Job):
                 "pretrain_of": self.study if bb.get("weights") == "pretrain" else None,
                 # a random encoder is the row seed's
                 "seed": self.row.seed if bb.get("weights") == "none" else None,
-                "views": 8 if self.row.train.augment else 1, "rehearsal": self.rehearsal}
+                "views": 8 if (self.row.train.augment
+                               and self.row.strategy_object.augments_features) else 1,
+                "rehearsal": self.rehearsal}
 
     def features_key(self) -> str:
         """The digest of :meth:`features_request`: the features store's name."""

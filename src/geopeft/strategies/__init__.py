@@ -32,6 +32,7 @@ from geopeft.strategies.base import (
 from geopeft.strategies.bottleneck import BottleneckSpec
 from geopeft.strategies.builtin import E2E, BitFit, Full, Linear, PeftAdapter, Scratch
 from geopeft.strategies.peft import PEFT_REGISTRY, LoraSpec, PeftMethod, adapter_words, peft_config
+from geopeft.strategies.probes import ProbeSpec
 from geopeft.strategies.vpt import PromptSpec
 
 #: The strategies a study may name, in registry order (the schema's enum).
@@ -73,6 +74,7 @@ def param_groups(model, lr: float, encoder_lr_factor: float = 1.0) -> list[dict]
 
 __all__ = ["E2E", "PEFT_METHODS", "PEFT_REGISTRY", "REGISTRY", "STRATEGIES", "BitFit",
            "BottleneckSpec", "Full",
-           "Linear", "LoraSpec", "PeftAdapter", "PeftMethod", "PromptSpec", "Scratch", "Strategy",
+           "Linear", "LoraSpec", "PeftAdapter", "PeftMethod", "ProbeSpec", "PromptSpec", "Scratch",
+           "Strategy",
            "adapter_words", "apply_strategy", "count_parameters", "encoder_targets", "get",
            "is_new", "new_module_names", "param_groups", "peft_config", "register"]

@@ -115,6 +115,12 @@ class Strategy:
     """Whether nothing of the encoder trains, nor sits between it and the head (a linear
     probe): its rows may train on the encoder's features, computed once
     (:mod:`geopeft.train.features`)."""
+    closed_form: ClassVar[bool] = False
+    """Whether its head is fit in one pass on the encoder's features (a probe: kNN, logistic
+    regression) instead of trained by gradient steps over epochs."""
+    augments_features: ClassVar[bool] = True
+    """Whether a frozen-encoder row of it that augments trains on the 8 dihedral views of the
+    features (False: the samples as they are)."""
     without_encoder: ClassVar[bool] = False
     """Whether it applies to a model without an encoder (U-TAE, trained from scratch): only
     strategies that train every weight."""

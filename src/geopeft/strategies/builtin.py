@@ -28,6 +28,7 @@ from geopeft.layout import ModelLayout
 from geopeft.strategies.base import Strategy, encoder_targets, is_new, new_module_names, register
 from geopeft.strategies.bottleneck import AdaptFormer, Houlsby
 from geopeft.strategies.peft import LoraSpec, adapter_words, peft_config, target_suffixes
+from geopeft.strategies.probes import KNN, Logistic
 from geopeft.strategies.vpt import VPT
 
 if TYPE_CHECKING:
@@ -116,5 +117,5 @@ class PeftAdapter(Strategy):
 
 
 for _strategy in (Full(), PeftAdapter(), Linear(), E2E(), Scratch(), BitFit(), VPT(),
-                  AdaptFormer(), Houlsby()):
+                  AdaptFormer(), Houlsby(), KNN(), Logistic()):
     register(_strategy)

@@ -181,6 +181,8 @@ def _check_head(model: nn.Module, head: nn.Module, x: torch.Tensor, f: torch.Ten
                 store: Path) -> None:
     """The head on the features gives the model's logits (else the features are not what the
     head reads)."""
+    if not list(head.parameters()):  # a kNN probe's head, not fit yet: nothing to compare
+        return
     want = model(x).float().cpu()
     got = head(f.to(next(head.parameters()).device)).float().cpu()
     scale = float(want.abs().max()) or 1.0
@@ -188,6 +190,79 @@ def _check_head(model: nn.Module, head: nn.Module, x: torch.Tensor, f: torch.Ten
         raise FeaturesError(f"{store}: the head of {type(model.backbone).__name__} does not read "
                             f"its pooled output (forward_head(pre_logits=True)); its rows train "
                             f"on images")
+
+
+def fit_probe(model: HeadOnFeatures, method: str, spec: Any, train: Split, val: Split,
+              args: Any) -> dict[str, Any]:
+    """Fit a probe's head (:mod:`geopeft.strategies.probes`) on the train features in one pass;
+    what :func:`geopeft.train.loop.fit` returns (one "epoch": the fit, then validation).
+
+    Args:
+        model: the head on features (its classifier's head: a kNN head, or the linear head).
+        method: ``knn`` or ``logistic``.
+        spec: the row's :class:`~geopeft.strategies.probes.ProbeSpec`.
+        train: the train features (N, D), the samples as they are.
+        val: the val features.
+        args: the row's training settings (evaluation batch size).
+    """
+    from geopeft.models.runtime import seed_everything
+    from geopeft.process import seconds_since_start
+    from geopeft.train.losses import loss_fn
+    from geopeft.train.validation import validate
+
+    seed_everything(args.seed, args.threads)
+    startup_s = seconds_since_start()
+    start = time.perf_counter()
+    x = torch.from_numpy(np.ascontiguousarray(train.x)).float()
+    y = torch.from_numpy(train.y)
+    head = model.backbone.get_classifier()
+    multilabel = y.ndim == 2
+    if method == "knn":
+        targets = y.float() if multilabel else nn.functional.one_hot(y, head.out_features).float()
+        head.fit(x, targets, spec.k, spec.temperature, multilabel)
+    else:
+        logistic_regression(head, x, y, spec.l2, spec.max_iter)
+    train_time = time.perf_counter() - start
+    with torch.no_grad():
+        train_loss = float(loss_fn(head(x), y))
+    m = {"train_loss": train_loss, "lr": 0.0,
+         **validate(model, val, args.eval_batch_size, torch.device("cpu"), args.amp)}
+    return {"history": [m], "wall_time_s": time.perf_counter() - start, "attempts": 1,
+            "startup_s": startup_s, "train_time_s": train_time,
+            "images_per_s": len(x) / max(train_time, 1e-9),
+            "peak_memory_mb": x.numel() * 4 / 2**20, "memory_kind": "train features",
+            "tensors_mb": {}, "device": "cpu", "steps": 1, "world_size": 1}
+
+
+def logistic_regression(head: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float,
+                        max_iter: int) -> None:
+    """Fit the linear ``head`` (weight, bias) to features ``x`` and targets ``y`` (class
+    indices: multinomial; multi-hot: one binary regression per class, the loss averaged over
+    samples and classes) by full-batch L-BFGS in float64 from zero weights: mean loss + ``l2`` /
+    2 x |weight|^2 (multinomial: scikit-learn's objective with C = 1 / (l2 x N), divided by N)."""
+    from torch.nn import functional as F
+
+    # fit in float64 (a weakly penalised optimum is flat: float32 stops short of it)
+    w = torch.zeros_like(head.weight, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros_like(head.bias, dtype=torch.float64, requires_grad=True)
+    x64 = x.double()
+    target = y.double() if y.ndim == 2 else y
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
+                            tolerance_change=1e-14, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    data_loss = F.binary_cross_entropy_with_logits if y.ndim == 2 else F.cross_entropy
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = data_loss(x64 @ w.T + b, target) + 0.5 * l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        head.weight.copy_(w)
+        head.bias.copy_(b)
 
 
 def read_provenance(path: Path) -> dict[str, Any]:
@@ -253,5 +328,5 @@ def load_feature_splits(path: Path, store: Path, subset: Path | None,
 
 
 __all__ = ["BLOCK", "PROVENANCE", "FeaturesError", "HeadOnFeatures", "check_provenance",
-           "compute_features", "encoder_digest", "load_feature_splits", "pooled",
-           "read_provenance"]
+           "compute_features", "encoder_digest", "fit_probe", "load_feature_splits",
+           "logistic_regression", "pooled", "read_provenance"]

@@ -30,6 +30,7 @@ from geopeft.train.features import (
     HeadOnFeatures,
     check_provenance,
     encoder_digest,
+    fit_probe,
     load_feature_splits,
 )
 from geopeft.train.loop import DivergedLoss, fit
@@ -201,6 +202,10 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     if features is not None and spec.features_reason() is not None:
         raise FeaturesError(f"{features}: {row.name} cannot train on features: "
                             f"{spec.features_reason()}")
+    probe = row.strategy_object.closed_form
+    if probe and features is None:
+        raise FeaturesError(f"{row.name}: strategy {row.method} fits its head on the encoder's "
+                            f"features: give them (geopeft features; --features)")
     if features is None:
         # in memory, or read from the store batch by batch when too large (one decision, logged)
         train, val = load_splits(store, [("train", subset), ("val", None)], row.temporal,
@@ -217,7 +222,8 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
         used = check_provenance(features, {"key": spec.features_key(),
                                            "store_fingerprint": info.fingerprint,
                                            "weights": encoder_digest(model)})
-        train, val = load_feature_splits(features, store, subset, args.augment)
+        train, val = load_feature_splits(features, store, subset,
+                                         args.augment and row.strategy_object.augments_features)
         fit_model = HeadOnFeatures(model)
         minfo = {**minfo, "features": {"path": str(features), "key": used["key"],
                                        "views": used["views"], "dim": used["dim"]}}
@@ -244,10 +250,14 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
     for e, m in enumerate(resume["history"] if resume else []):
         logger.log_once(m, e, done)
     try:
-        result = fit(fit_model, train, val, args,
-                     on_epoch=lambda e, m: logger.log_once(m, e, done),
-                     checkpointer=ckpt, resume=resume,
-                     extra_state={"mlflow_run_id": logger.run_id}, name=row.name)
+        if probe:
+            result = fit_probe(fit_model, row.method, row.options, train, val, args)
+            logger.log_once(result["history"][0], 0, done)
+        else:
+            result = fit(fit_model, train, val, args,
+                         on_epoch=lambda e, m: logger.log_once(m, e, done),
+                         checkpointer=ckpt, resume=resume,
+                         extra_state={"mlflow_run_id": logger.run_id}, name=row.name)
     except Preempted:
         _end_after_error(logger, "KILLED")
         raise
