@@ -231,16 +231,17 @@ def test_cpu_jobs_run_side_by_side_through_the_job_server(run):
     from geopeft.gpus import device_count
 
     work, out = run
-    heavy = [(s, e, res) for rule, s, e, res in job_spans(out) if rule in ("pretrain", "train", "evaluate")]
-    assert len(heavy) == 25  # 1 pretrain, 12 train, 12 evaluate
+    heavy = [(s, e, res) for rule, s, e, res in job_spans(out)
+             if rule in ("pretrain", "features", "train", "evaluate")]
+    assert len(heavy) == 26  # 1 pretrain, 1 features (the linear rows'), 12 train, 12 evaluate
     if device_count() == 0:  # no GPU: the jobs ask none, so the profile's gpu limit is moot ...
         assert all(re.search(r"\bgpu=0\b", res) for _, _, res in heavy), heavy
         if (os.cpu_count() or 1) >= 2:  # ... and two ran at once at some moment
             assert any(s1 < e0 and s0 < e1 for i, (s0, e0, _) in enumerate(heavy)
                        for s1, e1, _ in heavy[i + 1:])
     log = (work / "results" / STUDY / "logs" / "jobserver.log").read_text()
-    assert len(re.findall(r"job \d+: geopeft (?:pretrain|train|evaluate)", log)) == 25
-    assert len(re.findall(r"ended with status 0", log)) == 25
+    assert len(re.findall(r"job \d+: geopeft (?:pretrain|features|train|evaluate)", log)) == 26
+    assert len(re.findall(r"ended with status 0", log)) == 26
     for f in (work / "results" / STUDY / "logs").rglob("*.log"):
         assert "running in this process" not in f.read_text(), f
 

@@ -35,7 +35,11 @@ def test_the_card_says_every_aspect_from_the_study_itself():
     assert "label fractions 10 %, 100 %" in card["data"]
     assert card["lr"] == "full: 0.0005 (fixed); lora: 0.003 (fixed); linear: 0.01 (fixed)"
     assert card["seeds"].startswith("2 seeds (0, 1) per cell")
-    assert card["augmentation"] == "random flips and 90-degree rotations of training batches"
+    # the linear rows get theirs from the features of the 8 views (issue 36)
+    assert card["augmentation"] == (
+        "random flips and 90-degree rotations of training batches / random flips and 90-degree "
+        "rotations of training batches (linear probes: the frozen encoder's features of the 8 "
+        "views, computed once, the drawn view each step)")
     # what a study changes, the card says: it is derived, never written by hand
     card = _card(ROOT / "config" / "config.yaml", {"train": {"augment": False, "epochs": 3}})
     assert card["augmentation"] == "none" and "3 epochs" in card["schedule"]

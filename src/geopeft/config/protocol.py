@@ -14,8 +14,10 @@ from typing import Any
 from geopeft.bands import RGB
 from geopeft.config.rows import (
     is_series,
+    job_spec,
     study_datasets,
     study_rows,
+    trainable,
     uses_backbone,
 )
 from geopeft.data.sources import get_source
@@ -103,6 +105,23 @@ def _bands_words(bb: dict[str, Any], bands: list[str]) -> str:
     return "; ".join(parts) or "none: the data holds the weights' bands"
 
 
+def _augmentation_words(cfg: dict[str, Any], row: dict[str, Any]) -> str:
+    """A row's augmentation in words, and how a row on its frozen encoder's features gets it."""
+    from geopeft.spec import JobSpec
+
+    spec = JobSpec.from_dict(job_spec(cfg, row)) if trainable(row["dataset"]) else None
+    on_features = spec is not None and spec.features_reason() is None
+    if spec is not None and on_features and spec.row.strategy_object.closed_form:
+        return f"none ({row['method']} probe: the samples as they are)"
+    if not row["train"]["augment"]:
+        return "none"
+    if on_features:
+        return ("random flips and 90-degree rotations of training batches (linear probes: "
+                "the frozen encoder's features of the 8 views, computed once, the drawn view "
+                "each step)")
+    return "random flips and 90-degree rotations of training batches"
+
+
 def _distinct(values: list[Any]) -> str:
     seen = list(dict.fromkeys(values))
     return seen[0] if len(seen) == 1 else " / ".join(map(str, seen))
@@ -178,9 +197,7 @@ def protocol_card(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     card["missing_bands"] = "; ".join(
         f"{who}: " + (_fusion_bands(bands) if fusion else _bands_words(bb, bands))
         for who, bb, fusion in encoders) or "none"
-    card["augmentation"] = _distinct([
-        "random flips and 90-degree rotations of training batches" if r["train"]["augment"]
-        else "none" for r in rows])
+    card["augmentation"] = _distinct([_augmentation_words(cfg, r) for r in rows])
     card["schedule"] = _distinct([
         f"AdamW, weight decay {t['weight_decay']:g}, {t['warmup_epochs']:g} warm-up epoch(s) "
         f"then cosine decay, {t['epochs']} epochs, batch {t['batch_size']}, loss {t['loss']}"
