@@ -209,6 +209,15 @@ def test_a_study_shares_one_features_job_per_encoder_and_views(tmp_path):
     cfg = gcfg.resolve([path])
     jobs = rule_jobs(cfg)
     assert jobs["features"] == 2 and jobs["train"] == 16
+    # their disk, said before anything runs (geopeft plan, validate --resolved)
+    from geopeft.plan.jobs import features_lines
+
+    lines = features_lines(cfg)
+    assert lines[0] == "Features jobs (frozen encoders run once; train.features): 2"
+    mb = {8: 1000 * 8 * 96 * 4 / 2**20, 1: 1000 * 96 * 4 / 2**20}
+    for views, rows in ((8, 4), (1, 8)):
+        assert any(f"(eurosat_rgb, read by {rows} row(s)): {mb[views]:,.1f} MB on disk (1,000 "
+                   f"samples x {views} view(s) x 96 float32)" in line for line in lines), lines
     doc["strategies"]["knn"]["features"] = False
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match=r"strategies.knn.strategy: knn fits its head on the "

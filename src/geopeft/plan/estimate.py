@@ -21,7 +21,14 @@ from geopeft.plan.cluster import (
 )
 from geopeft.plan.curve import Curve, curves
 from geopeft.plan.errors import PlanError
-from geopeft.plan.jobs import GPU_RULES, LOCAL_RULES, job_resources, rule_jobs, train_samples
+from geopeft.plan.jobs import (
+    GPU_RULES,
+    LOCAL_RULES,
+    features_lines,
+    job_resources,
+    rule_jobs,
+    train_samples,
+)
 from geopeft.plan.steptimes import load_measurements, row_model
 
 # --------------------------------------------------------------------------- the plan
@@ -65,6 +72,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     resources: list[str] = field(default_factory=list)
     """What each GPU job asks for and how it holds its data (:func:`job_resources`)."""
+    features: list[str] = field(default_factory=list)
+    """The features jobs and the disk their stores take (:func:`features_lines`)."""
     runtime_min: float = 0.0
     profile: Profile = field(default_factory=lambda: Profile(None))
     overhead: dict[str, Any] | None = None
@@ -194,6 +203,7 @@ def make_plan(configfiles: Sequence[str] = (), overrides: dict[str, Any] | None 
         raise PlanError(f"--gpu-kind: the measurements hold several kinds ({', '.join(kinds)}); "
                         f"say which one to plan for")
     plan.resources = job_resources(cfg)
+    plan.features = features_lines(cfg)
     plan.kind = gpu_kind
     plan.measured = curves(steps, gpu_kind) if gpu_kind else {}
     _estimate(plan, cfg, rows)

@@ -53,7 +53,7 @@ def job_resources(cfg: dict[str, Any]) -> list[str]:
 
     res, threads, workers = cfg["resources"], int(cfg["threads"]), int(cfg["train"]["workers"])
     cpus = threads + workers
-    out = [f"Resources of each GPU job (pretrain, train, evaluate): gpus {res['gpus']}, "
+    out = [f"Resources of each GPU job (pretrain, features, train, evaluate): gpus {res['gpus']}, "
            f"cpus_per_gpu {res['cpus_per_gpu']} (threads {threads} + train.workers {workers} "
            f"reader processes when the splits stream), mem_mb {res['mem_mb']}, runtime "
            f"{res['runtime']} min"]
@@ -80,7 +80,7 @@ def job_resources(cfg: dict[str, Any]) -> list[str]:
                    f"KB, {np.dtype(SOURCES[ds].dtype)}{f', {length} dates' if length else ''})"
                    f" {'>' if mb > half else '<='} {WHOLE_SHARE:.0%} of mem_mb ({half:,.0f} "
                    f"MB): {how}")
-    return out
+    return out + features_lines(cfg)
 
 
 # --------------------------------------------------------------------------- jobs per rule
@@ -134,17 +134,59 @@ def rule_jobs(cfg: dict[str, Any]) -> dict[str, int]:
     return {r: jobs[r] for r in RULE_ORDER if jobs.get(r)}
 
 
-def features_keys(cfg: dict[str, Any], rows: list[dict[str, Any]]) -> set[str]:
+def features_keys(cfg: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The features jobs of a study's rows: one per distinct frozen encoder, data and views
-    (:meth:`geopeft.spec.JobSpec.features_key`) among the rows that train on features."""
+    (:meth:`geopeft.spec.JobSpec.features_key`) among the rows that train on features; each
+    with its dataset, views, the rows that read it and the spec of one of them."""
     from geopeft.spec import JobSpec
 
-    keys = set()
+    keys: dict[str, dict[str, Any]] = {}
     for r in rows:
+        if not trainable(r["dataset"]):
+            continue
         spec = JobSpec.from_dict(job_spec(cfg, r))
         if spec.features_reason() is None:
-            keys.add(spec.features_key())
+            job = keys.setdefault(spec.features_key(), {
+                "dataset": r["dataset"], "views": spec.features_request()["views"], "rows": 0,
+                "spec": spec})
+            job["rows"] += 1
     return keys
+
+
+def features_dim(spec: Any, bands: int) -> int:
+    """The width of a frozen encoder's pooled features (its head's input), from its
+    architecture alone (built on the meta device: no weights, no memory)."""
+    import torch
+
+    from geopeft.models.backbones import create_model, resolve
+
+    assert spec.backbone is not None
+    with torch.device("meta"):
+        m = create_model(resolve(spec.backbone.as_dict()), bands, 0)
+    return int(m.num_features)
+
+
+def features_lines(cfg: dict[str, Any]) -> list[str]:
+    """The study's features jobs and the disk their stores take (float32, every sample, the
+    train samples' views), before anything runs (``geopeft plan``, ``validate --resolved``)."""
+    data, rows = cfg["data"], study_rows(cfg)
+    jobs = features_keys(cfg, rows)
+    out = []
+    for key, job in jobs.items():
+        ds, views = job["dataset"], job["views"]
+        if data["source"] == "synthetic":
+            n = int(data["synthetic"]["n_samples"])
+        else:
+            sizes = SOURCES[ds].split_sizes(data["options"])
+            n = sum(sizes.values()) if sizes else 0
+        dim = features_dim(job["spec"], len(data["bands"]))
+        size = (f"{n * views * dim * 4 / 2**20:,.1f} MB on disk ({n:,} samples x {views} "
+                f"view(s) x {dim} float32)" if n else "size unknown before the store is "
+                "prepared")
+        out.append(f"  features {key} ({ds}, read by {job['rows']} row(s)): {size}")
+    if out:
+        out.insert(0, f"Features jobs (frozen encoders run once; train.features): {len(out)}")
+    return out
 
 
 def train_samples(sizes: dict[str, int] | None, fraction: float) -> int | None:

@@ -62,6 +62,7 @@ def format_plan(plan: Plan) -> str:
         out.append(f"Work: {plan.sample_dates:,.0f} training sample-dates (train subset x "
                    f"epochs x dates, summed over the runs; subsets as label fraction x train "
                    f"split, a few more at 1 % as every class keeps a sample)")
+    out += plan.features
     out.append("")
     out += _format_costs(plan)
     out.append("")
