@@ -19,8 +19,8 @@ from geopeft.data.dataset import open_store, store_info
 from geopeft.models.build import build_model
 from geopeft.models.runtime import seed_everything
 from geopeft.tracking import init_experiment
-from geopeft.train.feed import dihedral
 from geopeft.train.features import FeaturesError, pooled
+from geopeft.train.feed import dihedral
 from geopeft.train.run import make_features, train_row
 
 

@@ -384,7 +384,7 @@ def test_the_example_study_runs_as_its_header_says(tmp_path):
     assert sorted((x["strategy"], x["label_fraction"]) for x in runs) == [
         (s, f) for s in ("full", "linear", "lora") for f in ("0.5", "1.0")]
     assert all(0 <= float(x["test_overall_accuracy"]) <= 1 for x in runs)
-    store = next((work / "data" / "prepared").rglob("own_chips/*.zarr"))
+    store = next((work / "data" / "prepared").rglob("own_chips/B04-B03-B02-B08.zarr"))
     ds = xr.open_zarr(store, zarr_format=3, consolidated=False)
     where = {r["path"]: (float(r["x"]), float(r["y"])) for r in table(CHIPS / "labels.csv")}
     blocks = spatial_blocks(np.array([where[str(n)] for n in ds.name.values]), 320.0)

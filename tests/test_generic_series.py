@@ -304,7 +304,7 @@ def test_the_fields_example_runs_as_its_header_says(tmp_path):
     assert all(0 <= float(x["test_miou"]) <= 1 for x in runs)
     per_class = list(csv.DictReader((res / "per_class.csv").open()))
     assert {x["class"] for x in per_class} == set(CLASSES)  # void is no class of the metrics
-    store = next((work / "data" / "prepared").rglob("own_fields/*.zarr"))
+    store = next((work / "data" / "prepared").rglob("own_fields/B02-B03-B04-B08.zarr"))
     ds = xr.open_zarr(store, zarr_format=3, consolidated=False)
     test = [str(n) for n, s in zip(ds.name.values, ds.split.values, strict=True) if s == "test"]
     field = FIELDS / "fields" / test[0]

@@ -154,6 +154,14 @@ def _expected(cfg: dict) -> set[str]:
     pbands = study_config.bands_id(cfg["pretrain"]["bands"] or cfg["data"]["bands"])
     for ds, b in {(r["dataset"], bands) for r in rows} | {(study_config.pretrain_source(cfg), pbands)}:
         out |= {data.store(ds, b), data.prepared_log("prepare", f"{ds}-{b}")}
+    from geopeft.spec import JobSpec
+
+    for row in rows:  # the features of a frozen encoder: one job per key (linear probes)
+        spec = JobSpec.from_dict(study_config.job_spec(cfg, row))
+        if spec.features_reason() is None:
+            key = spec.features_key()
+            out |= {data.features(row["dataset"], bands, key),
+                    data.prepared_log("features", f"{row['dataset']}-{bands}-{key}")}
     return out
 
 

@@ -247,7 +247,7 @@ def test_bad_config_clear_error(done, tmp_path):
     bad.write_text(yaml.safe_dump(cfg))
     r = snakemake(done, "-n", config=bad)
     assert r.returncode != 0
-    assert "data.bands[1]: 'B3' is not one of" in r.stdout + r.stderr
+    assert "data.bands: 'B3' is not in eurosat_rgb (it holds B04, B03, B02)" in r.stdout + r.stderr
 
 
 def test_multilabel_study_end_to_end(done):
