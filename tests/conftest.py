@@ -158,3 +158,30 @@ def save_utae_run(pastis: Path, tmp: Path):
     save_model(model, out, {"spec": full_spec(partial), "model": minfo, "mlflow_run_id": None,
                             "store": {**asdict(info), "path": str(info.path)}})
     return out, model, store
+
+
+def run_study_header(study: Path, work: Path) -> dict[str, str]:
+    """Run the ``uv run snakemake ...`` command of a study file's header, as written (``uv
+    run``: this environment), in ``work``: a fresh working copy whose paths are the
+    repository's (``tests/data``: the datasets of your own of the examples). Returns the
+    environment the command ran in (without a workflow's dataset declarations), for the
+    commands a test runs after it."""
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = re.search(r"^#\s+uv run (snakemake .*)$", study.read_text(), re.M).group(1)
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config", "profiles"):
+        (work / name).symlink_to(root / name)
+    (work / "tests").mkdir()
+    (work / "tests" / "data").symlink_to(root / "tests" / "data")  # the examples' raw_dir
+    env = {k: v for k, v in os.environ.items() if k != "GEOPEFT_DATASETS"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    r = subprocess.run(shlex.split(cmd), cwd=work, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return env

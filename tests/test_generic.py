@@ -362,23 +362,13 @@ def test_the_example_study_runs_as_its_header_says(tmp_path):
     run that predicts on a chip and maps a scene of chips in a fresh process that knows the
     dataset from the run alone."""
     import os
-    import re
-    import shlex
     import sqlite3
 
+    from conftest import run_study_header
+
     study = ROOT / "config" / "studies" / "own_chips_example.yaml"
-    cmd = re.search(r"^#\s+uv run (snakemake .*)$", study.read_text(), re.M).group(1)
     work = tmp_path / "work"
-    work.mkdir()
-    for name in ("Snakefile", "workflow", "config", "profiles"):
-        (work / name).symlink_to(ROOT / name)
-    (work / "tests").mkdir()
-    (work / "tests" / "data").symlink_to(ROOT / "tests" / "data")  # the header's raw_dir
-    env = {k: v for k, v in os.environ.items() if k != "GEOPEFT_DATASETS"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    r = subprocess.run(shlex.split(cmd), cwd=work, env=env, capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    env = run_study_header(study, work)
     res = work / "results" / "own_chips_example"
     runs = list(csv.DictReader((res / "runs.csv").open()))
     assert sorted((x["strategy"], x["label_fraction"]) for x in runs) == [
@@ -448,3 +438,30 @@ def test_plan_counts_the_splits_of_your_own_table(monkeypatch, capsys):
     counts = [sum(it.split == s for it in items) for s in ("train", "val", "test")]
     assert (f"Data own_chips: train {counts[0]} / val {counts[1]} / test {counts[2]} samples: "
             f"tests/data/own_chips/labels.csv (spatial split), counted in the study's table") in out
+
+
+def test_nodata_pixels_are_counted_and_refused_past_the_declared_share(tmp_path):
+    """A chip's nodata pixels (every band at the raster's nodata value, or at data.generic.nodata)
+    are counted: past data.generic.max_nodata (default 0) the chip is refused, naming its row,
+    file and share; under it, prepared."""
+    raw = tmp_path / "raw"
+    shutil.copytree(CHIPS, raw)
+    with rasterio.open(CHIPS / "chips" / "chip_03.tif") as f:
+        data, profile = f.read(), f.profile
+    data[:, :2, :8] = 0  # 16 of 256 pixels: 6.2 %
+    with rasterio.open(raw / "chips" / "chip_03.tif", "w", **{**profile, "nodata": 0}) as f:
+        f.write(data)
+    register_generic("own_nodata", declaration())
+    with pytest.raises(DataError, match=r"labels.csv, row 4: .*chip_03.tif: 6.2% of its pixels "
+                                        r"are nodata \(0 in every band\), over "
+                                        r"data.generic.max_nodata 0"):
+        prepare("own_nodata", raw, BANDS, tmp_path / "a.zarr")
+    assert not (tmp_path / "a.zarr").exists()
+    register_generic("own_nodata", declaration(max_nodata=0.1))
+    prepare("own_nodata", raw, BANDS, tmp_path / "b.zarr")
+    # a value the rasters do not declare, declared in the study
+    with rasterio.open(raw / "chips" / "chip_03.tif", "w", **{**profile, "nodata": None}) as f:
+        f.write(np.where(data == 0, 65535, data).astype(np.uint16))
+    register_generic("own_nodata", declaration(nodata=65535))
+    with pytest.raises(DataError, match=r"row 4: .*6.2% of its pixels are nodata \(65535"):
+        prepare("own_nodata", raw, BANDS, tmp_path / "c.zarr")

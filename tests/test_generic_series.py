@@ -8,9 +8,7 @@ Prepared into PASTIS's layout, so the time-series models train on it. The fields
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from conftest import run_study_header
 from rasterio.transform import from_origin
 
 from geopeft.data.dataset import store_info
@@ -284,18 +283,8 @@ def test_the_fields_example_runs_as_its_header_says(tmp_path):
     the run alone, a prediction on a field's rasters stacked into one file and a map of its
     per-date rasters as a scene whose band names are the dataset's own."""
     study = ROOT / "config" / "studies" / "own_fields_example.yaml"
-    cmd = re.search(r"^#\s+uv run (snakemake .*)$", study.read_text(), re.M).group(1)
     work = tmp_path / "work"
-    work.mkdir()
-    for name in ("Snakefile", "workflow", "config", "profiles"):
-        (work / name).symlink_to(ROOT / name)
-    (work / "tests").mkdir()
-    (work / "tests" / "data").symlink_to(ROOT / "tests" / "data")  # the header's raw_dir
-    env = {k: v for k, v in os.environ.items() if k != "GEOPEFT_DATASETS"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    r = subprocess.run(shlex.split(cmd), cwd=work, env=env, capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    env = run_study_header(study, work)
     res = work / "results" / "own_fields_example"
     runs = list(csv.DictReader((res / "runs.csv").open()))
     assert sorted((x["strategy"], x["model"], x["sequence_length"]) for x in runs) == [
@@ -355,3 +344,34 @@ def test_the_fields_example_runs_as_its_header_says(tmp_path):
         assert f.count == 12
     assert message.endswith("class map of 16x16 pixels; the list gives each class's share of "
                             "them.")
+
+
+def test_pixels_without_data_on_every_date_are_void(tmp_path):
+    """Segmentation: a pixel that is nodata (the raster's value) on every date of its sample is
+    void in the label; one with data on some date keeps its class."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for k in range(6):
+        images = rng.integers(1, 5000, (2, 4, 16, 16)).astype(np.uint16)
+        if k == 0:
+            images[:, :, 0, :4] = 0  # no data on either date: void
+            images[0, :, 1, :4] = 0  # no data on one date only: kept
+        for t in range(2):
+            path = tmp_path / f"s{k}" / f"t{t}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=4,
+                               dtype="uint16", nodata=0, crs="EPSG:32631",
+                               transform=from_origin(500_000 + 200 * k, 4_600_000, 10, 10)) as f:
+                f.write(images[t])
+                f.update_tags(TIFFTAG_DATETIME=f"2021:0{3 + 2 * t}:01 10:00:00")
+            rows.append({"sample": f"s{k}", "path": f"s{k}/t{t}.tif", "mask": f"m{k}.tif",
+                         "split": ("train", "val", "test")[k % 3]})
+        raster(tmp_path / f"m{k}.tif", np.ones((1, 16, 16), np.uint8), 500_000 + 200 * k)
+    write_table(tmp_path / "t.csv", rows)
+    decl = declaration(table="t.csv", split_column="split", split={"method": "table"},
+                       sample_column="sample", date_pattern=None, max_nodata=0.05)
+    register_generic("own_gaps", decl)
+    prepare("own_gaps", tmp_path, BANDS, tmp_path / "g.zarr")
+    ds = xr.open_zarr(tmp_path / "g.zarr", zarr_format=3, consolidated=False)
+    label = ds.label.values[[str(n) for n in ds.name.values].index("s0")]
+    assert (label[0, :4] == 3).all() and (label[1, :4] == 1).all() and (label[2:] == 1).all()

@@ -175,6 +175,13 @@ class Generic:
     date_pattern: str | None = optional()
     """A regular expression whose first group finds the date (YYYYMMDD or YYYY-MM-DD) in each
     raster's file name, e.g. '_(\\d{8})\\.tif$'."""
+    nodata: float | None = optional()
+    """The chips' nodata value (a pixel is nodata when every band holds it); default: each
+    raster's own nodata value, if it declares one."""
+    max_nodata: float = setting(0.0, minimum=0, maximum=1)
+    """The share of a chip's pixels that may be nodata; a chip with more is refused, naming it
+    and its share. Segmentation: pixels without data on every date are void (out of the loss
+    and the metrics)."""
     value_scale: float = setting(1e-4, exclusiveMinimum=0)
     """What turns a value into reflectance: 1e-4 for Sentinel-2 digital numbers (L2A/L1C DN),
     1 for reflectance already."""

@@ -537,6 +537,13 @@ class GenericSource(Source):
     def _read_file(self, path: Path, limits: Limits, where: str,
                    check: Callable[[Any], None] | None = None, dates: int = 1) -> np.ndarray:
         """A raster's values (bands, H, W): ``dates`` x the dataset's bands, checked."""
+        return self._read_raster(path, limits, where, check, dates)[0]
+
+    def _read_raster(self, path: Path, limits: Limits, where: str,
+                     check: Callable[[Any], None] | None = None,
+                     dates: int = 1) -> tuple[np.ndarray, float | None]:
+        """:meth:`_read_file`, and the raster's nodata value: ``data.generic.nodata``, else
+        the raster's own (None: it has none)."""
         import rasterio
         from rasterio.errors import RasterioIOError
 
@@ -550,9 +557,25 @@ class GenericSource(Source):
                              src.height * src.width * src.count, src.dtypes[0], limits)
                 if check is not None:
                     check(src)
-                return src.read()
+                declared = self.decl.get("nodata")
+                return src.read(), (float(declared) if declared is not None else src.nodata)
         except RasterioIOError as err:
             raise DataError(f"{where}: {path} cannot be read as a raster ({err})") from None
+
+    def _nodata(self, arr: np.ndarray, value: float | None, path: Path, where: str) -> np.ndarray:
+        """The pixels (H, W) where every band of ``arr`` (..., bands, H, W) is ``value``
+        (none when None), refused when they are more than ``data.generic.max_nodata`` of the
+        raster."""
+        if value is None:
+            return np.zeros(arr.shape[-2:], bool)
+        flat = arr.reshape(-1, *arr.shape[-2:])
+        hit = np.isnan(flat) if np.isnan(value) else flat == value
+        mask = hit.all(axis=0)
+        share, most = float(mask.mean()), float(self.decl.get("max_nodata") or 0.0)
+        if share > most:
+            raise DataError(f"{where}: {path}: {share:.1%} of its pixels are nodata ({value:g} in "
+                            f"every band), over data.generic.max_nodata {most:g}")
+        return mask
 
     def read(self, item: Item, bands: list[str], options: dict[str, Any], *,
              limits: Limits = DEFAULT) -> Sample:
@@ -574,7 +597,8 @@ class GenericSource(Source):
         if self.segmentation:
             return self._read_series(item, picked, options, limits, checker)
         where = f"{item.extra.get('table', self.name)}, row {item.extra.get('row', '?')}"
-        arr = self._read_file(item.path, limits, where, checker(item.path, where))
+        arr, nodata = self._read_raster(item.path, limits, where, checker(item.path, where))
+        self._nodata(arr, nodata, item.path, where)
         label = (np.asarray(item.label, np.uint8) if self.task == "multilabel"
                  else np.int16(item.label))
         return Sample(arr[picked], label)
@@ -584,19 +608,25 @@ class GenericSource(Source):
                      ) -> Sample:
         """A segmentation sample: its rasters stacked by date (time, bands, H, W), padded with
         empty dates to the longest series (``t_max``), and its mask."""
-        frames = []
+        frames, empty = [], None
         for path, row, n in item.extra["files"]:
             where = f"{item.extra.get('table', self.name)}, row {row}"
-            arr = self._read_file(Path(path), limits, where, checker(Path(path), where),
-                                  max(n, 1))
+            arr, nodata = self._read_raster(Path(path), limits, where,
+                                            checker(Path(path), where), max(n, 1))
             frames.append(arr.reshape(max(n, 1), len(self.user_bands), *arr.shape[1:]))
+            # pixels without data on every date so far (each raster within max_nodata)
+            mask = self._nodata(frames[-1], nodata, Path(path), where)
+            empty = mask if empty is None else empty & mask
         series = np.concatenate(frames)[:, picked]
         t_max = int(options.get("t_max") or len(series))
         img = np.zeros((t_max, *series.shape[1:]), series.dtype)
         img[: len(series)] = series
         valid = np.zeros(t_max, bool)
         valid[: len(series)] = True
-        return Sample(img, self._read_mask(item, series.shape[-2:], limits), valid)
+        label = self._read_mask(item, series.shape[-2:], limits)
+        if empty is not None and empty.any():  # no data on any date: nothing to learn there
+            label[empty] = self.void_class
+        return Sample(img, label, valid)
 
     def reference(self, items: list[Item]) -> None:
         """Fix what every chip must share, from the declaration or else the first chip's header:
