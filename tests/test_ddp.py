@@ -74,6 +74,43 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, rgb_store,
     assert db.execute("select count(*) from runs where name = 'two'").fetchone()[0] == 1
 
 
+def test_a_probe_on_features_trains_under_ddp_as_in_one_process(tmp_path, rgb_store):
+    """A linear row on its frozen encoder's features, in two processes: each its shard of every
+    global batch of features; the same head as in one process (without augmentation, whose
+    draws are per rank under DDP, on images as on features)."""
+    from geopeft.train.run import make_features
+
+    exp = tmp_path / "exp.json"
+    init_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", "ddp-features", tmp_path / "art", exp)
+    spec = _spec(3)
+    spec["row"] = dict(spec["row"], method="linear", strategy="linear")
+    spec["row"].pop("lora")
+    spec["row"]["train"] = dict(spec["row"]["train"], checkpoint_every=0, lr=0.01, augment=False)
+    feats = tmp_path / "f.zarr"
+    make_features(JobSpec.from_dict({**spec, "row": dict(spec["row"], name="f")}), rgb_store, feats)
+    outs = {}
+    for name, extra in (("one", ()), ("two", ("--nproc", "2"))):
+        cmd = [sys.executable, "-m", "geopeft.cli", "train", "--spec",
+               json.dumps(dict(spec, row=dict(spec["row"], name=name))), "--store",
+               str(rgb_store), "--experiment", str(exp), "--out", str(tmp_path / name),
+               "--features", str(feats), "--gpus", "0", *extra]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-4000:]
+        assert "trains its head on the features" in r.stderr
+        outs[name] = load_file(str(tmp_path / name / "trainable.safetensors"))
+    a, b = outs["one"], outs["two"]
+    # as on images: AdamW turns the rounding noise of averaged gradients into full steps, so
+    # the updates agree in direction and size, not bitwise
+    seed_everything(spec["row"]["seed"], 1)
+    init = dict(build_model(JobSpec.from_dict(spec), store_info(rgb_store))[0].named_parameters())
+    keys = ("backbone.head.weight", "backbone.head.bias")
+    ua = torch.cat([(a[k] - init[k].detach()).flatten() for k in keys])
+    ub = torch.cat([(b[k] - init[k].detach()).flatten() for k in keys])
+    assert ua.norm() > 0.1  # it trained
+    assert torch.nn.functional.cosine_similarity(ua, ub, dim=0) > 0.99
+    assert (ua - ub).norm() / ua.norm() < 0.15
+
+
 def _start(spec, store, exp, out, state, name):
     spec = dict(spec, row=dict(spec["row"], name=name))
     cmd = [sys.executable, "-m", "geopeft.cli", "train", "--spec", json.dumps(spec), "--store",

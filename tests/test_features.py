@@ -224,3 +224,45 @@ def test_a_study_shares_one_features_job_per_encoder_and_views(tmp_path):
                                           r"encoder's features, which row knn-f0.1-s0 cannot "
                                           r"use: train.features: false"):
         gcfg.resolve([path])
+
+
+@pytest.mark.parametrize("method", ["knn", "logistic"])
+def test_probes_take_multi_label_targets(tmp_path, experiment, method):
+    """On a multi-label store the probes score each class on its own: kNN each class's weighted
+    share of the neighbours carrying it (DINO's vote, per class), the logistic probe one binary
+    regression per class; mAP on validation."""
+    from geopeft.data.prepare import prepare
+    from geopeft.data.synthetic_bigearthnet import generate_bigearthnet
+    from geopeft.models.saved import load_model
+
+    generate_bigearthnet(tmp_path / "raw", n_patches=24, seed=3, cloudy_share=0.0)
+    store = tmp_path / "s.zarr"
+    prepare("bigearthnet_s2", tmp_path / "raw", ["B04", "B03", "B02"], store,
+            options={"size": 32, "resampling": "bilinear"})
+    spec = job_spec({"backbone": backbone_cfg(),
+                     "data": {"dataset": "bigearthnet_s2", "bands": ["B04", "B03", "B02"]},
+                     "row": {"method": method, "name": method, "dataset": "bigearthnet_s2",
+                             "probe": dict(PROBE),
+                             "train": {"augment": False, "device": "cpu",
+                                       "checkpoint_every": 0}}})
+    feats = tmp_path / "f.zarr"
+    make_features(spec, store, feats)
+    rec = train_row(spec, store, None, experiment, tmp_path / "m", features=feats)
+    h = rec["history"][0]
+    assert {"val_map_micro", "val_score"} <= set(h) and 0 <= h["val_score"] <= 1
+    ds = open_store(store)
+    f = zarr.open_group(str(feats), mode="r", zarr_format=3)["features"][:, 0]
+    split, y = ds["split"].values, ds["label"].values.astype(np.float64)
+    head = load_model(tmp_path / "m").backbone.get_classifier()
+    with torch.no_grad():
+        p = torch.sigmoid(head(torch.from_numpy(f[split == "val"]))).numpy()
+    assert p.shape == (int((split == "val").sum()), 19)
+    if method == "knn":  # each class's weighted share of the k neighbours carrying it
+        xt, yt = f[split == "train"], y[split == "train"]
+        nt = xt / np.linalg.norm(xt, axis=1, keepdims=True)
+        xv = f[split == "val"]
+        sim = (xv / np.linalg.norm(xv, axis=1, keepdims=True)) @ nt.T
+        idx = np.argsort(-sim, axis=1, kind="stable")[:, :PROBE["k"]]
+        w = np.exp(np.take_along_axis(sim, idx, 1) / PROBE["temperature"])
+        want = (yt[idx] * w[..., None]).sum(1) / w.sum(1, keepdims=True)
+        assert np.allclose(p, np.clip(want, 1e-6, 1 - 1e-6), atol=1e-4)
