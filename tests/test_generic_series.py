@@ -20,6 +20,7 @@ import rasterio
 import xarray as xr
 from conftest import run_study_header
 from rasterio.transform import from_origin
+from test_generic import table, write_table
 
 from geopeft.data.dataset import store_info
 from geopeft.data.prepare import prepare
@@ -45,18 +46,6 @@ def declaration(**over) -> dict:
                       "block": 320.0}}
     decl.update(over)
     return {k: v for k, v in decl.items() if v is not None}
-
-
-def table(path: Path) -> list[dict]:
-    with open(path) as fh:
-        return list(csv.DictReader(fh))
-
-
-def write_table(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
 
 
 def raster(path: Path, data: np.ndarray, left: float = 500_000, tags: dict | None = None) -> None:

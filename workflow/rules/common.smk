@@ -174,21 +174,12 @@ def _features_plan():
     """Which runs train their head on a frozen encoder's features, and the features jobs: one
     per distinct encoder, data and views (geopeft.spec.JobSpec.features_key), whatever the rows'
     seeds and label fractions."""
-    from geopeft.spec import JobSpec
-
     of_run, jobs = {}, {}
-    for name, row in ROWS.items():
-        if not study_config.trainable(row["dataset"]):
-            continue
-        raw = study_config.job_spec(config, row)
-        spec = JobSpec.from_dict(raw)
-        if spec.features_reason() is not None:
-            continue
-        key = spec.features_key()
-        of_run[name] = DATA_LAYOUT.features(row["dataset"], BANDS, key)
-        bb = study_config.row_backbone(config, row)
-        jobs.setdefault(key, {"spec": canonical_json(raw), "dataset": row["dataset"],
-                              "pretrain": LAYOUT.pretrain if bb["weights"] == "pretrain" else []})
+    for name, (key, spec) in study_config.features_rows(config, list(ROWS.values())).items():
+        of_run[name] = DATA_LAYOUT.features(spec.row.dataset, BANDS, key)
+        jobs.setdefault(key, {"spec": canonical_json(spec.raw), "dataset": spec.row.dataset,
+                              "pretrain": LAYOUT.pretrain if spec.backbone.weights == "pretrain"
+                              else []})
     return of_run, jobs
 
 

@@ -34,6 +34,7 @@ from geopeft.config.rows import (
     bands_id,
     base_spec,
     data_layout,
+    features_rows,
     is_series,
     job_spec,
     job_specs,
@@ -132,7 +133,7 @@ def _merge(base: dict[str, Any], upd: dict[str, Any]) -> None:
 
 __all__ = ["DEFAULT_STUDY", "REHEARSAL_DIR", "REHEARSAL_LIMITS", "REHEARSAL_MAX_DATES",
            "SYNTHETIC_DATASETS", "TIME_SERIES_DATASETS", "TRAINABLE_DATASETS", "WORLD_DATASETS",
-           "is_series",
+           "features_rows", "is_series",
            "GENERIC_ENV", "trainable",
            "ConfigError", "bands_id", "base_spec", "data_layout", "job_spec", "job_specs", "load",
            "load_schema",

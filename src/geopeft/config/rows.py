@@ -244,6 +244,23 @@ def pretrain_spec(cfg: dict[str, Any]) -> dict[str, Any]:
     return dict(base_spec(cfg), pretrain=cfg["pretrain"])
 
 
+def features_rows(cfg: dict[str, Any], rows: list[dict[str, Any]] | None = None,
+                  ) -> dict[str, tuple[str, Any]]:
+    """The rows that train their head on a frozen encoder's features: run name -> (features key,
+    the row's typed job spec); rows of one key share one features job
+    (:meth:`geopeft.spec.JobSpec.features_key`)."""
+    from geopeft.spec import JobSpec
+
+    out = {}
+    for r in study_rows(cfg) if rows is None else rows:
+        if not trainable(r["dataset"]):
+            continue
+        spec = JobSpec.from_dict(job_spec(cfg, r))
+        if spec.features_reason() is None:
+            out[r["name"]] = (spec.features_key(), spec)
+    return out
+
+
 def bands_id(bands: list[str]) -> str:
     """File-name token of a band selection, e.g. ``B04-B03-B02``."""
     return "-".join(bands)

@@ -10,7 +10,7 @@ import numpy as np
 from geopeft.config import (
     WORLD_DATASETS,
     bands_id,
-    job_spec,
+    features_rows,
     pretrain_source,
     row_backbone,
     study_rows,
@@ -138,18 +138,11 @@ def features_keys(cfg: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, 
     """The features jobs of a study's rows: one per distinct frozen encoder, data and views
     (:meth:`geopeft.spec.JobSpec.features_key`) among the rows that train on features; each
     with its dataset, views, the rows that read it and the spec of one of them."""
-    from geopeft.spec import JobSpec
-
     keys: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if not trainable(r["dataset"]):
-            continue
-        spec = JobSpec.from_dict(job_spec(cfg, r))
-        if spec.features_reason() is None:
-            job = keys.setdefault(spec.features_key(), {
-                "dataset": r["dataset"], "views": spec.features_request()["views"], "rows": 0,
-                "spec": spec})
-            job["rows"] += 1
+    for key, spec in features_rows(cfg, rows).values():
+        job = keys.setdefault(key, {"dataset": spec.row.dataset, "rows": 0, "spec": spec,
+                                    "views": spec.features_request()["views"]})
+        job["rows"] += 1
     return keys
 
 
