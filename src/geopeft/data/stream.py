@@ -261,6 +261,12 @@ class StoreImages:
             raise self._reader_failed(err) from None
 
     def _reader_failed(self, err: Exception) -> DataError:
+        # stop the other readers now: left running, their pids stay registered with torch's
+        # SIGCHLD handler, which raises at a random later point of the job when they die
+        try:
+            self.close()
+        except Exception as stop:  # a reader already gone: nothing more to stop
+            log.debug("%s: stopping the readers after a failure: %s", self.path, stop)
         return DataError(f"{self.path}: a reader process of the image chunks failed ({err}). "
                          f"Out of memory? Lower train.workers or raise the job's mem_mb")
 
