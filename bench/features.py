@@ -18,7 +18,17 @@ while a 10 % row on images costs about a tenth). Times are wall seconds of ``tra
 model, MLflow run, training, saving; after an untimed first row that pays the process's lazy
 imports) and of the features job.
 
+With ``--series`` it times the embedded time-series study's decoder-only row the same three
+ways instead: its PASTIS-like world (``--samples`` patches of 32 px, 38-61 dates), its encoder
+(the 4-block ViT of width 96, 4 px patches: 8 x 8 tokens per date, four tapped levels) and
+decoder (UPerNet of 64 channels + the shared L-TAE), 15 dates, batch 4, 12 epochs, augmentation
+off (a time-series row that augments trains on images: the 8 views of every date's levels cost
+more than they save); the features job encodes every date of every patch once, and the study's
+12 decoder-only rows (2 fractions x 3 lengths x 2 seeds, all counted here as 100 %, 15-date
+rows) share it.
+
     uv run python bench/features.py [--samples 1000] [--epochs 8] [--rows 4] [--json out.json]
+    uv run python bench/features.py --series [--samples 200] [--epochs 12] [--rows 12]
 """
 
 from __future__ import annotations
@@ -81,11 +91,66 @@ def measure(samples: int, epochs: int, rows: int, work: Path) -> dict:
             "val_on_features": on["history"][-1]["val_score"]}
 
 
+def measure_series(samples: int, epochs: int, rows: int, work: Path) -> dict:
+    from conftest import job_spec
+
+    from geopeft.data.prepare import prepare
+    from geopeft.data.synthetic_pastis import generate_pastis
+    from geopeft.tracking import init_experiment
+    from geopeft.train.run import make_features, train_row
+
+    bands = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    generate_pastis(work / "PASTIS", n_patches=samples, size=32, seed=0)
+    store = work / "pastis.zarr"
+    prepare("pastis", work / "PASTIS", bands, store)
+    exp = work / "exp.json"
+    init_experiment(f"sqlite:///{work / 'mlflow.db'}", "bench", work / "art", exp)
+
+    def spec(name: str, n_epochs: int):
+        return job_spec({
+            "backbone": {"name": "embedded", "weights": "none",
+                         "kwargs": {"img_size": 32, "patch_size": 4}},
+            "data": {"dataset": "pastis", "bands": bands},
+            "row": {"method": "linear", "name": name, "seed": 0, "dataset": "pastis",
+                    "segmentation": {"channels": 64}, "sequence_length": 15,
+                    "temporal": {"length": 15, "ladder": [15, 6, 1], "pad": "mask",
+                                 "reference": "2018-09-01"},
+                    "train": {"epochs": n_epochs, "batch_size": 4, "lr": 0.003,
+                              "warmup_epochs": 1, "eval_batch_size": 16, "augment": False,
+                              "device": "cpu", "checkpoint_every": 0}}})
+
+    train_row(spec("warm-up", 1), store, None, exp, work / "warm-up")  # lazy imports: untimed
+    row = spec("decoder_only-f1-t15-s0", epochs)
+    t = time.perf_counter()
+    images = train_row(row, store, None, exp, work / "images")
+    t_images = time.perf_counter() - t
+    t = time.perf_counter()
+    attrs = make_features(row, store, work / "f.zarr")
+    t_features = time.perf_counter() - t
+    t = time.perf_counter()
+    on = train_row(row, store, None, exp, work / "on-features", features=work / "f.zarr")
+    t_on = time.perf_counter() - t
+    return {"series": True, "samples": samples, "epochs": epochs, "rows": rows,
+            "views": attrs["views"], "dim": attrs["dim"],
+            "train_samples": images["train_samples"],
+            "images_s": round(t_images, 2), "features_job_s": round(t_features, 2),
+            "on_features_s": round(t_on, 2),
+            "images_train_s": round(images["train_time_s"], 2),
+            "on_features_train_s": round(on["train_time_s"], 2),
+            "val_images": images["history"][-1]["val_score"],
+            "val_on_features": on["history"][-1]["val_score"]}
+
+
 def report(m: dict) -> str:
     per_row = m["on_features_s"] + m["features_job_s"] / m["rows"]
+    what = (f"decoder-only time series (UPerNet + L-TAE), {m['train_samples']} train patches "
+            f"x 15 dates x {m['epochs']} epochs (of {m['samples']}), augmentation off"
+            if m.get("series") else
+            f"linear probe, {m['train_samples']} train samples x {m['epochs']} epochs "
+            f"(of {m['samples']}), augmentation on ({m['views']} views)")
+    score = "val mIoU" if m.get("series") else "val accuracy"
     lines = [
-        f"linear probe, {m['train_samples']} train samples x {m['epochs']} epochs "
-        f"(of {m['samples']}), augmentation on ({m['views']} views):",
+        f"{what}:",
         f"  on images (the encoder every epoch)   {m['images_s']:8.2f} s "
         f"(training {m['images_train_s']:.2f} s)",
         f"  features job (once, every sample)     {m['features_job_s']:8.2f} s",
@@ -97,19 +162,24 @@ def report(m: dict) -> str:
         f"{m['images_s'] / per_row:.1f}x less than on images",
         f"  the {m['rows']} rows: {m['rows'] * m['images_s']:.1f} s on images, "
         f"{m['features_job_s'] + m['rows'] * m['on_features_s']:.1f} s with features",
-        f"  val accuracy: {m['val_images']:.4f} on images, {m['val_on_features']:.4f} on features"]
+        f"  {score}: {m['val_images']:.4f} on images, {m['val_on_features']:.4f} on features"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=1000)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--series", action="store_true",
+                    help="the embedded time-series study's decoder-only row")
+    ap.add_argument("--samples", type=int, help="scenes (default 1000) or patches (200)")
+    ap.add_argument("--epochs", type=int, help="default 8, or 12 with --series")
+    ap.add_argument("--rows", type=int, help="rows per features job (default 4, or 12)")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="geopeft-features-") as tmp:
-        m = measure(a.samples, a.epochs, a.rows, Path(tmp))
+        if a.series:
+            m = measure_series(a.samples or 200, a.epochs or 12, a.rows or 12, Path(tmp))
+        else:
+            m = measure(a.samples or 1000, a.epochs or 8, a.rows or 4, Path(tmp))
     print(report(m))
     if a.json:
         Path(a.json).write_text(json.dumps(m, indent=2) + "\n")

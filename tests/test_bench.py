@@ -205,3 +205,15 @@ def test_features_benchmark_times_a_probe_both_ways(tmp_path):
     assert m["on_features_s"] > 0
     # the same head within float tolerance: at most one of the 24 val scenes may change class
     assert abs(m["val_images"] - m["val_on_features"]) <= 1 / 24 + 1e-9
+
+
+def test_features_benchmark_times_a_decoder_only_series_row_both_ways(tmp_path):
+    """``bench/features.py --series`` on a few patches: the decoder-only row on images and on its
+    encoder's levels, the features job between, the same validation mIoU."""
+    out = tmp_path / "series.json"
+    assert _bench("features").main(["--series", "--samples", "12", "--epochs", "1", "--json",
+                                    str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["series"] and m["views"] == 1 and m["dim"] == 4 * 96 * 8 * 8
+    assert m["images_s"] > 0 and m["features_job_s"] > 0 and m["on_features_s"] > 0
+    assert m["val_on_features"] == pytest.approx(m["val_images"], abs=1e-4)

@@ -79,9 +79,10 @@ def test_validate_resolved_prints_the_card_the_differences_and_the_published_fig
         os.chdir(cwd)
     out = capsys.readouterr().out.splitlines()
     start = out.index("Protocol of shaping_ft:")
-    assert len([ln for ln in out[start:] if ln.startswith("  ")]) == len(ASPECTS) + 6 + 4
+    assert len([ln for ln in out[start:] if ln.startswith("  ")]) == len(ASPECTS) + 7 + 4
     assert out[start + len(ASPECTS) + 1].startswith("Compared with: PANGAEA-bench's PASTIS")
-    assert "Differences from it (6):" in out
+    assert "Differences from it (7):" in out
+    assert any(ln.startswith("  - augmentation: ours random flips") for ln in out)
     assert any(ln.startswith("  - encoders and weights: ours CROMA base") for ln in out)
     assert any(ln.startswith("  - normalisation: ours CROMA's own rule") for ln in out)
     assert ("  - SSL4EO-S12 DINO ViT-S/16, frozen, UPerNet + L-TAE, 6 frames: test mIoU (%) 36.18 "
@@ -152,7 +153,7 @@ def test_the_paper_and_mlflow_show_the_card_and_keep_published_figures_apart():
     assert moco.split(" & ")[3] == "--"  # no such runs here: nothing is put beside it
     assert tex.count(r"\begin{table}") == 3 and "every difference from the reference" in tex
     md = card_markdown(record)
-    assert md.startswith("### Protocol") and md.count("\n| ") == len(ASPECTS) + 1 + 6 + 1
+    assert md.startswith("### Protocol") and md.count("\n| ") == len(ASPECTS) + 1 + 7 + 1
     assert card_lines(record)[0] == "Protocol of shaping_ft:"
 
 

@@ -181,8 +181,15 @@ def _read_samples(path: Path, idx: np.ndarray,
     return StoreImages(Path(path), idx, select, cache_chunks=1)[slice(None)]
 
 
-def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None,
-                 stream: bool = False) -> Split:
+def series_selection(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None,
+                     ) -> tuple[list[np.ndarray], np.ndarray]:
+    """The dates a time-series row keeps of the samples ``idx``: per sample, their positions
+    in the store's series (``PAD``: an empty date; :func:`~geopeft.data.temporal.
+    temporal_indices`), and their days since ``temporal.reference`` (N, length).
+
+    Raises:
+        DataError: no sequence length, or a series too short under ``pad: error``.
+    """
     if temporal is None:
         raise DataError(f"{path}: a time-series store; the run needs a sequence length")
     length, ladder, pad = temporal.length, temporal.ladder, temporal.pad
@@ -193,15 +200,20 @@ def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None
                for n, name in zip(n_dates, names, strict=True)]
     except ShortSeriesError as err:
         raise DataError(str(err)) from None
+    all_dates = ds["dates"].values
+    dates = np.stack([np.where(s == PAD, 0, all_dates[i, s]) for i, s in zip(idx, sel, strict=True)])
+    return sel, days_since(dates, temporal.reference)
+
+
+def _load_series(ds: Any, path: Path, idx: np.ndarray, temporal: Temporal | None,
+                 stream: bool = False) -> Split:
+    sel, days = series_selection(ds, path, idx, temporal)
     if stream:
         from geopeft.data.stream import StoreImages
 
         x: Any = StoreImages(Path(path), idx, sel)
     else:
         x = _read_samples(Path(path), idx, sel)
-    all_dates = ds["dates"].values
-    dates = np.stack([np.where(s == PAD, 0, all_dates[i, s]) for i, s in zip(idx, sel, strict=True)])
     y = ds["label"].values[idx].astype(np.int64)
     void = ds.attrs.get("void_class")
-    return Split(x, y, days_since(dates, temporal.reference),
-                 None if void is None else int(void))
+    return Split(x, y, days, None if void is None else int(void))

@@ -246,18 +246,28 @@ class UPerNetLTAE(nn.Module):
                 parts.append(self._encode(part))
         return [torch.cat([p[k] for p in parts]) for k in range(len(self.indices))]
 
-    def forward(self, x: torch.Tensor, days: torch.Tensor) -> torch.Tensor:
-        b, t, c, h, w = x.shape
+    def encode_series(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The encoder's levels (each (B, T, C, h, w)) of raw series ``x`` (B, T, C, H, W), and
+        their pad mask (B, T) (None: no padded date). A date holding only zeros is padding: it
+        is not encoded, its features are 0 and the L-TAE masks it."""
+        b, t = x.shape[:2]
         pad = pad_mask_of(x)
         z = normalize_input(x.float().flatten(0, 1), self.value_scale, self.mean, self.std,
                             self.clip, self.input_size)
-        pad = pad if bool(pad.any()) else None
-        # padded dates are not encoded (their features stay 0; the L-TAE masks them)
-        levels = shared_over_dates(self.encode, z.view(b, t, *z.shape[1:]), pad)
+        mask = pad if bool(pad.any()) else None
+        return shared_over_dates(self.encode, z.view(b, t, *z.shape[1:]), mask), mask
+
+    def decode(self, levels: list[torch.Tensor], days: torch.Tensor, pad: torch.Tensor | None,
+               size: tuple[int, int]) -> torch.Tensor:
+        """The decoder on the encoder's levels: logits (B, classes, ``size``)."""
         if self.adaptor is not None:
             levels = self.adaptor(levels)
         logits = self.upernet(self.pyramid(self.ltae(levels, days, pad)))
-        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor, days: torch.Tensor) -> torch.Tensor:
+        levels, pad = self.encode_series(x)
+        return self.decode(levels, days, pad, tuple(x.shape[-2:]))
 
 
 def build_segmenter(backbone_cfg: dict[str, Any] | None, store: StoreInfo, num_classes: int,

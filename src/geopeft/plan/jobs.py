@@ -147,35 +147,55 @@ def features_keys(cfg: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, 
 
 
 def features_dim(spec: Any, bands: int) -> int:
-    """The width of a frozen encoder's pooled features (its head's input), from its
-    architecture alone (built on the meta device: no weights, no memory)."""
+    """The width of a frozen encoder's features per sample (a classifier head's input: the
+    pooled output) or per date (a segmentation decoder's: every tapped level, flattened), from
+    its architecture alone (built and run on the meta device: no weights, no memory)."""
     import torch
 
     from geopeft.models.backbones import create_model, resolve
+    from geopeft.models.families import get_family
 
     assert spec.backbone is not None
+    bb = resolve(spec.backbone.as_dict())
     with torch.device("meta"):
-        m = create_model(resolve(spec.backbone.as_dict()), bands, 0)
-    return int(m.num_features)
+        m = create_model(bb, bands, 0)
+        if spec.row.segmentation is None:
+            return int(m.num_features)
+        family = get_family(bb["family"])
+        taps = family.taps(m, spec.row.segmentation.out_indices, bb.get("taps"))
+        side = int(bb.get("input_size") or bb["kwargs"].get("img_size") or 224)
+        levels = family.features(m, torch.empty(1, bands, side, side), sorted(set(taps.indices)))
+    return sum(int(np.prod(lv.shape[1:])) for lv in levels) * len(taps.indices) // len(levels)
 
 
 def features_lines(cfg: dict[str, Any]) -> list[str]:
-    """The study's features jobs and the disk their stores take (float32, every sample, the
-    train samples' views), before anything runs (``geopeft plan``, ``validate --resolved``)."""
+    """The study's features jobs and the disk their stores take (float32; the train samples'
+    views; a series's every date), before anything runs (``geopeft plan``, ``validate
+    --resolved``)."""
     data, rows = cfg["data"], study_rows(cfg)
     jobs = features_keys(cfg, rows)
     out = []
     for key, job in jobs.items():
-        ds, views = job["dataset"], job["views"]
+        ds, views, spec = job["dataset"], job["views"], job["spec"]
         if data["source"] == "synthetic":
             n = int(data["synthetic"]["n_samples"])
         else:
             sizes = SOURCES[ds].split_sizes(data["options"])
             n = sum(sizes.values()) if sizes else 0
-        dim = features_dim(job["spec"], len(data["bands"]))
-        size = (f"{n * views * dim * 4 / 2**20:,.1f} MB on disk ({n:,} samples x {views} "
-                f"view(s) x {dim} float32)" if n else "size unknown before the store is "
-                "prepared")
+        dim = features_dim(spec, len(data["bands"]))
+        dates = SOURCES[ds].max_dates if spec.row.segmentation is not None else None
+        if not n:
+            size = "size unknown before the store is prepared"
+        elif dates is None and spec.row.segmentation is not None:
+            size = (f"{n * views * dim * 4 / 2**20:,.1f} MB per date on disk ({n:,} series x "
+                    f"{views} view(s) x {dim} float32; dates unknown before the store is "
+                    f"prepared)")
+        elif dates is not None:
+            size = (f"up to {n * views * dates * dim * 4 / 2**30:,.1f} GB on disk ({n:,} series "
+                    f"x {views} view(s) x {dates} dates x {dim} float32)")
+        else:
+            size = (f"{n * views * dim * 4 / 2**20:,.1f} MB on disk ({n:,} samples x {views} "
+                    f"view(s) x {dim} float32)")
         out.append(f"  features {key} ({ds}, read by {job['rows']} row(s)): {size}")
     if out:
         out.insert(0, f"Features jobs (frozen encoders run once; train.features): {len(out)}")

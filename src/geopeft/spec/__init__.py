@@ -62,10 +62,10 @@ class TrainArgs:
     augment: bool = True
     """Random horizontal/vertical flips and 90 degree rotations."""
     features: bool = True
-    """A frozen encoder's rows (linear probes on images) train their head on the encoder's
-    features, computed once per encoder by a features job and shared by the rows (the 8 views of
-    the augmentation when it is on), instead of running the encoder every epoch; false: on
-    images."""
+    """A frozen encoder's rows (linear probes on images; decoder-only time series that do not
+    augment) train their head or decoder on the encoder's features, computed once per encoder by
+    a features job and shared by the rows (the 8 views of the augmentation when it is on),
+    instead of running the encoder every epoch; false: on images."""
     device: str = field(default="auto", metadata={"enum": DEVICES})
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     amp: bool = True
@@ -323,7 +323,8 @@ class JobSpec(_Job):
     def features_reason(self) -> str | None:
         """Why the row runs its encoder on every sample of every epoch instead of training on
         its features computed once (:mod:`geopeft.train.features`); None when it can: a frozen
-        encoder (a linear probe) with nothing between it and the head, on images."""
+        encoder (a linear probe; a decoder-only segmentation row) with nothing of the row's
+        between it and the head or decoder, and no dropout in it."""
         row = self.row
         if self.backbone is None:
             return "no encoder"
@@ -331,12 +332,19 @@ class JobSpec(_Job):
             return f"strategy {row.method} trains the encoder"
         if not row.train.features:
             return "train.features: false"
-        if row.segmentation is not None:
-            return "a segmentation decoder reads the encoder's levels (not cached yet)"
+        if row.segmentation is not None and row.segmentation.model != "upernet_ltae":
+            return f"segmentation.model {row.segmentation.model} has no separate encoder"
+        if row.segmentation is not None and row.train.augment:
+            # measured (bench/features.py): the 8 views of every date's levels cost more to
+            # make than the encoder passes they save, as the decoder dominates such a row
+            return ("train.augment: a time series's 8 dihedral views of every date's levels "
+                    "cost more than the encoder passes they save (train.augment: false reads "
+                    "features)")
         if row.fusion is not None:
             return "Fusion-LoRA's new modules sit inside the encoder"
-        if float(self.backbone.kwargs.get("drop_rate", 0) or 0) > 0:
-            return "backbone.kwargs.drop_rate: dropout before the head changes every epoch"
+        for key in ("drop_rate", "drop_path_rate"):
+            if float(self.backbone.kwargs.get(key, 0) or 0) > 0:
+                return f"backbone.kwargs.{key}: dropout changes the features every epoch"
         return None
 
     def features_request(self) -> dict[str, Any]:
@@ -349,6 +357,9 @@ class JobSpec(_Job):
         return {"backbone": bb, "data": {"dataset": self.data.dataset, "source": self.data.source,
                                          "bands": list(self.data.bands)},
                 "pretrain_of": self.study if bb.get("weights") == "pretrain" else None,
+                # a segmentation decoder reads the encoder's tapped levels (every date's)
+                "levels": (None if self.row.segmentation is None
+                           else self.row.segmentation.out_indices or "declared"),
                 # a random encoder is the row seed's
                 "seed": self.row.seed if bb.get("weights") == "none" else None,
                 "views": 8 if (self.row.train.augment

@@ -38,6 +38,7 @@ from torch import nn
 
 from geopeft.data.dataset import Split, open_store, split_indices, split_labels
 from geopeft.data.sources import DataError
+from geopeft.data.temporal import PAD
 from geopeft.io import atomic_dir
 from geopeft.strategies import Strategy
 from geopeft.train.feed import dihedral
@@ -86,11 +87,17 @@ class HeadOnFeatures(nn.Module):
 
 def encoder_digest(model: nn.Module) -> str:
     """The sha256 of everything of ``model`` that makes its features: every tensor of its state
-    (encoder weights, normalisation buffers) but its head's, by name and value."""
+    (encoder weights, normalisation buffers) but its head's or decoder's, by name and value."""
     import hashlib
 
-    head = model.backbone.get_classifier()
-    skip = {id(t) for t in head.state_dict(keep_vars=True).values()}
+    from geopeft.strategies.base import is_new
+
+    if is_segmenter(model):  # its decoder (new modules) reads the features
+        new = list(model.new_modules())
+        skip = {id(t) for n, t in model.state_dict(keep_vars=True).items() if is_new(n, new)}
+    else:
+        head = model.backbone.get_classifier()
+        skip = {id(t) for t in head.state_dict(keep_vars=True).values()}
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict(keep_vars=True).items()):
         if id(t) in skip:
@@ -133,6 +140,8 @@ def compute_features(model: nn.Module, store: Path, out: Path, views: int,
         raise FeaturesError(f"{out}: views {views}; 1 or 8 (the dihedral views)")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.eval().to(device)
+    if is_segmenter(model):
+        return _compute_series(model, store, out, views, provenance, batch_size, device)
     ds = open_store(store)
     n = int(ds.sizes["sample"])
     # only training augments: val and test samples get view 0 (the others are NaN, never read)
@@ -168,6 +177,130 @@ def compute_features(model: nn.Module, store: Path, out: Path, views: int,
     log.info("%s: features of %d samples x %d views (dim %d) in %.1f s", out, n, views,
              attrs["dim"], attrs["seconds"])
     return attrs
+
+
+def is_segmenter(model: nn.Module) -> bool:
+    """A segmentation model whose decoder reads its encoder's levels (UPerNet + L-TAE)."""
+    return hasattr(model, "encode_series")
+
+
+def flat_levels(levels: list[torch.Tensor]) -> torch.Tensor:
+    """The encoder's levels (each (B, T, C, h, w)) as one tensor (B, T, F): each level
+    flattened, in order (:func:`unflat_levels` undoes it)."""
+    return torch.cat([lv.flatten(2) for lv in levels], dim=2)
+
+
+def unflat_levels(f: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """(B, T, F) -> the levels, each (B, T, C, h, w), of ``shapes`` (C, h, w)."""
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    return [part.reshape(*f.shape[:2], *sh)
+            for part, sh in zip(f.split(sizes, dim=2), shapes, strict=True)]
+
+
+def series_features(model: nn.Module, raw: torch.Tensor, k: int, batch_size: int,
+                    device: torch.device) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    """The levels (B, T, F) of the dihedral view ``k`` of raw series (B, T, C, H, W), batch by
+    batch (dates holding only zeros are padding: their features are 0), and the levels' shapes
+    (C, h, w)."""
+    parts, shapes = [], []
+    for j in range(0, len(raw), batch_size):
+        levels, _ = model.encode_series(dihedral(raw[j : j + batch_size], k).to(device))
+        shapes = [tuple(int(d) for d in lv.shape[2:]) for lv in levels]
+        parts.append(flat_levels(levels).float().cpu())
+    return torch.cat(parts), shapes
+
+
+#: Samples of a series store encoded at a time (their raw dates and features in memory).
+SERIES_BLOCK = 16
+
+
+def _compute_series(model: nn.Module, store: Path, out: Path, views: int,
+                    provenance: dict[str, Any], batch_size: int,
+                    device: torch.device) -> dict[str, Any]:
+    """:func:`compute_features` of a segmenter on a time-series store: ``features (sample, 1,
+    time, F)``, every date of the store's series (all of a study's sequence lengths read them),
+    each sample in one chunk. One view: a time-series row that augments trains on images
+    (:meth:`geopeft.spec.JobSpec.features_reason`)."""
+    import zarr
+
+    from geopeft.data.stream import StoreImages
+
+    if views != 1:
+        raise FeaturesError(f"{out}: {views} views; a time series's features hold one (the "
+                            f"series as they are)")
+
+    ds = open_store(store)
+    n = int(ds.sizes["sample"])
+    images = StoreImages(Path(store), np.arange(n), cache_chunks=1)
+    start = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        arr: Any = None
+        shapes: list[tuple[int, ...]] = []
+        for i in range(0, n, SERIES_BLOCK):
+            raw = torch.from_numpy(np.ascontiguousarray(images[slice(i, i + SERIES_BLOCK)]))
+            raw = raw.float()
+            feats, shapes = series_features(model, raw, 0, batch_size, device)
+            if arr is None:
+                _check_decoder(model, raw[:batch_size], feats[:batch_size], shapes,
+                               ds, i, store, device)
+                arr = group.create_array("features", shape=(n, 1, *feats.shape[1:]),
+                                         chunks=(1, 1, *feats.shape[1:]), dtype="float32")
+            arr[i : i + len(feats), 0] = feats.numpy()
+        attrs = {**provenance, "views": views, "samples": n,
+                 "dim": int(arr.shape[-1]) if arr is not None else 0,
+                 "levels": [list(sh) for sh in shapes], "precision": "float32",
+                 "seconds": round(time.perf_counter() - start, 3), "device": str(device)}
+        group.attrs.update(attrs)
+    log.info("%s: features of %d series x %d dates (dim %d) in %.1f s", out, n,
+             int(arr.shape[2]) if arr is not None else 0, attrs["dim"], attrs["seconds"])
+    return attrs
+
+
+def _check_decoder(model: nn.Module, raw: torch.Tensor, f: torch.Tensor,
+                   shapes: list[tuple[int, ...]], ds: Any, start: int, store: Path,
+                   device: torch.device) -> None:
+    """The decoder on the features gives the model's own logits on the raw series (with every
+    date of the store: the same encoder, the same decoder)."""
+    from geopeft.data.temporal import days_since
+
+    days = torch.from_numpy(days_since(ds["dates"].values[start : start + len(raw)])).to(device)
+    want = model(raw.to(device), days).float().cpu()
+    on = DecoderOnFeatures(model, shapes, tuple(raw.shape[-2:])).eval()
+    got = on(f.to(device), days).float().cpu()
+    scale = float(want.abs().max()) or 1.0
+    if got.shape != want.shape or float((got - want).abs().max()) > LOGIT_TOLERANCE * scale:
+        raise FeaturesError(f"{store}: the decoder of {type(model).__name__} on its encoder's "
+                            f"levels does not give its own output; its rows train on images")
+
+
+class DecoderOnFeatures(nn.Module):
+    """A segmenter's decoder on features: holds the segmenter's encoder (frozen) and new
+    modules (adaptor, L-TAE, neck, UPerNet) under their names, so its trainable parameters have
+    the names, order and initial values of the image path's; forward takes the levels (B, T, F)
+    of :func:`series_features` and the days (B, T) and gives the logits at the images' size
+    ``size``. A date whose features are all 0 is padding (masked, as on images)."""
+
+    def __init__(self, segmenter: nn.Module, shapes: list[tuple[int, ...]],
+                 size: tuple[int, int]):
+        super().__init__()
+        self.encoder = segmenter.encoder
+        self._new = list(segmenter.new_modules())
+        for name in self._new:
+            setattr(self, name, getattr(segmenter, name))
+        self._decode = segmenter.decode  # a bound method: the same modules
+        self.shapes = [tuple(sh) for sh in shapes]
+        self.size = (int(size[0]), int(size[1]))
+        Strategy.record(self, Strategy.added_parameters(segmenter))
+
+    def new_modules(self) -> list[str]:
+        """The segmenter's new modules, by the same names."""
+        return list(self._new)
+
+    def forward(self, f: torch.Tensor, days: torch.Tensor) -> torch.Tensor:
+        pad = (f == 0).all(dim=-1)
+        return self._decode(unflat_levels(f, self.shapes), days,
+                            pad if bool(pad.any()) else None, self.size)
 
 
 def encode(model: nn.Module, raw: torch.Tensor, k: int, batch_size: int,
@@ -298,15 +431,33 @@ def check_provenance(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def load_feature_splits(path: Path, store: Path, subset: Path | None,
-                        augment: bool) -> tuple[Split, Split]:
+class FeaturesTooLarge(FeaturesError):
+    """A row's features would take more memory than its job may hold: it trains on images."""
+
+
+def load_feature_splits(path: Path, store: Path, subset: Path | None, augment: bool,
+                        temporal: Any = None, budget_mb: float | None = None,
+                        ) -> tuple[Split, Split]:
     """The train (or its label-fraction subset) and val splits as features: train with every
-    view when the row augments (:attr:`Split.views`), val as the samples are (view 0).
+    view when the row augments (:attr:`Split.views`), val as the samples are (view 0); a time
+    series's cut to the row's dates (``temporal``: :func:`geopeft.data.dataset.
+    series_selection`; a padded date's features are 0), with their days.
+
+    Args:
+        path: the features store.
+        store: the prepared store.
+        subset: the label-fraction subset file (None: every training label).
+        augment: the row augments (its train split keeps the 8 views).
+        temporal: a time-series row's :class:`~geopeft.spec.Temporal`.
+        budget_mb: the memory the splits may take (checked before any is read).
 
     Raises:
         FeaturesError: a row that augments and features of one view.
+        FeaturesTooLarge: the splits' features exceed ``budget_mb`` (named with both sizes).
     """
     import zarr
+
+    from geopeft.data.dataset import series_selection
 
     feats = zarr.open_group(str(path), mode="r", zarr_format=3)["features"]
     views = int(feats.shape[1])
@@ -314,19 +465,39 @@ def load_feature_splits(path: Path, store: Path, subset: Path | None,
         raise FeaturesError(f"{path}: {views} view(s); a row that augments trains on the 8 "
                             f"dihedral views")
     ds = open_store(store)
+    series = feats.ndim == 4
+    idxs = {split: split_indices(ds, store, split, sub)
+            for split, sub in (("train", subset), ("val", None))}
+    per_view = int(np.prod(feats.shape[3 if series else 2:])) * 4
+    length = temporal.length if series and temporal is not None else 1
+    need_mb = ((len(idxs["train"]) * (views if augment else 1) + len(idxs["val"]))
+               * length * per_view / 2**20)
+    if budget_mb is not None and need_mb > budget_mb:
+        raise FeaturesTooLarge(f"{path}: the train and val features take {need_mb:,.0f} MB, "
+                               f"more than the job's {budget_mb:,.0f} MB")
     out = []
-    for split, sub in (("train", subset), ("val", None)):
-        idx = split_indices(ds, store, split, sub)
-        order = np.argsort(idx, kind="stable")  # zarr reads sorted indices in one pass
-        x = np.empty((len(idx), *feats.shape[1:]), np.float32)
-        x[order] = feats.get_orthogonal_selection((idx[order], slice(None), slice(None)))
-        if split == "train" and augment:
-            out.append(Split(x, split_labels(ds, idx), views=True))
-        else:
-            out.append(Split(np.ascontiguousarray(x[:, 0]), split_labels(ds, idx)))
+    for split, idx in idxs.items():
+        keep = slice(None) if split == "train" and augment else slice(0, 1)
+        labels = split_labels(ds, idx)
+        if not series:
+            order = np.argsort(idx, kind="stable")  # zarr reads sorted indices in one pass
+            x = np.empty((len(idx), *feats.shape[1:]), np.float32)
+            x[order] = feats.get_orthogonal_selection((idx[order], slice(None), slice(None)))
+            out.append(Split(x, labels, views=True) if keep == slice(None)
+                       else Split(np.ascontiguousarray(x[:, 0]), labels))
+            continue
+        sel, days = series_selection(ds, store, idx, temporal)
+        x = np.zeros((len(idx), len(sel[0]), feats.shape[-1]), np.float32)
+        for j, (i, s) in enumerate(zip(idx, sel, strict=True)):
+            real = s != PAD
+            x[j, real] = feats[int(i), 0][s[real]]
+        void = ds.attrs.get("void_class")
+        out.append(Split(x, labels, days, None if void is None else int(void)))
     return out[0], out[1]
 
 
-__all__ = ["BLOCK", "PROVENANCE", "FeaturesError", "HeadOnFeatures", "check_provenance",
-           "compute_features", "encoder_digest", "fit_probe", "load_feature_splits",
-           "logistic_regression", "pooled", "read_provenance"]
+__all__ = ["BLOCK", "PROVENANCE", "DecoderOnFeatures", "FeaturesError", "FeaturesTooLarge",
+           "HeadOnFeatures", "check_provenance", "compute_features", "encoder_digest",
+           "fit_probe", "flat_levels", "is_segmenter", "load_feature_splits",
+           "logistic_regression", "pooled", "read_provenance", "series_features",
+           "unflat_levels"]

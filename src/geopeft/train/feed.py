@@ -54,16 +54,6 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.flip(r, dims=(-1,)) if k >= 4 else r
 
 
-def pick_views(xb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    """Features of the 8 dihedral views (B, 8, D) -> one view each (B, D): drawn as
-    :func:`augment` draws its transforms (the same random stream: the same views), or view 0
-    (the sample as it is) without a generator (no augmentation)."""
-    if gen is None:
-        return xb[:, 0]
-    t = draw_views(xb.shape[0], gen).to(xb.device)
-    return xb[torch.arange(xb.shape[0], device=xb.device), t]
-
-
 @dataclass
 class _Tensors:
     """The training split as tensors, and how its targets are scored."""
@@ -102,7 +92,8 @@ class _Feeder:
         self.data, self.device = data, device
         self.cuda = device.type == "cuda"
         self.channels_last = channels_last
-        self.ahead = self.cuda if ahead is None else ahead
+        # a batch of features of several views is gathered once its views are drawn
+        self.ahead = (self.cuda if ahead is None else ahead) and not data.views
         """Prefetch the next batch (default: on CUDA)."""
         self.pending: tuple[torch.Tensor, tuple[Any, ...]] | None = None
         self.stream: Any = None
@@ -139,9 +130,15 @@ class _Feeder:
         torch.index_select(t, 0, idx, out=host)
         return host.to(self.device, non_blocking=True)
 
-    def _load(self, idx: torch.Tensor) -> tuple[Any, ...]:
+    def _load(self, idx: torch.Tensor, views: torch.Tensor | None = None) -> tuple[Any, ...]:
         d = self.data
-        return (self._gather(d.x, idx), self._gather(d.y, idx),
+        if d.views:  # the drawn view of each sample (view 0: the samples as they are)
+            t = views if views is not None else torch.zeros(len(idx), dtype=torch.long)
+            x = d.x[idx, t]
+            x = x.pin_memory().to(self.device, non_blocking=True) if self.cuda else x
+        else:
+            x = self._gather(d.x, idx)
+        return (x, self._gather(d.y, idx),
                 self._gather(d.dates, idx) if d.dates is not None else None)
 
     def prefetch(self, idx: torch.Tensor | None) -> None:
@@ -149,14 +146,15 @@ class _Feeder:
         if self.ahead and idx is not None:
             self.pending = (idx, self._load(idx))
 
-    def batch(self, idx: torch.Tensor) -> tuple[Any, ...]:
-        """The batch ``idx`` on the device: (images, targets, dates or None)."""
+    def batch(self, idx: torch.Tensor, views: torch.Tensor | None = None) -> tuple[Any, ...]:
+        """The batch ``idx`` on the device: (images, targets, dates or None); of features of
+        several views, each sample's view ``views`` (None: view 0)."""
         pending, self.pending = self.pending, None
         if pending is not None and torch.equal(pending[0], idx):
             xb, yb, db = pending[1]
             self.hits += 1
         else:
-            xb, yb, db = self._load(idx)
+            xb, yb, db = self._load(idx, views)
         if not xb.is_floating_point():  # the store's integers travel; float32 on the device
             xb = xb.float()
         if self.channels_last and xb.ndim == 4:

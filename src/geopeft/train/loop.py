@@ -45,7 +45,7 @@ from geopeft.process import seconds_since_start
 from geopeft.spec import TrainArgs
 from geopeft.strategies import param_groups
 from geopeft.train.distributed import any_rank, dist_info, step_seed, sum_over_ranks, sync_gradients
-from geopeft.train.feed import _Feeder, _Tensors, augment, pick_views
+from geopeft.train.feed import _Feeder, _Tensors, augment, draw_views
 from geopeft.train.losses import class_weights, loss_fn
 from geopeft.train.resume import (
     Checkpointer,
@@ -280,13 +280,15 @@ def _step(run: _Run, feeder: _Feeder, idx: torch.Tensor, state: TrainState, epoc
         rank_seed = step_seed(args.seed, run.rank, state.step)
         run.aug_gen.manual_seed(rank_seed)
         torch.manual_seed(rank_seed)
-    xb, yb, db = feeder.batch(idx)
     if data.views:  # features of the dihedral views: augmentation picks one, as it draws
-        xb = pick_views(xb, run.aug_gen if args.augment else None)
-    elif args.augment and data.segmentation:
-        xb, yb = augment(xb, run.aug_gen, yb)
-    elif args.augment:
-        xb = augment(xb, run.aug_gen)
+        t = draw_views(len(idx), run.aug_gen) if args.augment else None
+        xb, yb, db = feeder.batch(idx, t)
+    else:
+        xb, yb, db = feeder.batch(idx)
+        if args.augment and data.segmentation:
+            xb, yb = augment(xb, run.aug_gen, yb)
+        elif args.augment:
+            xb = augment(xb, run.aug_gen)
     measure = not state.tensors_mb  # the run's first step: what its tensors hold
     with autocast(device, args.amp), SavedTensors() if measure else nullcontext() as saved:
         logits = forward(run.forward_model, xb, db)

@@ -26,11 +26,14 @@ from geopeft.strategies import count_parameters
 from geopeft.tracking import NOTE_TAG, RunLogger, git_commit, store_name
 from geopeft.train.distributed import dist_info
 from geopeft.train.features import (
+    DecoderOnFeatures,
     FeaturesError,
+    FeaturesTooLarge,
     HeadOnFeatures,
     check_provenance,
     encoder_digest,
     fit_probe,
+    is_segmenter,
     load_feature_splits,
 )
 from geopeft.train.loop import DivergedLoss, fit
@@ -222,14 +225,30 @@ def train_row(spec: JobSpec, store: Path, subset: Path | None, experiment: Path,
         used = check_provenance(features, {"key": spec.features_key(),
                                            "store_fingerprint": info.fingerprint,
                                            "weights": encoder_digest(model)})
-        train, val = load_feature_splits(features, store, subset,
-                                         args.augment and row.strategy_object.augments_features)
-        fit_model = HeadOnFeatures(model)
-        minfo = {**minfo, "features": {"path": str(features), "key": used["key"],
-                                       "views": used["views"], "dim": used["dim"]}}
+        budget, source = memory_budget_mb(mem_mb, world)
+        try:
+            train, val = load_feature_splits(
+                features, store, subset,
+                args.augment and row.strategy_object.augments_features, row.temporal,
+                budget / 2)
+        except FeaturesTooLarge as err:
+            if probe:
+                raise
+            # as images would: past half the budget they stream from the store
+            log.warning("%s: trains on images: %s (half of %s)", row.name, err, source)
+            minfo = {**minfo, "features": {"path": str(features), "not_used": str(err)}}
+            features = None
+            train, val = load_splits(store, [("train", subset), ("val", None)], row.temporal,
+                                     (budget, source), args.workers)
+        else:
+            fit_model = (DecoderOnFeatures(model, [tuple(s) for s in used["levels"]],
+                                           info.image_size) if is_segmenter(model)
+                         else HeadOnFeatures(model))
+            minfo = {**minfo, "features": {"path": str(features), "key": used["key"],
+                                           "views": used["views"], "dim": used["dim"]}}
+            log.info("%s: trains its %s on the features in %s (%d view(s))", row.name,
+                     "decoder" if is_segmenter(model) else "head", features, used["views"])
         stages["data"] = seconds_since_start()
-        log.info("%s: trains its head on the features in %s (%d view(s))", row.name, features,
-                 used["views"])
     trainable, total = count_parameters(model)
     logger: Any = _QuietLogger()
     reopened = False

@@ -107,6 +107,9 @@ class Source:
     published_splits: dict[str, int] | None = None
     #: where :attr:`published_splits` come from (said by ``geopeft plan``)
     published_splits_source: str = ""
+    #: the most acquisition dates of one series (time series; None: not declared), which
+    #: ``geopeft plan`` sizes a segmentation decoder's features by
+    max_dates: int | None = None
     #: what :meth:`read_input` takes, in words (the app says it under the run menu)
     input_format: str = "no single-sample files"
     #: whether :meth:`read_input` needs the sample's acquisition dates (time series)

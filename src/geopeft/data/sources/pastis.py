@@ -134,6 +134,7 @@ class Pastis(Source):
                 raise DataError(f"{base}: fold(s) {folds[part]} of the {part} split hold no patch")
         return items
 
+    max_dates = 61  # 38-61 dates per series (the published archive and the synthetic world)
     input_format = "a PASTIS `S2_<ID>.npy` (T x 10 x H x W, int16) and its T dates"
     input_needs_dates = True
     input_metadata = "PASTIS metadata.geojson, whose dates-S2 give each S2_<ID>.npy's dates"
