@@ -129,9 +129,12 @@ def test_the_family_guard_catches_a_decision_by_name(line):
 def test_the_families_declare_their_timm_files_and_adapter_targets():
     """The torch-free declarations (what the zoo reads) agree with the family objects."""
     assert families.timm_files() == {"vit": "vision_transformer.py",
-                                     "swin": "swin_transformer_v2.py"}
+                                     "swin": "swin_transformer_v2.py",
+                                     "swin1": "swin_transformer.py", "eva": "eva.py",
+                                     "convnext": "convnext.py"}
     for name, declared in families.FAMILIES.items():
-        assert get_family(name).adapter_targets == declared.adapter_targets == ("q", "k", "v")
+        want = ("fc1", "fc2") if name == "convnext" else ("q", "k", "v")
+        assert get_family(name).adapter_targets == declared.adapter_targets == want
         assert families.adapter_targets(name) == declared.adapter_targets
     assert set(zoo.timm_architectures().values()) == set(families.timm_files())
     assert zoo.entry_for("swinv2_tiny_window16_256").family == "swin"

@@ -60,6 +60,10 @@ FAMILIES: dict[str, Declared] = {
     "vit": Declared("geopeft.models.families_timm:VIT", timm_file="vision_transformer.py"),
     "swin": Declared("geopeft.models.families_timm:SWIN", timm_file="swin_transformer_v2.py"),
     "croma": Declared("geopeft.models.croma:CROMA"),
+    "swin1": Declared("geopeft.models.families_timm:SWIN1", timm_file="swin_transformer.py"),
+    "eva": Declared("geopeft.models.families_timm:EVA", timm_file="eva.py"),
+    "convnext": Declared("geopeft.models.families_timm:CONVNEXT", timm_file="convnext.py",
+                         adapter_targets=("fc1", "fc2")),
 }
 _loaded: dict[str, EncoderFamily] = {}
 _extra: dict[str, EncoderFamily] = {}
@@ -105,6 +109,9 @@ class EncoderFamily:
     """Module name suffixes adapters (LoRA) target by default in the family's models (after
     :meth:`prepare_for_adapters`); a zoo entry may set its own (``BackboneEntry.lora_targets``).
     A built-in family declares the same in :data:`FAMILIES`."""
+    input_conv: str = "patch_embed.proj.weight"
+    """The state-dict key of the convolution that reads the bands (the patch embedding), whose
+    input channels are mapped from the weights' bands to the data's."""
 
     def create(self, bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
         """A model (no weights) of the resolved backbone config ``bb`` for ``in_chans`` bands and

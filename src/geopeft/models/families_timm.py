@@ -1,4 +1,5 @@
-"""The timm encoder families: plain ViTs (``vit``) and Swin-V2 (``swin``).
+"""The timm encoder families: plain ViTs (``vit``), Swin-V2 (``swin``), Swin V1 (``swin1``),
+EVA-02 and DINOv3 (``eva``) and ConvNeXt (``convnext``): any timm model of those files, by name.
 
 Both are built by ``timm.create_model`` from the zoo entry's architecture name. A ViT is the
 :class:`~geopeft.models.families.EncoderFamily` default throughout. A Swin-V2 differs: its token
@@ -87,9 +88,81 @@ class SwinFamily(TimmFamily):
         return Taps(list(range(len(model.layers))), dims, [1.0] * len(dims))  # type: ignore[arg-type]
 
 
+class Swin1Family(SwinFamily):
+    """timm's Swin V1 (``swin_transformer.py``): the Swin-V2 family's stages and pyramid; its
+    attention calls its fused ``qkv`` layer (biases inside), which adapters see once split."""
+
+    name = "swin1"
+
+
+class EvaFamily(TimmFamily):
+    """timm's ``eva.py`` ViTs: EVA-02 and DINOv3 (rotary position embeddings, register tokens).
+    A plain ViT to the task models; like Swin-V2's, an EVA-02 attention applies ``qkv.weight``
+    with its q/v biases outside the layer, which adapters need switched to calling the layer."""
+
+    name = "eva"
+
+    def prepare_for_adapters(self, model: nn.Module) -> int:
+        """Make every attention call its ``qkv`` layer (biases added after), then split it."""
+        separate_qkv_bias(model)
+        return split_qkv(model)
+
+
+class ConvNextFamily(TimmFamily):
+    """timm's ConvNeXt (``convnext.py``): a convolutional pyramid of four stages (strides 4,
+    8, 16, 32), no attention. Its tokens are the last stage's pixels; a UPerNet reads the four
+    stages; adapters target the blocks' point-wise MLP layers (``fc1``, ``fc2``). It takes any
+    input side that is a multiple of 32."""
+
+    name = "convnext"
+    adapter_targets = ("fc1", "fc2")
+    input_conv = "stem.0.weight"
+
+    def token_grid(self, model: nn.Module) -> tuple[int, int]:
+        """The last stage's grid for the model's default input size (stride 32)."""
+        side = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])  # type: ignore[union-attr]
+        return side // 32, side // 32
+
+    def input_size(self, model: nn.Module) -> int | None:
+        return None
+
+    def size_multiple(self, model: nn.Module) -> int | None:
+        return 32
+
+    def patch(self, model: nn.Module) -> int:
+        """The last stage's stride."""
+        return 32
+
+    def depth(self, model: nn.Module) -> list[int]:
+        """Blocks per stage."""
+        return [len(stage.blocks) for stage in model.stages]  # type: ignore[union-attr]
+
+    def tokens(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's (B, C, H, W) map as tokens (B, H x W, C)."""
+        return model.forward_features(x).flatten(2).transpose(1, 2)  # type: ignore[operator,no-any-return]
+
+    def prepare_for_adapters(self, model: nn.Module) -> int:
+        """Nothing to expose: its MLP layers are plain linear layers; no attention."""
+        return 0
+
+    def taps(self, model: nn.Module, out_indices: Sequence[int] | None,
+             declared: Sequence[int] | None) -> Taps:
+        """Every stage (``out_indices`` do not apply), each of its own width, a pyramid
+        already."""
+        dims = [int(f["num_chs"]) for f in model.feature_info]  # type: ignore[union-attr]
+        return Taps(list(range(len(dims))), dims, [1.0] * len(dims))
+
+
 #: The ``vit`` family.
 VIT = VitFamily()
 #: The ``swin`` family.
 SWIN = SwinFamily()
+#: The ``swin1`` family.
+SWIN1 = Swin1Family()
+#: The ``eva`` family.
+EVA = EvaFamily()
+#: The ``convnext`` family.
+CONVNEXT = ConvNextFamily()
 
-__all__ = ["SWIN", "VIT", "SwinFamily", "TimmFamily", "VitFamily"]
+__all__ = ["CONVNEXT", "EVA", "SWIN", "SWIN1", "VIT", "ConvNextFamily", "EvaFamily",
+           "Swin1Family", "SwinFamily", "TimmFamily", "VitFamily"]

@@ -98,8 +98,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+#: The keys of a timm classifier layer (``head`` of a ViT, ``head.fc`` of a Swin or ConvNeXt,
+#: whose ``head.norm`` is the encoder's final norm and stays).
+_CLASSIFIER = re.compile(r"^(head|head\.fc|fc_norm\.head)\.(weight|bias)$")
+
+
+def is_classifier_key(key: str) -> bool:
+    """Whether a state-dict key belongs to a timm model's classifier layer (not the encoder)."""
+    return bool(_CLASSIFIER.match(key))
+
+
 def _strip_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.head"))}
+    return {k: v for k, v in state.items() if not is_classifier_key(k)}
 
 
 def _read_state(path: Path, wrapper: str | None = None) -> dict[str, torch.Tensor]:
@@ -156,7 +166,7 @@ def _from_file(bb: dict[str, Any], path: Path, origin: str) -> Weights:
             state = get_family(bb["family"]).from_checkpoint(state, bb)
         except ValueError as err:
             raise WeightsError(f"{path}: {err}") from None
-    pw = _patch_weight(state)
+    pw = _patch_weight(state, bb.get("family"))
     bands, norm = _declared(bb, pw.shape[1] if pw is not None else 3)
     if pw is not None and bands and pw.shape[1] != len(bands):
         raise WeightsError(f"{path}: patch embedding has {pw.shape[1]} input channels, but "
@@ -285,8 +295,14 @@ def _timm_weights(bb: dict[str, Any], tag: str) -> Weights:
                    Path(bb["file"]) if overlay else None)
 
 
-def _patch_weight(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    return state.get("patch_embed.proj.weight")
+def _input_conv(family: str | None) -> str:
+    """The state-dict key of a family's band-reading convolution (a ViT's patch embedding)."""
+    return get_family(family).input_conv if family else "patch_embed.proj.weight"
+
+
+def _patch_weight(state: dict[str, torch.Tensor], family: str | None = None,
+                  ) -> torch.Tensor | None:
+    return state.get(_input_conv(family))
 
 
 def adapt_patch_embed(weight: torch.Tensor, src_bands: list[str], dst_bands: list[str]) -> torch.Tensor:
@@ -324,9 +340,10 @@ def load_into(model: nn.Module, weights: Weights, bands: list[str]) -> None:
             del state[k]
         log.info("backbone.drop_qkv_bias: left out the %d published q/k/v biases of %s",
                  len(dropped), weights.path or weights.origin)
-    pw = _patch_weight(state)
+    key = _input_conv(getattr(model, "encoder_family", None))
+    pw = state.get(key)
     if pw is not None:
-        state["patch_embed.proj.weight"] = adapt_patch_embed(pw, weights.bands, bands)
+        state[key] = adapt_patch_embed(pw, weights.bands, bands)
     pos = state.get("pos_embed")
     own = model.state_dict()
     if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape:
@@ -344,7 +361,7 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], weights: Weight
     unless every tensor of ``model`` (head aside) is in ``state`` with the same shape and
     ``state`` holds nothing else: never a silent partial load."""
     own = model.state_dict()
-    persistent = {k for k in own if not k.startswith("head.")}
+    persistent = {k for k in own if not is_classifier_key(k)}
     bad_shape = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in state.items()
                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
     missing = sorted(persistent - set(state))

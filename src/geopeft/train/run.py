@@ -19,7 +19,7 @@ from geopeft.models.build import build_model
 from geopeft.models.classifier import build_classifier
 from geopeft.models.runtime import seed_everything
 from geopeft.models.saved import save_model
-from geopeft.models.weights import sha256_file
+from geopeft.models.weights import is_classifier_key, sha256_file
 from geopeft.process import seconds_since_start
 from geopeft.spec import DataSpec, JobSpec, PretrainSpec
 from geopeft.strategies import count_parameters
@@ -340,7 +340,7 @@ def pretrain(spec: PretrainSpec, store: Path, experiment: Path, out: Path,
     result = fit(model, train, val, args, on_epoch=lambda e, m: logger.log_metrics(m, e))
     vit = model.backbone
     state = {k: v.detach().contiguous().clone() for k, v in vit.state_dict().items()
-             if not k.startswith("head.")}
+             if not is_classifier_key(k)}
     with atomic_dir(out) as tmp:
         save_file(state, str(PretrainLayout(tmp).weights))
         follow_umask(PretrainLayout(tmp).weights)  # safetensors writes 0600
