@@ -60,6 +60,7 @@ FAMILIES: dict[str, Declared] = {
     "vit": Declared("geopeft.models.families_timm:VIT", timm_file="vision_transformer.py"),
     "swin": Declared("geopeft.models.families_timm:SWIN", timm_file="swin_transformer_v2.py"),
     "croma": Declared("geopeft.models.croma:CROMA"),
+    "prithvi": Declared("geopeft.models.prithvi:PRITHVI"),
     "swin1": Declared("geopeft.models.families_timm:SWIN1", timm_file="swin_transformer.py"),
     "eva": Declared("geopeft.models.families_timm:EVA", timm_file="eva.py"),
     "convnext": Declared("geopeft.models.families_timm:CONVNEXT", timm_file="convnext.py",

@@ -21,6 +21,13 @@ SSL4EO_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A"
 # Band order of CROMA's optical encoder: 12 Sentinel-2 bands, B10 (cirrus) left out.
 CROMA_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
                   "B12")
+#: Sentinel-2 names of the six HLS bands Prithvi-EO-2.0 was pretrained on (BLUE, GREEN, RED,
+#: NIR_NARROW, SWIR_1, SWIR_2), in its order.
+PRITHVI_S2_BANDS = ("B02", "B03", "B04", "B8A", "B11", "B12")
+#: Per-band mean and std of Prithvi-EO-2.0's pretraining data, in DN (reflectance x 10,000):
+#: ``PRITHVI_V2_MEAN``, ``PRITHVI_V2_STD`` of TerraTorch's ``prithvi_vit.py``.
+PRITHVI_MEAN = (1087.0, 1342.0, 1433.0, 2734.0, 1958.0, 1363.0)
+PRITHVI_STD = (2248.0, 2179.0, 2178.0, 1850.0, 1242.0, 1049.0)
 _HF = "https://hf.co"
 #: Each normalisation rule of the zoo in words (its family implements it:
 #: :attr:`geopeft.models.families.EncoderFamily.norm_rules`); read without torch by the
@@ -102,6 +109,26 @@ def _croma(size: str, dim: int, depth: int, url: str) -> BackboneEntry:
     )
 
 
+def _prithvi(size: str, dim: int, depth: int, patch: int, taps: tuple[int, ...],
+             tl: bool) -> BackboneEntry:
+    repo = f"Prithvi-EO-2.0-{size}" + ("-TL" if tl else "")
+    return BackboneEntry(
+        key=f"prithvi_eo_v2_{size.lower()[:-1]}" + ("_tl" if tl else ""), family="prithvi",
+        arch=f"prithvi_eo_v2_{size.lower()[:-1]}",
+        weights=f"url:https://huggingface.co/ibm-nasa-geospatial/{repo}/resolve/main/"
+                f"{repo.replace('-', '_').replace('Prithvi_EO_2.0', 'Prithvi_EO_V2')}.pt",
+        bands=PRITHVI_S2_BANDS,
+        norm=(tuple(m * 1e-4 for m in PRITHVI_MEAN), tuple(d * 1e-4 for d in PRITHVI_STD)),
+        description=f"Prithvi-EO-2.0 {size}" + (" TL" if tl else "") + f" (ViT, {dim} wide, "
+                    f"{depth} blocks, {patch} px patches), 6 HLS bands (S2 B02 B03 B04 B8A B11 "
+                    f"B12); input z-scored with its pretraining statistics"
+                    + ("; its time and location encodings unused" if tl else ""),
+        kwargs={"embed_dim": dim, "depth": depth, "num_heads": 16, "patch_size": patch,
+                "img_size": 224},
+        taps=taps,  # PANGAEA's prithvi output_layers
+    )
+
+
 REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
     BackboneEntry("vit_b16_in21k", "vit", "vit_base_patch16_224",
                   "timm:vit_base_patch16_224.augreg_in21k", "ViT-B/16, ImageNet-21k (timm)",
@@ -133,6 +160,10 @@ REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
                             "387883f08af79d777167519c57cd826eda89a16f/CROMA_base-0238d814.pt"),
     _croma("large", 1024, 24, "https://huggingface.co/torchgeo/croma/resolve/"
                               "92cb1a0f4e34c6c01558baf070197c01255382f6/CROMA_large-921e69ad.pt"),
+    _prithvi("300M", 1024, 24, 16, (5, 11, 17, 23), tl=False),
+    _prithvi("300M", 1024, 24, 16, (5, 11, 17, 23), tl=True),
+    _prithvi("600M", 1280, 32, 14, (7, 15, 23, 31), tl=False),
+    _prithvi("600M", 1280, 32, 14, (7, 15, 23, 31), tl=True),
     BackboneEntry("embedded", "vit", "vit_tiny_patch16_224", "pretrain",
                   "the embedded backbone: a small ViT pretrained by the pretrain rule on the "
                   "synthetic source set", kwargs={"img_size": 64, "patch_size": 8, "depth": 4,
