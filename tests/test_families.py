@@ -82,9 +82,9 @@ def test_every_zoo_entry_names_a_family_of_that_name():
 
 
 def test_unknown_and_duplicate_families_are_named():
-    with pytest.raises(ValueError, match=r"'dofa' is not an encoder family \(vit, swin, croma, "
-                                         r"prithvi, swin1, eva, convnext\)"):
-        get_family("dofa")
+    with pytest.raises(ValueError, match=r"'satlas' is not an encoder family \(vit, swin, croma, "
+                                         r"prithvi, dofa, swin1, eva, convnext\)"):
+        get_family("satlas")
     with pytest.raises(ValueError, match="'vit' is already registered"):
         families.register(get_family("vit"))
     with pytest.raises(KeyError, match="'vit' was not added by register"):

@@ -48,7 +48,8 @@ __all__ = ["CROMA_S2_BANDS", "REGISTRY", "SSL4EO_S2_BANDS", "BackboneEntry", "Sp
            "prepare_for_adapters", "resolve", "split_qkv", "token_grid", "tokens", "width"]
 
 
-def create_model(bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
+def create_model(bb: dict[str, Any], in_chans: int, num_classes: int,
+                 bands: list[str] | None = None) -> nn.Module:
     """A model of the backbone (no weights) for ``in_chans`` bands and ``num_classes``, built by
     its encoder family (:meth:`EncoderFamily.create`: timm's, or
     :class:`~geopeft.models.croma.CROMAOptical` for family ``croma``), which it records as
@@ -62,6 +63,10 @@ def create_model(bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Modu
         bb = resolve(bb)
     except ValueError as err:  # a name neither the zoo nor a timm family knows
         raise WeightsError(f"backbone.name: {err}") from None
+    if bands is not None:  # the data's bands, for a family whose model depends on them
+        if len(bands) != in_chans:
+            raise ValueError(f"create_model: {len(bands)} band names for {in_chans} channels")
+        bb = {**bb, "data_bands": list(bands)}
     model = get_family(bb["family"]).create(bb, in_chans, num_classes)
     model.encoder_family = bb["family"]
     return model

@@ -141,7 +141,7 @@ def build_classifier(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes
     """
     backbone_cfg = resolve(backbone_cfg)
     weights = load_weights(backbone_cfg, pretrain_dir)
-    vit = create_model(backbone_cfg, len(store.bands), num_classes)
+    vit = create_model(backbone_cfg, len(store.bands), num_classes, store.bands)
     if weights is not None:
         load_into(vit, weights, store.bands)
     if split:

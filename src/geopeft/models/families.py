@@ -61,6 +61,7 @@ FAMILIES: dict[str, Declared] = {
     "swin": Declared("geopeft.models.families_timm:SWIN", timm_file="swin_transformer_v2.py"),
     "croma": Declared("geopeft.models.croma:CROMA"),
     "prithvi": Declared("geopeft.models.prithvi:PRITHVI"),
+    "dofa": Declared("geopeft.models.dofa:DOFA"),
     "swin1": Declared("geopeft.models.families_timm:SWIN1", timm_file="swin_transformer.py"),
     "eva": Declared("geopeft.models.families_timm:EVA", timm_file="eva.py"),
     "convnext": Declared("geopeft.models.families_timm:CONVNEXT", timm_file="convnext.py",
@@ -110,13 +111,16 @@ class EncoderFamily:
     """Module name suffixes adapters (LoRA) target by default in the family's models (after
     :meth:`prepare_for_adapters`); a zoo entry may set its own (``BackboneEntry.lora_targets``).
     A built-in family declares the same in :data:`FAMILIES`."""
-    input_conv: str = "patch_embed.proj.weight"
+    input_conv: str | None = "patch_embed.proj.weight"
     """The state-dict key of the convolution that reads the bands (the patch embedding), whose
-    input channels are mapped from the weights' bands to the data's."""
+    input channels are mapped from the weights' bands to the data's; None: no such weight (a
+    kernel generated for the data's bands, e.g. DOFA's)."""
 
     def create(self, bb: dict[str, Any], in_chans: int, num_classes: int) -> nn.Module:
         """A model (no weights) of the resolved backbone config ``bb`` for ``in_chans`` bands and
-        ``num_classes`` outputs (0: no head); errors name the config key at fault."""
+        ``num_classes`` outputs (0: no head); errors name the config key at fault. ``bb`` holds
+        the data's band names under ``data_bands`` when the caller knows them (a family whose
+        model depends on them reads them there)."""
         raise NotImplementedError(f"encoder family {self.name!r} does not implement create")
 
     def from_checkpoint(self, state: dict[str, torch.Tensor], bb: dict[str, Any],

@@ -220,7 +220,7 @@ def build_fusion(backbone_cfg: dict[str, Any], store: StoreInfo, num_classes: in
     cfg = FusionConfig.from_dict(fusion)
     bb = backbones.resolve(backbone_cfg)
     weights = load_weights(bb, pretrain_dir)
-    encoder = backbones.create_model(bb, 3, 0)
+    encoder = backbones.create_model(bb, 3, 0, list(RGB))
     family = get_family(bb["family"])
     if weights is not None:
         load_into(encoder, weights, list(RGB))

@@ -308,7 +308,7 @@ def build_segmenter(backbone_cfg: dict[str, Any] | None, store: StoreInfo, num_c
         raise ConfigError("segmentation.model upernet_ltae needs a backbone")
     bb = backbones.resolve(backbone_cfg)
     weights = load_weights(bb, pretrain_dir)
-    encoder = backbones.create_model(bb, len(store.bands), 0)
+    encoder = backbones.create_model(bb, len(store.bands), 0, store.bands)
     if weights is not None:
         load_into(encoder, weights, store.bands)
     get_family(bb["family"]).prepare_for_adapters(encoder)

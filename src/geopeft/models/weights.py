@@ -167,7 +167,8 @@ def _from_file(bb: dict[str, Any], path: Path, origin: str) -> Weights:
         except ValueError as err:
             raise WeightsError(f"{path}: {err}") from None
     pw = _patch_weight(state, bb.get("family"))
-    bands, norm = _declared(bb, pw.shape[1] if pw is not None else 3)
+    any_bands = bb.get("family") and _input_conv(bb["family"]) is None
+    bands, norm = _declared(bb, pw.shape[1] if pw is not None else 0 if any_bands else 3)
     if pw is not None and bands and pw.shape[1] != len(bands):
         raise WeightsError(f"{path}: patch embedding has {pw.shape[1]} input channels, but "
                            f"{bb['name']} declares {len(bands)} bands {bands}")
@@ -295,14 +296,16 @@ def _timm_weights(bb: dict[str, Any], tag: str) -> Weights:
                    Path(bb["file"]) if overlay else None)
 
 
-def _input_conv(family: str | None) -> str:
-    """The state-dict key of a family's band-reading convolution (a ViT's patch embedding)."""
+def _input_conv(family: str | None) -> str | None:
+    """The state-dict key of a family's band-reading convolution (a ViT's patch embedding);
+    None: a family whose kernel is not a weight (DOFA's, generated from the wavelengths)."""
     return get_family(family).input_conv if family else "patch_embed.proj.weight"
 
 
 def _patch_weight(state: dict[str, torch.Tensor], family: str | None = None,
                   ) -> torch.Tensor | None:
-    return state.get(_input_conv(family))
+    key = _input_conv(family)
+    return state.get(key) if key is not None else None
 
 
 def adapt_patch_embed(weight: torch.Tensor, src_bands: list[str], dst_bands: list[str]) -> torch.Tensor:
@@ -341,8 +344,8 @@ def load_into(model: nn.Module, weights: Weights, bands: list[str]) -> None:
         log.info("backbone.drop_qkv_bias: left out the %d published q/k/v biases of %s",
                  len(dropped), weights.path or weights.origin)
     key = _input_conv(getattr(model, "encoder_family", None))
-    pw = state.get(key)
-    if pw is not None:
+    pw = state.get(key) if key is not None else None
+    if pw is not None and key is not None:
         state[key] = adapt_patch_embed(pw, weights.bands, bands)
     pos = state.get("pos_embed")
     own = model.state_dict()
