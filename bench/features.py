@@ -50,7 +50,7 @@ def measure(samples: int, epochs: int, rows: int, work: Path) -> dict:
     from geopeft.data.prepare import prepare
     from geopeft.data.synthetic import WorldSpec, generate_eurosat
     from geopeft.tracking import init_experiment
-    from geopeft.train.run import make_features, train_row
+    from geopeft.train.run import train_row
 
     world = WorldSpec(seed=0, n_samples=samples, source_samples=10, size=64)
     generate_eurosat(world, work / "ms", work / "rgb")
@@ -72,6 +72,15 @@ def measure(samples: int, epochs: int, rows: int, work: Path) -> dict:
                                                    "train": {"epochs": 1, "device": "cpu",
                                                              "checkpoint_every": 0}}})
     train_row(warm, store, None, exp, work / "warm-up")
+    return {"samples": samples, "epochs": epochs, "rows": rows,
+            **three_ways(spec, store, exp, work)}
+
+
+def three_ways(spec, store: Path, exp: Path, work: Path) -> dict:  # noqa: ANN001
+    """The row on images, the features job, the row on features: wall seconds of each (after
+    the caller's untimed warm-up row), and what each trained."""
+    from geopeft.train.run import make_features, train_row
+
     t = time.perf_counter()
     images = train_row(spec, store, None, exp, work / "images")
     t_images = time.perf_counter() - t
@@ -81,7 +90,7 @@ def measure(samples: int, epochs: int, rows: int, work: Path) -> dict:
     t = time.perf_counter()
     on = train_row(spec, store, None, exp, work / "on-features", features=work / "f.zarr")
     t_on = time.perf_counter() - t
-    return {"samples": samples, "epochs": epochs, "rows": rows, "views": attrs["views"],
+    return {"views": attrs["views"], "dim": attrs["dim"],
             "train_samples": images["train_samples"],
             "images_s": round(t_images, 2), "features_job_s": round(t_features, 2),
             "on_features_s": round(t_on, 2),
@@ -97,7 +106,7 @@ def measure_series(samples: int, epochs: int, rows: int, work: Path) -> dict:
     from geopeft.data.prepare import prepare
     from geopeft.data.synthetic_pastis import generate_pastis
     from geopeft.tracking import init_experiment
-    from geopeft.train.run import make_features, train_row
+    from geopeft.train.run import train_row
 
     bands = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
     generate_pastis(work / "PASTIS", n_patches=samples, size=32, seed=0)
@@ -121,24 +130,8 @@ def measure_series(samples: int, epochs: int, rows: int, work: Path) -> dict:
 
     train_row(spec("warm-up", 1), store, None, exp, work / "warm-up")  # lazy imports: untimed
     row = spec("decoder_only-f1-t15-s0", epochs)
-    t = time.perf_counter()
-    images = train_row(row, store, None, exp, work / "images")
-    t_images = time.perf_counter() - t
-    t = time.perf_counter()
-    attrs = make_features(row, store, work / "f.zarr")
-    t_features = time.perf_counter() - t
-    t = time.perf_counter()
-    on = train_row(row, store, None, exp, work / "on-features", features=work / "f.zarr")
-    t_on = time.perf_counter() - t
     return {"series": True, "samples": samples, "epochs": epochs, "rows": rows,
-            "views": attrs["views"], "dim": attrs["dim"],
-            "train_samples": images["train_samples"],
-            "images_s": round(t_images, 2), "features_job_s": round(t_features, 2),
-            "on_features_s": round(t_on, 2),
-            "images_train_s": round(images["train_time_s"], 2),
-            "on_features_train_s": round(on["train_time_s"], 2),
-            "val_images": images["history"][-1]["val_score"],
-            "val_on_features": on["history"][-1]["val_score"]}
+            **three_ways(row, store, exp, work)}
 
 
 def report(m: dict) -> str:

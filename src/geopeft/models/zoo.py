@@ -129,6 +129,22 @@ def _prithvi(size: str, dim: int, depth: int, patch: int, taps: tuple[int, ...],
     )
 
 
+def _dofa(size: str, dim: int, depth: int, heads: int, sha8: str,
+          taps: tuple[int, ...] | None = None) -> BackboneEntry:
+    # torchgeo's rehost of the authors' files (pinned revision, sha256 prefix in the name); any
+    # Sentinel-2 band set (the kernel is generated from the bands' wavelengths), z-scored with
+    # the data's statistics
+    return BackboneEntry(
+        f"dofa_{size}_patch16_224", "dofa", f"dofa_{size}_patch16_224",
+        f"url:{_HF}/torchgeo/dofa/resolve/b8db318b64a90b9e085ec04ba8851233c5893666/"
+        f"dofa_{size}_patch16_224-{sha8}.pth",
+        f"DOFA {size} (ViT-{size[0].upper()}/16, wavelength-conditioned patch embedding), any "
+        "Sentinel-2 bands; input z-scored with the data's statistics",
+        kwargs={"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": 16,
+                "img_size": 224},
+        taps=taps)
+
+
 REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
     BackboneEntry("vit_b16_in21k", "vit", "vit_base_patch16_224",
                   "timm:vit_base_patch16_224.augreg_in21k", "ViT-B/16, ImageNet-21k (timm)",
@@ -164,24 +180,8 @@ REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
     _prithvi("300M", 1024, 24, 16, (5, 11, 17, 23), tl=True),
     _prithvi("600M", 1280, 32, 14, (7, 15, 23, 31), tl=False),
     _prithvi("600M", 1280, 32, 14, (7, 15, 23, 31), tl=True),
-    # torchgeo's rehost of the authors' DOFA files (pinned revision, sha256 prefix in the name);
-    # any Sentinel-2 band set (the kernel is generated from the bands' wavelengths), z-scored
-    # with the data's statistics
-    BackboneEntry("dofa_base_patch16_224", "dofa", "dofa_base_patch16_224",
-                  f"url:{_HF}/torchgeo/dofa/resolve/b8db318b64a90b9e085ec04ba8851233c5893666/"
-                  "dofa_base_patch16_224-a0275954.pth",
-                  "DOFA base (ViT-B/16, wavelength-conditioned patch embedding), any "
-                  "Sentinel-2 bands; input z-scored with the data's statistics",
-                  kwargs={"embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 16,
-                          "img_size": 224},
-                  taps=(3, 5, 7, 11)),  # PANGAEA's dofa output_layers
-    BackboneEntry("dofa_large_patch16_224", "dofa", "dofa_large_patch16_224",
-                  f"url:{_HF}/torchgeo/dofa/resolve/b8db318b64a90b9e085ec04ba8851233c5893666/"
-                  "dofa_large_patch16_224-0ff904d3.pth",
-                  "DOFA large (ViT-L/16, wavelength-conditioned patch embedding), any "
-                  "Sentinel-2 bands; input z-scored with the data's statistics",
-                  kwargs={"embed_dim": 1024, "depth": 24, "num_heads": 16, "patch_size": 16,
-                          "img_size": 224}),
+    _dofa("base", 768, 12, 12, "a0275954", taps=(3, 5, 7, 11)),  # PANGAEA's dofa output_layers
+    _dofa("large", 1024, 24, 16, "0ff904d3"),
     BackboneEntry("embedded", "vit", "vit_tiny_patch16_224", "pretrain",
                   "the embedded backbone: a small ViT pretrained by the pretrain rule on the "
                   "synthetic source set", kwargs={"img_size": 64, "patch_size": 8, "depth": 4,
