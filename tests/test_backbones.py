@@ -52,8 +52,8 @@ def test_registry_declares_grid_width_bands_norm_targets():
     # published locations carry the torch-hub sha256 prefix in the file name
     assert ssl.weights.endswith("-36bcc127.pth")
     for e in backbones.REGISTRY.values():
-        assert e.family in ("vit", "swin", "croma", "prithvi", "dofa")
-        assert e.targets() == ("q", "k", "v")
+        assert e.family in ("vit", "swin", "croma", "prithvi", "dofa", "resnet")
+        assert e.targets() == (("conv2",) if e.family == "resnet" else ("q", "k", "v"))
     # a plain timm name gets a generic entry: the family whose timm file registers it, weights
     # from pretrain; a name no timm family registers is named
     assert backbones.resolve({"name": "swinv2_tiny_window16_256"})["family"] == "swin"

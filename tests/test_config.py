@@ -48,9 +48,9 @@ def test_defaults_filled(cfg):
         (lambda c: c["backbone"].update(weights="file:/x.pth"), r"backbone\.sha256: required"),
         (lambda c: c["backbone"].update(name="not_a_model"),
          r"backbone\.name: 'not_a_model' is neither a zoo backbone .* nor a timm architecture "
-         r"of an encoder family \(vit, swin, swin1, eva, convnext\)"),
-        (lambda c: c["strategies"]["full"].update(backbone={"name": "resnet50"}),
-         r"strategies\.full\.backbone\.name: 'resnet50' is neither"),
+         r"of an encoder family \(vit, swin, swin1, eva, convnext, resnet\)"),
+        (lambda c: c["strategies"]["full"].update(backbone={"name": "regnety_032"}),
+         r"strategies\.full\.backbone\.name: 'regnety_032' is neither"),
         (lambda c: c.update(runs=[{"strategy": "full", "name": "full-f1-s0"}]),
          r"duplicate run name\(s\) full-f1-s0"),
     ],

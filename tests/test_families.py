@@ -83,7 +83,7 @@ def test_every_zoo_entry_names_a_family_of_that_name():
 
 def test_unknown_and_duplicate_families_are_named():
     with pytest.raises(ValueError, match=r"'satlas' is not an encoder family \(vit, swin, croma, "
-                                         r"prithvi, dofa, swin1, eva, convnext\)"):
+                                         r"prithvi, dofa, swin1, eva, convnext, resnet\)"):
         get_family("satlas")
     with pytest.raises(ValueError, match="'vit' is already registered"):
         families.register(get_family("vit"))
@@ -132,9 +132,9 @@ def test_the_families_declare_their_timm_files_and_adapter_targets():
     assert families.timm_files() == {"vit": "vision_transformer.py",
                                      "swin": "swin_transformer_v2.py",
                                      "swin1": "swin_transformer.py", "eva": "eva.py",
-                                     "convnext": "convnext.py"}
+                                     "convnext": "convnext.py", "resnet": "resnet.py"}
     for name, declared in families.FAMILIES.items():
-        want = ("fc1", "fc2") if name == "convnext" else ("q", "k", "v")
+        want = {"convnext": ("fc1", "fc2"), "resnet": ("conv2",)}.get(name, ("q", "k", "v"))
         assert get_family(name).adapter_targets == declared.adapter_targets == want
         assert families.adapter_targets(name) == declared.adapter_targets
     assert set(zoo.timm_architectures().values()) == set(families.timm_files())

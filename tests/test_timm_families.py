@@ -25,7 +25,10 @@ TINY = {
     "eva02_tiny_patch14_224": ("eva", 28, {"img_size": 28, "depth": 2}),
     "vit_small_patch16_dinov3": ("eva", 32, {"img_size": 32, "depth": 2, "embed_dim": 64,
                                              "num_heads": 2}),
+    "resnet18": ("resnet", 64, {}),
 }
+#: LoRA's default targets of each family.
+TARGETS = {"convnext": ("fc1", "fc2"), "resnet": ("conv2",)}
 BANDS = ["B04", "B03", "B02", "B08"]
 
 
@@ -49,17 +52,20 @@ def _as_if_trained(model: torch.nn.Module) -> None:
 def test_timm_names_resolve_to_their_family_and_adapter_targets():
     fam = {n: backbones.resolve({"name": n})["family"]
            for n in ("swin_tiny_patch4_window7_224", "convnext_tiny", "eva02_base_patch14_224",
-                     "vit_base_patch16_dinov3", "vit_small_patch14_dinov2", "swinv2_tiny_window8_256")}
+                     "vit_base_patch16_dinov3", "vit_small_patch14_dinov2", "swinv2_tiny_window8_256",
+                     "resnet50")}
     assert fam == {"swin_tiny_patch4_window7_224": "swin1", "convnext_tiny": "convnext",
+                   "resnet50": "resnet",
                    "eva02_base_patch14_224": "eva", "vit_base_patch16_dinov3": "eva",
                    "vit_small_patch14_dinov2": "vit", "swinv2_tiny_window8_256": "swin"}
     assert backbones.resolve({"name": "convnext_tiny"})["lora_targets"] == ["fc1", "fc2"]
+    assert backbones.resolve({"name": "resnet50"})["lora_targets"] == ["conv2"]
     assert backbones.resolve({"name": "eva02_base_patch14_224"})["lora_targets"] == ["q", "k", "v"]
     # a timm model of no family yet is named, with the families there are
-    with pytest.raises(ValueError, match=r"'resnet50' is neither a zoo backbone .* nor a timm "
-                                         r"architecture of an encoder family \(vit, swin, "
-                                         r"swin1, eva, convnext\)"):
-        backbones.resolve({"name": "resnet50"})
+    with pytest.raises(ValueError, match=r"'regnety_032' is neither a zoo backbone .* nor a "
+                                         r"timm architecture of an encoder family \(vit, swin, "
+                                         r"swin1, eva, convnext, resnet\)"):
+        backbones.resolve({"name": "regnety_032"})
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -80,7 +86,7 @@ def test_the_encoder_is_timms_model_with_adapters_exposed(name):
         want = ref(x)
         assert torch.equal(ours(x), want)
         n = backbones.prepare_for_adapters(ours)
-        assert n == (0 if family == "convnext" else 2)
+        assert n == (0 if family in TARGETS else 2)
         assert torch.allclose(ours(x), want, atol=1e-5)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
 
@@ -96,17 +102,18 @@ def test_every_strategy_trains_what_it_should_on_each_timm_family(name, method):
     model, _ = build_model(spec, _info(side))
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     every = {n for n, _ in model.named_parameters()}
+    head = (".fc." if family == "resnet" else ".head")  # the classifier layer of each family
     x = torch.rand(2, 4, side, side) * 3000
     if method in ("full", "e2e", "scratch"):
         assert trained == every
     elif method == "linear":
-        assert trained and all(".head" in n for n in trained)
+        assert trained and all(head in n for n in trained)
     elif method == "bitfit":
-        assert any("bias" in n and ".head" not in n for n in trained)
-        assert all(n.endswith("bias") or ".head" in n for n in trained)
-    else:  # LoRA on the family's declared targets: q/k/v, or ConvNeXt's MLP layers
+        assert any("bias" in n and head not in n for n in trained)
+        assert all(n.endswith("bias") or head in n for n in trained)
+    else:  # LoRA on the family's declared targets: q/k/v, ConvNeXt's MLP, a ResNet's 3x3
         lora = {n for n in trained if "lora_" in n}
-        targets = ("fc1", "fc2") if family == "convnext" else ("q", "k", "v")
+        targets = TARGETS.get(family, ("q", "k", "v"))
         assert lora and {n.split(".lora_")[0].rsplit(".", 1)[1] for n in lora} == set(targets)
         _as_if_trained(model)
         model.eval()
@@ -182,3 +189,43 @@ def test_timm_weights_load_with_the_band_reading_convolution_mapped(name, tag, t
     for k, v in rgb.state_dict().items():
         if k != key:
             assert torch.equal(ours.state_dict()[k], v), k
+
+
+def test_ssl4eo_s12_resnet50_weights_load_for_pastis_bands(tmp_path):
+    """SSL4EO-S12's ResNet-50 (torchgeo's file: timm's resnet50 state dict, 13 bands in ESA
+    order) loads through ``url:``; for PASTIS's 10 bands the stem keeps their 10 kernels (B01,
+    B09, B10 dropped: zero-filled), normalisation DN/10000."""
+    import hashlib
+
+    from fileserver import FaultServer
+
+    from geopeft.models.classifier import build_classifier
+    from geopeft.models.weights import load_weights
+    from geopeft.models.zoo import REGISTRY, SSL4EO_S2_BANDS
+
+    entry = REGISTRY["ssl4eo_s12_rn50_moco"]
+    torch.manual_seed(0)
+    import timm
+
+    rn = timm.create_model("resnet50", pretrained=False, num_classes=0, in_chans=13)
+    path = tmp_path / "resnet50_sentinel2_all_moco.pth"
+    torch.save(rn.state_dict(), path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    path = path.rename(tmp_path / f"resnet50_sentinel2_all_moco-{sha[:8]}.pth")
+    pastis = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with FaultServer({path.name: path.read_bytes()}) as srv:
+            cfg = {"name": entry.key, "weights": f"url:{srv.url}/{path.name}"}
+            w = load_weights(backbones.resolve(cfg))
+            info = StoreInfo(tmp_path / "s.zarr", "eurosat_ms", ["a", "b"], pastis, 1e-4,
+                             [1000.0] * 10, [500.0] * 10, "f" * 64, (64, 64))
+            m, minfo = build_classifier(cfg, info, 2)
+    finally:
+        torch.hub.set_dir(old)
+    assert list(w.bands) == list(SSL4EO_S2_BANDS)
+    assert minfo["norm_mean"] == [0.0] * 10 and minfo["norm_std"] == [1.0] * 10
+    keep = [SSL4EO_S2_BANDS.index(b) for b in pastis]
+    assert torch.equal(m.backbone.conv1.weight, rn.conv1.weight[:, keep])
+    assert torch.equal(m.backbone.layer4[2].conv3.weight, rn.layer4[2].conv3.weight)

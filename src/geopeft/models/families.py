@@ -66,6 +66,8 @@ FAMILIES: dict[str, Declared] = {
     "eva": Declared("geopeft.models.families_timm:EVA", timm_file="eva.py"),
     "convnext": Declared("geopeft.models.families_timm:CONVNEXT", timm_file="convnext.py",
                          adapter_targets=("fc1", "fc2")),
+    "resnet": Declared("geopeft.models.families_timm:RESNET", timm_file="resnet.py",
+                       adapter_targets=("conv2",)),
 }
 _loaded: dict[str, EncoderFamily] = {}
 _extra: dict[str, EncoderFamily] = {}

@@ -1,5 +1,6 @@
 """The timm encoder families: plain ViTs (``vit``), Swin-V2 (``swin``), Swin V1 (``swin1``),
-EVA-02 and DINOv3 (``eva``) and ConvNeXt (``convnext``): any timm model of those files, by name.
+EVA-02 and DINOv3 (``eva``), ConvNeXt (``convnext``) and ResNet (``resnet``): any timm model of
+those files, by name.
 
 Both are built by ``timm.create_model`` from the zoo entry's architecture name. A ViT is the
 :class:`~geopeft.models.families.EncoderFamily` default throughout. A Swin-V2 differs: its token
@@ -153,6 +154,28 @@ class ConvNextFamily(TimmFamily):
         return Taps(list(range(len(dims))), dims, [1.0] * len(dims))
 
 
+class ResNetFamily(ConvNextFamily):
+    """timm's ResNets (``resnet.py``): a convolutional pyramid (a stride-4 stem, then four
+    stages of strides 4, 8, 16, 32), no attention; SSL4EO-S12's ResNet-50 weights are timm's
+    ``resnet50`` for 13 bands. Its tokens are the last stage's pixels; a UPerNet reads the four
+    stages (not the stem); adapters (LoRA) go on each bottleneck's 3x3 convolution (``conv2``;
+    peft's LoRA for convolutions); the stem convolution reads the bands."""
+
+    name = "resnet"
+    adapter_targets = ("conv2",)
+    input_conv = "conv1.weight"
+
+    def depth(self, model: nn.Module) -> list[int]:
+        """Blocks per stage."""
+        return [len(getattr(model, f"layer{i}")) for i in range(1, 5)]
+
+    def taps(self, model: nn.Module, out_indices: Sequence[int] | None,
+             declared: Sequence[int] | None) -> Taps:
+        """The four stages (the stem aside), each of its own width, a pyramid already."""
+        dims = [int(f["num_chs"]) for f in model.feature_info][1:]  # type: ignore[union-attr]
+        return Taps([1, 2, 3, 4], dims, [1.0] * 4)
+
+
 #: The ``vit`` family.
 VIT = VitFamily()
 #: The ``swin`` family.
@@ -163,6 +186,8 @@ SWIN1 = Swin1Family()
 EVA = EvaFamily()
 #: The ``convnext`` family.
 CONVNEXT = ConvNextFamily()
+#: The ``resnet`` family.
+RESNET = ResNetFamily()
 
-__all__ = ["CONVNEXT", "EVA", "SWIN", "SWIN1", "VIT", "ConvNextFamily", "EvaFamily",
-           "Swin1Family", "SwinFamily", "TimmFamily", "VitFamily"]
+__all__ = ["CONVNEXT", "EVA", "RESNET", "SWIN", "SWIN1", "VIT", "ConvNextFamily", "EvaFamily",
+           "ResNetFamily", "Swin1Family", "SwinFamily", "TimmFamily", "VitFamily"]

@@ -99,8 +99,8 @@ def sha256_file(path: Path) -> str:
 
 
 #: The keys of a timm classifier layer (``head`` of a ViT, ``head.fc`` of a Swin or ConvNeXt,
-#: whose ``head.norm`` is the encoder's final norm and stays).
-_CLASSIFIER = re.compile(r"^(head|head\.fc|fc_norm\.head)\.(weight|bias)$")
+#: whose ``head.norm`` is the encoder's final norm and stays, ``fc`` of a ResNet).
+_CLASSIFIER = re.compile(r"^(head|head\.fc|fc|fc_norm\.head)\.(weight|bias)$")
 
 
 def is_classifier_key(key: str) -> bool:

@@ -96,6 +96,16 @@ def _ssl4eo(method: str, url: str, wrapper: str | None = None) -> BackboneEntry:
     )
 
 
+def _ssl4eo_rn50(method: str, url: str) -> BackboneEntry:
+    return BackboneEntry(
+        key=f"ssl4eo_s12_rn50_{method}", family="resnet", arch="resnet50",
+        weights=f"url:{url}", bands=SSL4EO_S2_BANDS,
+        norm=((0.0,) * 13, (1.0,) * 13),  # DN / 10000, as the SSL4EO-S12 benchmarks
+        description=f"SSL4EO-S12 ResNet-50, 13 Sentinel-2 L1C bands, {method.upper()}; "
+                    f"input DN/10000",
+    )
+
+
 def _croma(size: str, dim: int, depth: int, url: str) -> BackboneEntry:
     return BackboneEntry(
         key=f"croma_optical_{size}", family="croma", arch=f"croma_optical_{size}",
@@ -164,6 +174,12 @@ REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
     _ssl4eo("moco", f"{_HF}/torchgeo/vit_small_patch16_224_sentinel2_all_moco/resolve/"
                     "1cb683f6c14739634cdfaaceb076529adf898c74/"
                     "vit_small_patch16_224_sentinel2_all_moco-67c9032d.pth"),
+    _ssl4eo_rn50("moco", f"{_HF}/torchgeo/resnet50_sentinel2_all_moco/resolve/"
+                         "da4f3c9dbe09272eb902f3b37f46635fa4726879/"
+                         "resnet50_sentinel2_all_moco-df8b932e.pth"),
+    _ssl4eo_rn50("dino", f"{_HF}/torchgeo/resnet50_sentinel2_all_dino/resolve/"
+                         "d7f14bf5530d70ac69d763e58e77e44dbecfec7c/"
+                         "resnet50_sentinel2_all_dino-d6c330e9.pth"),
     # torchgeo's files above are bare timm state dicts; the SSL4EO-S12 MAE encoder is saved as
     # MAE training saves checkpoints, under "model"
     _ssl4eo("mae", f"{_HF}/wangyi111/SSL4EO-S12/resolve/main/B13_vits16_mae_ep99_enc.pth",

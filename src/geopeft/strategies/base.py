@@ -40,9 +40,9 @@ def is_new(name: str, new: list[str]) -> bool:
 
 
 def encoder_targets(model: nn.Module, suffixes: list[str]) -> list[str]:
-    """Full names of the encoder's linear layers (``nn.Linear``, or a 1x1 convolution: a linear
-    layer on every pixel, as ConvNeXt's MLP in some sizes) whose names end in one of
-    ``suffixes``.
+    """Full names of the encoder's linear layers and convolutions (``nn.Linear``, ``nn.Conv2d``:
+    ConvNeXt's MLP is 1x1 convolutions in some sizes, a ResNet's adapters go on its 3x3 ones)
+    whose names end in one of ``suffixes``.
 
     Args:
         model: the model (its new modules are never targets).
@@ -52,14 +52,14 @@ def encoder_targets(model: nn.Module, suffixes: list[str]) -> list[str]:
 
     new = new_module_names(model)
     def linear(mod: nn.Module) -> bool:
-        return isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d)
-                                              and tuple(mod.kernel_size) == (1, 1))
+        return isinstance(mod, (nn.Linear, nn.Conv2d))
 
     out = [name for name, mod in model.named_modules()
            if linear(mod) and not is_new(name, new)
            and any(name == s or name.endswith("." + s) for s in suffixes)]
     if not out:
-        raise ValueError(f"lora.target_modules {suffixes}: no linear layer of the encoder matches")
+        raise ValueError(f"lora.target_modules {suffixes}: no linear layer or convolution of "
+                         f"the encoder matches")
     return out
 
 
