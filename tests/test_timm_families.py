@@ -229,3 +229,17 @@ def test_ssl4eo_s12_resnet50_weights_load_for_pastis_bands(tmp_path):
     keep = [SSL4EO_S2_BANDS.index(b) for b in pastis]
     assert torch.equal(m.backbone.conv1.weight, rn.conv1.weight[:, keep])
     assert torch.equal(m.backbone.layer4[2].conv3.weight, rn.layer4[2].conv3.weight)
+
+
+def test_the_zoo_listing_says_what_each_new_entry_takes():
+    """``geopeft backbones``: a ResNet takes any side that is a multiple of 32; DOFA any
+    Sentinel-2 bands, z-scored with the data's statistics; Prithvi its six bands."""
+    rows = {r["name"]: r for r in backbones.describe()}
+    assert rows["ssl4eo_s12_rn50_moco"]["input"] == "any x32"
+    assert rows["ssl4eo_s12_rn50_moco"]["lora_targets"] == "conv2"
+    assert rows["dofa_base_patch16_224"]["bands"] == "any Sentinel-2 bands"
+    assert rows["dofa_base_patch16_224"]["normalisation"] == "the data's train mean/std"
+    assert rows["prithvi_eo_v2_300"]["bands"] == "B02 B03 B04 B8A B11 B12"
+    assert rows["prithvi_eo_v2_300"]["normalisation"] == "weights' own mean/std"
+    assert rows["embedded"]["normalisation"] == "as pretrained"
+    assert rows["vit_b16_in21k"]["normalisation"] == "weights' own mean/std"

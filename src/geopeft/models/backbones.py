@@ -108,7 +108,29 @@ def tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _normalisation(e: BackboneEntry) -> str:
     if e.norm_rule:
         return norm_rule(e.norm_rule).description
-    return "DN/10000" if e.norm and set(e.norm[0]) == {0.0} else "weights' own mean/std"
+    if e.norm:
+        return "DN/10000" if set(e.norm[0]) == {0.0} else "weights' own mean/std"
+    if e.weights.startswith("url:"):  # a published file that declares none: z-scored
+        return "the data's train mean/std"
+    return "weights' own mean/std" if e.weights.startswith("timm:") else "as pretrained"
+
+
+def _bands(e: BackboneEntry) -> str:
+    if e.bands:
+        return " ".join(e.bands)
+    if get_family(e.family).input_conv is None:  # a kernel generated for the data's bands
+        return "any Sentinel-2 bands"
+    return "(as pretrained)"
+
+
+def _input(m: nn.Module) -> int | str:
+    """The input side a model was built for, or the sides it takes (a convolutional net)."""
+    family = family_of(m)
+    size = family.input_size(m)
+    if size is not None:
+        return size
+    multiple = family.size_multiple(m)
+    return f"any x{multiple}" if multiple else "any"
 
 
 def describe() -> list[dict[str, Any]]:
@@ -119,9 +141,8 @@ def describe() -> list[dict[str, Any]]:
             m = create_model({"name": e.key}, len(e.bands) if e.bands else 3, 0)
         rows.append({
             "name": e.key, "family": e.family, "arch": e.arch, "weights": e.weights,
-            "bands": " ".join(e.bands) if e.bands else "(as pretrained)",
-            "normalisation": _normalisation(e),
-            "input": input_size(m), "grid": "x".join(map(str, token_grid(m))), "width": width(m),
+            "bands": _bands(e), "normalisation": _normalisation(e),
+            "input": _input(m), "grid": "x".join(map(str, token_grid(m))), "width": width(m),
             "lora_targets": ",".join(e.targets()), "description": e.description,
         })
     return rows
