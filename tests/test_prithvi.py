@@ -232,3 +232,57 @@ def test_prithvi_trains_as_classifier_and_as_the_time_series_encoder(method):
     out = s(torch.rand(2, 3, 6, 32, 32) * 3000, torch.tensor([[1.0, 40.0, 80.0]] * 2))
     assert out.shape == (2, 19, 32, 32)
     out.sum().backward()
+
+
+def test_hf_weights_come_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    """``hf:<owner>/<repo>[@<revision>]/<file>``: the publisher's repository file as Hugging
+    Face's cache holds it (offline: the cache only), checked against ``backbone.sha256``; a file
+    not in the cache is one clear error saying how to get it."""
+    import yaml
+
+    from geopeft import config as gcfg
+
+    repo = tmp_path / "hub" / "models--ibm-nasa-geospatial--Prithvi-EO-2.0-300M"
+    commit = "a" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    st = published_state(seed=2)
+    torch.save(st, repo / "snapshots" / commit / "Prithvi_EO_V2_300M.pt")
+    sha = hashlib.sha256((repo / "snapshots" / commit / "Prithvi_EO_V2_300M.pt").read_bytes())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for weights in ("hf:ibm-nasa-geospatial/Prithvi-EO-2.0-300M/Prithvi_EO_V2_300M.pt",
+                    f"hf:ibm-nasa-geospatial/Prithvi-EO-2.0-300M@{commit}/Prithvi_EO_V2_300M.pt"):
+        cfg = {**_bb(weights=weights), "sha256": sha.hexdigest()}
+        w = load_weights(backbones.resolve(cfg))
+        assert w is not None and w.origin == weights
+        m = backbones.create_model(backbones.resolve(_bb()), 6, 0)
+        m.load_state_dict(w.state, strict=False)
+        x = torch.randn(1, 6, 32, 32)
+        with torch.no_grad():
+            assert torch.allclose(m.eval().forward_features(x), ref_forward(st, x, [])[0],
+                                  atol=1e-5)
+    with pytest.raises(WeightsError, match=r"Prithvi_EO_V2_600M.pt of ibm-nasa-geospatial/"
+                                           r"Prithvi-EO-2.0-600M is not in the Hugging Face "
+                                           r"cache \(HF_HUB_OFFLINE is set\).*huggingface-cli "
+                                           r"download"):
+        load_weights(backbones.resolve(
+            _bb(weights="hf:ibm-nasa-geospatial/Prithvi-EO-2.0-600M/Prithvi_EO_V2_600M.pt")))
+    with pytest.raises(WeightsError, match="does not match"):
+        load_weights(backbones.resolve({**_bb(
+            weights="hf:ibm-nasa-geospatial/Prithvi-EO-2.0-300M/Prithvi_EO_V2_300M.pt"),
+            "sha256": "0" * 64}))
+    # a study file takes hf: weights; a malformed one is named
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    doc = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    for weights, ok in (("hf:ibm-nasa-geospatial/Prithvi-EO-2.0-300M@v1.0/Prithvi_EO_V2_300M.pt",
+                         True), ("hf:no-file-given", False)):
+        doc["backbone"]["weights"] = weights
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        if ok:
+            gcfg.resolve([path])
+        else:
+            with pytest.raises(gcfg.ConfigError, match=r"backbone\.weights: 'hf:no-file-given'"):
+                gcfg.resolve([path])

@@ -265,7 +265,43 @@ def load_weights(bb: dict[str, Any], pretrain_dir: Path | None = None) -> Weight
         return _url_weights(bb, w[4:])
     if w.startswith("timm:"):
         return _timm_weights(bb, w[5:])
+    if w.startswith("hf:"):
+        return _hf_weights(bb, w[3:])
     raise WeightsError(f"backbone.weights: {w!r} is not understood")
+
+
+#: ``hf:<owner>/<repo>[@<revision>]/<file>``: a file of a Hugging Face model repository.
+HF_WEIGHTS = re.compile(r"^(?P<repo>[^/@\s]+/[^/@\s]+)(?:@(?P<rev>[^/\s]+))?/(?P<file>\S+)$")
+
+
+def _hf_weights(bb: dict[str, Any], spec: str) -> Weights:
+    """``hf:<owner>/<repo>[@<revision>]/<file>``: the file from the Hugging Face cache
+    (``HF_HUB_CACHE``; fetched when online, never with ``HF_HUB_OFFLINE=1``), checked against
+    ``backbone.sha256`` when given (else its sha256 is logged), read in the backbone's published
+    layout."""
+    import os
+
+    m = HF_WEIGHTS.match(spec)
+    if m is None:
+        raise WeightsError(f"backbone.weights: hf:{spec} is not hf:<owner>/<repo>[@<revision>]/"
+                           f"<file>")
+    from huggingface_hub import hf_hub_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        path = Path(hf_hub_download(m["repo"], m["file"], revision=m["rev"],
+                                    cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                                    local_files_only=offline))
+    except Exception as err:  # offline or missing: the hub raises many different types
+        raise WeightsError(
+            f"backbone.weights: hf:{spec}: {m['file']} of {m['repo']}"
+            f"{'@' + m['rev'] if m['rev'] else ''} is not in the Hugging Face cache"
+            f"{' (HF_HUB_OFFLINE is set)' if offline else ' and could not be fetched'} "
+            f"({type(err).__name__}). On a machine with network run: huggingface-cli download "
+            f"{m['repo']} {m['file']}{' --revision ' + m['rev'] if m['rev'] else ''} and copy "
+            f"the cache, or use backbone.weights: file:<path> with backbone.sha256") from None
+    _check(path, bb.get("sha256"), f"hf:{spec}")
+    return _from_file(bb, path, f"hf:{spec}")
 
 
 def _timm_weights(bb: dict[str, Any], tag: str) -> Weights:

@@ -86,12 +86,15 @@ class Backbone:
     kwargs: dict[str, Any] = setting({})
     """Extra keyword arguments for timm.create_model (img_size, patch_size, depth, ...), over the
     zoo entry's."""
-    weights: str | None = setting(None, pattern="^(pretrain|none|timm:.+|url:.+|file:.+)$")
+    weights: str | None = setting(None, pattern="^(pretrain|none|timm:.+|url:.+|file:.+|"
+                                                "hf:[^/@ ]+/[^/@ ]+(@[^/ ]+)?/.+)$")
     """null = the zoo entry's published weights (pretrain for a plain timm name); pretrain = the
     checkpoint of this study's pretrain rule; none = random initialisation; timm:<tag> = timm hub
     weights (needs the HF cache or network); url:<https://...> = a published checkpoint in the
-    torch hub cache (downloaded when online, sha256-checked); file:<path> = a local
-    .safetensors/.pth checked against sha256."""
+    torch hub cache (downloaded when online, sha256-checked); hf:<owner>/<repo>[@<revision>]/
+    <file> = a file of a Hugging Face model repository through its cache (HF_HUB_OFFLINE=1:
+    the cache only; checked against sha256 when given), in the backbone's published layout;
+    file:<path> = a local .safetensors/.pth checked against sha256."""
     sha256: str | None = setting(None, pattern=SHA256_PATTERN)
     """Checksum of file weights, of url weights (instead of the hash in the file name) and of
     `file`."""
