@@ -243,3 +243,36 @@ def test_the_zoo_listing_says_what_each_new_entry_takes():
     assert rows["prithvi_eo_v2_300"]["normalisation"] == "weights' own mean/std"
     assert rows["embedded"]["normalisation"] == "as pretrained"
     assert rows["vit_b16_in21k"]["normalisation"] == "weights' own mean/std"
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("resnet18", {}),
+    ("prithvi_eo_v2_300", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32,
+                           "patch_size": 8}),
+    ("dofa_base_patch16_224", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32,
+                               "patch_size": 8}),
+], ids=["resnet", "prithvi", "dofa"])
+def test_a_lora_row_of_each_new_family_trains_saves_and_serves(rgb_store, tmp_path, name,
+                                                                kwargs):
+    """train_row (what a workflow job runs) with LoRA, then the saved model rebuilt for
+    predict and the app: the same outputs as the trained model, and merged for inference (one
+    plain model, the same outputs)."""
+    from geopeft.models.saved import load_model
+    from geopeft.tracking import init_experiment
+    from geopeft.train.run import train_row
+
+    exp = tmp_path / "exp.json"
+    init_experiment(f"sqlite:///{tmp_path / 'm.db'}", "families", tmp_path / "art", exp)
+    spec = job_spec({"backbone": {"name": name, "weights": "none", "kwargs": kwargs},
+                     "row": {"method": "lora", "name": f"lora-{name}",
+                             "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
+                             "train": {"epochs": 1, "batch_size": 16, "lr": 0.01,
+                                       "device": "cpu", "checkpoint_every": 0}}})
+    rec = train_row(spec, rgb_store, None, exp, tmp_path / "model")
+    assert rec["trainable_params"] < rec["total_params"]
+    model = load_model(tmp_path / "model")
+    merged = load_model(tmp_path / "model", merge=True)
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    x = torch.rand(3, 3, 32, 32) * 255
+    with torch.no_grad():
+        assert torch.allclose(model(x), merged(x), atol=1e-4)
