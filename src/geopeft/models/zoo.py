@@ -85,24 +85,23 @@ class BackboneEntry:
         return self.lora_targets or families.adapter_targets(self.family)
 
 
-def _ssl4eo(method: str, url: str, wrapper: str | None = None) -> BackboneEntry:
-    return BackboneEntry(
-        key=f"ssl4eo_s12_vits16_{method}", family="vit", arch="vit_small_patch16_224",
-        weights=f"url:{url}", bands=SSL4EO_S2_BANDS,
-        norm=((0.0,) * 13, (1.0,) * 13),  # DN / 10000, as the SSL4EO-S12 benchmarks
-        description=f"SSL4EO-S12 ViT-S/16, 13 Sentinel-2 L1C bands, {method.upper()}; "
-                    f"input DN/10000",
-        checkpoint_wrapper=wrapper, taps=(3, 5, 7, 11),  # PANGAEA's ssl4eo_* encoders
-    )
+#: SSL4EO-S12's encoders: key part -> (family, timm architecture, name, UPerNet taps).
+_SSL4EO_ARCHS: dict[str, tuple[str, str, str, tuple[int, ...] | None]] = {
+    "vits16": ("vit", "vit_small_patch16_224", "ViT-S/16", (3, 5, 7, 11)),  # PANGAEA's taps
+    "rn50": ("resnet", "resnet50", "ResNet-50", None),  # its four stages
+}
 
 
-def _ssl4eo_rn50(method: str, url: str) -> BackboneEntry:
+def _ssl4eo(method: str, url: str, wrapper: str | None = None,
+            arch: str = "vits16") -> BackboneEntry:
+    family, timm_arch, words, taps = _SSL4EO_ARCHS[arch]
     return BackboneEntry(
-        key=f"ssl4eo_s12_rn50_{method}", family="resnet", arch="resnet50",
+        key=f"ssl4eo_s12_{arch}_{method}", family=family, arch=timm_arch,
         weights=f"url:{url}", bands=SSL4EO_S2_BANDS,
         norm=((0.0,) * 13, (1.0,) * 13),  # DN / 10000, as the SSL4EO-S12 benchmarks
-        description=f"SSL4EO-S12 ResNet-50, 13 Sentinel-2 L1C bands, {method.upper()}; "
+        description=f"SSL4EO-S12 {words}, 13 Sentinel-2 L1C bands, {method.upper()}; "
                     f"input DN/10000",
+        checkpoint_wrapper=wrapper, taps=taps,
     )
 
 
@@ -174,12 +173,12 @@ REGISTRY: dict[str, BackboneEntry] = {e.key: e for e in (
     _ssl4eo("moco", f"{_HF}/torchgeo/vit_small_patch16_224_sentinel2_all_moco/resolve/"
                     "1cb683f6c14739634cdfaaceb076529adf898c74/"
                     "vit_small_patch16_224_sentinel2_all_moco-67c9032d.pth"),
-    _ssl4eo_rn50("moco", f"{_HF}/torchgeo/resnet50_sentinel2_all_moco/resolve/"
-                         "da4f3c9dbe09272eb902f3b37f46635fa4726879/"
-                         "resnet50_sentinel2_all_moco-df8b932e.pth"),
-    _ssl4eo_rn50("dino", f"{_HF}/torchgeo/resnet50_sentinel2_all_dino/resolve/"
-                         "d7f14bf5530d70ac69d763e58e77e44dbecfec7c/"
-                         "resnet50_sentinel2_all_dino-d6c330e9.pth"),
+    _ssl4eo("moco", f"{_HF}/torchgeo/resnet50_sentinel2_all_moco/resolve/"
+                    "da4f3c9dbe09272eb902f3b37f46635fa4726879/"
+                    "resnet50_sentinel2_all_moco-df8b932e.pth", arch="rn50"),
+    _ssl4eo("dino", f"{_HF}/torchgeo/resnet50_sentinel2_all_dino/resolve/"
+                    "d7f14bf5530d70ac69d763e58e77e44dbecfec7c/"
+                    "resnet50_sentinel2_all_dino-d6c330e9.pth", arch="rn50"),
     # torchgeo's files above are bare timm state dicts; the SSL4EO-S12 MAE encoder is saved as
     # MAE training saves checkpoints, under "model"
     _ssl4eo("mae", f"{_HF}/wangyi111/SSL4EO-S12/resolve/main/B13_vits16_mae_ep99_enc.pth",

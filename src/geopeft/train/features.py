@@ -197,14 +197,13 @@ def unflat_levels(f: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.
             for part, sh in zip(f.split(sizes, dim=2), shapes, strict=True)]
 
 
-def series_features(model: nn.Module, raw: torch.Tensor, k: int, batch_size: int,
+def series_features(model: nn.Module, raw: torch.Tensor, batch_size: int,
                     device: torch.device) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
-    """The levels (B, T, F) of the dihedral view ``k`` of raw series (B, T, C, H, W), batch by
-    batch (dates holding only zeros are padding: their features are 0), and the levels' shapes
-    (C, h, w)."""
+    """The levels (B, T, F) of raw series (B, T, C, H, W), batch by batch (dates holding only
+    zeros are padding: their features are 0), and the levels' shapes (C, h, w)."""
     parts, shapes = [], []
     for j in range(0, len(raw), batch_size):
-        levels, _ = model.encode_series(dihedral(raw[j : j + batch_size], k).to(device))
+        levels, _ = model.encode_series(raw[j : j + batch_size].to(device))
         shapes = [tuple(int(d) for d in lv.shape[2:]) for lv in levels]
         parts.append(flat_levels(levels).float().cpu())
     return torch.cat(parts), shapes
@@ -240,7 +239,7 @@ def _compute_series(model: nn.Module, store: Path, out: Path, views: int,
         for i in range(0, n, SERIES_BLOCK):
             raw = torch.from_numpy(np.ascontiguousarray(images[slice(i, i + SERIES_BLOCK)]))
             raw = raw.float()
-            feats, shapes = series_features(model, raw, 0, batch_size, device)
+            feats, shapes = series_features(model, raw, batch_size, device)
             if arr is None:
                 _check_decoder(model, raw[:batch_size], feats[:batch_size], shapes,
                                ds, i, store, device)
