@@ -183,19 +183,18 @@ def features_lines(cfg: dict[str, Any]) -> list[str]:
             sizes = SOURCES[ds].split_sizes(data["options"])
             n = sum(sizes.values()) if sizes else 0
         dim = features_dim(spec, len(data["bands"]))
-        dates = SOURCES[ds].max_dates if spec.row.segmentation is not None else None
+        series = spec.row.segmentation is not None
+        dates = SOURCES[ds].max_dates if series else None
+        what = f"{n:,} {'series' if series else 'samples'} x {views} view(s)"
         if not n:
             size = "size unknown before the store is prepared"
-        elif dates is None and spec.row.segmentation is not None:
-            size = (f"{n * views * dim * 4 / 2**20:,.1f} MB per date on disk ({n:,} series x "
-                    f"{views} view(s) x {dim} float32; dates unknown before the store is "
-                    f"prepared)")
         elif dates is not None:
-            size = (f"up to {n * views * dates * dim * 4 / 2**30:,.1f} GB on disk ({n:,} series "
-                    f"x {views} view(s) x {dates} dates x {dim} float32)")
-        else:
-            size = (f"{n * views * dim * 4 / 2**20:,.1f} MB on disk ({n:,} samples x {views} "
-                    f"view(s) x {dim} float32)")
+            size = (f"up to {n * views * dates * dim * 4 / 2**30:,.1f} GB on disk ({what} x "
+                    f"{dates} dates x {dim} float32)")
+        else:  # a series of unknown length: per date
+            size = (f"{n * views * dim * 4 / 2**20:,.1f} MB{' per date' if series else ''} on "
+                    f"disk ({what} x {dim} float32"
+                    f"{'; dates unknown before the store is prepared' if series else ''})")
         out.append(f"  features {key} ({ds}, read by {job['rows']} row(s)): {size}")
     if out:
         out.insert(0, f"Features jobs (frozen encoders run once; train.features): {len(out)}")
